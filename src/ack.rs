@@ -1,0 +1,307 @@
+//! Acknowledgement: what happens to each message of a batch once its outcome is known.
+//!
+//! [`plan`] is the pure decision — these are deleted, these retry after this backoff, these go
+//! to the dead-letter queue — and [`Acker`] carries it out against SQS. Nothing is deleted that
+//! the target did not report as processed; a message whose dead-letter copy could not be sent
+//! stays in the source queue.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+
+use crate::config::RetryConfig;
+use crate::dispatch::response::Verdict;
+use crate::event::{attribute_to_sqs, ReceivedMessage};
+use crate::metrics::PipelineMetrics;
+use crate::sqs::SqsQueue;
+
+/// SQS allows at most this many message attributes per message.
+const MAX_MESSAGE_ATTRIBUTES: usize = 10;
+/// Longest reason text written to a dead-letter attribute.
+const MAX_REASON_LEN: usize = 256;
+
+/// What to do with each message of a batch (indexes into the batch).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckPlan {
+    /// Processed: delete.
+    pub delete: Vec<usize>,
+    /// Failed: visible again after this many seconds.
+    pub retry: Vec<(usize, i32)>,
+    /// Failed for the last time: copy to the dead-letter queue, then delete.
+    pub dead_letter: Vec<usize>,
+}
+
+impl AckPlan {
+    pub fn failed(&self) -> usize {
+        self.retry.len() + self.dead_letter.len()
+    }
+}
+
+/// Decides the fate of each message. `jitter` yields numbers in `[0, 1)`.
+///
+/// `max_receive_count` is the dead-letter threshold when `[pipelines.dead_letter]` is set: a
+/// failed message that has been received that many times is dead-lettered instead of retried.
+pub fn plan(
+    batch: &[ReceivedMessage],
+    verdict: &Verdict,
+    retry: &RetryConfig,
+    max_receive_count: Option<u32>,
+    jitter: &mut dyn FnMut() -> f64,
+) -> AckPlan {
+    let mut failed = vec![false; batch.len()];
+    match verdict {
+        Verdict::AllSucceeded => {}
+        Verdict::Partial(idx) => idx.iter().for_each(|&i| failed[i] = true),
+        Verdict::AllFailed(_) => failed.iter_mut().for_each(|f| *f = true),
+    }
+    let mut out = AckPlan::default();
+    for (i, m) in batch.iter().enumerate() {
+        if !failed[i] {
+            out.delete.push(i);
+        } else if max_receive_count.is_some_and(|max| m.receive_count >= max) {
+            out.dead_letter.push(i);
+        } else {
+            out.retry.push((i, backoff_secs(m.receive_count, retry, jitter())));
+        }
+    }
+    out
+}
+
+/// Visibility timeout for a failed message: `initial · 2^(receive_count − 1)`, capped at
+/// `max_backoff`, with "equal jitter" (between half and all of it), rounded up to whole seconds.
+pub fn backoff_secs(receive_count: u32, retry: &RetryConfig, jitter: f64) -> i32 {
+    let initial = retry.initial_backoff.as_secs_f64();
+    let exp = initial * 2f64.powi(receive_count.saturating_sub(1).min(60) as i32);
+    let capped = exp.min(retry.max_backoff.as_secs_f64());
+    let jittered = capped / 2.0 + capped / 2.0 * jitter.clamp(0.0, 1.0);
+    (jittered.ceil() as i64).clamp(0, crate::config::MAX_VISIBILITY_SECS as i64) as i32
+}
+
+/// Carries out plans against the source queue and the dead-letter queue.
+#[derive(Clone)]
+pub struct Acker {
+    pub queue: SqsQueue,
+    pub dead_letter: Option<SqsQueue>,
+    pub pipeline: String,
+    pub retry: RetryConfig,
+    pub metrics: PipelineMetrics,
+}
+
+impl Acker {
+    /// Deletes, retries and dead-letters as planned. `reason` says why the failed ones failed.
+    pub async fn execute(&self, batch: &[ReceivedMessage], plan: &AckPlan, reason: &str) {
+        let deleting = async {
+            let receipts: Vec<&str> = plan.delete.iter().map(|&i| batch[i].receipt_handle.as_str()).collect();
+            let not_deleted = self.queue.delete(&receipts).await;
+            self.count_deleted(plan.delete.iter().enumerate().filter(|(k, _)| !not_deleted.contains(k)).map(|(_, &i)| &batch[i]), true);
+        };
+        let retrying = async {
+            let entries: Vec<(&str, i32)> =
+                plan.retry.iter().map(|&(i, secs)| (batch[i].receipt_handle.as_str(), secs)).collect();
+            let failed = self.queue.change_visibility(&entries).await;
+            if !failed.is_empty() {
+                tracing::warn!(pipeline = %self.pipeline, messages = failed.len(), "could not set the retry backoff; the messages come back after their visibility timeout");
+            }
+        };
+        let dead_lettering = self.dead_letter_all(batch, &plan.dead_letter, reason);
+        tokio::join!(deleting, retrying, dead_lettering);
+    }
+
+    /// Makes every message visible again at once (shutdown, or a batch that could not be dispatched).
+    pub async fn release(&self, batch: &[ReceivedMessage]) {
+        let entries: Vec<(&str, i32)> = batch.iter().map(|m| (m.receipt_handle.as_str(), 0)).collect();
+        let failed = self.queue.change_visibility(&entries).await;
+        self.metrics.released.increment((batch.len() - failed.len()) as u64);
+        if !failed.is_empty() {
+            tracing::warn!(pipeline = %self.pipeline, messages = failed.len(), "could not release messages; they come back after their visibility timeout");
+        }
+    }
+
+    fn count_deleted<'a>(&self, deleted: impl Iterator<Item = &'a ReceivedMessage>, succeeded: bool) {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let mut n = 0;
+        for m in deleted {
+            n += 1;
+            if succeeded {
+                if let Some(sent) = m.sent_timestamp_ms {
+                    self.metrics.end_to_end.record(now_ms.saturating_sub(sent) as f64 / 1000.0);
+                }
+            }
+        }
+        self.metrics.deleted.increment(n);
+    }
+
+    async fn dead_letter_all(&self, batch: &[ReceivedMessage], which: &[usize], reason: &str) {
+        if which.is_empty() {
+            return;
+        }
+        let Some(dlq) = &self.dead_letter else {
+            return;
+        };
+        let sends = futures_util::future::join_all(which.iter().map(|&i| async move {
+            let m = &batch[i];
+            let record = m.record();
+            let mut attributes: HashMap<String, MessageAttributeValue> = record
+                .message_attributes
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), attribute_to_sqs(v)?)))
+                .collect();
+            add_dead_letter_attributes(&mut attributes, &self.pipeline, reason, m.receive_count);
+            let dedup = m.group_id.as_ref().map(|_| m.message_id.as_str());
+            (i, dlq.send(&record.body, attributes, m.group_id.as_deref(), dedup).await)
+        }))
+        .await;
+        let mut sent = Vec::new();
+        let mut unsent = Vec::new();
+        for (i, r) in sends {
+            match r {
+                Ok(()) => sent.push(i),
+                Err(e) => {
+                    tracing::error!(pipeline = %self.pipeline, message_id = %batch[i].message_id, error = %e, "could not send to the dead-letter queue; the message stays in the source queue");
+                    unsent.push(i);
+                }
+            }
+        }
+        self.metrics.dead_lettered.increment(sent.len() as u64);
+        let receipts: Vec<&str> = sent.iter().map(|&i| batch[i].receipt_handle.as_str()).collect();
+        let not_deleted = self.queue.delete(&receipts).await;
+        self.count_deleted(sent.iter().enumerate().filter(|(k, _)| !not_deleted.contains(k)).map(|(_, &i)| &batch[i]), false);
+        if !unsent.is_empty() {
+            let entries: Vec<(&str, i32)> = unsent
+                .iter()
+                .map(|&i| (batch[i].receipt_handle.as_str(), backoff_secs(batch[i].receive_count, &self.retry, fastrand::f64())))
+                .collect();
+            self.queue.change_visibility(&entries).await;
+        }
+    }
+}
+
+/// Adds `sqs-poller.pipeline`, `sqs-poller.reason` and `sqs-poller.receive-count`; when the
+/// message already has too many attributes for three more, one `sqs-poller.dead-letter`
+/// attribute carries the same as JSON.
+pub fn add_dead_letter_attributes(
+    attributes: &mut HashMap<String, MessageAttributeValue>,
+    pipeline: &str,
+    reason: &str,
+    receive_count: u32,
+) {
+    let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
+    let string = |v: String| MessageAttributeValue::builder().data_type("String").string_value(v).build().expect("data type set");
+    if attributes.len() + 3 <= MAX_MESSAGE_ATTRIBUTES {
+        attributes.insert("sqs-poller.pipeline".into(), string(pipeline.to_string()));
+        attributes.insert("sqs-poller.reason".into(), string(reason));
+        attributes.insert(
+            "sqs-poller.receive-count".into(),
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(receive_count.to_string())
+                .build()
+                .expect("data type set"),
+        );
+    } else if attributes.len() < MAX_MESSAGE_ATTRIBUTES {
+        let json = serde_json::json!({"pipeline": pipeline, "reason": reason, "receiveCount": receive_count});
+        attributes.insert("sqs-poller.dead-letter".into(), string(json.to_string()));
+    } else {
+        tracing::warn!(pipeline, "message has 10 attributes already; dead-letter copy carries no sqs-poller attributes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn retry(initial: u64, max: u64) -> RetryConfig {
+        RetryConfig {
+            initial_backoff: Duration::from_secs(initial),
+            max_backoff: Duration::from_secs(max),
+        }
+    }
+
+    fn batch(counts: &[u32]) -> Vec<ReceivedMessage> {
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| ReceivedMessage {
+                message_id: format!("m{i}"),
+                receipt_handle: format!("rh{i}"),
+                receive_count: c,
+                sent_timestamp_ms: None,
+                group_id: None,
+                record_json: "{}".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backoff_is_exponential_in_the_receive_count_and_capped() {
+        let r = retry(1, 300);
+        let full: Vec<i32> = (1..=12).map(|c| backoff_secs(c, &r, 1.0)).collect();
+        assert_eq!(full, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(backoff_secs(u32::MAX, &r, 1.0), 300);
+    }
+
+    #[test]
+    fn jitter_keeps_between_half_and_all() {
+        let r = retry(10, 1000);
+        for c in 1..8 {
+            let lo = backoff_secs(c, &r, 0.0);
+            let hi = backoff_secs(c, &r, 0.999_999);
+            let exp = 10 * 2i32.pow(c - 1);
+            assert_eq!(lo, exp / 2);
+            assert_eq!(hi, exp);
+        }
+    }
+
+    #[test]
+    fn zero_initial_backoff_retries_at_once() {
+        assert_eq!(backoff_secs(5, &retry(0, 300), 0.7), 0);
+    }
+
+    #[test]
+    fn success_deletes_everything() {
+        let p = plan(&batch(&[1, 2, 3]), &Verdict::AllSucceeded, &retry(1, 300), Some(3), &mut || 1.0);
+        assert_eq!(p, AckPlan { delete: vec![0, 1, 2], ..Default::default() });
+    }
+
+    #[test]
+    fn partial_failure_retries_only_the_failed() {
+        let p = plan(&batch(&[1, 1, 2]), &Verdict::Partial(vec![1, 2]), &retry(1, 300), None, &mut || 1.0);
+        assert_eq!(p.delete, vec![0]);
+        assert_eq!(p.retry, vec![(1, 1), (2, 2)]);
+        assert!(p.dead_letter.is_empty());
+    }
+
+    #[test]
+    fn failures_at_the_receive_limit_go_to_the_dead_letter_queue() {
+        let b = batch(&[1, 3, 4]);
+        let p = plan(&b, &Verdict::AllFailed("boom".into()), &retry(1, 300), Some(3), &mut || 1.0);
+        assert!(p.delete.is_empty());
+        assert_eq!(p.retry, vec![(0, 1)]);
+        assert_eq!(p.dead_letter, vec![1, 2]);
+        // without a dead-letter section the queue's redrive policy decides: keep retrying
+        let p = plan(&b, &Verdict::AllFailed("boom".into()), &retry(1, 300), None, &mut || 1.0);
+        assert_eq!(p.retry.len(), 3);
+        assert_eq!(p.failed(), 3);
+    }
+
+    #[test]
+    fn dead_letter_attributes_fit_the_limit() {
+        let mut a = HashMap::new();
+        add_dead_letter_attributes(&mut a, "p", "boom", 5);
+        assert_eq!(a["sqs-poller.pipeline"].string_value(), Some("p"));
+        assert_eq!(a["sqs-poller.reason"].string_value(), Some("boom"));
+        assert_eq!(a["sqs-poller.receive-count"].string_value(), Some("5"));
+        assert_eq!(a["sqs-poller.receive-count"].data_type(), "Number");
+
+        let mut a: HashMap<_, _> = (0..8)
+            .map(|i| (format!("a{i}"), MessageAttributeValue::builder().data_type("String").string_value("v").build().unwrap()))
+            .collect();
+        add_dead_letter_attributes(&mut a, "p", &"x".repeat(1000), 5);
+        assert_eq!(a.len(), 9);
+        let v: serde_json::Value = serde_json::from_str(a["sqs-poller.dead-letter"].string_value().unwrap()).unwrap();
+        assert_eq!(v["receiveCount"], 5);
+        assert_eq!(v["reason"].as_str().unwrap().len(), MAX_REASON_LEN);
+    }
+}

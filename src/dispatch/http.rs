@@ -1,0 +1,69 @@
+//! The `http` target: `POST` the event as `application/json` to a worker, usually one in the
+//! same task (the sidecar pattern). 2xx answers are read as the function's result; 429 and 503
+//! are throttles; any other status, or no answer, fails the batch.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::Invocation;
+
+/// Largest response body read (Lambda's own response limit).
+const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+pub struct HttpTarget {
+    url: String,
+    /// Keeps connections to the worker open between batches.
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl HttpTarget {
+    pub fn new(url: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        HttpTarget {
+            url: url.to_string(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    pub async fn invoke(&self, event: Bytes) -> Invocation {
+        let request = match Request::post(&self.url).header(CONTENT_TYPE, "application/json").body(Full::new(event)) {
+            Ok(r) => r,
+            Err(e) => return Invocation::FunctionError(format!("cannot build a request to {}: {e}", self.url)),
+        };
+        let response = match self.client.request(request).await {
+            Ok(r) => r,
+            Err(e) => return Invocation::FunctionError(format!("cannot reach {}: {}", self.url, error_chain(&e))),
+        };
+        let status = response.status();
+        let body = match Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return Invocation::FunctionError(format!("cannot read the response of {}: {e}", self.url)),
+        };
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            return Invocation::Throttled(format!("HTTP {status}"));
+        }
+        if !status.is_success() {
+            let excerpt = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            return Invocation::FunctionError(format!("HTTP {status}: {excerpt}"));
+        }
+        Invocation::Response(body)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

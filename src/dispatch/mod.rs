@@ -1,0 +1,50 @@
+//! Dispatch: one call of the target per batch, and what its answer means.
+//!
+//! A target receives Lambda's SQS event and answers the way a Lambda function does. The
+//! transport differs per target (one file each); the reading of the answer
+//! ([`response::interpret`]) is shared. Timeouts are applied by the caller around
+//! [`Target::invoke`], so a target only needs to be cancel-safe (a dropped command is killed).
+
+pub mod command;
+pub mod http;
+pub mod response;
+
+use bytes::Bytes;
+
+use crate::config::{TargetConfig, TargetKind};
+
+/// What a target did with an event, before its body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    /// The function ran; this is what it returned (read with the `batchItemFailures` rules).
+    Response(Bytes),
+    /// The function failed as a whole (error status, non-zero exit, unreachable): every message
+    /// of the batch failed.
+    FunctionError(String),
+    /// The target asked to slow down (HTTP 429/503): the batch is tried again later and its
+    /// messages are not counted as failed.
+    Throttled(String),
+}
+
+/// A configured target.
+pub enum Target {
+    Http(http::HttpTarget),
+    Command(command::CommandTarget),
+}
+
+impl Target {
+    pub fn new(cfg: &TargetConfig) -> Self {
+        match &cfg.kind {
+            TargetKind::Http { url } => Target::Http(http::HttpTarget::new(url)),
+            TargetKind::Command { program, args } => Target::Command(command::CommandTarget::new(program, args)),
+        }
+    }
+
+    /// Sends one event (`{"Records":[…]}`) to the target.
+    pub async fn invoke(&self, event: Bytes) -> Invocation {
+        match self {
+            Target::Http(t) => t.invoke(event).await,
+            Target::Command(t) => t.invoke(event).await,
+        }
+    }
+}

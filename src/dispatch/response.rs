@@ -1,0 +1,171 @@
+//! Lambda's `ReportBatchItemFailures` contract, applied to a target's answer.
+//!
+//! - `{"batchItemFailures":[{"itemIdentifier":"<messageId>"}, …]}`: those failed, the rest succeeded.
+//! - An empty body, `null`, `{}`, a `null` or empty list: all succeeded. So does any other
+//!   well-formed JSON that is not an object (a handler that returns `"ok"`).
+//! - Invalid JSON, `batchItemFailures` that is not a list, an entry without `itemIdentifier`,
+//!   a `null`, empty or non-string identifier, or an id not in the batch: the whole batch failed.
+//! - FIFO: a message group stops at its first failure; the rest of that group is failed too.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::event::ReceivedMessage;
+
+/// How a batch came out, per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    AllSucceeded,
+    /// Indexes (into the batch, ascending) of the messages that failed; the others succeeded.
+    Partial(Vec<usize>),
+    /// Every message failed, for this reason.
+    AllFailed(String),
+}
+
+/// Reads a target's response body against the batch it answered.
+pub fn interpret(body: &[u8], batch: &[ReceivedMessage], fifo: bool) -> Verdict {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Verdict::AllSucceeded;
+    }
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Verdict::AllFailed(format!("response is not valid JSON: {e}")),
+    };
+    let failures = match &value {
+        Value::Object(map) => match map.get("batchItemFailures") {
+            None | Some(Value::Null) => return Verdict::AllSucceeded,
+            Some(Value::Array(list)) => list,
+            Some(_) => return Verdict::AllFailed("batchItemFailures is not a list".to_string()),
+        },
+        _ => return Verdict::AllSucceeded,
+    };
+    if failures.is_empty() {
+        return Verdict::AllSucceeded;
+    }
+    let index: HashMap<&str, usize> = batch.iter().enumerate().map(|(i, m)| (m.message_id.as_str(), i)).collect();
+    let mut failed = vec![false; batch.len()];
+    for entry in failures {
+        let id = match entry.get("itemIdentifier") {
+            None => return Verdict::AllFailed("a batchItemFailures entry has no itemIdentifier".to_string()),
+            Some(Value::Null) => return Verdict::AllFailed("an itemIdentifier is null".to_string()),
+            Some(Value::String(s)) if s.is_empty() => {
+                return Verdict::AllFailed("an itemIdentifier is empty".to_string())
+            }
+            Some(Value::String(s)) => s,
+            Some(other) => return Verdict::AllFailed(format!("an itemIdentifier is not a string: {other}")),
+        };
+        match index.get(id.as_str()) {
+            Some(&i) => failed[i] = true,
+            None => return Verdict::AllFailed(format!("itemIdentifier `{id}` is not a message of the batch")),
+        }
+    }
+    if fifo {
+        stop_groups_at_first_failure(batch, &mut failed);
+    }
+    let failed: Vec<usize> = failed.iter().enumerate().filter_map(|(i, &f)| f.then_some(i)).collect();
+    if failed.len() == batch.len() {
+        Verdict::AllFailed("the target reported every message as failed".to_string())
+    } else {
+        Verdict::Partial(failed)
+    }
+}
+
+/// In FIFO order, a message after a failed one of its group must not count as processed.
+fn stop_groups_at_first_failure(batch: &[ReceivedMessage], failed: &mut [bool]) {
+    let mut stopped: Vec<&str> = Vec::new();
+    for (i, m) in batch.iter().enumerate() {
+        let group = m.group_id.as_deref().unwrap_or("");
+        if stopped.contains(&group) {
+            failed[i] = true;
+        } else if failed[i] {
+            stopped.push(group);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(ids: &[&str]) -> Vec<ReceivedMessage> {
+        ids.iter()
+            .map(|id| ReceivedMessage {
+                message_id: id.to_string(),
+                receipt_handle: format!("rh-{id}"),
+                receive_count: 1,
+                sent_timestamp_ms: None,
+                group_id: None,
+                record_json: "{}".into(),
+            })
+            .collect()
+    }
+
+    fn verdict(body: &str) -> Verdict {
+        interpret(body.as_bytes(), &batch(&["a", "b", "c"]), false)
+    }
+
+    fn all_failed(v: &Verdict) -> bool {
+        matches!(v, Verdict::AllFailed(_))
+    }
+
+    #[test]
+    fn success_shapes() {
+        for body in ["", "  \n", "null", "{}", r#"{"batchItemFailures":[]}"#, r#"{"batchItemFailures":null}"#, r#""ok""#, "42", r#"{"other":1}"#] {
+            assert_eq!(verdict(body), Verdict::AllSucceeded, "body {body:?}");
+        }
+    }
+
+    #[test]
+    fn partial_failure_names_the_failed() {
+        assert_eq!(
+            verdict(r#"{"batchItemFailures":[{"itemIdentifier":"c"},{"itemIdentifier":"a"}]}"#),
+            Verdict::Partial(vec![0, 2])
+        );
+    }
+
+    #[test]
+    fn duplicates_count_once() {
+        assert_eq!(
+            verdict(r#"{"batchItemFailures":[{"itemIdentifier":"b"},{"itemIdentifier":"b"}]}"#),
+            Verdict::Partial(vec![1])
+        );
+    }
+
+    #[test]
+    fn every_message_failed_is_all_failed() {
+        assert!(all_failed(&verdict(
+            r#"{"batchItemFailures":[{"itemIdentifier":"a"},{"itemIdentifier":"b"},{"itemIdentifier":"c"}]}"#
+        )));
+    }
+
+    #[test]
+    fn whole_batch_failure_shapes() {
+        for body in [
+            "{",
+            "not json",
+            r#"{"batchItemFailures":{}}"#,
+            r#"{"batchItemFailures":"a"}"#,
+            r#"{"batchItemFailures":[{"itemIdentifier":null}]}"#,
+            r#"{"batchItemFailures":[{"itemIdentifier":""}]}"#,
+            r#"{"batchItemFailures":[{"itemIdentifier":"zzz"}]}"#,
+            r#"{"batchItemFailures":[{"itemidentifier":"a"}]}"#,
+            r#"{"batchItemFailures":[{"itemIdentifier":7}]}"#,
+            r#"{"batchItemFailures":["a"]}"#,
+            r#"{"batchItemFailures":[{"itemIdentifier":"a"},{"itemIdentifier":"zzz"}]}"#,
+        ] {
+            assert!(all_failed(&verdict(body)), "body {body:?} gave {:?}", verdict(body));
+        }
+    }
+
+    #[test]
+    fn fifo_groups_stop_at_their_first_failure() {
+        let mut b = batch(&["a1", "b1", "a2", "b2", "a3", "c1"]);
+        for m in &mut b {
+            m.group_id = Some(m.message_id[..1].to_string());
+        }
+        let body = r#"{"batchItemFailures":[{"itemIdentifier":"a2"}]}"#;
+        assert_eq!(interpret(body.as_bytes(), &b, true), Verdict::Partial(vec![2, 4]));
+        assert_eq!(interpret(body.as_bytes(), &b, false), Verdict::Partial(vec![2]));
+    }
+}

@@ -1,0 +1,295 @@
+//! The Lambda SQS event, exactly as Lambda sends it, and the received message that carries it.
+//!
+//! Each message is turned into its Lambda record and serialized **once**, at receive time: the
+//! batcher measures batches by those bytes and the dispatcher joins them into
+//! `{"Records":[…]}` without serializing again.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
+use serde::{Deserialize, Serialize};
+
+/// One record of Lambda's SQS event (`{"Records": [SqsRecord, …]}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SqsRecord {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    /// System attributes as SQS returned them (`ApproximateReceiveCount`, `SentTimestamp`, …).
+    pub attributes: BTreeMap<String, String>,
+    pub message_attributes: BTreeMap<String, SqsMessageAttribute>,
+    pub md5_of_body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5_of_message_attributes: Option<String>,
+    pub event_source: String,
+    #[serde(rename = "eventSourceARN")]
+    pub event_source_arn: String,
+    pub aws_region: String,
+}
+
+/// A message attribute in Lambda's shape (binary values base64-encoded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SqsMessageAttribute {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub string_value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_value: Option<String>,
+    #[serde(default)]
+    pub string_list_values: Vec<String>,
+    #[serde(default)]
+    pub binary_list_values: Vec<String>,
+    pub data_type: String,
+}
+
+/// Where records say they come from (`eventSourceARN`, `awsRegion`).
+#[derive(Debug, Clone)]
+pub struct EventSource {
+    pub queue_arn: String,
+    pub region: String,
+}
+
+/// A received message on its way through the pipeline: what the acker needs, plus the
+/// serialized record the target receives.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    pub message_id: String,
+    pub receipt_handle: String,
+    /// `ApproximateReceiveCount` at this receive (1 on the first delivery).
+    pub receive_count: u32,
+    /// `SentTimestamp` in milliseconds since the epoch.
+    pub sent_timestamp_ms: Option<u64>,
+    /// FIFO only: the message group, which fixes retry order.
+    pub group_id: Option<String>,
+    /// The Lambda record, serialized.
+    pub record_json: Box<str>,
+}
+
+/// A message SQS returned without the fields every message has.
+#[derive(Debug, thiserror::Error)]
+#[error("ReceiveMessage returned a message without {0}")]
+pub struct MalformedMessage(&'static str);
+
+impl ReceivedMessage {
+    /// Builds the Lambda record of an SQS message and serializes it.
+    ///
+    /// # Errors
+    /// [`MalformedMessage`] when SQS left out the message id or receipt handle.
+    pub fn from_sqs(msg: Message, source: &EventSource) -> Result<Self, MalformedMessage> {
+        let record = record_from_sqs(msg, source)?;
+        Ok(Self::from_record(&record))
+    }
+
+    pub fn from_record(record: &SqsRecord) -> Self {
+        let attr = |k: &str| record.attributes.get(k);
+        ReceivedMessage {
+            message_id: record.message_id.clone(),
+            receipt_handle: record.receipt_handle.clone(),
+            receive_count: attr("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1),
+            sent_timestamp_ms: attr("SentTimestamp").and_then(|v| v.parse().ok()),
+            group_id: attr("MessageGroupId").cloned(),
+            record_json: serde_json::to_string(record)
+                .expect("a record of strings always serializes")
+                .into_boxed_str(),
+        }
+    }
+
+    /// The record back as a struct (for the dead-letter path, which needs body and attributes).
+    pub fn record(&self) -> SqsRecord {
+        serde_json::from_str(&self.record_json).expect("record_json was produced by serde_json")
+    }
+
+    /// Bytes this record adds to an event: its JSON plus the separating comma.
+    pub fn event_bytes(&self) -> usize {
+        self.record_json.len() + 1
+    }
+}
+
+fn record_from_sqs(msg: Message, source: &EventSource) -> Result<SqsRecord, MalformedMessage> {
+    let message_id = msg.message_id.ok_or(MalformedMessage("MessageId"))?;
+    let receipt_handle = msg.receipt_handle.ok_or(MalformedMessage("ReceiptHandle"))?;
+    let attributes = msg
+        .attributes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (system_attribute_name(&k), v))
+        .collect();
+    let message_attributes = msg
+        .message_attributes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, attribute_to_lambda(v)))
+        .collect();
+    Ok(SqsRecord {
+        message_id,
+        receipt_handle,
+        body: msg.body.unwrap_or_default(),
+        attributes,
+        message_attributes,
+        md5_of_body: msg.md5_of_body.unwrap_or_default(),
+        md5_of_message_attributes: msg.md5_of_message_attributes,
+        event_source: "aws:sqs".to_string(),
+        event_source_arn: source.queue_arn.clone(),
+        aws_region: source.region.clone(),
+    })
+}
+
+fn system_attribute_name(name: &MessageSystemAttributeName) -> String {
+    name.as_str().to_string()
+}
+
+fn attribute_to_lambda(v: MessageAttributeValue) -> SqsMessageAttribute {
+    let b64 = |b: aws_smithy_types::Blob| aws_smithy_types::base64::encode(b.into_inner());
+    SqsMessageAttribute {
+        string_value: v.string_value,
+        binary_value: v.binary_value.map(b64),
+        string_list_values: v.string_list_values.unwrap_or_default(),
+        binary_list_values: v.binary_list_values.unwrap_or_default().into_iter().map(b64).collect(),
+        data_type: v.data_type,
+    }
+}
+
+/// Converts a Lambda-shaped attribute back to the SQS type (for re-sending to a dead-letter queue).
+pub fn attribute_to_sqs(a: &SqsMessageAttribute) -> Option<MessageAttributeValue> {
+    let blob = |s: &String| aws_smithy_types::base64::decode(s).ok().map(aws_smithy_types::Blob::new);
+    MessageAttributeValue::builder()
+        .data_type(a.data_type.clone())
+        .set_string_value(a.string_value.clone())
+        .set_binary_value(a.binary_value.as_ref().and_then(blob))
+        .build()
+        .ok()
+}
+
+/// Joins serialized records into Lambda's event, `{"Records":[…]}`.
+pub fn encode_event(messages: &[ReceivedMessage]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event_size(messages.iter().map(ReceivedMessage::event_bytes).sum()));
+    out.extend_from_slice(EVENT_HEAD.as_bytes());
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(m.record_json.as_bytes());
+    }
+    out.extend_from_slice(EVENT_TAIL.as_bytes());
+    out
+}
+
+const EVENT_HEAD: &str = "{\"Records\":[";
+const EVENT_TAIL: &str = "]}";
+
+/// Size of an event whose records add up to `records_bytes` (see [`ReceivedMessage::event_bytes`]).
+pub fn event_size(records_bytes: usize) -> usize {
+    // one comma fewer than records, but never below zero for the empty event
+    (EVENT_HEAD.len() + EVENT_TAIL.len() + records_bytes).saturating_sub(usize::from(records_bytes > 0))
+}
+
+/// The SQS queue ARN of a standard queue URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`),
+/// used when GetQueueAttributes cannot tell it.
+pub fn arn_from_queue_url(url: &str, region: &str) -> String {
+    let path: Vec<&str> = url.trim_end_matches('/').rsplitn(3, '/').collect();
+    match path.as_slice() {
+        [name, account, _] => format!("arn:aws:sqs:{region}:{account}:{name}"),
+        _ => format!("arn:aws:sqs:{region}:000000000000:unknown"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example event of the AWS Lambda developer guide ("Using Lambda with Amazon SQS",
+    /// example standard queue message event), one record.
+    const AWS_DOC_RECORD: &str = r#"{
+        "messageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
+        "receiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...",
+        "body": "Test message.",
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": "1545082649183",
+            "SenderId": "AIDAIENQZJOLO23YVJ4VO",
+            "ApproximateFirstReceiveTimestamp": "1545082649185"
+        },
+        "messageAttributes": {
+            "myAttribute": {
+                "stringValue": "myValue",
+                "stringListValues": [],
+                "binaryListValues": [],
+                "dataType": "String"
+            }
+        },
+        "md5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-2:123456789012:my-queue",
+        "awsRegion": "us-east-2"
+    }"#;
+
+    #[test]
+    fn aws_doc_record_round_trips() {
+        let record: SqsRecord = serde_json::from_str(AWS_DOC_RECORD).unwrap();
+        let ours: serde_json::Value = serde_json::to_value(&record).unwrap();
+        let theirs: serde_json::Value = serde_json::from_str(AWS_DOC_RECORD).unwrap();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn sqs_message_becomes_the_lambda_record() {
+        let msg = Message::builder()
+            .message_id("059f36b4-87a3-44ab-83d2-661975830a7d")
+            .receipt_handle("AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...")
+            .body("Test message.")
+            .md5_of_body("e4e68fb7bd0e697a0ae8f1bb342846b3")
+            .attributes(MessageSystemAttributeName::ApproximateReceiveCount, "1")
+            .attributes(MessageSystemAttributeName::SentTimestamp, "1545082649183")
+            .attributes(MessageSystemAttributeName::SenderId, "AIDAIENQZJOLO23YVJ4VO")
+            .attributes(MessageSystemAttributeName::ApproximateFirstReceiveTimestamp, "1545082649185")
+            .message_attributes(
+                "myAttribute",
+                MessageAttributeValue::builder().data_type("String").string_value("myValue").build().unwrap(),
+            )
+            .build();
+        let source = EventSource {
+            queue_arn: "arn:aws:sqs:us-east-2:123456789012:my-queue".into(),
+            region: "us-east-2".into(),
+        };
+        let m = ReceivedMessage::from_sqs(msg, &source).unwrap();
+        let ours: serde_json::Value = serde_json::from_str(&m.record_json).unwrap();
+        let theirs: serde_json::Value = serde_json::from_str(AWS_DOC_RECORD).unwrap();
+        assert_eq!(ours, theirs);
+        assert_eq!(m.receive_count, 1);
+        assert_eq!(m.sent_timestamp_ms, Some(1_545_082_649_183));
+        assert_eq!(m.group_id, None);
+    }
+
+    #[test]
+    fn binary_attributes_are_base64_both_ways() {
+        let attr = MessageAttributeValue::builder()
+            .data_type("Binary")
+            .binary_value(aws_smithy_types::Blob::new(vec![0u8, 159, 146, 150]))
+            .build()
+            .unwrap();
+        let lambda = attribute_to_lambda(attr.clone());
+        assert_eq!(lambda.binary_value.as_deref(), Some("AJ+Slg=="));
+        assert_eq!(attribute_to_sqs(&lambda).unwrap(), attr);
+    }
+
+    #[test]
+    fn event_size_matches_the_encoded_event() {
+        let record: SqsRecord = serde_json::from_str(AWS_DOC_RECORD).unwrap();
+        for n in 0..4 {
+            let msgs: Vec<_> = (0..n).map(|_| ReceivedMessage::from_record(&record)).collect();
+            let bytes = encode_event(&msgs);
+            assert_eq!(bytes.len(), event_size(msgs.iter().map(ReceivedMessage::event_bytes).sum()));
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["Records"].as_array().unwrap().len(), n);
+        }
+    }
+
+    #[test]
+    fn arn_is_derived_from_a_queue_url() {
+        assert_eq!(
+            arn_from_queue_url("https://sqs.us-east-2.amazonaws.com/123456789012/my-queue", "us-east-2"),
+            "arn:aws:sqs:us-east-2:123456789012:my-queue"
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! sqs-poller: Lambda's SQS event source mapping as a self-hosted sidecar.
+//!
+//! # Layout: the path of one message
+//!
+//! 1. [`config`] — the TOML file, `${VAR}` interpolation, validation into typed [`config::Config`].
+//! 2. [`poller`] — a fleet of long-polling `ReceiveMessage` loops per pipeline, sized by the pure
+//!    [`poller::scaling::Autoscaler`]; pollers pause while the target is saturated.
+//! 3. [`event`] — each received message becomes its Lambda SQS record, serialized once.
+//! 4. [`batch`] — records are cut into batches by count, window and event bytes.
+//! 5. [`dispatch`] — one call of the target per batch (`http`, `command`), read with Lambda's
+//!    `batchItemFailures` rules ([`dispatch::response`]).
+//! 6. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
+//! 7. [`sqs`] — the SQS edge every stage talks through, counting each request.
+//!
+//! Around them: [`pipeline`] wires the stages of one queue together, [`metrics`] names every
+//! metric, [`server`] serves `/metrics`, `/healthz` and `/readyz`, and [`shutdown`] drains in
+//! order on SIGTERM. `docs/design.md` walks the message lifecycle and the guarantees.
+
+pub mod ack;
+pub mod batch;
+pub mod config;
+pub mod dispatch;
+pub mod event;
+pub mod metrics;
+pub mod pipeline;
+pub mod poller;
+pub mod server;
+pub mod shutdown;
+pub mod sqs;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pipeline::PipelineContext;
+use crate::shutdown::Shutdown;
+
+/// Runs every pipeline of `config` until `shutdown` has drained them.
+///
+/// # Errors
+/// When the listen address cannot be bound, no AWS region is configured, or a queue cannot be
+/// used at all (it does not exist, access is denied).
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let prometheus = metrics::install()?;
+    let listener = server::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.listen))?;
+    let client = sqs::client(&config.aws).await?;
+
+    let mut health = server::Health {
+        pipelines: Vec::new(),
+        draining: shutdown.drain.clone(),
+    };
+    let mut pipelines = Vec::new();
+    for p in &config.pipelines {
+        let ready = Arc::new(AtomicBool::new(false));
+        health.pipelines.push((p.name.clone(), ready.clone()));
+        let m = metrics::PipelineMetrics::new(&p.name, p.pollers.min, p.pollers.max, p.target.max_concurrency);
+        pipelines.push(Arc::new(PipelineContext::new(p.clone(), client.clone(), m, shutdown.clone(), ready)));
+    }
+
+    let stop_server = CancellationToken::new();
+    let server = tokio::spawn(server::serve(listener, prometheus.clone(), health, stop_server.clone()));
+    let upkeep = tokio::spawn({
+        let stop = stop_server.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => prometheus.run_upkeep(),
+                }
+            }
+        }
+    });
+    tracing::info!(listen = %config.listen, pipelines = pipelines.len(), "sqs-poller started");
+
+    let grace = config.grace_period;
+    let results = futures_util::future::join_all(pipelines.iter().map(|ctx| {
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let r = pipeline::run(ctx.clone()).await;
+            if r.is_err() {
+                // one unusable queue is a configuration problem: stop the others cleanly too
+                shutdown.begin(grace);
+            }
+            r.map_err(|e| anyhow::anyhow!("pipeline {}: queue {}: {e}", ctx.name(), ctx.config.queue_url))
+        }
+    }))
+    .await;
+    stop_server.cancel();
+    let _ = server.await;
+    let _ = upkeep.await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The `sqs-poller` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sqs_poller::config::{self, Config, TargetKind};
+use sqs_poller::shutdown::{self, Shutdown};
+
+#[derive(Parser)]
+#[command(name = "sqs-poller", version, about = "Self-hosted, high-throughput SQS poller: Lambda's SQS event source mapping as a sidecar")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file [default: $SQS_POLLER_CONFIG, then config/poller.toml]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default)
+    Run,
+    /// Validate the configuration file and print the resolved pipelines
+    Check,
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .or_else(|| std::env::var_os("SQS_POLLER_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("config/poller.toml"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = config_path(&cli);
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("configuration error: {} problem(s) in {}", e.problems().len().max(1), path.display());
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            print_resolved(&path, &config);
+            ExitCode::SUCCESS
+        }
+        Command::Run => run(config),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let grace = config.grace_period;
+    let result = runtime.block_on(async move {
+        let shutdown = Shutdown::default();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown::signal().await;
+                shutdown.begin(grace);
+                // the drain is bounded by the grace period; this only guards against a hang
+                tokio::time::sleep(grace + Duration::from_secs(2)).await;
+                tracing::error!("drain did not finish within the grace period; exiting");
+                std::process::exit(1);
+            }
+        });
+        sqs_poller::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("sqs-poller: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_resolved(path: &std::path::Path, c: &Config) {
+    println!("{}: ok", path.display());
+    println!("listen {}  grace_period {}s", c.listen, c.grace_period.as_secs());
+    if let Some(e) = &c.aws.sqs_endpoint_url {
+        println!("sqs endpoint {e}");
+    }
+    for p in &c.pipelines {
+        println!("pipeline {}", p.name);
+        println!("  queue      {}{}", p.queue_url, if p.fifo { " (FIFO)" } else { "" });
+        println!(
+            "  pollers    min {} max {} wait {}s visibility {}",
+            p.pollers.min,
+            p.pollers.max,
+            p.pollers.wait_time.as_secs(),
+            p.pollers.visibility_timeout.map_or("queue default".to_string(), |v| format!("{}s", v.as_secs()))
+        );
+        println!("  batch      size {} window {}ms max_bytes {}", p.batch.size, p.batch.window.as_millis(), p.batch.max_bytes);
+        let target = match &p.target.kind {
+            TargetKind::Http { url } => format!("http {url}"),
+            TargetKind::Command { program, args } => format!("command {program} {}", args.join(" ")),
+        };
+        println!(
+            "  target     {target} timeout {}s max_concurrency {} rate_limit {}",
+            p.target.timeout.as_secs(),
+            p.target.max_concurrency,
+            p.target.rate_limit_per_sec.map_or("none".to_string(), |r| format!("{r}/s"))
+        );
+        println!("  retry      backoff {}s..{}s", p.retry.initial_backoff.as_secs(), p.retry.max_backoff.as_secs());
+        match &p.dead_letter {
+            Some(d) => println!("  dead_letter {} after {} receives", d.queue_url, d.max_receive_count),
+            None => println!("  dead_letter none (the queue's own redrive policy applies)"),
+        }
+    }
+}

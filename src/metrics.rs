@@ -1,0 +1,197 @@
+//! Every metric name in one place, described at start-up, with the per-pipeline handles the
+//! stages use.
+//!
+//! Labels are bounded: `pipeline` (from the config), `outcome`, `operation`, `state`, `queue` —
+//! never message ids or error text. Handles are resolved once per pipeline ([`PipelineMetrics`])
+//! so the hot path only touches atomics.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const MESSAGES_RECEIVED: &str = "sqs_poller_messages_received_total";
+pub const MESSAGES_FILTERED: &str = "sqs_poller_messages_filtered_total";
+pub const MESSAGES_DISPATCHED: &str = "sqs_poller_messages_dispatched_total";
+pub const MESSAGES_SUCCEEDED: &str = "sqs_poller_messages_succeeded_total";
+pub const MESSAGES_FAILED: &str = "sqs_poller_messages_failed_total";
+pub const MESSAGES_DEAD_LETTERED: &str = "sqs_poller_messages_dead_lettered_total";
+pub const MESSAGES_DELETED: &str = "sqs_poller_messages_deleted_total";
+pub const MESSAGES_RELEASED: &str = "sqs_poller_messages_released_total";
+pub const BATCHES: &str = "sqs_poller_batches_total";
+pub const BATCH_SIZE: &str = "sqs_poller_batch_size";
+pub const DISPATCH_DURATION: &str = "sqs_poller_dispatch_duration_seconds";
+pub const MESSAGE_AGE: &str = "sqs_poller_message_age_seconds";
+pub const END_TO_END: &str = "sqs_poller_end_to_end_seconds";
+pub const POLLERS: &str = "sqs_poller_pollers";
+pub const POLLERS_DESIRED: &str = "sqs_poller_pollers_desired";
+pub const POLLERS_MIN: &str = "sqs_poller_pollers_min";
+pub const POLLERS_MAX: &str = "sqs_poller_pollers_max";
+pub const IN_FLIGHT_MESSAGES: &str = "sqs_poller_in_flight_messages";
+pub const IN_FLIGHT_BATCHES: &str = "sqs_poller_in_flight_batches";
+pub const MAX_CONCURRENCY: &str = "sqs_poller_max_concurrency";
+pub const QUEUE_MESSAGES: &str = "sqs_poller_queue_messages";
+pub const SQS_REQUESTS: &str = "sqs_poller_sqs_requests_total";
+pub const BUILD_INFO: &str = "sqs_poller_build_info";
+
+/// Batch outcomes, the values of the `outcome` label of [`BATCHES`].
+pub const BATCH_OUTCOMES: [&str; 4] = ["success", "partial", "failure", "throttled"];
+
+/// The SQS operations the service calls, the values of the `operation` label of [`SQS_REQUESTS`].
+pub const SQS_OPERATIONS: [&str; 6] = [
+    "ReceiveMessage",
+    "DeleteMessageBatch",
+    "ChangeMessageVisibilityBatch",
+    "SendMessage",
+    "GetQueueAttributes",
+    "GetQueueUrl",
+];
+
+/// Installs the Prometheus recorder and describes every metric.
+///
+/// # Errors
+/// When a global recorder is already installed.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    // 1 ms … ~10 days: message age runs from milliseconds (a hot queue) to days (a stuck one).
+    let age_buckets = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+        14_400.0, 86_400.0, 345_600.0, 1_209_600.0,
+    ];
+    let dispatch_buckets = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    ];
+    let size_buckets = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10_000.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(MESSAGE_AGE.into()), &age_buckets)?
+        .set_buckets_for_metric(Matcher::Full(END_TO_END.into()), &age_buckets)?
+        .set_buckets_for_metric(Matcher::Full(DISPATCH_DURATION.into()), &dispatch_buckets)?
+        .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &size_buckets)?
+        .install_recorder()?;
+    describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(MESSAGES_RECEIVED, Unit::Count, "Messages returned by ReceiveMessage.");
+    describe_counter!(MESSAGES_FILTERED, Unit::Count, "Messages rejected by the filter (and deleted).");
+    describe_counter!(MESSAGES_DISPATCHED, Unit::Count, "Messages handed to the target.");
+    describe_counter!(MESSAGES_SUCCEEDED, Unit::Count, "Messages the target processed successfully.");
+    describe_counter!(MESSAGES_FAILED, Unit::Count, "Messages the target failed (retried after a backoff).");
+    describe_counter!(MESSAGES_DEAD_LETTERED, Unit::Count, "Messages moved to the dead-letter queue.");
+    describe_counter!(MESSAGES_DELETED, Unit::Count, "Messages deleted from the source queue.");
+    describe_counter!(
+        MESSAGES_RELEASED,
+        Unit::Count,
+        "Messages made visible again without being processed (shutdown, or a receive that could not be handed on)."
+    );
+    describe_counter!(BATCHES, Unit::Count, "Batches dispatched, by outcome: success, partial, failure, throttled.");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per dispatched batch.");
+    describe_histogram!(DISPATCH_DURATION, Unit::Seconds, "Time of one target call for a batch.");
+    describe_histogram!(MESSAGE_AGE, Unit::Seconds, "Receive time minus SentTimestamp (time spent in the queue).");
+    describe_histogram!(END_TO_END, Unit::Seconds, "Deletion time minus SentTimestamp, for succeeded messages.");
+    describe_gauge!(POLLERS, Unit::Count, "Poller tasks alive now (polling or paused for backpressure).");
+    describe_gauge!(POLLERS_DESIRED, Unit::Count, "The autoscaler's target number of pollers.");
+    describe_gauge!(POLLERS_MIN, Unit::Count, "Configured pollers.min.");
+    describe_gauge!(POLLERS_MAX, Unit::Count, "Configured pollers.max.");
+    describe_gauge!(IN_FLIGHT_MESSAGES, Unit::Count, "Messages received and not yet acknowledged.");
+    describe_gauge!(IN_FLIGHT_BATCHES, Unit::Count, "Batches being dispatched or acknowledged now.");
+    describe_gauge!(MAX_CONCURRENCY, Unit::Count, "Configured target.max_concurrency (batches in flight at most).");
+    describe_gauge!(
+        QUEUE_MESSAGES,
+        Unit::Count,
+        "Approximate messages in the queue by state (visible, in_flight, delayed), from GetQueueAttributes."
+    );
+    describe_counter!(SQS_REQUESTS, Unit::Count, "SQS API requests by operation and outcome (ok, error); SQS bills per request.");
+    describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
+}
+
+/// Metric handles of one pipeline, resolved once.
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    pub pipeline: String,
+    pub received: Counter,
+    pub filtered: Counter,
+    pub dispatched: Counter,
+    pub succeeded: Counter,
+    pub failed: Counter,
+    pub dead_lettered: Counter,
+    pub deleted: Counter,
+    pub released: Counter,
+    pub batches_success: Counter,
+    pub batches_partial: Counter,
+    pub batches_failure: Counter,
+    pub batches_throttled: Counter,
+    pub batch_size: Histogram,
+    pub dispatch_duration: Histogram,
+    pub message_age: Histogram,
+    pub end_to_end: Histogram,
+    pub pollers: Gauge,
+    pub pollers_desired: Gauge,
+    pub in_flight_messages: Gauge,
+    pub in_flight_batches: Gauge,
+    pub queue_visible: Gauge,
+    pub queue_in_flight: Gauge,
+    pub queue_delayed: Gauge,
+}
+
+impl PipelineMetrics {
+    /// Resolves the handles and sets every counter to 0, so that series exist from start-up.
+    pub fn new(pipeline: &str, min: usize, max: usize, max_concurrency: usize) -> Self {
+        let p = pipeline.to_string();
+        let counter = |name: &'static str| {
+            let c = metrics::counter!(name, "pipeline" => p.clone());
+            c.increment(0);
+            c
+        };
+        let batches = |outcome: &'static str| {
+            let c = metrics::counter!(BATCHES, "pipeline" => p.clone(), "outcome" => outcome);
+            c.increment(0);
+            c
+        };
+        let gauge = |name: &'static str| metrics::gauge!(name, "pipeline" => p.clone());
+        let queue = |state: &'static str| {
+            metrics::gauge!(QUEUE_MESSAGES, "pipeline" => p.clone(), "queue" => "source", "state" => state)
+        };
+        for op in SQS_OPERATIONS {
+            for outcome in ["ok", "error"] {
+                metrics::counter!(SQS_REQUESTS, "pipeline" => p.clone(), "operation" => op, "outcome" => outcome)
+                    .increment(0);
+            }
+        }
+        gauge(POLLERS_MIN).set(min as f64);
+        gauge(POLLERS_MAX).set(max as f64);
+        gauge(MAX_CONCURRENCY).set(max_concurrency as f64);
+        PipelineMetrics {
+            received: counter(MESSAGES_RECEIVED),
+            filtered: counter(MESSAGES_FILTERED),
+            dispatched: counter(MESSAGES_DISPATCHED),
+            succeeded: counter(MESSAGES_SUCCEEDED),
+            failed: counter(MESSAGES_FAILED),
+            dead_lettered: counter(MESSAGES_DEAD_LETTERED),
+            deleted: counter(MESSAGES_DELETED),
+            released: counter(MESSAGES_RELEASED),
+            batches_success: batches("success"),
+            batches_partial: batches("partial"),
+            batches_failure: batches("failure"),
+            batches_throttled: batches("throttled"),
+            batch_size: metrics::histogram!(BATCH_SIZE, "pipeline" => p.clone()),
+            dispatch_duration: metrics::histogram!(DISPATCH_DURATION, "pipeline" => p.clone()),
+            message_age: metrics::histogram!(MESSAGE_AGE, "pipeline" => p.clone()),
+            end_to_end: metrics::histogram!(END_TO_END, "pipeline" => p.clone()),
+            pollers: gauge(POLLERS),
+            pollers_desired: gauge(POLLERS_DESIRED),
+            in_flight_messages: gauge(IN_FLIGHT_MESSAGES),
+            in_flight_batches: gauge(IN_FLIGHT_BATCHES),
+            queue_visible: queue("visible"),
+            queue_in_flight: queue("in_flight"),
+            queue_delayed: queue("delayed"),
+            pipeline: p,
+        }
+    }
+
+    /// Counts one SQS request.
+    pub fn sqs_request(&self, operation: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        metrics::counter!(SQS_REQUESTS, "pipeline" => self.pipeline.clone(), "operation" => operation, "outcome" => outcome)
+            .increment(1);
+    }
+}

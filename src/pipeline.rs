@@ -1,0 +1,324 @@
+//! One pipeline end to end: discover the queue, run the fleet, the batcher and the dispatcher,
+//! and drain in order on shutdown (pollers → batcher → in-flight batches → release the rest).
+
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_sqs::types::{Message, QueueAttributeName};
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::ack::{self, Acker};
+use crate::batch::{Batch, BatchBuffer, BatchSink, Batcher};
+use crate::config::PipelineConfig;
+use crate::dispatch::response::{self, Verdict};
+use crate::dispatch::{Invocation, Target};
+use crate::event::{arn_from_queue_url, encode_event, EventSource, ReceivedMessage};
+use crate::metrics::PipelineMetrics;
+use crate::poller::scaling::Autoscaler;
+use crate::poller::{sample_depth, Backoff, Fleet};
+use crate::shutdown::Shutdown;
+use crate::sqs::{SqsError, SqsQueue};
+
+/// Everything the stages of one pipeline share.
+pub struct PipelineContext {
+    pub config: PipelineConfig,
+    pub queue: SqsQueue,
+    pub acker: Acker,
+    pub target: Target,
+    pub metrics: PipelineMetrics,
+    pub shutdown: Shutdown,
+    /// Set once the queue answered; `/readyz` reads it.
+    pub ready: Arc<AtomicBool>,
+    /// Filled in by discovery: what records name as their source.
+    source: std::sync::OnceLock<EventSource>,
+    /// The queue's visibility timeout (or the configured override), for keeping long batches invisible.
+    visibility: std::sync::OnceLock<Duration>,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl PipelineContext {
+    pub fn new(
+        config: PipelineConfig,
+        client: aws_sdk_sqs::Client,
+        metrics: PipelineMetrics,
+        shutdown: Shutdown,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        let queue = SqsQueue::new(client.clone(), config.queue_url.clone(), metrics.clone());
+        let acker = Acker {
+            queue: queue.clone(),
+            dead_letter: config
+                .dead_letter
+                .as_ref()
+                .map(|d| SqsQueue::new(client.clone(), d.queue_url.clone(), metrics.clone())),
+            pipeline: config.name.clone(),
+            retry: config.retry.clone(),
+            metrics: metrics.clone(),
+        };
+        let limiter = config.target.rate_limit_per_sec.map(|rate| {
+            // a whole batch must fit in the bucket at once
+            let burst = NonZeroU32::new(rate.get().max(config.batch.size as u32)).expect("non-zero");
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        PipelineContext {
+            target: Target::new(&config.target),
+            config,
+            queue,
+            acker,
+            metrics,
+            shutdown,
+            ready,
+            source: std::sync::OnceLock::new(),
+            visibility: std::sync::OnceLock::new(),
+            limiter,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Turns SQS messages into pipeline messages and counts them in.
+    pub fn accept(&self, messages: Vec<Message>) -> Vec<ReceivedMessage> {
+        let source = self.source.get().expect("discovery runs before the pollers");
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            match ReceivedMessage::from_sqs(m, source) {
+                Ok(m) => {
+                    if let Some(sent) = m.sent_timestamp_ms {
+                        self.metrics.message_age.record(now_ms.saturating_sub(sent) as f64 / 1000.0);
+                    }
+                    out.push(m);
+                }
+                Err(e) => tracing::error!(pipeline = %self.name(), error = %e, "skipping a message"),
+            }
+        }
+        self.metrics.received.increment(out.len() as u64);
+        self.metrics.in_flight_messages.increment(out.len() as f64);
+        out
+    }
+
+    /// Asks the queue for its ARN and visibility timeout, retrying while it is unreachable.
+    ///
+    /// # Errors
+    /// A non-retryable error (the queue does not exist, access denied): the pipeline cannot run.
+    async fn discover(&self) -> Result<(), SqsError> {
+        let mut backoff = Backoff::default();
+        let attrs = loop {
+            match self.queue.attributes(&[QueueAttributeName::QueueArn, QueueAttributeName::VisibilityTimeout]).await {
+                Ok(a) => break a,
+                Err(e) if e.is_retryable() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(pipeline = %self.name(), error = %e, retry_in_ms = delay.as_millis() as u64, "queue not reachable yet");
+                    tokio::select! {
+                        () = self.shutdown.drain.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let region = crate::sqs::region_of(self.queue_client());
+        let queue_arn = attrs
+            .get("QueueArn")
+            .cloned()
+            .unwrap_or_else(|| arn_from_queue_url(&self.config.queue_url, &region));
+        let queue_visibility = attrs.get("VisibilityTimeout").and_then(|v| v.parse().ok()).unwrap_or(30);
+        let visibility = self.config.pollers.visibility_timeout.unwrap_or(Duration::from_secs(queue_visibility));
+        let _ = self.source.set(EventSource { queue_arn, region });
+        let _ = self.visibility.set(visibility);
+        self.mark_ready();
+        tracing::info!(pipeline = %self.name(), queue = %self.config.queue_url, visibility_timeout_secs = visibility.as_secs(), "queue found");
+        Ok(())
+    }
+
+    fn queue_client(&self) -> &aws_sdk_sqs::Client {
+        self.queue.client()
+    }
+}
+
+/// Runs one pipeline until shutdown has drained it.
+///
+/// # Errors
+/// When the queue cannot be used at all (it does not exist, access is denied).
+pub async fn run(ctx: Arc<PipelineContext>) -> Result<(), SqsError> {
+    ctx.discover().await?;
+    if ctx.shutdown.drain.is_cancelled() {
+        return Ok(());
+    }
+    let cfg = &ctx.config;
+    let scaler = Arc::new(Mutex::new(Autoscaler::new(cfg.pollers.min, cfg.pollers.max, Instant::now())));
+    let changed = Arc::new(Notify::new());
+    let room = Arc::new(Semaphore::new(cfg.target.max_concurrency));
+    let (tx, rx) = mpsc::channel(cfg.pollers.max.max(2));
+
+    let sampler = tokio::spawn(sample_depth(ctx.clone(), scaler.clone(), changed.clone()));
+    let fleet = tokio::spawn(
+        Fleet {
+            ctx: ctx.clone(),
+            receives: tx,
+            room: room.clone(),
+            scaler,
+            changed,
+        }
+        .run(),
+    );
+    let batches = TaskTracker::new();
+    Batcher {
+        buffer: BatchBuffer::new(&cfg.batch),
+        receives: rx,
+        sink: Dispatcher {
+            ctx: ctx.clone(),
+            room,
+            batches: batches.clone(),
+        },
+    }
+    .run()
+    .await;
+    batches.close();
+    batches.wait().await;
+    let _ = fleet.await;
+    let _ = sampler.await;
+    tracing::info!(pipeline = %ctx.name(), "pipeline drained");
+    Ok(())
+}
+
+/// Hands cut batches to their own task, at most `max_concurrency` at once.
+struct Dispatcher {
+    ctx: Arc<PipelineContext>,
+    room: Arc<Semaphore>,
+    batches: TaskTracker,
+}
+
+impl BatchSink for Dispatcher {
+    async fn submit(&mut self, batch: Batch) {
+        let permit = tokio::select! {
+            p = self.room.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = self.ctx.shutdown.abandon.cancelled() => {
+                self.ctx.acker.release(&batch).await;
+                self.ctx.metrics.in_flight_messages.decrement(batch.len() as f64);
+                return;
+            }
+        };
+        self.batches.spawn(process_batch(self.ctx.clone(), batch, permit));
+    }
+}
+
+/// Dispatches one batch and acknowledges the outcome; releases it if the grace period runs out.
+async fn process_batch(ctx: Arc<PipelineContext>, batch: Batch, _permit: OwnedSemaphorePermit) {
+    let n = batch.len();
+    ctx.metrics.in_flight_batches.increment(1.0);
+    match dispatch(&ctx, &batch).await {
+        Some(verdict) => acknowledge(&ctx, &batch, verdict).await,
+        None => {
+            tracing::info!(pipeline = %ctx.name(), messages = n, "grace period over: releasing an unfinished batch");
+            ctx.acker.release(&batch).await;
+        }
+    }
+    ctx.metrics.in_flight_messages.decrement(n as f64);
+    ctx.metrics.in_flight_batches.decrement(1.0);
+}
+
+/// Calls the target until it answers (throttles are retried); `None` when shutdown abandoned it.
+async fn dispatch(ctx: &PipelineContext, batch: &[ReceivedMessage]) -> Option<Verdict> {
+    let abandon = &ctx.shutdown.abandon;
+    let mut heartbeat = pin!(keep_invisible(ctx, batch));
+    if let Some(limiter) = &ctx.limiter {
+        let n = NonZeroU32::new(batch.len() as u32).expect("batches are never empty");
+        tokio::select! {
+            r = limiter.until_n_ready(n) => { r.expect("the burst fits a whole batch"); }
+            () = abandon.cancelled() => return None,
+            () = &mut heartbeat => unreachable!("keep_invisible never returns"),
+        }
+    }
+    ctx.metrics.dispatched.increment(batch.len() as u64);
+    ctx.metrics.batch_size.record(batch.len() as f64);
+    let event = Bytes::from(encode_event(batch));
+    let timeout = ctx.config.target.timeout;
+    let mut throttles = Backoff::default();
+    loop {
+        let started = Instant::now();
+        let invocation = tokio::select! {
+            r = tokio::time::timeout(timeout, ctx.target.invoke(event.clone())) => {
+                r.unwrap_or_else(|_| Invocation::FunctionError(format!("timed out after {} s", timeout.as_secs())))
+            }
+            () = abandon.cancelled() => return None,
+            () = &mut heartbeat => unreachable!("keep_invisible never returns"),
+        };
+        ctx.metrics.dispatch_duration.record(started.elapsed().as_secs_f64());
+        match invocation {
+            Invocation::Response(body) => return Some(response::interpret(&body, batch, ctx.config.fifo)),
+            Invocation::FunctionError(reason) => return Some(Verdict::AllFailed(reason)),
+            Invocation::Throttled(reason) => {
+                ctx.metrics.batches_throttled.increment(1);
+                let delay = throttles.next_delay();
+                tracing::warn!(pipeline = %ctx.name(), reason, retry_in_ms = delay.as_millis() as u64, "target throttled");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = abandon.cancelled() => return None,
+                    () = &mut heartbeat => unreachable!("keep_invisible never returns"),
+                }
+            }
+        }
+    }
+}
+
+/// Counts the outcome and carries out the acknowledgement plan.
+async fn acknowledge(ctx: &PipelineContext, batch: &[ReceivedMessage], verdict: Verdict) {
+    let plan = ack::plan(
+        batch,
+        &verdict,
+        &ctx.config.retry,
+        ctx.config.dead_letter.as_ref().map(|d| d.max_receive_count),
+        &mut fastrand::f64,
+    );
+    let failed = plan.failed();
+    ctx.metrics.succeeded.increment(plan.delete.len() as u64);
+    ctx.metrics.failed.increment(failed as u64);
+    let reason = match &verdict {
+        Verdict::AllSucceeded => {
+            ctx.metrics.batches_success.increment(1);
+            String::new()
+        }
+        Verdict::Partial(_) => {
+            ctx.metrics.batches_partial.increment(1);
+            "reported in batchItemFailures".to_string()
+        }
+        Verdict::AllFailed(reason) => {
+            ctx.metrics.batches_failure.increment(1);
+            reason.clone()
+        }
+    };
+    if failed > 0 {
+        tracing::warn!(pipeline = %ctx.name(), messages = batch.len(), failed, dead_lettered = plan.dead_letter.len(), reason = %reason, "batch failed");
+    }
+    ctx.acker.execute(batch, &plan, &reason).await;
+}
+
+/// Extends the visibility of a batch's messages while it runs, every half visibility timeout.
+/// Never returns; dropped when the batch is done.
+async fn keep_invisible(ctx: &PipelineContext, batch: &[ReceivedMessage]) {
+    let visibility = ctx.visibility.get().copied().unwrap_or(Duration::from_secs(30));
+    if visibility < Duration::from_secs(2) {
+        return std::future::pending().await;
+    }
+    let secs = visibility.as_secs() as i32;
+    loop {
+        tokio::time::sleep(visibility / 2).await;
+        let entries: Vec<(&str, i32)> = batch.iter().map(|m| (m.receipt_handle.as_str(), secs)).collect();
+        let failed = ctx.queue.change_visibility(&entries).await;
+        tracing::debug!(pipeline = %ctx.name(), messages = entries.len(), failed = failed.len(), "extended visibility");
+    }
+}

@@ -1,0 +1,188 @@
+//! Pollers: the fleet of long-polling ReceiveMessage loops of one pipeline.
+//!
+//! The [`Fleet`] keeps as many [`poller`] tasks alive as the [`scaling::Autoscaler`] wants and
+//! retires the newest first. A poller never abandons a receive: a retired poller (or every
+//! poller, on shutdown) lets its long poll return and hands the messages on, so nothing is left
+//! hidden on the server side. While the target is saturated (`max_concurrency` batches in
+//! flight) pollers pause instead of receiving, so visibility timeouts are not burnt in a buffer.
+
+pub mod scaling;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::event::ReceivedMessage;
+use crate::pipeline::PipelineContext;
+use scaling::{Autoscaler, ScaleChange};
+
+/// Exponential backoff for a failing endpoint: 100 ms doubling to 10 s, with jitter; reset by a
+/// success.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let base = (100u64 << self.failures.min(7).saturating_sub(1)).min(10_000);
+        Duration::from_millis(base / 2 + fastrand::u64(0..=base / 2))
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// The pollers of one pipeline and their scaling.
+pub struct Fleet {
+    pub ctx: Arc<PipelineContext>,
+    /// Where received messages go (the batcher).
+    pub receives: mpsc::Sender<Vec<ReceivedMessage>>,
+    /// Free permits = room for another batch; pollers wait for one before receiving.
+    pub room: Arc<Semaphore>,
+    pub scaler: Arc<Mutex<Autoscaler>>,
+    /// Woken when the autoscaler changed its mind.
+    pub changed: Arc<Notify>,
+}
+
+impl Fleet {
+    /// Keeps the fleet at the desired size until shutdown, then lets every poller finish its
+    /// receive. The channel to the batcher closes when this returns.
+    pub async fn run(self) {
+        let tracker = TaskTracker::new();
+        let mut pollers: Vec<CancellationToken> = Vec::new();
+        let drain = self.ctx.shutdown.drain.clone();
+        loop {
+            let desired = self.scaler.lock().expect("autoscaler lock").desired();
+            while pollers.len() < desired {
+                let retire = CancellationToken::new();
+                tracker.spawn(poller(
+                    self.ctx.clone(),
+                    self.receives.clone(),
+                    retire.clone(),
+                    self.room.clone(),
+                    self.scaler.clone(),
+                    self.changed.clone(),
+                ));
+                pollers.push(retire);
+            }
+            while pollers.len() > desired {
+                pollers.pop().expect("len > desired ≥ 0").cancel();
+            }
+            self.ctx.metrics.pollers_desired.set(desired as f64);
+            tokio::select! {
+                () = self.changed.notified() => {}
+                () = drain.cancelled() => break,
+            }
+        }
+        pollers.iter().for_each(CancellationToken::cancel);
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+/// Logs a scaling step and wakes the fleet.
+fn announce(ctx: &PipelineContext, changed: &Notify, change: Option<ScaleChange>) {
+    if let Some(c) = change {
+        tracing::info!(pipeline = %ctx.name(), from = c.from, to = c.to, reason = ?c.reason, "scaling pollers");
+        ctx.metrics.pollers_desired.set(c.to as f64);
+        changed.notify_one();
+    }
+}
+
+/// One poller: wait for room, receive, hand on; until retired.
+async fn poller(
+    ctx: Arc<PipelineContext>,
+    receives: mpsc::Sender<Vec<ReceivedMessage>>,
+    retire: CancellationToken,
+    room: Arc<Semaphore>,
+    scaler: Arc<Mutex<Autoscaler>>,
+    changed: Arc<Notify>,
+) {
+    ctx.metrics.pollers.increment(1.0);
+    let cfg = &ctx.config.pollers;
+    let mut backoff = Backoff::default();
+    loop {
+        tokio::select! {
+            biased;
+            () = retire.cancelled() => break,
+            permit = room.acquire() => drop(permit),
+        }
+        if retire.is_cancelled() {
+            break;
+        }
+        // not cancellable: a long poll abandoned by the client can still take messages
+        let result = ctx.queue.receive(cfg.wait_time, cfg.visibility_timeout).await;
+        match result {
+            Ok(messages) => {
+                backoff.reset();
+                ctx.mark_ready();
+                let change = scaler.lock().expect("autoscaler lock").observe_receive(messages.len(), Instant::now());
+                announce(&ctx, &changed, change);
+                if messages.is_empty() {
+                    continue;
+                }
+                let received = ctx.accept(messages);
+                if received.is_empty() {
+                    continue;
+                }
+                if let Err(mpsc::error::SendError(lost)) = receives.send(received).await {
+                    // the batcher is gone (cannot happen before every poller stopped): do not hide them
+                    ctx.acker.release(&lost).await;
+                    ctx.metrics.in_flight_messages.decrement(lost.len() as f64);
+                }
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(pipeline = %ctx.name(), error = %e, retry_in_ms = delay.as_millis() as u64, failures = backoff.failures(), "receive failed");
+                tokio::select! {
+                    () = retire.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    ctx.metrics.pollers.decrement(1.0);
+}
+
+/// Samples the queue depth every `depth_interval` for the gauges and the autoscaler.
+pub async fn sample_depth(ctx: Arc<PipelineContext>, scaler: Arc<Mutex<Autoscaler>>, changed: Arc<Notify>) {
+    let names = [
+        QueueAttributeName::ApproximateNumberOfMessages,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+    ];
+    let mut tick = tokio::time::interval(ctx.config.depth_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.drain.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let attrs = match ctx.queue.attributes(&names).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(pipeline = %ctx.name(), error = %e, "queue depth sample failed");
+                continue;
+            }
+        };
+        let get = |n: &QueueAttributeName| attrs.get(n.as_str()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let visible = get(&names[0]);
+        ctx.metrics.queue_visible.set(visible as f64);
+        ctx.metrics.queue_in_flight.set(get(&names[1]) as f64);
+        ctx.metrics.queue_delayed.set(get(&names[2]) as f64);
+        let change = scaler.lock().expect("autoscaler lock").observe_backlog(visible, Instant::now());
+        announce(&ctx, &changed, change);
+    }
+}

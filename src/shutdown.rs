@@ -1,0 +1,73 @@
+//! Graceful shutdown: one trigger, two phases.
+//!
+//! 1. **drain** (SIGTERM/SIGINT): pollers send no new ReceiveMessage and let the receives in
+//!    flight return; the batcher dispatches what it holds; in-flight batches run on.
+//! 2. **abandon** (the grace period is nearly over): batches still running are given up and
+//!    their messages released (visibility 0), so another consumer takes them at once.
+//!
+//! The margin between abandon and the end of the grace period leaves time for those release
+//! calls, so the process exits 0 within `grace_period_secs`.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// Stop receiving; finish what is in hand.
+    pub drain: CancellationToken,
+    /// Give up on unfinished batches and release their messages.
+    pub abandon: CancellationToken,
+}
+
+impl Shutdown {
+    /// Starts the drain now and schedules abandon before the grace period ends.
+    pub fn begin(&self, grace: Duration) {
+        if self.drain.is_cancelled() {
+            return;
+        }
+        self.drain.cancel();
+        let abandon = self.abandon.clone();
+        let after = grace.saturating_sub(release_margin(grace));
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            abandon.cancel();
+        });
+    }
+}
+
+/// Time kept at the end of the grace period for releasing what is left: a fifth of it, between
+/// 1 and 5 seconds.
+pub fn release_margin(grace: Duration) -> Duration {
+    (grace / 5).clamp(Duration::from_secs(1), Duration::from_secs(5)).min(grace)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_is_a_fifth_within_bounds() {
+        assert_eq!(release_margin(Duration::from_secs(30)), Duration::from_secs(5));
+        assert_eq!(release_margin(Duration::from_secs(10)), Duration::from_secs(2));
+        assert_eq!(release_margin(Duration::from_secs(3)), Duration::from_secs(1));
+        assert_eq!(release_margin(Duration::from_millis(500)), Duration::from_millis(500));
+    }
+}

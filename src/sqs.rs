@@ -1,0 +1,343 @@
+//! The SQS edge: one [`SqsQueue`] per queue URL over the real `aws-sdk-sqs` client.
+//!
+//! Contract of the calls the stages rely on:
+//! - `receive` returns at most 10 messages, after at most the long-poll wait; it is not retried
+//!   here — the poller owns its backoff.
+//! - `delete` and `change_visibility` take any number of entries, send them in chunks of 10
+//!   (concurrently), read the `Failed` list of every answer and retry the entries that failed for
+//!   a retryable reason a few times; they return the indexes that still failed. A delete that
+//!   finally fails is not fatal: the message is delivered again (at-least-once).
+//! - Every request is counted in `sqs_poller_sqs_requests_total{operation,outcome}`.
+//!
+//! The SDK's own retries are off so that each request is counted and each operation has its
+//! own policy (the poller backs off, batch calls retry a few times).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageAttributeValue,
+    MessageSystemAttributeName, QueueAttributeName,
+};
+use aws_sdk_sqs::Client;
+
+use crate::config::AwsConfig;
+use crate::metrics::PipelineMetrics;
+
+/// Attempts for each chunk of a batch call (first try included).
+const BATCH_ATTEMPTS: u32 = 3;
+
+/// A failed SQS request.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation} failed: {message}")]
+pub struct SqsError {
+    pub operation: &'static str,
+    /// The error code SQS gave (`QueueDoesNotExist`, …), if it answered at all.
+    pub code: Option<String>,
+    pub message: String,
+    retryable: bool,
+}
+
+impl SqsError {
+    /// Throttling, 5xx, timeouts and connection failures are worth retrying; a missing queue,
+    /// denied access or an invalid argument is not.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    fn from_sdk<E, R>(operation: &'static str, e: SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        let (code, retryable) = match &e {
+            SdkError::ServiceError(se) => {
+                let code = se.err().code().map(str::to_string);
+                let retryable = code.as_deref().is_some_and(is_retryable_code) || se.err().code().is_none();
+                (code, retryable)
+            }
+            SdkError::ConstructionFailure(_) => (None, false),
+            _ => (None, true), // dispatch failure (connection refused, DNS), timeout, unreadable response
+        };
+        SqsError {
+            operation,
+            code,
+            message: DisplayErrorContext(&e).to_string(),
+            retryable,
+        }
+    }
+}
+
+fn is_retryable_code(code: &str) -> bool {
+    matches!(
+        code,
+        "ThrottlingException"
+            | "RequestThrottled"
+            | "AWS.SimpleQueueService.RequestThrottled"
+            | "ServiceUnavailable"
+            | "InternalError"
+            | "InternalFailure"
+            | "KmsThrottled"
+            | "AWS.SimpleQueueService.KmsThrottled"
+            | "OverLimit"
+    )
+}
+
+/// Builds the SQS client from the standard AWS chain plus `[aws]`.
+///
+/// # Errors
+/// When no region can be found.
+pub async fn client(aws: &AwsConfig) -> anyhow::Result<Client> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &aws.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    let shared = loader.load().await;
+    if shared.region().is_none() {
+        anyhow::bail!("no AWS region: set `[aws] region` in the configuration or the AWS_REGION environment variable");
+    }
+    let mut builder = aws_sdk_sqs::config::Builder::from(&shared)
+        .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                // a 20 s long poll plus room for a slow answer
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        );
+    if let Some(endpoint) = &aws.sqs_endpoint_url {
+        builder = builder.endpoint_url(endpoint.clone());
+    }
+    Ok(Client::from_conf(builder.build()))
+}
+
+/// The region the client will sign for (for `awsRegion` in records).
+pub fn region_of(client: &Client) -> String {
+    client.config().region().map_or_else(|| "us-east-1".to_string(), |r| r.to_string())
+}
+
+/// One queue, with the pipeline's request counters.
+#[derive(Clone)]
+pub struct SqsQueue {
+    client: Client,
+    pub url: String,
+    metrics: PipelineMetrics,
+}
+
+impl SqsQueue {
+    pub fn new(client: Client, url: impl Into<String>, metrics: PipelineMetrics) -> Self {
+        SqsQueue {
+            client,
+            url: url.into(),
+            metrics,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn count<T>(&self, operation: &'static str, r: &Result<T, SqsError>) {
+        self.metrics.sqs_request(operation, r.is_ok());
+    }
+
+    /// One ReceiveMessage call for up to 10 messages with all their attributes.
+    ///
+    /// # Errors
+    /// [`SqsError`]; the caller backs off when it is retryable.
+    pub async fn receive(&self, wait: Duration, visibility: Option<Duration>) -> Result<Vec<Message>, SqsError> {
+        let r = self
+            .client
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(wait.as_secs() as i32)
+            .set_visibility_timeout(visibility.map(|v| v.as_secs() as i32))
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map(|out| out.messages.unwrap_or_default())
+            .map_err(|e| SqsError::from_sdk("ReceiveMessage", e));
+        self.count("ReceiveMessage", &r);
+        r
+    }
+
+    /// Queue attributes by name (`QueueArn`, `VisibilityTimeout`, `ApproximateNumberOfMessages`, …).
+    ///
+    /// # Errors
+    /// [`SqsError`].
+    pub async fn attributes(&self, names: &[QueueAttributeName]) -> Result<HashMap<String, String>, SqsError> {
+        let r = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .set_attribute_names(Some(names.to_vec()))
+            .send()
+            .await
+            .map(|out| {
+                out.attributes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k.as_str().to_string(), v))
+                    .collect()
+            })
+            .map_err(|e| SqsError::from_sdk("GetQueueAttributes", e));
+        self.count("GetQueueAttributes", &r);
+        r
+    }
+
+    /// Deletes by receipt handle; returns the indexes (into `receipts`) that could not be deleted.
+    pub async fn delete(&self, receipts: &[&str]) -> Vec<usize> {
+        self.batched("DeleteMessageBatch", receipts.len(), |idx| {
+            let entries = idx
+                .iter()
+                .map(|&i| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipts[i])
+                        .build()
+                        .expect("id and receipt handle are set")
+                })
+                .collect();
+            async move {
+                self.client
+                    .delete_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map(|out| out.failed)
+                    .map_err(|e| SqsError::from_sdk("DeleteMessageBatch", e))
+            }
+        })
+        .await
+    }
+
+    /// Sets the visibility timeout of each `(receipt handle, seconds)`; returns the indexes that
+    /// could not be changed.
+    pub async fn change_visibility(&self, entries: &[(&str, i32)]) -> Vec<usize> {
+        self.batched("ChangeMessageVisibilityBatch", entries.len(), |idx| {
+            let batch = idx
+                .iter()
+                .map(|&i| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(entries[i].0)
+                        .visibility_timeout(entries[i].1)
+                        .build()
+                        .expect("id and receipt handle are set")
+                })
+                .collect();
+            async move {
+                self.client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(batch))
+                    .send()
+                    .await
+                    .map(|out| out.failed)
+                    .map_err(|e| SqsError::from_sdk("ChangeMessageVisibilityBatch", e))
+            }
+        })
+        .await
+    }
+
+    /// Sends one message to this queue (the dead-letter path).
+    ///
+    /// # Errors
+    /// [`SqsError`] after [`BATCH_ATTEMPTS`] tries of a retryable failure, or at once otherwise.
+    pub async fn send(
+        &self,
+        body: &str,
+        attributes: HashMap<String, MessageAttributeValue>,
+        group_id: Option<&str>,
+        deduplication_id: Option<&str>,
+    ) -> Result<(), SqsError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self
+                .client
+                .send_message()
+                .queue_url(&self.url)
+                .message_body(body)
+                .set_message_attributes(Some(attributes.clone()))
+                .set_message_group_id(group_id.map(str::to_string))
+                .set_message_deduplication_id(deduplication_id.map(str::to_string))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| SqsError::from_sdk("SendMessage", e));
+            self.count("SendMessage", &r);
+            match r {
+                Err(e) if e.is_retryable() && attempt < BATCH_ATTEMPTS => {
+                    tokio::time::sleep(retry_pause(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs a batch operation over `n` entries in chunks of 10, concurrently, retrying the
+    /// entries SQS reported as failed (or whole chunks whose request failed) when retryable.
+    async fn batched<F, Fut>(&self, operation: &'static str, n: usize, call: F) -> Vec<usize>
+    where
+        F: Fn(Vec<usize>) -> Fut,
+        Fut: Future<Output = Result<Vec<aws_sdk_sqs::types::BatchResultErrorEntry>, SqsError>>,
+    {
+        let chunks: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(10).map(<[usize]>::to_vec).collect();
+        let results = futures_util::future::join_all(chunks.into_iter().map(|chunk| {
+            let call = &call;
+            async move {
+                let mut pending = chunk;
+                let mut given_up = Vec::new();
+                for attempt in 1..=BATCH_ATTEMPTS {
+                    let r = call(pending.clone()).await;
+                    self.count(operation, &r);
+                    match r {
+                        Ok(failed) if failed.is_empty() => return given_up,
+                        Ok(failed) => {
+                            let mut retry = Vec::new();
+                            for f in failed {
+                                let Ok(i) = f.id.parse::<usize>() else { continue };
+                                // sender faults (an expired receipt handle, say) will not get better
+                                if f.sender_fault || attempt == BATCH_ATTEMPTS {
+                                    tracing::warn!(operation, code = %f.code, message = f.message.as_deref().unwrap_or(""), "batch entry failed");
+                                    given_up.push(i);
+                                } else {
+                                    retry.push(i);
+                                }
+                            }
+                            if retry.is_empty() {
+                                return given_up;
+                            }
+                            pending = retry;
+                        }
+                        Err(e) if e.is_retryable() && attempt < BATCH_ATTEMPTS => {
+                            tracing::warn!(operation, error = %e, attempt, "batch request failed, retrying");
+                        }
+                        Err(e) => {
+                            tracing::warn!(operation, error = %e, "batch request failed, giving up");
+                            given_up.extend(pending);
+                            return given_up;
+                        }
+                    }
+                    tokio::time::sleep(retry_pause(attempt)).await;
+                }
+                given_up.extend(pending);
+                given_up
+            }
+        }))
+        .await;
+        results.into_iter().flatten().collect()
+    }
+}
+
+/// Pause before the next attempt of a batch call: 50 ms, 100 ms, 200 ms … with jitter.
+fn retry_pause(attempt: u32) -> Duration {
+    let base = 50u64 << attempt.min(6);
+    Duration::from_millis(base / 2 + fastrand::u64(0..=base / 2))
+}
