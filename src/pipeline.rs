@@ -294,7 +294,7 @@ async fn acknowledge(ctx: &PipelineContext, batch: &[ReceivedMessage], verdict: 
         }
         Verdict::Partial(_) => {
             ctx.metrics.batches_partial.increment(1);
-            "reported in batchItemFailures".to_string()
+            response::ITEM_FAILURE_REASON.to_string()
         }
         Verdict::AllFailed(reason) => {
             ctx.metrics.batches_failure.increment(1);

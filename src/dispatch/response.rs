@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use crate::event::ReceivedMessage;
 
+/// Why messages named in `batchItemFailures` failed (the dead-letter reason).
+pub const ITEM_FAILURE_REASON: &str = "reported in batchItemFailures";
+
 /// How a batch came out, per message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -65,7 +68,7 @@ pub fn interpret(body: &[u8], batch: &[ReceivedMessage], fifo: bool) -> Verdict 
     }
     let failed: Vec<usize> = failed.iter().enumerate().filter_map(|(i, &f)| f.then_some(i)).collect();
     if failed.len() == batch.len() {
-        Verdict::AllFailed("the target reported every message as failed".to_string())
+        Verdict::AllFailed(ITEM_FAILURE_REASON.to_string())
     } else {
         Verdict::Partial(failed)
     }

@@ -1,0 +1,407 @@
+//! Test harness: the real SQS emulator (fauxqs) over HTTP with the real aws-sdk-sqs client,
+//! a real HTTP worker, and the real `sqs-poller` binary as a child process.
+//!
+//! The emulator is found through `SQS_POLLER_TEST_ENDPOINT` or `.local/run/fauxqs.url`
+//! (written by `scripts/services.sh start`). When it is absent the tests fail, saying how to
+//! start it; they never skip.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::Client;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+
+pub const HOW_TO_START: &str = "no SQS emulator is running for the tests. Start one with `scripts/services.sh start` \
+     (installs fauxqs into .local/ and writes .local/run/fauxqs.url), or run everything with `scripts/test.sh`; \
+     SQS_POLLER_TEST_ENDPOINT=http://127.0.0.1:PORT points the tests at another SQS-compatible server";
+
+/// The SQS emulator and a client for it.
+pub struct Sqs {
+    pub endpoint: String,
+    pub client: Client,
+}
+
+pub async fn sqs() -> Sqs {
+    let endpoint = std::env::var("SQS_POLLER_TEST_ENDPOINT").ok().or_else(|| {
+        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/run/fauxqs.url");
+        std::fs::read_to_string(file).ok().map(|s| s.trim().to_string())
+    });
+    let Some(endpoint) = endpoint else { panic!("{HOW_TO_START}") };
+    match http_get(&format!("{endpoint}/health")).await {
+        Some((200, _)) => {}
+        other => panic!("the SQS emulator at {endpoint} does not answer on /health ({other:?}): {HOW_TO_START}"),
+    }
+    let config = aws_sdk_sqs::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(&endpoint)
+        .build();
+    Sqs {
+        endpoint,
+        client: Client::from_conf(config),
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), n % 1_000_000_000_000)
+}
+
+impl Sqs {
+    /// Creates a queue with a fresh name and returns its URL.
+    pub async fn queue(&self, prefix: &str, attributes: &[(QueueAttributeName, &str)]) -> String {
+        let mut req = self.client.create_queue().queue_name(unique(prefix));
+        for (k, v) in attributes {
+            req = req.attributes(k.clone(), *v);
+        }
+        req.send().await.expect("CreateQueue").queue_url.expect("queue url")
+    }
+
+    pub async fn send_bodies(&self, url: &str, bodies: &[String]) {
+        for chunk in bodies.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(b)
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = self.client.send_message_batch().queue_url(url).set_entries(Some(entries)).send().await.expect("SendMessageBatch");
+            assert!(out.failed.is_empty(), "send failed: {:?}", out.failed);
+        }
+    }
+
+    pub async fn send_with_attribute(&self, url: &str, body: &str, name: &str, value: &str) -> String {
+        self.client
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .message_attributes(name, MessageAttributeValue::builder().data_type("String").string_value(value).build().unwrap())
+            .send()
+            .await
+            .expect("SendMessage")
+            .message_id
+            .unwrap()
+    }
+
+    /// (visible, in flight) message counts.
+    pub async fn counts(&self, url: &str) -> (u64, u64) {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("GetQueueAttributes");
+        let a = out.attributes.unwrap_or_default();
+        let get = |k: QueueAttributeName| a.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
+    }
+
+    /// Receives (and hides for 5 minutes) every visible message.
+    pub async fn take_all(&self, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+        let mut all = Vec::new();
+        loop {
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(0)
+                .visibility_timeout(300)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .expect("ReceiveMessage");
+            let msgs = out.messages.unwrap_or_default();
+            if msgs.is_empty() {
+                return all;
+            }
+            all.extend(msgs);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker
+// ---------------------------------------------------------------------------------------------
+
+/// What the worker answers to one event.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<String>) -> Self {
+        Reply {
+            status: 200,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn failures(ids: &[&str]) -> Self {
+        let list: Vec<Value> = ids.iter().map(|id| serde_json::json!({"itemIdentifier": id})).collect();
+        Reply::ok(serde_json::json!({ "batchItemFailures": list }).to_string())
+    }
+}
+
+/// One event as the worker saw it.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub at: Instant,
+    pub bytes: usize,
+    pub event: Value,
+    /// Whether the worker's answer was written completely (false if the poller hung up first).
+    pub answered: bool,
+}
+
+impl Delivery {
+    pub fn records(&self) -> &Vec<Value> {
+        self.event["Records"].as_array().expect("Records")
+    }
+}
+
+/// A real HTTP worker on a loopback port.
+pub struct Worker {
+    pub url: String,
+    pub deliveries: Arc<Mutex<Vec<Delivery>>>,
+}
+
+type Handler = dyn Fn(&Value) -> Reply + Send + Sync;
+
+pub async fn worker(handler: impl Fn(&Value) -> Reply + Send + Sync + 'static) -> Worker {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/sqs", listener.local_addr().unwrap());
+    let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let handler: Arc<Handler> = Arc::new(handler);
+    let log = deliveries.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let handler = handler.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    let log = log.clone();
+                    async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let event: Value = serde_json::from_slice(&body).expect("the event is JSON");
+                        let reply = handler(&event);
+                        let index = {
+                            let mut l = log.lock().unwrap();
+                            l.push(Delivery {
+                                at: Instant::now(),
+                                bytes: body.len(),
+                                event,
+                                answered: false,
+                            });
+                            l.len() - 1
+                        };
+                        tokio::time::sleep(reply.delay).await;
+                        // reached only if the poller still waits: the answer is about to be sent
+                        log.lock().unwrap()[index].answered = true;
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(reply.status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(reply.body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Worker { url, deliveries }
+}
+
+impl Worker {
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.deliveries.lock().unwrap().clone()
+    }
+
+    /// How many times each message id was delivered.
+    pub fn times_delivered(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for d in self.deliveries() {
+            for r in d.records() {
+                *m.entry(r["messageId"].as_str().unwrap().to_string()).or_default() += 1;
+            }
+        }
+        m
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The poller process
+// ---------------------------------------------------------------------------------------------
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Poller {
+    pub child: tokio::process::Child,
+    pub listen: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Writes `pipelines` (TOML for one or more `[[pipelines]]`) under a header pointing at the
+/// emulator, starts the binary and waits until `/readyz` says ready.
+pub async fn start_poller(sqs: &Sqs, grace_secs: u64, pipelines: &str) -> Poller {
+    let port = free_port();
+    let text = format!(
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n{pipelines}",
+        sqs.endpoint
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("poller.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("poller.log");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start sqs-poller");
+    let poller = Poller {
+        child,
+        listen: format!("http://127.0.0.1:{port}"),
+        log,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some((200, _)) = http_get(&format!("{}/readyz", poller.listen)).await {
+            return poller;
+        }
+        assert!(Instant::now() < deadline, "sqs-poller did not become ready; log:\n{}", poller.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Poller {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        http_get(&format!("{}/metrics", self.listen)).await.expect("GET /metrics").1
+    }
+
+    /// The value of one series, e.g. `sqs_poller_messages_deleted_total{pipeline="p"}`; 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics_text().await, series)
+    }
+
+    /// Waits until `series` reaches at least `at_least`; panics with the log after `timeout`.
+    pub async fn wait_metric(&self, series: &str, at_least: f64, timeout: Duration) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(series).await;
+            if v >= at_least {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} stayed at {v} (< {at_least}) for {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn sigterm(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success();
+        assert!(ok, "kill -TERM {pid}");
+    }
+
+    /// SIGTERM, then the exit status and how long the exit took.
+    pub async fn stop(mut self) -> (ExitStatus, Duration, String) {
+        let t = Instant::now();
+        self.sigterm();
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("sqs-poller did not exit within 60 s of SIGTERM")
+            .unwrap();
+        (status, t.elapsed(), self.log_text())
+    }
+}
+
+/// Parses one series out of Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// GET over plain HTTP; `None` when nothing answers.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let res = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse().ok()?)).await.ok()?.ok()?;
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Polls `f` until it returns true; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `[[pipelines]]` table with an http target; `extra` is appended (more tables or keys).
+pub fn http_pipeline(name: &str, queue_url: &str, worker_url: &str, extra: &str) -> String {
+    format!(
+        "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{queue_url}\"\n[pipelines.target]\ntype = \"http\"\nurl = \"{worker_url}\"\n{extra}\n"
+    )
+}
