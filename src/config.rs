@@ -165,13 +165,14 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let reason = inner.message().to_string();
+            let line = inner.span().map(|s| line_of(&text, s.start));
+            let mut reason = inner.message().to_string();
             let path = if path == "." || path.is_empty() {
-                inner
-                    .span()
-                    .map(|s| format!("line {}", line_of(&text, s.start)))
-                    .unwrap_or_else(|| "(top level)".to_string())
+                line.map_or_else(|| "(top level)".to_string(), |l| format!("line {l}"))
             } else {
+                if let Some(l) = line {
+                    reason.push_str(&format!(" (line {l})"));
+                }
                 path
             };
             vec![Problem { path, reason }]

@@ -88,6 +88,13 @@ impl Sqs {
         }
     }
 
+    /// One SendMessage per body (for bodies too large to batch).
+    pub async fn send_each(&self, url: &str, bodies: &[String]) {
+        for b in bodies {
+            self.client.send_message().queue_url(url).message_body(b).send().await.expect("SendMessage");
+        }
+    }
+
     pub async fn send_with_attribute(&self, url: &str, body: &str, name: &str, value: &str) -> String {
         self.client
             .send_message()
@@ -279,10 +286,23 @@ pub struct Poller {
 /// Writes `pipelines` (TOML for one or more `[[pipelines]]`) under a header pointing at the
 /// emulator, starts the binary and waits until `/readyz` says ready.
 pub async fn start_poller(sqs: &Sqs, grace_secs: u64, pipelines: &str) -> Poller {
+    let poller = spawn_poller(&sqs.endpoint, grace_secs, pipelines);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some((200, _)) = http_get(&format!("{}/readyz", poller.listen)).await {
+            return poller;
+        }
+        assert!(Instant::now() < deadline, "sqs-poller did not become ready; log:\n{}", poller.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts the binary against `endpoint` without waiting for it to be ready.
+pub fn spawn_poller(endpoint: &str, grace_secs: u64, pipelines: &str) -> Poller {
     let port = free_port();
     let text = format!(
         "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n{pipelines}",
-        sqs.endpoint
+        endpoint
     );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("poller.toml");
@@ -300,19 +320,11 @@ pub async fn start_poller(sqs: &Sqs, grace_secs: u64, pipelines: &str) -> Poller
         .kill_on_drop(true)
         .spawn()
         .expect("start sqs-poller");
-    let poller = Poller {
+    Poller {
         child,
         listen: format!("http://127.0.0.1:{port}"),
         log,
         _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some((200, _)) = http_get(&format!("{}/readyz", poller.listen)).await {
-            return poller;
-        }
-        assert!(Instant::now() < deadline, "sqs-poller did not become ready; log:\n{}", poller.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test: installs and starts the local SQS emulator (fauxqs, into .local/), then
+# `cargo test`. Extra arguments go to cargo test (e.g. `scripts/test.sh --test delivery`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! scripts/services.sh url >/dev/null 2>&1; then
+  scripts/services.sh start >/dev/null
+  trap 'scripts/services.sh stop' EXIT
+fi
+SQS_POLLER_TEST_ENDPOINT="$(scripts/services.sh url)"
+export SQS_POLLER_TEST_ENDPOINT
+echo "SQS emulator: $SQS_POLLER_TEST_ENDPOINT" >&2
+cargo test --locked "$@"

@@ -1,0 +1,93 @@
+//! Batch cutting end to end: by count across receives, by window, by `max_bytes`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_100_are_built_from_10_message_receives() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("size100", &[]).await;
+    let bodies: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    let worker = worker(|_| Reply::ok("")).await;
+    let poller = start_poller(
+        &sqs,
+        10,
+        &http_pipeline(
+            "size100",
+            &queue,
+            &worker.url,
+            "[pipelines.pollers]\nmin = 4\nmax = 4\nwait_time_secs = 1\n[pipelines.batch]\nsize = 100\nwindow_ms = 5000",
+        ),
+    )
+    .await;
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"size100\"}", 300.0, Duration::from_secs(30)).await;
+    let sizes: Vec<usize> = worker.deliveries().iter().map(|d| d.records().len()).collect();
+    assert_eq!(sizes, vec![100, 100, 100], "cut by count, long before the 5 s window");
+    let text = poller.metrics_text().await;
+    let receives = metric_value(&text, "sqs_poller_sqs_requests_total{pipeline=\"size100\",operation=\"ReceiveMessage\",outcome=\"ok\"}");
+    assert!(receives >= 30.0, "at most 10 messages per receive: {receives} receives");
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_cuts_a_batch_that_is_not_full() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("window", &[]).await;
+    let worker = worker(|_| Reply::ok("")).await;
+    let poller = start_poller(
+        &sqs,
+        10,
+        &http_pipeline(
+            "window",
+            &queue,
+            &worker.url,
+            "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.batch]\nsize = 100\nwindow_ms = 1500",
+        ),
+    )
+    .await;
+    let sent = Instant::now();
+    sqs.send_bodies(&queue, &(0..5).map(|i| format!("w{i}")).collect::<Vec<_>>()).await;
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"window\"}", 5.0, Duration::from_secs(20)).await;
+    let deliveries = worker.deliveries();
+    assert_eq!(deliveries.iter().map(|d| d.records().len()).collect::<Vec<_>>(), vec![5], "one batch of all five");
+    let waited = deliveries[0].at - sent;
+    assert!(waited >= Duration::from_millis(1400), "dispatched after {waited:?}, before the 1.5 s window ended");
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_bytes_cuts_batches_of_one_mebibyte_messages() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("bytes", &[]).await;
+    // 12 messages of 1,000,000 bytes: six records fit in Lambda's 6 MiB (6,291,456 B) event, seven do not
+    let bodies: Vec<String> = (0..12).map(|i| format!("{i:02}{}", "x".repeat(999_998))).collect();
+    sqs.send_each(&queue, &bodies).await;
+    let worker = worker(|_| Reply::ok("")).await;
+    let poller = start_poller(
+        &sqs,
+        10,
+        &http_pipeline(
+            "bytes",
+            &queue,
+            &worker.url,
+            "[pipelines.pollers]\nmin = 2\nmax = 2\nwait_time_secs = 1\n[pipelines.batch]\nsize = 100\nwindow_ms = 3000",
+        ),
+    )
+    .await;
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"bytes\"}", 12.0, Duration::from_secs(60)).await;
+    let deliveries = worker.deliveries();
+    for d in &deliveries {
+        assert!(d.bytes <= 6_291_456, "an event of {} bytes exceeds max_bytes", d.bytes);
+    }
+    let sizes: Vec<usize> = deliveries.iter().map(|d| d.records().len()).collect();
+    assert_eq!(sizes, vec![6, 6], "cut by bytes, not by count or window");
+    assert!(deliveries.iter().all(|d| d.bytes > 6_000_000), "each batch is as full as the cap allows");
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}

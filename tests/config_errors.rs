@@ -1,0 +1,164 @@
+//! `sqs-poller check` and `run` on broken configurations: exit 2, one clear line per mistake,
+//! each naming the file, the key path (or line) and the reason.
+
+use std::process::Command;
+
+const VALID: &str = r#"
+[[pipelines]]
+name = "orders"
+queue_url = "http://127.0.0.1:4566/000000000000/orders"
+[pipelines.target]
+type = "http"
+url = "http://127.0.0.1:8080/sqs"
+"#;
+
+/// Runs `sqs-poller <verb> --config FILE` on `text`; returns (exit code, stdout, stderr, file path).
+fn run(verb: &str, text: &str) -> (i32, String, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+        .args([verb, "--config"])
+        .arg(&file)
+        .env_remove("NOT_SET_ANYWHERE")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        file.display().to_string(),
+    )
+}
+
+/// Asserts `check` rejects `text` with exit 2 and a line `FILE: <expected…>`.
+fn rejects(text: &str, expected: &str) {
+    let (code, _, stderr, file) = run("check", text);
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    let wanted = format!("{file}: {expected}");
+    assert!(stderr.lines().any(|l| l.starts_with(&wanted)), "expected a line starting with\n  {wanted}\ngot:\n{stderr}");
+}
+
+#[test]
+fn a_valid_file_passes_and_prints_the_resolved_pipeline() {
+    let (code, stdout, stderr, _) = run("check", VALID);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("pipeline orders"), "{stdout}");
+    assert!(stdout.contains("pollers    min 1 max 10 wait 20s"), "{stdout}");
+}
+
+#[test]
+fn the_shipped_configurations_are_valid() {
+    for file in ["config/poller.toml", "config/demo.toml"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+            .args(["check", "--config", file])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn unknown_key() {
+    rejects(&format!("{VALID}[pipelines.batch]\nsise = 5\n"), "pipelines[0].batch.sise: unknown field `sise`, expected one of `size`, `window_ms`, `max_bytes` (line 9)");
+}
+
+#[test]
+fn unknown_top_level_table() {
+    rejects(&format!("[metrics]\nport = 1\n{VALID}"), "metrics: unknown field `metrics`, expected one of `aws`, `server`, `shutdown`, `pipelines` (line 1)");
+}
+
+#[test]
+fn out_of_range_value() {
+    rejects(
+        &format!("{VALID}[pipelines.batch]\nsize = 20000\n"),
+        "pipelines[0].batch.size: 20000 is out of range: must be between 1 and 10000",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    rejects(&format!("{VALID}[pipelines.pollers]\nmax = \"ten\"\n"), "pipelines[0].pollers.max: invalid type: string \"ten\", expected u64 (line 9)");
+}
+
+#[test]
+fn min_above_max() {
+    rejects(&format!("{VALID}[pipelines.pollers]\nmin = 8\nmax = 4\n"), "pipelines[0].pollers.min: 8 is greater than pollers.max (4)");
+}
+
+#[test]
+fn missing_environment_variable() {
+    rejects(
+        &VALID.replace("http://127.0.0.1:4566/000000000000/orders", "${NOT_SET_ANYWHERE}"),
+        "line 4: environment variable NOT_SET_ANYWHERE is not set",
+    );
+}
+
+#[test]
+fn missing_target() {
+    let text = VALID.split("[pipelines.target]").next().unwrap().to_string();
+    rejects(&text, "pipelines[0].target: is required");
+}
+
+#[test]
+fn missing_required_key() {
+    rejects(&VALID.replace("name = \"orders\"\n", ""), "pipelines[0].name: is required");
+}
+
+#[test]
+fn not_a_url() {
+    rejects(&VALID.replace("http://127.0.0.1:4566/000000000000/orders", "orders"), "pipelines[0].queue_url: `orders` is not a URL");
+}
+
+#[test]
+fn unknown_target_type() {
+    rejects(&VALID.replace("type = \"http\"", "type = \"smtp\""), "pipelines[0].target.type: `smtp` is not a target type");
+}
+
+#[test]
+fn key_of_another_target_type() {
+    rejects(&format!("{VALID}program = \"./worker\"\n"), "pipelines[0].target.program: does not apply to target type `http`");
+}
+
+#[test]
+fn duplicate_pipeline_names() {
+    rejects(&format!("{VALID}{VALID}"), "pipelines[1].name: `orders` is used by another pipeline");
+}
+
+#[test]
+fn toml_syntax_error() {
+    rejects(&format!("{VALID}[pipelines.batch\n"), "line 8: TOML syntax error");
+}
+
+#[test]
+fn no_pipelines() {
+    rejects("[server]\nlisten = \"127.0.0.1:9464\"\n", "pipelines: at least one [[pipelines]] table is required");
+}
+
+#[test]
+fn several_mistakes_are_all_reported() {
+    let (code, _, stderr, _) = run("check", &format!("{VALID}[pipelines.batch]\nsize = 0\nwindow_ms = 999999\n"));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("pipelines[0].batch.size: 0 is out of range"), "{stderr}");
+    assert!(stderr.contains("pipelines[0].batch.window_ms: 999999 is out of range"), "{stderr}");
+    assert!(stderr.contains("configuration error: 2 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn run_refuses_a_bad_file_with_exit_2() {
+    let (code, _, stderr, file) = run("run", &format!("{VALID}[pipelines.batch]\nsize = 0\n"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&format!("{file}: pipelines[0].batch.size")), "{stderr}");
+}
+
+#[test]
+fn a_missing_file_is_a_configuration_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+        .args(["check", "--config", "/nonexistent/poller.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("/nonexistent/poller.toml: cannot read the configuration file"), "{stderr}");
+}

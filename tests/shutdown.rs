@@ -1,0 +1,86 @@
+//! SIGTERM: drain within the grace period, delete only what succeeded, leave nothing hidden.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_batch_finishes_or_releases_everything() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("sigterm", &[]).await;
+    let bodies: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    // the first batch finishes within the grace period, the others do not
+    let calls = Arc::new(AtomicUsize::new(0));
+    let worker = {
+        let calls = calls.clone();
+        worker(move |_| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            Reply {
+                status: 200,
+                body: String::new(),
+                delay: if n == 0 { Duration::from_millis(1500) } else { Duration::from_secs(30) },
+            }
+        })
+        .await
+    };
+    let grace = 4;
+    let poller = start_poller(
+        &sqs,
+        grace,
+        &http_pipeline(
+            "sigterm",
+            &queue,
+            &worker.url,
+            "max_concurrency = 2\ntimeout_secs = 60\n[pipelines.pollers]\nmin = 2\nmax = 2\nwait_time_secs = 2\n[pipelines.batch]\nsize = 10",
+        ),
+    )
+    .await;
+    eventually("two batches in the worker", Duration::from_secs(10), || async { worker.deliveries().len() >= 2 }).await;
+
+    let (status, took, log) = poller.stop().await;
+    assert!(status.success(), "exit {status:?}; log:\n{log}");
+    assert!(took <= Duration::from_secs(grace) + Duration::from_millis(500), "exit took {took:?} (grace {grace} s)");
+
+    // nothing is left hidden: every message not deleted is visible at once
+    let (visible, hidden) = sqs.counts(&queue).await;
+    assert_eq!(hidden, 0, "messages left invisible after shutdown; log:\n{log}");
+
+    let answered: HashSet<String> = worker
+        .deliveries()
+        .iter()
+        .filter(|d| d.answered)
+        .flat_map(|d| d.records().iter().map(|r| r["body"].as_str().unwrap().to_string()).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(answered.len(), 10, "the first batch succeeded within the grace period");
+    let remaining: HashSet<String> =
+        sqs.take_all(&queue).await.iter().map(|m| m.body().unwrap().to_string()).collect();
+    assert_eq!(visible as usize, remaining.len());
+    assert!(answered.is_disjoint(&remaining), "a processed message was not deleted");
+    let all: HashSet<String> = answered.union(&remaining).cloned().collect();
+    assert_eq!(all, bodies.into_iter().collect::<HashSet<_>>(), "none lost, none deleted without success");
+    assert!(log.contains("releasing an unfinished batch"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_poller_stops_after_its_long_poll_returns() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("idle", &[]).await;
+    let worker = worker(|_| Reply::ok("")).await;
+    let poller = start_poller(
+        &sqs,
+        10,
+        &http_pipeline("idle", &queue, &worker.url, "[pipelines.pollers]\nmin = 3\nmax = 3\nwait_time_secs = 2"),
+    )
+    .await;
+    poller.wait_metric("sqs_poller_pollers{pipeline=\"idle\"}", 3.0, Duration::from_secs(5)).await;
+    let (status, took, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(took <= Duration::from_millis(2800), "waited {took:?} for 2 s long polls");
+    assert_eq!(sqs.counts(&queue).await, (0, 0));
+}

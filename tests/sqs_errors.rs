@@ -1,0 +1,50 @@
+//! An unreachable SQS endpoint is retried with backoff, reported, and survives a clean stop.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_is_retried_and_reported() {
+    // nothing listens on this port
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let poller = spawn_poller(
+        &endpoint,
+        5,
+        &http_pipeline("down", &format!("{endpoint}/000000000000/q"), "http://127.0.0.1:9/", ""),
+    );
+    let series = "sqs_poller_sqs_requests_total{pipeline=\"down\",operation=\"GetQueueAttributes\",outcome=\"error\"}";
+    let mut last = 0.0;
+    for _ in 0..100 {
+        if let Some((_, text)) = http_get(&format!("{}/metrics", poller.listen)).await {
+            last = metric_value(&text, series);
+            if last >= 3.0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last >= 3.0, "errors counted: {last}; log:\n{}", poller.log_text());
+    assert_eq!(http_get(&format!("{}/healthz", poller.listen)).await.map(|r| r.0), Some(200));
+    let ready = http_get(&format!("{}/readyz", poller.listen)).await.unwrap();
+    assert_eq!(ready.0, 503);
+    assert!(ready.1.contains("down"), "{}", ready.1);
+    let log = poller.log_text();
+    assert!(log.contains("queue not reachable yet"), "{log}");
+    let (status, took, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_does_not_exist_is_a_fatal_error_naming_it() {
+    let sqs = sqs().await;
+    let missing = format!("{}/000000000000/{}", sqs.endpoint, unique("missing"));
+    let mut poller = spawn_poller(&sqs.endpoint, 5, &http_pipeline("missing", &missing, "http://127.0.0.1:9/", ""));
+    let status = tokio::time::timeout(Duration::from_secs(15), poller.child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(1));
+    let log = poller.log_text();
+    assert!(log.contains("pipeline missing") && log.contains(&missing), "{log}");
+}
