@@ -26,7 +26,8 @@ pub enum Invocation {
     Throttled(String),
 }
 
-/// A configured target.
+/// A configured target. One per pipeline, so the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Target {
     Http(http::HttpTarget),
     Command(command::CommandTarget),
