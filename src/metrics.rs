@@ -36,13 +36,12 @@ pub const BUILD_INFO: &str = "sqs_poller_build_info";
 pub const BATCH_OUTCOMES: [&str; 4] = ["success", "partial", "failure", "throttled"];
 
 /// The SQS operations the service calls, the values of the `operation` label of [`SQS_REQUESTS`].
-pub const SQS_OPERATIONS: [&str; 6] = [
+pub const SQS_OPERATIONS: [&str; 5] = [
     "ReceiveMessage",
     "DeleteMessageBatch",
     "ChangeMessageVisibilityBatch",
     "SendMessage",
     "GetQueueAttributes",
-    "GetQueueUrl",
 ];
 
 /// Installs the Prometheus recorder and describes every metric.

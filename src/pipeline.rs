@@ -2,6 +2,7 @@
 //! and drain in order on shutdown (pollers → batcher → in-flight batches → release the rest).
 
 use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::{Message, QueueAttributeName};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -220,12 +222,22 @@ impl BatchSink for Dispatcher {
 async fn process_batch(ctx: Arc<PipelineContext>, batch: Batch, _permit: OwnedSemaphorePermit) {
     let n = batch.len();
     ctx.metrics.in_flight_batches.increment(1.0);
-    match dispatch(&ctx, &batch).await {
-        Some(verdict) => acknowledge(&ctx, &batch, verdict).await,
-        None => {
-            tracing::info!(pipeline = %ctx.name(), messages = n, "grace period over: releasing an unfinished batch");
-            ctx.acker.release(&batch).await;
+    let outcome = AssertUnwindSafe(async {
+        match dispatch(&ctx, &batch).await {
+            Some(verdict) => acknowledge(&ctx, &batch, verdict).await,
+            None => {
+                tracing::info!(pipeline = %ctx.name(), messages = n, "grace period over: releasing an unfinished batch");
+                ctx.acker.release(&batch).await;
+            }
         }
+    })
+    .catch_unwind()
+    .await;
+    if outcome.is_err() {
+        // a bug, not a message problem: give the messages back rather than let them wait out
+        // their visibility timeout
+        tracing::error!(pipeline = %ctx.name(), messages = n, "batch task panicked; releasing its messages");
+        ctx.acker.release(&batch).await;
     }
     ctx.metrics.in_flight_messages.decrement(n as f64);
     ctx.metrics.in_flight_batches.decrement(1.0);
