@@ -5,14 +5,14 @@ use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::{Message, QueueAttributeName};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -23,8 +23,7 @@ use crate::dispatch::response::{self, Verdict};
 use crate::dispatch::{Invocation, Target};
 use crate::event::{arn_from_queue_url, encode_event, EventSource, ReceivedMessage};
 use crate::metrics::PipelineMetrics;
-use crate::poller::scaling::Autoscaler;
-use crate::poller::{sample_depth, Backoff, Fleet};
+use crate::poller::{sample_depth, Backoff, Fleet, Scaling};
 use crate::shutdown::Shutdown;
 use crate::sqs::{SqsError, SqsQueue};
 
@@ -36,6 +35,10 @@ pub struct PipelineContext {
     pub target: Target,
     pub metrics: PipelineMetrics,
     pub shutdown: Shutdown,
+    /// The autoscaler and its signals.
+    pub scaling: Scaling,
+    /// One permit per batch that may be in flight; pollers wait for a free one before receiving.
+    pub room: Arc<Semaphore>,
     /// Set once the queue answered; `/readyz` reads it.
     pub ready: Arc<AtomicBool>,
     /// Filled in by discovery: what records name as their source.
@@ -71,6 +74,8 @@ impl PipelineContext {
         });
         PipelineContext {
             target: Target::new(&config.target),
+            scaling: Scaling::new(&config.name, config.pollers.min, config.pollers.max, metrics.pollers_desired.clone()),
+            room: Arc::new(Semaphore::new(config.target.max_concurrency)),
             config,
             queue,
             acker,
@@ -146,6 +151,12 @@ impl PipelineContext {
         Ok(())
     }
 
+    /// Tells the autoscaler how many batches are in flight.
+    fn report_saturation(&self) {
+        let max = self.config.target.max_concurrency;
+        self.scaling.saturation(max - self.room.available_permits(), max);
+    }
+
     fn queue_client(&self) -> &aws_sdk_sqs::Client {
         self.queue.client()
     }
@@ -161,29 +172,15 @@ pub async fn run(ctx: Arc<PipelineContext>) -> Result<(), SqsError> {
         return Ok(());
     }
     let cfg = &ctx.config;
-    let scaler = Arc::new(Mutex::new(Autoscaler::new(cfg.pollers.min, cfg.pollers.max, Instant::now())));
-    let changed = Arc::new(Notify::new());
-    let room = Arc::new(Semaphore::new(cfg.target.max_concurrency));
     let (tx, rx) = mpsc::channel(cfg.pollers.max.max(2));
-
-    let sampler = tokio::spawn(sample_depth(ctx.clone(), scaler.clone(), changed.clone()));
-    let fleet = tokio::spawn(
-        Fleet {
-            ctx: ctx.clone(),
-            receives: tx,
-            room: room.clone(),
-            scaler,
-            changed,
-        }
-        .run(),
-    );
+    let sampler = tokio::spawn(sample_depth(ctx.clone()));
+    let fleet = tokio::spawn(Fleet { ctx: ctx.clone(), receives: tx }.run());
     let batches = TaskTracker::new();
     Batcher {
         buffer: BatchBuffer::new(&cfg.batch),
         receives: rx,
         sink: Dispatcher {
             ctx: ctx.clone(),
-            room,
             batches: batches.clone(),
         },
     }
@@ -200,26 +197,26 @@ pub async fn run(ctx: Arc<PipelineContext>) -> Result<(), SqsError> {
 /// Hands cut batches to their own task, at most `max_concurrency` at once.
 struct Dispatcher {
     ctx: Arc<PipelineContext>,
-    room: Arc<Semaphore>,
     batches: TaskTracker,
 }
 
 impl BatchSink for Dispatcher {
     async fn submit(&mut self, batch: Batch) {
         let permit = tokio::select! {
-            p = self.room.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            p = self.ctx.room.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             () = self.ctx.shutdown.abandon.cancelled() => {
                 self.ctx.acker.release(&batch).await;
                 self.ctx.metrics.in_flight_messages.decrement(batch.len() as f64);
                 return;
             }
         };
+        self.ctx.report_saturation();
         self.batches.spawn(process_batch(self.ctx.clone(), batch, permit));
     }
 }
 
 /// Dispatches one batch and acknowledges the outcome; releases it if the grace period runs out.
-async fn process_batch(ctx: Arc<PipelineContext>, batch: Batch, _permit: OwnedSemaphorePermit) {
+async fn process_batch(ctx: Arc<PipelineContext>, batch: Batch, permit: OwnedSemaphorePermit) {
     let n = batch.len();
     ctx.metrics.in_flight_batches.increment(1.0);
     let outcome = AssertUnwindSafe(async {
@@ -241,6 +238,8 @@ async fn process_batch(ctx: Arc<PipelineContext>, batch: Batch, _permit: OwnedSe
     }
     ctx.metrics.in_flight_messages.decrement(n as f64);
     ctx.metrics.in_flight_batches.decrement(1.0);
+    drop(permit);
+    ctx.report_saturation();
 }
 
 /// Calls the target until it answers (throttles are retried); `None` when shutdown abandoned it.
@@ -275,6 +274,7 @@ async fn dispatch(ctx: &PipelineContext, batch: &[ReceivedMessage]) -> Option<Ve
             Invocation::FunctionError(reason) => return Some(Verdict::AllFailed(reason)),
             Invocation::Throttled(reason) => {
                 ctx.metrics.batches_throttled.increment(1);
+                ctx.scaling.throttle();
                 let delay = throttles.next_delay();
                 tracing::warn!(pipeline = %ctx.name(), reason, retry_in_ms = delay.as_millis() as u64, "target throttled");
                 tokio::select! {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,16 +44,73 @@ impl Backoff {
     }
 }
 
-/// The pollers of one pipeline and their scaling.
+/// The autoscaler of a pipeline and the signals around it.
+pub struct Scaling {
+    pipeline: String,
+    scaler: Mutex<Autoscaler>,
+    desired_gauge: metrics::Gauge,
+    /// Woken when the desired number changed.
+    changed: Notify,
+    /// Woken when a burst wants a fresh depth sample.
+    sample_now: Notify,
+}
+
+impl Scaling {
+    pub fn new(pipeline: &str, min: usize, max: usize, desired_gauge: metrics::Gauge) -> Self {
+        desired_gauge.set(min as f64);
+        Scaling {
+            pipeline: pipeline.to_string(),
+            scaler: Mutex::new(Autoscaler::new(min, max, Instant::now())),
+            desired_gauge,
+            changed: Notify::new(),
+            sample_now: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Autoscaler> {
+        self.scaler.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn desired(&self) -> usize {
+        self.lock().desired()
+    }
+
+    pub fn receive(&self, messages: usize) {
+        let decision = self.lock().observe_receive(messages, Instant::now());
+        self.apply(decision.change);
+        if decision.sample_depth {
+            self.sample_now.notify_one();
+        }
+    }
+
+    pub fn backlog(&self, visible: u64) {
+        let change = self.lock().observe_backlog(visible, Instant::now());
+        self.apply(change);
+    }
+
+    pub fn saturation(&self, in_flight: usize, max_concurrency: usize) {
+        self.lock().observe_saturation(in_flight, max_concurrency);
+    }
+
+    pub fn throttle(&self) {
+        self.lock().observe_throttle(Instant::now());
+    }
+
+    /// Logs a scaling step and wakes the fleet.
+    fn apply(&self, change: Option<ScaleChange>) {
+        if let Some(c) = change {
+            tracing::info!(pipeline = %self.pipeline, from = c.from, to = c.to, reason = ?c.reason, "scaling pollers");
+            self.desired_gauge.set(c.to as f64);
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// The pollers of one pipeline.
 pub struct Fleet {
     pub ctx: Arc<PipelineContext>,
     /// Where received messages go (the batcher).
     pub receives: mpsc::Sender<Vec<ReceivedMessage>>,
-    /// Free permits = room for another batch; pollers wait for one before receiving.
-    pub room: Arc<Semaphore>,
-    pub scaler: Arc<Mutex<Autoscaler>>,
-    /// Woken when the autoscaler changed its mind.
-    pub changed: Arc<Notify>,
 }
 
 impl Fleet {
@@ -63,26 +120,19 @@ impl Fleet {
         let tracker = TaskTracker::new();
         let mut pollers: Vec<CancellationToken> = Vec::new();
         let drain = self.ctx.shutdown.drain.clone();
+        let scaling = &self.ctx.scaling;
         loop {
-            let desired = self.scaler.lock().expect("autoscaler lock").desired();
+            let desired = scaling.desired();
             while pollers.len() < desired {
                 let retire = CancellationToken::new();
-                tracker.spawn(poller(
-                    self.ctx.clone(),
-                    self.receives.clone(),
-                    retire.clone(),
-                    self.room.clone(),
-                    self.scaler.clone(),
-                    self.changed.clone(),
-                ));
+                tracker.spawn(poller(self.ctx.clone(), self.receives.clone(), retire.clone()));
                 pollers.push(retire);
             }
             while pollers.len() > desired {
                 pollers.pop().expect("len > desired ≥ 0").cancel();
             }
-            self.ctx.metrics.pollers_desired.set(desired as f64);
             tokio::select! {
-                () = self.changed.notified() => {}
+                () = scaling.changed.notified() => {}
                 () = drain.cancelled() => break,
             }
         }
@@ -92,24 +142,8 @@ impl Fleet {
     }
 }
 
-/// Logs a scaling step and wakes the fleet.
-fn announce(ctx: &PipelineContext, changed: &Notify, change: Option<ScaleChange>) {
-    if let Some(c) = change {
-        tracing::info!(pipeline = %ctx.name(), from = c.from, to = c.to, reason = ?c.reason, "scaling pollers");
-        ctx.metrics.pollers_desired.set(c.to as f64);
-        changed.notify_one();
-    }
-}
-
 /// One poller: wait for room, receive, hand on; until retired.
-async fn poller(
-    ctx: Arc<PipelineContext>,
-    receives: mpsc::Sender<Vec<ReceivedMessage>>,
-    retire: CancellationToken,
-    room: Arc<Semaphore>,
-    scaler: Arc<Mutex<Autoscaler>>,
-    changed: Arc<Notify>,
-) {
+async fn poller(ctx: Arc<PipelineContext>, receives: mpsc::Sender<Vec<ReceivedMessage>>, retire: CancellationToken) {
     ctx.metrics.pollers.increment(1.0);
     let cfg = &ctx.config.pollers;
     let mut backoff = Backoff::default();
@@ -117,7 +151,7 @@ async fn poller(
         tokio::select! {
             biased;
             () = retire.cancelled() => break,
-            permit = room.acquire() => drop(permit),
+            permit = ctx.room.acquire() => drop(permit),
         }
         if retire.is_cancelled() {
             break;
@@ -128,8 +162,7 @@ async fn poller(
             Ok(messages) => {
                 backoff.reset();
                 ctx.mark_ready();
-                let change = scaler.lock().expect("autoscaler lock").observe_receive(messages.len(), Instant::now());
-                announce(&ctx, &changed, change);
+                ctx.scaling.receive(messages.len());
                 if messages.is_empty() {
                     continue;
                 }
@@ -156,8 +189,12 @@ async fn poller(
     ctx.metrics.pollers.decrement(1.0);
 }
 
-/// Samples the queue depth every `depth_interval` for the gauges and the autoscaler.
-pub async fn sample_depth(ctx: Arc<PipelineContext>, scaler: Arc<Mutex<Autoscaler>>, changed: Arc<Notify>) {
+/// Shortest time between two depth samples asked for by a burst.
+const BURST_SAMPLE_SPACING: Duration = Duration::from_millis(200);
+
+/// Samples the queue depth every `depth_interval` (and at once, at most every
+/// [`BURST_SAMPLE_SPACING`], while a burst is being scaled for) for the gauges and the autoscaler.
+pub async fn sample_depth(ctx: Arc<PipelineContext>) {
     let names = [
         QueueAttributeName::ApproximateNumberOfMessages,
         QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
@@ -165,11 +202,16 @@ pub async fn sample_depth(ctx: Arc<PipelineContext>, scaler: Arc<Mutex<Autoscale
     ];
     let mut tick = tokio::time::interval(ctx.config.depth_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
     loop {
         tokio::select! {
             () = ctx.shutdown.drain.cancelled() => return,
             _ = tick.tick() => {}
+            () = ctx.scaling.sample_now.notified() => {
+                tokio::time::sleep_until(last + BURST_SAMPLE_SPACING).await;
+            }
         }
+        last = Instant::now();
         let attrs = match ctx.queue.attributes(&names).await {
             Ok(a) => a,
             Err(e) => {
@@ -182,7 +224,6 @@ pub async fn sample_depth(ctx: Arc<PipelineContext>, scaler: Arc<Mutex<Autoscale
         ctx.metrics.queue_visible.set(visible as f64);
         ctx.metrics.queue_in_flight.set(get(&names[1]) as f64);
         ctx.metrics.queue_delayed.set(get(&names[2]) as f64);
-        let change = scaler.lock().expect("autoscaler lock").observe_backlog(visible, Instant::now());
-        announce(&ctx, &changed, change);
+        ctx.scaling.backlog(visible);
     }
 }
