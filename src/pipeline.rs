@@ -4,7 +4,7 @@
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +46,8 @@ pub struct PipelineContext {
     /// The queue's visibility timeout (or the configured override), for keeping long batches invisible.
     visibility: std::sync::OnceLock<Duration>,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// Age in ms of the oldest message received since the last depth sample (0: none).
+    oldest_age_ms: AtomicU64,
 }
 
 impl PipelineContext {
@@ -85,6 +87,7 @@ impl PipelineContext {
             source: std::sync::OnceLock::new(),
             visibility: std::sync::OnceLock::new(),
             limiter,
+            oldest_age_ms: AtomicU64::new(0),
         }
     }
 
@@ -101,17 +104,21 @@ impl PipelineContext {
         let source = self.source.get().expect("discovery runs before the pollers");
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let mut out = Vec::with_capacity(messages.len());
+        let mut oldest_ms = 0;
         for m in messages {
             match ReceivedMessage::from_sqs(m, source) {
                 Ok(m) => {
                     if let Some(sent) = m.sent_timestamp_ms {
-                        self.metrics.message_age.record(now_ms.saturating_sub(sent) as f64 / 1000.0);
+                        let age_ms = now_ms.saturating_sub(sent);
+                        oldest_ms = oldest_ms.max(age_ms);
+                        self.metrics.message_age.record(age_ms as f64 / 1000.0);
                     }
                     out.push(m);
                 }
                 Err(e) => tracing::error!(pipeline = %self.name(), error = %e, "skipping a message"),
             }
         }
+        self.oldest_age_ms.fetch_max(oldest_ms.max(1), Ordering::Relaxed);
         self.metrics.received.increment(out.len() as u64);
         self.metrics.in_flight_messages.increment(out.len() as f64);
         out
@@ -149,6 +156,11 @@ impl PipelineContext {
         self.mark_ready();
         tracing::info!(pipeline = %self.name(), queue = %self.config.queue_url, visibility_timeout_secs = visibility.as_secs(), "queue found");
         Ok(())
+    }
+
+    /// The oldest age seen since the last call, if anything was received.
+    pub fn take_oldest_age_ms(&self) -> Option<u64> {
+        Some(self.oldest_age_ms.swap(0, Ordering::Relaxed)).filter(|&ms| ms > 0)
     }
 
     /// Tells the autoscaler how many batches are in flight.

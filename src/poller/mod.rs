@@ -192,17 +192,14 @@ async fn poller(ctx: Arc<PipelineContext>, receives: mpsc::Sender<Vec<ReceivedMe
 /// Shortest time between two depth samples asked for by a burst.
 const BURST_SAMPLE_SPACING: Duration = Duration::from_millis(200);
 
-/// Samples the queue depth every `depth_interval` (and at once, at most every
-/// [`BURST_SAMPLE_SPACING`], while a burst is being scaled for) for the gauges and the autoscaler.
+/// Samples the depth of the queue (and of the dead-letter queue) every `depth_interval` (and at
+/// once, at most every [`BURST_SAMPLE_SPACING`], while a burst is being scaled for) for the
+/// gauges and the autoscaler.
 pub async fn sample_depth(ctx: Arc<PipelineContext>) {
-    let names = [
-        QueueAttributeName::ApproximateNumberOfMessages,
-        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        QueueAttributeName::ApproximateNumberOfMessagesDelayed,
-    ];
     let mut tick = tokio::time::interval(ctx.config.depth_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = Instant::now();
+    let mut oldest_secs = 0.0;
     loop {
         tokio::select! {
             () = ctx.shutdown.drain.cancelled() => return,
@@ -211,19 +208,46 @@ pub async fn sample_depth(ctx: Arc<PipelineContext>) {
                 tokio::time::sleep_until(last + BURST_SAMPLE_SPACING).await;
             }
         }
+        let since_last = last.elapsed().as_secs_f64();
         last = Instant::now();
-        let attrs = match ctx.queue.attributes(&names).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(pipeline = %ctx.name(), error = %e, "queue depth sample failed");
-                continue;
+        let dead_letter = async {
+            if let Some(dlq) = &ctx.acker.dead_letter {
+                sample_queue(&ctx, dlq, &ctx.metrics.dead_letter_queue).await;
             }
         };
-        let get = |n: &QueueAttributeName| attrs.get(n.as_str()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let visible = get(&names[0]);
-        ctx.metrics.queue_visible.set(visible as f64);
-        ctx.metrics.queue_in_flight.set(get(&names[1]) as f64);
-        ctx.metrics.queue_delayed.set(get(&names[2]) as f64);
+        let (visible, ()) = tokio::join!(sample_queue(&ctx, &ctx.queue, &ctx.metrics.source_queue), dead_letter);
+        let Some(visible) = visible else { continue };
+        // the oldest message received since the last sample; with none received, a waiting
+        // backlog only gets older
+        let received_ms = ctx.take_oldest_age_ms();
+        oldest_secs = match received_ms {
+            Some(ms) => ms as f64 / 1000.0,
+            None if visible == 0 => 0.0,
+            None => oldest_secs + since_last,
+        };
+        ctx.metrics.oldest_message_age.set(oldest_secs);
         ctx.scaling.backlog(visible);
     }
+}
+
+/// One GetQueueAttributes into `gauges`; the visible count, or `None` when the call failed.
+async fn sample_queue(ctx: &PipelineContext, queue: &crate::sqs::SqsQueue, gauges: &crate::metrics::QueueGauges) -> Option<u64> {
+    let names = [
+        QueueAttributeName::ApproximateNumberOfMessages,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+    ];
+    let attrs = match queue.attributes(&names).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(pipeline = %ctx.name(), queue = %queue.url, error = %e, "queue depth sample failed");
+            return None;
+        }
+    };
+    let get = |n: &QueueAttributeName| attrs.get(n.as_str()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let visible = get(&names[0]);
+    gauges.visible.set(visible as f64);
+    gauges.in_flight.set(get(&names[1]) as f64);
+    gauges.delayed.set(get(&names[2]) as f64);
+    Some(visible)
 }
