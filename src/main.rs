@@ -99,36 +99,44 @@ fn run(config: Config) -> ExitCode {
 }
 
 fn print_resolved(path: &std::path::Path, c: &Config) {
-    println!("{}: ok", path.display());
-    println!("listen {}  grace_period {}s", c.listen, c.grace_period.as_secs());
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    let mut out = String::new();
+    macro_rules! w {
+        ($($arg:tt)*) => {{ let _ = writeln!(out, $($arg)*); }};
+    }
+    w!("{}: ok", path.display());
+    w!("listen {}  grace_period {}s", c.listen, c.grace_period.as_secs());
     if let Some(e) = &c.aws.sqs_endpoint_url {
-        println!("sqs endpoint {e}");
+        w!("sqs endpoint {e}");
     }
     for p in &c.pipelines {
-        println!("pipeline {}", p.name);
-        println!("  queue      {}{}", p.queue_url, if p.fifo { " (FIFO)" } else { "" });
-        println!(
+        w!("pipeline {}", p.name);
+        w!("  queue      {}{}", p.queue_url, if p.fifo { " (FIFO)" } else { "" });
+        w!(
             "  pollers    min {} max {} wait {}s visibility {}",
             p.pollers.min,
             p.pollers.max,
             p.pollers.wait_time.as_secs(),
             p.pollers.visibility_timeout.map_or("queue default".to_string(), |v| format!("{}s", v.as_secs()))
         );
-        println!("  batch      size {} window {}ms max_bytes {}", p.batch.size, p.batch.window.as_millis(), p.batch.max_bytes);
+        w!("  batch      size {} window {}ms max_bytes {}", p.batch.size, p.batch.window.as_millis(), p.batch.max_bytes);
         let target = match &p.target.kind {
             TargetKind::Http { url } => format!("http {url}"),
             TargetKind::Command { program, args } => format!("command {program} {}", args.join(" ")),
         };
-        println!(
+        w!(
             "  target     {target} timeout {}s max_concurrency {} rate_limit {}",
             p.target.timeout.as_secs(),
             p.target.max_concurrency,
             p.target.rate_limit_per_sec.map_or("none".to_string(), |r| format!("{r}/s"))
         );
-        println!("  retry      backoff {}s..{}s", p.retry.initial_backoff.as_secs(), p.retry.max_backoff.as_secs());
+        w!("  retry      backoff {}s..{}s", p.retry.initial_backoff.as_secs(), p.retry.max_backoff.as_secs());
         match &p.dead_letter {
-            Some(d) => println!("  dead_letter {} after {} receives", d.queue_url, d.max_receive_count),
-            None => println!("  dead_letter none (the queue's own redrive policy applies)"),
+            Some(d) => w!("  dead_letter {} after {} receives", d.queue_url, d.max_receive_count),
+            None => w!("  dead_letter none (the queue's own redrive policy applies)"),
         }
     }
+    // a closed pipe (`check | head`) is not an error worth a panic
+    let _ = std::io::stdout().write_all(out.as_bytes());
 }
