@@ -14,7 +14,7 @@
 //!
 //! Around them: [`pipeline`] wires the stages of one queue together, [`metrics`] names every
 //! metric, [`server`] serves `/metrics`, `/healthz` and `/readyz`, and [`shutdown`] drains in
-//! order on SIGTERM. `docs/design.md` walks the message lifecycle and the guarantees.
+//! order on SIGTERM, and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
 
 pub mod ack;
 pub mod batch;
@@ -24,6 +24,7 @@ pub mod event;
 pub mod metrics;
 pub mod pipeline;
 pub mod poller;
+pub mod redrive;
 pub mod server;
 pub mod shutdown;
 pub mod sqs;

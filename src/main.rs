@@ -24,6 +24,25 @@ enum Command {
     Run,
     /// Validate the configuration file and print the resolved pipelines
     Check,
+    /// Move messages from a dead-letter queue back to a queue (the body and attributes kept)
+    Redrive {
+        /// The queue to take messages from (usually a dead-letter queue)
+        #[arg(long)]
+        from: String,
+        /// The queue to put them in
+        #[arg(long)]
+        to: String,
+        /// Move at most this many messages
+        #[arg(long)]
+        limit: Option<u64>,
+        /// SQS endpoint (for local emulators); default: the [aws] section of --config when that
+        /// file exists, then the standard AWS configuration
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// AWS region; default as for --endpoint-url
+        #[arg(long)]
+        region: Option<String>,
+    },
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -36,6 +55,24 @@ fn config_path(cli: &Cli) -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config_path(&cli);
+    if let Some(Command::Redrive { from, to, limit, endpoint_url, region }) = &cli.command {
+        // the configuration file is optional here: it only lends its [aws] section
+        let mut aws = match (cli.config.is_some() || path.exists()).then(|| config::load(&path)) {
+            Some(Ok(c)) => c.aws,
+            Some(Err(e)) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+            None => config::AwsConfig::default(),
+        };
+        if endpoint_url.is_some() {
+            aws.sqs_endpoint_url = endpoint_url.clone();
+        }
+        if region.is_some() {
+            aws.region = region.clone();
+        }
+        return redrive(aws, from, to, *limit);
+    }
     let config = match config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -50,10 +87,34 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config),
+        Command::Redrive { .. } => unreachable!("handled above"),
     }
 }
 
-fn run(config: Config) -> ExitCode {
+fn redrive(aws: config::AwsConfig, from: &str, to: &str, limit: Option<u64>) -> ExitCode {
+    init_logs();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let result = runtime.block_on(async {
+        let client = sqs_poller::sqs::client(&aws).await?;
+        let report = sqs_poller::redrive::redrive(client, from, to, limit, &mut |r| {
+            eprintln!("redrive: {} moved, {} failed", r.moved, r.failed);
+        })
+        .await?;
+        anyhow::Ok(report)
+    });
+    match result {
+        Ok(r) => {
+            println!("moved {} messages from {from} to {to}{}", r.moved, if r.failed > 0 { format!(" ({} failed and stay in the source)", r.failed) } else { String::new() });
+            if r.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+        }
+        Err(e) => {
+            eprintln!("sqs-poller redrive: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -62,6 +123,10 @@ fn run(config: Config) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn run(config: Config) -> ExitCode {
+    init_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
