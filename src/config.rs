@@ -49,6 +49,8 @@ pub struct PipelineConfig {
     pub target: TargetConfig,
     pub retry: RetryConfig,
     pub dead_letter: Option<DeadLetterConfig>,
+    /// Messages pass when any pattern matches; `None` passes everything.
+    pub filter: Option<FilterConfig>,
     /// How often the queue depth is sampled with GetQueueAttributes.
     pub depth_interval: Duration,
 }
@@ -89,6 +91,21 @@ pub enum TargetKind {
 pub struct RetryConfig {
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct FilterConfig {
+    pub filter: crate::filter::Filter,
+    pub on_filtered: OnFiltered,
+}
+
+/// What happens to a message no pattern matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFiltered {
+    /// Delete it, as Lambda does.
+    Delete,
+    /// Make it visible again at once, for other consumers of a shared queue.
+    Keep,
 }
 
 #[derive(Debug, Clone)]
@@ -362,6 +379,14 @@ struct RawPipeline {
     #[serde(default)]
     retry: RawRetry,
     dead_letter: Option<RawDeadLetter>,
+    filter: Option<RawFilter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    patterns: Option<Vec<String>>,
+    on_filtered: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -602,10 +627,34 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         }
     }
 
+    let filter = p.filter.and_then(|f| {
+        let on_filtered = match f.on_filtered.as_deref() {
+            None | Some("delete") => OnFiltered::Delete,
+            Some("keep") => OnFiltered::Keep,
+            Some(other) => {
+                c.fail(format!("{at}.filter.on_filtered"), format!("`{other}` is not one of: delete, keep"));
+                OnFiltered::Delete
+            }
+        };
+        let patterns = f.patterns.unwrap_or_default();
+        if patterns.is_empty() {
+            c.fail(format!("{at}.filter.patterns"), "lists no pattern; remove [pipelines.filter] to pass every message");
+            return None;
+        }
+        match crate::filter::Filter::compile(&patterns) {
+            Ok(filter) => Some(FilterConfig { filter, on_filtered }),
+            Err((i, e)) => {
+                c.fail(format!("{at}.filter.patterns[{i}]"), format!("invalid pattern: {e}"));
+                None
+            }
+        }
+    });
+
     PipelineConfig {
         name,
         queue_url,
         fifo,
+        filter,
         pollers: PollerConfig {
             min: min as usize,
             max: max as usize,
@@ -826,6 +875,19 @@ url = "http://127.0.0.1:8080/"
         assert!(p.contains(&"pipelines[2].name: is required".to_string()), "{p:?}");
         assert!(p.contains(&"pipelines[2].queue_url: is required".to_string()), "{p:?}");
         assert!(p.iter().any(|l| l.starts_with("pipelines[2].target: is required")), "{p:?}");
+    }
+
+    #[test]
+    fn filter_patterns_are_compiled_at_load() {
+        let ok = format!("{MINIMAL}[pipelines.filter]\npatterns = ['{{\"body\": {{\"t\": [\"a\"]}}}}']\non_filtered = \"keep\"\n");
+        let c = parse(&ok, &env).unwrap();
+        assert_eq!(c.pipelines[0].filter.as_ref().unwrap().on_filtered, OnFiltered::Keep);
+        let bad = format!("{MINIMAL}[pipelines.filter]\npatterns = ['{{\"body\": [\"a\"]}}', '{{\"body\": \"a\"}}']\n");
+        let p = problems(&bad);
+        assert_eq!(p, vec!["pipelines[0].filter.patterns[1]: invalid pattern: body: values must be in an array: write [\"a\"] instead of \"a\"".to_string()]);
+        let p = problems(&format!("{MINIMAL}[pipelines.filter]\npatterns = []\non_filtered = \"drop\"\n"));
+        assert!(p.iter().any(|l| l.starts_with("pipelines[0].filter.on_filtered: `drop` is not one of")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("pipelines[0].filter.patterns: lists no pattern")), "{p:?}");
     }
 
     #[test]

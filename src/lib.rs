@@ -21,6 +21,7 @@ pub mod batch;
 pub mod config;
 pub mod dispatch;
 pub mod event;
+pub mod filter;
 pub mod metrics;
 pub mod pipeline;
 pub mod poller;

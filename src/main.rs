@@ -24,6 +24,13 @@ enum Command {
     Run,
     /// Validate the configuration file and print the resolved pipelines
     Check,
+    /// Try filter patterns offline: Lambda SQS records on stdin (one JSON object per line);
+    /// prints `match` or `no-match` per line
+    TestPattern {
+        /// An EventBridge pattern (JSON); repeat for several (a record matches when any does)
+        #[arg(long = "pattern", required = true)]
+        patterns: Vec<String>,
+    },
     /// Move messages from a dead-letter queue back to a queue (the body and attributes kept)
     Redrive {
         /// The queue to take messages from (usually a dead-letter queue)
@@ -55,6 +62,9 @@ fn config_path(cli: &Cli) -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config_path(&cli);
+    if let Some(Command::TestPattern { patterns }) = &cli.command {
+        return test_pattern(patterns);
+    }
     if let Some(Command::Redrive { from, to, limit, endpoint_url, region }) = &cli.command {
         // the configuration file is optional here: it only lends its [aws] section
         let mut aws = match (cli.config.is_some() || path.exists()).then(|| config::load(&path)) {
@@ -87,7 +97,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config),
-        Command::Redrive { .. } => unreachable!("handled above"),
+        Command::Redrive { .. } | Command::TestPattern { .. } => unreachable!("handled above"),
     }
 }
 
@@ -112,6 +122,48 @@ fn redrive(aws: config::AwsConfig, from: &str, to: &str, limit: Option<u64>) -> 
             ExitCode::FAILURE
         }
     }
+}
+
+/// `test-pattern`: exit 2 on an invalid pattern, 1 if a line was not a JSON object, else 0.
+fn test_pattern(patterns: &[String]) -> ExitCode {
+    use std::io::{BufRead, Write};
+    let filter = match sqs_poller::filter::Filter::compile(patterns) {
+        Ok(f) => f,
+        Err((i, e)) => {
+            eprintln!("--pattern #{}: invalid pattern: {e}", i + 1);
+            return ExitCode::from(2);
+        }
+    };
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut bad_lines = 0;
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let verdict = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(mut record @ serde_json::Value::Object(_)) => {
+                sqs_poller::filter::parse_body(&mut record);
+                if filter.matches(&record) { "match" } else { "no-match" }
+            }
+            Ok(_) => {
+                eprintln!("line {}: not a JSON object (expected a Lambda SQS record)", n + 1);
+                bad_lines += 1;
+                "error"
+            }
+            Err(e) => {
+                eprintln!("line {}: not valid JSON: {e}", n + 1);
+                bad_lines += 1;
+                "error"
+            }
+        };
+        if writeln!(out, "{verdict}").is_err() {
+            break;
+        }
+    }
+    let _ = out.flush();
+    if bad_lines > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 fn init_logs() {

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ack::{self, Acker};
 use crate::batch::{Batch, BatchBuffer, BatchSink, Batcher};
-use crate::config::PipelineConfig;
+use crate::config::{OnFiltered, PipelineConfig};
 use crate::dispatch::response::{self, Verdict};
 use crate::dispatch::{Invocation, Target};
 use crate::event::{arn_from_queue_url, encode_event, EventSource, ReceivedMessage};
@@ -99,11 +99,13 @@ impl PipelineContext {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    /// Turns SQS messages into pipeline messages and counts them in.
-    pub fn accept(&self, messages: Vec<Message>) -> Vec<ReceivedMessage> {
+    /// Turns SQS messages into pipeline messages, counts them in, and applies the filter:
+    /// returns the messages that pass and those it rejected.
+    pub fn accept(&self, messages: Vec<Message>) -> (Vec<ReceivedMessage>, Vec<ReceivedMessage>) {
         let source = self.source.get().expect("discovery runs before the pollers");
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let mut out = Vec::with_capacity(messages.len());
+        let mut pass = Vec::with_capacity(messages.len());
+        let mut rejected = Vec::new();
         let mut oldest_ms = 0;
         for m in messages {
             match ReceivedMessage::from_sqs(m, source) {
@@ -113,15 +115,45 @@ impl PipelineContext {
                         oldest_ms = oldest_ms.max(age_ms);
                         self.metrics.message_age.record(age_ms as f64 / 1000.0);
                     }
-                    out.push(m);
+                    if self.passes_filter(&m) {
+                        pass.push(m);
+                    } else {
+                        rejected.push(m);
+                    }
                 }
                 Err(e) => tracing::error!(pipeline = %self.name(), error = %e, "skipping a message"),
             }
         }
         self.oldest_age_ms.fetch_max(oldest_ms.max(1), Ordering::Relaxed);
-        self.metrics.received.increment(out.len() as u64);
-        self.metrics.in_flight_messages.increment(out.len() as f64);
-        out
+        self.metrics.received.increment((pass.len() + rejected.len()) as u64);
+        self.metrics.in_flight_messages.increment(pass.len() as f64);
+        (pass, rejected)
+    }
+
+    fn passes_filter(&self, m: &ReceivedMessage) -> bool {
+        let Some(f) = &self.config.filter else { return true };
+        // record_json is serde_json's own output; were it ever unreadable, deliver rather than drop
+        crate::filter::match_value(&m.record_json).map_or(true, |record| f.filter.matches(&record))
+    }
+
+    /// Deletes (Lambda's semantics) or releases (`on_filtered = "keep"`) rejected messages.
+    pub async fn dispose_filtered(&self, rejected: &[ReceivedMessage]) {
+        if rejected.is_empty() {
+            return;
+        }
+        self.metrics.filtered.increment(rejected.len() as u64);
+        let on_filtered = self.config.filter.as_ref().map_or(OnFiltered::Delete, |f| f.on_filtered);
+        match on_filtered {
+            OnFiltered::Delete => {
+                let receipts: Vec<&str> = rejected.iter().map(|m| m.receipt_handle.as_str()).collect();
+                let failed = self.queue.delete(&receipts).await;
+                self.metrics.deleted.increment((receipts.len() - failed.len()) as u64);
+            }
+            OnFiltered::Keep => {
+                let entries: Vec<(&str, i32)> = rejected.iter().map(|m| (m.receipt_handle.as_str(), 0)).collect();
+                self.queue.change_visibility(&entries).await;
+            }
+        }
     }
 
     /// Asks the queue for its ARN and visibility timeout, retrying while it is unreachable.

@@ -166,7 +166,8 @@ async fn poller(ctx: Arc<PipelineContext>, receives: mpsc::Sender<Vec<ReceivedMe
                 if messages.is_empty() {
                     continue;
                 }
-                let received = ctx.accept(messages);
+                let (received, rejected) = ctx.accept(messages);
+                ctx.dispose_filtered(&rejected).await;
                 if received.is_empty() {
                     continue;
                 }
