@@ -622,8 +622,9 @@ fn burst_svg(b: &Burst) -> String {
     let x = |t: f64| pad + (w - 2.0 * pad) * t / t_max;
     let y_p = |v: f64| h - pad - (h - 2.0 * pad) * v / b.max as f64;
     let y_d = |v: f64| h - pad - (h - 2.0 * pad) * v / depth_max;
-    let line = |f: &dyn Fn(&(f64, f64, f64)) -> (f64, f64)| {
-        b.series.iter().map(|p| f(p)).map(|(a, c)| format!("{a:.1},{c:.1}")).collect::<Vec<_>>().join(" ")
+    type Point = (f64, f64, f64);
+    let line = |f: &dyn Fn(&Point) -> (f64, f64)| {
+        b.series.iter().map(f).map(|(a, c)| format!("{a:.1},{c:.1}")).collect::<Vec<_>>().join(" ")
     };
     let pollers = line(&|p| (x(p.0), y_p(p.1)));
     let depth = line(&|p| (x(p.0), y_d(p.2)));

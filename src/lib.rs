@@ -6,11 +6,12 @@
 //! 2. [`poller`] — a fleet of long-polling `ReceiveMessage` loops per pipeline, sized by the pure
 //!    [`poller::scaling::Autoscaler`]; pollers pause while the target is saturated.
 //! 3. [`event`] — each received message becomes its Lambda SQS record, serialized once.
-//! 4. [`batch`] — records are cut into batches by count, window and event bytes.
-//! 5. [`dispatch`] — one call of the target per batch (`http`, `command`), read with Lambda's
+//! 4. [`filter`] — EventBridge patterns on the record; rejected messages are deleted (or kept).
+//! 5. [`batch`] — records are cut into batches by count, window and event bytes.
+//! 6. [`dispatch`] — one call of the target per batch (`http`, `command`), read with Lambda's
 //!    `batchItemFailures` rules ([`dispatch::response`]).
-//! 6. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
-//! 7. [`sqs`] — the SQS edge every stage talks through, counting each request.
+//! 7. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
+//! 8. [`sqs`] — the SQS edge every stage talks through, counting each request.
 //!
 //! Around them: [`pipeline`] wires the stages of one queue together, [`metrics`] names every
 //! metric, [`server`] serves `/metrics`, `/healthz` and `/readyz`, and [`shutdown`] drains in

@@ -248,6 +248,14 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
             p.target.max_concurrency,
             p.target.rate_limit_per_sec.map_or("none".to_string(), |r| format!("{r}/s"))
         );
+        match &p.filter {
+            Some(f) => w!(
+                "  filter     {} pattern(s), on_filtered {}",
+                f.filter.len(),
+                if f.on_filtered == config::OnFiltered::Keep { "keep" } else { "delete" }
+            ),
+            None => w!("  filter     none (every message passes)"),
+        }
         w!("  retry      backoff {}s..{}s", p.retry.initial_backoff.as_secs(), p.retry.max_backoff.as_secs());
         match &p.dead_letter {
             Some(d) => w!("  dead_letter {} after {} receives", d.queue_url, d.max_receive_count),

@@ -73,7 +73,7 @@ async fn a_burst_takes_the_fleet_from_min_to_max_within_two_seconds_and_back_dow
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let desired = poller.metric("sqs_poller_pollers_desired{pipeline=\"burst\"}").await;
-    assert!(desired < 32.0 && desired >= 1.0, "desired {desired}");
+    assert!((1.0..32.0).contains(&desired), "desired {desired}");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }

@@ -39,6 +39,10 @@ impl Filter {
         self.patterns.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.patterns.len()
+    }
+
     /// Whether a record (as built by [`match_value`]) passes: any pattern matches.
     pub fn matches(&self, record: &Value) -> bool {
         self.patterns.iter().any(|p| p.matches(record))
