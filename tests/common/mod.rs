@@ -63,7 +63,9 @@ pub fn unique(prefix: &str) -> String {
 impl Sqs {
     /// Creates a queue with a fresh name and returns its URL.
     pub async fn queue(&self, prefix: &str, attributes: &[(QueueAttributeName, &str)]) -> String {
-        let mut req = self.client.create_queue().queue_name(unique(prefix));
+        let fifo = attributes.iter().any(|(k, v)| *k == QueueAttributeName::FifoQueue && *v == "true");
+        let name = if fifo { format!("{}.fifo", unique(prefix)) } else { unique(prefix) };
+        let mut req = self.client.create_queue().queue_name(name);
         for (k, v) in attributes {
             req = req.attributes(k.clone(), *v);
         }
