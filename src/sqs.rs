@@ -21,6 +21,7 @@ use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageAttributeValue,
     MessageSystemAttributeName, QueueAttributeName,
 };
+use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::Client;
 
 use crate::config::AwsConfig;
@@ -47,15 +48,15 @@ impl SqsError {
         self.retryable
     }
 
-    fn from_sdk<E, R>(operation: &'static str, e: SdkError<E, R>) -> Self
+    fn from_sdk<E>(operation: &'static str, e: SdkError<E, HttpResponse>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
         let (code, retryable) = match &e {
             SdkError::ServiceError(se) => {
                 let code = se.err().code().map(str::to_string);
-                let retryable = code.as_deref().is_some_and(is_retryable_code) || se.err().code().is_none();
+                // a server-side error (5xx) is worth retrying whatever its code says
+                let retryable = se.raw().status().is_server_error() || code.as_deref().is_none_or(is_retryable_code);
                 (code, retryable)
             }
             SdkError::ConstructionFailure(_) => (None, false),
