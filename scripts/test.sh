@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! scripts/services.sh url >/dev/null 2>&1; then
-  scripts/services.sh start >/dev/null
   trap 'scripts/services.sh stop' EXIT
 fi
+scripts/services.sh start >/dev/null   # idempotent: installs, and starts what is not running
 SQS_POLLER_TEST_ENDPOINT="$(scripts/services.sh url)"
 export SQS_POLLER_TEST_ENDPOINT
 echo "SQS emulator: $SQS_POLLER_TEST_ENDPOINT" >&2

@@ -35,6 +35,8 @@ pub struct AwsConfig {
     pub region: Option<String>,
     /// Endpoint for SQS calls (`sqs_endpoint_url`, else `endpoint_url`), for local emulators.
     pub sqs_endpoint_url: Option<String>,
+    /// Endpoint for Lambda calls (`lambda_endpoint_url`, else `endpoint_url`).
+    pub lambda_endpoint_url: Option<String>,
 }
 
 /// One queue → target flow.
@@ -85,6 +87,8 @@ pub struct TargetConfig {
 pub enum TargetKind {
     Http { url: String },
     Command { program: String, args: Vec<String> },
+    /// A function name or ARN, and an optional version or alias.
+    Lambda { function_name: String, qualifier: Option<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -511,7 +515,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
     let aws = AwsConfig {
         region: raw.aws.region.filter(|r| !r.is_empty()),
-        sqs_endpoint_url: raw.aws.sqs_endpoint_url.or(raw.aws.endpoint_url),
+        sqs_endpoint_url: raw.aws.sqs_endpoint_url.or(raw.aws.endpoint_url.clone()),
+        lambda_endpoint_url: raw.aws.lambda_endpoint_url.or(raw.aws.endpoint_url),
     };
 
     let listen_text = raw.server.listen.unwrap_or_else(|| "0.0.0.0:9464".to_string());
@@ -726,10 +731,18 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
                 args: t.args.unwrap_or_default(),
             }
         }
-        Some(other @ ("lambda" | "runtime-api")) => {
+        Some("lambda") => {
+            only("lambda", &["function_name", "qualifier"], c);
+            let function_name = c.required_string(&format!("{at}.function_name"), t.function_name);
+            TargetKind::Lambda {
+                function_name,
+                qualifier: t.qualifier.filter(|q| !q.is_empty()),
+            }
+        }
+        Some(other @ "runtime-api") => {
             c.fail(
                 format!("{at}.type"),
-                format!("`{other}` is part of the contract but not available in this build yet; use `http` or `command`"),
+                format!("`{other}` is part of the contract but not available in this build yet; use `http`, `command` or `lambda`"),
             );
             TargetKind::Http { url: String::new() }
         }

@@ -8,7 +8,7 @@
 //! 3. [`event`] — each received message becomes its Lambda SQS record, serialized once.
 //! 4. [`filter`] — EventBridge patterns on the record; rejected messages are deleted (or kept).
 //! 5. [`batch`] — records are cut into batches by count, window and event bytes.
-//! 6. [`dispatch`] — one call of the target per batch (`http`, `command`), read with Lambda's
+//! 6. [`dispatch`] — one call of the target per batch (`http`, `command`, `lambda`), read with Lambda's
 //!    `batchItemFailures` rules ([`dispatch::response`]).
 //! 7. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
 //! 8. [`sqs`] — the SQS edge every stage talks through, counting each request.
@@ -52,7 +52,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = server::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.listen))?;
-    let client = sqs::client(&config.aws).await?;
+    let shared = sqs::shared_config(&config.aws).await?;
+    let client = sqs::client(&config.aws, &shared);
+    let lambda = dispatch::lambda::client(&config.aws, &shared);
 
     let mut health = server::Health {
         pipelines: Vec::new(),
@@ -63,7 +65,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         let ready = Arc::new(AtomicBool::new(false));
         health.pipelines.push((p.name.clone(), ready.clone()));
         let m = metrics::PipelineMetrics::new(&p.name, p.pollers.min, p.pollers.max, p.target.max_concurrency);
-        pipelines.push(Arc::new(PipelineContext::new(p.clone(), client.clone(), m, shutdown.clone(), ready)));
+        let target = dispatch::Target::new(&p.target, &lambda);
+        pipelines.push(Arc::new(PipelineContext::new(p.clone(), client.clone(), target, m, shutdown.clone(), ready)));
     }
 
     let stop_server = CancellationToken::new();

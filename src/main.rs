@@ -105,7 +105,8 @@ fn redrive(aws: config::AwsConfig, from: &str, to: &str, limit: Option<u64>) -> 
     init_logs();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let result = runtime.block_on(async {
-        let client = sqs_poller::sqs::client(&aws).await?;
+        let shared = sqs_poller::sqs::shared_config(&aws).await?;
+        let client = sqs_poller::sqs::client(&aws, &shared);
         let report = sqs_poller::redrive::redrive(client, from, to, limit, &mut |r| {
             eprintln!("redrive: {} moved, {} failed", r.moved, r.failed);
         })
@@ -241,6 +242,9 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
         let target = match &p.target.kind {
             TargetKind::Http { url } => format!("http {url}"),
             TargetKind::Command { program, args } => format!("command {program} {}", args.join(" ")),
+            TargetKind::Lambda { function_name, qualifier } => {
+                format!("lambda {function_name}{}", qualifier.as_ref().map_or(String::new(), |q| format!(":{q}")))
+            }
         };
         w!(
             "  target     {target} timeout {}s max_concurrency {} rate_limit {}",

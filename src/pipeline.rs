@@ -54,6 +54,7 @@ impl PipelineContext {
     pub fn new(
         config: PipelineConfig,
         client: aws_sdk_sqs::Client,
+        target: Target,
         metrics: PipelineMetrics,
         shutdown: Shutdown,
         ready: Arc<AtomicBool>,
@@ -75,7 +76,7 @@ impl PipelineContext {
             RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
         });
         PipelineContext {
-            target: Target::new(&config.target),
+            target,
             scaling: Scaling::new(&config.name, config.pollers.min, config.pollers.max, metrics.pollers_desired.clone()),
             room: Arc::new(Semaphore::new(config.target.max_concurrency)),
             config,

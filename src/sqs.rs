@@ -86,11 +86,11 @@ fn is_retryable_code(code: &str) -> bool {
     )
 }
 
-/// Builds the SQS client from the standard AWS chain plus `[aws]`.
+/// Loads the standard AWS configuration (credentials, region) with `[aws] region` on top.
 ///
 /// # Errors
 /// When no region can be found.
-pub async fn client(aws: &AwsConfig) -> anyhow::Result<Client> {
+pub async fn shared_config(aws: &AwsConfig) -> anyhow::Result<aws_config::SdkConfig> {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = &aws.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -99,7 +99,13 @@ pub async fn client(aws: &AwsConfig) -> anyhow::Result<Client> {
     if shared.region().is_none() {
         anyhow::bail!("no AWS region: set `[aws] region` in the configuration or the AWS_REGION environment variable");
     }
-    let mut builder = aws_sdk_sqs::config::Builder::from(&shared)
+    Ok(shared)
+}
+
+/// Builds the SQS client: SDK retries off (each operation has its own policy), bounded timeouts,
+/// the configured endpoint.
+pub fn client(aws: &AwsConfig, shared: &aws_config::SdkConfig) -> Client {
+    let mut builder = aws_sdk_sqs::config::Builder::from(shared)
         .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
         .timeout_config(
             aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
@@ -111,7 +117,7 @@ pub async fn client(aws: &AwsConfig) -> anyhow::Result<Client> {
     if let Some(endpoint) = &aws.sqs_endpoint_url {
         builder = builder.endpoint_url(endpoint.clone());
     }
-    Ok(Client::from_conf(builder.build()))
+    Client::from_conf(builder.build())
 }
 
 /// The region the client will sign for (for `awsRegion` in records).

@@ -7,6 +7,7 @@
 
 pub mod command;
 pub mod http;
+pub mod lambda;
 pub mod response;
 
 use bytes::Bytes;
@@ -31,13 +32,18 @@ pub enum Invocation {
 pub enum Target {
     Http(http::HttpTarget),
     Command(command::CommandTarget),
+    Lambda(lambda::LambdaTarget),
 }
 
 impl Target {
-    pub fn new(cfg: &TargetConfig) -> Self {
+    /// `lambda` is the Lambda client, used by `lambda` targets.
+    pub fn new(cfg: &TargetConfig, lambda: &aws_sdk_lambda::Client) -> Self {
         match &cfg.kind {
             TargetKind::Http { url } => Target::Http(http::HttpTarget::new(url)),
             TargetKind::Command { program, args } => Target::Command(command::CommandTarget::new(program, args)),
+            TargetKind::Lambda { function_name, qualifier } => {
+                Target::Lambda(lambda::LambdaTarget::new(lambda.clone(), function_name, qualifier.as_deref()))
+            }
         }
     }
 
@@ -46,6 +52,7 @@ impl Target {
         match self {
             Target::Http(t) => t.invoke(event).await,
             Target::Command(t) => t.invoke(event).await,
+            Target::Lambda(t) => t.invoke(event).await,
         }
     }
 }

@@ -154,6 +154,34 @@ impl Sqs {
     }
 }
 
+/// The moto server (for Lambda), started by `scripts/services.sh start`; found through
+/// `SQS_POLLER_TEST_MOTO` or `.local/run/moto.url`.
+pub async fn moto() -> String {
+    let url = std::env::var("SQS_POLLER_TEST_MOTO").ok().or_else(|| {
+        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/run/moto.url");
+        std::fs::read_to_string(file).ok().map(|s| s.trim().to_string())
+    });
+    let how = "no moto server is running for the Lambda tests. Start one with `scripts/services.sh start` \
+               (it installs moto[server] into .local/venv and writes .local/run/moto.url), or run `scripts/test.sh`";
+    let Some(url) = url else { panic!("{how}") };
+    match http_get(&format!("{url}/moto-api/config")).await {
+        Some((200 | 201, _)) => url,
+        other => panic!("moto at {url} does not answer ({other:?}): {how}"),
+    }
+}
+
+/// POSTs JSON to moto's control API.
+pub async fn moto_post(url: &str, path: &str, body: &Value) {
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let res = client.request(req).await.expect("moto answers");
+    assert!(res.status().is_success(), "moto {path}: {}", res.status());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The worker
 // ---------------------------------------------------------------------------------------------
@@ -288,7 +316,12 @@ pub struct Poller {
 /// Writes `pipelines` (TOML for one or more `[[pipelines]]`) under a header pointing at the
 /// emulator, starts the binary and waits until `/readyz` says ready.
 pub async fn start_poller(sqs: &Sqs, grace_secs: u64, pipelines: &str) -> Poller {
-    let poller = spawn_poller(&sqs.endpoint, grace_secs, pipelines);
+    start_poller_with_aws(sqs, grace_secs, "", pipelines).await
+}
+
+/// As [`start_poller`], with more keys for the `[aws]` table (e.g. `lambda_endpoint_url`).
+pub async fn start_poller_with_aws(sqs: &Sqs, grace_secs: u64, aws_extra: &str, pipelines: &str) -> Poller {
+    let poller = spawn_poller_with_aws(&sqs.endpoint, grace_secs, aws_extra, pipelines);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some((200, _)) = http_get(&format!("{}/readyz", poller.listen)).await {
@@ -301,9 +334,13 @@ pub async fn start_poller(sqs: &Sqs, grace_secs: u64, pipelines: &str) -> Poller
 
 /// Starts the binary against `endpoint` without waiting for it to be ready.
 pub fn spawn_poller(endpoint: &str, grace_secs: u64, pipelines: &str) -> Poller {
+    spawn_poller_with_aws(endpoint, grace_secs, "", pipelines)
+}
+
+fn spawn_poller_with_aws(endpoint: &str, grace_secs: u64, aws_extra: &str, pipelines: &str) -> Poller {
     let port = free_port();
     let text = format!(
-        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n{pipelines}",
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{aws_extra}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n{pipelines}",
         endpoint
     );
     let dir = tempfile::tempdir().unwrap();
