@@ -649,7 +649,7 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         match crate::filter::Filter::compile(&patterns) {
             Ok(filter) => Some(FilterConfig { filter, on_filtered }),
             Err((i, e)) => {
-                c.fail(format!("{at}.filter.patterns[{i}]"), format!("invalid pattern: {e}"));
+                c.fail(format!("{at}.filter.patterns[{i}]"), format!("invalid pattern of pipeline `{name}`: {e}"));
                 None
             }
         }
@@ -897,7 +897,7 @@ url = "http://127.0.0.1:8080/"
         assert_eq!(c.pipelines[0].filter.as_ref().unwrap().on_filtered, OnFiltered::Keep);
         let bad = format!("{MINIMAL}[pipelines.filter]\npatterns = ['{{\"body\": [\"a\"]}}', '{{\"body\": \"a\"}}']\n");
         let p = problems(&bad);
-        assert_eq!(p, vec!["pipelines[0].filter.patterns[1]: invalid pattern: body: values must be in an array: write [\"a\"] instead of \"a\"".to_string()]);
+        assert_eq!(p, vec!["pipelines[0].filter.patterns[1]: invalid pattern of pipeline `p`: body: values must be in an array: write [\"a\"] instead of \"a\"".to_string()]);
         let p = problems(&format!("{MINIMAL}[pipelines.filter]\npatterns = []\non_filtered = \"drop\"\n"));
         assert!(p.iter().any(|l| l.starts_with("pipelines[0].filter.on_filtered: `drop` is not one of")), "{p:?}");
         assert!(p.iter().any(|l| l.starts_with("pipelines[0].filter.patterns: lists no pattern")), "{p:?}");
