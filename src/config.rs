@@ -89,6 +89,8 @@ pub enum TargetKind {
     Command { program: String, args: Vec<String> },
     /// A function name or ARN, and an optional version or alias.
     Lambda { function_name: String, qualifier: Option<String> },
+    /// `workers` processes of `program args…` served the Lambda Runtime API.
+    RuntimeApi { program: String, args: Vec<String>, workers: usize, handler: Option<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -739,12 +741,16 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
                 qualifier: t.qualifier.filter(|q| !q.is_empty()),
             }
         }
-        Some(other @ "runtime-api") => {
-            c.fail(
-                format!("{at}.type"),
-                format!("`{other}` is part of the contract but not available in this build yet; use `http`, `command` or `lambda`"),
-            );
-            TargetKind::Http { url: String::new() }
+        Some("runtime-api") => {
+            only("runtime-api", &["program", "args", "workers", "handler"], c);
+            let program = c.required_string(&format!("{at}.program"), t.program);
+            let workers = c.ranged(&format!("{at}.workers"), t.workers, 1, 1, 256) as usize;
+            TargetKind::RuntimeApi {
+                program,
+                args: t.args.unwrap_or_default(),
+                workers,
+                handler: t.handler.filter(|h| !h.is_empty()),
+            }
         }
         Some(other) => {
             c.fail(

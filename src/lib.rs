@@ -8,7 +8,7 @@
 //! 3. [`event`] — each received message becomes its Lambda SQS record, serialized once.
 //! 4. [`filter`] — EventBridge patterns on the record; rejected messages are deleted (or kept).
 //! 5. [`batch`] — records are cut into batches by count, window and event bytes.
-//! 6. [`dispatch`] — one call of the target per batch (`http`, `command`, `lambda`), read with Lambda's
+//! 6. [`dispatch`] — one call of the target per batch (`http`, `command`, `lambda`, `runtime-api`), read with Lambda's
 //!    `batchItemFailures` rules ([`dispatch::response`]).
 //! 7. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
 //! 8. [`sqs`] — the SQS edge every stage talks through, counting each request.
@@ -65,7 +65,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         let ready = Arc::new(AtomicBool::new(false));
         health.pipelines.push((p.name.clone(), ready.clone()));
         let m = metrics::PipelineMetrics::new(&p.name, p.pollers.min, p.pollers.max, p.target.max_concurrency);
-        let target = dispatch::Target::new(&p.target, &lambda);
+        let region = shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string);
+        let target = dispatch::Target::new(&p.target, &lambda, &p.name, &region)
+            .await
+            .with_context(|| format!("pipeline {}: cannot start its runtime-api target", p.name))?;
         pipelines.push(Arc::new(PipelineContext::new(p.clone(), client.clone(), target, m, shutdown.clone(), ready)));
     }
 

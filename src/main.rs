@@ -242,6 +242,11 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
         let target = match &p.target.kind {
             TargetKind::Http { url } => format!("http {url}"),
             TargetKind::Command { program, args } => format!("command {program} {}", args.join(" ")),
+            TargetKind::RuntimeApi { program, args, workers, handler } => format!(
+                "runtime-api {program} {} workers {workers}{}",
+                args.join(" "),
+                handler.as_ref().map_or(String::new(), |h| format!(" handler {h}"))
+            ),
             TargetKind::Lambda { function_name, qualifier } => {
                 format!("lambda {function_name}{}", qualifier.as_ref().map_or(String::new(), |q| format!(":{q}")))
             }

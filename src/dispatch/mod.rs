@@ -9,6 +9,7 @@ pub mod command;
 pub mod http;
 pub mod lambda;
 pub mod response;
+pub mod runtime_api;
 
 use bytes::Bytes;
 
@@ -33,18 +34,33 @@ pub enum Target {
     Http(http::HttpTarget),
     Command(command::CommandTarget),
     Lambda(lambda::LambdaTarget),
+    RuntimeApi(runtime_api::RuntimeApiTarget),
 }
 
 impl Target {
-    /// `lambda` is the Lambda client, used by `lambda` targets.
-    pub fn new(cfg: &TargetConfig, lambda: &aws_sdk_lambda::Client) -> Self {
-        match &cfg.kind {
+    /// Sets a target up: `lambda` is the Lambda client (for `lambda` targets), `pipeline` and
+    /// `region` name the function for `runtime-api` workers, which start here.
+    ///
+    /// # Errors
+    /// When the Runtime API cannot bind a loopback port.
+    pub async fn new(cfg: &TargetConfig, lambda: &aws_sdk_lambda::Client, pipeline: &str, region: &str) -> std::io::Result<Self> {
+        Ok(match &cfg.kind {
             TargetKind::Http { url } => Target::Http(http::HttpTarget::new(url)),
             TargetKind::Command { program, args } => Target::Command(command::CommandTarget::new(program, args)),
             TargetKind::Lambda { function_name, qualifier } => {
                 Target::Lambda(lambda::LambdaTarget::new(lambda.clone(), function_name, qualifier.as_deref()))
             }
-        }
+            TargetKind::RuntimeApi { program, args, workers, handler } => {
+                let command = runtime_api::WorkerCommand {
+                    program: program.clone(),
+                    args: args.clone(),
+                    handler: handler.clone(),
+                    function_name: pipeline.to_string(),
+                    region: region.to_string(),
+                };
+                Target::RuntimeApi(runtime_api::RuntimeApiTarget::start(command, *workers, cfg.timeout).await?)
+            }
+        })
     }
 
     /// Sends one event (`{"Records":[…]}`) to the target.
@@ -53,6 +69,7 @@ impl Target {
             Target::Http(t) => t.invoke(event).await,
             Target::Command(t) => t.invoke(event).await,
             Target::Lambda(t) => t.invoke(event).await,
+            Target::RuntimeApi(t) => t.invoke(event).await,
         }
     }
 }

@@ -1,0 +1,28 @@
+"""An unmodified AWS Lambda SQS handler (ReportBatchItemFailures on), for the `runtime-api` target.
+
+Run by sqs-poller through the official runtime interface client, exactly as on Lambda:
+
+    [pipelines.target]
+    type = "runtime-api"
+    program = ".local/venv/bin/python"        # a Python with `pip install awslambdaric`
+    args = ["-m", "awslambdaric", "examples.lambda_handler.handler"]
+    workers = 2
+
+Bodies containing FAIL are reported as failed; RAISE raises and CRASH exits the process on a
+message's first delivery (to show that errors fail the batch and crashed workers restart).
+"""
+import os
+
+
+def handler(event, context):
+    failures = []
+    for record in event["Records"]:
+        body = record["body"]
+        first = record["attributes"]["ApproximateReceiveCount"] == "1"
+        if "CRASH" in body and first:
+            os._exit(3)
+        if "RAISE" in body and first:
+            raise ValueError("this message asked to raise")
+        if "FAIL" in body:
+            failures.append({"itemIdentifier": record["messageId"]})
+    return {"batchItemFailures": failures}

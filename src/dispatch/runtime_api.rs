@@ -1,0 +1,243 @@
+//! The `runtime-api` target: unmodified Lambda functions as local workers.
+//!
+//! sqs-poller serves the AWS Lambda Runtime API (`2018-06-01`) on loopback and keeps `workers`
+//! processes of `program args…` running, each with `AWS_LAMBDA_RUNTIME_API` pointing at a
+//! listener of its own, so any runtime interface client (`awslambdaric`, the Node, Java or .NET
+//! runtimes, `lambda_runtime` for Rust) runs the handler as it would on Lambda:
+//!
+//! - `GET  /2018-06-01/runtime/invocation/next` waits for the next batch's event;
+//! - `POST /2018-06-01/runtime/invocation/{id}/response` is the function's result;
+//! - `POST /2018-06-01/runtime/invocation/{id}/error` is a function error (the batch failed);
+//! - `POST /2018-06-01/runtime/init/error` reports a failed start (logged; the worker is restarted).
+//!
+//! A worker that exits is restarted (with a growing pause if it keeps crashing); the batch it
+//! was running fails. A listener per worker is how a crash is tied to its batch.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Invocation;
+
+/// Largest response or error body read from a worker (Lambda's response limit).
+const MAX_BODY: usize = 6 * 1024 * 1024;
+
+/// One queued invocation.
+struct Job {
+    request_id: String,
+    event: Bytes,
+    deadline_ms: u64,
+    done: oneshot::Sender<Invocation>,
+}
+
+/// Shared between the listeners of all workers.
+struct Shared {
+    /// Jobs waiting for a worker's `next`.
+    queue: tokio::sync::Mutex<mpsc::Receiver<Job>>,
+    /// Jobs handed to a worker and not answered yet, by request id: (worker slot, reply).
+    running: Mutex<HashMap<String, (usize, oneshot::Sender<Invocation>)>>,
+    function_arn: String,
+}
+
+pub struct RuntimeApiTarget {
+    jobs: mpsc::Sender<Job>,
+    timeout: Duration,
+    /// Keeps the workers and listeners alive; they end when the target is dropped.
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What starts a worker process.
+#[derive(Clone, Debug)]
+pub struct WorkerCommand {
+    pub program: String,
+    pub args: Vec<String>,
+    pub handler: Option<String>,
+    pub function_name: String,
+    pub region: String,
+}
+
+impl RuntimeApiTarget {
+    /// Binds one loopback listener per worker and starts the workers.
+    ///
+    /// # Errors
+    /// When a loopback port cannot be bound.
+    pub async fn start(command: WorkerCommand, workers: usize, timeout: Duration) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel(workers.max(1) * 2);
+        let shared = Arc::new(Shared {
+            queue: tokio::sync::Mutex::new(queue),
+            running: Mutex::new(HashMap::new()),
+            function_arn: format!("arn:aws:lambda:{}:000000000000:function:{}", command.region, command.function_name),
+        });
+        let mut tasks = Vec::new();
+        for slot in 0..workers.max(1) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tasks.push(tokio::spawn(serve(listener, slot, shared.clone())));
+            tasks.push(tokio::spawn(supervise(command.clone(), slot, addr.to_string(), shared.clone())));
+        }
+        Ok(RuntimeApiTarget {
+            jobs,
+            timeout,
+            _tasks: tasks,
+        })
+    }
+
+    pub async fn invoke(&self, event: Bytes) -> Invocation {
+        let (done, result) = oneshot::channel();
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let job = Job {
+            request_id: request_id(),
+            event,
+            deadline_ms: now_ms + self.timeout.as_millis() as u64,
+            done,
+        };
+        if self.jobs.send(job).await.is_err() {
+            return Invocation::FunctionError("the runtime-api workers are gone".to_string());
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Invocation::FunctionError("the invocation was dropped by its worker".to_string()))
+    }
+}
+
+impl Drop for RuntimeApiTarget {
+    fn drop(&mut self) {
+        for t in &self._tasks {
+            t.abort();
+        }
+    }
+}
+
+fn request_id() -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        fastrand::u32(..),
+        fastrand::u16(..),
+        fastrand::u16(..0x1000),
+        fastrand::u16(0x8000..0xc000),
+        fastrand::u64(..1 << 48)
+    )
+}
+
+/// Keeps one worker process running; fails its batch and restarts it when it exits.
+async fn supervise(command: WorkerCommand, slot: usize, runtime_api: String, shared: Arc<Shared>) {
+    let mut crashes: u32 = 0;
+    loop {
+        let mut cmd = tokio::process::Command::new(&command.program);
+        cmd.args(&command.args)
+            .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
+            .env("AWS_LAMBDA_FUNCTION_NAME", &command.function_name)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+            .env("AWS_REGION", &command.region)
+            .env("AWS_DEFAULT_REGION", &command.region)
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some(h) = &command.handler {
+            cmd.env("_HANDLER", h);
+        }
+        let started = std::time::Instant::now();
+        let status = match cmd.spawn() {
+            Ok(mut child) => child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+            Err(e) => format!("cannot start `{}`: {e}", command.program),
+        };
+        // whatever this worker was running failed with it
+        let orphaned: Vec<(String, oneshot::Sender<Invocation>)> = {
+            let mut running = shared.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ids: Vec<String> = running.iter().filter(|(_, (s, _))| *s == slot).map(|(id, _)| id.clone()).collect();
+            ids.into_iter().filter_map(|id| running.remove(&id).map(|(_, tx)| (id, tx))).collect()
+        };
+        for (_, tx) in orphaned {
+            let _ = tx.send(Invocation::FunctionError(format!("runtime-api worker {slot} exited ({status}) during the batch")));
+        }
+        crashes = if started.elapsed() > Duration::from_secs(30) { 1 } else { crashes + 1 };
+        let pause = Duration::from_millis(100u64 << crashes.min(6)).min(Duration::from_secs(5));
+        tracing::warn!(worker = slot, status = %status, restart_in_ms = pause.as_millis() as u64, "runtime-api worker exited; restarting");
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The Runtime API for one worker slot.
+async fn serve(listener: tokio::net::TcpListener, slot: usize, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(req, slot, &shared).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("static response")
+}
+
+async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["2018-06-01", "runtime", "invocation", "next"]) => {
+            let job = shared.queue.lock().await.recv().await;
+            let Some(job) = job else {
+                return reply(StatusCode::GONE, r#"{"errorMessage":"shutting down"}"#);
+            };
+            shared
+                .running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(job.request_id.clone(), (slot, job.done));
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("Lambda-Runtime-Aws-Request-Id", &job.request_id)
+                .header("Lambda-Runtime-Deadline-Ms", job.deadline_ms.to_string())
+                .header("Lambda-Runtime-Invoked-Function-Arn", &shared.function_arn)
+                .header("Lambda-Runtime-Trace-Id", format!("Root=1-{:08x}-{:024x};Sampled=0", job.deadline_ms / 1000, fastrand::u128(..1 << 96)))
+                .body(Full::new(job.event))
+                .expect("valid headers")
+        }
+        (Method::POST, ["2018-06-01", "runtime", "invocation", id, outcome @ ("response" | "error")]) => {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, r#"{"errorMessage":"payload too large"}"#),
+            };
+            let waiting = shared.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(*id);
+            let Some((_, done)) = waiting else {
+                return reply(StatusCode::BAD_REQUEST, r#"{"errorMessage":"unknown request id"}"#);
+            };
+            let result = if *outcome == "response" {
+                Invocation::Response(body)
+            } else {
+                let excerpt = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+                Invocation::FunctionError(format!("function error: {excerpt}"))
+            };
+            // the batch may have timed out meanwhile; nobody to tell then
+            let _ = done.send(result);
+            reply(StatusCode::ACCEPTED, r#"{"status":"OK"}"#)
+        }
+        (Method::POST, ["2018-06-01", "runtime", "init", "error"]) => {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            tracing::error!(worker = slot, error = %String::from_utf8_lossy(&body), "runtime-api worker failed to initialize");
+            reply(StatusCode::ACCEPTED, r#"{"status":"OK"}"#)
+        }
+        _ => reply(StatusCode::NOT_FOUND, r#"{"errorMessage":"not a Runtime API path"}"#),
+    }
+}
