@@ -162,3 +162,33 @@ async fn throttling_retries_the_batch_without_failing_its_messages() {
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_is_not_up_yet_does_not_cost_receive_counts() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("late-worker", &[]).await;
+    sqs.send_bodies(&queue, &["{}".to_string(), "{}".to_string()]).await;
+    // reserve a port, start the poller against it, and only then start the worker there
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let poller = start_poller(
+        &sqs,
+        10,
+        &http_pipeline("late", &queue, &format!("http://{addr}/sqs"), "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.retry]\ninitial_backoff_secs = 60"),
+    )
+    .await;
+    poller.wait_metric("sqs_poller_batches_total{pipeline=\"late\",outcome=\"throttled\"}", 2.0, Duration::from_secs(10)).await;
+    let tokio_listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let worker = common::worker_on(tokio_listener, |_| Reply::ok("")).await;
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"late\"}", 2.0, Duration::from_secs(20)).await;
+    assert_eq!(poller.metric("sqs_poller_messages_failed_total{pipeline=\"late\"}").await, 0.0);
+    for d in worker.deliveries() {
+        for r in d.records() {
+            assert_eq!(r["attributes"]["ApproximateReceiveCount"], "1", "delivered on the first receive");
+        }
+    }
+    assert!(poller.log_text().contains("cannot connect to"));
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}

@@ -1,6 +1,11 @@
 //! The `http` target: `POST` the event as `application/json` to a worker, usually one in the
 //! same task (the sidecar pattern). 2xx answers are read as the function's result; 429 and 503
-//! are throttles; any other status, or no answer, fails the batch.
+//! are throttles; any other status, or a connection lost mid-request, fails the batch.
+//!
+//! A worker that cannot be connected to at all (not started yet, restarting) is treated as a
+//! throttle too: the batch waits and is tried again, keeping its messages invisible, instead of
+//! spending their receive counts — a sidecar's app restarting for half a minute must not send
+//! its queue to the dead-letter queue.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -39,7 +44,10 @@ impl HttpTarget {
         };
         let response = match self.client.request(request).await {
             Ok(r) => r,
-            Err(e) => return Invocation::FunctionError(format!("cannot reach {}: {}", self.url, error_chain(&e))),
+            Err(e) if e.is_connect() => {
+                return Invocation::Throttled(format!("cannot connect to {}: {}", self.url, error_chain(&e)))
+            }
+            Err(e) => return Invocation::FunctionError(format!("request to {} failed: {}", self.url, error_chain(&e))),
         };
         let status = response.status();
         let body = match Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await {

@@ -234,7 +234,11 @@ pub struct Worker {
 type Handler = dyn Fn(&Value) -> Reply + Send + Sync;
 
 pub async fn worker(handler: impl Fn(&Value) -> Reply + Send + Sync + 'static) -> Worker {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    worker_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), handler).await
+}
+
+/// A worker on a listener the test bound itself.
+pub async fn worker_on(listener: tokio::net::TcpListener, handler: impl Fn(&Value) -> Reply + Send + Sync + 'static) -> Worker {
     let url = format!("http://{}/sqs", listener.local_addr().unwrap());
     let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let handler: Arc<Handler> = Arc::new(handler);
