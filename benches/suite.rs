@@ -108,6 +108,12 @@ async fn run() {
     }
     results.insert("drain".into(), json!(drains));
 
+    // memory with ~1,000 messages in flight: a 300 ms worker, batches of 100, 10 at a time
+    let slow = worker_with_delay(Duration::from_millis(300)).await;
+    let d = drain_with(&env, 100, 100, &slow, 10, 20_000).await;
+    println!("memory: peak RSS {:.1} MB with up to {} messages in flight (300 ms worker, batch 100, max_concurrency 10)", d.peak_rss_mb, d.peak_in_flight);
+    results.insert("memory".into(), json!({"peak_rss_mb": d.peak_rss_mb, "peak_in_flight_messages": d.peak_in_flight, "worker_delay_ms": 300}));
+
     // 4. burst
     let b = burst(&env).await;
     println!(
@@ -159,14 +165,20 @@ async fn run() {
 // ---------------------------------------------------------------------------------------------
 
 async fn noop_worker() -> String {
+    worker_with_delay(Duration::ZERO).await
+}
+
+/// A worker that answers every batch with success after `delay`.
+async fn worker_with_delay(delay: Duration) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             tokio::spawn(async move {
-                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
                     let _ = req.into_body().collect().await;
+                    tokio::time::sleep(delay).await;
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
@@ -369,12 +381,15 @@ struct Drain {
 }
 
 async fn drain_ours(env: &Env, size: usize, window_ms: u64) -> Drain {
+    drain_with(env, size, window_ms, &env.worker_url, 32, BACKLOG).await
+}
+
+async fn drain_with(env: &Env, size: usize, window_ms: u64, worker_url: &str, max_concurrency: usize, total: usize) -> Drain {
     let queue = queue(env, "drain").await;
-    load(env, &queue, BACKLOG).await;
+    load(env, &queue, total).await;
     let extra = format!(
         "[pipelines.pollers]\nmin = 1\nmax = 16\nwait_time_secs = 1\n[pipelines.batch]\nsize = {size}\nwindow_ms = {window_ms}\n\
-         [pipelines.target]\ntype = \"http\"\nurl = \"{}\"\nmax_concurrency = 32\n",
-        env.worker_url
+         [pipelines.target]\ntype = \"http\"\nurl = \"{worker_url}\"\nmax_concurrency = {max_concurrency}\n"
     );
     let t0 = Instant::now();
     let p = spawn_poller(env, &queue, &extra);
@@ -382,7 +397,7 @@ async fn drain_ours(env: &Env, size: usize, window_ms: u64) -> Drain {
     let text = loop {
         let text = p.metrics().await;
         peak_in_flight = peak_in_flight.max(metric(&text, "sqs_poller_in_flight_messages{pipeline=\"bench\"}"));
-        if metric(&text, "sqs_poller_messages_deleted_total{pipeline=\"bench\"}") >= BACKLOG as f64 {
+        if metric(&text, "sqs_poller_messages_deleted_total{pipeline=\"bench\"}") >= total as f64 {
             break text;
         }
         assert!(t0.elapsed() < Duration::from_secs(300), "drain did not finish");
@@ -395,10 +410,10 @@ async fn drain_ours(env: &Env, size: usize, window_ms: u64) -> Drain {
     p.stop().await;
     Drain {
         seconds,
-        rate: BACKLOG as f64 / seconds,
-        cpu_per_100k: cpu * 100_000.0 / BACKLOG as f64,
+        rate: total as f64 / seconds,
+        cpu_per_100k: cpu * 100_000.0 / total as f64,
         peak_rss_mb: rss,
-        requests_per_msg: sqs_requests(&text) / BACKLOG as f64,
+        requests_per_msg: sqs_requests(&text) / total as f64,
         peak_in_flight: peak_in_flight as u64,
     }
 }
@@ -586,6 +601,13 @@ fn results_md(v: &serde_json::Value) -> String {
         b["max"],
         b["ms_to_max"].as_f64().unwrap(),
         b["ms_to_drain"].as_f64().unwrap()
+    );
+    let mem = &v["memory"];
+    let _ = writeln!(
+        s,
+        "| memory with a 300 ms worker, batch 100, max_concurrency 10 | peak RSS **{:.1} MB** with up to {} messages in flight |",
+        mem["peak_rss_mb"].as_f64().unwrap(),
+        mem["peak_in_flight_messages"]
     );
     let i = &v["idle"];
     let _ = writeln!(
