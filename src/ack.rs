@@ -229,6 +229,7 @@ mod tests {
                 receive_count: c,
                 sent_timestamp_ms: None,
                 group_id: None,
+                received_at: tokio::time::Instant::now(),
                 record_json: "{}".into(),
             })
             .collect()

@@ -62,6 +62,8 @@ pub struct ReceivedMessage {
     pub sent_timestamp_ms: Option<u64>,
     /// FIFO only: the message group, which fixes retry order.
     pub group_id: Option<String>,
+    /// When ReceiveMessage returned it: its visibility timeout runs from here.
+    pub received_at: tokio::time::Instant,
     /// The Lambda record, serialized.
     pub record_json: Box<str>,
 }
@@ -89,6 +91,7 @@ impl ReceivedMessage {
             receive_count: attr("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1),
             sent_timestamp_ms: attr("SentTimestamp").and_then(|v| v.parse().ok()),
             group_id: attr("MessageGroupId").cloned(),
+            received_at: tokio::time::Instant::now(),
             record_json: serde_json::to_string(record)
                 .expect("a record of strings always serializes")
                 .into_boxed_str(),

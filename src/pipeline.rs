@@ -188,6 +188,14 @@ impl PipelineContext {
         let _ = self.visibility.set(visibility);
         self.mark_ready();
         tracing::info!(pipeline = %self.name(), queue = %self.config.queue_url, visibility_timeout_secs = visibility.as_secs(), "queue found");
+        if self.config.batch.window * 2 > visibility {
+            tracing::warn!(
+                pipeline = %self.name(),
+                window_ms = self.config.batch.window.as_millis() as u64,
+                visibility_timeout_secs = visibility.as_secs(),
+                "batch.window_ms is longer than half the visibility timeout: messages may become visible again while a batch fills; raise the queue's visibility timeout or pollers.visibility_timeout_secs"
+            );
+        }
         Ok(())
     }
 
@@ -364,7 +372,8 @@ async fn acknowledge(ctx: &PipelineContext, batch: &[ReceivedMessage], verdict: 
     ctx.acker.execute(batch, &plan, &reason).await;
 }
 
-/// Extends the visibility of a batch's messages while it runs, every half visibility timeout.
+/// Extends the visibility of a batch's messages while it runs: first half a visibility timeout
+/// after the oldest of them was received (time in the batcher counts), then every half timeout.
 /// Never returns; dropped when the batch is done.
 async fn keep_invisible(ctx: &PipelineContext, batch: &[ReceivedMessage]) {
     let visibility = ctx.visibility.get().copied().unwrap_or(Duration::from_secs(30));
@@ -372,8 +381,11 @@ async fn keep_invisible(ctx: &PipelineContext, batch: &[ReceivedMessage]) {
         return std::future::pending().await;
     }
     let secs = visibility.as_secs() as i32;
+    let oldest = batch.iter().map(|m| m.received_at).min().unwrap_or_else(Instant::now);
+    let mut next = oldest + visibility / 2;
     loop {
-        tokio::time::sleep(visibility / 2).await;
+        tokio::time::sleep_until(next).await;
+        next = Instant::now() + visibility / 2;
         let entries: Vec<(&str, i32)> = batch.iter().map(|m| (m.receipt_handle.as_str(), secs)).collect();
         let failed = ctx.queue.change_visibility(&entries).await;
         tracing::debug!(pipeline = %ctx.name(), messages = entries.len(), failed = failed.len(), "extended visibility");

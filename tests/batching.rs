@@ -91,3 +91,34 @@ async fn max_bytes_cuts_batches_of_one_mebibyte_messages() {
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_spent_filling_a_batch_counts_against_the_visibility_timeout() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("window-vis", &[(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "2")]).await;
+    let worker = worker(|_| Reply {
+        status: 200,
+        body: String::new(),
+        delay: Duration::from_secs(2),
+    })
+    .await;
+    let poller = start_poller(
+        &sqs,
+        10,
+        &http_pipeline(
+            "window-vis",
+            &queue,
+            &worker.url,
+            "[pipelines.pollers]\nmin = 2\nmax = 2\nwait_time_secs = 1\n[pipelines.batch]\nsize = 100\nwindow_ms = 1500",
+        ),
+    )
+    .await;
+    sqs.send_bodies(&queue, &["w".to_string()]).await;
+    // 1.5 s in the batcher + 2 s in the worker > the 2 s visibility timeout: only an extension
+    // counted from the receive keeps the message from being delivered twice
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"window-vis\"}", 1.0, Duration::from_secs(20)).await;
+    assert_eq!(worker.deliveries().len(), 1, "delivered once");
+    assert!(poller.log_text().contains("batch.window_ms is longer than half the visibility timeout"));
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}
