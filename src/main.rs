@@ -167,15 +167,17 @@ fn test_pattern(patterns: &[String]) -> ExitCode {
     if bad_lines > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`); `SQS_POLLER_LOG_FORMAT=json`
+/// writes one JSON object per line (for CloudWatch Logs Insights and the like).
 fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("SQS_POLLER_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
 }
 
 fn run(config: Config) -> ExitCode {

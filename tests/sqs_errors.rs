@@ -48,3 +48,38 @@ async fn a_queue_that_does_not_exist_is_a_fatal_error_naming_it() {
     let log = poller.log_text();
     assert!(log.contains("pipeline missing") && log.contains(&missing), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n[server]\nlisten = \"127.0.0.1:{}\"\n{}",
+            free_port(),
+            http_pipeline("json", &format!("{endpoint}/000000000000/q"), "http://127.0.0.1:9/", "")
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("SQS_POLLER_LOG_FORMAT", "json")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["message"] == "queue not reachable yet" && l["pipeline"] == "json" && l["level"] == "WARN"), "{stderr}");
+}
