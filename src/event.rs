@@ -79,8 +79,29 @@ impl ReceivedMessage {
     /// # Errors
     /// [`MalformedMessage`] when SQS left out the message id or receipt handle.
     pub fn from_sqs(msg: Message, source: &EventSource) -> Result<Self, MalformedMessage> {
-        let record = record_from_sqs(msg, source)?;
-        Ok(Self::from_record(&record))
+        if msg.message_id.is_none() {
+            return Err(MalformedMessage("MessageId"));
+        }
+        if msg.receipt_handle.is_none() {
+            return Err(MalformedMessage("ReceiptHandle"));
+        }
+        // serialized straight from the SDK's message: no intermediate record, no copies
+        let record_json = serde_json::to_string(&RecordRef { msg: &msg, source })
+            .expect("a record of strings always serializes")
+            .into_boxed_str();
+        let attr = |name: MessageSystemAttributeName| msg.attributes.as_ref().and_then(|a| a.get(&name));
+        let receive_count = attr(MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1);
+        let sent_timestamp_ms = attr(MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok());
+        let group_id = attr(MessageSystemAttributeName::MessageGroupId).cloned();
+        Ok(ReceivedMessage {
+            message_id: msg.message_id.expect("checked above"),
+            receipt_handle: msg.receipt_handle.expect("checked above"),
+            receive_count,
+            sent_timestamp_ms,
+            group_id,
+            received_at: tokio::time::Instant::now(),
+            record_json,
+        })
     }
 
     pub fn from_record(record: &SqsRecord) -> Self {
@@ -109,47 +130,70 @@ impl ReceivedMessage {
     }
 }
 
-fn record_from_sqs(msg: Message, source: &EventSource) -> Result<SqsRecord, MalformedMessage> {
-    let message_id = msg.message_id.ok_or(MalformedMessage("MessageId"))?;
-    let receipt_handle = msg.receipt_handle.ok_or(MalformedMessage("ReceiptHandle"))?;
-    let attributes = msg
-        .attributes
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (system_attribute_name(&k), v))
-        .collect();
-    let message_attributes = msg
-        .message_attributes
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, attribute_to_lambda(v)))
-        .collect();
-    Ok(SqsRecord {
-        message_id,
-        receipt_handle,
-        body: msg.body.unwrap_or_default(),
-        attributes,
-        message_attributes,
-        md5_of_body: msg.md5_of_body.unwrap_or_default(),
-        md5_of_message_attributes: msg.md5_of_message_attributes,
-        event_source: "aws:sqs".to_string(),
-        event_source_arn: source.queue_arn.clone(),
-        aws_region: source.region.clone(),
-    })
+/// The Lambda record of an SDK message, serialized without building an [`SqsRecord`] first.
+/// Field for field the same JSON as `SqsRecord` (a test holds the two together).
+struct RecordRef<'a> {
+    msg: &'a Message,
+    source: &'a EventSource,
 }
 
-fn system_attribute_name(name: &MessageSystemAttributeName) -> String {
-    name.as_str().to_string()
+impl Serialize for RecordRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let m = self.msg;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("messageId", m.message_id.as_deref().unwrap_or(""))?;
+        map.serialize_entry("receiptHandle", m.receipt_handle.as_deref().unwrap_or(""))?;
+        map.serialize_entry("body", m.body.as_deref().unwrap_or(""))?;
+        map.serialize_entry("attributes", &SystemAttributes(m.attributes.as_ref()))?;
+        map.serialize_entry("messageAttributes", &MessageAttributes(m.message_attributes.as_ref()))?;
+        map.serialize_entry("md5OfBody", m.md5_of_body.as_deref().unwrap_or(""))?;
+        if let Some(md5) = &m.md5_of_message_attributes {
+            map.serialize_entry("md5OfMessageAttributes", md5)?;
+        }
+        map.serialize_entry("eventSource", "aws:sqs")?;
+        map.serialize_entry("eventSourceARN", &self.source.queue_arn)?;
+        map.serialize_entry("awsRegion", &self.source.region)?;
+        map.end()
+    }
 }
 
-fn attribute_to_lambda(v: MessageAttributeValue) -> SqsMessageAttribute {
-    let b64 = |b: aws_smithy_types::Blob| aws_smithy_types::base64::encode(b.into_inner());
-    SqsMessageAttribute {
-        string_value: v.string_value,
-        binary_value: v.binary_value.map(b64),
-        string_list_values: v.string_list_values.unwrap_or_default(),
-        binary_list_values: v.binary_list_values.unwrap_or_default().into_iter().map(b64).collect(),
-        data_type: v.data_type,
+struct SystemAttributes<'a>(Option<&'a std::collections::HashMap<MessageSystemAttributeName, String>>);
+
+impl Serialize for SystemAttributes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.into_iter().flatten().map(|(k, v)| (k.as_str(), v)))
+    }
+}
+
+struct MessageAttributes<'a>(Option<&'a std::collections::HashMap<String, MessageAttributeValue>>);
+
+impl Serialize for MessageAttributes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.into_iter().flatten().map(|(k, v)| (k, AttributeRef(v))))
+    }
+}
+
+/// A message attribute in Lambda's shape; binary values are base64-encoded on the way.
+struct AttributeRef<'a>(&'a MessageAttributeValue);
+
+impl Serialize for AttributeRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let v = self.0;
+        let b64 = |b: &aws_smithy_types::Blob| aws_smithy_types::base64::encode(b.as_ref());
+        let mut map = s.serialize_map(None)?;
+        if let Some(sv) = &v.string_value {
+            map.serialize_entry("stringValue", sv)?;
+        }
+        if let Some(bv) = &v.binary_value {
+            map.serialize_entry("binaryValue", &b64(bv))?;
+        }
+        map.serialize_entry("stringListValues", v.string_list_values.as_deref().unwrap_or(&[]))?;
+        let binaries: Vec<String> = v.binary_list_values.iter().flatten().map(b64).collect();
+        map.serialize_entry("binaryListValues", &binaries)?;
+        map.serialize_entry("dataType", &v.data_type)?;
+        map.end()
     }
 }
 
@@ -261,6 +305,7 @@ mod tests {
         assert_eq!(ours, theirs);
         assert_eq!(m.receive_count, 1);
         assert_eq!(m.sent_timestamp_ms, Some(1_545_082_649_183));
+        assert_eq!(m.message_id, "059f36b4-87a3-44ab-83d2-661975830a7d");
         assert_eq!(m.group_id, None);
     }
 
@@ -271,9 +316,38 @@ mod tests {
             .binary_value(aws_smithy_types::Blob::new(vec![0u8, 159, 146, 150]))
             .build()
             .unwrap();
-        let lambda = attribute_to_lambda(attr.clone());
+        let lambda: SqsMessageAttribute = serde_json::from_str(&serde_json::to_string(&AttributeRef(&attr)).unwrap()).unwrap();
         assert_eq!(lambda.binary_value.as_deref(), Some("AJ+Slg=="));
         assert_eq!(attribute_to_sqs(&lambda).unwrap(), attr);
+    }
+
+    #[test]
+    fn the_direct_serialization_equals_the_record_type() {
+        let msg = Message::builder()
+            .message_id("id-1")
+            .receipt_handle("rh")
+            .body("{\"a\": \"é\\n\"}")
+            .md5_of_body("m")
+            .md5_of_message_attributes("ma")
+            .attributes(MessageSystemAttributeName::ApproximateReceiveCount, "3")
+            .attributes(MessageSystemAttributeName::MessageGroupId, "g")
+            .message_attributes(
+                "list",
+                MessageAttributeValue::builder()
+                    .data_type("String.custom")
+                    .string_list_values("x")
+                    .binary_list_values(aws_smithy_types::Blob::new(vec![1u8, 2]))
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        let source = EventSource { queue_arn: "arn:aws:sqs:eu-west-1:1:q.fifo".into(), region: "eu-west-1".into() };
+        let m = ReceivedMessage::from_sqs(msg, &source).unwrap();
+        let record: SqsRecord = serde_json::from_str(&m.record_json).unwrap();
+        assert_eq!(serde_json::to_value(&record).unwrap(), serde_json::from_str::<serde_json::Value>(&m.record_json).unwrap());
+        assert_eq!(record.message_attributes["list"].binary_list_values, vec!["AQI=".to_string()]);
+        assert_eq!((m.receive_count, m.group_id.as_deref()), (3, Some("g")));
+        assert_eq!(record.md5_of_message_attributes.as_deref(), Some("ma"));
     }
 
     #[test]
