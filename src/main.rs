@@ -107,8 +107,13 @@ fn redrive(aws: config::AwsConfig, from: &str, to: &str, limit: Option<u64>) -> 
     let result = runtime.block_on(async {
         let shared = sqs_poller::sqs::shared_config(&aws).await?;
         let client = sqs_poller::sqs::client(&aws, &shared);
+        // progress at most once a second: a large dead-letter queue moves 10 messages per call
+        let mut last = std::time::Instant::now();
         let report = sqs_poller::redrive::redrive(client, from, to, limit, &mut |r| {
-            eprintln!("redrive: {} moved, {} failed", r.moved, r.failed);
+            if last.elapsed() >= std::time::Duration::from_secs(1) {
+                last = std::time::Instant::now();
+                eprintln!("redrive: {} moved, {} failed so far", r.moved, r.failed);
+            }
         })
         .await?;
         anyhow::Ok(report)
