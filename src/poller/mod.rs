@@ -118,25 +118,36 @@ impl Fleet {
     /// receive. The channel to the batcher closes when this returns.
     pub async fn run(self) {
         let tracker = TaskTracker::new();
-        let mut pollers: Vec<CancellationToken> = Vec::new();
+        let mut pollers: Vec<(CancellationToken, tokio::task::JoinHandle<()>)> = Vec::new();
         let drain = self.ctx.shutdown.drain.clone();
         let scaling = &self.ctx.scaling;
         loop {
+            // a poller that ended without being retired panicked: log it; it is replaced below
+            pollers.retain_mut(|(retire, handle)| {
+                if !handle.is_finished() || retire.is_cancelled() {
+                    return true;
+                }
+                if let Some(Err(e)) = futures_util::FutureExt::now_or_never(handle) {
+                    tracing::error!(pipeline = %self.ctx.name(), error = %e, "a poller died; starting another");
+                }
+                false
+            });
             let desired = scaling.desired();
             while pollers.len() < desired {
                 let retire = CancellationToken::new();
-                tracker.spawn(poller(self.ctx.clone(), self.receives.clone(), retire.clone()));
-                pollers.push(retire);
+                let handle = tracker.spawn(poller(self.ctx.clone(), self.receives.clone(), retire.clone()));
+                pollers.push((retire, handle));
             }
             while pollers.len() > desired {
-                pollers.pop().expect("len > desired ≥ 0").cancel();
+                pollers.pop().expect("len > desired ≥ 0").0.cancel();
             }
             tokio::select! {
                 () = scaling.changed.notified() => {}
                 () = drain.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        pollers.iter().for_each(CancellationToken::cancel);
+        pollers.iter().for_each(|(retire, _)| retire.cancel());
         tracker.close();
         tracker.wait().await;
     }
