@@ -545,6 +545,19 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         pipelines.push(pipeline);
     }
 
+    // a long poll in flight at SIGTERM must be able to return inside the grace period
+    for (i, p) in pipelines.iter().enumerate() {
+        if p.pollers.wait_time.as_secs() >= grace {
+            c.fail(
+                format!("pipelines[{i}].pollers.wait_time_secs"),
+                format!(
+                    "{} must be shorter than shutdown.grace_period_secs ({grace}): a long poll in flight at shutdown has to return within the grace period",
+                    p.pollers.wait_time.as_secs()
+                ),
+            );
+        }
+    }
+
     if c.problems.is_empty() {
         Ok(Config {
             aws,
@@ -907,6 +920,14 @@ url = "http://127.0.0.1:8080/"
         let p = problems(&format!("{MINIMAL}[pipelines.filter]\npatterns = []\non_filtered = \"drop\"\n"));
         assert!(p.iter().any(|l| l.starts_with("pipelines[0].filter.on_filtered: `drop` is not one of")), "{p:?}");
         assert!(p.iter().any(|l| l.starts_with("pipelines[0].filter.patterns: lists no pattern")), "{p:?}");
+    }
+
+    #[test]
+    fn long_polls_must_fit_in_the_grace_period() {
+        let p = problems(&format!("[shutdown]\ngrace_period_secs = 10\n{MINIMAL}"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("pipelines[0].pollers.wait_time_secs: 20 must be shorter than shutdown.grace_period_secs (10)"), "{p:?}");
+        assert!(parse(&format!("[shutdown]\ngrace_period_secs = 10\n{MINIMAL}[pipelines.pollers]\nwait_time_secs = 5\n"), &env).is_ok());
     }
 
     #[test]

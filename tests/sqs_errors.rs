@@ -13,7 +13,7 @@ async fn an_unreachable_endpoint_is_retried_and_reported() {
     let poller = spawn_poller(
         &endpoint,
         5,
-        &http_pipeline("down", &format!("{endpoint}/000000000000/q"), "http://127.0.0.1:9/", ""),
+        &http_pipeline("down", &format!("{endpoint}/000000000000/q"), "http://127.0.0.1:9/", "[pipelines.pollers]\nwait_time_secs = 1"),
     );
     let series = "sqs_poller_sqs_requests_total{pipeline=\"down\",operation=\"GetQueueAttributes\",outcome=\"error\"}";
     let mut last = 0.0;
@@ -42,7 +42,11 @@ async fn an_unreachable_endpoint_is_retried_and_reported() {
 async fn a_queue_that_does_not_exist_is_a_fatal_error_naming_it() {
     let sqs = sqs().await;
     let missing = format!("{}/000000000000/{}", sqs.endpoint, unique("missing"));
-    let mut poller = spawn_poller(&sqs.endpoint, 5, &http_pipeline("missing", &missing, "http://127.0.0.1:9/", ""));
+    let mut poller = spawn_poller(
+        &sqs.endpoint,
+        5,
+        &http_pipeline("missing", &missing, "http://127.0.0.1:9/", "[pipelines.pollers]\nwait_time_secs = 1"),
+    );
     let status = tokio::time::timeout(Duration::from_secs(15), poller.child.wait()).await.expect("exits").unwrap();
     assert_eq!(status.code(), Some(1));
     let log = poller.log_text();
