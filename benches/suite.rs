@@ -58,12 +58,7 @@ async fn run() {
             .build(),
     );
     let worker_url = noop_worker().await;
-    let env = Env {
-        endpoint,
-        client,
-        root,
-        worker_url,
-    };
+    let env = Env { endpoint, client, root, worker_url };
     let mut results = serde_json::Map::new();
     if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("drain") {
         // for profiling: one long drain, nothing written
@@ -85,7 +80,8 @@ async fn run() {
             ceiling = (concurrency, rate);
         }
     }
-    results.insert("ceiling".into(), json!({"best_concurrency": ceiling.0, "msg_per_s": ceiling.1, "runs": ceiling_runs}));
+    results
+        .insert("ceiling".into(), json!({"best_concurrency": ceiling.0, "msg_per_s": ceiling.1, "runs": ceiling_runs}));
 
     // 2 + 3. drain and cost
     let mut drains = Vec::new();
@@ -111,8 +107,14 @@ async fn run() {
     // memory with ~1,000 messages in flight: a 300 ms worker, batches of 100, 10 at a time
     let slow = worker_with_delay(Duration::from_millis(300)).await;
     let d = drain_with(&env, 100, 100, &slow, 10, 20_000).await;
-    println!("memory: peak RSS {:.1} MB with up to {} messages in flight (300 ms worker, batch 100, max_concurrency 10)", d.peak_rss_mb, d.peak_in_flight);
-    results.insert("memory".into(), json!({"peak_rss_mb": d.peak_rss_mb, "peak_in_flight_messages": d.peak_in_flight, "worker_delay_ms": 300}));
+    println!(
+        "memory: peak RSS {:.1} MB with up to {} messages in flight (300 ms worker, batch 100, max_concurrency 10)",
+        d.peak_rss_mb, d.peak_in_flight
+    );
+    results.insert(
+        "memory".into(),
+        json!({"peak_rss_mb": d.peak_rss_mb, "peak_in_flight_messages": d.peak_in_flight, "worker_delay_ms": 300}),
+    );
 
     // 4. burst
     let b = burst(&env).await;
@@ -121,7 +123,10 @@ async fn run() {
         b.max, b.to_max_ms, b.drain_ms
     );
     std::fs::write(env.root.join("bench/burst.svg"), burst_svg(&b)).unwrap();
-    results.insert("burst".into(), json!({"messages": BURST, "min": 1, "max": b.max, "ms_to_max": b.to_max_ms, "ms_to_drain": b.drain_ms}));
+    results.insert(
+        "burst".into(),
+        json!({"messages": BURST, "min": 1, "max": b.max, "ms_to_max": b.to_max_ms, "ms_to_drain": b.drain_ms}),
+    );
 
     // 5. idle
     let i = idle(&env).await;
@@ -129,7 +134,10 @@ async fn run() {
         "idle: min 1 poller, empty queue: {:.3} CPU-s/min, {:.1} SQS requests/min",
         i.cpu_s_per_min, i.requests_per_min
     );
-    results.insert("idle".into(), json!({"cpu_s_per_min": i.cpu_s_per_min, "sqs_requests_per_min": i.requests_per_min, "measured_s": i.seconds}));
+    results.insert(
+        "idle".into(),
+        json!({"cpu_s_per_min": i.cpu_s_per_min, "sqs_requests_per_min": i.requests_per_min, "measured_s": i.seconds}),
+    );
 
     // 6. peer
     let mut best_peer: Option<serde_json::Value> = None;
@@ -137,9 +145,13 @@ async fn run() {
         let p = peer(&env, consumers).await;
         let rate = BACKLOG as f64 / p.0;
         let cpu_us = p.1 * 1e6 / BACKLOG as f64;
-        println!("peer: sqs-consumer x{consumers:>2}: {rate:>8.0} msg/s, {cpu_us:.0} CPU-µs/msg, max RSS {:.1} MB", p.2);
+        println!(
+            "peer: sqs-consumer x{consumers:>2}: {rate:>8.0} msg/s, {cpu_us:.0} CPU-µs/msg, max RSS {:.1} MB",
+            p.2
+        );
         if best_peer.as_ref().is_none_or(|b| rate > b["msg_per_s"].as_f64().unwrap()) {
-            best_peer = Some(json!({"consumers": consumers, "msg_per_s": rate, "cpu_us_per_msg": cpu_us, "max_rss_mb": p.2}));
+            best_peer =
+                Some(json!({"consumers": consumers, "msg_per_s": rate, "cpu_us_per_msg": cpu_us, "max_rss_mb": p.2}));
         }
     }
     let best_peer = best_peer.unwrap();
@@ -147,14 +159,19 @@ async fn run() {
     let speed_ratio = ours["msg_per_s"].as_f64().unwrap() / best_peer["msg_per_s"].as_f64().unwrap();
     let cpu_ratio = ours["cpu_us_per_msg"].as_f64().unwrap() / best_peer["cpu_us_per_msg"].as_f64().unwrap();
     println!("peer: sqs-poller (batch 10) drains {speed_ratio:.2}x as fast as sqs-consumer at {cpu_ratio:.2}x its CPU per message");
-    results.insert("peer".into(), json!({"best": best_peer, "ours_speed_ratio": speed_ratio, "ours_cpu_ratio": cpu_ratio}));
+    results.insert(
+        "peer".into(),
+        json!({"best": best_peer, "ours_speed_ratio": speed_ratio, "ours_cpu_ratio": cpu_ratio}),
+    );
 
     let machine = machine();
     results.insert("machine".into(), json!(machine));
-    let date = String::from_utf8(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let date = String::from_utf8(
+        std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().unwrap().stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
     results.insert("date".into(), json!(date));
     let value = serde_json::Value::Object(results);
     std::fs::write(env.root.join("bench/results.json"), serde_json::to_string_pretty(&value).unwrap() + "\n").unwrap();
@@ -181,7 +198,8 @@ async fn worker_with_delay(delay: Duration) -> String {
                     tokio::time::sleep(delay).await;
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -207,9 +225,21 @@ async fn load(env: &Env, queue: &str, total: usize) {
                         return;
                     }
                     let entries = (start..(start + 10).min(total))
-                        .map(|i| SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(&body).build().unwrap())
+                        .map(|i| {
+                            SendMessageBatchRequestEntry::builder()
+                                .id(i.to_string())
+                                .message_body(&body)
+                                .build()
+                                .unwrap()
+                        })
                         .collect();
-                    client.send_message_batch().queue_url(&queue).set_entries(Some(entries)).send().await.expect("SendMessageBatch");
+                    client
+                        .send_message_batch()
+                        .queue_url(&queue)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .expect("SendMessageBatch");
                 }
             })
         })
@@ -250,7 +280,13 @@ async fn raw_loop(env: &Env, queue: &str, concurrency: usize, total: usize) -> f
                                 .unwrap()
                         })
                         .collect();
-                    client.delete_message_batch().queue_url(&queue).set_entries(Some(entries)).send().await.expect("DeleteMessageBatch");
+                    client
+                        .delete_message_batch()
+                        .queue_url(&queue)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .expect("DeleteMessageBatch");
                     done.fetch_add(msgs.len(), Ordering::SeqCst);
                 }
             })
@@ -295,11 +331,7 @@ fn spawn_poller(env: &Env, queue: &str, pipeline_extra: &str) -> Proc {
         .kill_on_drop(true)
         .spawn()
         .expect("start sqs-poller");
-    Proc {
-        child,
-        listen: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    }
+    Proc { child, listen: format!("http://127.0.0.1:{port}"), _dir: dir }
 }
 
 impl Proc {
@@ -384,7 +416,14 @@ async fn drain_ours(env: &Env, size: usize, window_ms: u64) -> Drain {
     drain_with(env, size, window_ms, &env.worker_url, 32, BACKLOG).await
 }
 
-async fn drain_with(env: &Env, size: usize, window_ms: u64, worker_url: &str, max_concurrency: usize, total: usize) -> Drain {
+async fn drain_with(
+    env: &Env,
+    size: usize,
+    window_ms: u64,
+    worker_url: &str,
+    max_concurrency: usize,
+    total: usize,
+) -> Drain {
     let queue = queue(env, "drain").await;
     load(env, &queue, total).await;
     let extra = format!(
@@ -456,7 +495,9 @@ async fn burst(env: &Env) -> Burst {
                     .await
                     .ok()
                     .and_then(|o| o.attributes)
-                    .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages).and_then(|v| v.parse::<f64>().ok()))
+                    .and_then(|a| {
+                        a.get(&QueueAttributeName::ApproximateNumberOfMessages).and_then(|v| v.parse::<f64>().ok())
+                    })
                     .unwrap_or(0.0);
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
                 series.push((ms, pollers, visible));
@@ -477,12 +518,7 @@ async fn burst(env: &Env) -> Burst {
     load(env, &queue, BURST).await;
     let (series, to_max, drained) = sampler.await.unwrap();
     p.stop().await;
-    Burst {
-        max,
-        to_max_ms: to_max.expect("max pollers reached"),
-        drain_ms: drained.expect("burst drained"),
-        series,
-    }
+    Burst { max, to_max_ms: to_max.expect("max pollers reached"), drain_ms: drained.expect("burst drained"), series }
 }
 
 struct Idle {
@@ -501,11 +537,7 @@ async fn idle(env: &Env) -> Idle {
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     let (cpu1, req1) = (p.cpu_seconds(), sqs_requests(&p.metrics().await));
     p.stop().await;
-    Idle {
-        seconds,
-        cpu_s_per_min: (cpu1 - cpu0) * 60.0 / seconds,
-        requests_per_min: (req1 - req0) * 60.0 / seconds,
-    }
+    Idle { seconds, cpu_s_per_min: (cpu1 - cpu0) * 60.0 / seconds, requests_per_min: (req1 - req0) * 60.0 / seconds }
 }
 
 /// (seconds, CPU seconds, max RSS MB) of sqs-consumer draining the backlog.
@@ -524,10 +556,9 @@ async fn peer(env: &Env, consumers: usize) -> (f64, f64, f64) {
         .await
         .expect("run node");
     assert!(out.status.success(), "sqs-consumer peer failed: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(
-        out.stdout.split(|&b| b == b'\n').rfind(|l| l.starts_with(b"{")).expect("a JSON line"),
-    )
-    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|&b| b == b'\n').rfind(|l| l.starts_with(b"{")).expect("a JSON line"))
+            .unwrap();
     (v["elapsed_s"].as_f64().unwrap(), v["cpu_s"].as_f64().unwrap(), v["max_rss_kb"].as_f64().unwrap() / 1024.0)
 }
 
@@ -536,7 +567,11 @@ async fn peer(env: &Env, consumers: usize) -> (f64, f64, f64) {
 
 fn machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map_or("unknown", |(_, m)| m.trim());
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, m)| m.trim());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gb = mem

@@ -94,7 +94,10 @@ impl Acker {
         let deleting = async {
             let receipts: Vec<&str> = plan.delete.iter().map(|&i| batch[i].receipt_handle.as_str()).collect();
             let not_deleted = self.queue.delete(&receipts).await;
-            self.count_deleted(plan.delete.iter().enumerate().filter(|(k, _)| !not_deleted.contains(k)).map(|(_, &i)| &batch[i]), true);
+            self.count_deleted(
+                plan.delete.iter().enumerate().filter(|(k, _)| !not_deleted.contains(k)).map(|(_, &i)| &batch[i]),
+                true,
+            );
         };
         let retrying = async {
             let entries: Vec<(&str, i32)> =
@@ -142,11 +145,8 @@ impl Acker {
         let sends = futures_util::future::join_all(which.iter().map(|&i| async move {
             let m = &batch[i];
             let record = m.record();
-            let mut attributes: HashMap<String, MessageAttributeValue> = record
-                .message_attributes
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), attribute_to_sqs(v)?)))
-                .collect();
+            let mut attributes: HashMap<String, MessageAttributeValue> =
+                record.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), attribute_to_sqs(v)?))).collect();
             add_dead_letter_attributes(&mut attributes, &self.pipeline, reason, m.receive_count);
             let dedup = m.group_id.as_ref().map(|_| m.message_id.as_str());
             (i, dlq.send(&record.body, attributes, m.group_id.as_deref(), dedup).await)
@@ -166,11 +166,19 @@ impl Acker {
         self.metrics.dead_lettered.increment(sent.len() as u64);
         let receipts: Vec<&str> = sent.iter().map(|&i| batch[i].receipt_handle.as_str()).collect();
         let not_deleted = self.queue.delete(&receipts).await;
-        self.count_deleted(sent.iter().enumerate().filter(|(k, _)| !not_deleted.contains(k)).map(|(_, &i)| &batch[i]), false);
+        self.count_deleted(
+            sent.iter().enumerate().filter(|(k, _)| !not_deleted.contains(k)).map(|(_, &i)| &batch[i]),
+            false,
+        );
         if !unsent.is_empty() {
             let entries: Vec<(&str, i32)> = unsent
                 .iter()
-                .map(|&i| (batch[i].receipt_handle.as_str(), backoff_secs(batch[i].receive_count, &self.retry, fastrand::f64())))
+                .map(|&i| {
+                    (
+                        batch[i].receipt_handle.as_str(),
+                        backoff_secs(batch[i].receive_count, &self.retry, fastrand::f64()),
+                    )
+                })
                 .collect();
             self.queue.change_visibility(&entries).await;
         }
@@ -187,7 +195,9 @@ pub fn add_dead_letter_attributes(
     receive_count: u32,
 ) {
     let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
-    let string = |v: String| MessageAttributeValue::builder().data_type("String").string_value(v).build().expect("data type set");
+    let string = |v: String| {
+        MessageAttributeValue::builder().data_type("String").string_value(v).build().expect("data type set")
+    };
     if attributes.len() + 3 <= MAX_MESSAGE_ATTRIBUTES {
         attributes.insert("sqs-poller.pipeline".into(), string(pipeline.to_string()));
         attributes.insert("sqs-poller.reason".into(), string(reason));
@@ -203,7 +213,10 @@ pub fn add_dead_letter_attributes(
         let json = serde_json::json!({"pipeline": pipeline, "reason": reason, "receiveCount": receive_count});
         attributes.insert("sqs-poller.dead-letter".into(), string(json.to_string()));
     } else {
-        tracing::warn!(pipeline, "message has 10 attributes already; dead-letter copy carries no sqs-poller attributes");
+        tracing::warn!(
+            pipeline,
+            "message has 10 attributes already; dead-letter copy carries no sqs-poller attributes"
+        );
     }
 }
 
@@ -213,10 +226,7 @@ mod tests {
     use std::time::Duration;
 
     fn retry(initial: u64, max: u64) -> RetryConfig {
-        RetryConfig {
-            initial_backoff: Duration::from_secs(initial),
-            max_backoff: Duration::from_secs(max),
-        }
+        RetryConfig { initial_backoff: Duration::from_secs(initial), max_backoff: Duration::from_secs(max) }
     }
 
     fn batch(counts: &[u32]) -> Vec<ReceivedMessage> {
@@ -297,7 +307,12 @@ mod tests {
         assert_eq!(a["sqs-poller.receive-count"].data_type(), "Number");
 
         let mut a: HashMap<_, _> = (0..8)
-            .map(|i| (format!("a{i}"), MessageAttributeValue::builder().data_type("String").string_value("v").build().unwrap()))
+            .map(|i| {
+                (
+                    format!("a{i}"),
+                    MessageAttributeValue::builder().data_type("String").string_value("v").build().unwrap(),
+                )
+            })
             .collect();
         add_dead_letter_attributes(&mut a, "p", &"x".repeat(1000), 5);
         assert_eq!(a.len(), 9);

@@ -161,11 +161,7 @@ mod tests {
     }
 
     fn buffer(size: usize, window_ms: u64, max_bytes: usize) -> BatchBuffer {
-        BatchBuffer::new(&BatchConfig {
-            size,
-            window: Duration::from_millis(window_ms),
-            max_bytes,
-        })
+        BatchBuffer::new(&BatchConfig { size, window: Duration::from_millis(window_ms), max_bytes })
     }
 
     fn ids(b: &Batch) -> Vec<String> {

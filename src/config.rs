@@ -85,12 +85,25 @@ pub struct TargetConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TargetKind {
-    Http { url: String },
-    Command { program: String, args: Vec<String> },
+    Http {
+        url: String,
+    },
+    Command {
+        program: String,
+        args: Vec<String>,
+    },
     /// A function name or ARN, and an optional version or alias.
-    Lambda { function_name: String, qualifier: Option<String> },
+    Lambda {
+        function_name: String,
+        qualifier: Option<String>,
+    },
     /// `workers` processes of `program args…` served the Lambda Runtime API.
-    RuntimeApi { program: String, args: Vec<String>, workers: usize, handler: Option<String> },
+    RuntimeApi {
+        program: String,
+        args: Vec<String>,
+        workers: usize,
+        handler: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -147,11 +160,7 @@ impl fmt::Display for Problem {
 }
 
 fn render_problems(file: &str, problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("{file}: {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|p| format!("{file}: {p}")).collect::<Vec<_>>().join("\n")
 }
 
 impl ConfigError {
@@ -169,12 +178,8 @@ impl ConfigError {
 /// [`ConfigError`] naming the file, the key path and the reason for each problem.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: file.clone(),
-        source,
-    })?;
-    parse(&text, &|name| std::env::var(name).ok())
-        .map_err(|problems| ConfigError::Invalid { file, problems })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+    parse(&text, &|name| std::env::var(name).ok()).map_err(|problems| ConfigError::Invalid { file, problems })
 }
 
 /// Parses configuration text with `env` as the source of `${VAR}` values.
@@ -205,14 +210,8 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
 }
 
 fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
-    let path = e
-        .span()
-        .map(|s| format!("line {}", line_of(text, s.start)))
-        .unwrap_or_else(|| "(syntax)".to_string());
-    Problem {
-        path,
-        reason: format!("TOML syntax error: {}", e.message()),
-    }
+    let path = e.span().map(|s| format!("line {}", line_of(text, s.start))).unwrap_or_else(|| "(syntax)".to_string());
+    Problem { path, reason: format!("TOML syntax error: {}", e.message()) }
 }
 
 fn line_of(text: &str, byte: usize) -> usize {
@@ -288,10 +287,8 @@ fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
         }
         if rest.starts_with("${") {
             let Some(close) = rest.find('}') else {
-                problems.push(Problem {
-                    path: format!("line {line}"),
-                    reason: "`${` without a closing `}`".to_string(),
-                });
+                problems
+                    .push(Problem { path: format!("line {line}"), reason: "`${` without a closing `}`".to_string() });
                 break;
             };
             let inner = &rest[2..close];
@@ -305,7 +302,9 @@ fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
             if !valid_name {
                 problems.push(Problem {
                     path: format!("line {line}"),
-                    reason: format!("`${{{inner}}}` is not a valid variable reference (use ${{NAME}} or ${{NAME:-default}})"),
+                    reason: format!(
+                        "`${{{inner}}}` is not a valid variable reference (use ${{NAME}} or ${{NAME:-default}})"
+                    ),
                 });
             } else {
                 match (env(name), default) {
@@ -456,10 +455,7 @@ struct Checker {
 
 impl Checker {
     fn fail(&mut self, path: impl Into<String>, reason: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.into(),
-            reason: reason.into(),
-        });
+        self.problems.push(Problem { path: path.into(), reason: reason.into() });
     }
 
     /// `value` or `default`, failing when outside `lo..=hi`.
@@ -523,10 +519,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
 
     let listen_text = raw.server.listen.unwrap_or_else(|| "0.0.0.0:9464".to_string());
     let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
-        c.fail(
-            "server.listen",
-            format!("`{listen_text}` is not an address:port such as 0.0.0.0:9464"),
-        );
+        c.fail("server.listen", format!("`{listen_text}` is not an address:port such as 0.0.0.0:9464"));
         SocketAddr::from(([0, 0, 0, 0], 9464))
     });
     let grace = c.ranged("shutdown.grace_period_secs", raw.shutdown.grace_period_secs, 30, 1, 3600);
@@ -540,7 +533,10 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         let at = format!("pipelines[{i}]");
         let pipeline = validate_pipeline(&mut c, &at, p);
         if !pipeline.name.is_empty() && !names.insert(pipeline.name.clone()) {
-            c.fail(format!("{at}.name"), format!("`{}` is used by another pipeline; names must be unique", pipeline.name));
+            c.fail(
+                format!("{at}.name"),
+                format!("`{}` is used by another pipeline; names must be unique", pipeline.name),
+            );
         }
         pipelines.push(pipeline);
     }
@@ -559,12 +555,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
 
     if c.problems.is_empty() {
-        Ok(Config {
-            aws,
-            listen,
-            grace_period: Duration::from_secs(grace),
-            pipelines,
-        })
+        Ok(Config { aws, listen, grace_period: Duration::from_secs(grace), pipelines })
     } else {
         Err(c.problems)
     }
@@ -572,9 +563,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
 
 fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfig {
     let name = c.required_string(&format!("{at}.name"), p.name);
-    if !name.is_empty()
-        && !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-    {
+    if !name.is_empty() && !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
         c.fail(
             format!("{at}.name"),
             format!("`{name}` may only contain letters, digits, `-` and `_` (it becomes a metric label)"),
@@ -591,9 +580,10 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         c.fail(format!("{at}.pollers.min"), format!("{min} is greater than pollers.max ({max})"));
     }
     let wait = c.ranged(&format!("{at}.pollers.wait_time_secs"), p.pollers.wait_time_secs, 20, 0, 20);
-    let visibility = p.pollers.visibility_timeout_secs.map(|v| {
-        c.ranged(&format!("{at}.pollers.visibility_timeout_secs"), Some(v), v, 0, MAX_VISIBILITY_SECS)
-    });
+    let visibility = p
+        .pollers
+        .visibility_timeout_secs
+        .map(|v| c.ranged(&format!("{at}.pollers.visibility_timeout_secs"), Some(v), v, 0, MAX_VISIBILITY_SECS));
 
     let size_hi = if fifo { 10 } else { 10_000 };
     let size = c.ranged(&format!("{at}.batch.size"), p.batch.size, 10, 1, size_hi);
@@ -617,8 +607,10 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         }
     };
 
-    let initial = c.ranged(&format!("{at}.retry.initial_backoff_secs"), p.retry.initial_backoff_secs, 1, 0, MAX_VISIBILITY_SECS);
-    let max_backoff = c.ranged(&format!("{at}.retry.max_backoff_secs"), p.retry.max_backoff_secs, 300, 0, MAX_VISIBILITY_SECS);
+    let initial =
+        c.ranged(&format!("{at}.retry.initial_backoff_secs"), p.retry.initial_backoff_secs, 1, 0, MAX_VISIBILITY_SECS);
+    let max_backoff =
+        c.ranged(&format!("{at}.retry.max_backoff_secs"), p.retry.max_backoff_secs, 300, 0, MAX_VISIBILITY_SECS);
     if initial > max_backoff {
         c.fail(
             format!("{at}.retry.initial_backoff_secs"),
@@ -630,10 +622,7 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         let queue_url = c.required_string(&format!("{at}.dead_letter.queue_url"), d.queue_url);
         c.url(&format!("{at}.dead_letter.queue_url"), &queue_url, &["http", "https"]);
         let count = c.ranged(&format!("{at}.dead_letter.max_receive_count"), d.max_receive_count, 5, 1, 1000);
-        DeadLetterConfig {
-            queue_url,
-            max_receive_count: count as u32,
-        }
+        DeadLetterConfig { queue_url, max_receive_count: count as u32 }
     });
     if let Some(d) = &dead_letter {
         if d.queue_url == queue_url && !queue_url.is_empty() {
@@ -658,7 +647,10 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         };
         let patterns = f.patterns.unwrap_or_default();
         if patterns.is_empty() {
-            c.fail(format!("{at}.filter.patterns"), "lists no pattern; remove [pipelines.filter] to pass every message");
+            c.fail(
+                format!("{at}.filter.patterns"),
+                "lists no pattern; remove [pipelines.filter] to pass every message",
+            );
             return None;
         }
         match crate::filter::Filter::compile(&patterns) {
@@ -741,18 +733,12 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
         Some("command") => {
             only("command", &["program", "args"], c);
             let program = c.required_string(&format!("{at}.program"), t.program);
-            TargetKind::Command {
-                program,
-                args: t.args.unwrap_or_default(),
-            }
+            TargetKind::Command { program, args: t.args.unwrap_or_default() }
         }
         Some("lambda") => {
             only("lambda", &["function_name", "qualifier"], c);
             let function_name = c.required_string(&format!("{at}.function_name"), t.function_name);
-            TargetKind::Lambda {
-                function_name,
-                qualifier: t.qualifier.filter(|q| !q.is_empty()),
-            }
+            TargetKind::Lambda { function_name, qualifier: t.qualifier.filter(|q| !q.is_empty()) }
         }
         Some("runtime-api") => {
             only("runtime-api", &["program", "args", "workers", "handler"], c);
@@ -872,7 +858,10 @@ url = "http://127.0.0.1:8080/"
             "{MINIMAL}[pipelines.batch]\nsize = 20000\nwindow_ms = 400000\n[pipelines.pollers]\nwait_time_secs = 21\nmin = 5\nmax = 2\n"
         );
         let p = problems(&text);
-        assert!(p.iter().any(|l| l == "pipelines[0].batch.size: 20000 is out of range: must be between 1 and 10000"), "{p:?}");
+        assert!(
+            p.iter().any(|l| l == "pipelines[0].batch.size: 20000 is out of range: must be between 1 and 10000"),
+            "{p:?}"
+        );
         assert!(p.iter().any(|l| l.starts_with("pipelines[0].batch.window_ms: 400000 is out of range")), "{p:?}");
         assert!(p.iter().any(|l| l.starts_with("pipelines[0].pollers.wait_time_secs: 21 is out of range")), "{p:?}");
         assert!(p.iter().any(|l| l == "pipelines[0].pollers.min: 5 is greater than pollers.max (2)"), "{p:?}");
@@ -882,7 +871,10 @@ url = "http://127.0.0.1:8080/"
     fn fifo_queues_cap_batch_size_at_ten() {
         let text = MINIMAL.replace("/q\"", "/q.fifo\"") + "[pipelines.batch]\nsize = 11\n";
         let p = problems(&text);
-        assert!(p.iter().any(|l| l.starts_with("pipelines[0].batch.size: 11 is out of range: must be between 1 and 10")), "{p:?}");
+        assert!(
+            p.iter().any(|l| l.starts_with("pipelines[0].batch.size: 11 is out of range: must be between 1 and 10")),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -911,7 +903,9 @@ url = "http://127.0.0.1:8080/"
 
     #[test]
     fn filter_patterns_are_compiled_at_load() {
-        let ok = format!("{MINIMAL}[pipelines.filter]\npatterns = ['{{\"body\": {{\"t\": [\"a\"]}}}}']\non_filtered = \"keep\"\n");
+        let ok = format!(
+            "{MINIMAL}[pipelines.filter]\npatterns = ['{{\"body\": {{\"t\": [\"a\"]}}}}']\non_filtered = \"keep\"\n"
+        );
         let c = parse(&ok, &env).unwrap();
         assert_eq!(c.pipelines[0].filter.as_ref().unwrap().on_filtered, OnFiltered::Keep);
         let bad = format!("{MINIMAL}[pipelines.filter]\npatterns = ['{{\"body\": [\"a\"]}}', '{{\"body\": \"a\"}}']\n");
@@ -926,8 +920,17 @@ url = "http://127.0.0.1:8080/"
     fn long_polls_must_fit_in_the_grace_period() {
         let p = problems(&format!("[shutdown]\ngrace_period_secs = 10\n{MINIMAL}"));
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("pipelines[0].pollers.wait_time_secs: 20 must be shorter than shutdown.grace_period_secs (10)"), "{p:?}");
-        assert!(parse(&format!("[shutdown]\ngrace_period_secs = 10\n{MINIMAL}[pipelines.pollers]\nwait_time_secs = 5\n"), &env).is_ok());
+        assert!(
+            p[0].starts_with(
+                "pipelines[0].pollers.wait_time_secs: 20 must be shorter than shutdown.grace_period_secs (10)"
+            ),
+            "{p:?}"
+        );
+        assert!(parse(
+            &format!("[shutdown]\ngrace_period_secs = 10\n{MINIMAL}[pipelines.pollers]\nwait_time_secs = 5\n"),
+            &env
+        )
+        .is_ok());
     }
 
     #[test]
@@ -946,7 +949,8 @@ url = "http://127.0.0.1:8080/"
         let text = format!("{MINIMAL}[pipelines.dead_letter]\nqueue_url = \"http://127.0.0.1:4566/000000000000/q\"\n");
         let p = problems(&text);
         assert!(p[0].contains("is the pipeline's own queue_url"), "{p:?}");
-        let text = format!("{MINIMAL}[pipelines.dead_letter]\nqueue_url = \"http://127.0.0.1:4566/000000000000/d.fifo\"\n");
+        let text =
+            format!("{MINIMAL}[pipelines.dead_letter]\nqueue_url = \"http://127.0.0.1:4566/000000000000/d.fifo\"\n");
         assert!(problems(&text)[0].contains("FIFO"));
     }
 }

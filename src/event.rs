@@ -90,7 +90,8 @@ impl ReceivedMessage {
             .expect("a record of strings always serializes")
             .into_boxed_str();
         let attr = |name: MessageSystemAttributeName| msg.attributes.as_ref().and_then(|a| a.get(&name));
-        let receive_count = attr(MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1);
+        let receive_count =
+            attr(MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1);
         let sent_timestamp_ms = attr(MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok());
         let group_id = attr(MessageSystemAttributeName::MessageGroupId).cloned();
         Ok(ReceivedMessage {
@@ -113,9 +114,7 @@ impl ReceivedMessage {
             sent_timestamp_ms: attr("SentTimestamp").and_then(|v| v.parse().ok()),
             group_id: attr("MessageGroupId").cloned(),
             received_at: tokio::time::Instant::now(),
-            record_json: serde_json::to_string(record)
-                .expect("a record of strings always serializes")
-                .into_boxed_str(),
+            record_json: serde_json::to_string(record).expect("a record of strings always serializes").into_boxed_str(),
         }
     }
 
@@ -295,10 +294,8 @@ mod tests {
                 MessageAttributeValue::builder().data_type("String").string_value("myValue").build().unwrap(),
             )
             .build();
-        let source = EventSource {
-            queue_arn: "arn:aws:sqs:us-east-2:123456789012:my-queue".into(),
-            region: "us-east-2".into(),
-        };
+        let source =
+            EventSource { queue_arn: "arn:aws:sqs:us-east-2:123456789012:my-queue".into(), region: "us-east-2".into() };
         let m = ReceivedMessage::from_sqs(msg, &source).unwrap();
         let ours: serde_json::Value = serde_json::from_str(&m.record_json).unwrap();
         let theirs: serde_json::Value = serde_json::from_str(AWS_DOC_RECORD).unwrap();
@@ -316,7 +313,8 @@ mod tests {
             .binary_value(aws_smithy_types::Blob::new(vec![0u8, 159, 146, 150]))
             .build()
             .unwrap();
-        let lambda: SqsMessageAttribute = serde_json::from_str(&serde_json::to_string(&AttributeRef(&attr)).unwrap()).unwrap();
+        let lambda: SqsMessageAttribute =
+            serde_json::from_str(&serde_json::to_string(&AttributeRef(&attr)).unwrap()).unwrap();
         assert_eq!(lambda.binary_value.as_deref(), Some("AJ+Slg=="));
         assert_eq!(attribute_to_sqs(&lambda).unwrap(), attr);
     }
@@ -344,7 +342,10 @@ mod tests {
         let source = EventSource { queue_arn: "arn:aws:sqs:eu-west-1:1:q.fifo".into(), region: "eu-west-1".into() };
         let m = ReceivedMessage::from_sqs(msg, &source).unwrap();
         let record: SqsRecord = serde_json::from_str(&m.record_json).unwrap();
-        assert_eq!(serde_json::to_value(&record).unwrap(), serde_json::from_str::<serde_json::Value>(&m.record_json).unwrap());
+        assert_eq!(
+            serde_json::to_value(&record).unwrap(),
+            serde_json::from_str::<serde_json::Value>(&m.record_json).unwrap()
+        );
         assert_eq!(record.message_attributes["list"].binary_list_values, vec!["AQI=".to_string()]);
         assert_eq!((m.receive_count, m.group_id.as_deref()), (3, Some("g")));
         assert_eq!(record.md5_of_message_attributes.as_deref(), Some("ma"));

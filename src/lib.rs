@@ -56,10 +56,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let client = sqs::client(&config.aws, &shared);
     let lambda = dispatch::lambda::client(&config.aws, &shared);
 
-    let mut health = server::Health {
-        pipelines: Vec::new(),
-        draining: shutdown.drain.clone(),
-    };
+    let mut health = server::Health { pipelines: Vec::new(), draining: shutdown.drain.clone() };
     let mut pipelines = Vec::new();
     for p in &config.pipelines {
         let ready = Arc::new(AtomicBool::new(false));

@@ -9,7 +9,11 @@ use sqs_poller::config::{self, Config, TargetKind};
 use sqs_poller::shutdown::{self, Shutdown};
 
 #[derive(Parser)]
-#[command(name = "sqs-poller", version, about = "Self-hosted, high-throughput SQS poller: Lambda's SQS event source mapping as a sidecar")]
+#[command(
+    name = "sqs-poller",
+    version,
+    about = "Self-hosted, high-throughput SQS poller: Lambda's SQS event source mapping as a sidecar"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -120,8 +124,16 @@ fn redrive(aws: config::AwsConfig, from: &str, to: &str, limit: Option<u64>) -> 
     });
     match result {
         Ok(r) => {
-            println!("moved {} messages from {from} to {to}{}", r.moved, if r.failed > 0 { format!(" ({} failed and stay in the source)", r.failed) } else { String::new() });
-            if r.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            println!(
+                "moved {} messages from {from} to {to}{}",
+                r.moved,
+                if r.failed > 0 { format!(" ({} failed and stay in the source)", r.failed) } else { String::new() }
+            );
+            if r.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("sqs-poller redrive: {e:#}");
@@ -151,7 +163,11 @@ fn test_pattern(patterns: &[String]) -> ExitCode {
         let verdict = match serde_json::from_str::<serde_json::Value>(&line) {
             Ok(mut record @ serde_json::Value::Object(_)) => {
                 sqs_poller::filter::parse_body(&mut record);
-                if filter.matches(&record) { "match" } else { "no-match" }
+                if filter.matches(&record) {
+                    "match"
+                } else {
+                    "no-match"
+                }
             }
             Ok(_) => {
                 eprintln!("line {}: not a JSON object (expected a Lambda SQS record)", n + 1);
@@ -169,7 +185,11 @@ fn test_pattern(patterns: &[String]) -> ExitCode {
         }
     }
     let _ = out.flush();
-    if bad_lines > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if bad_lines > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info`); `SQS_POLLER_LOG_FORMAT=json`
@@ -245,7 +265,12 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
             p.pollers.wait_time.as_secs(),
             p.pollers.visibility_timeout.map_or("queue default".to_string(), |v| format!("{}s", v.as_secs()))
         );
-        w!("  batch      size {} window {}ms max_bytes {}", p.batch.size, p.batch.window.as_millis(), p.batch.max_bytes);
+        w!(
+            "  batch      size {} window {}ms max_bytes {}",
+            p.batch.size,
+            p.batch.window.as_millis(),
+            p.batch.max_bytes
+        );
         let target = match &p.target.kind {
             TargetKind::Http { url } => format!("http {url}"),
             TargetKind::Command { program, args } => format!("command {program} {}", args.join(" ")),

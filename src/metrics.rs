@@ -37,13 +37,8 @@ pub const BUILD_INFO: &str = "sqs_poller_build_info";
 pub const BATCH_OUTCOMES: [&str; 4] = ["success", "partial", "failure", "throttled"];
 
 /// The SQS operations the service calls, the values of the `operation` label of [`SQS_REQUESTS`].
-pub const SQS_OPERATIONS: [&str; 5] = [
-    "ReceiveMessage",
-    "DeleteMessageBatch",
-    "ChangeMessageVisibilityBatch",
-    "SendMessage",
-    "GetQueueAttributes",
-];
+pub const SQS_OPERATIONS: [&str; 5] =
+    ["ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessage", "GetQueueAttributes"];
 
 /// Installs the Prometheus recorder and describes every metric.
 ///
@@ -52,12 +47,29 @@ pub const SQS_OPERATIONS: [&str; 5] = [
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     // 1 ms … ~10 days: message age runs from milliseconds (a hot queue) to days (a stuck one).
     let age_buckets = [
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-        14_400.0, 86_400.0, 345_600.0, 1_209_600.0,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        30.0,
+        60.0,
+        300.0,
+        900.0,
+        3600.0,
+        14_400.0,
+        86_400.0,
+        345_600.0,
+        1_209_600.0,
     ];
-    let dispatch_buckets = [
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-    ];
+    let dispatch_buckets =
+        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
     let size_buckets = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10_000.0];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(MESSAGE_AGE.into()), &age_buckets)?
@@ -105,7 +117,11 @@ fn describe() {
         Unit::Seconds,
         "Age of the oldest message received since the previous depth sample (growing while the queue holds messages nobody receives)."
     );
-    describe_counter!(SQS_REQUESTS, Unit::Count, "SQS API requests by operation and outcome (ok, error); SQS bills per request.");
+    describe_counter!(
+        SQS_REQUESTS,
+        Unit::Count,
+        "SQS API requests by operation and outcome (ok, error); SQS bills per request."
+    );
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
 }
 
@@ -148,14 +164,8 @@ pub struct QueueGauges {
 
 impl QueueGauges {
     fn new(pipeline: &str, queue: &'static str) -> Self {
-        let g = |state: &'static str| {
-            metrics::gauge!(QUEUE_MESSAGES, "pipeline" => pipeline.to_string(), "queue" => queue, "state" => state)
-        };
-        QueueGauges {
-            visible: g("visible"),
-            in_flight: g("in_flight"),
-            delayed: g("delayed"),
-        }
+        let g = |state: &'static str| metrics::gauge!(QUEUE_MESSAGES, "pipeline" => pipeline.to_string(), "queue" => queue, "state" => state);
+        QueueGauges { visible: g("visible"), in_flight: g("in_flight"), delayed: g("delayed") }
     }
 }
 

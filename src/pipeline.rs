@@ -77,7 +77,12 @@ impl PipelineContext {
         });
         PipelineContext {
             target,
-            scaling: Scaling::new(&config.name, config.pollers.min, config.pollers.max, metrics.pollers_desired.clone()),
+            scaling: Scaling::new(
+                &config.name,
+                config.pollers.min,
+                config.pollers.max,
+                metrics.pollers_desired.clone(),
+            ),
             room: Arc::new(Semaphore::new(config.target.max_concurrency)),
             config,
             queue,
@@ -178,10 +183,8 @@ impl PipelineContext {
             }
         };
         let region = crate::sqs::region_of(self.queue_client());
-        let queue_arn = attrs
-            .get("QueueArn")
-            .cloned()
-            .unwrap_or_else(|| arn_from_queue_url(&self.config.queue_url, &region));
+        let queue_arn =
+            attrs.get("QueueArn").cloned().unwrap_or_else(|| arn_from_queue_url(&self.config.queue_url, &region));
         let queue_visibility = attrs.get("VisibilityTimeout").and_then(|v| v.parse().ok()).unwrap_or(30);
         let visibility = self.config.pollers.visibility_timeout.unwrap_or(Duration::from_secs(queue_visibility));
         let _ = self.source.set(EventSource { queue_arn, region });
@@ -232,10 +235,7 @@ pub async fn run(ctx: Arc<PipelineContext>) -> Result<(), SqsError> {
     Batcher {
         buffer: BatchBuffer::new(&cfg.batch),
         receives: rx,
-        sink: Dispatcher {
-            ctx: ctx.clone(),
-            batches: batches.clone(),
-        },
+        sink: Dispatcher { ctx: ctx.clone(), batches: batches.clone() },
     }
     .run()
     .await;

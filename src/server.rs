@@ -27,11 +27,7 @@ pub struct Health {
 
 impl Health {
     fn not_ready(&self) -> Vec<&str> {
-        self.pipelines
-            .iter()
-            .filter(|(_, r)| !r.load(Ordering::Relaxed))
-            .map(|(n, _)| n.as_str())
-            .collect()
+        self.pipelines.iter().filter(|(_, r)| !r.load(Ordering::Relaxed)).map(|(n, _)| n.as_str()).collect()
     }
 }
 

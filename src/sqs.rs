@@ -16,12 +16,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
+use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageAttributeValue,
     MessageSystemAttributeName, QueueAttributeName,
 };
-use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::Client;
 
 use crate::config::AwsConfig;
@@ -62,12 +62,7 @@ impl SqsError {
             SdkError::ConstructionFailure(_) => (None, false),
             _ => (None, true), // dispatch failure (connection refused, DNS), timeout, unreadable response
         };
-        SqsError {
-            operation,
-            code,
-            message: DisplayErrorContext(&e).to_string(),
-            retryable,
-        }
+        SqsError { operation, code, message: DisplayErrorContext(&e).to_string(), retryable }
     }
 }
 
@@ -135,11 +130,7 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub fn new(client: Client, url: impl Into<String>, metrics: PipelineMetrics) -> Self {
-        SqsQueue {
-            client,
-            url: url.into(),
-            metrics,
-        }
+        SqsQueue { client, url: url.into(), metrics }
     }
 
     pub fn client(&self) -> &Client {
@@ -185,11 +176,7 @@ impl SqsQueue {
             .send()
             .await
             .map(|out| {
-                out.attributes
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k.as_str().to_string(), v))
-                    .collect()
+                out.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_string(), v)).collect()
             })
             .map_err(|e| SqsError::from_sdk("GetQueueAttributes", e));
         self.count("GetQueueAttributes", &r);

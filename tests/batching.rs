@@ -28,7 +28,10 @@ async fn batches_of_100_are_built_from_10_message_receives() {
     let sizes: Vec<usize> = worker.deliveries().iter().map(|d| d.records().len()).collect();
     assert_eq!(sizes, vec![100, 100, 100], "cut by count, long before the 5 s window");
     let text = poller.metrics_text().await;
-    let receives = metric_value(&text, "sqs_poller_sqs_requests_total{pipeline=\"size100\",operation=\"ReceiveMessage\",outcome=\"ok\"}");
+    let receives = metric_value(
+        &text,
+        "sqs_poller_sqs_requests_total{pipeline=\"size100\",operation=\"ReceiveMessage\",outcome=\"ok\"}",
+    );
     assert!(receives >= 30.0, "at most 10 messages per receive: {receives} receives");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
@@ -96,12 +99,7 @@ async fn max_bytes_cuts_batches_of_one_mebibyte_messages() {
 async fn time_spent_filling_a_batch_counts_against_the_visibility_timeout() {
     let sqs = sqs().await;
     let queue = sqs.queue("window-vis", &[(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "2")]).await;
-    let worker = worker(|_| Reply {
-        status: 200,
-        body: String::new(),
-        delay: Duration::from_secs(2),
-    })
-    .await;
+    let worker = worker(|_| Reply { status: 200, body: String::new(), delay: Duration::from_secs(2) }).await;
     let poller = start_poller(
         &sqs,
         10,
@@ -116,7 +114,9 @@ async fn time_spent_filling_a_batch_counts_against_the_visibility_timeout() {
     sqs.send_bodies(&queue, &["w".to_string()]).await;
     // 1.5 s in the batcher + 2 s in the worker > the 2 s visibility timeout: only an extension
     // counted from the receive keeps the message from being delivered twice
-    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"window-vis\"}", 1.0, Duration::from_secs(20)).await;
+    poller
+        .wait_metric("sqs_poller_messages_deleted_total{pipeline=\"window-vis\"}", 1.0, Duration::from_secs(20))
+        .await;
     assert_eq!(worker.deliveries().len(), 1, "delivered once");
     assert!(poller.log_text().contains("batch.window_ms is longer than half the visibility timeout"));
     let (status, _, log) = poller.stop().await;

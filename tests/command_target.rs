@@ -65,12 +65,7 @@ async fn a_batch_longer_than_the_visibility_timeout_keeps_its_messages_hidden() 
     let sqs = sqs().await;
     let queue = sqs.queue("long", &[(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "2")]).await;
     sqs.send_bodies(&queue, &["slow".to_string()]).await;
-    let worker = worker(|_| Reply {
-        status: 200,
-        body: String::new(),
-        delay: Duration::from_secs(5),
-    })
-    .await;
+    let worker = worker(|_| Reply { status: 200, body: String::new(), delay: Duration::from_secs(5) }).await;
     let poller = start_poller(
         &sqs,
         10,

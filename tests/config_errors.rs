@@ -36,7 +36,10 @@ fn rejects(text: &str, expected: &str) {
     let (code, _, stderr, file) = run("check", text);
     assert_eq!(code, 2, "stderr:\n{stderr}");
     let wanted = format!("{file}: {expected}");
-    assert!(stderr.lines().any(|l| l.starts_with(&wanted)), "expected a line starting with\n  {wanted}\ngot:\n{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.starts_with(&wanted)),
+        "expected a line starting with\n  {wanted}\ngot:\n{stderr}"
+    );
 }
 
 #[test]
@@ -61,12 +64,18 @@ fn the_shipped_configurations_are_valid() {
 
 #[test]
 fn unknown_key() {
-    rejects(&format!("{VALID}[pipelines.batch]\nsise = 5\n"), "pipelines[0].batch.sise: unknown field `sise`, expected one of `size`, `window_ms`, `max_bytes` (line 9)");
+    rejects(
+        &format!("{VALID}[pipelines.batch]\nsise = 5\n"),
+        "pipelines[0].batch.sise: unknown field `sise`, expected one of `size`, `window_ms`, `max_bytes` (line 9)",
+    );
 }
 
 #[test]
 fn unknown_top_level_table() {
-    rejects(&format!("[metrics]\nport = 1\n{VALID}"), "metrics: unknown field `metrics`, expected one of `aws`, `server`, `shutdown`, `pipelines` (line 1)");
+    rejects(
+        &format!("[metrics]\nport = 1\n{VALID}"),
+        "metrics: unknown field `metrics`, expected one of `aws`, `server`, `shutdown`, `pipelines` (line 1)",
+    );
 }
 
 #[test]
@@ -79,12 +88,18 @@ fn out_of_range_value() {
 
 #[test]
 fn wrong_type() {
-    rejects(&format!("{VALID}[pipelines.pollers]\nmax = \"ten\"\n"), "pipelines[0].pollers.max: invalid type: string \"ten\", expected u64 (line 9)");
+    rejects(
+        &format!("{VALID}[pipelines.pollers]\nmax = \"ten\"\n"),
+        "pipelines[0].pollers.max: invalid type: string \"ten\", expected u64 (line 9)",
+    );
 }
 
 #[test]
 fn min_above_max() {
-    rejects(&format!("{VALID}[pipelines.pollers]\nmin = 8\nmax = 4\n"), "pipelines[0].pollers.min: 8 is greater than pollers.max (4)");
+    rejects(
+        &format!("{VALID}[pipelines.pollers]\nmin = 8\nmax = 4\n"),
+        "pipelines[0].pollers.min: 8 is greater than pollers.max (4)",
+    );
 }
 
 #[test]
@@ -108,17 +123,26 @@ fn missing_required_key() {
 
 #[test]
 fn not_a_url() {
-    rejects(&VALID.replace("http://127.0.0.1:4566/000000000000/orders", "orders"), "pipelines[0].queue_url: `orders` is not a URL");
+    rejects(
+        &VALID.replace("http://127.0.0.1:4566/000000000000/orders", "orders"),
+        "pipelines[0].queue_url: `orders` is not a URL",
+    );
 }
 
 #[test]
 fn unknown_target_type() {
-    rejects(&VALID.replace("type = \"http\"", "type = \"smtp\""), "pipelines[0].target.type: `smtp` is not a target type");
+    rejects(
+        &VALID.replace("type = \"http\"", "type = \"smtp\""),
+        "pipelines[0].target.type: `smtp` is not a target type",
+    );
 }
 
 #[test]
 fn key_of_another_target_type() {
-    rejects(&format!("{VALID}program = \"./worker\"\n"), "pipelines[0].target.program: does not apply to target type `http`");
+    rejects(
+        &format!("{VALID}program = \"./worker\"\n"),
+        "pipelines[0].target.program: does not apply to target type `http`",
+    );
 }
 
 #[test]

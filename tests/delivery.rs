@@ -18,7 +18,12 @@ async fn a_thousand_messages_are_delivered_once_and_deleted() {
     let poller = start_poller(
         &sqs,
         10,
-        &http_pipeline("thousand", &queue, &worker.url, "[pipelines.pollers]\nmax = 8\nwait_time_secs = 1\n[pipelines.batch]\nsize = 50\nwindow_ms = 100"),
+        &http_pipeline(
+            "thousand",
+            &queue,
+            &worker.url,
+            "[pipelines.pollers]\nmax = 8\nwait_time_secs = 1\n[pipelines.batch]\nsize = 50\nwindow_ms = 100",
+        ),
     )
     .await;
     let series = |name: &str| format!("{name}{{pipeline=\"thousand\"}}");
@@ -60,7 +65,8 @@ async fn a_thousand_messages_are_delivered_once_and_deleted() {
 async fn partial_failures_retry_only_the_failed_with_backoff() {
     let sqs = sqs().await;
     let queue = sqs.queue("partial", &[]).await;
-    let bodies: Vec<String> = (0..30).map(|i| if i % 3 == 0 { format!("fail-{i}") } else { format!("ok-{i}") }).collect();
+    let bodies: Vec<String> =
+        (0..30).map(|i| if i % 3 == 0 { format!("fail-{i}") } else { format!("ok-{i}") }).collect();
     sqs.send_bodies(&queue, &bodies).await;
     // "fail-" messages fail on their first delivery only
     let worker = worker(|event| {
@@ -68,7 +74,9 @@ async fn partial_failures_retry_only_the_failed_with_backoff() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|r| r["body"].as_str().unwrap().starts_with("fail-") && r["attributes"]["ApproximateReceiveCount"] == "1")
+            .filter(|r| {
+                r["body"].as_str().unwrap().starts_with("fail-") && r["attributes"]["ApproximateReceiveCount"] == "1"
+            })
             .map(|r| r["messageId"].as_str().unwrap())
             .collect();
         Reply::failures(&failed)
@@ -146,11 +154,14 @@ async fn an_always_failing_message_ends_in_the_dead_letter_queue() {
         "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.retry]\ninitial_backoff_secs = 0\n[pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 3"
     );
     let poller = start_poller(&sqs, 10, &http_pipeline("poison", &queue, &worker.url, &extra)).await;
-    poller.wait_metric("sqs_poller_messages_dead_lettered_total{pipeline=\"poison\"}", 1.0, Duration::from_secs(30)).await;
+    poller
+        .wait_metric("sqs_poller_messages_dead_lettered_total{pipeline=\"poison\"}", 1.0, Duration::from_secs(30))
+        .await;
     poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"poison\"}", 2.0, Duration::from_secs(10)).await;
 
     assert_eq!(worker.times_delivered()[&poison_id], 3, "tried max_receive_count times");
-    eventually("the source queue is empty", Duration::from_secs(5), || async { sqs.counts(&queue).await == (0, 0) }).await;
+    eventually("the source queue is empty", Duration::from_secs(5), || async { sqs.counts(&queue).await == (0, 0) })
+        .await;
 
     let moved = sqs.take_all(&dlq).await;
     assert_eq!(moved.len(), 1);

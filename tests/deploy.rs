@@ -15,11 +15,8 @@ fn deployment_files_pass_their_checks() {
         "{} is missing: run scripts/install-services.sh (it makes .local/venv with cfn-lint)",
         python.display()
     );
-    let out = Command::new(python)
-        .arg(root.join("deploy/check.py"))
-        .arg(env!("CARGO_BIN_EXE_sqs-poller"))
-        .output()
-        .unwrap();
+    let out =
+        Command::new(python).arg(root.join("deploy/check.py")).arg(env!("CARGO_BIN_EXE_sqs-poller")).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("deploy check: ok"), "{text}");

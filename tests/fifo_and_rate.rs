@@ -13,7 +13,10 @@ use common::*;
 async fn a_fifo_group_stops_at_its_first_failure_and_keeps_its_order() {
     let sqs = sqs().await;
     let queue = sqs
-        .queue("fifo", &[(QueueAttributeName::FifoQueue, "true"), (QueueAttributeName::ContentBasedDeduplication, "true")])
+        .queue(
+            "fifo",
+            &[(QueueAttributeName::FifoQueue, "true"), (QueueAttributeName::ContentBasedDeduplication, "true")],
+        )
         .await;
     let queue = if queue.ends_with(".fifo") { queue } else { panic!("not a FIFO queue URL: {queue}") };
     for group in ["g1", "g2"] {
@@ -93,7 +96,12 @@ async fn rate_limit_caps_messages_dispatched_per_second() {
     let poller = start_poller(
         &sqs,
         10,
-        &http_pipeline("rate", &queue, &worker.url, "rate_limit_per_sec = 20\n[pipelines.pollers]\nmax = 4\nwait_time_secs = 1"),
+        &http_pipeline(
+            "rate",
+            &queue,
+            &worker.url,
+            "rate_limit_per_sec = 20\n[pipelines.pollers]\nmax = 4\nwait_time_secs = 1",
+        ),
     )
     .await;
     poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"rate\"}", 60.0, Duration::from_secs(30)).await;

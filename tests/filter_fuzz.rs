@@ -53,7 +53,9 @@ impl Gen {
             7 => json!({"numeric": [">", n, "<=", n + self.0.i64(-2..5)]}),
             8 => json!({"numeric": ["=", n]}),
             9 => json!({"exists": self.0.bool()}),
-            10 => json!({"cidr": format!("{}/{}", ["10.0.0.0", "::", "2001:db8::", "x"][self.0.usize(0..4)], self.0.u8(0..140))}),
+            10 => {
+                json!({"cidr": format!("{}/{}", ["10.0.0.0", "::", "2001:db8::", "x"][self.0.usize(0..4)], self.0.u8(0..140))})
+            }
             11 => json!({"numeric": [s]}),
             12 => json!({"bogus": s}),
             13 => json!({}),

@@ -22,8 +22,16 @@ const CASES: &[(&str, &str, bool)] = &[
     (r#"{"detail": {"state": ["running"]}}"#, r#"{"detail": {"state": "stopped"}}"#, false),
     (r#"{"detail": {"state": ["running"]}}"#, r#"{"detail": "running"}"#, false),
     (r#"{"detail": {"state": ["running"]}}"#, r#"{"state": "running"}"#, false),
-    (r#"{"detail": {"state": ["running"], "type": ["t2"]}}"#, r#"{"detail": {"state": "running", "type": "t2"}}"#, true),
-    (r#"{"detail": {"state": ["running"], "type": ["t2"]}}"#, r#"{"detail": {"state": "running", "type": "t3"}}"#, false),
+    (
+        r#"{"detail": {"state": ["running"], "type": ["t2"]}}"#,
+        r#"{"detail": {"state": "running", "type": "t2"}}"#,
+        true,
+    ),
+    (
+        r#"{"detail": {"state": ["running"], "type": ["t2"]}}"#,
+        r#"{"detail": {"state": "running", "type": "t3"}}"#,
+        false,
+    ),
     (r#"{"detail": {"state": ["running"], "type": ["t2"]}}"#, r#"{"detail": {"state": "running"}}"#, false),
     (r#"{"a": ["x"], "b": ["y"]}"#, r#"{"a": "x", "b": "y", "c": "z"}"#, true),
     (r#"{"a": ["x"], "b": ["y"]}"#, r#"{"a": "x"}"#, false),
@@ -50,7 +58,11 @@ const CASES: &[(&str, &str, bool)] = &[
     (r#"{"r": [""]}"#, r#"{"r": null}"#, false),
     (r#"{"r": [""]}"#, r#"{}"#, false),
     (r#"{"r": [""]}"#, r#"{"r": " "}"#, false),
-    (r#"{"detail": {"eventVersion": [""], "responseElements": [null]}}"#, r#"{"detail": {"eventVersion": "", "responseElements": null}}"#, true),
+    (
+        r#"{"detail": {"eventVersion": [""], "responseElements": [null]}}"#,
+        r#"{"detail": {"eventVersion": "", "responseElements": null}}"#,
+        true,
+    ),
     // arrays in the event (EventBridge: "Arrays in event patterns")
     (r#"{"resources": ["arn:a", "arn:c"]}"#, r#"{"resources": ["arn:b", "arn:c"]}"#, true),
     (r#"{"resources": ["arn:a"]}"#, r#"{"resources": ["arn:b", "arn:c"]}"#, false),
@@ -95,15 +107,27 @@ const CASES: &[(&str, &str, bool)] = &[
     (r#"{"f": [{"suffix": {"equals-ignore-case": "SSE"}}]}"#, r#"{"f": "strasse"}"#, true),
     (r#"{"f": [{"suffix": ".png"}, {"suffix": ".jpg"}]}"#, r#"{"f": "a.jpg"}"#, true),
     // --- equals-ignore-case ---
-    (r#"{"detail-type": [{"equals-ignore-case": "ec2 instance state-change notification"}]}"#, r#"{"detail-type": "EC2 Instance State-change Notification"}"#, true),
+    (
+        r#"{"detail-type": [{"equals-ignore-case": "ec2 instance state-change notification"}]}"#,
+        r#"{"detail-type": "EC2 Instance State-change Notification"}"#,
+        true,
+    ),
     (r#"{"detail-type": [{"equals-ignore-case": "ec2"}]}"#, r#"{"detail-type": "EC2 Instance"}"#, false),
     (r#"{"k": [{"equals-ignore-case": "ÄÖÜ"}]}"#, r#"{"k": "äöü"}"#, true),
     (r#"{"k": [{"equals-ignore-case": "abc"}]}"#, r#"{"k": 5}"#, false),
     (r#"{"k": [{"equals-ignore-case": ""}]}"#, r#"{"k": ""}"#, true),
     (r#"{"k": [{"equals-ignore-case": "x"}]}"#, r#"{"k": ["A", "X"]}"#, true),
     // --- wildcard ---
-    (r#"{"EventBusArn": [{"wildcard": "arn:aws:events:us-east-1:*:event-bus/*"}]}"#, r#"{"EventBusArn": "arn:aws:events:us-east-1:123456789012:event-bus/default"}"#, true),
-    (r#"{"EventBusArn": [{"wildcard": "arn:aws:events:us-east-1:*:event-bus/*"}]}"#, r#"{"EventBusArn": "arn:aws:events:us-west-2:123456789012:event-bus/default"}"#, false),
+    (
+        r#"{"EventBusArn": [{"wildcard": "arn:aws:events:us-east-1:*:event-bus/*"}]}"#,
+        r#"{"EventBusArn": "arn:aws:events:us-east-1:123456789012:event-bus/default"}"#,
+        true,
+    ),
+    (
+        r#"{"EventBusArn": [{"wildcard": "arn:aws:events:us-east-1:*:event-bus/*"}]}"#,
+        r#"{"EventBusArn": "arn:aws:events:us-west-2:123456789012:event-bus/default"}"#,
+        false,
+    ),
     (r#"{"f": [{"wildcard": "dir/*.png"}]}"#, r#"{"f": "dir/a/b.png"}"#, true),
     (r#"{"f": [{"wildcard": "dir/*.png"}]}"#, r#"{"f": "dir/.png"}"#, true),
     (r#"{"f": [{"wildcard": "dir/*.png"}]}"#, r#"{"f": "dir/a.jpg"}"#, false),
@@ -142,13 +166,29 @@ const CASES: &[(&str, &str, bool)] = &[
     (r#"{"state": [{"anything-but": {"prefix": "init"}}]}"#, r#"{"state": 5}"#, false),
     (r#"{"FileName": [{"anything-but": {"suffix": ".txt"}}]}"#, r#"{"FileName": "notes.md"}"#, true),
     (r#"{"FileName": [{"anything-but": {"suffix": ".txt"}}]}"#, r#"{"FileName": "notes.txt"}"#, false),
-    (r#"{"state": [{"anything-but": {"equals-ignore-case": ["Stopped", "OverLoaded"]}}]}"#, r#"{"state": "STOPPED"}"#, false),
-    (r#"{"state": [{"anything-but": {"equals-ignore-case": ["Stopped", "OverLoaded"]}}]}"#, r#"{"state": "Running"}"#, true),
+    (
+        r#"{"state": [{"anything-but": {"equals-ignore-case": ["Stopped", "OverLoaded"]}}]}"#,
+        r#"{"state": "STOPPED"}"#,
+        false,
+    ),
+    (
+        r#"{"state": [{"anything-but": {"equals-ignore-case": ["Stopped", "OverLoaded"]}}]}"#,
+        r#"{"state": "Running"}"#,
+        true,
+    ),
     (r#"{"state": [{"anything-but": {"equals-ignore-case": "Stopped"}}]}"#, r#"{"state": "stopped"}"#, false),
     (r#"{"FilePath": [{"anything-but": {"wildcard": "*/lib/*"}}]}"#, r#"{"FilePath": "/user/lib/x"}"#, false),
     (r#"{"FilePath": [{"anything-but": {"wildcard": "*/lib/*"}}]}"#, r#"{"FilePath": "/user/bin/x"}"#, true),
-    (r#"{"FilePath": [{"anything-but": {"wildcard": ["*/lib/*", "*/bin/*"]}}]}"#, r#"{"FilePath": "/user/bin/x"}"#, false),
-    (r#"{"FilePath": [{"anything-but": {"wildcard": ["*/lib/*", "*/bin/*"]}}]}"#, r#"{"FilePath": "/user/etc/x"}"#, true),
+    (
+        r#"{"FilePath": [{"anything-but": {"wildcard": ["*/lib/*", "*/bin/*"]}}]}"#,
+        r#"{"FilePath": "/user/bin/x"}"#,
+        false,
+    ),
+    (
+        r#"{"FilePath": [{"anything-but": {"wildcard": ["*/lib/*", "*/bin/*"]}}]}"#,
+        r#"{"FilePath": "/user/etc/x"}"#,
+        true,
+    ),
     (r#"{"state": [{"anything-but": "stopped"}]}"#, r#"{"state": ["stopped", "running"]}"#, true),
     (r#"{"state": [{"anything-but": "stopped"}]}"#, r#"{"state": ["stopped"]}"#, false),
     (r#"{"state": [{"anything-but": "stopped"}]}"#, r#"{"state": {"a": 1}}"#, false),
@@ -176,10 +216,16 @@ const CASES: &[(&str, &str, bool)] = &[
     (r#"{"x": [{"numeric": [">", 1]}, {"numeric": ["<", -1]}]}"#, r#"{"x": -2}"#, true),
     (r#"{"x": [{"numeric": [">", 1]}, {"numeric": ["<", -1]}]}"#, r#"{"x": 0}"#, false),
     (r#"{"x": [{"numeric": [">", 1]}]}"#, r#"{"x": true}"#, false),
-    (r#"{"detail": {"c-count": [{"numeric": [">", 0, "<=", 5]}], "d-count": [{"numeric": ["<", 10]}], "x-limit": [{"numeric": ["=", 3.018e2]}]}}"#,
-     r#"{"detail": {"c-count": 5, "d-count": 7, "x-limit": 301.8}}"#, true),
-    (r#"{"detail": {"c-count": [{"numeric": [">", 0, "<=", 5]}], "d-count": [{"numeric": ["<", 10]}]}}"#,
-     r#"{"detail": {"c-count": 5, "d-count": 12}}"#, false),
+    (
+        r#"{"detail": {"c-count": [{"numeric": [">", 0, "<=", 5]}], "d-count": [{"numeric": ["<", 10]}], "x-limit": [{"numeric": ["=", 3.018e2]}]}}"#,
+        r#"{"detail": {"c-count": 5, "d-count": 7, "x-limit": 301.8}}"#,
+        true,
+    ),
+    (
+        r#"{"detail": {"c-count": [{"numeric": [">", 0, "<=", 5]}], "d-count": [{"numeric": ["<", 10]}]}}"#,
+        r#"{"detail": {"c-count": 5, "d-count": 12}}"#,
+        false,
+    ),
     // --- exists ---
     (r#"{"detail": {"state": [{"exists": true}]}}"#, r#"{"detail": {"state": "running"}}"#, true),
     (r#"{"detail": {"state": [{"exists": true}]}}"#, r#"{"detail": {}}"#, false),
@@ -214,10 +260,16 @@ const CASES: &[(&str, &str, bool)] = &[
     (r#"{"ip": [{"cidr": "::/0"}]}"#, r#"{"ip": "::1"}"#, true),
     (r#"{"ip": [{"cidr": "10.0.0.0/24"}]}"#, r#"{"ip": ["192.168.0.1", "10.0.0.7"]}"#, true),
     // --- $or (EventBridge: "Matching on multiple values" / $or) ---
-    (r#"{"detail": {"$or": [{"c-count": [{"numeric": [">", 0, "<=", 5]}]}, {"d-count": [{"numeric": ["<", 10]}]}, {"x-limit": [{"numeric": ["=", 3.018e2]}]}]}}"#,
-     r#"{"detail": {"d-count": 3}}"#, true),
-    (r#"{"detail": {"$or": [{"c-count": [{"numeric": [">", 0, "<=", 5]}]}, {"d-count": [{"numeric": ["<", 10]}]}]}}"#,
-     r#"{"detail": {"c-count": 9, "d-count": 12}}"#, false),
+    (
+        r#"{"detail": {"$or": [{"c-count": [{"numeric": [">", 0, "<=", 5]}]}, {"d-count": [{"numeric": ["<", 10]}]}, {"x-limit": [{"numeric": ["=", 3.018e2]}]}]}}"#,
+        r#"{"detail": {"d-count": 3}}"#,
+        true,
+    ),
+    (
+        r#"{"detail": {"$or": [{"c-count": [{"numeric": [">", 0, "<=", 5]}]}, {"d-count": [{"numeric": ["<", 10]}]}]}}"#,
+        r#"{"detail": {"c-count": 9, "d-count": 12}}"#,
+        false,
+    ),
     (r#"{"source": ["aws.ec2"], "$or": [{"a": ["1"]}, {"b": ["2"]}]}"#, r#"{"source": "aws.ec2", "b": "2"}"#, true),
     (r#"{"source": ["aws.ec2"], "$or": [{"a": ["1"]}, {"b": ["2"]}]}"#, r#"{"source": "aws.s3", "b": "2"}"#, false),
     (r#"{"source": ["aws.ec2"], "$or": [{"a": ["1"]}, {"b": ["2"]}]}"#, r#"{"source": "aws.ec2"}"#, false),
@@ -226,8 +278,16 @@ const CASES: &[(&str, &str, bool)] = &[
     (r#"{"$or": [{"a": [{"exists": false}]}, {"a": ["x"]}]}"#, r#"{"a": "x"}"#, true),
     (r#"{"$or": [{"a": [{"exists": false}]}, {"a": ["x"]}]}"#, r#"{"a": "y"}"#, false),
     // --- deep nesting ---
-    (r#"{"a": {"b": {"c": {"d": {"e": {"f": {"g": ["deep"]}}}}}}}"#, r#"{"a": {"b": {"c": {"d": {"e": {"f": {"g": "deep"}}}}}}}"#, true),
-    (r#"{"a": {"b": {"c": {"d": {"e": {"f": {"g": ["deep"]}}}}}}}"#, r#"{"a": {"b": {"c": {"d": {"e": {"f": {"h": "deep"}}}}}}}"#, false),
+    (
+        r#"{"a": {"b": {"c": {"d": {"e": {"f": {"g": ["deep"]}}}}}}}"#,
+        r#"{"a": {"b": {"c": {"d": {"e": {"f": {"g": "deep"}}}}}}}"#,
+        true,
+    ),
+    (
+        r#"{"a": {"b": {"c": {"d": {"e": {"f": {"g": ["deep"]}}}}}}}"#,
+        r#"{"a": {"b": {"c": {"d": {"e": {"f": {"h": "deep"}}}}}}}"#,
+        false,
+    ),
     (r#"{"a": {"b": {"c": {"d": {"e": {"f": {"g": ["deep"]}}}}}}}"#, r#"{"a": {"b": {"c": "deep"}}}"#, false),
     // several matchers on one key: OR
     (r#"{"k": ["a", {"prefix": "b"}, {"numeric": [">", 5]}]}"#, r#"{"k": "bee"}"#, true),
@@ -241,8 +301,16 @@ const CASES: &[(&str, &str, bool)] = &[
 const RECORD_CASES: &[(&str, &str, bool)] = &[
     // JSON body, JSON property pattern
     (r#"{"body": {"RetailerID": ["RetailerID"]}}"#, r#"{"RetailerID": "RetailerID", "Amount": 3}"#, true),
-    (r#"{"body": {"Location": ["New York"], "Day": ["Monday"]}}"#, r#"{"Location": "New York", "Day": "Monday"}"#, true),
-    (r#"{"body": {"Location": ["New York"], "Day": ["Monday"]}}"#, r#"{"Location": "New York", "Day": "Tuesday"}"#, false),
+    (
+        r#"{"body": {"Location": ["New York"], "Day": ["Monday"]}}"#,
+        r#"{"Location": "New York", "Day": "Monday"}"#,
+        true,
+    ),
+    (
+        r#"{"body": {"Location": ["New York"], "Day": ["Monday"]}}"#,
+        r#"{"Location": "New York", "Day": "Tuesday"}"#,
+        false,
+    ),
     (r#"{"body": {"amount": [{"numeric": [">", 100]}]}}"#, r#"{"amount": 250}"#, true),
     (r#"{"body": {"amount": [{"numeric": [">", 100]}]}}"#, r#"{"amount": "250"}"#, false),
     (r#"{"body": {"items": {"sku": [{"prefix": "A-"}]}}}"#, r#"{"items": [{"sku": "B-1"}, {"sku": "A-7"}]}"#, true),
@@ -394,7 +462,9 @@ fn invalid_patterns_say_what_is_wrong() {
     for (pattern, expected) in INVALID {
         match Pattern::compile(pattern) {
             Ok(_) => wrong.push(format!("{pattern}: accepted")),
-            Err(e) if !e.to_string().contains(expected) => wrong.push(format!("{pattern}: said `{e}`, expected `{expected}`")),
+            Err(e) if !e.to_string().contains(expected) => {
+                wrong.push(format!("{pattern}: said `{e}`, expected `{expected}`"))
+            }
             Err(_) => {}
         }
     }

@@ -63,7 +63,8 @@ on_filtered = "keep""#;
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
     // the other tenant's message is still there for its own consumer
-    eventually("globex's message is visible", Duration::from_secs(5), || async { sqs.counts(&queue).await == (1, 0) }).await;
+    eventually("globex's message is visible", Duration::from_secs(5), || async { sqs.counts(&queue).await == (1, 0) })
+        .await;
     let left = sqs.take_all(&queue).await;
     assert_eq!(left[0].body(), Some(r#"{"tenant": "globex"}"#));
     assert_eq!(worker.times_delivered().len(), 1);
@@ -97,7 +98,11 @@ fn test_pattern_prints_a_verdict_per_record() {
     ]
     .join("\n");
     let (code, stdout, stderr) = test_pattern(
-        &[r#"{"body": {"type": ["ORDER"]}}"#, r#"{"body": ["Hello world"]}"#, r#"{"messageAttributes": {"tenant": {"stringValue": ["acme"]}}}"#],
+        &[
+            r#"{"body": {"type": ["ORDER"]}}"#,
+            r#"{"body": ["Hello world"]}"#,
+            r#"{"messageAttributes": {"tenant": {"stringValue": ["acme"]}}}"#,
+        ],
         &records,
     );
     assert_eq!(code, 0, "{stderr}");
@@ -106,7 +111,8 @@ fn test_pattern_prints_a_verdict_per_record() {
 
 #[test]
 fn test_pattern_rejects_an_invalid_pattern_with_exit_2() {
-    let (code, stdout, stderr) = test_pattern(&[r#"{"body": {"type": ["ORDER"]}}"#, r#"{"body": {"n": [{"numeric": [">", "x"]}]}}"#], "");
+    let (code, stdout, stderr) =
+        test_pattern(&[r#"{"body": {"type": ["ORDER"]}}"#, r#"{"body": {"n": [{"numeric": [">", "x"]}]}}"#], "");
     assert_eq!(code, 2);
     assert!(stdout.is_empty());
     assert!(stderr.starts_with("--pattern #2: invalid pattern: body.n[0]: numeric: `>` needs a number"), "{stderr}");

@@ -50,12 +50,24 @@ async fn check_accepts_a_lambda_target_and_rejects_misplaced_keys() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.toml");
     let base = "[[pipelines]]\nname = \"l\"\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\"\n[pipelines.target]\ntype = \"lambda\"\n";
-    std::fs::write(&file, format!("{base}function_name = \"arn:aws:lambda:us-east-1:1:function:f\"\nqualifier = \"live\"\n")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller")).args(["check", "--config"]).arg(&file).output().unwrap();
+    std::fs::write(
+        &file,
+        format!("{base}function_name = \"arn:aws:lambda:us-east-1:1:function:f\"\nqualifier = \"live\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("lambda arn:aws:lambda:us-east-1:1:function:f:live"));
     std::fs::write(&file, format!("{base}url = \"http://x\"\n")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller")).args(["check", "--config"]).arg(&file).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("pipelines[0].target.url: does not apply to target type `lambda`"), "{stderr}");

@@ -20,7 +20,9 @@ fn root() -> PathBuf {
 }
 
 fn prometheus_bin(name: &str) -> PathBuf {
-    let dir = std::env::var("PROMETHEUS_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join(".local/prometheus/usr/bin"));
+    let dir = std::env::var("PROMETHEUS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".local/prometheus/usr/bin"));
     let bin = dir.join(name);
     assert!(
         bin.exists(),
@@ -32,7 +34,8 @@ fn prometheus_bin(name: &str) -> PathBuf {
 }
 
 fn dashboard() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(root().join("dashboards/sqs-poller.json")).unwrap()).expect("dashboard is JSON")
+    serde_json::from_str(&std::fs::read_to_string(root().join("dashboards/sqs-poller.json")).unwrap())
+        .expect("dashboard is JSON")
 }
 
 /// Every (panel title, expr) of the dashboard.
@@ -107,9 +110,21 @@ fn the_dashboard_has_the_expected_structure() {
     // every metric of the contract appears in some panel
     let all: String = dashboard_queries(&d).into_iter().map(|(_, e)| e).collect();
     for m in [
-        "messages_received_total", "messages_filtered_total", "messages_succeeded_total", "messages_failed_total",
-        "messages_dead_lettered_total", "messages_dispatched_total", "batches_total", "batch_size", "dispatch_duration_seconds",
-        "message_age_seconds", "end_to_end_seconds", "pollers", "pollers_desired", "in_flight_messages", "queue_messages",
+        "messages_received_total",
+        "messages_filtered_total",
+        "messages_succeeded_total",
+        "messages_failed_total",
+        "messages_dead_lettered_total",
+        "messages_dispatched_total",
+        "batches_total",
+        "batch_size",
+        "dispatch_duration_seconds",
+        "message_age_seconds",
+        "end_to_end_seconds",
+        "pollers",
+        "pollers_desired",
+        "in_flight_messages",
+        "queue_messages",
         "sqs_requests_total",
     ] {
         assert!(all.contains(&format!("sqs_poller_{m}")), "no panel shows sqs_poller_{m}");
@@ -223,17 +238,18 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
                 Some((200, body)) => {
                     let v: Value = serde_json::from_str(&body).unwrap();
                     assert_eq!(v["status"], "success", "{title}: {q}: {body}");
-                    let has_number = v["data"]["result"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|r| r["value"][1].as_str().is_some_and(|s| s.parse::<f64>().is_ok_and(f64::is_finite)));
+                    let has_number =
+                        v["data"]["result"].as_array().unwrap().iter().any(|r| {
+                            r["value"][1].as_str().is_some_and(|s| s.parse::<f64>().is_ok_and(f64::is_finite))
+                        });
                     if !has_number {
                         last_answer = format!("{title}: {q} -> {body}");
                         still.push((title, expr));
                     }
                 }
-                Some((status, body)) if status == 400 || status == 422 => panic!("{title}: {q} is not valid PromQL: {body}"),
+                Some((status, body)) if status == 400 || status == 422 => {
+                    panic!("{title}: {q} is not valid PromQL: {body}")
+                }
                 other => {
                     last_answer = format!("{title}: {q} -> {other:?}");
                     still.push((title, expr));
@@ -255,7 +271,8 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
     // the rules loaded and evaluate
     let (_, rules) = http_get(&format!("{api}/api/v1/rules")).await.unwrap();
     let v: Value = serde_json::from_str(&rules).unwrap();
-    let loaded: usize = v["data"]["groups"].as_array().unwrap().iter().map(|g| g["rules"].as_array().unwrap().len()).sum();
+    let loaded: usize =
+        v["data"]["groups"].as_array().unwrap().iter().map(|g| g["rules"].as_array().unwrap().len()).sum();
     assert_eq!(loaded, 9, "{rules}");
     for g in v["data"]["groups"].as_array().unwrap() {
         for r in g["rules"].as_array().unwrap() {

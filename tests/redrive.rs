@@ -16,11 +16,19 @@ async fn redrive_moves_messages_back_with_their_attributes() {
             .message_body(format!("body {i}"))
             .message_attributes(
                 "tenant",
-                aws_sdk_sqs::types::MessageAttributeValue::builder().data_type("String").string_value("acme").build().unwrap(),
+                aws_sdk_sqs::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value("acme")
+                    .build()
+                    .unwrap(),
             )
             .message_attributes(
                 "sqs-poller.reason",
-                aws_sdk_sqs::types::MessageAttributeValue::builder().data_type("String").string_value("boom").build().unwrap(),
+                aws_sdk_sqs::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value("boom")
+                    .build()
+                    .unwrap(),
             )
             .send()
             .await

@@ -47,16 +47,8 @@ fn reply_for(event: &Value) -> Reply {
         "unknownid" => Reply::failures(&["not-a-message-of-this-batch"]),
         "emptyid" => Reply::failures(&[""]),
         "nullid" => Reply::ok(r#"{"batchItemFailures":[{"itemIdentifier":null}]}"#),
-        "status500" => Reply {
-            status: 500,
-            body: "internal error".into(),
-            delay: Duration::ZERO,
-        },
-        "timeout" => Reply {
-            status: 200,
-            body: String::new(),
-            delay: Duration::from_secs(4),
-        },
+        "status500" => Reply { status: 500, body: "internal error".into(), delay: Duration::ZERO },
+        "timeout" => Reply { status: 200, body: String::new(), delay: Duration::from_secs(4) },
         other => panic!("unknown case {other}"),
     }
 }
@@ -90,7 +82,10 @@ async fn every_response_edge_case_follows_the_lambda_rules() {
                 assert_eq!(metric_value(&text, &s("sqs_poller_messages_succeeded_total")), 1.0, "{case}");
                 assert_eq!(metric_value(&text, &s("sqs_poller_messages_failed_total")), 0.0, "{case}");
                 assert_eq!(
-                    metric_value(&text, &format!("sqs_poller_batches_total{{pipeline=\"{case}\",outcome=\"success\"}}")),
+                    metric_value(
+                        &text,
+                        &format!("sqs_poller_batches_total{{pipeline=\"{case}\",outcome=\"success\"}}")
+                    ),
                     1.0,
                     "{case}"
                 );
@@ -102,13 +97,18 @@ async fn every_response_edge_case_follows_the_lambda_rules() {
                 assert_eq!(metric_value(&text, &s("sqs_poller_messages_deleted_total")), 0.0, "{case}: never deleted");
                 assert_eq!(metric_value(&text, &s("sqs_poller_messages_succeeded_total")), 0.0, "{case}");
                 assert_eq!(
-                    metric_value(&text, &format!("sqs_poller_batches_total{{pipeline=\"{case}\",outcome=\"failure\"}}")),
+                    metric_value(
+                        &text,
+                        &format!("sqs_poller_batches_total{{pipeline=\"{case}\",outcome=\"failure\"}}")
+                    ),
                     1.0,
                     "{case}"
                 );
-                eventually(&format!("{case}: the message waits out its backoff in the queue"), Duration::from_secs(5), || async {
-                    sqs.counts(queue).await == (0, 1)
-                })
+                eventually(
+                    &format!("{case}: the message waits out its backoff in the queue"),
+                    Duration::from_secs(5),
+                    || async { sqs.counts(queue).await == (0, 1) },
+                )
                 .await;
             }
         }
@@ -136,18 +136,19 @@ async fn throttling_retries_the_batch_without_failing_its_messages() {
             let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let status = [429, 503][n % 2];
             if n < 3 {
-                Reply {
-                    status,
-                    body: "slow down".into(),
-                    delay: Duration::ZERO,
-                }
+                Reply { status, body: "slow down".into(), delay: Duration::ZERO }
             } else {
                 Reply::ok("")
             }
         })
         .await
     };
-    let poller = start_poller(&sqs, 10, &http_pipeline("throttle", &queue, &worker.url, "[pipelines.pollers]\nwait_time_secs = 1")).await;
+    let poller = start_poller(
+        &sqs,
+        10,
+        &http_pipeline("throttle", &queue, &worker.url, "[pipelines.pollers]\nwait_time_secs = 1"),
+    )
+    .await;
     poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"throttle\"}", 1.0, Duration::from_secs(20)).await;
     let text = poller.metrics_text().await;
     assert_eq!(metric_value(&text, "sqs_poller_batches_total{pipeline=\"throttle\",outcome=\"throttled\"}"), 3.0);
@@ -175,10 +176,17 @@ async fn a_worker_that_is_not_up_yet_does_not_cost_receive_counts() {
     let poller = start_poller(
         &sqs,
         10,
-        &http_pipeline("late", &queue, &format!("http://{addr}/sqs"), "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.retry]\ninitial_backoff_secs = 60"),
+        &http_pipeline(
+            "late",
+            &queue,
+            &format!("http://{addr}/sqs"),
+            "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.retry]\ninitial_backoff_secs = 60",
+        ),
     )
     .await;
-    poller.wait_metric("sqs_poller_batches_total{pipeline=\"late\",outcome=\"throttled\"}", 2.0, Duration::from_secs(10)).await;
+    poller
+        .wait_metric("sqs_poller_batches_total{pipeline=\"late\",outcome=\"throttled\"}", 2.0, Duration::from_secs(10))
+        .await;
     let tokio_listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let worker = common::worker_on(tokio_listener, |_| Reply::ok("")).await;
     poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"late\"}", 2.0, Duration::from_secs(20)).await;

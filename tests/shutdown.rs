@@ -58,8 +58,7 @@ async fn sigterm_during_a_slow_batch_finishes_or_releases_everything() {
         .flat_map(|d| d.records().iter().map(|r| r["body"].as_str().unwrap().to_string()).collect::<Vec<_>>())
         .collect();
     assert_eq!(answered.len(), 10, "the first batch succeeded within the grace period");
-    let remaining: HashSet<String> =
-        sqs.take_all(&queue).await.iter().map(|m| m.body().unwrap().to_string()).collect();
+    let remaining: HashSet<String> = sqs.take_all(&queue).await.iter().map(|m| m.body().unwrap().to_string()).collect();
     assert_eq!(visible as usize, remaining.len());
     assert!(answered.is_disjoint(&remaining), "a processed message was not deleted");
     let all: HashSet<String> = answered.union(&remaining).cloned().collect();

@@ -13,7 +13,12 @@ async fn an_unreachable_endpoint_is_retried_and_reported() {
     let poller = spawn_poller(
         &endpoint,
         5,
-        &http_pipeline("down", &format!("{endpoint}/000000000000/q"), "http://127.0.0.1:9/", "[pipelines.pollers]\nwait_time_secs = 1"),
+        &http_pipeline(
+            "down",
+            &format!("{endpoint}/000000000000/q"),
+            "http://127.0.0.1:9/",
+            "[pipelines.pollers]\nwait_time_secs = 1",
+        ),
     );
     let series = "sqs_poller_sqs_requests_total{pipeline=\"down\",operation=\"GetQueueAttributes\",outcome=\"error\"}";
     let mut last = 0.0;
@@ -81,9 +86,12 @@ async fn json_logs_are_one_object_per_line() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<serde_json::Value> = stderr
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
-    assert!(lines.iter().any(|l| l["message"] == "queue not reachable yet" && l["pipeline"] == "json" && l["level"] == "WARN"), "{stderr}");
+    let lines: Vec<serde_json::Value> =
+        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "queue not reachable yet" && l["pipeline"] == "json" && l["level"] == "WARN"),
+        "{stderr}"
+    );
 }

@@ -18,10 +18,7 @@ pub struct CommandTarget {
 
 impl CommandTarget {
     pub fn new(program: &str, args: &[String]) -> Self {
-        CommandTarget {
-            program: program.to_string(),
-            args: args.to_vec(),
-        }
+        CommandTarget { program: program.to_string(), args: args.to_vec() }
     }
 
     pub async fn invoke(&self, event: Bytes) -> Invocation {

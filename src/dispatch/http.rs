@@ -31,10 +31,7 @@ impl HttpTarget {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        HttpTarget {
-            url: url.to_string(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        }
+        HttpTarget { url: url.to_string(), client: Client::builder(TokioExecutor::new()).build(connector) }
     }
 
     pub async fn invoke(&self, event: Bytes) -> Invocation {

@@ -36,11 +36,7 @@ pub struct LambdaTarget {
 
 impl LambdaTarget {
     pub fn new(client: aws_sdk_lambda::Client, function_name: &str, qualifier: Option<&str>) -> Self {
-        LambdaTarget {
-            client,
-            function_name: function_name.to_string(),
-            qualifier: qualifier.map(str::to_string),
-        }
+        LambdaTarget { client, function_name: function_name.to_string(), qualifier: qualifier.map(str::to_string) }
     }
 
     pub async fn invoke(&self, event: Bytes) -> Invocation {
@@ -122,13 +118,16 @@ mod tests {
 
     #[test]
     fn too_many_requests_is_a_throttle() {
-        let e = InvokeError::TooManyRequestsException(TooManyRequestsException::builder().message("Rate exceeded").build());
+        let e =
+            InvokeError::TooManyRequestsException(TooManyRequestsException::builder().message("Rate exceeded").build());
         assert!(matches!(from_error("f", &service_error(e)), Invocation::Throttled(_)));
     }
 
     #[test]
     fn a_missing_function_fails_the_batch() {
-        let e = InvokeError::ResourceNotFoundException(ResourceNotFoundException::builder().message("no such function").build());
+        let e = InvokeError::ResourceNotFoundException(
+            ResourceNotFoundException::builder().message("no such function").build(),
+        );
         match from_error("orders", &service_error(e)) {
             Invocation::FunctionError(r) => assert!(r.starts_with("cannot invoke orders"), "{r}"),
             other => panic!("{other:?}"),

@@ -43,7 +43,12 @@ impl Target {
     ///
     /// # Errors
     /// When the Runtime API cannot bind a loopback port.
-    pub async fn new(cfg: &TargetConfig, lambda: &aws_sdk_lambda::Client, pipeline: &str, region: &str) -> std::io::Result<Self> {
+    pub async fn new(
+        cfg: &TargetConfig,
+        lambda: &aws_sdk_lambda::Client,
+        pipeline: &str,
+        region: &str,
+    ) -> std::io::Result<Self> {
         Ok(match &cfg.kind {
             TargetKind::Http { url } => Target::Http(http::HttpTarget::new(url)),
             TargetKind::Command { program, args } => Target::Command(command::CommandTarget::new(program, args)),

@@ -115,7 +115,17 @@ mod tests {
 
     #[test]
     fn success_shapes() {
-        for body in ["", "  \n", "null", "{}", r#"{"batchItemFailures":[]}"#, r#"{"batchItemFailures":null}"#, r#""ok""#, "42", r#"{"other":1}"#] {
+        for body in [
+            "",
+            "  \n",
+            "null",
+            "{}",
+            r#"{"batchItemFailures":[]}"#,
+            r#"{"batchItemFailures":null}"#,
+            r#""ok""#,
+            "42",
+            r#"{"other":1}"#,
+        ] {
             assert_eq!(verdict(body), Verdict::AllSucceeded, "body {body:?}");
         }
     }

@@ -84,22 +84,13 @@ impl RuntimeApiTarget {
             tasks.push(tokio::spawn(serve(listener, slot, shared.clone())));
             tasks.push(tokio::spawn(supervise(command.clone(), slot, addr.to_string(), shared.clone())));
         }
-        Ok(RuntimeApiTarget {
-            jobs,
-            timeout,
-            _tasks: tasks,
-        })
+        Ok(RuntimeApiTarget { jobs, timeout, _tasks: tasks })
     }
 
     pub async fn invoke(&self, event: Bytes) -> Invocation {
         let (done, result) = oneshot::channel();
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let job = Job {
-            request_id: request_id(),
-            event,
-            deadline_ms: now_ms + self.timeout.as_millis() as u64,
-            done,
-        };
+        let job = Job { request_id: request_id(), event, deadline_ms: now_ms + self.timeout.as_millis() as u64, done };
         if self.jobs.send(job).await.is_err() {
             return Invocation::FunctionError("the runtime-api workers are gone".to_string());
         }
@@ -159,7 +150,9 @@ async fn supervise(command: WorkerCommand, slot: usize, runtime_api: String, sha
             ids.into_iter().filter_map(|id| running.remove(&id).map(|(_, tx)| (id, tx))).collect()
         };
         for (_, tx) in orphaned {
-            let _ = tx.send(Invocation::FunctionError(format!("runtime-api worker {slot} exited ({status}) during the batch")));
+            let _ = tx.send(Invocation::FunctionError(format!(
+                "runtime-api worker {slot} exited ({status}) during the batch"
+            )));
         }
         crashes = if started.elapsed() > Duration::from_secs(30) { 1 } else { crashes + 1 };
         let pause = Duration::from_millis(100u64 << crashes.min(6)).min(Duration::from_secs(5));
@@ -210,7 +203,10 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
                 .header("Lambda-Runtime-Aws-Request-Id", &job.request_id)
                 .header("Lambda-Runtime-Deadline-Ms", job.deadline_ms.to_string())
                 .header("Lambda-Runtime-Invoked-Function-Arn", &shared.function_arn)
-                .header("Lambda-Runtime-Trace-Id", format!("Root=1-{:08x}-{:024x};Sampled=0", job.deadline_ms / 1000, fastrand::u128(..1 << 96)))
+                .header(
+                    "Lambda-Runtime-Trace-Id",
+                    format!("Root=1-{:08x}-{:024x};Sampled=0", job.deadline_ms / 1000, fastrand::u128(..1 << 96)),
+                )
                 .body(Full::new(job.event))
                 .expect("valid headers")
         }

@@ -135,9 +135,7 @@ impl Pattern {
         if map.is_empty() {
             return Err(err("", "a pattern must name at least one field"));
         }
-        Ok(Pattern {
-            root: compile_node(map, "", 0)?,
-        })
+        Ok(Pattern { root: compile_node(map, "", 0)? })
     }
 
     /// Whether `event` matches.
@@ -150,10 +148,7 @@ fn compile_node(map: &Map<String, Value>, path: &str, depth: usize) -> Result<No
     if depth > MAX_DEPTH {
         return Err(err(path, format!("nested deeper than {MAX_DEPTH} levels")));
     }
-    let mut node = Node {
-        fields: Vec::new(),
-        ors: Vec::new(),
-    };
+    let mut node = Node { fields: Vec::new(), ors: Vec::new() };
     for (key, value) in map {
         let here = join(path, key);
         if key == "$or" {
@@ -175,9 +170,13 @@ fn compile_node(map: &Map<String, Value>, path: &str, depth: usize) -> Result<No
             continue;
         }
         let field = match value {
-            Value::Object(m) if m.is_empty() => return Err(err(&here, "an empty object matches nothing; name a field or use an array of values")),
+            Value::Object(m) if m.is_empty() => {
+                return Err(err(&here, "an empty object matches nothing; name a field or use an array of values"))
+            }
             Value::Object(m) => Field::Nested(compile_node(m, &here, depth + 1)?),
-            Value::Array(items) if items.is_empty() => return Err(err(&here, "an empty array matches nothing; list at least one value")),
+            Value::Array(items) if items.is_empty() => {
+                return Err(err(&here, "an empty array matches nothing; list at least one value"))
+            }
             Value::Array(items) => {
                 let mut matchers = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
@@ -275,7 +274,10 @@ fn compile_anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternE
                     Value::Array(a) if !a.is_empty() => {
                         a.iter().map(|x| string(x, path, &format!("anything-but {name}")).map(str::to_string)).collect()
                     }
-                    _ => Err(err(path, format!("anything-but {name} takes a string or a non-empty list of strings, got {v}"))),
+                    _ => Err(err(
+                        path,
+                        format!("anything-but {name} takes a string or a non-empty list of strings, got {v}"),
+                    )),
                 }
             };
             match name.as_str() {
@@ -293,7 +295,12 @@ fn compile_anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternE
                 )),
             }
         }
-        _ => Err(err(path, format!("anything-but takes a value, a list, or one of prefix/suffix/wildcard/equals-ignore-case, got {arg}"))),
+        _ => Err(err(
+            path,
+            format!(
+                "anything-but takes a value, a list, or one of prefix/suffix/wildcard/equals-ignore-case, got {arg}"
+            ),
+        )),
     }
 }
 
@@ -302,7 +309,9 @@ fn compile_numeric(arg: &Value, path: &str) -> Result<Range, PatternError> {
         return Err(err(path, "numeric takes a list such as [\">\", 0, \"<=\", 5]"));
     };
     let pair = |i: usize| -> Result<(&str, f64), PatternError> {
-        let op = items[i].as_str().ok_or_else(|| err(path, format!("numeric: expected an operator at position {i}, got {}", items[i])))?;
+        let op = items[i]
+            .as_str()
+            .ok_or_else(|| err(path, format!("numeric: expected an operator at position {i}, got {}", items[i])))?;
         let n = items
             .get(i + 1)
             .and_then(Value::as_number)
@@ -330,7 +339,10 @@ fn compile_numeric(arg: &Value, path: &str) -> Result<Range, PatternError> {
             let lo = bound(op1, a)?;
             let hi = bound(op2, b)?;
             if !matches!(op1, ">" | ">=") || !matches!(op2, "<" | "<=") {
-                return Err(err(path, "numeric: a range is a lower bound (> or >=) followed by an upper bound (< or <=)"));
+                return Err(err(
+                    path,
+                    "numeric: a range is a lower bound (> or >=) followed by an upper bound (< or <=)",
+                ));
             }
             if a >= b {
                 return Err(err(path, format!("numeric: the range is empty ({a} is not below {b})")));
@@ -417,7 +429,8 @@ impl Wildcard {
 
 impl Cidr {
     fn compile(text: &str, path: &str) -> Result<Self, PatternError> {
-        let bad = || err(path, format!("cidr `{text}` is not an IPv4 or IPv6 network such as 10.0.0.0/24 or 2001:db8::/32"));
+        let bad =
+            || err(path, format!("cidr `{text}` is not an IPv4 or IPv6 network such as 10.0.0.0/24 or 2001:db8::/32"));
         let (addr, len) = text.split_once('/').ok_or_else(bad)?;
         let network: IpAddr = addr.parse().map_err(|_| bad())?;
         let prefix_len: u8 = len.parse().map_err(|_| bad())?;
@@ -431,7 +444,9 @@ impl Cidr {
     fn contains(&self, text: &str) -> bool {
         let Ok(ip) = text.parse::<IpAddr>() else { return false };
         match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(u128::from(u32::from(n)), u128::from(u32::from(a)), 32, self.prefix_len),
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                prefix_eq(u128::from(u32::from(n)), u128::from(u32::from(a)), 32, self.prefix_len)
+            }
             (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(u128::from(n), u128::from(a), 128, self.prefix_len),
             _ => false,
         }
@@ -514,7 +529,9 @@ fn anything_but(a: &AnythingBut, v: &Value) -> bool {
         AnythingBut::Prefix(p) => v.as_str().is_some_and(|s| !s.starts_with(p.as_str())),
         AnythingBut::Suffix(p) => v.as_str().is_some_and(|s| !s.ends_with(p.as_str())),
         AnythingBut::Wildcards(ws) => v.as_str().is_some_and(|s| !ws.iter().any(|w| w.matches(s))),
-        AnythingBut::EqualsIgnoreCase(list) => v.as_str().is_some_and(|s| !list.iter().any(|p| equals_ignore_case(s, p))),
+        AnythingBut::EqualsIgnoreCase(list) => {
+            v.as_str().is_some_and(|s| !list.iter().any(|p| equals_ignore_case(s, p)))
+        }
     }
 }
 

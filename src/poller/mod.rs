@@ -243,7 +243,11 @@ pub async fn sample_depth(ctx: Arc<PipelineContext>) {
 }
 
 /// One GetQueueAttributes into `gauges`; the visible count, or `None` when the call failed.
-async fn sample_queue(ctx: &PipelineContext, queue: &crate::sqs::SqsQueue, gauges: &crate::metrics::QueueGauges) -> Option<u64> {
+async fn sample_queue(
+    ctx: &PipelineContext,
+    queue: &crate::sqs::SqsQueue,
+    gauges: &crate::metrics::QueueGauges,
+) -> Option<u64> {
     let names = [
         QueueAttributeName::ApproximateNumberOfMessages,
         QueueAttributeName::ApproximateNumberOfMessagesNotVisible,

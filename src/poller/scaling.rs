@@ -63,15 +63,7 @@ pub struct Decision {
 
 impl Autoscaler {
     pub fn new(min: usize, max: usize, now: Instant) -> Self {
-        Autoscaler {
-            min,
-            max,
-            desired: min,
-            empty_streak: 0,
-            last_change: now,
-            saturated: false,
-            hold_until: None,
-        }
+        Autoscaler { min, max, desired: min, empty_streak: 0, last_change: now, saturated: false, hold_until: None }
     }
 
     pub fn desired(&self) -> usize {
@@ -88,10 +80,7 @@ impl Autoscaler {
             } else {
                 self.grow(self.desired.saturating_mul(2), ScaleReason::FullReceive, now)
             };
-            return Decision {
-                change,
-                sample_depth: growable && self.desired < self.max,
-            };
+            return Decision { change, sample_depth: growable && self.desired < self.max };
         }
         if messages > 0 {
             self.empty_streak = 0;
@@ -146,11 +135,7 @@ impl Autoscaler {
         if to == self.desired {
             return None;
         }
-        let change = ScaleChange {
-            from: self.desired,
-            to,
-            reason,
-        };
+        let change = ScaleChange { from: self.desired, to, reason };
         self.desired = to;
         self.empty_streak = 0;
         self.last_change = now;

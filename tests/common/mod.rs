@@ -49,10 +49,7 @@ pub async fn sqs() -> Sqs {
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .endpoint_url(&endpoint)
         .build();
-    Sqs {
-        endpoint,
-        client: Client::from_conf(config),
-    }
+    Sqs { endpoint, client: Client::from_conf(config) }
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -85,7 +82,14 @@ impl Sqs {
                         .unwrap()
                 })
                 .collect();
-            let out = self.client.send_message_batch().queue_url(url).set_entries(Some(entries)).send().await.expect("SendMessageBatch");
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .expect("SendMessageBatch");
             assert!(out.failed.is_empty(), "send failed: {:?}", out.failed);
         }
     }
@@ -102,7 +106,10 @@ impl Sqs {
             .send_message()
             .queue_url(url)
             .message_body(body)
-            .message_attributes(name, MessageAttributeValue::builder().data_type("String").string_value(value).build().unwrap())
+            .message_attributes(
+                name,
+                MessageAttributeValue::builder().data_type("String").string_value(value).build().unwrap(),
+            )
             .send()
             .await
             .expect("SendMessage")
@@ -196,11 +203,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: impl Into<String>) -> Self {
-        Reply {
-            status: 200,
-            body: body.into(),
-            delay: Duration::ZERO,
-        }
+        Reply { status: 200, body: body.into(), delay: Duration::ZERO }
     }
 
     pub fn failures(ids: &[&str]) -> Self {
@@ -238,7 +241,10 @@ pub async fn worker(handler: impl Fn(&Value) -> Reply + Send + Sync + 'static) -
 }
 
 /// A worker on a listener the test bound itself.
-pub async fn worker_on(listener: tokio::net::TcpListener, handler: impl Fn(&Value) -> Reply + Send + Sync + 'static) -> Worker {
+pub async fn worker_on(
+    listener: tokio::net::TcpListener,
+    handler: impl Fn(&Value) -> Reply + Send + Sync + 'static,
+) -> Worker {
     let url = format!("http://{}/sqs", listener.local_addr().unwrap());
     let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let handler: Arc<Handler> = Arc::new(handler);
@@ -258,12 +264,7 @@ pub async fn worker_on(listener: tokio::net::TcpListener, handler: impl Fn(&Valu
                         let reply = handler(&event);
                         let index = {
                             let mut l = log.lock().unwrap();
-                            l.push(Delivery {
-                                at: Instant::now(),
-                                bytes: body.len(),
-                                event,
-                                answered: false,
-                            });
+                            l.push(Delivery { at: Instant::now(), bytes: body.len(), event, answered: false });
                             l.len() - 1
                         };
                         tokio::time::sleep(reply.delay).await;
@@ -278,7 +279,8 @@ pub async fn worker_on(listener: tokio::net::TcpListener, handler: impl Fn(&Valu
                         )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -363,12 +365,7 @@ fn spawn_poller_with_aws(endpoint: &str, grace_secs: u64, aws_extra: &str, pipel
         .kill_on_drop(true)
         .spawn()
         .expect("start sqs-poller");
-    Poller {
-        child,
-        listen: format!("http://127.0.0.1:{port}"),
-        log,
-        _dir: dir,
-    }
+    Poller { child, listen: format!("http://127.0.0.1:{port}"), log, _dir: dir }
 }
 
 impl Poller {
