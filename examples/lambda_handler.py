@@ -8,10 +8,12 @@ Run by sqs-poller through the official runtime interface client, exactly as on L
     args = ["-m", "awslambdaric", "examples.lambda_handler.handler"]
     workers = 2
 
-Bodies containing FAIL are reported as failed; RAISE raises and CRASH exits the process on a
-message's first delivery (to show that errors fail the batch and crashed workers restart).
+Bodies containing FAIL are reported as failed; RAISE raises, CRASH exits the process and SLEEP
+sleeps for a minute on a message's first delivery (to show that errors fail the batch, crashed
+workers restart, and a batch over its timeout has its worker killed).
 """
 import os
+import time
 
 
 def handler(event, context):
@@ -21,6 +23,8 @@ def handler(event, context):
         first = record["attributes"]["ApproximateReceiveCount"] == "1"
         if "CRASH" in body and first:
             os._exit(3)
+        if "SLEEP" in body and first:
+            time.sleep(60)
         if "RAISE" in body and first:
             raise ValueError("this message asked to raise")
         if "FAIL" in body:

@@ -46,3 +46,28 @@ async fn an_unmodified_lambda_handler_runs_as_a_local_worker() {
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_its_timeout_has_its_worker_killed_and_replaced() {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/venv/bin/python");
+    let sqs = sqs().await;
+    let queue = sqs.queue("runtime-timeout", &[]).await;
+    sqs.send_bodies(&queue, &["SLEEP-1".to_string()]).await;
+    let pipeline = format!(
+        "[[pipelines]]\nname = \"timeout\"\nqueue_url = \"{queue}\"\n[pipelines.pollers]\nwait_time_secs = 1\n\
+         [pipelines.batch]\nsize = 1\n[pipelines.target]\ntype = \"runtime-api\"\nprogram = \"{}\"\n\
+         args = [\"-m\", \"awslambdaric\", \"examples.lambda_handler.handler\"]\nworkers = 1\ntimeout_secs = 2\n\
+         [pipelines.retry]\ninitial_backoff_secs = 0\n",
+        python.display()
+    );
+    let poller = start_poller(&sqs, 10, &pipeline).await;
+    poller.wait_metric("sqs_poller_messages_failed_total{pipeline=\"timeout\"}", 1.0, Duration::from_secs(20)).await;
+    // the only worker was asleep in the timed-out batch: only its replacement can take these
+    sqs.send_bodies(&queue, &["ok-2".to_string()]).await;
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"timeout\"}", 2.0, Duration::from_secs(30)).await;
+    let log = poller.log_text();
+    assert!(log.contains("timed out after 2 s"), "{log}");
+    assert!(log.contains("killed: its batch timed out"), "{log}");
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}

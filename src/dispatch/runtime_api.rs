@@ -11,7 +11,9 @@
 //! - `POST /2018-06-01/runtime/init/error` reports a failed start (logged; the worker is restarted).
 //!
 //! A worker that exits is restarted (with a growing pause if it keeps crashing); the batch it
-//! was running fails. A listener per worker is how a crash is tied to its batch.
+//! was running fails. A batch that outlives `timeout_secs` fails and its worker is killed and
+//! restarted, as Lambda ends a timed-out function. A listener per worker is how a crash or a
+//! timeout is tied to its batch.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -45,11 +47,42 @@ struct Shared {
     queue: tokio::sync::Mutex<mpsc::Receiver<Job>>,
     /// Jobs handed to a worker and not answered yet, by request id: (worker slot, reply).
     running: Mutex<HashMap<String, (usize, oneshot::Sender<Invocation>)>>,
+    /// Jobs given up (timed out) before a worker took them: skipped by `next`.
+    abandoned: Mutex<std::collections::HashSet<String>>,
+    /// Per worker slot: kill the process (its batch timed out, as Lambda ends a function).
+    kill: Vec<tokio::sync::Notify>,
     function_arn: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Ends an invocation that its caller gave up on (the batch timed out, or shutdown abandoned
+/// it): a worker still running it is killed and restarted; a job still queued is skipped.
+struct InvocationGuard {
+    request_id: String,
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl Drop for InvocationGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        match lock(&self.shared.running).remove(&self.request_id) {
+            Some((slot, _)) => self.shared.kill[slot].notify_one(),
+            None => {
+                lock(&self.shared.abandoned).insert(self.request_id.clone());
+            }
+        }
+    }
 }
 
 pub struct RuntimeApiTarget {
     jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
     timeout: Duration,
     /// Keeps the workers and listeners alive; they end when the target is dropped.
     _tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -75,6 +108,8 @@ impl RuntimeApiTarget {
         let shared = Arc::new(Shared {
             queue: tokio::sync::Mutex::new(queue),
             running: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(std::collections::HashSet::new()),
+            kill: (0..workers.max(1)).map(|_| tokio::sync::Notify::new()).collect(),
             function_arn: format!("arn:aws:lambda:{}:000000000000:function:{}", command.region, command.function_name),
         });
         let mut tasks = Vec::new();
@@ -84,19 +119,24 @@ impl RuntimeApiTarget {
             tasks.push(tokio::spawn(serve(listener, slot, shared.clone())));
             tasks.push(tokio::spawn(supervise(command.clone(), slot, addr.to_string(), shared.clone())));
         }
-        Ok(RuntimeApiTarget { jobs, timeout, _tasks: tasks })
+        Ok(RuntimeApiTarget { jobs, shared, timeout, _tasks: tasks })
     }
 
     pub async fn invoke(&self, event: Bytes) -> Invocation {
         let (done, result) = oneshot::channel();
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let job = Job { request_id: request_id(), event, deadline_ms: now_ms + self.timeout.as_millis() as u64, done };
+        let id = request_id();
+        let mut guard = InvocationGuard { request_id: id.clone(), shared: self.shared.clone(), finished: false };
+        let job = Job { request_id: id, event, deadline_ms: now_ms + self.timeout.as_millis() as u64, done };
         if self.jobs.send(job).await.is_err() {
+            guard.finished = true;
             return Invocation::FunctionError("the runtime-api workers are gone".to_string());
         }
-        result
+        let outcome = result
             .await
-            .unwrap_or_else(|_| Invocation::FunctionError("the invocation was dropped by its worker".to_string()))
+            .unwrap_or_else(|_| Invocation::FunctionError("the invocation was dropped by its worker".to_string()));
+        guard.finished = true;
+        outcome
     }
 }
 
@@ -140,7 +180,13 @@ async fn supervise(command: WorkerCommand, slot: usize, runtime_api: String, sha
         }
         let started = std::time::Instant::now();
         let status = match cmd.spawn() {
-            Ok(mut child) => child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+            Ok(mut child) => tokio::select! {
+                s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                () = shared.kill[slot].notified() => {
+                    let _ = child.kill().await;
+                    "killed: its batch timed out".to_string()
+                }
+            },
             Err(e) => format!("cannot start `{}`: {e}", command.program),
         };
         // whatever this worker was running failed with it
@@ -189,7 +235,16 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
         (Method::GET, ["2018-06-01", "runtime", "invocation", "next"]) => {
-            let job = shared.queue.lock().await.recv().await;
+            let job = {
+                let mut queue = shared.queue.lock().await;
+                loop {
+                    match queue.recv().await {
+                        // given up on while it waited: its batch already failed
+                        Some(job) if lock(&shared.abandoned).remove(&job.request_id) => continue,
+                        other => break other,
+                    }
+                }
+            };
             let Some(job) = job else {
                 return reply(StatusCode::GONE, r#"{"errorMessage":"shutting down"}"#);
             };
@@ -215,7 +270,7 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
                 Ok(b) => b.to_bytes(),
                 Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, r#"{"errorMessage":"payload too large"}"#),
             };
-            let waiting = shared.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(*id);
+            let waiting = lock(&shared.running).remove(*id);
             let Some((_, done)) = waiting else {
                 return reply(StatusCode::BAD_REQUEST, r#"{"errorMessage":"unknown request id"}"#);
             };
