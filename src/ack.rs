@@ -113,8 +113,8 @@ impl Acker {
 
     /// Makes every message visible again at once (shutdown, or a batch that could not be dispatched).
     pub async fn release(&self, batch: &[ReceivedMessage]) {
-        let entries: Vec<(&str, i32)> = batch.iter().map(|m| (m.receipt_handle.as_str(), 0)).collect();
-        let failed = self.queue.change_visibility(&entries).await;
+        let receipts: Vec<&str> = batch.iter().map(|m| m.receipt_handle.as_str()).collect();
+        let failed = self.queue.release(&receipts).await;
         self.metrics.released.increment((batch.len() - failed.len()) as u64);
         if !failed.is_empty() {
             tracing::warn!(pipeline = %self.pipeline, messages = failed.len(), "could not release messages; they come back after their visibility timeout");

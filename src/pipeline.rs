@@ -156,8 +156,8 @@ impl PipelineContext {
                 self.metrics.deleted.increment((receipts.len() - failed.len()) as u64);
             }
             OnFiltered::Keep => {
-                let entries: Vec<(&str, i32)> = rejected.iter().map(|m| (m.receipt_handle.as_str(), 0)).collect();
-                self.queue.change_visibility(&entries).await;
+                let receipts: Vec<&str> = rejected.iter().map(|m| m.receipt_handle.as_str()).collect();
+                self.queue.release(&receipts).await;
             }
         }
     }

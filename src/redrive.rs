@@ -55,9 +55,8 @@ pub async fn redrive(
             (messages, Vec::new())
         };
         if !put_back.is_empty() {
-            let entries: Vec<(&str, i32)> =
-                put_back.iter().filter_map(|m| m.receipt_handle.as_deref()).map(|r| (r, 0)).collect();
-            source.change_visibility(&entries).await;
+            let receipts: Vec<&str> = put_back.iter().filter_map(|m| m.receipt_handle.as_deref()).collect();
+            source.release(&receipts).await;
         }
         let sends = futures_util::future::join_all(take.iter().map(|m| send_copy(&destination, m, to_fifo))).await;
         let sent: Vec<&str> = take

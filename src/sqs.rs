@@ -239,6 +239,13 @@ impl SqsQueue {
         .await
     }
 
+    /// Makes messages visible again at once (visibility 0); returns the indexes that could not
+    /// be released.
+    pub async fn release(&self, receipts: &[&str]) -> Vec<usize> {
+        let entries: Vec<(&str, i32)> = receipts.iter().map(|r| (*r, 0)).collect();
+        self.change_visibility(&entries).await
+    }
+
     /// Sends one message to this queue (the dead-letter path).
     ///
     /// # Errors
