@@ -49,27 +49,23 @@ fn dashboard_queries(d: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// Runs promtool; whether it succeeded, and what it printed (stdout then stderr).
+fn promtool(args: &[&str], file: &str) -> (bool, String) {
+    let out = Command::new(prometheus_bin("promtool")).args(args).arg(root().join(file)).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
 #[test]
 fn alert_rules_pass_promtool() {
-    let out = Command::new(prometheus_bin("promtool"))
-        .args(["check", "rules"])
-        .arg(root().join("deploy/prometheus/alerts.yml"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = promtool(&["check", "rules"], "deploy/prometheus/alerts.yml");
+    assert!(ok, "{text}");
     assert!(text.contains("SUCCESS: 9 rules found"), "{text}");
 }
 
 #[test]
 fn alert_rules_fire_as_intended() {
-    let out = Command::new(prometheus_bin("promtool"))
-        .args(["test", "rules"])
-        .arg(root().join("deploy/prometheus/alerts_test.yml"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = promtool(&["test", "rules"], "deploy/prometheus/alerts_test.yml");
+    assert!(ok, "{text}");
     assert!(text.contains("SUCCESS"), "{text}");
 }
 
