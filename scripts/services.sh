@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Local test services for tests, the demo and benchmarks; everything lives in .local/ (git-ignored).
-#   scripts/services.sh start   install if needed, start fauxqs (and moto, for Lambda) on free
+#   scripts/services.sh start   install if needed, start fauxqs, moto (Lambda, cross-checks) and
+#                               LocalStack (conformance of FIFO groups and attribute rules) on free
 #                               loopback ports, print fauxqs' URL
 #   scripts/services.sh stop    stop them
 #   scripts/services.sh url     print the URL of the running emulator (exit 1 if none)
-# The URL is also written to .local/run/fauxqs.url, where the tests look for it
-# (SQS_POLLER_TEST_ENDPOINT overrides).
+# The URLs are also written to .local/run/{fauxqs,moto,localstack}.url, where the tests look for
+# them (SQS_POLLER_TEST_ENDPOINT, SQS_POLLER_TEST_MOTO, SQS_POLLER_TEST_LOCALSTACK override).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 run="${SQS_POLLER_RUN_DIR:-$root/.local/run}"  # another folder runs a second, separate instance
@@ -36,6 +37,32 @@ start_moto() {
   return 1
 }
 
+# LocalStack in host mode (no Docker), SQS only; ready in about 10 s
+start_localstack() {
+  if [ -f "$run/localstack.pid" ] && kill -0 "$(cat "$run/localstack.pid")" 2>/dev/null \
+     && [ -f "$run/localstack.url" ]; then return 0; fi
+  local port; port="$(free_port)"
+  local data="$run/localstack-data"
+  rm -rf "$data"; mkdir -p "$data"
+  GATEWAY_LISTEN="127.0.0.1:$port" SERVICES=sqs EAGER_SERVICE_LOADING=1 SQS_ENDPOINT_STRATEGY=path \
+    PERSISTENCE=0 SKIP_SSL_CERT_DOWNLOAD=1 DNS_ADDRESS=0 DISABLE_EVENTS=1 FILESYSTEM_ROOT="$data" \
+    LOCALSTACK_VOLUME_DIR="$data/volume" \
+    nohup "$root/.local/localstack/bin/python" -m localstack.runtime.main >"$run/localstack.log" 2>&1 &
+  echo $! >"$run/localstack.pid"
+  local url="http://127.0.0.1:$port"
+  for _ in $(seq 1 300); do
+    if curl -fsS --max-time 2 "$url/_localstack/health" 2>/dev/null | grep -q '"sqs": "\(running\|available\)"'; then
+      echo "$url" >"$run/localstack.url"
+      return 0
+    fi
+    kill -0 "$(cat "$run/localstack.pid")" 2>/dev/null || break
+    sleep 0.2
+  done
+  echo "LocalStack did not start; its log ($run/localstack.log):" >&2
+  cat "$run/localstack.log" >&2 || true
+  return 1
+}
+
 running_url() {
   [ -f "$run/fauxqs.url" ] && [ -f "$run/fauxqs.pid" ] || return 1
   kill -0 "$(cat "$run/fauxqs.pid")" 2>/dev/null || return 1
@@ -46,9 +73,10 @@ running_url() {
 
 case "${1:-}" in
   start)
-    if url="$(running_url)"; then start_moto; echo "$url"; exit 0; fi
+    if url="$(running_url)"; then start_moto; start_localstack; echo "$url"; exit 0; fi
     "$root/scripts/install-services.sh"
     start_moto
+    start_localstack
     port="${FAUXQS_PORT:-$(free_port)}"
     SERVICES_DIR="$services" FAUXQS_PORT="$port" nohup "$node" "$root/scripts/fauxqs-server.mjs" \
       >"$run/fauxqs.log" 2>&1 &
@@ -64,7 +92,7 @@ case "${1:-}" in
     exit 1
     ;;
   stop)
-    for svc in fauxqs moto; do
+    for svc in fauxqs moto localstack; do
       if [ -f "$run/$svc.pid" ]; then
         kill "$(cat "$run/$svc.pid")" 2>/dev/null || true
         rm -f "$run/$svc.pid" "$run/$svc.url"

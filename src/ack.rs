@@ -1,18 +1,24 @@
 //! Acknowledgement: what happens to each message of a batch once its outcome is known.
 //!
 //! [`plan`] is the pure decision — these are deleted, these retry after this backoff, these go
-//! to the dead-letter queue — and [`Acker`] carries it out against SQS. Nothing is deleted that
-//! the target did not report as processed; a message whose dead-letter copy could not be sent
-//! stays in the source queue.
+//! to the dead-letter queue — and [`Acker`] carries it out through the [`LeaseKeeper`], which
+//! ends each message's lease. Nothing is deleted that the target did not report as processed; a
+//! message whose dead-letter copy could not be sent stays in the source queue.
+//!
+//! Dead-letter copies are built so that SQS accepts them: attribute values hold only the
+//! characters SQS allows ([`sqs_safe`]), and `MessageDeduplicationId` goes to FIFO queues only —
+//! a standard queue's messages may carry a `MessageGroupId` (fair queues), which is kept.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::MessageAttributeValue;
 
 use crate::config::RetryConfig;
-use crate::dispatch::response::Verdict;
+use crate::dispatch::response::{self, Verdict};
 use crate::event::{attribute_to_sqs, ReceivedMessage};
+use crate::lease::LeaseKeeper;
 use crate::metrics::PipelineMetrics;
 use crate::sqs::SqsQueue;
 
@@ -56,16 +62,41 @@ pub fn plan(
         Verdict::AllFailed(_) => failed.iter_mut().for_each(|f| *f = true),
     }
     let mut out = AckPlan::default();
+    // FIFO: a group's retried messages share the backoff of its first, so they come back together
+    // and in order (an emulator that does not lock the group must not see a later one first)
+    let mut group_backoff: HashMap<&str, i32> = HashMap::new();
     for (i, m) in batch.iter().enumerate() {
         if !failed[i] {
             out.delete.push(i);
         } else if max_receive_count.is_some_and(|max| m.receive_count >= max) {
             out.dead_letter.push(i);
         } else {
-            out.retry.push((i, backoff_secs(m.receive_count, retry, jitter())));
+            let mut own = || backoff_secs(m.receive_count, retry, jitter());
+            let secs = match m.group_id.as_deref() {
+                Some(g) => *group_backoff.entry(g).or_insert_with(own),
+                None => own(),
+            };
+            out.retry.push((i, secs));
         }
     }
     out
+}
+
+impl AckPlan {
+    /// FIFO: how long each group whose messages failed stays back (its retry backoff; 0 when
+    /// its failed messages were all dead-lettered). Later messages of the group go back as long.
+    pub fn failed_groups(&self, batch: &[ReceivedMessage]) -> Vec<(String, i32)> {
+        let mut groups: Vec<(String, i32)> = Vec::new();
+        let failed = self.retry.iter().copied().chain(self.dead_letter.iter().map(|&i| (i, 0)));
+        for (i, secs) in failed {
+            let Some(g) = &batch[i].group_id else { continue };
+            match groups.iter_mut().find(|(name, _)| name == g) {
+                Some(entry) => entry.1 = entry.1.max(secs),
+                None => groups.push((g.clone(), secs)),
+            }
+        }
+        groups
+    }
 }
 
 /// Visibility timeout for a failed message: `initial · 2^(receive_count − 1)`, capped at
@@ -78,34 +109,60 @@ pub fn backoff_secs(receive_count: u32, retry: &RetryConfig, jitter: f64) -> i32
     (jittered.ceil() as i64).clamp(0, crate::config::MAX_VISIBILITY_SECS as i64) as i32
 }
 
-/// Carries out plans against the source queue and the dead-letter queue.
-#[derive(Clone)]
+/// Carries out plans against the source queue (through the lease keeper) and the dead-letter
+/// queue.
 pub struct Acker {
-    pub queue: SqsQueue,
+    pub leases: Arc<LeaseKeeper>,
     pub dead_letter: Option<SqsQueue>,
+    /// `[pipelines.dead_letter] max_receive_count`, when set.
+    pub max_receive_count: Option<u32>,
     pub pipeline: String,
     pub retry: RetryConfig,
     pub metrics: PipelineMetrics,
 }
 
+fn ids(batch: &[ReceivedMessage], which: impl Iterator<Item = usize>) -> Vec<&str> {
+    which.map(|i| batch[i].message_id.as_str()).collect()
+}
+
 impl Acker {
+    /// Counts a batch's outcome, plans its acknowledgement and carries it out; returns the plan.
+    pub async fn settle(&self, batch: &[ReceivedMessage], verdict: &Verdict) -> AckPlan {
+        let plan = plan(batch, verdict, &self.retry, self.max_receive_count, &mut fastrand::f64);
+        let failed = plan.failed();
+        self.metrics.succeeded.increment(plan.delete.len() as u64);
+        self.metrics.failed.increment(failed as u64);
+        let reason = match verdict {
+            Verdict::AllSucceeded => {
+                self.metrics.batches_success.increment(1);
+                ""
+            }
+            Verdict::Partial(_) => {
+                self.metrics.batches_partial.increment(1);
+                response::ITEM_FAILURE_REASON
+            }
+            Verdict::AllFailed(reason) => {
+                self.metrics.batches_failure.increment(1);
+                reason.as_str()
+            }
+        };
+        if failed > 0 {
+            tracing::warn!(pipeline = %self.pipeline, messages = batch.len(), failed, dead_lettered = plan.dead_letter.len(), reason = %reason, "batch failed");
+        }
+        self.execute(batch, &plan, reason).await;
+        plan
+    }
+
     /// Deletes, retries and dead-letters as planned. `reason` says why the failed ones failed.
     pub async fn execute(&self, batch: &[ReceivedMessage], plan: &AckPlan, reason: &str) {
         let deleting = async {
-            let receipts: Vec<&str> = plan.delete.iter().map(|&i| batch[i].receipt_handle.as_str()).collect();
-            let not_deleted = self.queue.delete(&receipts).await;
-            self.count_deleted(
-                plan.delete.iter().enumerate().filter(|(k, _)| !not_deleted.contains(k)).map(|(_, &i)| &batch[i]),
-                true,
-            );
+            let deleted = self.leases.delete(&ids(batch, plan.delete.iter().copied())).await;
+            self.count_deleted(deleted.iter().map(|&k| &batch[plan.delete[k]]), true);
         };
         let retrying = async {
             let entries: Vec<(&str, i32)> =
-                plan.retry.iter().map(|&(i, secs)| (batch[i].receipt_handle.as_str(), secs)).collect();
-            let failed = self.queue.change_visibility(&entries).await;
-            if !failed.is_empty() {
-                tracing::warn!(pipeline = %self.pipeline, messages = failed.len(), "could not set the retry backoff; the messages come back after their visibility timeout");
-            }
+                plan.retry.iter().map(|&(i, secs)| (batch[i].message_id.as_str(), secs)).collect();
+            self.leases.let_go(&entries).await;
         };
         let dead_lettering = self.dead_letter_all(batch, &plan.dead_letter, reason);
         tokio::join!(deleting, retrying, dead_lettering);
@@ -113,12 +170,25 @@ impl Acker {
 
     /// Makes every message visible again at once (shutdown, or a batch that could not be dispatched).
     pub async fn release(&self, batch: &[ReceivedMessage]) {
-        let receipts: Vec<&str> = batch.iter().map(|m| m.receipt_handle.as_str()).collect();
-        let failed = self.queue.release(&receipts).await;
-        self.metrics.released.increment((batch.len() - failed.len()) as u64);
-        if !failed.is_empty() {
-            tracing::warn!(pipeline = %self.pipeline, messages = failed.len(), "could not release messages; they come back after their visibility timeout");
-        }
+        self.leases.release(&ids(batch, 0..batch.len())).await;
+    }
+
+    /// A batch the target throttled for too long: visible again after the retry backoff, not
+    /// counted as failed (the target never ran it). Returns the plan it carried out.
+    pub async fn release_throttled(&self, batch: &[ReceivedMessage]) -> AckPlan {
+        self.metrics.throttle_released.increment(batch.len() as u64);
+        let all_failed = Verdict::AllFailed(String::new());
+        let plan = plan(batch, &all_failed, &self.retry, None, &mut fastrand::f64);
+        let entries: Vec<(&str, i32)> =
+            plan.retry.iter().map(|&(i, secs)| (batch[i].message_id.as_str(), secs)).collect();
+        self.leases.let_go(&entries).await;
+        plan
+    }
+
+    /// Makes messages visible again after `secs` (held FIFO messages behind a failure).
+    pub async fn hold_back(&self, messages: &[ReceivedMessage], secs: i32) {
+        let entries: Vec<(&str, i32)> = messages.iter().map(|m| (m.message_id.as_str(), secs)).collect();
+        self.leases.let_go(&entries).await;
     }
 
     fn count_deleted<'a>(&self, deleted: impl Iterator<Item = &'a ReceivedMessage>, succeeded: bool) {
@@ -142,13 +212,15 @@ impl Acker {
         let Some(dlq) = &self.dead_letter else {
             return;
         };
+        let dlq_fifo = dlq.url.ends_with(".fifo");
         let sends = futures_util::future::join_all(which.iter().map(|&i| async move {
             let m = &batch[i];
             let record = m.record();
             let mut attributes: HashMap<String, MessageAttributeValue> =
                 record.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), attribute_to_sqs(v)?))).collect();
             add_dead_letter_attributes(&mut attributes, &self.pipeline, reason, m.receive_count);
-            let dedup = m.group_id.as_ref().map(|_| m.message_id.as_str());
+            // SQS rejects a deduplication id on a standard queue; a group id it accepts (fair queues)
+            let dedup = (dlq_fifo && m.group_id.is_some()).then_some(m.message_id.as_str());
             (i, dlq.send(&record.body, attributes, m.group_id.as_deref(), dedup).await)
         }))
         .await;
@@ -164,25 +236,35 @@ impl Acker {
             }
         }
         self.metrics.dead_lettered.increment(sent.len() as u64);
-        let receipts: Vec<&str> = sent.iter().map(|&i| batch[i].receipt_handle.as_str()).collect();
-        let not_deleted = self.queue.delete(&receipts).await;
-        self.count_deleted(
-            sent.iter().enumerate().filter(|(k, _)| !not_deleted.contains(k)).map(|(_, &i)| &batch[i]),
-            false,
-        );
+        let deleted = self.leases.delete(&ids(batch, sent.iter().copied())).await;
+        self.count_deleted(deleted.iter().map(|&k| &batch[sent[k]]), false);
         if !unsent.is_empty() {
             let entries: Vec<(&str, i32)> = unsent
                 .iter()
                 .map(|&i| {
-                    (
-                        batch[i].receipt_handle.as_str(),
-                        backoff_secs(batch[i].receive_count, &self.retry, fastrand::f64()),
-                    )
+                    (batch[i].message_id.as_str(), backoff_secs(batch[i].receive_count, &self.retry, fastrand::f64()))
                 })
                 .collect();
-            self.queue.change_visibility(&entries).await;
+            self.leases.let_go(&entries).await;
         }
     }
+}
+
+/// `text` with every character SQS does not allow in a message attribute value (anything but
+/// `#x9 | #xA | #xD | #x20–#xD7FF | #xE000–#xFFFD | #x10000–#x10FFFF`) written as `\u{…}`, cut
+/// to at most `max_chars` characters.
+pub fn sqs_safe(text: &str, max_chars: usize) -> String {
+    let allowed =
+        |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
+    let mut out = String::new();
+    for c in text.chars() {
+        if allowed(c) {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    out.chars().take(max_chars).collect()
 }
 
 /// Adds `sqs-poller.pipeline`, `sqs-poller.reason` and `sqs-poller.receive-count`; when the
@@ -194,7 +276,7 @@ pub fn add_dead_letter_attributes(
     reason: &str,
     receive_count: u32,
 ) {
-    let reason: String = reason.chars().take(MAX_REASON_LEN).collect();
+    let reason = sqs_safe(reason, MAX_REASON_LEN);
     let string = |v: String| {
         MessageAttributeValue::builder().data_type("String").string_value(v).build().expect("data type set")
     };
@@ -295,6 +377,27 @@ mod tests {
         let p = plan(&b, &Verdict::AllFailed("boom".into()), &retry(1, 300), None, &mut || 1.0);
         assert_eq!(p.retry.len(), 3);
         assert_eq!(p.failed(), 3);
+    }
+
+    #[test]
+    fn reasons_hold_only_characters_sqs_allows() {
+        assert_eq!(sqs_safe("HTTP 500: \u{1}bad\u{0}\tok\u{FFFE}é", 100), "HTTP 500: \\u{1}bad\\u{0}\tok\\u{fffe}é");
+        assert_eq!(sqs_safe(&"x".repeat(500), 256).len(), 256);
+        let mut a = HashMap::new();
+        add_dead_letter_attributes(&mut a, "p", "\u{7}bell", 1);
+        assert_eq!(a["sqs-poller.reason"].string_value(), Some("\\u{7}bell"));
+    }
+
+    #[test]
+    fn a_fifo_group_retries_together_after_its_first_failure() {
+        let mut b = batch(&[1, 3, 1, 1]);
+        for (m, g) in b.iter_mut().zip(["a", "a", "b", "a"]) {
+            m.group_id = Some(g.to_string());
+        }
+        let mut jitters = [0.0, 0.9, 0.5, 0.3].into_iter();
+        let p = plan(&b, &Verdict::AllFailed("x".into()), &retry(10, 300), None, &mut || jitters.next().unwrap());
+        assert_eq!(p.retry, vec![(0, 5), (1, 5), (2, 10), (3, 5)], "group a shares its first backoff");
+        assert_eq!(p.failed_groups(&b), vec![("a".to_string(), 5), ("b".to_string(), 10)]);
     }
 
     #[test]

@@ -55,6 +55,34 @@ pub struct PipelineConfig {
     pub filter: Option<FilterConfig>,
     /// How often the queue depth is sampled with GetQueueAttributes.
     pub depth_interval: Duration,
+    pub lease: LeaseConfig,
+}
+
+/// Defaults of the keys that have no fixed default in the contract.
+pub mod defaults {
+    /// `lease.max_lease_secs`: SQS's own limit (12 hours from the receive).
+    pub const MAX_LEASE_SECS: u64 = super::MAX_VISIBILITY_SECS;
+    /// `target.max_throttled_secs`: how long a throttled batch is held before it is released.
+    pub const MAX_THROTTLED_SECS: u64 = 60;
+    /// `filter.keep_delay_secs`: how long a kept (filtered, `on_filtered = "keep"`) message stays
+    /// invisible before it comes back.
+    pub const KEEP_DELAY_SECS: u64 = 30;
+
+    /// `lease.max_outstanding`: room for every batch that may be in flight
+    /// (`max_concurrency × batch.size`), in whole receives of 10, at least one receive.
+    pub fn max_outstanding(max_concurrency: usize, batch_size: usize) -> usize {
+        let n = max_concurrency.saturating_mul(batch_size).max(crate::lease::RECEIVE_MAX);
+        n.div_ceil(crate::lease::RECEIVE_MAX) * crate::lease::RECEIVE_MAX
+    }
+}
+
+/// `[pipelines.lease]`: how many messages may be outstanding, and for how long.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Messages received and not yet acknowledged, at most; pollers wait for room before receiving.
+    pub max_outstanding: usize,
+    /// Longest time the lease keeper keeps a message invisible; then it lets it go.
+    pub max_lease: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +109,8 @@ pub struct TargetConfig {
     /// Batches in flight at once; pollers pause while this many are running.
     pub max_concurrency: usize,
     pub rate_limit_per_sec: Option<NonZeroU32>,
+    /// A batch the target keeps throttling is held at most this long, then released with backoff.
+    pub max_throttled: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +146,8 @@ pub struct RetryConfig {
 pub struct FilterConfig {
     pub filter: crate::filter::Filter,
     pub on_filtered: OnFiltered,
+    /// `on_filtered = "keep"`: kept messages stay invisible this long before they come back.
+    pub keep_delay: Duration,
 }
 
 /// What happens to a message no pattern matched.
@@ -123,7 +155,7 @@ pub struct FilterConfig {
 pub enum OnFiltered {
     /// Delete it, as Lambda does.
     Delete,
-    /// Make it visible again at once, for other consumers of a shared queue.
+    /// Make it visible again after `keep_delay`, for other consumers of a shared queue.
     Keep,
 }
 
@@ -385,6 +417,15 @@ struct RawPipeline {
     retry: RawRetry,
     dead_letter: Option<RawDeadLetter>,
     filter: Option<RawFilter>,
+    #[serde(default)]
+    lease: RawLease,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    max_outstanding: Option<u64>,
+    max_lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,6 +433,7 @@ struct RawPipeline {
 struct RawFilter {
     patterns: Option<Vec<String>>,
     on_filtered: Option<String>,
+    keep_delay_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -428,6 +470,7 @@ struct RawTarget {
     timeout_secs: Option<u64>,
     max_concurrency: Option<u64>,
     rate_limit_per_sec: Option<u64>,
+    max_throttled_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -645,6 +688,16 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
                 OnFiltered::Delete
             }
         };
+        let keep_delay = c.ranged(
+            &format!("{at}.filter.keep_delay_secs"),
+            f.keep_delay_secs,
+            defaults::KEEP_DELAY_SECS,
+            1,
+            MAX_VISIBILITY_SECS,
+        );
+        if f.keep_delay_secs.is_some() && on_filtered != OnFiltered::Keep {
+            c.fail(format!("{at}.filter.keep_delay_secs"), "applies only with on_filtered = \"keep\"");
+        }
         let patterns = f.patterns.unwrap_or_default();
         if patterns.is_empty() {
             c.fail(
@@ -654,7 +707,7 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
             return None;
         }
         match crate::filter::Filter::compile(&patterns) {
-            Ok(filter) => Some(FilterConfig { filter, on_filtered }),
+            Ok(filter) => Some(FilterConfig { filter, on_filtered, keep_delay: Duration::from_secs(keep_delay) }),
             Err((i, e)) => {
                 c.fail(format!("{at}.filter.patterns[{i}]"), format!("invalid pattern of pipeline `{name}`: {e}"));
                 None
@@ -662,7 +715,24 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         }
     });
 
+    let default_outstanding = defaults::max_outstanding(target.max_concurrency, size as usize) as u64;
+    let max_outstanding = c.ranged(
+        &format!("{at}.lease.max_outstanding"),
+        p.lease.max_outstanding,
+        default_outstanding,
+        crate::lease::RECEIVE_MAX as u64,
+        1_000_000,
+    );
+    let max_lease = c.ranged(
+        &format!("{at}.lease.max_lease_secs"),
+        p.lease.max_lease_secs,
+        defaults::MAX_LEASE_SECS,
+        1,
+        MAX_VISIBILITY_SECS,
+    );
+
     PipelineConfig {
+        lease: LeaseConfig { max_outstanding: max_outstanding as usize, max_lease: Duration::from_secs(max_lease) },
         name,
         queue_url,
         fifo,
@@ -694,11 +764,19 @@ fn placeholder_target() -> TargetConfig {
         timeout: Duration::from_secs(30),
         max_concurrency: 10,
         rate_limit_per_sec: None,
+        max_throttled: Duration::from_secs(defaults::MAX_THROTTLED_SECS),
     }
 }
 
 fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
     let timeout = c.ranged(&format!("{at}.timeout_secs"), t.timeout_secs, 30, 1, 900);
+    let max_throttled = c.ranged(
+        &format!("{at}.max_throttled_secs"),
+        t.max_throttled_secs,
+        defaults::MAX_THROTTLED_SECS,
+        1,
+        MAX_VISIBILITY_SECS,
+    );
     let max_concurrency = c.ranged(&format!("{at}.max_concurrency"), t.max_concurrency, 10, 1, 10_000);
     let rate_limit_per_sec = t.rate_limit_per_sec.and_then(|r| {
         let r = c.ranged(&format!("{at}.rate_limit_per_sec"), Some(r), 1, 1, 1_000_000);
@@ -768,6 +846,7 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
         timeout: Duration::from_secs(timeout),
         max_concurrency: max_concurrency as usize,
         rate_limit_per_sec,
+        max_throttled: Duration::from_secs(max_throttled),
     }
 }
 

@@ -18,11 +18,14 @@
 //! order on SIGTERM, and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
 
 pub mod ack;
+pub mod backoff;
 pub mod batch;
 pub mod config;
 pub mod dispatch;
 pub mod event;
 pub mod filter;
+pub mod intake;
+pub mod lease;
 pub mod metrics;
 pub mod pipeline;
 pub mod poller;
@@ -39,7 +42,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pipeline::PipelineContext;
+use crate::pipeline::PipelineParts;
 use crate::shutdown::Shutdown;
 
 /// Runs every pipeline of `config` until `shutdown` has drained them.
@@ -52,6 +55,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = server::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.listen))?;
+    // the bound address, which differs from the configured one for port 0
+    let listen = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
     let shared = sqs::shared_config(&config.aws).await?;
     let client = sqs::client(&config.aws, &shared);
     let lambda = dispatch::lambda::client(&config.aws, &shared);
@@ -66,7 +72,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         let target = dispatch::Target::new(&p.target, &lambda, &p.name, &region)
             .await
             .with_context(|| format!("pipeline {}: cannot start its runtime-api target", p.name))?;
-        pipelines.push(Arc::new(PipelineContext::new(p.clone(), client.clone(), target, m, shutdown.clone(), ready)));
+        pipelines.push(PipelineParts {
+            config: p.clone(),
+            client: client.clone(),
+            target,
+            metrics: m,
+            shutdown: shutdown.clone(),
+            ready,
+        });
     }
 
     let stop_server = CancellationToken::new();
@@ -82,19 +95,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             }
         }
     });
-    tracing::info!(listen = %config.listen, pipelines = pipelines.len(), "sqs-poller started");
+    tracing::info!(%listen, pipelines = pipelines.len(), "sqs-poller started");
 
     let grace = config.grace_period;
-    let results = futures_util::future::join_all(pipelines.iter().map(|ctx| {
-        let ctx = ctx.clone();
+    let results = futures_util::future::join_all(pipelines.into_iter().map(|parts| {
         let shutdown = shutdown.clone();
+        let (name, queue_url) = (parts.config.name.clone(), parts.config.queue_url.clone());
         async move {
-            let r = pipeline::run(ctx.clone()).await;
+            let r = pipeline::run(parts).await;
             if r.is_err() {
                 // one unusable queue is a configuration problem: stop the others cleanly too
                 shutdown.begin(grace);
             }
-            r.map_err(|e| anyhow::anyhow!("pipeline {}: queue {}: {e}", ctx.name(), ctx.config.queue_url))
+            r.map_err(|e| anyhow::anyhow!("pipeline {name}: queue {queue_url}: {e}"))
         }
     }))
     .await;

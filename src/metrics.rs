@@ -28,6 +28,11 @@ pub const POLLERS_MAX: &str = "sqs_poller_pollers_max";
 pub const IN_FLIGHT_MESSAGES: &str = "sqs_poller_in_flight_messages";
 pub const IN_FLIGHT_BATCHES: &str = "sqs_poller_in_flight_batches";
 pub const MAX_CONCURRENCY: &str = "sqs_poller_max_concurrency";
+pub const MAX_OUTSTANDING: &str = "sqs_poller_max_outstanding_messages";
+pub const DUPLICATE_RECEIVES: &str = "sqs_poller_duplicate_receives_total";
+pub const LEASE_EXTENSIONS: &str = "sqs_poller_lease_extensions_total";
+pub const LEASES_EXPIRED: &str = "sqs_poller_leases_expired_total";
+pub const THROTTLE_RELEASES: &str = "sqs_poller_throttle_released_messages_total";
 pub const QUEUE_MESSAGES: &str = "sqs_poller_queue_messages";
 pub const OLDEST_MESSAGE_AGE: &str = "sqs_poller_oldest_message_age_seconds";
 pub const SQS_REQUESTS: &str = "sqs_poller_sqs_requests_total";
@@ -108,6 +113,31 @@ fn describe() {
     describe_gauge!(IN_FLIGHT_BATCHES, Unit::Count, "Batches being dispatched or acknowledged now.");
     describe_gauge!(MAX_CONCURRENCY, Unit::Count, "Configured target.max_concurrency (batches in flight at most).");
     describe_gauge!(
+        MAX_OUTSTANDING,
+        Unit::Count,
+        "Configured lease.max_outstanding: messages received and not yet acknowledged, at most."
+    );
+    describe_counter!(
+        DUPLICATE_RECEIVES,
+        Unit::Count,
+        "Messages received again while already leased (the lease took the new receipt handle; the copy went no further)."
+    );
+    describe_counter!(
+        LEASE_EXTENSIONS,
+        Unit::Count,
+        "Visibility extensions sent by the lease keeper, by outcome (ok, error)."
+    );
+    describe_counter!(
+        LEASES_EXPIRED,
+        Unit::Count,
+        "Leases that reached lease.max_lease_secs (or SQS's 12-hour limit) and were no longer extended."
+    );
+    describe_counter!(
+        THROTTLE_RELEASES,
+        Unit::Count,
+        "Messages of batches throttled longer than target.max_throttled_secs, released with a backoff."
+    );
+    describe_gauge!(
         QUEUE_MESSAGES,
         Unit::Count,
         "Approximate messages in the queue by state (visible, in_flight, delayed), from GetQueueAttributes."
@@ -149,6 +179,12 @@ pub struct PipelineMetrics {
     pub pollers_desired: Gauge,
     pub in_flight_messages: Gauge,
     pub in_flight_batches: Gauge,
+    pub max_outstanding: Gauge,
+    pub duplicates: Counter,
+    pub lease_extensions: Counter,
+    pub lease_extensions_failed: Counter,
+    pub leases_expired: Counter,
+    pub throttle_released: Counter,
     pub source_queue: QueueGauges,
     pub dead_letter_queue: QueueGauges,
     pub oldest_message_age: Gauge,
@@ -183,6 +219,11 @@ impl PipelineMetrics {
             c.increment(0);
             c
         };
+        let extensions = |outcome: &'static str| {
+            let c = metrics::counter!(LEASE_EXTENSIONS, "pipeline" => p.clone(), "outcome" => outcome);
+            c.increment(0);
+            c
+        };
         let gauge = |name: &'static str| metrics::gauge!(name, "pipeline" => p.clone());
         for op in SQS_OPERATIONS {
             for outcome in ["ok", "error"] {
@@ -214,6 +255,12 @@ impl PipelineMetrics {
             pollers_desired: gauge(POLLERS_DESIRED),
             in_flight_messages: gauge(IN_FLIGHT_MESSAGES),
             in_flight_batches: gauge(IN_FLIGHT_BATCHES),
+            max_outstanding: gauge(MAX_OUTSTANDING),
+            duplicates: counter(DUPLICATE_RECEIVES),
+            lease_extensions: extensions("ok"),
+            lease_extensions_failed: extensions("error"),
+            leases_expired: counter(LEASES_EXPIRED),
+            throttle_released: counter(THROTTLE_RELEASES),
             source_queue: QueueGauges::new(&p, "source"),
             dead_letter_queue: QueueGauges::new(&p, "dead_letter"),
             oldest_message_age: gauge(OLDEST_MESSAGE_AGE),

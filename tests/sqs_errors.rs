@@ -10,7 +10,7 @@ use common::*;
 async fn an_unreachable_endpoint_is_retried_and_reported() {
     // nothing listens on this port
     let endpoint = format!("http://127.0.0.1:{}", free_port());
-    let poller = spawn_poller(
+    let mut poller = spawn_poller(
         &endpoint,
         5,
         &http_pipeline(
@@ -20,6 +20,7 @@ async fn an_unreachable_endpoint_is_retried_and_reported() {
             "[pipelines.pollers]\nwait_time_secs = 1",
         ),
     );
+    poller.wait_listening().await;
     let series = "sqs_poller_sqs_requests_total{pipeline=\"down\",operation=\"GetQueueAttributes\",outcome=\"error\"}";
     let mut last = 0.0;
     for _ in 0..100 {

@@ -2,8 +2,13 @@
 //!
 //! A target receives Lambda's SQS event and answers the way a Lambda function does. The
 //! transport differs per target (one file each); the reading of the answer
-//! ([`response::interpret`]) is shared. Timeouts are applied by the caller around
-//! [`Target::invoke`], so a target only needs to be cancel-safe (a dropped command is killed).
+//! ([`response::interpret`]) is shared. [`Dispatcher::call`] is the loop around one batch: the
+//! rate limit, the timeout of the target's work, and the throttle policy (a throttled batch is
+//! tried again with backoff, held at most `max_throttled_secs`, then let go).
+//!
+//! `timeout_secs` counts the target's work, not a wait for it: [`Target::invoke`] starts the
+//! clock when the target starts the batch (for `runtime-api`, when a worker takes it). Targets
+//! only need to be cancel-safe (a dropped command is killed).
 
 pub mod command;
 pub mod http;
@@ -11,9 +16,21 @@ pub mod lambda;
 pub mod response;
 pub mod runtime_api;
 
-use bytes::Bytes;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
 use crate::config::{TargetConfig, TargetKind};
+use crate::event::{encode_event, ReceivedMessage};
+use crate::metrics::PipelineMetrics;
+use crate::poller::Scaling;
+use response::Verdict;
 
 /// What a target did with an event, before its body is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,18 +80,102 @@ impl Target {
                     function_name: pipeline.to_string(),
                     region: region.to_string(),
                 };
-                Target::RuntimeApi(runtime_api::RuntimeApiTarget::start(command, *workers, cfg.timeout).await?)
+                Target::RuntimeApi(runtime_api::RuntimeApiTarget::start(command, *workers, cfg.max_throttled).await?)
             }
         })
     }
 
-    /// Sends one event (`{"Records":[…]}`) to the target.
-    pub async fn invoke(&self, event: Bytes) -> Invocation {
+    /// Sends one event (`{"Records":[…]}`) to the target; the work may take `timeout`, counted
+    /// from when the target starts it.
+    pub async fn invoke(&self, event: Bytes, timeout: Duration) -> Invocation {
+        let timed_out = || Invocation::FunctionError(format!("timed out after {} s", timeout.as_secs()));
         match self {
-            Target::Http(t) => t.invoke(event).await,
-            Target::Command(t) => t.invoke(event).await,
-            Target::Lambda(t) => t.invoke(event).await,
-            Target::RuntimeApi(t) => t.invoke(event).await,
+            Target::Http(t) => tokio::time::timeout(timeout, t.invoke(event)).await.unwrap_or_else(|_| timed_out()),
+            Target::Command(t) => tokio::time::timeout(timeout, t.invoke(event)).await.unwrap_or_else(|_| timed_out()),
+            Target::Lambda(t) => tokio::time::timeout(timeout, t.invoke(event)).await.unwrap_or_else(|_| timed_out()),
+            Target::RuntimeApi(t) => t.invoke(event, timeout).await,
+        }
+    }
+}
+
+/// How one batch's dispatch ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target answered; acknowledge by this verdict.
+    Answered(Verdict),
+    /// The target kept throttling longer than `max_throttled_secs`: let the batch go with backoff.
+    Throttled,
+    /// Shutdown gave up on the batch: release it.
+    Abandoned,
+}
+
+/// Calls the target for batches: rate limit, timeout, throttle policy.
+pub struct Dispatcher {
+    pub target: Target,
+    pub timeout: Duration,
+    pub max_throttled: Duration,
+    pub fifo: bool,
+    limiter: Option<DefaultDirectRateLimiter>,
+    pub scaling: Arc<Scaling>,
+    pub metrics: PipelineMetrics,
+}
+
+impl Dispatcher {
+    pub fn new(
+        cfg: &TargetConfig,
+        batch_size: usize,
+        fifo: bool,
+        target: Target,
+        scaling: Arc<Scaling>,
+        metrics: PipelineMetrics,
+    ) -> Self {
+        let limiter = cfg.rate_limit_per_sec.map(|rate| {
+            // a whole batch must fit in the bucket at once
+            let burst = NonZeroU32::new(rate.get().max(batch_size as u32)).expect("non-zero");
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        Dispatcher { target, timeout: cfg.timeout, max_throttled: cfg.max_throttled, fifo, limiter, scaling, metrics }
+    }
+
+    /// Calls the target until it answers, throttles for too long, or `abandon` fires.
+    pub async fn call(&self, batch: &[ReceivedMessage], abandon: &CancellationToken) -> Outcome {
+        if let Some(limiter) = &self.limiter {
+            let n = NonZeroU32::new(batch.len() as u32).expect("batches are never empty");
+            tokio::select! {
+                r = limiter.until_n_ready(n) => { r.expect("the burst fits a whole batch"); }
+                () = abandon.cancelled() => return Outcome::Abandoned,
+            }
+        }
+        self.metrics.dispatched.increment(batch.len() as u64);
+        self.metrics.batch_size.record(batch.len() as f64);
+        let event = Bytes::from(encode_event(batch));
+        let first_try = Instant::now();
+        let mut throttles = Backoff::default();
+        loop {
+            let started = Instant::now();
+            let invocation = tokio::select! {
+                i = self.target.invoke(event.clone(), self.timeout) => i,
+                () = abandon.cancelled() => return Outcome::Abandoned,
+            };
+            self.metrics.dispatch_duration.record(started.elapsed().as_secs_f64());
+            let reason = match invocation {
+                Invocation::Response(body) => return Outcome::Answered(response::interpret(&body, batch, self.fifo)),
+                Invocation::FunctionError(reason) => return Outcome::Answered(Verdict::AllFailed(reason)),
+                Invocation::Throttled(reason) => reason,
+            };
+            self.metrics.batches_throttled.increment(1);
+            self.scaling.throttle();
+            let held = first_try.elapsed();
+            if held >= self.max_throttled {
+                tracing::warn!(pipeline = %self.metrics.pipeline, reason, messages = batch.len(), held_secs = held.as_secs(), "target throttled the batch for longer than target.max_throttled_secs: letting it go with backoff");
+                return Outcome::Throttled;
+            }
+            let delay = throttles.next_delay().min(self.max_throttled - held);
+            tracing::warn!(pipeline = %self.metrics.pipeline, reason, retry_in_ms = delay.as_millis() as u64, "target throttled");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = abandon.cancelled() => return Outcome::Abandoned,
+            }
         }
     }
 }

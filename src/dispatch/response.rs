@@ -46,7 +46,11 @@ pub fn interpret(body: &[u8], batch: &[ReceivedMessage], fifo: bool) -> Verdict 
     if failures.is_empty() {
         return Verdict::AllSucceeded;
     }
-    let index: HashMap<&str, usize> = batch.iter().enumerate().map(|(i, m)| (m.message_id.as_str(), i)).collect();
+    // a message id fails every copy of it (a batch never holds two, but the rule must not depend on it)
+    let mut index: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, m) in batch.iter().enumerate() {
+        index.entry(m.message_id.as_str()).or_default().push(i);
+    }
     let mut failed = vec![false; batch.len()];
     for entry in failures {
         let id = match entry.get("itemIdentifier") {
@@ -59,7 +63,7 @@ pub fn interpret(body: &[u8], batch: &[ReceivedMessage], fifo: bool) -> Verdict 
             Some(other) => return Verdict::AllFailed(format!("an itemIdentifier is not a string: {other}")),
         };
         match index.get(id.as_str()) {
-            Some(&i) => failed[i] = true,
+            Some(copies) => copies.iter().for_each(|&i| failed[i] = true),
             None => return Verdict::AllFailed(format!("itemIdentifier `{id}` is not a message of the batch")),
         }
     }

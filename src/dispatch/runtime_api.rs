@@ -11,9 +11,11 @@
 //! - `POST /2018-06-01/runtime/init/error` reports a failed start (logged; the worker is restarted).
 //!
 //! A worker that exits is restarted (with a growing pause if it keeps crashing); the batch it
-//! was running fails. A batch that outlives `timeout_secs` fails and its worker is killed and
-//! restarted, as Lambda ends a timed-out function. A listener per worker is how a crash or a
-//! timeout is tied to its batch.
+//! was running fails. `timeout_secs` starts when a worker takes the batch (its `next` returns),
+//! as on Lambda: a batch that outlives it fails and its worker is killed and restarted. Time
+//! spent waiting for a free worker is not the function's: a batch no worker takes within
+//! `max_throttled_secs` comes back as a throttle, never as a function error. A listener per
+//! worker is how a crash or a timeout is tied to its batch.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -37,18 +39,28 @@ const MAX_BODY: usize = 6 * 1024 * 1024;
 struct Job {
     request_id: String,
     event: Bytes,
-    deadline_ms: u64,
+    /// The function's time, from when a worker takes the job.
+    timeout: Duration,
+    /// Told the deadline when a worker takes the job.
+    taken: oneshot::Sender<()>,
     done: oneshot::Sender<Invocation>,
+}
+
+/// Which jobs workers run, and which their callers gave up before a worker took them; one lock,
+/// so that taking a job and giving it up cannot cross.
+#[derive(Default)]
+struct Jobs {
+    /// Jobs handed to a worker and not answered yet, by request id: (worker slot, reply).
+    running: HashMap<String, (usize, oneshot::Sender<Invocation>)>,
+    /// Jobs given up before a worker took them: skipped by `next`.
+    abandoned: std::collections::HashSet<String>,
 }
 
 /// Shared between the listeners of all workers.
 struct Shared {
     /// Jobs waiting for a worker's `next`.
     queue: tokio::sync::Mutex<mpsc::Receiver<Job>>,
-    /// Jobs handed to a worker and not answered yet, by request id: (worker slot, reply).
-    running: Mutex<HashMap<String, (usize, oneshot::Sender<Invocation>)>>,
-    /// Jobs given up (timed out) before a worker took them: skipped by `next`.
-    abandoned: Mutex<std::collections::HashSet<String>>,
+    jobs: Mutex<Jobs>,
     /// Per worker slot: kill the process (its batch timed out, as Lambda ends a function).
     kill: Vec<tokio::sync::Notify>,
     function_arn: String,
@@ -71,10 +83,11 @@ impl Drop for InvocationGuard {
         if self.finished {
             return;
         }
-        match lock(&self.shared.running).remove(&self.request_id) {
+        let mut jobs = lock(&self.shared.jobs);
+        match jobs.running.remove(&self.request_id) {
             Some((slot, _)) => self.shared.kill[slot].notify_one(),
             None => {
-                lock(&self.shared.abandoned).insert(self.request_id.clone());
+                jobs.abandoned.insert(self.request_id.clone());
             }
         }
     }
@@ -83,7 +96,8 @@ impl Drop for InvocationGuard {
 pub struct RuntimeApiTarget {
     jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
-    timeout: Duration,
+    /// Longest wait for a free worker before the batch counts as throttled.
+    max_wait: Duration,
     /// Keeps the workers and listeners alive; they end when the target is dropped.
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -99,16 +113,16 @@ pub struct WorkerCommand {
 }
 
 impl RuntimeApiTarget {
-    /// Binds one loopback listener per worker and starts the workers.
+    /// Binds one loopback listener per worker and starts the workers. A batch that no worker
+    /// takes within `max_wait` comes back as throttled.
     ///
     /// # Errors
     /// When a loopback port cannot be bound.
-    pub async fn start(command: WorkerCommand, workers: usize, timeout: Duration) -> std::io::Result<Self> {
+    pub async fn start(command: WorkerCommand, workers: usize, max_wait: Duration) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel(workers.max(1) * 2);
         let shared = Arc::new(Shared {
             queue: tokio::sync::Mutex::new(queue),
-            running: Mutex::new(HashMap::new()),
-            abandoned: Mutex::new(std::collections::HashSet::new()),
+            jobs: Mutex::new(Jobs::default()),
             kill: (0..workers.max(1)).map(|_| tokio::sync::Notify::new()).collect(),
             function_arn: format!("arn:aws:lambda:{}:000000000000:function:{}", command.region, command.function_name),
         });
@@ -119,22 +133,41 @@ impl RuntimeApiTarget {
             tasks.push(tokio::spawn(serve(listener, slot, shared.clone())));
             tasks.push(tokio::spawn(supervise(command.clone(), slot, addr.to_string(), shared.clone())));
         }
-        Ok(RuntimeApiTarget { jobs, shared, timeout, _tasks: tasks })
+        Ok(RuntimeApiTarget { jobs, shared, max_wait, _tasks: tasks })
     }
 
-    pub async fn invoke(&self, event: Bytes) -> Invocation {
+    /// Runs one event on the next free worker; `timeout` runs from when a worker takes it.
+    pub async fn invoke(&self, event: Bytes, timeout: Duration) -> Invocation {
         let (done, result) = oneshot::channel();
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let (taken, was_taken) = oneshot::channel();
         let id = request_id();
         let mut guard = InvocationGuard { request_id: id.clone(), shared: self.shared.clone(), finished: false };
-        let job = Job { request_id: id, event, deadline_ms: now_ms + self.timeout.as_millis() as u64, done };
-        if self.jobs.send(job).await.is_err() {
-            guard.finished = true;
-            return Invocation::FunctionError("the runtime-api workers are gone".to_string());
+        let job = Job { request_id: id, event, timeout, taken, done };
+        let queued = async {
+            self.jobs.send(job).await.map_err(|_| ())?;
+            was_taken.await.map_err(|_| ())
+        };
+        match tokio::time::timeout(self.max_wait, queued).await {
+            Ok(Ok(())) => {}
+            Ok(Err(())) => {
+                guard.finished = true;
+                return Invocation::FunctionError("the runtime-api workers are gone".to_string());
+            }
+            // the guard marks the job abandoned, so no worker takes it later
+            Err(_) => {
+                return Invocation::Throttled(format!(
+                    "no runtime-api worker took the batch within {} s",
+                    self.max_wait.as_secs()
+                ))
+            }
         }
-        let outcome = result
-            .await
-            .unwrap_or_else(|_| Invocation::FunctionError("the invocation was dropped by its worker".to_string()));
+        let outcome = match tokio::time::timeout(timeout, result).await {
+            Ok(r) => {
+                r.unwrap_or_else(|_| Invocation::FunctionError("the invocation was dropped by its worker".to_string()))
+            }
+            // dropping the guard kills the worker, as Lambda ends a timed-out function
+            Err(_) => return Invocation::FunctionError(format!("timed out after {} s", timeout.as_secs())),
+        };
         guard.finished = true;
         outcome
     }
@@ -191,7 +224,7 @@ async fn supervise(command: WorkerCommand, slot: usize, runtime_api: String, sha
         };
         // whatever this worker was running failed with it
         let orphaned: Vec<(String, oneshot::Sender<Invocation>)> = {
-            let mut running = shared.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let running = &mut lock(&shared.jobs).running;
             let ids: Vec<String> = running.iter().filter(|(_, (s, _))| *s == slot).map(|(id, _)| id.clone()).collect();
             ids.into_iter().filter_map(|id| running.remove(&id).map(|(_, tx)| (id, tx))).collect()
         };
@@ -235,34 +268,37 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
         (Method::GET, ["2018-06-01", "runtime", "invocation", "next"]) => {
-            let job = {
+            let (job, deadline_ms) = {
                 let mut queue = shared.queue.lock().await;
                 loop {
-                    match queue.recv().await {
-                        // given up on while it waited: its batch already failed
-                        Some(job) if lock(&shared.abandoned).remove(&job.request_id) => continue,
-                        other => break other,
+                    let Some(job) = queue.recv().await else {
+                        return reply(StatusCode::GONE, r#"{"errorMessage":"shutting down"}"#);
+                    };
+                    let mut jobs = lock(&shared.jobs);
+                    // given up on while it waited (by its caller, under this lock): skip it
+                    if jobs.abandoned.remove(&job.request_id) {
+                        continue;
                     }
+                    let Job { request_id, event, timeout, taken, done } = job;
+                    if taken.send(()).is_err() {
+                        continue;
+                    }
+                    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+                    jobs.running.insert(request_id.clone(), (slot, done));
+                    break ((request_id, event), now_ms + timeout.as_millis() as u64);
                 }
             };
-            let Some(job) = job else {
-                return reply(StatusCode::GONE, r#"{"errorMessage":"shutting down"}"#);
-            };
-            shared
-                .running
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(job.request_id.clone(), (slot, job.done));
+            let (request_id, event) = job;
             Response::builder()
                 .header("content-type", "application/json")
-                .header("Lambda-Runtime-Aws-Request-Id", &job.request_id)
-                .header("Lambda-Runtime-Deadline-Ms", job.deadline_ms.to_string())
+                .header("Lambda-Runtime-Aws-Request-Id", &request_id)
+                .header("Lambda-Runtime-Deadline-Ms", deadline_ms.to_string())
                 .header("Lambda-Runtime-Invoked-Function-Arn", &shared.function_arn)
                 .header(
                     "Lambda-Runtime-Trace-Id",
-                    format!("Root=1-{:08x}-{:024x};Sampled=0", job.deadline_ms / 1000, fastrand::u128(..1 << 96)),
+                    format!("Root=1-{:08x}-{:024x};Sampled=0", deadline_ms / 1000, fastrand::u128(..1 << 96)),
                 )
-                .body(Full::new(job.event))
+                .body(Full::new(event))
                 .expect("valid headers")
         }
         (Method::POST, ["2018-06-01", "runtime", "invocation", id, outcome @ ("response" | "error")]) => {
@@ -270,7 +306,7 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
                 Ok(b) => b.to_bytes(),
                 Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, r#"{"errorMessage":"payload too large"}"#),
             };
-            let waiting = lock(&shared.running).remove(*id);
+            let waiting = lock(&shared.jobs).running.remove(*id);
             let Some((_, done)) = waiting else {
                 return reply(StatusCode::BAD_REQUEST, r#"{"errorMessage":"unknown request id"}"#);
             };

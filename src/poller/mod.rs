@@ -3,11 +3,13 @@
 //! The [`Fleet`] keeps as many [`poller`] tasks alive as the [`scaling::Autoscaler`] wants and
 //! retires the newest first. A poller never abandons a receive: a retired poller (or every
 //! poller, on shutdown) lets its long poll return and hands the messages on, so nothing is left
-//! hidden on the server side. While the target is saturated (`max_concurrency` batches in
-//! flight) pollers pause instead of receiving, so visibility timeouts are not burnt in a buffer.
+//! hidden on the server side. A poller takes room for the messages it may receive from the
+//! [`LeaseKeeper`] *before* it receives, so the messages outstanding never exceed
+//! `lease.max_outstanding`: while the target is saturated, pollers wait instead of receiving.
 
 pub mod scaling;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,32 +19,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::backoff::Backoff;
+use crate::config::PollerConfig;
 use crate::event::ReceivedMessage;
-use crate::pipeline::PipelineContext;
+use crate::intake::Intake;
+use crate::lease::LeaseKeeper;
+use crate::metrics::{PipelineMetrics, QueueGauges};
+use crate::sqs::SqsQueue;
 use scaling::{Autoscaler, ScaleChange};
-
-/// Exponential backoff for a failing endpoint: 100 ms doubling to 10 s, with jitter; reset by a
-/// success.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    pub fn next_delay(&mut self) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let base = (100u64 << self.failures.min(7).saturating_sub(1)).min(10_000);
-        Duration::from_millis(base / 2 + fastrand::u64(0..=base / 2))
-    }
-
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-}
 
 /// The autoscaler of a pipeline and the signals around it.
 pub struct Scaling {
@@ -106,11 +90,25 @@ impl Scaling {
     }
 }
 
+/// What every poller of a pipeline uses.
+pub struct PollerStage {
+    pub config: PollerConfig,
+    pub queue: SqsQueue,
+    pub leases: Arc<LeaseKeeper>,
+    pub intake: Arc<Intake>,
+    pub scaling: Arc<Scaling>,
+    pub metrics: PipelineMetrics,
+    /// Set once a receive succeeded; `/readyz` reads it.
+    pub ready: Arc<AtomicBool>,
+}
+
 /// The pollers of one pipeline.
 pub struct Fleet {
-    pub ctx: Arc<PipelineContext>,
+    pub stage: Arc<PollerStage>,
     /// Where received messages go (the batcher).
     pub receives: mpsc::Sender<Vec<ReceivedMessage>>,
+    /// Stop receiving (shutdown).
+    pub drain: CancellationToken,
 }
 
 impl Fleet {
@@ -119,8 +117,8 @@ impl Fleet {
     pub async fn run(self) {
         let tracker = TaskTracker::new();
         let mut pollers: Vec<(CancellationToken, tokio::task::JoinHandle<()>)> = Vec::new();
-        let drain = self.ctx.shutdown.drain.clone();
-        let scaling = &self.ctx.scaling;
+        let scaling = &self.stage.scaling;
+        let name = &self.stage.metrics.pipeline;
         loop {
             // a poller that ended without being retired panicked: log it; it is replaced below
             pollers.retain_mut(|(retire, handle)| {
@@ -128,14 +126,14 @@ impl Fleet {
                     return true;
                 }
                 if let Some(Err(e)) = futures_util::FutureExt::now_or_never(handle) {
-                    tracing::error!(pipeline = %self.ctx.name(), error = %e, "a poller died; starting another");
+                    tracing::error!(pipeline = %name, error = %e, "a poller died; starting another");
                 }
                 false
             });
             let desired = scaling.desired();
             while pollers.len() < desired {
                 let retire = CancellationToken::new();
-                let handle = tracker.spawn(poller(self.ctx.clone(), self.receives.clone(), retire.clone()));
+                let handle = tracker.spawn(poller(self.stage.clone(), self.receives.clone(), retire.clone()));
                 pollers.push((retire, handle));
             }
             while pollers.len() > desired {
@@ -143,54 +141,68 @@ impl Fleet {
             }
             tokio::select! {
                 () = scaling.changed.notified() => {}
-                () = drain.cancelled() => break,
+                () = self.drain.cancelled() => break,
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
         pollers.iter().for_each(|(retire, _)| retire.cancel());
         tracker.close();
         tracker.wait().await;
+        for (_, handle) in pollers {
+            if let Err(e) = handle.await {
+                tracing::error!(pipeline = %name, error = %e, "a poller died during the drain");
+            }
+        }
     }
 }
 
-/// One poller: wait for room, receive, hand on; until retired.
-async fn poller(ctx: Arc<PipelineContext>, receives: mpsc::Sender<Vec<ReceivedMessage>>, retire: CancellationToken) {
-    ctx.metrics.pollers.increment(1.0);
-    let cfg = &ctx.config.pollers;
+/// Decrements the pollers gauge however the poller ends (a panic included).
+struct Alive(metrics::Gauge);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// One poller: take room, receive, hand on; until retired.
+async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMessage>>, retire: CancellationToken) {
+    stage.metrics.pollers.increment(1.0);
+    let _alive = Alive(stage.metrics.pollers.clone());
+    let cfg = &stage.config;
     let mut backoff = Backoff::default();
     loop {
-        tokio::select! {
+        let reservation = tokio::select! {
             biased;
             () = retire.cancelled() => break,
-            permit = ctx.room.acquire() => drop(permit),
-        }
+            r = stage.leases.reserve() => r,
+        };
         if retire.is_cancelled() {
             break;
         }
         // not cancellable: a long poll abandoned by the client can still take messages
-        let result = ctx.queue.receive(cfg.wait_time, cfg.visibility_timeout).await;
+        let result = stage.queue.receive(cfg.wait_time, cfg.visibility_timeout).await;
         match result {
             Ok(messages) => {
                 backoff.reset();
-                ctx.mark_ready();
-                ctx.scaling.receive(messages.len());
-                if messages.is_empty() {
-                    continue;
-                }
-                let (received, rejected) = ctx.accept(messages);
-                ctx.dispose_filtered(&rejected).await;
+                stage.ready.store(true, Ordering::Relaxed);
+                let n = messages.len();
+                let (received, kept) = stage.intake.take(reservation, messages).await;
+                // messages the filter keeps back are no demand
+                stage.scaling.receive(n - kept);
                 if received.is_empty() {
                     continue;
                 }
                 if let Err(mpsc::error::SendError(lost)) = receives.send(received).await {
                     // the batcher is gone (cannot happen before every poller stopped): do not hide them
-                    ctx.acker.release(&lost).await;
-                    ctx.metrics.in_flight_messages.decrement(lost.len() as f64);
+                    let ids: Vec<&str> = lost.iter().map(|m| m.message_id.as_str()).collect();
+                    stage.leases.release(&ids).await;
                 }
             }
             Err(e) => {
+                drop(reservation);
                 let delay = backoff.next_delay();
-                tracing::warn!(pipeline = %ctx.name(), error = %e, retry_in_ms = delay.as_millis() as u64, failures = backoff.failures(), "receive failed");
+                tracing::warn!(pipeline = %stage.metrics.pipeline, error = %e, retry_in_ms = delay.as_millis() as u64, failures = backoff.failures(), "receive failed");
                 tokio::select! {
                     () = retire.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
@@ -198,7 +210,6 @@ async fn poller(ctx: Arc<PipelineContext>, receives: mpsc::Sender<Vec<ReceivedMe
             }
         }
     }
-    ctx.metrics.pollers.decrement(1.0);
 }
 
 /// Shortest time between two depth samples asked for by a burst.
@@ -207,47 +218,54 @@ const BURST_SAMPLE_SPACING: Duration = Duration::from_millis(200);
 /// Samples the depth of the queue (and of the dead-letter queue) every `depth_interval` (and at
 /// once, at most every [`BURST_SAMPLE_SPACING`], while a burst is being scaled for) for the
 /// gauges and the autoscaler.
-pub async fn sample_depth(ctx: Arc<PipelineContext>) {
-    let mut tick = tokio::time::interval(ctx.config.depth_interval);
+pub struct DepthSampler {
+    pub interval: Duration,
+    pub queue: SqsQueue,
+    pub dead_letter: Option<SqsQueue>,
+    pub intake: Arc<Intake>,
+    pub scaling: Arc<Scaling>,
+    pub metrics: PipelineMetrics,
+    pub drain: CancellationToken,
+}
+
+pub async fn sample_depth(s: DepthSampler) {
+    let mut tick = tokio::time::interval(s.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = Instant::now();
     let mut oldest_secs = 0.0;
     loop {
         tokio::select! {
-            () = ctx.shutdown.drain.cancelled() => return,
+            () = s.drain.cancelled() => return,
             _ = tick.tick() => {}
-            () = ctx.scaling.sample_now.notified() => {
+            () = s.scaling.sample_now.notified() => {
                 tokio::time::sleep_until(last + BURST_SAMPLE_SPACING).await;
             }
         }
         let since_last = last.elapsed().as_secs_f64();
         last = Instant::now();
         let dead_letter = async {
-            if let Some(dlq) = &ctx.acker.dead_letter {
-                sample_queue(&ctx, dlq, &ctx.metrics.dead_letter_queue).await;
+            if let Some(dlq) = &s.dead_letter {
+                sample_queue(&s.metrics.pipeline, dlq, &s.metrics.dead_letter_queue).await;
             }
         };
-        let (visible, ()) = tokio::join!(sample_queue(&ctx, &ctx.queue, &ctx.metrics.source_queue), dead_letter);
+        let (visible, ()) =
+            tokio::join!(sample_queue(&s.metrics.pipeline, &s.queue, &s.metrics.source_queue), dead_letter);
         let Some(visible) = visible else { continue };
         // the oldest message received since the last sample; with none received, a waiting
         // backlog only gets older
-        let received_ms = ctx.take_oldest_age_ms();
+        let received_ms = s.intake.take_oldest_age_ms();
         oldest_secs = match received_ms {
             Some(ms) => ms as f64 / 1000.0,
             None if visible == 0 => 0.0,
             None => oldest_secs + since_last,
         };
-        ctx.metrics.oldest_message_age.set(oldest_secs);
-        ctx.scaling.backlog(visible);
+        s.metrics.oldest_message_age.set(oldest_secs);
+        s.scaling.backlog(visible);
     }
 }
 
 /// One GetQueueAttributes into `gauges`; the visible count, or `None` when the call failed.
-async fn sample_queue(
-    ctx: &PipelineContext,
-    queue: &crate::sqs::SqsQueue,
-    gauges: &crate::metrics::QueueGauges,
-) -> Option<u64> {
+async fn sample_queue(pipeline: &str, queue: &SqsQueue, gauges: &QueueGauges) -> Option<u64> {
     let names = [
         QueueAttributeName::ApproximateNumberOfMessages,
         QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
@@ -256,7 +274,7 @@ async fn sample_queue(
     let attrs = match queue.attributes(&names).await {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(pipeline = %ctx.name(), queue = %queue.url, error = %e, "queue depth sample failed");
+            tracing::warn!(pipeline = %pipeline, queue = %queue.url, error = %e, "queue depth sample failed");
             return None;
         }
     };

@@ -43,13 +43,7 @@ pub async fn sqs() -> Sqs {
         Some((200, _)) => {}
         other => panic!("the SQS emulator at {endpoint} does not answer on /health ({other:?}): {HOW_TO_START}"),
     }
-    let config = aws_sdk_sqs::config::Builder::new()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
-        .endpoint_url(&endpoint)
-        .build();
-    Sqs { endpoint, client: Client::from_conf(config) }
+    client_for(endpoint)
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -129,7 +123,10 @@ impl Sqs {
             .await
             .expect("GetQueueAttributes");
         let a = out.attributes.unwrap_or_default();
-        let get = |k: QueueAttributeName| a.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let get = |k: QueueAttributeName| -> u64 {
+            let v = a.get(&k).unwrap_or_else(|| panic!("GetQueueAttributes of {url} did not return {k:?}"));
+            v.parse().unwrap_or_else(|_| panic!("{k:?} of {url} is not a number: {v}"))
+        };
         (
             get(QueueAttributeName::ApproximateNumberOfMessages),
             get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
@@ -159,6 +156,39 @@ impl Sqs {
             all.extend(msgs);
         }
     }
+}
+
+pub const HOW_TO_START_LOCALSTACK: &str = "no LocalStack is running for the tests that need SQS's own FIFO and \
+     attribute rules. Start it with `scripts/services.sh start` (installs localstack-core into .local/localstack and \
+     writes .local/run/localstack.url), or run everything with `scripts/test.sh`; SQS_POLLER_TEST_LOCALSTACK=URL \
+     points the tests at another one";
+
+/// LocalStack (host mode), the emulator that behaves as SQS does for FIFO group locking,
+/// attribute character rules and FIFO-only parameters; found through `SQS_POLLER_TEST_LOCALSTACK`
+/// or `.local/run/localstack.url`.
+pub async fn localstack() -> Sqs {
+    let endpoint = std::env::var("SQS_POLLER_TEST_LOCALSTACK").ok().or_else(|| {
+        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/run/localstack.url");
+        std::fs::read_to_string(file).ok().map(|s| s.trim().to_string())
+    });
+    let Some(endpoint) = endpoint else { panic!("{HOW_TO_START_LOCALSTACK}") };
+    match http_get(&format!("{endpoint}/_localstack/health")).await {
+        Some((200, body)) if body.contains("\"sqs\"") => {}
+        other => panic!(
+            "LocalStack at {endpoint} does not answer on /_localstack/health ({other:?}): {HOW_TO_START_LOCALSTACK}"
+        ),
+    }
+    client_for(endpoint)
+}
+
+fn client_for(endpoint: String) -> Sqs {
+    let config = aws_sdk_sqs::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(&endpoint)
+        .build();
+    Sqs { endpoint, client: Client::from_conf(config) }
 }
 
 /// The moto server (for Lambda), started by `scripts/services.sh start`; found through
@@ -308,12 +338,16 @@ impl Worker {
 // The poller process
 // ---------------------------------------------------------------------------------------------
 
+/// A port that was free a moment ago, for programs that cannot bind port 0 and report it
+/// (Prometheus in the observability test). The service itself binds port 0 and logs its address.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub struct Poller {
     pub child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT` of /metrics, /healthz and /readyz, read from the service's log
+    /// (it binds port 0); empty until [`Poller::wait_listening`] found it.
     pub listen: String,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
@@ -327,7 +361,8 @@ pub async fn start_poller(sqs: &Sqs, grace_secs: u64, pipelines: &str) -> Poller
 
 /// As [`start_poller`], with more keys for the `[aws]` table (e.g. `lambda_endpoint_url`).
 pub async fn start_poller_with_aws(sqs: &Sqs, grace_secs: u64, aws_extra: &str, pipelines: &str) -> Poller {
-    let poller = spawn_poller_with_aws(&sqs.endpoint, grace_secs, aws_extra, pipelines);
+    let mut poller = spawn_poller_with_aws(&sqs.endpoint, grace_secs, aws_extra, pipelines);
+    poller.wait_listening().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some((200, _)) = http_get(&format!("{}/readyz", poller.listen)).await {
@@ -344,9 +379,8 @@ pub fn spawn_poller(endpoint: &str, grace_secs: u64, pipelines: &str) -> Poller 
 }
 
 fn spawn_poller_with_aws(endpoint: &str, grace_secs: u64, aws_extra: &str, pipelines: &str) -> Poller {
-    let port = free_port();
     let text = format!(
-        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{aws_extra}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n{pipelines}",
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{aws_extra}\n[server]\nlisten = \"127.0.0.1:0\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n{pipelines}",
         endpoint
     );
     let dir = tempfile::tempdir().unwrap();
@@ -365,10 +399,32 @@ fn spawn_poller_with_aws(endpoint: &str, grace_secs: u64, aws_extra: &str, pipel
         .kill_on_drop(true)
         .spawn()
         .expect("start sqs-poller");
-    Poller { child, listen: format!("http://127.0.0.1:{port}"), log, _dir: dir }
+    Poller { child, listen: String::new(), log, _dir: dir }
 }
 
 impl Poller {
+    /// Waits for the log line with the address the service bound, and sets `listen`.
+    pub async fn wait_listening(&mut self) -> &str {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = self.log_text();
+            let addr = log
+                .lines()
+                .find(|l| l.contains("serving /metrics"))
+                .and_then(|l| l.split("listen=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next());
+            if let Some(addr) = addr {
+                self.listen = format!("http://{addr}");
+                return &self.listen;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sqs-poller exited ({status}) before it listened; log:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "sqs-poller did not log its listen address; log:\n{log}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -377,22 +433,25 @@ impl Poller {
         http_get(&format!("{}/metrics", self.listen)).await.expect("GET /metrics").1
     }
 
-    /// The value of one series, e.g. `sqs_poller_messages_deleted_total{pipeline="p"}`; 0 if absent.
+    /// The value of one series, e.g. `sqs_poller_messages_deleted_total{pipeline="p"}`; panics
+    /// when it is absent.
     pub async fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics_text().await, series)
     }
 
-    /// Waits until `series` reaches at least `at_least`; panics with the log after `timeout`.
+    /// Waits until `series` reaches at least `at_least`; panics with the log after `timeout`
+    /// (saying so when the series never appeared).
     pub async fn wait_metric(&self, series: &str, at_least: f64, timeout: Duration) -> f64 {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.metric(series).await;
-            if v >= at_least {
+            let v = find_metric(&self.metrics_text().await, series);
+            if let Some(v) = v.filter(|v| *v >= at_least) {
                 return v;
             }
             assert!(
                 Instant::now() < deadline,
-                "{series} stayed at {v} (< {at_least}) for {timeout:?}; log:\n{}",
+                "{series} stayed at {} (< {at_least}) for {timeout:?}; log:\n{}",
+                v.map_or_else(|| "absent".to_string(), |v| v.to_string()),
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -417,15 +476,18 @@ impl Poller {
     }
 }
 
-/// Parses one series out of Prometheus text.
+/// Parses one series out of Prometheus text; panics, naming it, when the series is absent (an
+/// absent series is never a silent 0).
 pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    find_metric(text, series).unwrap_or_else(|| panic!("the series {series} is absent from /metrics:\n{text}"))
+}
+
+/// One series out of Prometheus text, `None` when absent.
+pub fn find_metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// GET over plain HTTP; `None` when nothing answers.
@@ -453,7 +515,18 @@ where
 
 /// A `[[pipelines]]` table with an http target; `extra` is appended (more tables or keys).
 pub fn http_pipeline(name: &str, queue_url: &str, worker_url: &str, extra: &str) -> String {
+    http_pipeline_with_target(name, queue_url, worker_url, "", extra)
+}
+
+/// As [`http_pipeline`], with more keys (`target_keys`) in its `[pipelines.target]` table.
+pub fn http_pipeline_with_target(
+    name: &str,
+    queue_url: &str,
+    worker_url: &str,
+    target_keys: &str,
+    extra: &str,
+) -> String {
     format!(
-        "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{queue_url}\"\n[pipelines.target]\ntype = \"http\"\nurl = \"{worker_url}\"\n{extra}\n"
+        "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{queue_url}\"\n[pipelines.target]\ntype = \"http\"\nurl = \"{worker_url}\"\n{target_keys}\n{extra}\n"
     )
 }

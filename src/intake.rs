@@ -1,0 +1,112 @@
+//! Intake: what happens to the messages of one receive before they are batched.
+//!
+//! Each SQS message becomes its Lambda record ([`ReceivedMessage`]), is put under lease (a copy of
+//! a message that is already leased goes no further), is counted and aged, and meets the filter.
+//! Messages the filter rejects are settled here: deleted (Lambda's semantics) or, with
+//! `on_filtered = "keep"`, made visible again only after `keep_delay_secs`, so that a queue of
+//! messages nobody here wants is not received over and over.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_sqs::types::Message;
+
+use crate::config::{FilterConfig, OnFiltered};
+use crate::event::{EventSource, ReceivedMessage};
+use crate::lease::{Admission, LeaseKeeper, Reservation};
+use crate::metrics::PipelineMetrics;
+
+pub struct Intake {
+    pub source: EventSource,
+    pub filter: Option<FilterConfig>,
+    pub leases: Arc<LeaseKeeper>,
+    pub metrics: PipelineMetrics,
+    /// Age in ms of the oldest message received since the last depth sample (0: none).
+    oldest_age_ms: AtomicU64,
+}
+
+impl Intake {
+    pub fn new(
+        source: EventSource,
+        filter: Option<FilterConfig>,
+        leases: Arc<LeaseKeeper>,
+        metrics: PipelineMetrics,
+    ) -> Self {
+        Intake { source, filter, leases, metrics, oldest_age_ms: AtomicU64::new(0) }
+    }
+
+    /// Takes one receive on: leases its messages (with the room reserved for it), settles what
+    /// the filter rejects, and returns the messages that go on to the batcher, in receive order,
+    /// with how many were kept back by the filter (which are no demand for the autoscaler).
+    pub async fn take(&self, reservation: Reservation, messages: Vec<Message>) -> (Vec<ReceivedMessage>, usize) {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let mut records = Vec::with_capacity(messages.len());
+        for m in messages {
+            match ReceivedMessage::from_sqs(m, &self.source) {
+                Ok(m) => records.push(m),
+                // without an id or a receipt handle it cannot be leased, deleted or released
+                Err(e) => tracing::error!(pipeline = %self.metrics.pipeline, error = %e, "skipping a message"),
+            }
+        }
+        self.metrics.received.increment(records.len() as u64);
+        let admissions =
+            self.leases.admit(reservation, records.iter().map(|m| (m.message_id.as_str(), m.receipt_handle.as_str())));
+        let mut pass = Vec::with_capacity(records.len());
+        let mut rejected = Vec::new();
+        let mut oldest_ms = 0;
+        for (m, admission) in records.into_iter().zip(admissions) {
+            if admission == Admission::Duplicate {
+                continue;
+            }
+            if let Some(sent) = m.sent_timestamp_ms {
+                let age_ms = now_ms.saturating_sub(sent);
+                oldest_ms = oldest_ms.max(age_ms);
+                self.metrics.message_age.record(age_ms as f64 / 1000.0);
+            }
+            if self.passes_filter(&m) {
+                pass.push(m);
+            } else {
+                rejected.push(m);
+            }
+        }
+        self.oldest_age_ms.fetch_max(oldest_ms.max(1), Ordering::Relaxed);
+        let kept = self.settle_filtered(&rejected).await;
+        (pass, kept)
+    }
+
+    fn passes_filter(&self, m: &ReceivedMessage) -> bool {
+        let Some(f) = &self.filter else { return true };
+        // record_json is serde_json's own output; were it ever unreadable, deliver rather than drop
+        crate::filter::match_value(&m.record_json).map_or(true, |record| f.filter.matches(&record))
+    }
+
+    /// Deletes (Lambda's semantics) or keeps (visible again after the keep delay) what the
+    /// filter rejected; returns how many were kept.
+    async fn settle_filtered(&self, rejected: &[ReceivedMessage]) -> usize {
+        let Some(f) = &self.filter else { return 0 };
+        if rejected.is_empty() {
+            return 0;
+        }
+        self.metrics.filtered.increment(rejected.len() as u64);
+        let ids: Vec<&str> = rejected.iter().map(|m| m.message_id.as_str()).collect();
+        match f.on_filtered {
+            OnFiltered::Delete => {
+                let deleted = self.leases.delete(&ids).await;
+                self.metrics.deleted.increment(deleted.len() as u64);
+                0
+            }
+            OnFiltered::Keep => {
+                let delay = f.keep_delay.as_secs() as i32;
+                let entries: Vec<(&str, i32)> = ids.iter().map(|id| (*id, delay)).collect();
+                self.leases.let_go(&entries).await;
+                rejected.len()
+            }
+        }
+    }
+
+    /// The oldest age seen since the last call, if anything was received.
+    pub fn take_oldest_age_ms(&self) -> Option<u64> {
+        Some(self.oldest_age_ms.swap(0, Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+}

@@ -1,0 +1,462 @@
+//! Leases: every received message is owned by the pipeline's [`LeaseKeeper`] from the moment
+//! `ReceiveMessage` returns it until it is deleted, retried, released or dead-lettered.
+//!
+//! - **Room.** Pollers take room for ten messages *before* they receive ([`LeaseKeeper::reserve`]);
+//!   the room of each admitted message is held by its lease and returned when the lease ends, so
+//!   the number of outstanding messages never exceeds `lease.max_outstanding`.
+//! - **Heartbeat.** One task extends the visibility of every lease with
+//!   `ChangeMessageVisibilityBatch` when half of it is left, counted from the receive, wherever the
+//!   message waits (channel, batcher, FIFO hold, dispatch); it stops at `lease.max_lease_secs`
+//!   (never past SQS's 12 hours from the receive) and then lets the message go, counted.
+//! - **One copy.** A message id received again while leased replaces the receipt handle of the
+//!   lease and the new copy goes no further ([`Admission::Duplicate`]); every settlement uses the
+//!   newest handle.
+//! - **Settling** (delete, retry after a backoff, release) goes through the keeper, which is the
+//!   only caller of `ChangeMessageVisibility`.
+//!
+//! [`LeaseTable`] is the pure bookkeeping (time is an argument); [`LeaseKeeper`] adds SQS and room.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::MAX_VISIBILITY_SECS;
+use crate::metrics::PipelineMetrics;
+use crate::sqs::SqsQueue;
+
+/// Messages one `ReceiveMessage` may return: the room a poller reserves before each call.
+pub const RECEIVE_MAX: usize = 10;
+
+/// SQS's limit on how long a receipt handle can be kept invisible, counted from its receive.
+const SQS_LEASE_LIMIT: Duration = Duration::from_secs(MAX_VISIBILITY_SECS);
+
+/// One outstanding message.
+#[derive(Debug, Clone)]
+struct Lease {
+    receipt_handle: String,
+    /// The first receive of this lease: the maximum lease counts from here.
+    leased_at: Instant,
+    /// The receive of the current receipt handle: SQS's 12-hour limit counts from here.
+    handle_received_at: Instant,
+    /// Until when SQS keeps the message invisible (as far as the keeper knows).
+    visible_until: Instant,
+    /// The maximum lease was reached: no more extensions.
+    lapsed: bool,
+}
+
+/// What [`LeaseTable::admit`] made of a received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A new lease: the message goes on.
+    New,
+    /// The message is already leased: its receipt handle was replaced; this copy goes no further.
+    Duplicate,
+}
+
+/// An extension the heartbeat should send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extension {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub visibility_secs: i32,
+}
+
+/// The leases of one pipeline; pure (every clock reading is an argument).
+#[derive(Debug)]
+pub struct LeaseTable {
+    visibility: Duration,
+    max_lease: Duration,
+    leases: HashMap<String, Lease>,
+}
+
+impl LeaseTable {
+    pub fn new(visibility: Duration, max_lease: Duration) -> Self {
+        LeaseTable { visibility, max_lease: max_lease.min(SQS_LEASE_LIMIT), leases: HashMap::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    /// Takes a message received at `now` (made invisible for the visibility timeout).
+    pub fn admit(&mut self, message_id: &str, receipt_handle: &str, now: Instant) -> Admission {
+        let visible_until = now + self.visibility;
+        match self.leases.get_mut(message_id) {
+            Some(lease) => {
+                lease.receipt_handle = receipt_handle.to_string();
+                lease.handle_received_at = now;
+                lease.visible_until = visible_until;
+                Admission::Duplicate
+            }
+            None => {
+                self.leases.insert(
+                    message_id.to_string(),
+                    Lease {
+                        receipt_handle: receipt_handle.to_string(),
+                        leased_at: now,
+                        handle_received_at: now,
+                        visible_until,
+                        lapsed: false,
+                    },
+                );
+                Admission::New
+            }
+        }
+    }
+
+    /// The current receipt handle of a leased message.
+    pub fn receipt_handle(&self, message_id: &str) -> Option<&str> {
+        self.leases.get(message_id).map(|l| l.receipt_handle.as_str())
+    }
+
+    /// Ends a lease; returns its last receipt handle.
+    pub fn end(&mut self, message_id: &str) -> Option<String> {
+        self.leases.remove(message_id).map(|l| l.receipt_handle)
+    }
+
+    /// The extensions due at `now` (half the visibility timeout or less left), each for at most
+    /// one visibility timeout and never past the maximum lease or SQS's 12-hour limit. Leases
+    /// that reached their maximum are marked lapsed and returned in the second list.
+    pub fn due(&mut self, now: Instant) -> (Vec<Extension>, Vec<String>) {
+        let mut extend = Vec::new();
+        let mut lapsed = Vec::new();
+        let half = self.visibility / 2;
+        for (id, lease) in &mut self.leases {
+            if lease.lapsed || lease.visible_until.saturating_duration_since(now) > half {
+                continue;
+            }
+            let lease_end = (lease.leased_at + self.max_lease).min(lease.handle_received_at + SQS_LEASE_LIMIT);
+            let room = lease_end.saturating_duration_since(now);
+            // whole seconds only; less than one second left is no extension at all
+            let secs = room.min(self.visibility).as_secs();
+            if secs == 0 || now + Duration::from_secs(secs) <= lease.visible_until {
+                lease.lapsed = true;
+                lapsed.push(id.clone());
+                continue;
+            }
+            extend.push(Extension {
+                message_id: id.clone(),
+                receipt_handle: lease.receipt_handle.clone(),
+                visibility_secs: secs as i32,
+            });
+        }
+        (extend, lapsed)
+    }
+
+    /// Records that SQS accepted an extension sent at `sent_at` (ignored when the lease has ended
+    /// or its receipt handle changed meanwhile).
+    pub fn extended(&mut self, e: &Extension, sent_at: Instant) {
+        if let Some(lease) = self.leases.get_mut(&e.message_id) {
+            if lease.receipt_handle == e.receipt_handle {
+                lease.visible_until = sent_at + Duration::from_secs(e.visibility_secs as u64);
+            }
+        }
+    }
+
+    /// Records that an extension failed for good (the receipt handle is no longer valid): the
+    /// keeper stops extending that lease.
+    pub fn extension_failed(&mut self, e: &Extension) {
+        if let Some(lease) = self.leases.get_mut(&e.message_id) {
+            if lease.receipt_handle == e.receipt_handle {
+                lease.lapsed = true;
+            }
+        }
+    }
+
+    /// When the next extension may be due.
+    pub fn next_due(&self) -> Option<Instant> {
+        let half = self.visibility / 2;
+        self.leases
+            .values()
+            .filter(|l| !l.lapsed)
+            .map(|l| l.visible_until.checked_sub(half).unwrap_or(l.visible_until))
+            .min()
+    }
+}
+
+/// Room for up to [`RECEIVE_MAX`] messages, taken before a receive.
+pub struct Reservation {
+    permit: OwnedSemaphorePermit,
+}
+
+/// The lease keeper of one pipeline.
+pub struct LeaseKeeper {
+    queue: SqsQueue,
+    pipeline: String,
+    metrics: PipelineMetrics,
+    room: Arc<Semaphore>,
+    table: Mutex<LeaseTable>,
+    /// Woken when a lease is added, so the heartbeat plans its next tick.
+    added: tokio::sync::Notify,
+}
+
+impl LeaseKeeper {
+    /// A keeper for `max_outstanding` messages (at least [`RECEIVE_MAX`]).
+    pub fn new(
+        queue: SqsQueue,
+        visibility: Duration,
+        max_lease: Duration,
+        max_outstanding: usize,
+        metrics: PipelineMetrics,
+    ) -> Self {
+        let max_outstanding = max_outstanding.max(RECEIVE_MAX);
+        metrics.max_outstanding.set(max_outstanding as f64);
+        LeaseKeeper {
+            queue,
+            pipeline: metrics.pipeline.clone(),
+            metrics,
+            room: Arc::new(Semaphore::new(max_outstanding)),
+            table: Mutex::new(LeaseTable::new(visibility, max_lease)),
+            added: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
+        self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits for room for one receive (up to [`RECEIVE_MAX`] messages).
+    pub async fn reserve(&self) -> Reservation {
+        let permit = self.room.clone().acquire_many_owned(RECEIVE_MAX as u32).await.expect("the room is never closed");
+        Reservation { permit }
+    }
+
+    /// Messages outstanding now.
+    pub fn outstanding(&self) -> usize {
+        self.table().len()
+    }
+
+    /// Ids of the messages outstanding now.
+    pub fn outstanding_ids(&self) -> Vec<String> {
+        self.table().leases.keys().cloned().collect()
+    }
+
+    /// Puts what one receive returned under lease: `(message id, receipt handle)` pairs. Returns,
+    /// per message, whether it is new (goes on) or a duplicate (stops here). The reservation's
+    /// room is kept for the new ones and the rest returned.
+    pub fn admit<'a>(
+        &self,
+        reservation: Reservation,
+        received: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<Admission> {
+        let now = Instant::now();
+        let admissions: Vec<Admission> = {
+            let mut table = self.table();
+            let a = received.into_iter().map(|(id, rh)| table.admit(id, rh, now)).collect();
+            self.metrics.in_flight_messages.set(table.len() as f64);
+            a
+        };
+        let new = admissions.iter().filter(|a| **a == Admission::New).count();
+        let duplicates = admissions.len() - new;
+        if duplicates > 0 {
+            self.metrics.duplicates.increment(duplicates as u64);
+            tracing::info!(pipeline = %self.pipeline, duplicates, "received messages that are already leased; their receipt handles were replaced");
+        }
+        // the room of each new message now belongs to its lease; the rest goes back
+        let mut permit = reservation.permit;
+        if let Some(kept) = permit.split(new) {
+            kept.forget();
+        }
+        drop(permit);
+        if new > 0 {
+            self.added.notify_one();
+        }
+        admissions
+    }
+
+    /// Ends the leases of `ids` and returns their last receipt handles (a message without a
+    /// lease is skipped), with its index into `ids`. The room stays taken until
+    /// [`Self::return_room`]: the lease ends *before* the settling call, so that a receive of the
+    /// same message once it is visible again is a new delivery, not a duplicate of a lease that
+    /// is about to end.
+    fn end(&self, ids: &[&str]) -> Vec<(usize, String)> {
+        let mut table = self.table();
+        let ended: Vec<(usize, String)> =
+            ids.iter().enumerate().filter_map(|(i, id)| table.end(id).map(|rh| (i, rh))).collect();
+        self.metrics.in_flight_messages.set(table.len() as f64);
+        ended
+    }
+
+    fn return_room(&self, n: usize) {
+        self.room.add_permits(n);
+    }
+
+    /// Deletes `ids` (processed, filtered out or dead-lettered) and ends their leases; returns the
+    /// indexes (into `ids`) that SQS deleted.
+    pub async fn delete(&self, ids: &[&str]) -> Vec<usize> {
+        let ended = self.end(ids);
+        let receipts: Vec<&str> = ended.iter().map(|(_, rh)| rh.as_str()).collect();
+        let failed = self.queue.delete(&receipts).await;
+        self.return_room(ended.len());
+        ended.iter().enumerate().filter(|(k, _)| !failed.contains(k)).map(|(_, (i, _))| *i).collect()
+    }
+
+    /// Makes `ids` visible again after the given seconds (a retry backoff, or 0 to release) and
+    /// ends their leases; returns how many SQS accepted.
+    pub async fn let_go(&self, entries: &[(&str, i32)]) -> usize {
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| *id).collect();
+        let ended = self.end(&ids);
+        let changes: Vec<(&str, i32)> = ended.iter().map(|(i, rh)| (rh.as_str(), entries[*i].1)).collect();
+        let failed = self.queue.change_visibility(&changes).await;
+        self.return_room(ended.len());
+        if !failed.is_empty() {
+            tracing::warn!(pipeline = %self.pipeline, messages = failed.len(), "could not change the visibility of messages being let go; they come back after their visibility timeout");
+        }
+        changes.len() - failed.len()
+    }
+
+    /// Makes `ids` visible at once and ends their leases, counting them as released.
+    pub async fn release(&self, ids: &[&str]) {
+        let entries: Vec<(&str, i32)> = ids.iter().map(|id| (*id, 0)).collect();
+        let released = self.let_go(&entries).await;
+        self.metrics.released.increment(released as u64);
+    }
+
+    /// Keeps every lease invisible until `stop` is cancelled. Extensions go out when half a
+    /// visibility timeout is left; a failed one is a warning and a counter.
+    pub async fn heartbeat(&self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let next = self.table().next_due();
+            // a lease added meanwhile may be due earlier: re-plan when one is added
+            let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.added.notified() => continue,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            self.extend_due().await;
+        }
+    }
+
+    /// One round of extensions.
+    pub async fn extend_due(&self) {
+        let now = Instant::now();
+        let (due, lapsed) = self.table().due(now);
+        if !lapsed.is_empty() {
+            self.metrics.leases_expired.increment(lapsed.len() as u64);
+            tracing::warn!(pipeline = %self.pipeline, messages = lapsed.len(), "messages reached lease.max_lease_secs (or SQS's 12-hour limit): no longer extended, they become visible when their visibility timeout ends");
+        }
+        if due.is_empty() {
+            return;
+        }
+        let entries: Vec<(&str, i32)> = due.iter().map(|e| (e.receipt_handle.as_str(), e.visibility_secs)).collect();
+        let failed = self.queue.change_visibility(&entries).await;
+        let mut table = self.table();
+        for (k, e) in due.iter().enumerate() {
+            if failed.contains(&k) {
+                table.extension_failed(e);
+            } else {
+                table.extended(e, now);
+            }
+        }
+        drop(table);
+        self.metrics.lease_extensions.increment((due.len() - failed.len()) as u64);
+        if !failed.is_empty() {
+            self.metrics.lease_extensions_failed.increment(failed.len() as u64);
+            tracing::warn!(pipeline = %self.pipeline, messages = failed.len(), "could not extend the visibility of leased messages; they may be delivered again");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_second_receive_replaces_the_handle_and_is_a_duplicate() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(secs(30), secs(3600));
+        assert_eq!(t.admit("m", "rh1", t0), Admission::New);
+        assert_eq!(t.admit("m", "rh2", t0 + secs(40)), Admission::Duplicate);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.receipt_handle("m"), Some("rh2"));
+        assert_eq!(t.end("m").as_deref(), Some("rh2"));
+        assert!(t.is_empty());
+        assert_eq!(t.admit("m", "rh3", t0 + secs(50)), Admission::New, "after the lease ended it is new again");
+    }
+
+    #[test]
+    fn extensions_fall_due_at_half_the_visibility_timeout() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(secs(30), secs(3600));
+        t.admit("m", "rh", t0);
+        assert_eq!(t.next_due(), Some(t0 + secs(15)));
+        assert!(t.due(t0 + secs(14)).0.is_empty());
+        let (due, lapsed) = t.due(t0 + secs(15));
+        assert!(lapsed.is_empty());
+        assert_eq!(due, vec![Extension { message_id: "m".into(), receipt_handle: "rh".into(), visibility_secs: 30 }]);
+        t.extended(&due[0], t0 + secs(15));
+        assert_eq!(t.next_due(), Some(t0 + secs(30)));
+        assert!(t.due(t0 + secs(29)).0.is_empty());
+    }
+
+    #[test]
+    fn the_maximum_lease_caps_extensions_then_lets_go() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(secs(30), secs(40));
+        t.admit("m", "rh", t0);
+        let (due, _) = t.due(t0 + secs(15));
+        assert_eq!(due[0].visibility_secs, 25, "up to the 40 s maximum, not a whole timeout");
+        t.extended(&due[0], t0 + secs(15));
+        let (due, lapsed) = t.due(t0 + secs(28));
+        assert!(due.is_empty());
+        assert_eq!(lapsed, vec!["m".to_string()]);
+        assert_eq!(t.next_due(), None, "a lapsed lease is not extended again");
+        assert_eq!(t.len(), 1, "it stays leased until it is settled");
+    }
+
+    #[test]
+    fn never_past_twelve_hours_from_the_receive() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(secs(600), secs(1_000_000));
+        t.admit("m", "rh", t0);
+        let mut now = t0;
+        let mut total = secs(600);
+        loop {
+            now += secs(300);
+            let (due, lapsed) = t.due(now);
+            if !lapsed.is_empty() {
+                break;
+            }
+            for e in &due {
+                t.extended(e, now);
+                total = now - t0 + secs(e.visibility_secs as u64);
+            }
+        }
+        assert!(total <= SQS_LEASE_LIMIT, "visible after {total:?}");
+        assert!(total >= SQS_LEASE_LIMIT - secs(300));
+    }
+
+    #[test]
+    fn a_stale_extension_does_not_touch_a_newer_handle() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(secs(30), secs(3600));
+        t.admit("m", "rh1", t0);
+        let (due, _) = t.due(t0 + secs(15));
+        t.admit("m", "rh2", t0 + secs(16));
+        t.extension_failed(&due[0]);
+        assert_eq!(t.next_due(), Some(t0 + secs(31)), "the new handle is still extended");
+    }
+
+    #[tokio::test]
+    async fn room_is_returned_for_duplicates_and_empty_receives() {
+        let room = Arc::new(Semaphore::new(20));
+        let p = room.clone().acquire_many_owned(10).await.unwrap();
+        let mut p = p;
+        let kept = p.split(3).unwrap();
+        kept.forget();
+        drop(p);
+        assert_eq!(room.available_permits(), 17);
+    }
+}
