@@ -20,7 +20,7 @@ use crate::dispatch::response::{self, Verdict};
 use crate::event::{attribute_to_sqs, ReceivedMessage};
 use crate::lease::LeaseKeeper;
 use crate::metrics::PipelineMetrics;
-use crate::sqs::SqsQueue;
+use crate::sqs::Queue;
 
 /// SQS allows at most this many message attributes per message.
 const MAX_MESSAGE_ATTRIBUTES: usize = 10;
@@ -48,11 +48,18 @@ impl AckPlan {
 ///
 /// `max_receive_count` is the dead-letter threshold when `[pipelines.dead_letter]` is set: a
 /// failed message that has been received that many times is dead-lettered instead of retried.
+///
+/// FIFO (`fifo`): only the first failed message of each group failed on its own; the later
+/// messages of that group in the batch were stopped behind it (never processed, whatever the
+/// handler reported for them), so they are retried, never dead-lettered — one poison message
+/// must not drag the rest of its group to the dead-letter queue. A group's retried messages
+/// share the backoff of its first, so they come back together and in order.
 pub fn plan(
     batch: &[ReceivedMessage],
     verdict: &Verdict,
     retry: &RetryConfig,
     max_receive_count: Option<u32>,
+    fifo: bool,
     jitter: &mut dyn FnMut() -> f64,
 ) -> AckPlan {
     let mut failed = vec![false; batch.len()];
@@ -62,17 +69,23 @@ pub fn plan(
         Verdict::AllFailed(_) => failed.iter_mut().for_each(|f| *f = true),
     }
     let mut out = AckPlan::default();
-    // FIFO: a group's retried messages share the backoff of its first, so they come back together
-    // and in order (an emulator that does not lock the group must not see a later one first)
+    // FIFO: the backoff of each group's first failure (an emulator that does not lock the group
+    // must not see a later message first either)
     let mut group_backoff: HashMap<&str, i32> = HashMap::new();
     for (i, m) in batch.iter().enumerate() {
+        let group = m.group_id.as_deref().filter(|_| fifo);
+        let stopped_behind = group.is_some_and(|g| group_backoff.contains_key(g));
         if !failed[i] {
             out.delete.push(i);
-        } else if max_receive_count.is_some_and(|max| m.receive_count >= max) {
+        } else if !stopped_behind && max_receive_count.is_some_and(|max| m.receive_count >= max) {
             out.dead_letter.push(i);
+            if let Some(g) = group {
+                // the group's later messages go back at once: their failure is gone
+                group_backoff.insert(g, 0);
+            }
         } else {
             let mut own = || backoff_secs(m.receive_count, retry, jitter());
-            let secs = match m.group_id.as_deref() {
+            let secs = match group {
                 Some(g) => *group_backoff.entry(g).or_insert_with(own),
                 None => own(),
             };
@@ -113,9 +126,11 @@ pub fn backoff_secs(receive_count: u32, retry: &RetryConfig, jitter: f64) -> i32
 /// queue.
 pub struct Acker {
     pub leases: Arc<LeaseKeeper>,
-    pub dead_letter: Option<SqsQueue>,
+    pub dead_letter: Option<Arc<dyn Queue>>,
     /// `[pipelines.dead_letter] max_receive_count`, when set.
     pub max_receive_count: Option<u32>,
+    /// A FIFO queue: groups fail at their first failure.
+    pub fifo: bool,
     pub pipeline: String,
     pub retry: RetryConfig,
     pub metrics: PipelineMetrics,
@@ -128,7 +143,7 @@ fn ids(batch: &[ReceivedMessage], which: impl Iterator<Item = usize>) -> Vec<&st
 impl Acker {
     /// Counts a batch's outcome, plans its acknowledgement and carries it out; returns the plan.
     pub async fn settle(&self, batch: &[ReceivedMessage], verdict: &Verdict) -> AckPlan {
-        let plan = plan(batch, verdict, &self.retry, self.max_receive_count, &mut fastrand::f64);
+        let plan = plan(batch, verdict, &self.retry, self.max_receive_count, self.fifo, &mut fastrand::f64);
         let failed = plan.failed();
         self.metrics.succeeded.increment(plan.delete.len() as u64);
         self.metrics.failed.increment(failed as u64);
@@ -178,7 +193,7 @@ impl Acker {
     pub async fn release_throttled(&self, batch: &[ReceivedMessage]) -> AckPlan {
         self.metrics.throttle_released.increment(batch.len() as u64);
         let all_failed = Verdict::AllFailed(String::new());
-        let plan = plan(batch, &all_failed, &self.retry, None, &mut fastrand::f64);
+        let plan = plan(batch, &all_failed, &self.retry, None, self.fifo, &mut fastrand::f64);
         let entries: Vec<(&str, i32)> =
             plan.retry.iter().map(|&(i, secs)| (batch[i].message_id.as_str(), secs)).collect();
         self.leases.let_go(&entries).await;
@@ -212,7 +227,7 @@ impl Acker {
         let Some(dlq) = &self.dead_letter else {
             return;
         };
-        let dlq_fifo = dlq.url.ends_with(".fifo");
+        let dlq_fifo = dlq.url().ends_with(".fifo");
         let sends = futures_util::future::join_all(which.iter().map(|&i| async move {
             let m = &batch[i];
             let record = m.record();
@@ -354,13 +369,13 @@ mod tests {
 
     #[test]
     fn success_deletes_everything() {
-        let p = plan(&batch(&[1, 2, 3]), &Verdict::AllSucceeded, &retry(1, 300), Some(3), &mut || 1.0);
+        let p = plan(&batch(&[1, 2, 3]), &Verdict::AllSucceeded, &retry(1, 300), Some(3), false, &mut || 1.0);
         assert_eq!(p, AckPlan { delete: vec![0, 1, 2], ..Default::default() });
     }
 
     #[test]
     fn partial_failure_retries_only_the_failed() {
-        let p = plan(&batch(&[1, 1, 2]), &Verdict::Partial(vec![1, 2]), &retry(1, 300), None, &mut || 1.0);
+        let p = plan(&batch(&[1, 1, 2]), &Verdict::Partial(vec![1, 2]), &retry(1, 300), None, false, &mut || 1.0);
         assert_eq!(p.delete, vec![0]);
         assert_eq!(p.retry, vec![(1, 1), (2, 2)]);
         assert!(p.dead_letter.is_empty());
@@ -369,12 +384,12 @@ mod tests {
     #[test]
     fn failures_at_the_receive_limit_go_to_the_dead_letter_queue() {
         let b = batch(&[1, 3, 4]);
-        let p = plan(&b, &Verdict::AllFailed("boom".into()), &retry(1, 300), Some(3), &mut || 1.0);
+        let p = plan(&b, &Verdict::AllFailed("boom".into()), &retry(1, 300), Some(3), false, &mut || 1.0);
         assert!(p.delete.is_empty());
         assert_eq!(p.retry, vec![(0, 1)]);
         assert_eq!(p.dead_letter, vec![1, 2]);
         // without a dead-letter section the queue's redrive policy decides: keep retrying
-        let p = plan(&b, &Verdict::AllFailed("boom".into()), &retry(1, 300), None, &mut || 1.0);
+        let p = plan(&b, &Verdict::AllFailed("boom".into()), &retry(1, 300), None, false, &mut || 1.0);
         assert_eq!(p.retry.len(), 3);
         assert_eq!(p.failed(), 3);
     }
@@ -395,9 +410,23 @@ mod tests {
             m.group_id = Some(g.to_string());
         }
         let mut jitters = [0.0, 0.9, 0.5, 0.3].into_iter();
-        let p = plan(&b, &Verdict::AllFailed("x".into()), &retry(10, 300), None, &mut || jitters.next().unwrap());
+        let p = plan(&b, &Verdict::AllFailed("x".into()), &retry(10, 300), None, true, &mut || jitters.next().unwrap());
         assert_eq!(p.retry, vec![(0, 5), (1, 5), (2, 10), (3, 5)], "group a shares its first backoff");
         assert_eq!(p.failed_groups(&b), vec![("a".to_string(), 5), ("b".to_string(), 10)]);
+    }
+
+    #[test]
+    fn fifo_messages_stopped_behind_a_failure_are_never_dead_lettered() {
+        let mut b = batch(&[4, 4, 4, 4]);
+        for (m, g) in b.iter_mut().zip(["a", "a", "b", "a"]) {
+            m.group_id = Some(g.to_string());
+        }
+        let p = plan(&b, &Verdict::AllFailed("x".into()), &retry(1, 300), Some(4), true, &mut || 1.0);
+        assert_eq!(p.dead_letter, vec![0, 2], "the first failure of each group");
+        assert_eq!(p.retry, vec![(1, 0), (3, 0)], "the rest of group a comes back at once, in order");
+        // a standard queue's messages all failed on their own
+        let p = plan(&b, &Verdict::AllFailed("x".into()), &retry(1, 300), Some(4), false, &mut || 1.0);
+        assert_eq!(p.dead_letter, vec![0, 1, 2, 3]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::config::MAX_VISIBILITY_SECS;
 use crate::metrics::PipelineMetrics;
-use crate::sqs::SqsQueue;
+use crate::sqs::Queue;
 
 /// Messages one `ReceiveMessage` may return: the room a poller reserves before each call.
 pub const RECEIVE_MAX: usize = 10;
@@ -45,7 +45,20 @@ struct Lease {
     visible_until: Instant,
     /// The maximum lease was reached: no more extensions.
     lapsed: bool,
+    /// An extension failed: the next try waits until then.
+    retry_at: Option<Instant>,
 }
+
+impl Lease {
+    /// Extending is worth trying at `now`: not lapsed, still invisible (a lease whose visibility
+    /// ran out waits for the message to be received again, which renews it), not backing off.
+    fn extendable(&self, now: Instant) -> bool {
+        !self.lapsed && self.visible_until > now && self.retry_at.is_none_or(|t| t <= now)
+    }
+}
+
+/// Pause before an extension that failed is tried again.
+const EXTENSION_RETRY: Duration = Duration::from_secs(1);
 
 /// What [`LeaseTable::admit`] made of a received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +106,7 @@ impl LeaseTable {
                 lease.receipt_handle = receipt_handle.to_string();
                 lease.handle_received_at = now;
                 lease.visible_until = visible_until;
+                lease.retry_at = None;
                 Admission::Duplicate
             }
             None => {
@@ -104,6 +118,7 @@ impl LeaseTable {
                         handle_received_at: now,
                         visible_until,
                         lapsed: false,
+                        retry_at: None,
                     },
                 );
                 Admission::New
@@ -129,7 +144,7 @@ impl LeaseTable {
         let mut lapsed = Vec::new();
         let half = self.visibility / 2;
         for (id, lease) in &mut self.leases {
-            if lease.lapsed || lease.visible_until.saturating_duration_since(now) > half {
+            if !lease.extendable(now) || lease.visible_until.saturating_duration_since(now) > half {
                 continue;
             }
             let lease_end = (lease.leased_at + self.max_lease).min(lease.handle_received_at + SQS_LEASE_LIMIT);
@@ -160,23 +175,26 @@ impl LeaseTable {
         }
     }
 
-    /// Records that an extension failed for good (the receipt handle is no longer valid): the
-    /// keeper stops extending that lease.
-    pub fn extension_failed(&mut self, e: &Extension) {
+    /// Records that an extension sent at `now` failed: it is tried again a moment later, while
+    /// the message is still invisible.
+    pub fn extension_failed(&mut self, e: &Extension, now: Instant) {
         if let Some(lease) = self.leases.get_mut(&e.message_id) {
             if lease.receipt_handle == e.receipt_handle {
-                lease.lapsed = true;
+                lease.retry_at = Some(now + EXTENSION_RETRY.min(self.visibility / 4));
             }
         }
     }
 
-    /// When the next extension may be due.
-    pub fn next_due(&self) -> Option<Instant> {
+    /// When the next extension may be due (`now` or later).
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
         let half = self.visibility / 2;
         self.leases
             .values()
-            .filter(|l| !l.lapsed)
-            .map(|l| l.visible_until.checked_sub(half).unwrap_or(l.visible_until))
+            .filter(|l| !l.lapsed && l.visible_until > now)
+            .map(|l| {
+                let due = l.visible_until.checked_sub(half).unwrap_or(now);
+                due.max(l.retry_at.unwrap_or(due)).max(now)
+            })
             .min()
     }
 }
@@ -188,7 +206,7 @@ pub struct Reservation {
 
 /// The lease keeper of one pipeline.
 pub struct LeaseKeeper {
-    queue: SqsQueue,
+    queue: Arc<dyn Queue>,
     pipeline: String,
     metrics: PipelineMetrics,
     room: Arc<Semaphore>,
@@ -200,7 +218,7 @@ pub struct LeaseKeeper {
 impl LeaseKeeper {
     /// A keeper for `max_outstanding` messages (at least [`RECEIVE_MAX`]).
     pub fn new(
-        queue: SqsQueue,
+        queue: Arc<dyn Queue>,
         visibility: Duration,
         max_lease: Duration,
         max_outstanding: usize,
@@ -323,7 +341,7 @@ impl LeaseKeeper {
     /// visibility timeout is left; a failed one is a warning and a counter.
     pub async fn heartbeat(&self, stop: tokio_util::sync::CancellationToken) {
         loop {
-            let next = self.table().next_due();
+            let next = self.table().next_due(Instant::now());
             // a lease added meanwhile may be due earlier: re-plan when one is added
             let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -351,7 +369,7 @@ impl LeaseKeeper {
         let mut table = self.table();
         for (k, e) in due.iter().enumerate() {
             if failed.contains(&k) {
-                table.extension_failed(e);
+                table.extension_failed(e, now);
             } else {
                 table.extended(e, now);
             }
@@ -391,13 +409,13 @@ mod tests {
         let t0 = Instant::now();
         let mut t = LeaseTable::new(secs(30), secs(3600));
         t.admit("m", "rh", t0);
-        assert_eq!(t.next_due(), Some(t0 + secs(15)));
+        assert_eq!(t.next_due(t0), Some(t0 + secs(15)));
         assert!(t.due(t0 + secs(14)).0.is_empty());
         let (due, lapsed) = t.due(t0 + secs(15));
         assert!(lapsed.is_empty());
         assert_eq!(due, vec![Extension { message_id: "m".into(), receipt_handle: "rh".into(), visibility_secs: 30 }]);
         t.extended(&due[0], t0 + secs(15));
-        assert_eq!(t.next_due(), Some(t0 + secs(30)));
+        assert_eq!(t.next_due(t0 + secs(15)), Some(t0 + secs(30)));
         assert!(t.due(t0 + secs(29)).0.is_empty());
     }
 
@@ -412,7 +430,7 @@ mod tests {
         let (due, lapsed) = t.due(t0 + secs(28));
         assert!(due.is_empty());
         assert_eq!(lapsed, vec!["m".to_string()]);
-        assert_eq!(t.next_due(), None, "a lapsed lease is not extended again");
+        assert_eq!(t.next_due(t0 + secs(28)), None, "a lapsed lease is not extended again");
         assert_eq!(t.len(), 1, "it stays leased until it is settled");
     }
 
@@ -445,8 +463,25 @@ mod tests {
         t.admit("m", "rh1", t0);
         let (due, _) = t.due(t0 + secs(15));
         t.admit("m", "rh2", t0 + secs(16));
-        t.extension_failed(&due[0]);
-        assert_eq!(t.next_due(), Some(t0 + secs(31)), "the new handle is still extended");
+        t.extension_failed(&due[0], t0 + secs(16));
+        assert_eq!(t.next_due(t0 + secs(16)), Some(t0 + secs(31)), "the new handle is still extended");
+    }
+
+    #[test]
+    fn a_failed_extension_is_tried_again_while_the_message_is_invisible() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(secs(30), secs(3600));
+        t.admit("m", "rh", t0);
+        let (due, _) = t.due(t0 + secs(15));
+        t.extension_failed(&due[0], t0 + secs(15));
+        assert!(t.due(t0 + secs(15)).0.is_empty(), "not at once");
+        assert_eq!(t.next_due(t0 + secs(15)), Some(t0 + secs(16)));
+        assert_eq!(t.due(t0 + secs(16)).0.len(), 1, "a second later");
+        // the visibility ran out: nothing to extend until the message is received again
+        assert!(t.due(t0 + secs(31)).0.is_empty());
+        assert_eq!(t.next_due(t0 + secs(31)), None);
+        t.admit("m", "rh2", t0 + secs(32));
+        assert_eq!(t.next_due(t0 + secs(32)), Some(t0 + secs(47)), "a new receive renews the lease");
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ pub mod poller;
 pub mod redrive;
 pub mod server;
 pub mod shutdown;
+pub mod sim;
 pub mod sqs;
 
 use std::sync::atomic::AtomicBool;
@@ -74,7 +75,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             .with_context(|| format!("pipeline {}: cannot start its runtime-api target", p.name))?;
         pipelines.push(PipelineParts {
             config: p.clone(),
-            client: client.clone(),
+            queue: Arc::new(sqs::SqsQueue::new(client.clone(), p.queue_url.clone(), m.clone())),
+            dead_letter: p.dead_letter.as_ref().map(|d| {
+                Arc::new(sqs::SqsQueue::new(client.clone(), d.queue_url.clone(), m.clone())) as Arc<dyn sqs::Queue>
+            }),
             target,
             metrics: m,
             shutdown: shutdown.clone(),

@@ -31,12 +31,14 @@ use crate::lease::LeaseKeeper;
 use crate::metrics::PipelineMetrics;
 use crate::poller::{sample_depth, DepthSampler, Fleet, PollerStage, Scaling};
 use crate::shutdown::Shutdown;
-use crate::sqs::{SqsError, SqsQueue};
+use crate::sqs::{Queue, SqsError};
 
 /// What a pipeline is built from.
 pub struct PipelineParts {
     pub config: PipelineConfig,
-    pub client: aws_sdk_sqs::Client,
+    /// The source queue (`config.queue_url`) and the dead-letter queue, if configured.
+    pub queue: Arc<dyn Queue>,
+    pub dead_letter: Option<Arc<dyn Queue>>,
     pub target: Target,
     pub metrics: PipelineMetrics,
     pub shutdown: Shutdown,
@@ -57,7 +59,7 @@ struct Discovered {
 /// A non-retryable error (the queue does not exist, access denied): the pipeline cannot run.
 async fn discover(
     cfg: &PipelineConfig,
-    queue: &SqsQueue,
+    queue: &dyn Queue,
     drain: &CancellationToken,
 ) -> Result<Option<Discovered>, SqsError> {
     let mut backoff = Backoff::default();
@@ -75,7 +77,7 @@ async fn discover(
             Err(e) => return Err(e),
         }
     };
-    let region = crate::sqs::region_of(queue.client());
+    let region = queue.region();
     let queue_arn = attrs.get("QueueArn").cloned().unwrap_or_else(|| arn_from_queue_url(&cfg.queue_url, &region));
     let queue_visibility = attrs.get("VisibilityTimeout").and_then(|v| v.parse().ok()).unwrap_or(30);
     let visibility = cfg.pollers.visibility_timeout.unwrap_or(Duration::from_secs(queue_visibility));
@@ -91,9 +93,8 @@ async fn discover(
 /// # Errors
 /// When the queue cannot be used at all (it does not exist, access is denied).
 pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
-    let PipelineParts { config: cfg, client, target, metrics, shutdown, ready } = parts;
-    let queue = SqsQueue::new(client.clone(), cfg.queue_url.clone(), metrics.clone());
-    let Some(found) = discover(&cfg, &queue, &shutdown.drain).await? else { return Ok(()) };
+    let PipelineParts { config: cfg, queue, dead_letter, target, metrics, shutdown, ready } = parts;
+    let Some(found) = discover(&cfg, queue.as_ref(), &shutdown.drain).await? else { return Ok(()) };
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
 
     let leases = Arc::new(LeaseKeeper::new(
@@ -103,14 +104,13 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
         cfg.lease.max_outstanding,
         metrics.clone(),
     ));
-    let dead_letter =
-        cfg.dead_letter.as_ref().map(|d| SqsQueue::new(client.clone(), d.queue_url.clone(), metrics.clone()));
     let scaling = Arc::new(Scaling::new(&cfg.name, cfg.pollers.min, cfg.pollers.max, metrics.pollers_desired.clone()));
     let intake = Arc::new(Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.clone()));
     let acker = Acker {
         leases: leases.clone(),
         dead_letter: dead_letter.clone(),
         max_receive_count: cfg.dead_letter.as_ref().map(|d| d.max_receive_count),
+        fifo: cfg.fifo,
         pipeline: cfg.name.clone(),
         retry: cfg.retry.clone(),
         metrics: metrics.clone(),

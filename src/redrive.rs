@@ -56,7 +56,8 @@ pub async fn redrive(
         };
         if !put_back.is_empty() {
             let receipts: Vec<&str> = put_back.iter().filter_map(|m| m.receipt_handle.as_deref()).collect();
-            source.release(&receipts).await;
+            let entries: Vec<(&str, i32)> = receipts.iter().map(|r| (*r, 0)).collect();
+            source.change_visibility(&entries).await;
         }
         let sends = futures_util::future::join_all(take.iter().map(|m| send_copy(&destination, m, to_fifo))).await;
         let sent: Vec<&str> = take

@@ -1,4 +1,6 @@
-//! The SQS edge: one [`SqsQueue`] per queue URL over the real `aws-sdk-sqs` client.
+//! The SQS edge: the [`Queue`] trait every stage talks through, and [`SqsQueue`], its
+//! implementation over the real `aws-sdk-sqs` client (one per queue URL). The other
+//! implementation is the in-memory [`crate::sim::SimQueue`] of the simulation tests.
 //!
 //! Contract of the calls the stages rely on:
 //! - `receive` returns at most 10 messages, after at most the long-poll wait; it is not retried
@@ -27,6 +29,70 @@ use aws_sdk_sqs::Client;
 use crate::config::AwsConfig;
 use crate::metrics::PipelineMetrics;
 
+/// One SQS queue as the pipeline's stages use it. Object-safe (boxed futures), so stages hold an
+/// `Arc<dyn Queue>` and the simulation can stand in for SQS.
+pub trait Queue: Send + Sync {
+    /// The queue URL.
+    fn url(&self) -> &str;
+    /// The region records name as `awsRegion`.
+    fn region(&self) -> String;
+    /// One ReceiveMessage for up to 10 messages with every attribute.
+    fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>>;
+    /// Queue attributes by name.
+    fn attributes<'a>(
+        &'a self,
+        names: &'a [QueueAttributeName],
+    ) -> BoxFuture<'a, Result<HashMap<String, String>, SqsError>>;
+    /// Deletes by receipt handle; the indexes that could not be deleted.
+    fn delete<'a>(&'a self, receipts: &'a [&'a str]) -> BoxFuture<'a, Vec<usize>>;
+    /// Sets visibility timeouts; the indexes that could not be changed.
+    fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<usize>>;
+    /// Sends one message (the dead-letter path).
+    fn send<'a>(
+        &'a self,
+        body: &'a str,
+        attributes: HashMap<String, MessageAttributeValue>,
+        group_id: Option<&'a str>,
+        deduplication_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), SqsError>>;
+}
+
+/// A boxed future of the [`Queue`] trait.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Queue for SqsQueue {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn region(&self) -> String {
+        region_of(&self.client)
+    }
+    fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>> {
+        Box::pin(SqsQueue::receive(self, wait, visibility))
+    }
+    fn attributes<'a>(
+        &'a self,
+        names: &'a [QueueAttributeName],
+    ) -> BoxFuture<'a, Result<HashMap<String, String>, SqsError>> {
+        Box::pin(SqsQueue::attributes(self, names))
+    }
+    fn delete<'a>(&'a self, receipts: &'a [&'a str]) -> BoxFuture<'a, Vec<usize>> {
+        Box::pin(SqsQueue::delete(self, receipts))
+    }
+    fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<usize>> {
+        Box::pin(SqsQueue::change_visibility(self, entries))
+    }
+    fn send<'a>(
+        &'a self,
+        body: &'a str,
+        attributes: HashMap<String, MessageAttributeValue>,
+        group_id: Option<&'a str>,
+        deduplication_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), SqsError>> {
+        Box::pin(SqsQueue::send(self, body, attributes, group_id, deduplication_id))
+    }
+}
+
 /// Attempts for each chunk of a batch call (first try included).
 const BATCH_ATTEMPTS: u32 = 3;
 
@@ -42,6 +108,11 @@ pub struct SqsError {
 }
 
 impl SqsError {
+    /// An error with an SQS error code (for the simulation).
+    pub fn coded(operation: &'static str, code: &str, message: impl Into<String>, retryable: bool) -> Self {
+        SqsError { operation, code: Some(code.to_string()), message: message.into(), retryable }
+    }
+
     /// Throttling, 5xx, timeouts and connection failures are worth retrying; a missing queue,
     /// denied access or an invalid argument is not.
     pub fn is_retryable(&self) -> bool {
@@ -237,13 +308,6 @@ impl SqsQueue {
             }
         })
         .await
-    }
-
-    /// Makes messages visible again at once (visibility 0); returns the indexes that could not
-    /// be released.
-    pub async fn release(&self, receipts: &[&str]) -> Vec<usize> {
-        let entries: Vec<(&str, i32)> = receipts.iter().map(|r| (*r, 0)).collect();
-        self.change_visibility(&entries).await
     }
 
     /// Sends one message to this queue (the dead-letter path).

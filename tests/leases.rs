@@ -63,20 +63,21 @@ async fn pollers_receive_only_into_room_and_nothing_runs_twice() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let held = held.await.unwrap();
 
-    assert_eq!(
-        poller.metric("sqs_poller_max_outstanding_messages{pipeline=\"room\"}").await,
-        10.0,
-        "1 × 10 by default"
-    );
-    assert!(held <= 10.0, "at most max_concurrency × batch.size = 10 messages held at once, saw {held}");
     let delivered = worker.times_delivered();
+    let twice = delivered.values().filter(|&&n| n > 1).count();
+    assert!(
+        held <= 10.0,
+        "at most max_concurrency × batch.size = 10 messages held at once, saw {held} ({twice} of 30 delivered twice)"
+    );
     assert_eq!(delivered.len(), 30);
-    assert!(delivered.values().all(|&n| n == 1), "delivered twice: {delivered:?}");
+    assert_eq!(twice, 0, "delivered twice: {delivered:?}");
     for d in worker.deliveries() {
         for r in d.records() {
             assert_eq!(receive_count(r), 1, "received once: {r}");
         }
     }
+    let bound = poller.metric("sqs_poller_max_outstanding_messages{pipeline=\"room\"}").await;
+    assert_eq!(bound, 10.0, "1 × 10 by default");
     assert_eq!(sqs.counts(&queue).await, (0, 0), "deleted on the emulator, not only counted");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");

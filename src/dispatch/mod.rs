@@ -52,7 +52,12 @@ pub enum Target {
     Command(command::CommandTarget),
     Lambda(lambda::LambdaTarget),
     RuntimeApi(runtime_api::RuntimeApiTarget),
+    /// A function in this process: for embedding the pipeline, and for the simulation tests.
+    Function(Function),
 }
+
+/// The handler of a [`Target::Function`]: the event in, what the function did out.
+pub type Function = Arc<dyn Fn(Bytes) -> crate::sqs::BoxFuture<'static, Invocation> + Send + Sync>;
 
 impl Target {
     /// Sets a target up: `lambda` is the Lambda client (for `lambda` targets), `pipeline` and
@@ -94,6 +99,7 @@ impl Target {
             Target::Command(t) => tokio::time::timeout(timeout, t.invoke(event)).await.unwrap_or_else(|_| timed_out()),
             Target::Lambda(t) => tokio::time::timeout(timeout, t.invoke(event)).await.unwrap_or_else(|_| timed_out()),
             Target::RuntimeApi(t) => t.invoke(event, timeout).await,
+            Target::Function(f) => tokio::time::timeout(timeout, f(event)).await.unwrap_or_else(|_| timed_out()),
         }
     }
 }

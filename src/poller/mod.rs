@@ -25,7 +25,7 @@ use crate::event::ReceivedMessage;
 use crate::intake::Intake;
 use crate::lease::LeaseKeeper;
 use crate::metrics::{PipelineMetrics, QueueGauges};
-use crate::sqs::SqsQueue;
+use crate::sqs::Queue;
 use scaling::{Autoscaler, ScaleChange};
 
 /// The autoscaler of a pipeline and the signals around it.
@@ -93,7 +93,7 @@ impl Scaling {
 /// What every poller of a pipeline uses.
 pub struct PollerStage {
     pub config: PollerConfig,
-    pub queue: SqsQueue,
+    pub queue: Arc<dyn Queue>,
     pub leases: Arc<LeaseKeeper>,
     pub intake: Arc<Intake>,
     pub scaling: Arc<Scaling>,
@@ -220,8 +220,8 @@ const BURST_SAMPLE_SPACING: Duration = Duration::from_millis(200);
 /// gauges and the autoscaler.
 pub struct DepthSampler {
     pub interval: Duration,
-    pub queue: SqsQueue,
-    pub dead_letter: Option<SqsQueue>,
+    pub queue: Arc<dyn Queue>,
+    pub dead_letter: Option<Arc<dyn Queue>>,
     pub intake: Arc<Intake>,
     pub scaling: Arc<Scaling>,
     pub metrics: PipelineMetrics,
@@ -245,11 +245,11 @@ pub async fn sample_depth(s: DepthSampler) {
         last = Instant::now();
         let dead_letter = async {
             if let Some(dlq) = &s.dead_letter {
-                sample_queue(&s.metrics.pipeline, dlq, &s.metrics.dead_letter_queue).await;
+                sample_queue(&s.metrics.pipeline, dlq.as_ref(), &s.metrics.dead_letter_queue).await;
             }
         };
         let (visible, ()) =
-            tokio::join!(sample_queue(&s.metrics.pipeline, &s.queue, &s.metrics.source_queue), dead_letter);
+            tokio::join!(sample_queue(&s.metrics.pipeline, s.queue.as_ref(), &s.metrics.source_queue), dead_letter);
         let Some(visible) = visible else { continue };
         // the oldest message received since the last sample; with none received, a waiting
         // backlog only gets older
@@ -265,7 +265,7 @@ pub async fn sample_depth(s: DepthSampler) {
 }
 
 /// One GetQueueAttributes into `gauges`; the visible count, or `None` when the call failed.
-async fn sample_queue(pipeline: &str, queue: &SqsQueue, gauges: &QueueGauges) -> Option<u64> {
+async fn sample_queue(pipeline: &str, queue: &dyn Queue, gauges: &QueueGauges) -> Option<u64> {
     let names = [
         QueueAttributeName::ApproximateNumberOfMessages,
         QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
@@ -274,7 +274,7 @@ async fn sample_queue(pipeline: &str, queue: &SqsQueue, gauges: &QueueGauges) ->
     let attrs = match queue.attributes(&names).await {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(pipeline = %pipeline, queue = %queue.url, error = %e, "queue depth sample failed");
+            tracing::warn!(pipeline = %pipeline, queue = %queue.url(), error = %e, "queue depth sample failed");
             return None;
         }
     };

@@ -1,0 +1,505 @@
+//! A simulated SQS queue in memory, for tests of the whole pipeline under paused tokio time.
+//!
+//! It models what the emulators get wrong or cannot show, as the AWS documentation describes SQS:
+//! - visibility: a received message is invisible for the timeout, then delivered again with a
+//!   higher `ApproximateReceiveCount` and a new receipt handle; only the newest handle is valid
+//!   (`ChangeMessageVisibility` with an older one fails; `DeleteMessage` with an older one
+//!   *succeeds without deleting*, as the SQS documentation warns);
+//! - the 12-hour limit: a visibility change that would keep a message invisible past 12 hours
+//!   from its receive fails; changing a message that is not in flight fails;
+//! - FIFO: several messages of a group per receive, in order, and no message of a group while
+//!   an earlier one is in flight;
+//! - standard queues: at-least-once, a message in flight may be delivered again (a duplicate);
+//! - sends: attribute values with characters SQS rejects, and `MessageDeduplicationId` on a
+//!   standard queue, are refused (`MessageGroupId` on a standard queue is a fair queue: accepted);
+//! - faults: injected request errors, per-entry batch failures and latency.
+//!
+//! Every random choice comes from one generator seeded by [`SimConfig::seed`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+use tokio::time::Instant;
+
+use crate::sqs::{BoxFuture, Queue, SqsError};
+
+const TWELVE_HOURS: Duration = Duration::from_secs(43_200);
+
+/// How the simulated queue behaves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub url: String,
+    pub visibility: Duration,
+    pub seed: u64,
+    /// Probability that a request fails as a whole (a retryable `InternalError`).
+    pub error_rate: f64,
+    /// Probability that one entry of a batch request fails (retryable).
+    pub entry_error_rate: f64,
+    /// Standard queues: probability that a receive also returns a message that is in flight.
+    pub duplicate_rate: f64,
+    /// Each request takes up to this long.
+    pub max_latency: Duration,
+}
+
+impl SimConfig {
+    /// A well-behaved queue: no faults, no latency.
+    pub fn new(url: &str, visibility: Duration, seed: u64) -> Self {
+        SimConfig {
+            url: url.to_string(),
+            visibility,
+            seed,
+            error_rate: 0.0,
+            entry_error_rate: 0.0,
+            duplicate_rate: 0.0,
+            max_latency: Duration::ZERO,
+        }
+    }
+}
+
+/// What happened to the queue, for assertions.
+#[derive(Debug, Default, Clone)]
+pub struct SimLog {
+    /// Message ids deleted, in order.
+    pub deleted: Vec<String>,
+    /// Deletes with a receipt handle that was not the newest: answered success, nothing deleted.
+    pub stale_deletes: u64,
+    /// Receipt handles handed out (every delivery).
+    pub deliveries: u64,
+    /// Deliveries of a message that was in flight (standard queues only).
+    pub duplicates: u64,
+    /// Requests or entries failed on purpose.
+    pub injected_errors: u64,
+    /// Sends refused, with the reason.
+    pub refused_sends: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct SimMessage {
+    id: String,
+    body: String,
+    group: Option<String>,
+    attributes: HashMap<String, MessageAttributeValue>,
+    sent_ms: u64,
+    receive_count: u32,
+    /// The newest receipt handle, once received.
+    handle: Option<String>,
+    handle_received_at: Instant,
+    visible_at: Instant,
+}
+
+impl SimMessage {
+    fn in_flight(&self, now: Instant) -> bool {
+        self.handle.is_some() && self.visible_at > now
+    }
+}
+
+struct State {
+    rng: fastrand::Rng,
+    next_seq: u64,
+    /// By sequence number (send order).
+    messages: BTreeMap<u64, SimMessage>,
+    log: SimLog,
+}
+
+pub struct SimQueue {
+    config: SimConfig,
+    fifo: bool,
+    state: Mutex<State>,
+}
+
+impl SimQueue {
+    pub fn new(config: SimConfig) -> Self {
+        let fifo = config.url.ends_with(".fifo");
+        let rng = fastrand::Rng::with_seed(config.seed);
+        SimQueue {
+            config,
+            fifo,
+            state: Mutex::new(State { rng, next_seq: 0, messages: BTreeMap::new(), log: SimLog::default() }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a message as a producer would; returns its id.
+    pub fn put(&self, body: &str, group: Option<&str>) -> String {
+        let mut st = self.state();
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        let id = format!("sim-{seq:08}");
+        let now = Instant::now();
+        let sent_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        st.messages.insert(
+            seq,
+            SimMessage {
+                id: id.clone(),
+                body: body.to_string(),
+                group: group.map(str::to_string),
+                attributes: HashMap::new(),
+                sent_ms,
+                receive_count: 0,
+                handle: None,
+                handle_received_at: now,
+                visible_at: now,
+            },
+        );
+        id
+    }
+
+    /// Messages still in the queue (visible or not).
+    pub fn len(&self) -> usize {
+        self.state().messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bodies of the messages still in the queue, in send order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.state().messages.values().map(|m| m.body.clone()).collect()
+    }
+
+    pub fn log(&self) -> SimLog {
+        self.state().log.clone()
+    }
+
+    async fn latency(&self) {
+        if self.config.max_latency.is_zero() {
+            return;
+        }
+        let ms = {
+            let mut st = self.state();
+            st.rng.u64(0..=self.config.max_latency.as_millis() as u64)
+        };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    fn injected(&self, st: &mut State, rate: f64) -> bool {
+        let hit = rate > 0.0 && st.rng.f64() < rate;
+        if hit {
+            st.log.injected_errors += 1;
+        }
+        hit
+    }
+
+    /// Takes up to 10 messages now (no waiting).
+    fn take(&self, visibility: Duration) -> Vec<Message> {
+        let now = Instant::now();
+        let mut st = self.state();
+        let st = &mut *st;
+        let mut picked: Vec<u64> = Vec::new();
+        let mut blocked: HashSet<String> = HashSet::new();
+        for (&seq, m) in &st.messages {
+            if picked.len() == 10 {
+                break;
+            }
+            if self.fifo {
+                let group = m.group.clone().unwrap_or_default();
+                if blocked.contains(&group) {
+                    continue;
+                }
+                if m.visible_at > now {
+                    // an earlier message of the group is in flight (or delayed): the group waits
+                    blocked.insert(group);
+                    continue;
+                }
+                picked.push(seq);
+            } else if m.visible_at <= now && st.rng.f64() >= 0.1 {
+                // standard queues do not keep order: skip a few at random
+                picked.push(seq);
+            }
+        }
+        if !self.fifo
+            && picked.len() < 10
+            && self.config.duplicate_rate > 0.0
+            && st.rng.f64() < self.config.duplicate_rate
+        {
+            let in_flight: Vec<u64> =
+                st.messages.iter().filter(|(_, m)| m.in_flight(now)).map(|(&seq, _)| seq).collect();
+            if !in_flight.is_empty() {
+                picked.push(in_flight[st.rng.usize(..in_flight.len())]);
+                st.log.duplicates += 1;
+            }
+        }
+        let mut out = Vec::with_capacity(picked.len());
+        for seq in picked {
+            let m = st.messages.get_mut(&seq).expect("picked from the map");
+            m.receive_count += 1;
+            let handle = format!("{seq}:{}", m.receive_count);
+            m.handle = Some(handle.clone());
+            m.handle_received_at = now;
+            m.visible_at = now + visibility;
+            st.log.deliveries += 1;
+            let mut b = Message::builder()
+                .message_id(&m.id)
+                .receipt_handle(handle)
+                .body(&m.body)
+                .md5_of_body("00000000000000000000000000000000")
+                .attributes(MessageSystemAttributeName::ApproximateReceiveCount, m.receive_count.to_string())
+                .attributes(MessageSystemAttributeName::SentTimestamp, m.sent_ms.to_string())
+                .attributes(MessageSystemAttributeName::SenderId, "SIMULATION")
+                .attributes(MessageSystemAttributeName::ApproximateFirstReceiveTimestamp, m.sent_ms.to_string());
+            if let Some(g) = &m.group {
+                b = b.attributes(MessageSystemAttributeName::MessageGroupId, g);
+                if self.fifo {
+                    b = b
+                        .attributes(MessageSystemAttributeName::SequenceNumber, seq.to_string())
+                        .attributes(MessageSystemAttributeName::MessageDeduplicationId, &m.id);
+                }
+            }
+            for (k, v) in &m.attributes {
+                b = b.message_attributes(k, v.clone());
+            }
+            out.push(b.build());
+        }
+        out
+    }
+
+    /// The message a receipt handle names, if it is its newest handle.
+    fn current(st: &State, handle: &str) -> Option<u64> {
+        let (seq, _) = handle.split_once(':')?;
+        let seq: u64 = seq.parse().ok()?;
+        let m = st.messages.get(&seq)?;
+        (m.handle.as_deref() == Some(handle)).then_some(seq)
+    }
+}
+
+/// Characters SQS allows in message attribute values (and bodies).
+fn sqs_allows(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+impl Queue for SimQueue {
+    fn url(&self) -> &str {
+        &self.config.url
+    }
+
+    fn region(&self) -> String {
+        "us-east-1".to_string()
+    }
+
+    fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>> {
+        Box::pin(async move {
+            self.latency().await;
+            if self.injected(&mut self.state(), self.config.error_rate) {
+                return Err(SqsError::coded("ReceiveMessage", "InternalError", "injected", true));
+            }
+            let visibility = visibility.unwrap_or(self.config.visibility);
+            let deadline = Instant::now() + wait;
+            loop {
+                let got = self.take(visibility);
+                if !got.is_empty() || Instant::now() >= deadline {
+                    return Ok(got);
+                }
+                tokio::time::sleep((deadline - Instant::now()).min(Duration::from_millis(100))).await;
+            }
+        })
+    }
+
+    fn attributes<'a>(
+        &'a self,
+        names: &'a [QueueAttributeName],
+    ) -> BoxFuture<'a, Result<HashMap<String, String>, SqsError>> {
+        Box::pin(async move {
+            self.latency().await;
+            let mut st = self.state();
+            if self.injected(&mut st, self.config.error_rate) {
+                return Err(SqsError::coded("GetQueueAttributes", "InternalError", "injected", true));
+            }
+            let now = Instant::now();
+            let visible = st.messages.values().filter(|m| m.visible_at <= now).count();
+            let hidden = st.messages.len() - visible;
+            let mut out = HashMap::new();
+            for n in names {
+                let v = match n {
+                    QueueAttributeName::ApproximateNumberOfMessages => visible.to_string(),
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible => hidden.to_string(),
+                    QueueAttributeName::ApproximateNumberOfMessagesDelayed => "0".to_string(),
+                    QueueAttributeName::VisibilityTimeout => self.config.visibility.as_secs().to_string(),
+                    QueueAttributeName::QueueArn => {
+                        let name = self.config.url.rsplit('/').next().unwrap_or("sim");
+                        format!("arn:aws:sqs:us-east-1:000000000000:{name}")
+                    }
+                    _ => continue,
+                };
+                out.insert(n.as_str().to_string(), v);
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete<'a>(&'a self, receipts: &'a [&'a str]) -> BoxFuture<'a, Vec<usize>> {
+        Box::pin(async move {
+            self.latency().await;
+            let mut st = self.state();
+            if self.injected(&mut st, self.config.error_rate) {
+                return (0..receipts.len()).collect();
+            }
+            let mut failed = Vec::new();
+            for (i, handle) in receipts.iter().enumerate() {
+                if self.injected(&mut st, self.config.entry_error_rate) {
+                    failed.push(i);
+                    continue;
+                }
+                match Self::current(&st, handle) {
+                    Some(seq) => {
+                        let m = st.messages.remove(&seq).expect("current");
+                        st.log.deleted.push(m.id);
+                    }
+                    // SQS: "the request succeeds, but the message might not be deleted"
+                    None => st.log.stale_deletes += 1,
+                }
+            }
+            failed
+        })
+    }
+
+    fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<usize>> {
+        Box::pin(async move {
+            self.latency().await;
+            let mut st = self.state();
+            if self.injected(&mut st, self.config.error_rate) {
+                return (0..entries.len()).collect();
+            }
+            let now = Instant::now();
+            let mut failed = Vec::new();
+            for (i, (handle, secs)) in entries.iter().enumerate() {
+                if self.injected(&mut st, self.config.entry_error_rate) {
+                    failed.push(i);
+                    continue;
+                }
+                let Some(seq) = Self::current(&st, handle) else {
+                    failed.push(i); // ReceiptHandleIsInvalid
+                    continue;
+                };
+                let m = st.messages.get_mut(&seq).expect("current");
+                let until = now + Duration::from_secs((*secs).max(0) as u64);
+                if !m.in_flight(now) || until > m.handle_received_at + TWELVE_HOURS {
+                    failed.push(i); // MessageNotInflight, or past the 12-hour limit
+                    continue;
+                }
+                m.visible_at = until;
+            }
+            failed
+        })
+    }
+
+    fn send<'a>(
+        &'a self,
+        body: &'a str,
+        attributes: HashMap<String, MessageAttributeValue>,
+        group_id: Option<&'a str>,
+        deduplication_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), SqsError>> {
+        Box::pin(async move {
+            self.latency().await;
+            let refuse = |st: &mut State, why: &str| {
+                st.log.refused_sends.push(why.to_string());
+                Err(SqsError::coded("SendMessage", "InvalidParameterValue", why, false))
+            };
+            let mut st = self.state();
+            if self.injected(&mut st, self.config.error_rate) {
+                return Err(SqsError::coded("SendMessage", "InternalError", "injected", true));
+            }
+            if !self.fifo && deduplication_id.is_some() {
+                return refuse(&mut st, "MessageDeduplicationId is only for FIFO queues");
+            }
+            if self.fifo && group_id.is_none() {
+                return refuse(&mut st, "a FIFO queue needs a MessageGroupId");
+            }
+            if attributes.len() > 10 {
+                return refuse(&mut st, "more than 10 message attributes");
+            }
+            let bad = attributes.values().any(|v| v.string_value().is_some_and(|s| !s.chars().all(sqs_allows)));
+            if bad || !body.chars().all(sqs_allows) {
+                return refuse(&mut st, "invalid characters");
+            }
+            drop(st);
+            let id = self.put(body, group_id);
+            let mut st = self.state();
+            if let Some(m) = st.messages.values_mut().find(|m| m.id == id) {
+                m.attributes = attributes;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(url: &str) -> SimQueue {
+        SimQueue::new(SimConfig::new(url, Duration::from_secs(30), 7))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_old_receipt_handle_deletes_nothing() {
+        let q = queue("http://sim/q");
+        q.put("a", None);
+        let first = q.receive(Duration::ZERO, Some(Duration::from_secs(1))).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let second = q.receive(Duration::ZERO, None).await.unwrap();
+        assert_eq!(second[0].attributes().unwrap()[&MessageSystemAttributeName::ApproximateReceiveCount], "2");
+        assert!(q.delete(&[first[0].receipt_handle().unwrap()]).await.is_empty(), "answered success");
+        assert_eq!(q.len(), 1, "but nothing was deleted");
+        assert_eq!(q.change_visibility(&[(first[0].receipt_handle().unwrap(), 5)]).await, vec![0]);
+        assert!(q.delete(&[second[0].receipt_handle().unwrap()]).await.is_empty());
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fifo_returns_a_group_in_order_and_locks_it_while_in_flight() {
+        let q = queue("http://sim/q.fifo");
+        for i in 0..4 {
+            q.put(&format!("a{i}"), Some("a"));
+        }
+        q.put("b0", Some("b"));
+        let got = q.receive(Duration::ZERO, None).await.unwrap();
+        let bodies: Vec<&str> = got.iter().filter_map(|m| m.body()).collect();
+        assert_eq!(bodies, vec!["a0", "a1", "a2", "a3", "b0"], "several of a group per receive, in order");
+        // a0 goes back with a backoff: nothing of group a comes out before it
+        let a0 = got[0].receipt_handle().unwrap();
+        let rest: Vec<&str> = got[1..4].iter().map(|m| m.receipt_handle().unwrap()).collect();
+        assert!(q.change_visibility(&[(a0, 5)]).await.is_empty());
+        let zero: Vec<(&str, i32)> = rest.iter().map(|h| (*h, 0)).collect();
+        assert!(q.change_visibility(&zero).await.is_empty());
+        assert!(q.receive(Duration::ZERO, None).await.unwrap().is_empty(), "group a waits for a0");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let again: Vec<String> =
+            q.receive(Duration::ZERO, None).await.unwrap().iter().filter_map(|m| m.body().map(String::from)).collect();
+        assert_eq!(again, vec!["a0", "a1", "a2", "a3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn visibility_never_past_twelve_hours_nor_for_a_visible_message() {
+        let q = queue("http://sim/q");
+        q.put("a", None);
+        let m = q.receive(Duration::ZERO, None).await.unwrap();
+        let h = m[0].receipt_handle().unwrap();
+        assert!(q.change_visibility(&[(h, 43_000)]).await.is_empty());
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(q.change_visibility(&[(h, 40_000)]).await, vec![0], "past 12 h from the receive");
+        assert!(q.change_visibility(&[(h, 0)]).await.is_empty());
+        assert_eq!(q.change_visibility(&[(h, 10)]).await, vec![0], "not in flight any more");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_follow_sqs_rules() {
+        let std_q = queue("http://sim/dlq");
+        let ok = |s: &str| MessageAttributeValue::builder().data_type("String").string_value(s).build().unwrap();
+        let mut bad = HashMap::new();
+        bad.insert("r".to_string(), ok("a\u{1}b"));
+        assert!(std_q.send("x", bad, None, None).await.is_err(), "control character");
+        assert!(std_q.send("x", HashMap::new(), Some("g"), Some("d")).await.is_err(), "dedup id on standard");
+        assert!(std_q.send("x", HashMap::new(), Some("g"), None).await.is_ok(), "fair queue");
+        let fifo = queue("http://sim/dlq.fifo");
+        assert!(fifo.send("x", HashMap::new(), None, None).await.is_err());
+        assert!(fifo.send("x", HashMap::new(), Some("g"), Some("d")).await.is_ok());
+    }
+}
