@@ -162,6 +162,9 @@ impl LeaseTable {
                 visibility_secs: secs as i32,
             });
         }
+        // in id order, not the map's: the same leases make the same calls
+        extend.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
+        lapsed.sort_unstable();
         (extend, lapsed)
     }
 

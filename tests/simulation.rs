@@ -6,12 +6,14 @@
 //! latency and (standard) duplicate deliveries. The invariants:
 //! - every message is processed at least once (or dead-lettered, for the poison ones);
 //! - no message is dispatched while an earlier copy of it is still running;
-//! - nothing is deleted that did not succeed or was not dead-lettered, and no delete uses a
-//!   stale receipt handle (which SQS answers with success without deleting);
+//! - nothing is deleted that did not succeed or was not dead-lettered, and a delete uses a stale
+//!   receipt handle (which SQS answers with success without deleting) only when a duplicate
+//!   delivery raced with it;
 //! - FIFO: each group's messages succeed first in send order;
 //! - the final queue state equals the sum of the counters.
 //!
-//! `SQS_POLLER_SIM_SEED=N` replays a run; the seed is printed on failure.
+//! `SQS_POLLER_SIM_SEED=N` replays a run (workload, faults, the service's jitter; one thread, paused
+//! time): the same seed twice gave identical figures here. The seed is printed on failure.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
@@ -219,7 +221,11 @@ async fn run(name: &str, fifo: bool, seed: u64) {
         "dispatched while an earlier copy ran: {:?}",
         &w.overlaps[..w.overlaps.len().min(5)]
     );
-    assert_eq!(log.stale_deletes, 0, "a delete with a stale receipt handle deletes nothing on SQS");
+    // SQS answers success to a delete with an old receipt handle without deleting. The keeper
+    // always deletes with the newest handle it holds, so a stale delete needs a duplicate
+    // delivery racing with the delete itself (its lease had ended); that copy is then processed
+    // and deleted in turn (every message ends deleted, below)
+    assert!(log.stale_deletes <= log.duplicates, "{} stale deletes", log.stale_deletes);
     let deleted: HashSet<&String> = log.deleted.iter().collect();
     assert_eq!(deleted.len(), log.deleted.len(), "each message deleted once");
     assert_eq!(log.deleted.len(), MESSAGES, "every message ended deleted (processed or dead-lettered)");
@@ -245,7 +251,8 @@ async fn run(name: &str, fifo: bool, seed: u64) {
     }
     let text = handle.render();
     let c = |metric: &str| counter(&text, &format!("{metric}{{pipeline=\"{name}\"}}"));
-    assert_eq!(c("sqs_poller_messages_deleted_total") as usize, log.deleted.len(), "deleted counter = queue");
+    let deleted_answers = log.deleted.len() + log.stale_deletes as usize;
+    assert_eq!(c("sqs_poller_messages_deleted_total") as usize, deleted_answers, "deleted counter = SQS's answers");
     assert_eq!(c("sqs_poller_messages_dead_lettered_total") as usize, dead.len(), "dead-letter counter = DLQ");
     assert!(dead.len() - dead_set.len() <= log.injected_errors as usize, "copies sent twice only after a fault");
     // a message whose delete failed comes back and is processed again (at-least-once): the
@@ -265,6 +272,8 @@ async fn run(name: &str, fifo: bool, seed: u64) {
 fn scenario(name: &'static str, fifo: bool) {
     let seed = seed();
     let result = std::panic::catch_unwind(|| {
+        // the service's own jitter (backoffs) draws from this thread's generator
+        fastrand::seed(seed);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)

@@ -9,11 +9,13 @@
 
 pub mod scaling;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -187,7 +189,14 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
                 backoff.reset();
                 stage.ready.store(true, Ordering::Relaxed);
                 let n = messages.len();
-                let (received, kept) = stage.intake.take(reservation, messages).await;
+                // a bug in the intake must not leave these leased (and extended) with nobody to settle them
+                let ids: Vec<String> = messages.iter().filter_map(|m| m.message_id.clone()).collect();
+                let taken = AssertUnwindSafe(stage.intake.take(reservation, messages)).catch_unwind().await;
+                let Ok((received, kept)) = taken else {
+                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    stage.leases.release(&ids).await;
+                    panic!("the intake of a receive panicked; its messages were released");
+                };
                 // messages the filter keeps back are no demand
                 stage.scaling.receive(n - kept);
                 if received.is_empty() {
