@@ -61,19 +61,26 @@ async fn a_burst_takes_the_fleet_from_min_to_max_within_two_seconds_and_back_dow
     let drained = t0.elapsed();
     println!("burst drained after {drained:?}");
 
-    // back toward min once the queue is empty: one step per 5 s cool-down
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n = poller.metric(pollers).await;
-        if n < 32.0 {
-            println!("pollers back down to {n} after {:?}", t0.elapsed());
-            break;
-        }
-        assert!(Instant::now() < deadline, "the fleet stayed at 32 after the backlog drained");
+    let delivered = worker.times_delivered();
+    assert_eq!(delivered.len(), 5000, "every message of the burst reached the worker");
+    assert!(delivered.values().all(|&n| n == 1), "none twice");
+    assert_eq!(sqs.counts(&queue).await, (0, 0), "the queue is empty on the emulator");
+
+    // back toward min once the queue is empty: one step per 5 s cool-down, step after step
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = vec![poller.metric(pollers).await];
+    while seen.last().copied().unwrap_or(32.0) > 30.0 {
+        assert!(Instant::now() < deadline, "the fleet went {seen:?} in 30 s after the backlog drained");
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = poller.metric(pollers).await;
+        if seen.last() != Some(&n) {
+            seen.push(n);
+        }
     }
+    println!("pollers after the drain: {seen:?} ({:?} after the burst began)", t0.elapsed());
+    assert!(seen.windows(2).all(|w| w[1] < w[0]), "only down: {seen:?}");
     let desired = poller.metric("sqs_poller_pollers_desired{pipeline=\"burst\"}").await;
-    assert!((1.0..32.0).contains(&desired), "desired {desired}");
+    assert!((1.0..=30.0).contains(&desired), "desired {desired}");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
