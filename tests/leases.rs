@@ -435,3 +435,71 @@ async fn dead_letter_copies_are_accepted_by_sqs() {
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
+
+/// A FIFO queue's dead-letter copies go to a FIFO dead-letter queue with their group (and a
+/// deduplication id); a message that already has SQS's 10 attributes is copied with them alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_dead_letter_copies_keep_their_group_and_a_full_set_of_attributes() {
+    use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
+    let sqs = localstack().await;
+    let fifo = [(QueueAttributeName::FifoQueue, "true"), (QueueAttributeName::ContentBasedDeduplication, "true")];
+    let queue = sqs.queue("fifo-dlq-src", &fifo).await;
+    let dlq = sqs.queue("fifo-dlq", &[(QueueAttributeName::FifoQueue, "true")]).await;
+    let attr = |v: &str| MessageAttributeValue::builder().data_type("String").string_value(v).build().unwrap();
+    let mut full = sqs.client.send_message().queue_url(&queue).message_body("full").message_group_id("g1");
+    for i in 0..10 {
+        full = full.message_attributes(format!("a{i}"), attr(&format!("v{i}")));
+    }
+    full.send().await.expect("SendMessage with 10 attributes");
+    sqs.client
+        .send_message()
+        .queue_url(&queue)
+        .message_body("plain")
+        .message_group_id("g2")
+        .message_attributes("tenant", attr("acme"))
+        .send()
+        .await
+        .expect("SendMessage");
+    let worker = worker(|_| Reply { status: 500, body: "nope".into(), delay: Duration::ZERO }).await;
+    let poller = start_poller(
+        &sqs,
+        10,
+        &http_pipeline(
+            "fifodlq",
+            &queue,
+            &worker.url,
+            &format!(
+                "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.batch]\nsize = 1\n\
+                 [pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 1"
+            ),
+        ),
+    )
+    .await;
+    poller
+        .wait_metric("sqs_poller_messages_dead_lettered_total{pipeline=\"fifodlq\"}", 2.0, Duration::from_secs(30))
+        .await;
+    let moved = sqs.take_all(&dlq).await;
+    assert_eq!(moved.len(), 2);
+    for m in &moved {
+        let group = m.attributes().unwrap().get(&MessageSystemAttributeName::MessageGroupId).cloned();
+        let attrs = m.message_attributes().unwrap();
+        match m.body() {
+            Some("full") => {
+                assert_eq!(group.as_deref(), Some("g1"));
+                assert_eq!(attrs.len(), 10, "the original ten, nothing added: {attrs:?}");
+                assert_eq!(attrs["a9"].string_value(), Some("v9"));
+            }
+            Some("plain") => {
+                assert_eq!(group.as_deref(), Some("g2"));
+                assert_eq!(attrs["tenant"].string_value(), Some("acme"));
+                assert_eq!(attrs["sqs-poller.pipeline"].string_value(), Some("fifodlq"));
+                assert!(attrs["sqs-poller.reason"].string_value().unwrap().starts_with("HTTP 500"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sqs.counts(&queue).await, (0, 0));
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("has 10 attributes already"), "{log}");
+}

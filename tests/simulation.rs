@@ -296,3 +296,55 @@ fn standard_queue_ten_thousand_messages_under_faults() {
 fn fifo_queue_ten_thousand_messages_under_faults() {
     scenario("sim-fifo", true);
 }
+
+/// A dead-letter queue that refuses every copy: the messages stay in the source queue, come
+/// back after their backoff, and nothing is deleted or counted as dead-lettered.
+#[test]
+fn a_dead_letter_queue_that_refuses_every_copy_loses_nothing() {
+    let seed = seed();
+    fastrand::seed(seed);
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+        let handle = recorder();
+        let name = "sim-dlq-down";
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/000000000000/dlq-down", VISIBILITY, seed)));
+        let mut broken = SimConfig::new("http://sim/000000000000/dlq-down-dlq", VISIBILITY, seed);
+        broken.error_rate = 1.0;
+        let dlq = Arc::new(SimQueue::new(broken));
+        for i in 0..20 {
+            queue.put(&format!("poison-{i}"), None);
+        }
+        let config = format!(
+            "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n[pipelines.pollers]\nwait_time_secs = 5\n\
+             [pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\n\
+             [pipelines.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 4\n\
+             [pipelines.dead_letter]\nqueue_url = \"{}\"\nmax_receive_count = 2\n",
+            queue.url(),
+            dlq.url()
+        );
+        let cfg = sqs_poller::config::parse(&config, &|_| None).expect("valid").pipelines.remove(0);
+        let witness: Arc<Mutex<Witness>> = Arc::default();
+        let shutdown = Shutdown::default();
+        let metrics = PipelineMetrics::new(name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
+        let running = tokio::spawn(pipeline::run(PipelineParts {
+            config: cfg,
+            queue: queue.clone(),
+            dead_letter: Some(dlq.clone()),
+            target: worker(seed, witness.clone()),
+            metrics,
+            shutdown: shutdown.clone(),
+            ready: Arc::new(AtomicBool::new(false)),
+        }));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        shutdown.begin(Duration::from_secs(30));
+        running.await.expect("the pipeline task").expect("the pipeline ran");
+        let log = queue.log();
+        assert_eq!(queue.len(), 20, "every message is still in the source queue");
+        assert!(log.deleted.is_empty(), "nothing deleted: {:?}", log.deleted);
+        assert!(dlq.is_empty());
+        assert!(log.deliveries >= 20 * 5, "each came back after its backoff: {} deliveries", log.deliveries);
+        let text = handle.render();
+        assert_eq!(counter(&text, &format!("sqs_poller_messages_dead_lettered_total{{pipeline=\"{name}\"}}")), 0.0);
+        assert_eq!(counter(&text, &format!("sqs_poller_messages_deleted_total{{pipeline=\"{name}\"}}")), 0.0);
+        assert!(dlq.log().injected_errors >= 20, "every copy was tried and refused");
+    });
+}

@@ -96,3 +96,32 @@ async fn json_logs_are_one_object_per_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_pipelines_fatal_error_stops_the_others_cleanly_with_exit_1() {
+    let sqs = sqs().await;
+    let good = sqs.queue("good", &[]).await;
+    sqs.send_bodies(&good, &(0..20).map(|i| format!("g{i}")).collect::<Vec<_>>()).await;
+    let worker = worker(|_| Reply { status: 200, body: String::new(), delay: Duration::from_millis(300) }).await;
+    let missing = format!("{}/000000000000/{}", sqs.endpoint, unique("gone"));
+    let pipelines = format!(
+        "{}{}",
+        http_pipeline(
+            "good",
+            &good,
+            &worker.url,
+            "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.batch]\nsize = 5"
+        ),
+        http_pipeline("gone", &missing, &worker.url, "[pipelines.pollers]\nwait_time_secs = 1")
+    );
+    let mut poller = spawn_poller(&sqs.endpoint, 5, &pipelines);
+    let status = tokio::time::timeout(Duration::from_secs(15), poller.child.wait()).await.expect("exits").unwrap();
+    let log = poller.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("pipeline gone") && log.contains(&missing), "{log}");
+    assert!(log.contains("pipeline drained"), "the good pipeline drained: {log}");
+    // nothing of the good queue is lost or left hidden: processed (and deleted) or visible now
+    let processed = worker.times_delivered().len();
+    let left = sqs.take_all(&good).await.len();
+    assert_eq!(processed + left, 20, "{processed} processed, {left} visible; log:\n{log}");
+}
