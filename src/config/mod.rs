@@ -1,0 +1,441 @@
+//! Configuration: TOML text → `${VAR}` interpolation → raw serde structs → validated [`Config`].
+//!
+//! The raw structs mirror the file exactly (`deny_unknown_fields`, every key optional where the
+//! contract gives a default); [`Config`] holds what the service runs on: `Duration`s, checked
+//! ranges, one typed target. Validation does no IO and reports every problem it finds, each with
+//! the key path (`pipelines[0].batch.size`) and the reason.
+//!
+//! By concern: this file holds the validated types, the named defaults and the entry points;
+//! [`interpolate`] replaces `${VAR}`; `validate` holds the raw structs and every rule.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+mod interpolate;
+mod validate;
+
+use interpolate::interpolate;
+use validate::{validate, RawConfig};
+
+/// Largest visibility timeout SQS accepts (12 hours).
+pub const MAX_VISIBILITY_SECS: u64 = 43_200;
+/// Lambda's synchronous invocation payload limit, the default and ceiling of `batch.max_bytes`.
+pub const MAX_BATCH_BYTES: usize = 6_291_456;
+
+/// The validated configuration the service runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub aws: AwsConfig,
+    /// Address of the `/metrics`, `/healthz` and `/readyz` server.
+    pub listen: SocketAddr,
+    /// How long a drain may take after SIGTERM before what is left is released.
+    pub grace_period: Duration,
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AwsConfig {
+    pub region: Option<String>,
+    /// Endpoint for SQS calls (`sqs_endpoint_url`, else `endpoint_url`), for local emulators.
+    pub sqs_endpoint_url: Option<String>,
+    /// Endpoint for Lambda calls (`lambda_endpoint_url`, else `endpoint_url`).
+    pub lambda_endpoint_url: Option<String>,
+}
+
+/// One queue → target flow.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub queue_url: String,
+    /// FIFO queues (URL ends in `.fifo`) keep message-group order through failures.
+    pub fifo: bool,
+    pub pollers: PollerConfig,
+    pub batch: BatchConfig,
+    pub target: TargetConfig,
+    pub retry: RetryConfig,
+    pub dead_letter: Option<DeadLetterConfig>,
+    /// Messages pass when any pattern matches; `None` passes everything.
+    pub filter: Option<FilterConfig>,
+    /// How often the queue depth is sampled with GetQueueAttributes.
+    pub depth_interval: Duration,
+    pub lease: LeaseConfig,
+}
+
+/// Defaults of the keys that have no fixed default in the contract.
+pub mod defaults {
+    /// `lease.max_lease_secs`: SQS's own limit (12 hours from the receive).
+    pub const MAX_LEASE_SECS: u64 = super::MAX_VISIBILITY_SECS;
+    /// `target.max_throttled_secs`: how long a throttled batch is held before it is released.
+    pub const MAX_THROTTLED_SECS: u64 = 60;
+    /// `filter.keep_delay_secs`: how long a kept (filtered, `on_filtered = "keep"`) message stays
+    /// invisible before it comes back.
+    pub const KEEP_DELAY_SECS: u64 = 30;
+
+    /// `lease.max_outstanding`: room for every batch that may be in flight
+    /// (`max_concurrency × batch.size`), in whole receives of 10, at least one receive.
+    pub fn max_outstanding(max_concurrency: usize, batch_size: usize) -> usize {
+        let n = max_concurrency.saturating_mul(batch_size).max(crate::lease::RECEIVE_MAX);
+        n.div_ceil(crate::lease::RECEIVE_MAX) * crate::lease::RECEIVE_MAX
+    }
+}
+
+/// `[pipelines.lease]`: how many messages may be outstanding, and for how long.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Messages received and not yet acknowledged, at most; pollers wait for room before receiving.
+    pub max_outstanding: usize,
+    /// Longest time the lease keeper keeps a message invisible; then it lets it go.
+    pub max_lease: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PollerConfig {
+    pub min: usize,
+    pub max: usize,
+    /// Long-poll wait of each ReceiveMessage.
+    pub wait_time: Duration,
+    /// Sent with ReceiveMessage when set; otherwise the queue's own timeout applies.
+    pub visibility_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    pub size: usize,
+    pub window: Duration,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub kind: TargetKind,
+    pub timeout: Duration,
+    /// Batches in flight at once; pollers pause while this many are running.
+    pub max_concurrency: usize,
+    pub rate_limit_per_sec: Option<NonZeroU32>,
+    /// A batch the target keeps throttling is held at most this long, then released with backoff.
+    pub max_throttled: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetKind {
+    Http {
+        url: String,
+    },
+    Command {
+        program: String,
+        args: Vec<String>,
+    },
+    /// A function name or ARN, and an optional version or alias.
+    Lambda {
+        function_name: String,
+        qualifier: Option<String>,
+    },
+    /// `workers` processes of `program args…` served the Lambda Runtime API.
+    RuntimeApi {
+        program: String,
+        args: Vec<String>,
+        workers: usize,
+        handler: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct FilterConfig {
+    pub filter: crate::filter::Filter,
+    pub on_filtered: OnFiltered,
+    /// `on_filtered = "keep"`: kept messages stay invisible this long before they come back.
+    pub keep_delay: Duration,
+}
+
+/// What happens to a message no pattern matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFiltered {
+    /// Delete it, as Lambda does.
+    Delete,
+    /// Make it visible again after `keep_delay`, for other consumers of a shared queue.
+    Keep,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetterConfig {
+    pub queue_url: String,
+    pub max_receive_count: u32,
+}
+
+/// Why a configuration could not be used. Displayed as one line per problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the configuration file: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(file, problems))]
+    Invalid { file: String, problems: Vec<Problem> },
+}
+
+/// One mistake in the file: where (a key path, or a line) and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+fn render_problems(file: &str, problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("{file}: {p}")).collect::<Vec<_>>().join("\n")
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+/// Reads, interpolates, parses and validates the configuration file at `path`.
+///
+/// # Errors
+/// [`ConfigError`] naming the file, the key path and the reason for each problem.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+    parse(&text, &|name| std::env::var(name).ok()).map_err(|problems| ConfigError::Invalid { file, problems })
+}
+
+/// Parses configuration text with `env` as the source of `${VAR}` values.
+///
+/// # Errors
+/// Every problem found, each with its key path or line.
+pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<Problem>> {
+    let text = interpolate(text, env)?;
+    let raw: RawConfig = {
+        let de = toml::Deserializer::parse(&text).map_err(|e| vec![toml_problem(&text, &e)])?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map(|s| line_of(&text, s.start));
+            let mut reason = inner.message().to_string();
+            let path = if path == "." || path.is_empty() {
+                line.map_or_else(|| "(top level)".to_string(), |l| format!("line {l}"))
+            } else {
+                if let Some(l) = line {
+                    reason.push_str(&format!(" (line {l})"));
+                }
+                path
+            };
+            vec![Problem { path, reason }]
+        })?
+    };
+    validate(raw)
+}
+
+fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let path = e.span().map(|s| format!("line {}", line_of(text, s.start))).unwrap_or_else(|| "(syntax)".to_string());
+    Problem { path, reason: format!("TOML syntax error: {}", e.message()) }
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    text[..byte.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "QUEUE" => Some("http://127.0.0.1:4566/000000000000/q".to_string()),
+            "MAX" => Some("40".to_string()),
+            _ => None,
+        }
+    }
+
+    const MINIMAL: &str = r#"
+[[pipelines]]
+name = "p"
+queue_url = "http://127.0.0.1:4566/000000000000/q"
+[pipelines.target]
+type = "http"
+url = "http://127.0.0.1:8080/"
+"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(text, &env).unwrap_err().iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_the_contract_defaults() {
+        let c = parse(MINIMAL, &env).unwrap();
+        let p = &c.pipelines[0];
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9464");
+        assert_eq!(c.grace_period, Duration::from_secs(30));
+        assert_eq!((p.pollers.min, p.pollers.max), (1, 10));
+        assert_eq!(p.pollers.wait_time, Duration::from_secs(20));
+        assert_eq!(p.pollers.visibility_timeout, None);
+        assert_eq!((p.batch.size, p.batch.window, p.batch.max_bytes), (10, Duration::ZERO, 6_291_456));
+        assert_eq!(p.target.timeout, Duration::from_secs(30));
+        assert_eq!(p.target.max_concurrency, 10);
+        assert_eq!(p.retry.initial_backoff, Duration::from_secs(1));
+        assert_eq!(p.retry.max_backoff, Duration::from_secs(300));
+        assert!(p.dead_letter.is_none());
+        assert!(!p.fifo);
+    }
+
+    #[test]
+    fn interpolation_substitutes_values_and_defaults_but_not_comments() {
+        let text = MINIMAL.replace(
+            "queue_url = \"http://127.0.0.1:4566/000000000000/q\"",
+            "queue_url = \"${QUEUE}\" # not ${MISSING}\n[pipelines.pollers]\nmax = ${MAX}\nmin = ${MIN:-3}",
+        );
+        let c = parse(&text, &env).unwrap();
+        assert_eq!(c.pipelines[0].queue_url, "http://127.0.0.1:4566/000000000000/q");
+        assert_eq!((c.pipelines[0].pollers.min, c.pipelines[0].pollers.max), (3, 40));
+    }
+
+    #[test]
+    fn interpolation_keeps_hash_inside_strings_and_escaped_dollar() {
+        let out = interpolate("a = \"x#${QUEUE}\" # ${NOPE}\nb = '$${LIT}'", &env).unwrap();
+        assert_eq!(out, "a = \"x#http://127.0.0.1:4566/000000000000/q\" # ${NOPE}\nb = '${LIT}'");
+    }
+
+    #[test]
+    fn missing_variable_names_the_variable_and_line() {
+        let p = problems("\n\nx = \"${NOT_SET}\"");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("line 3: environment variable NOT_SET is not set"), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let p = problems(&format!("{MINIMAL}[pipelines.batch]\nsizee = 5\n"));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("pipelines[0].batch"), "{p:?}");
+        assert!(p[0].contains("unknown field `sizee`"), "{p:?}");
+    }
+
+    #[test]
+    fn wrong_type_names_its_path() {
+        let p = problems(&format!("{MINIMAL}[pipelines.pollers]\nmax = \"lots\"\n"));
+        assert!(p[0].starts_with("pipelines[0].pollers.max"), "{p:?}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_each_reported() {
+        let text = format!(
+            "{MINIMAL}[pipelines.batch]\nsize = 20000\nwindow_ms = 400000\n[pipelines.pollers]\nwait_time_secs = 21\nmin = 5\nmax = 2\n"
+        );
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|l| l == "pipelines[0].batch.size: 20000 is out of range: must be between 1 and 10000"),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|l| l.starts_with("pipelines[0].batch.window_ms: 400000 is out of range")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("pipelines[0].pollers.wait_time_secs: 21 is out of range")), "{p:?}");
+        assert!(p.iter().any(|l| l == "pipelines[0].pollers.min: 5 is greater than pollers.max (2)"), "{p:?}");
+    }
+
+    #[test]
+    fn fifo_queues_cap_batch_size_at_ten() {
+        let text = MINIMAL.replace("/q\"", "/q.fifo\"") + "[pipelines.batch]\nsize = 11\n";
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|l| l.starts_with("pipelines[0].batch.size: 11 is out of range: must be between 1 and 10")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn target_keys_must_fit_the_type() {
+        let text = MINIMAL.replace("url = \"http://127.0.0.1:8080/\"", "program = \"./w\"");
+        let p = problems(&text);
+        assert!(p.contains(&"pipelines[0].target.program: does not apply to target type `http`".to_string()), "{p:?}");
+        assert!(p.contains(&"pipelines[0].target.url: is required".to_string()), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_target_type_lists_the_types() {
+        let p = problems(&MINIMAL.replace("type = \"http\"", "type = \"smtp\""));
+        assert!(p[0].contains("`smtp` is not a target type"), "{p:?}");
+    }
+
+    #[test]
+    fn duplicate_names_and_missing_fields_are_reported() {
+        let text = format!("{MINIMAL}{MINIMAL}[[pipelines]]\n");
+        let p = problems(&text);
+        assert!(p.iter().any(|l| l.starts_with("pipelines[1].name: `p` is used by another pipeline")), "{p:?}");
+        assert!(p.contains(&"pipelines[2].name: is required".to_string()), "{p:?}");
+        assert!(p.contains(&"pipelines[2].queue_url: is required".to_string()), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("pipelines[2].target: is required")), "{p:?}");
+    }
+
+    #[test]
+    fn filter_patterns_are_compiled_at_load() {
+        let ok = format!(
+            "{MINIMAL}[pipelines.filter]\npatterns = ['{{\"body\": {{\"t\": [\"a\"]}}}}']\non_filtered = \"keep\"\n"
+        );
+        let c = parse(&ok, &env).unwrap();
+        assert_eq!(c.pipelines[0].filter.as_ref().unwrap().on_filtered, OnFiltered::Keep);
+        let bad = format!("{MINIMAL}[pipelines.filter]\npatterns = ['{{\"body\": [\"a\"]}}', '{{\"body\": \"a\"}}']\n");
+        let p = problems(&bad);
+        assert_eq!(p, vec!["pipelines[0].filter.patterns[1]: invalid pattern of pipeline `p`: body: values must be in an array: write [\"a\"] instead of \"a\"".to_string()]);
+        let p = problems(&format!("{MINIMAL}[pipelines.filter]\npatterns = []\non_filtered = \"drop\"\n"));
+        assert!(p.iter().any(|l| l.starts_with("pipelines[0].filter.on_filtered: `drop` is not one of")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("pipelines[0].filter.patterns: lists no pattern")), "{p:?}");
+    }
+
+    #[test]
+    fn long_polls_must_fit_in_the_grace_period() {
+        let p = problems(&format!("[shutdown]\ngrace_period_secs = 10\n{MINIMAL}"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "pipelines[0].pollers.wait_time_secs: 20 must be shorter than shutdown.grace_period_secs (10)"
+            ),
+            "{p:?}"
+        );
+        assert!(parse(
+            &format!("[shutdown]\ngrace_period_secs = 10\n{MINIMAL}[pipelines.pollers]\nwait_time_secs = 5\n"),
+            &env
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn no_pipelines_is_an_error() {
+        assert_eq!(problems("")[0], "pipelines: at least one [[pipelines]] table is required");
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line() {
+        let p = problems("[[pipelines]]\nname = \n");
+        assert!(p[0].starts_with("line 2: TOML syntax error"), "{p:?}");
+    }
+
+    #[test]
+    fn dead_letter_must_be_another_queue_of_the_same_kind() {
+        let text = format!("{MINIMAL}[pipelines.dead_letter]\nqueue_url = \"http://127.0.0.1:4566/000000000000/q\"\n");
+        let p = problems(&text);
+        assert!(p[0].contains("is the pipeline's own queue_url"), "{p:?}");
+        let text =
+            format!("{MINIMAL}[pipelines.dead_letter]\nqueue_url = \"http://127.0.0.1:4566/000000000000/d.fifo\"\n");
+        assert!(problems(&text)[0].contains("FIFO"));
+    }
+}

@@ -1,0 +1,493 @@
+//! The raw file structure (serde, `deny_unknown_fields`) and the rules that turn it into a
+//! [`Config`]: ranges, required keys, keys that belong to one target type, cross-key checks.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    aws: RawAws,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    shutdown: RawShutdown,
+    #[serde(default)]
+    pipelines: Vec<RawPipeline>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAws {
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    sqs_endpoint_url: Option<String>,
+    lambda_endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace_period_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: Option<String>,
+    queue_url: Option<String>,
+    depth_interval_secs: Option<u64>,
+    #[serde(default)]
+    pollers: RawPollers,
+    #[serde(default)]
+    batch: RawBatch,
+    target: Option<RawTarget>,
+    #[serde(default)]
+    retry: RawRetry,
+    dead_letter: Option<RawDeadLetter>,
+    filter: Option<RawFilter>,
+    #[serde(default)]
+    lease: RawLease,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    max_outstanding: Option<u64>,
+    max_lease_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    patterns: Option<Vec<String>>,
+    on_filtered: Option<String>,
+    keep_delay_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPollers {
+    min: Option<u64>,
+    max: Option<u64>,
+    wait_time_secs: Option<u64>,
+    visibility_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    size: Option<u64>,
+    window_ms: Option<u64>,
+    max_bytes: Option<u64>,
+}
+
+/// All target keys in one flat table: which keys apply depends on `type`, checked in validation
+/// so that a misplaced key gets a message naming the type.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    url: Option<String>,
+    function_name: Option<String>,
+    qualifier: Option<String>,
+    program: Option<String>,
+    args: Option<Vec<String>>,
+    workers: Option<u64>,
+    handler: Option<String>,
+    timeout_secs: Option<u64>,
+    max_concurrency: Option<u64>,
+    rate_limit_per_sec: Option<u64>,
+    max_throttled_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial_backoff_secs: Option<u64>,
+    max_backoff_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeadLetter {
+    queue_url: Option<String>,
+    max_receive_count: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+/// Collects problems while validating.
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn fail(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem { path: path.into(), reason: reason.into() });
+    }
+
+    /// `value` or `default`, failing when outside `lo..=hi`.
+    fn ranged(&mut self, path: &str, value: Option<u64>, default: u64, lo: u64, hi: u64) -> u64 {
+        let v = value.unwrap_or(default);
+        if v < lo || v > hi {
+            self.fail(path, format!("{v} is out of range: must be between {lo} and {hi}"));
+            return default.clamp(lo, hi);
+        }
+        v
+    }
+
+    fn required_string(&mut self, path: &str, value: Option<String>) -> String {
+        match value {
+            Some(v) if !v.trim().is_empty() => v,
+            Some(_) => {
+                self.fail(path, "must not be empty");
+                String::new()
+            }
+            None => {
+                self.fail(path, "is required");
+                String::new()
+            }
+        }
+    }
+
+    fn url(&mut self, path: &str, value: &str, schemes: &[&str]) {
+        if value.is_empty() {
+            return;
+        }
+        let ok = schemes.iter().any(|s| {
+            value
+                .strip_prefix(s)
+                .and_then(|r| r.strip_prefix("://"))
+                .is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+        });
+        if !ok {
+            let list = schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(" or ");
+            self.fail(path, format!("`{value}` is not a URL starting with {list}"));
+        }
+    }
+}
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker { problems: Vec::new() };
+
+    for (key, v) in [
+        ("aws.endpoint_url", &raw.aws.endpoint_url),
+        ("aws.sqs_endpoint_url", &raw.aws.sqs_endpoint_url),
+        ("aws.lambda_endpoint_url", &raw.aws.lambda_endpoint_url),
+    ] {
+        if let Some(v) = v {
+            c.url(key, v, &["http", "https"]);
+        }
+    }
+    let aws = AwsConfig {
+        region: raw.aws.region.filter(|r| !r.is_empty()),
+        sqs_endpoint_url: raw.aws.sqs_endpoint_url.or(raw.aws.endpoint_url.clone()),
+        lambda_endpoint_url: raw.aws.lambda_endpoint_url.or(raw.aws.endpoint_url),
+    };
+
+    let listen_text = raw.server.listen.unwrap_or_else(|| "0.0.0.0:9464".to_string());
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        c.fail("server.listen", format!("`{listen_text}` is not an address:port such as 0.0.0.0:9464"));
+        SocketAddr::from(([0, 0, 0, 0], 9464))
+    });
+    let grace = c.ranged("shutdown.grace_period_secs", raw.shutdown.grace_period_secs, 30, 1, 3600);
+
+    if raw.pipelines.is_empty() {
+        c.fail("pipelines", "at least one [[pipelines]] table is required");
+    }
+    let mut names = HashSet::new();
+    let mut pipelines = Vec::new();
+    for (i, p) in raw.pipelines.into_iter().enumerate() {
+        let at = format!("pipelines[{i}]");
+        let pipeline = validate_pipeline(&mut c, &at, p);
+        if !pipeline.name.is_empty() && !names.insert(pipeline.name.clone()) {
+            c.fail(
+                format!("{at}.name"),
+                format!("`{}` is used by another pipeline; names must be unique", pipeline.name),
+            );
+        }
+        pipelines.push(pipeline);
+    }
+
+    // a long poll in flight at SIGTERM must be able to return inside the grace period
+    for (i, p) in pipelines.iter().enumerate() {
+        if p.pollers.wait_time.as_secs() >= grace {
+            c.fail(
+                format!("pipelines[{i}].pollers.wait_time_secs"),
+                format!(
+                    "{} must be shorter than shutdown.grace_period_secs ({grace}): a long poll in flight at shutdown has to return within the grace period",
+                    p.pollers.wait_time.as_secs()
+                ),
+            );
+        }
+    }
+
+    if c.problems.is_empty() {
+        Ok(Config { aws, listen, grace_period: Duration::from_secs(grace), pipelines })
+    } else {
+        Err(c.problems)
+    }
+}
+
+fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfig {
+    let name = c.required_string(&format!("{at}.name"), p.name);
+    if !name.is_empty() && !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+        c.fail(
+            format!("{at}.name"),
+            format!("`{name}` may only contain letters, digits, `-` and `_` (it becomes a metric label)"),
+        );
+    }
+    let queue_url = c.required_string(&format!("{at}.queue_url"), p.queue_url);
+    c.url(&format!("{at}.queue_url"), &queue_url, &["http", "https"]);
+    let fifo = queue_url.ends_with(".fifo");
+    let depth_interval = c.ranged(&format!("{at}.depth_interval_secs"), p.depth_interval_secs, 10, 1, 3600);
+
+    let min = c.ranged(&format!("{at}.pollers.min"), p.pollers.min, 1, 0, 1000);
+    let max = c.ranged(&format!("{at}.pollers.max"), p.pollers.max, 10, 1, 1000);
+    if min > max {
+        c.fail(format!("{at}.pollers.min"), format!("{min} is greater than pollers.max ({max})"));
+    }
+    let wait = c.ranged(&format!("{at}.pollers.wait_time_secs"), p.pollers.wait_time_secs, 20, 0, 20);
+    let visibility = p
+        .pollers
+        .visibility_timeout_secs
+        .map(|v| c.ranged(&format!("{at}.pollers.visibility_timeout_secs"), Some(v), v, 0, MAX_VISIBILITY_SECS));
+
+    let size_hi = if fifo { 10 } else { 10_000 };
+    let size = c.ranged(&format!("{at}.batch.size"), p.batch.size, 10, 1, size_hi);
+    if fifo && p.batch.size.is_some_and(|s| s > 10) {
+        c.fail(format!("{at}.batch.size"), "FIFO queues (queue_url ending in .fifo) allow at most 10");
+    }
+    let window = c.ranged(&format!("{at}.batch.window_ms"), p.batch.window_ms, 0, 0, 300_000);
+    let max_bytes = c.ranged(
+        &format!("{at}.batch.max_bytes"),
+        p.batch.max_bytes,
+        MAX_BATCH_BYTES as u64,
+        1024,
+        MAX_BATCH_BYTES as u64,
+    );
+
+    let target = match p.target {
+        Some(t) => validate_target(c, &format!("{at}.target"), t),
+        None => {
+            c.fail(format!("{at}.target"), "is required ([pipelines.target] with a `type`)");
+            placeholder_target()
+        }
+    };
+
+    let initial =
+        c.ranged(&format!("{at}.retry.initial_backoff_secs"), p.retry.initial_backoff_secs, 1, 0, MAX_VISIBILITY_SECS);
+    let max_backoff =
+        c.ranged(&format!("{at}.retry.max_backoff_secs"), p.retry.max_backoff_secs, 300, 0, MAX_VISIBILITY_SECS);
+    if initial > max_backoff {
+        c.fail(
+            format!("{at}.retry.initial_backoff_secs"),
+            format!("{initial} is greater than retry.max_backoff_secs ({max_backoff})"),
+        );
+    }
+
+    let dead_letter = p.dead_letter.map(|d| {
+        let queue_url = c.required_string(&format!("{at}.dead_letter.queue_url"), d.queue_url);
+        c.url(&format!("{at}.dead_letter.queue_url"), &queue_url, &["http", "https"]);
+        let count = c.ranged(&format!("{at}.dead_letter.max_receive_count"), d.max_receive_count, 5, 1, 1000);
+        DeadLetterConfig { queue_url, max_receive_count: count as u32 }
+    });
+    if let Some(d) = &dead_letter {
+        if d.queue_url == queue_url && !queue_url.is_empty() {
+            c.fail(format!("{at}.dead_letter.queue_url"), "is the pipeline's own queue_url; it must be another queue");
+        }
+        if d.queue_url.ends_with(".fifo") != fifo && !d.queue_url.is_empty() {
+            c.fail(
+                format!("{at}.dead_letter.queue_url"),
+                "a FIFO queue needs a FIFO dead-letter queue and a standard queue a standard one",
+            );
+        }
+    }
+
+    let filter = p.filter.and_then(|f| {
+        let on_filtered = match f.on_filtered.as_deref() {
+            None | Some("delete") => OnFiltered::Delete,
+            Some("keep") => OnFiltered::Keep,
+            Some(other) => {
+                c.fail(format!("{at}.filter.on_filtered"), format!("`{other}` is not one of: delete, keep"));
+                OnFiltered::Delete
+            }
+        };
+        let keep_delay = c.ranged(
+            &format!("{at}.filter.keep_delay_secs"),
+            f.keep_delay_secs,
+            defaults::KEEP_DELAY_SECS,
+            1,
+            MAX_VISIBILITY_SECS,
+        );
+        if f.keep_delay_secs.is_some() && on_filtered != OnFiltered::Keep {
+            c.fail(format!("{at}.filter.keep_delay_secs"), "applies only with on_filtered = \"keep\"");
+        }
+        let patterns = f.patterns.unwrap_or_default();
+        if patterns.is_empty() {
+            c.fail(
+                format!("{at}.filter.patterns"),
+                "lists no pattern; remove [pipelines.filter] to pass every message",
+            );
+            return None;
+        }
+        match crate::filter::Filter::compile(&patterns) {
+            Ok(filter) => Some(FilterConfig { filter, on_filtered, keep_delay: Duration::from_secs(keep_delay) }),
+            Err((i, e)) => {
+                c.fail(format!("{at}.filter.patterns[{i}]"), format!("invalid pattern of pipeline `{name}`: {e}"));
+                None
+            }
+        }
+    });
+
+    let default_outstanding = defaults::max_outstanding(target.max_concurrency, size as usize) as u64;
+    let max_outstanding = c.ranged(
+        &format!("{at}.lease.max_outstanding"),
+        p.lease.max_outstanding,
+        default_outstanding,
+        crate::lease::RECEIVE_MAX as u64,
+        1_000_000,
+    );
+    let max_lease = c.ranged(
+        &format!("{at}.lease.max_lease_secs"),
+        p.lease.max_lease_secs,
+        defaults::MAX_LEASE_SECS,
+        1,
+        MAX_VISIBILITY_SECS,
+    );
+
+    PipelineConfig {
+        lease: LeaseConfig { max_outstanding: max_outstanding as usize, max_lease: Duration::from_secs(max_lease) },
+        name,
+        queue_url,
+        fifo,
+        filter,
+        pollers: PollerConfig {
+            min: min as usize,
+            max: max as usize,
+            wait_time: Duration::from_secs(wait),
+            visibility_timeout: visibility.map(Duration::from_secs),
+        },
+        batch: BatchConfig {
+            size: size as usize,
+            window: Duration::from_millis(window),
+            max_bytes: max_bytes as usize,
+        },
+        target,
+        retry: RetryConfig {
+            initial_backoff: Duration::from_secs(initial),
+            max_backoff: Duration::from_secs(max_backoff),
+        },
+        dead_letter,
+        depth_interval: Duration::from_secs(depth_interval),
+    }
+}
+
+fn placeholder_target() -> TargetConfig {
+    TargetConfig {
+        kind: TargetKind::Http { url: String::new() },
+        timeout: Duration::from_secs(30),
+        max_concurrency: 10,
+        rate_limit_per_sec: None,
+        max_throttled: Duration::from_secs(defaults::MAX_THROTTLED_SECS),
+    }
+}
+
+fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
+    let timeout = c.ranged(&format!("{at}.timeout_secs"), t.timeout_secs, 30, 1, 900);
+    let max_throttled = c.ranged(
+        &format!("{at}.max_throttled_secs"),
+        t.max_throttled_secs,
+        defaults::MAX_THROTTLED_SECS,
+        1,
+        MAX_VISIBILITY_SECS,
+    );
+    let max_concurrency = c.ranged(&format!("{at}.max_concurrency"), t.max_concurrency, 10, 1, 10_000);
+    let rate_limit_per_sec = t.rate_limit_per_sec.and_then(|r| {
+        let r = c.ranged(&format!("{at}.rate_limit_per_sec"), Some(r), 1, 1, 1_000_000);
+        NonZeroU32::new(r as u32)
+    });
+
+    // Keys that belong to one target type only.
+    let present = [
+        ("url", t.url.is_some()),
+        ("function_name", t.function_name.is_some()),
+        ("qualifier", t.qualifier.is_some()),
+        ("program", t.program.is_some()),
+        ("args", t.args.is_some()),
+        ("workers", t.workers.is_some()),
+        ("handler", t.handler.is_some()),
+    ];
+    let only = |kind: &str, allowed: &[&str], c: &mut Checker| {
+        for (key, is_set) in present {
+            if is_set && !allowed.contains(&key) {
+                c.fail(format!("{at}.{key}"), format!("does not apply to target type `{kind}`"));
+            }
+        }
+    };
+
+    let kind = match t.kind.as_deref() {
+        Some("http") => {
+            only("http", &["url"], c);
+            let url = c.required_string(&format!("{at}.url"), t.url);
+            c.url(&format!("{at}.url"), &url, &["http"]);
+            TargetKind::Http { url }
+        }
+        Some("command") => {
+            only("command", &["program", "args"], c);
+            let program = c.required_string(&format!("{at}.program"), t.program);
+            TargetKind::Command { program, args: t.args.unwrap_or_default() }
+        }
+        Some("lambda") => {
+            only("lambda", &["function_name", "qualifier"], c);
+            let function_name = c.required_string(&format!("{at}.function_name"), t.function_name);
+            TargetKind::Lambda { function_name, qualifier: t.qualifier.filter(|q| !q.is_empty()) }
+        }
+        Some("runtime-api") => {
+            only("runtime-api", &["program", "args", "workers", "handler"], c);
+            let program = c.required_string(&format!("{at}.program"), t.program);
+            let workers = c.ranged(&format!("{at}.workers"), t.workers, 1, 1, 256) as usize;
+            TargetKind::RuntimeApi {
+                program,
+                args: t.args.unwrap_or_default(),
+                workers,
+                handler: t.handler.filter(|h| !h.is_empty()),
+            }
+        }
+        Some(other) => {
+            c.fail(
+                format!("{at}.type"),
+                format!("`{other}` is not a target type (expected one of: http, command, lambda, runtime-api)"),
+            );
+            TargetKind::Http { url: String::new() }
+        }
+        None => {
+            c.fail(format!("{at}.type"), "is required (http, command, lambda or runtime-api)");
+            TargetKind::Http { url: String::new() }
+        }
+    };
+    TargetConfig {
+        kind,
+        timeout: Duration::from_secs(timeout),
+        max_concurrency: max_concurrency as usize,
+        rate_limit_per_sec,
+        max_throttled: Duration::from_secs(max_throttled),
+    }
+}
