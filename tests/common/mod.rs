@@ -207,6 +207,11 @@ pub async fn moto() -> String {
     }
 }
 
+/// moto's SQS (the same server as its Lambda), for cross-checks.
+pub async fn moto_sqs() -> Sqs {
+    client_for(moto().await)
+}
+
 /// POSTs JSON to moto's control API.
 pub async fn moto_post(url: &str, path: &str, body: &Value) {
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
