@@ -116,8 +116,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     }))
     .await;
     stop_server.cancel();
-    let _ = server.await;
-    let _ = upkeep.await;
+    for (what, task) in [("metrics server", server), ("metrics upkeep", upkeep)] {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "the {what} task failed");
+        }
+    }
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     Ok(())
 }

@@ -27,6 +27,7 @@ async fn batches_of_100_are_built_from_10_message_receives() {
     poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"size100\"}", 300.0, Duration::from_secs(30)).await;
     let sizes: Vec<usize> = worker.deliveries().iter().map(|d| d.records().len()).collect();
     assert_eq!(sizes, vec![100, 100, 100], "cut by count, long before the 5 s window");
+    assert_eq!(sqs.counts(&queue).await, (0, 0), "deleted on the emulator, not only counted");
     let text = poller.metrics_text().await;
     let receives = metric_value(
         &text,
@@ -60,6 +61,7 @@ async fn the_window_cuts_a_batch_that_is_not_full() {
     assert_eq!(deliveries.iter().map(|d| d.records().len()).collect::<Vec<_>>(), vec![5], "one batch of all five");
     let waited = deliveries[0].at - sent;
     assert!(waited >= Duration::from_millis(1400), "dispatched after {waited:?}, before the 1.5 s window ended");
+    assert_eq!(sqs.counts(&queue).await, (0, 0), "deleted on the emulator, not only counted");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
@@ -91,6 +93,7 @@ async fn max_bytes_cuts_batches_of_one_mebibyte_messages() {
     let sizes: Vec<usize> = deliveries.iter().map(|d| d.records().len()).collect();
     assert_eq!(sizes, vec![6, 6], "cut by bytes, not by count or window");
     assert!(deliveries.iter().all(|d| d.bytes > 6_000_000), "each batch is as full as the cap allows");
+    assert_eq!(sqs.counts(&queue).await, (0, 0), "deleted on the emulator, not only counted");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }

@@ -78,6 +78,7 @@ async fn a_batch_longer_than_the_visibility_timeout_keeps_its_messages_hidden() 
         .metric("sqs_poller_sqs_requests_total{pipeline=\"long\",operation=\"ChangeMessageVisibilityBatch\",outcome=\"ok\"}")
         .await;
     assert!(extended >= 2.0, "visibility extended every second: {extended}");
+    assert_eq!(sqs.counts(&queue).await, (0, 0), "deleted on the emulator, not only counted");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }

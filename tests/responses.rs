@@ -160,6 +160,7 @@ async fn throttling_retries_the_batch_without_failing_its_messages() {
         .map(|d| d.records()[0]["attributes"]["ApproximateReceiveCount"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(counts, vec!["1"; 4]);
+    assert_eq!(sqs.counts(&queue).await, (0, 0), "deleted on the emulator, not only counted");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
@@ -197,6 +198,7 @@ async fn a_worker_that_is_not_up_yet_does_not_cost_receive_counts() {
         }
     }
     assert!(poller.log_text().contains("cannot connect to"));
+    assert_eq!(sqs.counts(&queue).await, (0, 0), "deleted on the emulator, not only counted");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
