@@ -284,17 +284,20 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
             }
         };
         w!(
-            "  target     {target} timeout {}s max_concurrency {} rate_limit {}",
+            "  target     {target} timeout {}s max_concurrency {} rate_limit {} max_throttled {}s",
             p.target.timeout.as_secs(),
             p.target.max_concurrency,
-            p.target.rate_limit_per_sec.map_or("none".to_string(), |r| format!("{r}/s"))
+            p.target.rate_limit_per_sec.map_or("none".to_string(), |r| format!("{r}/s")),
+            p.target.max_throttled.as_secs()
         );
+        w!("  lease      max_outstanding {} max_lease {}s", p.lease.max_outstanding, p.lease.max_lease.as_secs());
         match &p.filter {
-            Some(f) => w!(
-                "  filter     {} pattern(s), on_filtered {}",
+            Some(f) if f.on_filtered == config::OnFiltered::Keep => w!(
+                "  filter     {} pattern(s), on_filtered keep (back after {}s)",
                 f.filter.len(),
-                if f.on_filtered == config::OnFiltered::Keep { "keep" } else { "delete" }
+                f.keep_delay.as_secs()
             ),
+            Some(f) => w!("  filter     {} pattern(s), on_filtered delete", f.filter.len()),
             None => w!("  filter     none (every message passes)"),
         }
         w!("  retry      backoff {}s..{}s", p.retry.initial_backoff.as_secs(), p.retry.max_backoff.as_secs());

@@ -186,3 +186,25 @@ fn a_missing_file_is_a_configuration_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("/nonexistent/poller.toml: cannot read the configuration file"), "{stderr}");
 }
+
+/// `check` prints the whole resolved configuration; `tests/golden/check-poller.txt` is the
+/// expected output for `config/poller.toml` (regenerate it with the command below when a key is
+/// added, and read the diff).
+#[test]
+fn check_prints_the_resolved_configuration() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+        .current_dir(root)
+        .args(["check", "--config", "config/poller.toml"])
+        .env_remove("PAYMENTS_QUEUE_URL")
+        .env_remove("PAYMENTS_DLQ_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let golden = std::fs::read_to_string(format!("{root}/tests/golden/check-poller.txt")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        golden,
+        "regenerate: target/debug/sqs-poller check --config config/poller.toml > tests/golden/check-poller.txt"
+    );
+}

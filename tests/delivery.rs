@@ -153,10 +153,29 @@ async fn an_always_failing_message_ends_in_the_dead_letter_queue() {
     let extra = format!(
         "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.retry]\ninitial_backoff_secs = 0\n[pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 3"
     );
-    let poller = start_poller(&sqs, 10, &http_pipeline("poison", &queue, &worker.url, &extra)).await;
+    let poller = start_poller(
+        &sqs,
+        10,
+        // depth sampled every second (a key of the pipeline's own table, before its target)
+        &http_pipeline("poison", &queue, &worker.url, &extra).replacen(
+            "[pipelines.target]",
+            "depth_interval_secs = 1\n[pipelines.target]",
+            1,
+        ),
+    )
+    .await;
     poller
         .wait_metric("sqs_poller_messages_dead_lettered_total{pipeline=\"poison\"}", 1.0, Duration::from_secs(30))
         .await;
+    // the dead-letter depth gauge follows the emulator's count
+    poller
+        .wait_metric(
+            "sqs_poller_queue_messages{pipeline=\"poison\",queue=\"dead_letter\",state=\"visible\"}",
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(sqs.counts(&dlq).await, (1, 0), "the emulator agrees with the gauge");
     poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"poison\"}", 2.0, Duration::from_secs(10)).await;
 
     assert_eq!(worker.times_delivered()[&poison_id], 3, "tried max_receive_count times");
@@ -179,6 +198,9 @@ async fn an_always_failing_message_ends_in_the_dead_letter_queue() {
     assert_eq!(m("sqs_poller_messages_failed_total"), 3.0);
     assert_eq!(m("sqs_poller_messages_succeeded_total"), 1.0);
     assert_eq!(m("sqs_poller_messages_dead_lettered_total"), 1.0);
+    // after a run with successes, failures, retries and a dead letter: every label value is
+    // one of the fixed sets of the metrics contract
+    assert_bounded_labels(&text, &["poison"]);
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }

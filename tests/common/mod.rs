@@ -487,6 +487,42 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
     find_metric(text, series).unwrap_or_else(|| panic!("the series {series} is absent from /metrics:\n{text}"))
 }
 
+/// Asserts that every label of every series in `text` has a value from the fixed sets of the
+/// metrics contract (README, "Metrics and health"): no message ids, error texts or queue URLs.
+pub fn assert_bounded_labels(text: &str, pipelines: &[&str]) {
+    let allowed = |key: &str, value: &str| -> bool {
+        match key {
+            "pipeline" => pipelines.contains(&value),
+            "outcome" => ["success", "partial", "failure", "throttled", "ok", "error"].contains(&value),
+            "operation" => [
+                "ReceiveMessage",
+                "DeleteMessageBatch",
+                "ChangeMessageVisibilityBatch",
+                "SendMessage",
+                "GetQueueAttributes",
+            ]
+            .contains(&value),
+            "state" => ["visible", "in_flight", "delayed"].contains(&value),
+            "queue" => ["source", "dead_letter"].contains(&value),
+            "version" => value == env!("CARGO_PKG_VERSION"),
+            "le" | "quantile" => value == "+Inf" || value.parse::<f64>().is_ok(),
+            _ => false,
+        }
+    };
+    let mut series = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let Some((_, rest)) = line.split_once('{') else { continue };
+        let labels = rest.rsplit_once('}').expect("closed label set").0;
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once("=\"").unwrap_or_else(|| panic!("label `{pair}` in {line}"));
+            let value = value.trim_end_matches('"');
+            assert!(allowed(key, value), "label {key}=\"{value}\" is not from a fixed set: {line}");
+        }
+        series += 1;
+    }
+    assert!(series > 50, "only {series} labelled series in /metrics");
+}
+
 /// One series out of Prometheus text, `None` when absent.
 pub fn find_metric(text: &str, series: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
