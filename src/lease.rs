@@ -343,17 +343,31 @@ impl LeaseKeeper {
     /// Keeps every lease invisible until `stop` is cancelled. Extensions go out when half a
     /// visibility timeout is left; a failed one is a warning and a counter.
     pub async fn heartbeat(&self, stop: tokio_util::sync::CancellationToken) {
+        // rounds are at least this far apart, so that a busy pipeline (a receive every few ms,
+        // each lease due at its own instant) scans its leases a few times a second, not per receive
+        let spacing = (self.visibility() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut last_round = Instant::now();
         loop {
             let next = self.table().next_due(Instant::now());
-            // a lease added meanwhile may be due earlier: re-plan when one is added
-            let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = self.added.notified() => continue,
-                () = tokio::time::sleep_until(wake) => {}
+            match next {
+                Some(due) => tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep_until(due.max(last_round + spacing)) => {}
+                },
+                // nothing leased: wait for the first lease (a lease is never due sooner than
+                // half a visibility timeout after it is taken, so a planned wake stays right)
+                None => tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = self.added.notified() => continue,
+                },
             }
+            last_round = Instant::now();
             self.extend_due().await;
         }
+    }
+
+    fn visibility(&self) -> Duration {
+        self.table().visibility
     }
 
     /// One round of extensions.

@@ -16,7 +16,7 @@
 //!
 //! Every random choice comes from one generator seeded by [`SimConfig::seed`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -100,6 +100,8 @@ struct State {
     next_seq: u64,
     /// By sequence number (send order).
     messages: BTreeMap<u64, SimMessage>,
+    /// FIFO: each group's messages by sequence number (the group's head first).
+    groups: BTreeMap<String, std::collections::BTreeSet<u64>>,
     log: SimLog,
 }
 
@@ -116,7 +118,13 @@ impl SimQueue {
         SimQueue {
             config,
             fifo,
-            state: Mutex::new(State { rng, next_seq: 0, messages: BTreeMap::new(), log: SimLog::default() }),
+            state: Mutex::new(State {
+                rng,
+                next_seq: 0,
+                messages: BTreeMap::new(),
+                groups: BTreeMap::new(),
+                log: SimLog::default(),
+            }),
         }
     }
 
@@ -130,6 +138,9 @@ impl SimQueue {
         st.next_seq += 1;
         let seq = st.next_seq;
         let id = format!("sim-{seq:08}");
+        if let Some(g) = group.filter(|_| self.fifo) {
+            st.groups.entry(g.to_string()).or_default().insert(seq);
+        }
         let now = Instant::now();
         let sent_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
@@ -193,25 +204,32 @@ impl SimQueue {
         let mut st = self.state();
         let st = &mut *st;
         let mut picked: Vec<u64> = Vec::new();
-        let mut blocked: HashSet<String> = HashSet::new();
-        for (&seq, m) in &st.messages {
-            if picked.len() == 10 {
-                break;
+        if self.fifo {
+            // groups in the order of their oldest message; within a group, in order, stopping at
+            // the first message that is in flight (or delayed): the group waits for it
+            let mut heads: Vec<(u64, &std::collections::BTreeSet<u64>)> =
+                st.groups.values().filter_map(|seqs| Some((*seqs.first()?, seqs))).collect();
+            heads.sort_unstable_by_key(|(head, _)| *head);
+            'groups: for (_, seqs) in heads {
+                for &seq in seqs {
+                    if st.messages[&seq].visible_at > now {
+                        break;
+                    }
+                    picked.push(seq);
+                    if picked.len() == 10 {
+                        break 'groups;
+                    }
+                }
             }
-            if self.fifo {
-                let group = m.group.clone().unwrap_or_default();
-                if blocked.contains(&group) {
-                    continue;
+        } else {
+            for (&seq, m) in &st.messages {
+                if picked.len() == 10 {
+                    break;
                 }
-                if m.visible_at > now {
-                    // an earlier message of the group is in flight (or delayed): the group waits
-                    blocked.insert(group);
-                    continue;
-                }
-                picked.push(seq);
-            } else if m.visible_at <= now && st.rng.f64() >= 0.1 {
                 // standard queues do not keep order: skip a few at random
-                picked.push(seq);
+                if m.visible_at <= now && st.rng.f64() >= 0.1 {
+                    picked.push(seq);
+                }
             }
         }
         if !self.fifo
@@ -349,6 +367,14 @@ impl Queue for SimQueue {
                 match Self::current(&st, handle) {
                     Some(seq) => {
                         let m = st.messages.remove(&seq).expect("current");
+                        if let Some(g) = &m.group {
+                            if let Some(seqs) = st.groups.get_mut(g) {
+                                seqs.remove(&seq);
+                                if seqs.is_empty() {
+                                    st.groups.remove(g);
+                                }
+                            }
+                        }
                         st.log.deleted.push(m.id);
                     }
                     // SQS: "the request succeeds, but the message might not be deleted"
