@@ -3,6 +3,7 @@
 # against a burst of messages and the example worker (examples/worker.py), and prints what happened.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export SQS_POLLER_SKIP_LOCALSTACK=1   # only the tests need it
 if ! scripts/services.sh url >/dev/null 2>&1; then
   scripts/services.sh start >/dev/null
   trap 'scripts/services.sh stop' EXIT

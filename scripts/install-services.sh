@@ -10,6 +10,7 @@
 #   - LocalStack (PyPI localstack-core, host mode, no Docker) into .local/localstack on pyenv's
 #     Python 3.13 (LocalStack needs ≥ 3.12): the SQS emulator that behaves as SQS does for FIFO
 #     group locking, attribute character rules and FIFO-only parameters (tests/conformance.rs)
+#     (SQS_POLLER_SKIP_LOCALSTACK=1 skips it: the demo and the benchmarks do not use it)
 #   - with `--bench`: sqs-consumer 15.0.3, the peer of the benchmark suite
 # Nothing is installed system-wide.
 set -euo pipefail
@@ -46,7 +47,9 @@ if [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "$venv/bin/moto_server" ] || ! "$venv
   "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint "moto[server]" awslambdaric >&2
 fi
 ls_venv="$root/.local/localstack"
-if [ ! -x "$ls_venv/bin/python" ] || ! "$ls_venv/bin/python" -c "import localstack.runtime.main" 2>/dev/null; then
+if [ "${SQS_POLLER_SKIP_LOCALSTACK:-}" = 1 ]; then
+  :   # the demo does not need it
+elif [ ! -x "$ls_venv/bin/python" ] || ! "$ls_venv/bin/python" -c "import localstack.runtime.main" 2>/dev/null; then
   py=""
   for v in 3.13 3.12; do
     for cand in "$(pyenv root 2>/dev/null)"/versions/$v*/bin/python3 "$(command -v python$v || true)"; do

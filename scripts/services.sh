@@ -2,7 +2,8 @@
 # Local test services for tests, the demo and benchmarks; everything lives in .local/ (git-ignored).
 #   scripts/services.sh start   install if needed, start fauxqs, moto (Lambda, cross-checks) and
 #                               LocalStack (conformance of FIFO groups and attribute rules) on free
-#                               loopback ports, print fauxqs' URL
+#                               loopback ports, print fauxqs' URL (SQS_POLLER_SKIP_LOCALSTACK=1:
+#                               without LocalStack, as the demo and the benchmarks run)
 #   scripts/services.sh stop    stop them
 #   scripts/services.sh url     print the URL of the running emulator (exit 1 if none)
 # The URLs are also written to .local/run/{fauxqs,moto,localstack}.url, where the tests look for
@@ -39,6 +40,7 @@ start_moto() {
 
 # LocalStack in host mode (no Docker), SQS only; ready in about 10 s
 start_localstack() {
+  [ "${SQS_POLLER_SKIP_LOCALSTACK:-}" = 1 ] && return 0
   if [ -f "$run/localstack.pid" ] && kill -0 "$(cat "$run/localstack.pid")" 2>/dev/null \
      && [ -f "$run/localstack.url" ]; then return 0; fi
   local port; port="$(free_port)"

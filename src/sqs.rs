@@ -26,6 +26,7 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 
+use crate::backoff::Backoff;
 use crate::config::AwsConfig;
 use crate::metrics::PipelineMetrics;
 
@@ -322,6 +323,7 @@ impl SqsQueue {
         deduplication_id: Option<&str>,
     ) -> Result<(), SqsError> {
         let mut attempt = 0;
+        let mut backoff = Backoff::default();
         loop {
             attempt += 1;
             let r = self
@@ -339,7 +341,7 @@ impl SqsQueue {
             self.count("SendMessage", &r);
             match r {
                 Err(e) if e.is_retryable() && attempt < BATCH_ATTEMPTS => {
-                    tokio::time::sleep(retry_pause(attempt)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 other => return other,
             }
@@ -359,6 +361,7 @@ impl SqsQueue {
             async move {
                 let mut pending = chunk;
                 let mut given_up = Vec::new();
+                let mut backoff = Backoff::default();
                 for attempt in 1..=BATCH_ATTEMPTS {
                     let r = call(pending.clone()).await;
                     self.count(operation, &r);
@@ -390,7 +393,7 @@ impl SqsQueue {
                             return given_up;
                         }
                     }
-                    tokio::time::sleep(retry_pause(attempt)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 given_up.extend(pending);
                 given_up
@@ -401,8 +404,3 @@ impl SqsQueue {
     }
 }
 
-/// Pause before the next attempt of a batch call: 50 ms, 100 ms, 200 ms … with jitter.
-fn retry_pause(attempt: u32) -> Duration {
-    let base = 50u64 << attempt.min(6);
-    Duration::from_millis(base / 2 + fastrand::u64(0..=base / 2))
-}

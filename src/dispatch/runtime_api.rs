@@ -194,7 +194,7 @@ fn request_id() -> String {
 
 /// Keeps one worker process running; fails its batch and restarts it when it exits.
 async fn supervise(command: WorkerCommand, slot: usize, runtime_api: String, shared: Arc<Shared>) {
-    let mut crashes: u32 = 0;
+    let mut restarts = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let mut cmd = tokio::process::Command::new(&command.program);
         cmd.args(&command.args)
@@ -233,8 +233,11 @@ async fn supervise(command: WorkerCommand, slot: usize, runtime_api: String, sha
                 "runtime-api worker {slot} exited ({status}) during the batch"
             )));
         }
-        crashes = if started.elapsed() > Duration::from_secs(30) { 1 } else { crashes + 1 };
-        let pause = Duration::from_millis(100u64 << crashes.min(6)).min(Duration::from_secs(5));
+        // a worker that ran for a while before it ended starts over from the shortest pause
+        if started.elapsed() > Duration::from_secs(30) {
+            restarts.reset();
+        }
+        let pause = restarts.next_delay();
         tracing::warn!(worker = slot, status = %status, restart_in_ms = pause.as_millis() as u64, "runtime-api worker exited; restarting");
         tokio::time::sleep(pause).await;
     }
