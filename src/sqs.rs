@@ -403,4 +403,3 @@ impl SqsQueue {
         results.into_iter().flatten().collect()
     }
 }
-
