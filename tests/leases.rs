@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -280,13 +279,7 @@ async fn a_message_received_again_while_leased_is_one_message() {
 /// dead-lettered, and a worker was killed in a batch it had just started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtime_api_timeouts_count_the_work_not_the_wait_for_a_worker() {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/venv/bin/python");
-    let ric = std::process::Command::new(&python).args(["-c", "import awslambdaric"]).status();
-    assert!(
-        ric.is_ok_and(|s| s.success()),
-        "{} cannot import awslambdaric: run scripts/install-services.sh",
-        python.display()
-    );
+    let python = python_with_awslambdaric();
     let sqs = sqs().await;
     let queue = sqs.queue("rt-wait", &[]).await;
     let dlq = sqs.queue("rt-wait-dlq", &[]).await;

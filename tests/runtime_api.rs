@@ -3,20 +3,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmodified_lambda_handler_runs_as_a_local_worker() {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/venv/bin/python");
-    let ric = std::process::Command::new(&python).args(["-c", "import awslambdaric"]).status();
-    assert!(
-        ric.is_ok_and(|s| s.success()),
-        "{} cannot import awslambdaric: run scripts/install-services.sh (it installs awslambdaric into .local/venv)",
-        python.display()
-    );
+    let python = python_with_awslambdaric();
     let sqs = sqs().await;
     let queue = sqs.queue("runtime", &[]).await;
     let dlq = sqs.queue("runtime-dlq", &[]).await;
@@ -49,7 +42,7 @@ async fn an_unmodified_lambda_handler_runs_as_a_local_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_over_its_timeout_has_its_worker_killed_and_replaced() {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/venv/bin/python");
+    let python = python_with_awslambdaric();
     let sqs = sqs().await;
     let queue = sqs.queue("runtime-timeout", &[]).await;
     sqs.send_bodies(&queue, &["SLEEP-1".to_string()]).await;

@@ -144,6 +144,52 @@ fn worker(seed: u64, witness: Arc<Mutex<Witness>>) -> Target {
     }))
 }
 
+/// A running pipeline on simulated queues.
+struct Running {
+    task: tokio::task::JoinHandle<Result<(), sqs_poller::sqs::SqsError>>,
+    shutdown: Shutdown,
+    witness: Arc<Mutex<Witness>>,
+}
+
+impl Running {
+    /// Drains the pipeline (SIGTERM) and waits for it.
+    async fn stop(self) {
+        self.shutdown.begin(Duration::from_secs(30));
+        self.task.await.expect("the pipeline task").expect("the pipeline ran");
+    }
+}
+
+/// Starts pipeline `name` (its sub-tables are `tables`) on `queue`, dead-lettering to `dlq` after
+/// `max_receive_count` receives, with the seeded worker.
+fn start(
+    name: &str,
+    queue: &Arc<SimQueue>,
+    (dlq, max_receive_count): (&Arc<SimQueue>, u32),
+    seed: u64,
+    tables: &str,
+) -> Running {
+    let config = format!(
+        "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n{tables}\n\
+         [pipelines.dead_letter]\nqueue_url = \"{}\"\nmax_receive_count = {max_receive_count}\n",
+        queue.url(),
+        dlq.url()
+    );
+    let cfg = sqs_poller::config::parse(&config, &|_| None).expect("valid").pipelines.remove(0);
+    let witness: Arc<Mutex<Witness>> = Arc::default();
+    let shutdown = Shutdown::default();
+    let metrics = PipelineMetrics::new(name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
+    let task = tokio::spawn(pipeline::run(PipelineParts {
+        config: cfg,
+        queue: queue.clone(),
+        dead_letter: Some(dlq.clone()),
+        target: worker(seed, witness.clone()),
+        metrics,
+        shutdown: shutdown.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+    }));
+    Running { task, shutdown, witness }
+}
+
 async fn run(name: &str, fifo: bool, seed: u64) {
     let handle = recorder();
     let suffix = if fifo { ".fifo" } else { "" };
@@ -169,38 +215,19 @@ async fn run(name: &str, fifo: bool, seed: u64) {
         let group = fifo.then(|| format!("g{}", i % 50));
         queue.put(&body, group.as_deref());
     }
-    let config = format!(
-        "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n\
-         [pipelines.pollers]\nmin = 2\nmax = 10\nwait_time_secs = 5\n\
+    let tables = "[pipelines.pollers]\nmin = 2\nmax = 10\nwait_time_secs = 5\n\
          [pipelines.batch]\nsize = 10\nwindow_ms = 200\n\
          [pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\ntimeout_secs = 120\nmax_concurrency = 50\n\
-         [pipelines.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 20\n\
-         [pipelines.dead_letter]\nqueue_url = \"{}\"\nmax_receive_count = 4\n",
-        queue.url(),
-        dlq.url()
-    );
-    let cfg = sqs_poller::config::parse(&config, &|_| None).expect("valid").pipelines.remove(0);
-    let witness: Arc<Mutex<Witness>> = Arc::default();
-    let shutdown = Shutdown::default();
-    let metrics = PipelineMetrics::new(name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
-    let parts = PipelineParts {
-        config: cfg,
-        queue: queue.clone(),
-        dead_letter: Some(dlq.clone()),
-        target: worker(seed, witness.clone()),
-        metrics,
-        shutdown: shutdown.clone(),
-        ready: Arc::new(AtomicBool::new(false)),
-    };
+         [pipelines.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 20";
     let started = tokio::time::Instant::now();
-    let running = tokio::spawn(pipeline::run(parts));
+    let running = start(name, &queue, (&dlq, 4), seed, tables);
     while !queue.is_empty() {
         assert!(started.elapsed() < Duration::from_secs(6 * 3600), "not drained after 6 simulated hours");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let simulated = started.elapsed();
-    shutdown.begin(Duration::from_secs(30));
-    running.await.expect("the pipeline task").expect("the pipeline ran");
+    let witness = running.witness.clone();
+    running.stop().await;
 
     let w = witness.lock().unwrap();
     let log = queue.log();
@@ -313,30 +340,16 @@ fn a_dead_letter_queue_that_refuses_every_copy_loses_nothing() {
         for i in 0..20 {
             queue.put(&format!("poison-{i}"), None);
         }
-        let config = format!(
-            "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n[pipelines.pollers]\nwait_time_secs = 5\n\
-             [pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\n\
-             [pipelines.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 4\n\
-             [pipelines.dead_letter]\nqueue_url = \"{}\"\nmax_receive_count = 2\n",
-            queue.url(),
-            dlq.url()
+        let running = start(
+            name,
+            &queue,
+            (&dlq, 2),
+            seed,
+            "[pipelines.pollers]\nwait_time_secs = 5\n[pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\n\
+             [pipelines.retry]\ninitial_backoff_secs = 1\nmax_backoff_secs = 4",
         );
-        let cfg = sqs_poller::config::parse(&config, &|_| None).expect("valid").pipelines.remove(0);
-        let witness: Arc<Mutex<Witness>> = Arc::default();
-        let shutdown = Shutdown::default();
-        let metrics = PipelineMetrics::new(name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
-        let running = tokio::spawn(pipeline::run(PipelineParts {
-            config: cfg,
-            queue: queue.clone(),
-            dead_letter: Some(dlq.clone()),
-            target: worker(seed, witness.clone()),
-            metrics,
-            shutdown: shutdown.clone(),
-            ready: Arc::new(AtomicBool::new(false)),
-        }));
         tokio::time::sleep(Duration::from_secs(600)).await;
-        shutdown.begin(Duration::from_secs(30));
-        running.await.expect("the pipeline task").expect("the pipeline ran");
+        running.stop().await;
         let log = queue.log();
         assert_eq!(queue.len(), 20, "every message is still in the source queue");
         assert!(log.deleted.is_empty(), "nothing deleted: {:?}", log.deleted);

@@ -207,6 +207,18 @@ pub async fn moto() -> String {
     }
 }
 
+/// The Python of `.local/venv`, checked to import awslambdaric (the runtime-api tests' client).
+pub fn python_with_awslambdaric() -> PathBuf {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/venv/bin/python");
+    let ric = std::process::Command::new(&python).args(["-c", "import awslambdaric"]).status();
+    assert!(
+        ric.is_ok_and(|s| s.success()),
+        "{} cannot import awslambdaric: run scripts/install-services.sh (it installs awslambdaric into .local/venv)",
+        python.display()
+    );
+    python
+}
+
 /// moto's SQS (the same server as its Lambda), for cross-checks.
 pub async fn moto_sqs() -> Sqs {
     client_for(moto().await)
