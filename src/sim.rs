@@ -41,6 +41,8 @@ pub struct SimConfig {
     pub duplicate_rate: f64,
     /// Each request takes up to this long.
     pub max_latency: Duration,
+    /// The first this many receives panic (a bug in the caller's path, for tests of recovery).
+    pub receive_panics: u32,
 }
 
 impl SimConfig {
@@ -54,6 +56,7 @@ impl SimConfig {
             entry_error_rate: 0.0,
             duplicate_rate: 0.0,
             max_latency: Duration::ZERO,
+            receive_panics: 0,
         }
     }
 }
@@ -108,6 +111,7 @@ struct State {
 pub struct SimQueue {
     config: SimConfig,
     fifo: bool,
+    receives: std::sync::atomic::AtomicU32,
     state: Mutex<State>,
 }
 
@@ -118,6 +122,7 @@ impl SimQueue {
         SimQueue {
             config,
             fifo,
+            receives: std::sync::atomic::AtomicU32::new(0),
             state: Mutex::new(State {
                 rng,
                 next_seq: 0,
@@ -303,6 +308,8 @@ impl Queue for SimQueue {
 
     fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>> {
         Box::pin(async move {
+            let n = self.receives.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            assert!(n >= self.config.receive_panics, "simulated panic in receive {}", n + 1);
             self.latency().await;
             if self.injected(&mut self.state(), self.config.error_rate) {
                 return Err(SqsError::coded("ReceiveMessage", "InternalError", "injected", true));

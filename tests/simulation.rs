@@ -361,3 +361,80 @@ fn a_dead_letter_queue_that_refuses_every_copy_loses_nothing() {
         assert!(dlq.log().injected_errors >= 20, "every copy was tried and refused");
     });
 }
+
+/// Panics are bugs, but they must not lose or hide messages: pollers whose receive panics are
+/// replaced (the pollers gauge stays at the fleet's size), and a batch whose target panics is
+/// released and delivered again.
+#[test]
+fn panicking_pollers_are_replaced_and_a_panicking_batch_is_released() {
+    let seed = seed();
+    fastrand::seed(seed);
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+        let handle = recorder();
+        let name = "sim-panics";
+        let mut config = SimConfig::new("http://sim/000000000000/panics", VISIBILITY, seed);
+        config.receive_panics = 3;
+        let queue = Arc::new(SimQueue::new(config));
+        let dlq = Arc::new(SimQueue::new(SimConfig::new("http://sim/000000000000/panics-dlq", VISIBILITY, seed)));
+        for i in 0..50 {
+            queue.put(&format!("m-{i}"), None);
+        }
+        // the target panics on the first batch it gets
+        let panicked = Arc::new(AtomicBool::new(false));
+        let once = panicked.clone();
+        let succeeded: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = succeeded.clone();
+        let target = Target::Function(Arc::new(move |event: Bytes| {
+            let once = once.clone();
+            let log = log.clone();
+            Box::pin(async move {
+                if !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    panic!("simulated panic in the target");
+                }
+                let event: Value = serde_json::from_slice(&event).unwrap();
+                for r in event["Records"].as_array().unwrap() {
+                    log.lock().unwrap().push(r["body"].as_str().unwrap().to_string());
+                }
+                Invocation::Response(Bytes::new())
+            })
+        }));
+        let config = format!(
+            "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n[pipelines.pollers]\nmin = 2\nmax = 2\nwait_time_secs = 5\n\
+             [pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\n[pipelines.dead_letter]\nqueue_url = \"{}\"\n",
+            queue.url(),
+            dlq.url()
+        );
+        let cfg = sqs_poller::config::parse(&config, &|_| None).expect("valid").pipelines.remove(0);
+        let shutdown = Shutdown::default();
+        let metrics = PipelineMetrics::new(name, 2, 2, cfg.target.max_concurrency);
+        let task = tokio::spawn(pipeline::run(PipelineParts {
+            config: cfg,
+            queue: queue.clone(),
+            dead_letter: Some(dlq.clone()),
+            target,
+            metrics,
+            shutdown: shutdown.clone(),
+            ready: Arc::new(AtomicBool::new(false)),
+        }));
+        let started = tokio::time::Instant::now();
+        while !queue.is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(600), "not drained: {} left", queue.len());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // released at once, not after the 30 s visibility timeout
+        assert!(started.elapsed() < Duration::from_secs(20), "drained after {:?}", started.elapsed());
+        // a poller that died is replaced within a second; the gauge counts the living
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let text = handle.render();
+        let pollers = counter(&text, &format!("sqs_poller_pollers{{pipeline=\"{name}\"}}"));
+        assert_eq!(pollers, 2.0, "the gauge counts the pollers alive after three died");
+        assert!(panicked.load(std::sync::atomic::Ordering::SeqCst));
+        shutdown.begin(Duration::from_secs(30));
+        task.await.expect("the pipeline task").expect("the pipeline ran");
+        let mut got = succeeded.lock().unwrap().clone();
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 50, "every message processed, the panicked batch's included");
+        assert_eq!(queue.log().deleted.len(), 50);
+    });
+}
