@@ -167,9 +167,16 @@ async fn kept_messages_come_back_after_the_keep_delay_without_spinning() {
     assert!(worker.deliveries().is_empty());
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
-    // nothing deleted: all ten are still in the queue
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(sqs.take_all(&queue).await.len(), 10);
+    // nothing deleted: all ten come back (the last kept ones after their 2 s delay)
+    let back = Mutex::new(0);
+    eventually("all ten messages back in the queue", Duration::from_secs(10), || async {
+        let n = sqs.take_all(&queue).await.len();
+        let mut back = back.lock().unwrap();
+        *back += n;
+        *back >= 10
+    })
+    .await;
+    assert_eq!(back.into_inner().unwrap(), 10, "none twice");
 }
 
 /// A worker that answers 503 for one body: before, that batch was retried under one receipt
