@@ -222,7 +222,20 @@ fn run(config: Config) -> ExitCode {
             async move {
                 shutdown::signal().await;
                 shutdown.begin(grace);
-                // the drain is bounded by the grace period; this only guards against a hang
+                tokio::select! {
+                    // the operator says "now": give up the batches in flight and release
+                    // everything outstanding (receives in flight still return first, at most
+                    // wait_time_secs, so that nothing they took is left hidden)
+                    () = shutdown::signal() => {
+                        tracing::warn!("second signal: releasing everything outstanding now");
+                        shutdown.abandon.cancel();
+                    }
+                    // the drain is bounded by the grace period; this only guards against a hang
+                    () = tokio::time::sleep(grace + Duration::from_secs(2)) => {
+                        tracing::error!("drain did not finish within the grace period; exiting");
+                        std::process::exit(1);
+                    }
+                }
                 tokio::time::sleep(grace + Duration::from_secs(2)).await;
                 tracing::error!("drain did not finish within the grace period; exiting");
                 std::process::exit(1);

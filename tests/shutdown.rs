@@ -83,3 +83,36 @@ async fn an_idle_poller_stops_after_its_long_poll_returns() {
     assert!(took <= Duration::from_millis(2800), "waited {took:?} for 2 s long polls");
     assert_eq!(sqs.counts(&queue).await, (0, 0));
 }
+
+/// A second SIGTERM during the drain: the operator says "now". Batches in flight are given up
+/// and every outstanding message released at once; the process exits long before the grace
+/// period, with nothing left hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_releases_everything_at_once() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("sigterm2", &[]).await;
+    sqs.send_bodies(&queue, &(0..20).map(|i| format!("t{i}")).collect::<Vec<_>>()).await;
+    let worker = worker(|_| Reply { status: 200, body: String::new(), delay: Duration::from_secs(60) }).await;
+    let poller = start_poller(
+        &sqs,
+        30,
+        &http_pipeline(
+            "sigterm2",
+            &queue,
+            &worker.url,
+            "max_concurrency = 2\ntimeout_secs = 120\n[pipelines.pollers]\nmin = 1\nmax = 1\nwait_time_secs = 1\n[pipelines.batch]\nsize = 10",
+        ),
+    )
+    .await;
+    eventually("two batches in the worker", Duration::from_secs(10), || async { worker.deliveries().len() >= 2 }).await;
+    poller.sigterm();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, took, log) = poller.stop().await; // the second SIGTERM
+    let took = took + Duration::from_millis(300);
+    assert!(status.success(), "exit {status:?}; log:\n{log}");
+    assert!(took < Duration::from_secs(5), "exit {took:?} after the first SIGTERM, grace period 30 s; log:\n{log}");
+    assert!(log.contains("second signal"), "{log}");
+    // all twenty visible again at once, none deleted
+    let back = sqs.take_all(&queue).await.len();
+    assert_eq!(back, 20, "every message released; log:\n{log}");
+}
