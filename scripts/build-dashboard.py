@@ -66,7 +66,18 @@ ROWS = [
             (f'sum by (pipeline) (sqs_poller_in_flight_batches{{{SEL}}})', "batches {{pipeline}}"),
             (f'sum by (pipeline) (sqs_poller_max_concurrency{{{SEL}}})', "max_concurrency {{pipeline}}"),
             (f'sum by (pipeline) (sqs_poller_in_flight_messages{{{SEL}}})', "messages {{pipeline}}"),
-        ], "Batches being dispatched against max_concurrency; at the limit, pollers pause."),
+            (f'sum by (pipeline) (sqs_poller_max_outstanding_messages{{{SEL}}})', "max_outstanding {{pipeline}}"),
+        ], "Batches being dispatched against max_concurrency, and leased messages against lease.max_outstanding: pollers receive only when there is room."),
+    ]),
+    ("Leases", [
+        ("Visibility extensions", "ops", [
+            (f'sum by (pipeline, outcome) (rate(sqs_poller_lease_extensions_total{{{SEL}}}[{R}]))', "{{outcome}} {{pipeline}}"),
+        ], "ChangeMessageVisibilityBatch entries sent by the lease keeper to keep received messages invisible; errors mean messages may come back while they wait or run."),
+        ("Leases let go, duplicates, throttle releases", "ops", [
+            (f'sum by (pipeline) (rate(sqs_poller_leases_expired_total{{{SEL}}}[{R}]))', "max lease reached {{pipeline}}"),
+            (f'sum by (pipeline) (rate(sqs_poller_duplicate_receives_total{{{SEL}}}[{R}]))', "received again while leased {{pipeline}}"),
+            (f'sum by (pipeline) (rate(sqs_poller_throttle_released_messages_total{{{SEL}}}[{R}]))', "throttled too long {{pipeline}}"),
+        ], "Messages whose lease reached lease.max_lease_secs; copies SQS delivered again while the first was leased (merged, not dispatched); messages of batches the target throttled longer than max_throttled_secs."),
     ]),
     ("Errors", [
         ("SQS errors by operation", "ops", [
