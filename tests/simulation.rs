@@ -117,7 +117,8 @@ fn worker(seed: u64, witness: Arc<Mutex<Witness>>) -> Target {
             if outcome < 0.02 {
                 return Invocation::Throttled("simulated throttle".into());
             }
-            if outcome < 0.03 && early(first) {
+            // (a function error fails the whole batch: only when every message in it is early)
+            if outcome < 0.03 && records.iter().all(early) {
                 return Invocation::FunctionError("simulated function error".into());
             }
             // a FIFO handler stops a group at its first failure
