@@ -502,13 +502,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn room_is_returned_for_duplicates_and_empty_receives() {
-        let room = Arc::new(Semaphore::new(20));
-        let p = room.clone().acquire_many_owned(10).await.unwrap();
-        let mut p = p;
-        let kept = p.split(3).unwrap();
-        kept.forget();
-        drop(p);
-        assert_eq!(room.available_permits(), 17);
+    async fn room_goes_with_each_new_lease_and_comes_back_when_it_ends() {
+        use crate::sim::{SimConfig, SimQueue};
+        use crate::sqs::Queue as _;
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
+        for body in ["a", "b", "c"] {
+            queue.put(body, None);
+        }
+        let keeper = LeaseKeeper::new(queue.clone(), secs(30), secs(3600), 20, PipelineMetrics::new("t", 1, 1, 1));
+        let got = queue.receive(Duration::ZERO, None).await.unwrap();
+        let pairs: Vec<(&str, &str)> =
+            got.iter().map(|m| (m.message_id().unwrap(), m.receipt_handle().unwrap())).collect();
+        // a receive of three, one of them seen twice (as a duplicate delivery would be)
+        let mut with_duplicate = pairs.clone();
+        with_duplicate.push(pairs[0]);
+        let admitted = keeper.admit(keeper.reserve().await, with_duplicate);
+        assert_eq!(admitted.iter().filter(|a| **a == Admission::New).count(), 3);
+        assert_eq!(admitted[3], Admission::Duplicate);
+        assert_eq!(keeper.outstanding(), 3);
+        assert_eq!(keeper.room.available_permits(), 17, "room for the three leases only");
+        let deleted = keeper.delete(&[pairs[0].0, pairs[1].0]).await;
+        assert_eq!(deleted, vec![0, 1]);
+        assert_eq!(keeper.room.available_permits(), 19);
+        keeper.release(&[pairs[2].0]).await;
+        assert_eq!((keeper.outstanding(), keeper.room.available_permits()), (0, 20));
+        assert_eq!(queue.len(), 1, "the released one is back in the queue");
     }
 }
