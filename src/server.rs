@@ -1,10 +1,17 @@
 //! The HTTP server of the sidecar: `GET /metrics` (Prometheus text), `/healthz` (the process is
 //! alive) and `/readyz` (every pipeline has reached its queue, and no drain is under way).
+//!
+//! It is reachable by anything that can reach the task, so it defends itself: at most
+//! [`MAX_CONNECTIONS`] connections at once (more are closed as soon as they are accepted), a client
+//! that does not send its request headers within [`HEADER_READ_TIMEOUT`] is dropped, no connection
+//! lives longer than [`MAX_CONNECTION_LIFE`] (Prometheus reconnects), and a failing `accept` (out of
+//! file descriptors, say) backs off instead of spinning.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,9 +19,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// What `/readyz` reports.
@@ -39,19 +47,52 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Connections served at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this long (also while a kept-alive connection
+/// waits for its next request).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection is kept, however busy.
+pub const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
+
 /// Serves until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, health: Health, stop: CancellationToken) {
     let state = Arc::new((metrics, health));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut accept_errors = crate::backoff::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let mut refused: u64 = 0;
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    let pause = accept_errors.next_delay();
+                    // EMFILE and friends repeat as fast as we ask: log the first of a run, then every 100th
+                    if accept_errors.failures() % 100 == 1 {
+                        tracing::warn!(error = %e, failures = accept_errors.failures(), "accept failed; backing off");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = stop.cancelled() => return,
+                    }
                     continue;
                 }
             },
             () = stop.cancelled() => return,
+        };
+        accept_errors.reset();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // over the cap: close at once rather than hold a descriptor for it
+            refused += 1;
+            if refused % 1000 == 1 {
+                tracing::warn!(
+                    max = MAX_CONNECTIONS,
+                    refused,
+                    "too many connections to the metrics server; closing new ones"
+                );
+            }
+            drop(stream);
+            continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
@@ -59,7 +100,12 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, health: Hea
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&req, &state.0, &state.1)) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(MAX_CONNECTION_LIFE, connection).await;
+            drop(slot);
         });
     }
 }
