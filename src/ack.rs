@@ -265,15 +265,12 @@ impl Acker {
     }
 }
 
-/// `text` with every character SQS does not allow in a message attribute value (anything but
-/// `#x9 | #xA | #xD | #x20–#xD7FF | #xE000–#xFFFD | #x10000–#x10FFFF`) written as `\u{…}`, cut
-/// to at most `max_chars` characters.
+/// `text` with every character SQS does not allow in a message attribute value
+/// ([`crate::sqs::sqs_allows`]) written as `\u{…}`, cut to at most `max_chars` characters.
 pub fn sqs_safe(text: &str, max_chars: usize) -> String {
-    let allowed =
-        |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
     let mut out = String::new();
     for c in text.chars() {
-        if allowed(c) {
+        if crate::sqs::sqs_allows(c) {
             out.push(c);
         } else {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));

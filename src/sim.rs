@@ -23,7 +23,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use tokio::time::Instant;
 
-use crate::sqs::{BoxFuture, Queue, SqsError};
+use crate::sqs::{sqs_allows, BoxFuture, Queue, SqsError};
 
 const TWELVE_HOURS: Duration = Duration::from_secs(43_200);
 
@@ -139,11 +139,20 @@ impl SimQueue {
 
     /// Adds a message as a producer would; returns its id.
     pub fn put(&self, body: &str, group: Option<&str>) -> String {
-        let mut st = self.state();
+        Self::insert(&mut self.state(), self.fifo, body, group, HashMap::new())
+    }
+
+    fn insert(
+        st: &mut State,
+        fifo: bool,
+        body: &str,
+        group: Option<&str>,
+        attributes: HashMap<String, MessageAttributeValue>,
+    ) -> String {
         st.next_seq += 1;
         let seq = st.next_seq;
         let id = format!("sim-{seq:08}");
-        if let Some(g) = group.filter(|_| self.fifo) {
+        if let Some(g) = group.filter(|_| fifo) {
             st.groups.entry(g.to_string()).or_default().insert(seq);
         }
         let now = Instant::now();
@@ -155,7 +164,7 @@ impl SimQueue {
                 id: id.clone(),
                 body: body.to_string(),
                 group: group.map(str::to_string),
-                attributes: HashMap::new(),
+                attributes,
                 sent_ms,
                 receive_count: 0,
                 handle: None,
@@ -290,11 +299,6 @@ impl SimQueue {
         let m = st.messages.get(&seq)?;
         (m.handle.as_deref() == Some(handle)).then_some(seq)
     }
-}
-
-/// Characters SQS allows in message attribute values (and bodies).
-fn sqs_allows(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 impl Queue for SimQueue {
@@ -452,12 +456,7 @@ impl Queue for SimQueue {
             if bad || !body.chars().all(sqs_allows) {
                 return refuse(&mut st, "invalid characters");
             }
-            drop(st);
-            let id = self.put(body, group_id);
-            let mut st = self.state();
-            if let Some(m) = st.messages.values_mut().find(|m| m.id == id) {
-                m.attributes = attributes;
-            }
+            Self::insert(&mut st, self.fifo, body, group_id, attributes);
             Ok(())
         })
     }

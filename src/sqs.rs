@@ -30,6 +30,12 @@ use crate::backoff::Backoff;
 use crate::config::AwsConfig;
 use crate::metrics::PipelineMetrics;
 
+/// Whether SQS allows `c` in a message body or attribute value: `#x9 | #xA | #xD | #x20–#xD7FF |
+/// #xE000–#xFFFD | #x10000–#x10FFFF` (the SendMessage reference).
+pub fn sqs_allows(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
 /// One SQS queue as the pipeline's stages use it. Object-safe (boxed futures), so stages hold an
 /// `Arc<dyn Queue>` and the simulation can stand in for SQS.
 pub trait Queue: Send + Sync {
