@@ -10,7 +10,8 @@ Run by sqs-poller through the official runtime interface client, exactly as on L
 
 Bodies containing FAIL are reported as failed; RAISE raises, CRASH exits the process and SLEEP
 sleeps for a minute on a message's first delivery (to show that errors fail the batch, crashed
-workers restart, and a batch over its timeout has its worker killed); NAP takes half a second.
+workers restart, and a batch over its timeout has its worker killed); NAP takes half a second
+and SLOW three seconds, on every delivery.
 """
 import os
 import time
@@ -27,6 +28,8 @@ def handler(event, context):
             time.sleep(60)
         if "NAP" in body:
             time.sleep(0.5)
+        if "SLOW" in body:
+            time.sleep(3)
         if "RAISE" in body and first:
             raise ValueError("this message asked to raise")
         if "FAIL" in body:

@@ -83,9 +83,10 @@ ROWS = [
         ("SQS errors by operation", "ops", [
             (f'sum by (operation) (rate(sqs_poller_sqs_requests_total{{{SEL}, outcome="error"}}[{R}]))', "{{operation}}"),
         ], "Failed SQS calls, retried with backoff. The log carries the error code."),
-        ("Target throttles", "ops", [
-            (f'sum by (pipeline) (rate(sqs_poller_batches_total{{{SEL}, outcome="throttled"}}[{R}]))', "{{pipeline}}"),
-        ], "Batches the target answered with 429/503."),
+        ("Target throttles and oversized answers", "ops", [
+            (f'sum by (pipeline) (rate(sqs_poller_batches_total{{{SEL}, outcome="throttled"}}[{R}]))', "throttled {{pipeline}}"),
+            (f'sum by (pipeline) (rate(sqs_poller_worker_output_overflows_total{{{SEL}}}[{R}]))', "answer over 6 MiB {{pipeline}}"),
+        ], "Batches the target answered with 429/503; batches failed because the worker's answer (a command's stdout, a response body) passed 6 MiB."),
         ("Released messages", "ops", [
             (f'sum by (pipeline) (rate(sqs_poller_messages_released_total{{{SEL}}}[{R}]))', "{{pipeline}}"),
         ], "Messages given back unprocessed (visibility 0), e.g. at shutdown."),

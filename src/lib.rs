@@ -70,7 +70,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         health.pipelines.push((p.name.clone(), ready.clone()));
         let m = metrics::PipelineMetrics::new(&p.name, p.pollers.min, p.pollers.max, p.target.max_concurrency);
         let region = shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string);
-        let target = dispatch::Target::new(&p.target, &lambda, &p.name, &region)
+        let target = dispatch::Target::new(&p.target, &lambda, &m, &region)
             .await
             .with_context(|| format!("pipeline {}: cannot start its runtime-api target", p.name))?;
         pipelines.push(PipelineParts {

@@ -233,16 +233,20 @@ fn run(config: Config) -> ExitCode {
                     // the drain is bounded by the grace period; this only guards against a hang
                     () = tokio::time::sleep(grace + Duration::from_secs(2)) => {
                         tracing::error!("drain did not finish within the grace period; exiting");
+                        sqs_poller::dispatch::worker_process::kill_remaining();
                         std::process::exit(1);
                     }
                 }
                 tokio::time::sleep(grace + Duration::from_secs(2)).await;
                 tracing::error!("drain did not finish within the grace period; exiting");
+                sqs_poller::dispatch::worker_process::kill_remaining();
                 std::process::exit(1);
             }
         });
         sqs_poller::run(config, shutdown).await
     });
+    // worker processes that outlived their pipeline (a fatal error) go with the service
+    sqs_poller::dispatch::worker_process::kill_remaining();
     match result {
         Ok(()) => {
             tracing::info!("stopped cleanly");

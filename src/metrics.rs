@@ -33,6 +33,7 @@ pub const DUPLICATE_RECEIVES: &str = "sqs_poller_duplicate_receives_total";
 pub const LEASE_EXTENSIONS: &str = "sqs_poller_lease_extensions_total";
 pub const LEASES_EXPIRED: &str = "sqs_poller_leases_expired_total";
 pub const THROTTLE_RELEASES: &str = "sqs_poller_throttle_released_messages_total";
+pub const WORKER_OUTPUT_OVERFLOWS: &str = "sqs_poller_worker_output_overflows_total";
 pub const QUEUE_MESSAGES: &str = "sqs_poller_queue_messages";
 pub const OLDEST_MESSAGE_AGE: &str = "sqs_poller_oldest_message_age_seconds";
 pub const SQS_REQUESTS: &str = "sqs_poller_sqs_requests_total";
@@ -137,6 +138,11 @@ fn describe() {
         Unit::Count,
         "Messages of batches throttled longer than target.max_throttled_secs, released with a backoff."
     );
+    describe_counter!(
+        WORKER_OUTPUT_OVERFLOWS,
+        Unit::Count,
+        "Batches failed because the target's answer (a command's stdout, an HTTP or runtime-api response) passed 6 MiB, Lambda's response limit."
+    );
     describe_gauge!(
         QUEUE_MESSAGES,
         Unit::Count,
@@ -185,6 +191,7 @@ pub struct PipelineMetrics {
     pub lease_extensions_failed: Counter,
     pub leases_expired: Counter,
     pub throttle_released: Counter,
+    pub worker_output_overflows: Counter,
     pub source_queue: QueueGauges,
     pub dead_letter_queue: QueueGauges,
     pub oldest_message_age: Gauge,
@@ -261,6 +268,7 @@ impl PipelineMetrics {
             lease_extensions_failed: extensions("error"),
             leases_expired: counter(LEASES_EXPIRED),
             throttle_released: counter(THROTTLE_RELEASES),
+            worker_output_overflows: counter(WORKER_OUTPUT_OVERFLOWS),
             source_queue: QueueGauges::new(&p, "source"),
             dead_letter_queue: QueueGauges::new(&p, "dead_letter"),
             oldest_message_age: gauge(OLDEST_MESSAGE_AGE),

@@ -159,6 +159,7 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
         tasks: TaskTracker::new(),
     };
     let tasks = runner.tasks.clone();
+    let work = runner.work.clone();
     Batcher {
         buffer: BatchBuffer::new(&cfg.batch),
         receives: rx,
@@ -186,6 +187,8 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
     if let Err(e) = heartbeat.await {
         tracing::error!(pipeline = %cfg.name, error = %e, "the lease keeper's heartbeat failed");
     }
+    // no batch runs any more: the target's own processes (runtime-api workers) can go
+    work.dispatcher.target.stop(shutdown.worker_stop_grace()).await;
     tracing::info!(pipeline = %cfg.name, "pipeline drained");
     Ok(())
 }

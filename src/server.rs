@@ -5,7 +5,8 @@
 //! [`MAX_CONNECTIONS`] connections at once (more are closed as soon as they are accepted), a client
 //! that does not send its request headers within [`HEADER_READ_TIMEOUT`] is dropped, no connection
 //! lives longer than [`MAX_CONNECTION_LIFE`] (Prometheus reconnects), and a failing `accept` (out of
-//! file descriptors, say) backs off instead of spinning.
+//! file descriptors, say) backs off instead of spinning. [`serve_connections`] is that accept loop,
+//! shared with the Runtime API listeners of `runtime-api` targets.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -55,10 +56,52 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a connection is kept, however busy.
 pub const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
 
-/// Serves until `stop` is cancelled.
+/// The defences of a server: how many connections at once, how long a client may take to send
+/// its request headers (and, on a kept-alive connection, to start its next request), and how long
+/// a connection may live at most.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// `None`: as long as the client keeps using it (the Runtime API's long polls).
+    pub max_connection_life: Option<Duration>,
+}
+
+/// The limits of the metrics and health server.
+pub const METRICS_LIMITS: Limits = Limits {
+    max_connections: MAX_CONNECTIONS,
+    header_read_timeout: HEADER_READ_TIMEOUT,
+    max_connection_life: Some(MAX_CONNECTION_LIFE),
+};
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, health: Health, stop: CancellationToken) {
     let state = Arc::new((metrics, health));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(&req, &state.0, &state.1)) }
+    });
+    serve_connections(listener, METRICS_LIMITS, "metrics server", service, stop).await;
+}
+
+/// Accepts HTTP/1 connections on `listener` and serves each with `service`, within `limits`,
+/// until `stop` is cancelled. A failing `accept` (out of file descriptors, say) backs off instead
+/// of spinning, and is logged once per run of failures (then every 100th).
+pub async fn serve_connections<S>(
+    listener: TcpListener,
+    limits: Limits,
+    name: &'static str,
+    service: S,
+    stop: CancellationToken,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut accept_errors = crate::backoff::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     let mut refused: u64 = 0;
     loop {
@@ -69,7 +112,7 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, health: Hea
                     let pause = accept_errors.next_delay();
                     // EMFILE and friends repeat as fast as we ask: log the first of a run, then every 100th
                     if accept_errors.failures() % 100 == 1 {
-                        tracing::warn!(error = %e, failures = accept_errors.failures(), "accept failed; backing off");
+                        tracing::warn!(server = name, error = %e, failures = accept_errors.failures(), "accept failed; backing off");
                     }
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
@@ -86,25 +129,29 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, health: Hea
             refused += 1;
             if refused % 1000 == 1 {
                 tracing::warn!(
-                    max = MAX_CONNECTIONS,
+                    server = name,
+                    max = limits.max_connections,
                     refused,
-                    "too many connections to the metrics server; closing new ones"
+                    "too many connections; closing new ones"
                 );
             }
             drop(stream);
             continue;
         };
-        let state = state.clone();
+        let service = service.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state.0, &state.1)) }
-            });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(MAX_CONNECTION_LIFE, connection).await;
+            match limits.max_connection_life {
+                Some(life) => {
+                    let _ = tokio::time::timeout(life, connection).await;
+                }
+                None => {
+                    let _ = connection.await;
+                }
+            }
             drop(slot);
         });
     }

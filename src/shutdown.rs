@@ -8,9 +8,14 @@
 //! The margin between abandon and the end of the grace period leaves time for those release
 //! calls, so the process exits 0 within `grace_period_secs`.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// The longest a worker process gets between SIGTERM and SIGKILL when its pipeline has drained.
+pub const WORKER_STOP_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Default)]
 pub struct Shutdown {
@@ -18,6 +23,8 @@ pub struct Shutdown {
     pub drain: CancellationToken,
     /// Give up on unfinished batches and release their messages.
     pub abandon: CancellationToken,
+    /// When the grace period ends (set by [`Shutdown::begin`]).
+    deadline: Arc<OnceLock<Instant>>,
 }
 
 impl Shutdown {
@@ -26,6 +33,7 @@ impl Shutdown {
         if self.drain.is_cancelled() {
             return;
         }
+        let _ = self.deadline.set(Instant::now() + grace);
         self.drain.cancel();
         let abandon = self.abandon.clone();
         let after = grace.saturating_sub(release_margin(grace));
@@ -33,6 +41,16 @@ impl Shutdown {
             tokio::time::sleep(after).await;
             abandon.cancel();
         });
+    }
+}
+
+impl Shutdown {
+    /// How long the worker processes of a drained pipeline get between SIGTERM and SIGKILL: what
+    /// is left of the grace period (less half a second to exit), between half a second and
+    /// [`WORKER_STOP_MAX`]; `WORKER_STOP_MAX` when no shutdown has begun (a fatal error).
+    pub fn worker_stop_grace(&self) -> Duration {
+        let left = self.deadline.get().map_or(WORKER_STOP_MAX, |d| d.saturating_duration_since(Instant::now()));
+        left.saturating_sub(Duration::from_millis(500)).clamp(Duration::from_millis(500), WORKER_STOP_MAX)
     }
 }
 

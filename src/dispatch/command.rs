@@ -1,7 +1,12 @@
 //! The `command` target: run `program args…` once per batch with the event on stdin; what it
 //! prints on stdout is its result (optional). Exit code 0 means the function ran; anything else
 //! fails the batch. stderr goes to the service's own stderr, so worker logs land in the same
-//! log stream. A command that outlives its timeout is killed (`kill_on_drop`).
+//! log stream.
+//!
+//! The command is a [`WorkerProcess`]: in a process group of its own (Ctrl-C drains it instead
+//! of killing it), ended with its children when its batch times out or is given up, and its
+//! stdout is read up to 6 MiB (Lambda's response limit): a command that writes more fails its
+//! batch at once, counted in `sqs_poller_worker_output_overflows_total`.
 
 use std::process::Stdio;
 
@@ -9,40 +14,47 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use super::worker_process::{read_capped, WorkerProcess, MAX_OUTPUT};
 use super::Invocation;
 
 pub struct CommandTarget {
     program: String,
     args: Vec<String>,
+    overflows: metrics::Counter,
 }
 
 impl CommandTarget {
-    pub fn new(program: &str, args: &[String]) -> Self {
-        CommandTarget { program: program.to_string(), args: args.to_vec() }
+    pub fn new(program: &str, args: &[String], overflows: metrics::Counter) -> Self {
+        CommandTarget { program: program.to_string(), args: args.to_vec(), overflows }
     }
 
     pub async fn invoke(&self, event: Bytes) -> Invocation {
-        let mut child = match Command::new(&self.program)
-            .args(&self.args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-        {
-            Ok(c) => c,
+        let mut command = Command::new(&self.program);
+        command.args(&self.args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // dropped with this future (timeout, shutdown): SIGTERM, then SIGKILL, to its whole group
+        let mut process = match WorkerProcess::spawn(&mut command) {
+            Ok(p) => p,
             Err(e) => return Invocation::FunctionError(format!("cannot start `{}`: {e}", self.program)),
         };
+        let child = process.child_mut();
         let mut stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
         let feed = async move {
             // a command that does not read its input is allowed: ignore a broken pipe
             let _ = stdin.write_all(&event).await;
             drop(stdin);
         };
-        let (_, output) = tokio::join!(feed, child.wait_with_output());
-        match output {
-            Ok(out) if out.status.success() => Invocation::Response(Bytes::from(out.stdout)),
-            Ok(out) => Invocation::FunctionError(format!("`{}` exited with {}", self.program, out.status)),
+        let (output, ()) = tokio::join!(read_capped(stdout, MAX_OUTPUT), feed);
+        let Ok(output) = output else {
+            self.overflows.increment(1);
+            return Invocation::FunctionError(format!(
+                "`{}` wrote more than 6 MiB to stdout (Lambda's response limit); it was stopped",
+                self.program
+            ));
+        };
+        match process.wait().await {
+            Ok(status) if status.success() => Invocation::Response(Bytes::from(output)),
+            Ok(status) => Invocation::FunctionError(format!("`{}` exited with {status}", self.program)),
             Err(e) => Invocation::FunctionError(format!("`{}` failed: {e}", self.program)),
         }
     }

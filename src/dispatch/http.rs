@@ -17,21 +17,19 @@ use hyper_util::rt::TokioExecutor;
 
 use super::Invocation;
 
-/// Largest response body read (Lambda's own response limit).
-const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
-
 pub struct HttpTarget {
     url: String,
     /// Keeps connections to the worker open between batches.
     client: Client<HttpConnector, Full<Bytes>>,
+    overflows: metrics::Counter,
 }
 
 impl HttpTarget {
-    pub fn new(url: &str) -> Self {
+    pub fn new(url: &str, overflows: metrics::Counter) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        HttpTarget { url: url.to_string(), client: Client::builder(TokioExecutor::new()).build(connector) }
+        HttpTarget { url: url.to_string(), client: Client::builder(TokioExecutor::new()).build(connector), overflows }
     }
 
     pub async fn invoke(&self, event: Bytes) -> Invocation {
@@ -47,8 +45,15 @@ impl HttpTarget {
             Err(e) => return Invocation::FunctionError(format!("request to {} failed: {}", self.url, error_chain(&e))),
         };
         let status = response.status();
-        let body = match Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await {
+        let body = match Limited::new(response.into_body(), super::worker_process::MAX_OUTPUT).collect().await {
             Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                self.overflows.increment(1);
+                return Invocation::FunctionError(format!(
+                    "the response of {} is more than 6 MiB (Lambda's response limit)",
+                    self.url
+                ));
+            }
             Err(e) => return Invocation::FunctionError(format!("cannot read the response of {}: {e}", self.url)),
         };
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {

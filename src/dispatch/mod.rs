@@ -15,6 +15,7 @@ pub mod http;
 pub mod lambda;
 pub mod response;
 pub mod runtime_api;
+pub mod worker_process;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -60,20 +61,24 @@ pub enum Target {
 pub type Function = Arc<dyn Fn(Bytes) -> crate::sqs::BoxFuture<'static, Invocation> + Send + Sync>;
 
 impl Target {
-    /// Sets a target up: `lambda` is the Lambda client (for `lambda` targets), `pipeline` and
-    /// `region` name the function for `runtime-api` workers, which start here.
+    /// Sets a target up: `lambda` is the Lambda client (for `lambda` targets), `region` names
+    /// the function for `runtime-api` workers, which start here; `metrics` are the pipeline's.
     ///
     /// # Errors
     /// When the Runtime API cannot bind a loopback port.
     pub async fn new(
         cfg: &TargetConfig,
         lambda: &aws_sdk_lambda::Client,
-        pipeline: &str,
+        metrics: &PipelineMetrics,
         region: &str,
     ) -> std::io::Result<Self> {
+        let pipeline = &metrics.pipeline;
+        let overflows = metrics.worker_output_overflows.clone();
         Ok(match &cfg.kind {
-            TargetKind::Http { url } => Target::Http(http::HttpTarget::new(url)),
-            TargetKind::Command { program, args } => Target::Command(command::CommandTarget::new(program, args)),
+            TargetKind::Http { url } => Target::Http(http::HttpTarget::new(url, overflows)),
+            TargetKind::Command { program, args } => {
+                Target::Command(command::CommandTarget::new(program, args, overflows))
+            }
             TargetKind::Lambda { function_name, qualifier } => {
                 Target::Lambda(lambda::LambdaTarget::new(lambda.clone(), function_name, qualifier.as_deref()))
             }
@@ -85,9 +90,28 @@ impl Target {
                     function_name: pipeline.to_string(),
                     region: region.to_string(),
                 };
-                Target::RuntimeApi(runtime_api::RuntimeApiTarget::start(command, *workers, cfg.max_throttled).await?)
+                Target::RuntimeApi(
+                    runtime_api::RuntimeApiTarget::start(
+                        command,
+                        runtime_api::Settings {
+                            workers: *workers,
+                            max_wait: cfg.max_throttled,
+                            function_timeout: cfg.timeout,
+                            overflows,
+                        },
+                    )
+                    .await?,
+                )
             }
         })
+    }
+
+    /// Stops what the target keeps running (the `runtime-api` workers) once the pipeline has
+    /// drained: SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&self, grace: Duration) {
+        if let Target::RuntimeApi(t) = self {
+            t.stop(grace).await;
+        }
     }
 
     /// Sends one event (`{"Records":[…]}`) to the target; the work may take `timeout`, counted

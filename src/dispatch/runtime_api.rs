@@ -16,6 +16,15 @@
 //! spent waiting for a free worker is not the function's: a batch no worker takes within
 //! `max_throttled_secs` comes back as a throttle, never as a function error. A listener per
 //! worker is how a crash or a timeout is tied to its batch.
+//!
+//! Workers are [`WorkerProcess`]es: each in a process group of its own, so Ctrl-C in a terminal
+//! drains them with the service instead of killing them. Once the pipeline has drained,
+//! [`RuntimeApiTarget::stop`] sends them SIGTERM and SIGKILLs those still running after a grace
+//! time. The listeners take at most [`CONNECTIONS_PER_WORKER`] connections each, read bodies up
+//! to 6 MiB (a larger response fails its batch, counted in
+//! `sqs_poller_worker_output_overflows_total`), and drop a connection that sends no request
+//! headers for `timeout_secs` + 30 s (a worker never idles longer: it is running its batch, which
+//! ends by then).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,13 +36,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
+use super::worker_process::{Stopped, WorkerProcess, MAX_OUTPUT};
 use super::Invocation;
+use crate::server::{serve_connections, Limits};
 
-/// Largest response or error body read from a worker (Lambda's response limit).
-const MAX_BODY: usize = 6 * 1024 * 1024;
+/// Connections one worker's listener serves at once (a runtime client uses one or two).
+pub const CONNECTIONS_PER_WORKER: usize = 8;
 
 /// One queued invocation.
 struct Job {
@@ -64,6 +75,11 @@ struct Shared {
     /// Per worker slot: kill the process (its batch timed out, as Lambda ends a function).
     kill: Vec<tokio::sync::Notify>,
     function_arn: String,
+    overflows: metrics::Counter,
+    /// Cancelled by [`RuntimeApiTarget::stop`]: the supervisors stop their workers and end.
+    stopping: CancellationToken,
+    /// How long a worker has between SIGTERM and SIGKILL when the target stops.
+    stop_grace: Mutex<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,8 +114,21 @@ pub struct RuntimeApiTarget {
     shared: Arc<Shared>,
     /// Longest wait for a free worker before the batch counts as throttled.
     max_wait: Duration,
-    /// Keeps the workers and listeners alive; they end when the target is dropped.
-    _tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The worker supervisors; they end after [`RuntimeApiTarget::stop`].
+    supervisors: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The Runtime API listeners; they end when the target is dropped.
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How the workers of a target run.
+pub struct Settings {
+    pub workers: usize,
+    /// Longest wait for a free worker before the batch counts as throttled.
+    pub max_wait: Duration,
+    /// The function's timeout (`timeout_secs`).
+    pub function_timeout: Duration,
+    /// `sqs_poller_worker_output_overflows_total` of the pipeline.
+    pub overflows: metrics::Counter,
 }
 
 /// What starts a worker process.
@@ -114,26 +143,53 @@ pub struct WorkerCommand {
 
 impl RuntimeApiTarget {
     /// Binds one loopback listener per worker and starts the workers. A batch that no worker
-    /// takes within `max_wait` comes back as throttled.
+    /// takes within `settings.max_wait` comes back as throttled.
     ///
     /// # Errors
     /// When a loopback port cannot be bound.
-    pub async fn start(command: WorkerCommand, workers: usize, max_wait: Duration) -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel(workers.max(1) * 2);
+    pub async fn start(command: WorkerCommand, settings: Settings) -> std::io::Result<Self> {
+        let workers = settings.workers.max(1);
+        let (jobs, queue) = mpsc::channel(workers * 2);
         let shared = Arc::new(Shared {
             queue: tokio::sync::Mutex::new(queue),
             jobs: Mutex::new(Jobs::default()),
-            kill: (0..workers.max(1)).map(|_| tokio::sync::Notify::new()).collect(),
+            kill: (0..workers).map(|_| tokio::sync::Notify::new()).collect(),
             function_arn: format!("arn:aws:lambda:{}:000000000000:function:{}", command.region, command.function_name),
+            overflows: settings.overflows,
+            stopping: CancellationToken::new(),
+            stop_grace: Mutex::new(Duration::ZERO),
         });
-        let mut tasks = Vec::new();
-        for slot in 0..workers.max(1) {
+        let limits = Limits {
+            max_connections: CONNECTIONS_PER_WORKER,
+            header_read_timeout: settings.function_timeout + Duration::from_secs(30),
+            max_connection_life: None,
+        };
+        let (mut listeners, mut supervisors) = (Vec::new(), Vec::new());
+        for slot in 0..workers {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
-            tasks.push(tokio::spawn(serve(listener, slot, shared.clone())));
-            tasks.push(tokio::spawn(supervise(command.clone(), slot, addr.to_string(), shared.clone())));
+            listeners.push(tokio::spawn(serve(listener, limits, slot, shared.clone())));
+            supervisors.push(tokio::spawn(supervise(command.clone(), slot, addr.to_string(), shared.clone())));
         }
-        Ok(RuntimeApiTarget { jobs, shared, max_wait, _tasks: tasks })
+        Ok(RuntimeApiTarget {
+            jobs,
+            shared,
+            max_wait: settings.max_wait,
+            supervisors: tokio::sync::Mutex::new(supervisors),
+            listeners,
+        })
+    }
+
+    /// Stops the workers: SIGTERM to each, SIGKILL to those still running after `grace`; returns
+    /// when all are gone. Called once the pipeline has drained (no batch is running).
+    pub async fn stop(&self, grace: Duration) {
+        *lock(&self.shared.stop_grace) = grace;
+        self.shared.stopping.cancel();
+        for supervisor in self.supervisors.lock().await.drain(..) {
+            if let Err(e) = supervisor.await {
+                tracing::error!(error = %e, "a runtime-api worker supervisor failed");
+            }
+        }
     }
 
     /// Runs one event on the next free worker; `timeout` runs from when a worker takes it.
@@ -174,8 +230,10 @@ impl RuntimeApiTarget {
 }
 
 impl Drop for RuntimeApiTarget {
+    /// Without [`RuntimeApiTarget::stop`] (a fatal error): the workers are dropped with their
+    /// supervisors, which ends them too (SIGTERM, then SIGKILL).
     fn drop(&mut self) {
-        for t in &self._tasks {
+        for t in self.listeners.iter().chain(self.supervisors.get_mut().iter()) {
             t.abort();
         }
     }
@@ -192,10 +250,11 @@ fn request_id() -> String {
     )
 }
 
-/// Keeps one worker process running; fails its batch and restarts it when it exits.
+/// Keeps one worker process running; fails its batch and restarts it when it exits; stops it
+/// when the target stops.
 async fn supervise(command: WorkerCommand, slot: usize, runtime_api: String, shared: Arc<Shared>) {
     let mut restarts = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
+    while !shared.stopping.is_cancelled() {
         let mut cmd = tokio::process::Command::new(&command.program);
         cmd.args(&command.args)
             .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
@@ -206,56 +265,72 @@ async fn supervise(command: WorkerCommand, slot: usize, runtime_api: String, sha
             .env("AWS_DEFAULT_REGION", &command.region)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+            .stderr(Stdio::inherit());
         if let Some(h) = &command.handler {
             cmd.env("_HANDLER", h);
         }
         let started = std::time::Instant::now();
-        let status = match cmd.spawn() {
-            Ok(mut child) => tokio::select! {
-                s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+        let status = match WorkerProcess::spawn(&mut cmd) {
+            Ok(mut worker) => tokio::select! {
+                s = worker.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
                 () = shared.kill[slot].notified() => {
-                    let _ = child.kill().await;
+                    // as Lambda ends a timed-out function: no grace
+                    worker.stop(Duration::ZERO).await;
                     "killed: its batch timed out".to_string()
+                }
+                () = shared.stopping.cancelled() => {
+                    let grace = *lock(&shared.stop_grace);
+                    match worker.stop(grace).await {
+                        Stopped::Exited(status) => {
+                            let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                            tracing::info!(worker = slot, %status, "runtime-api worker stopped");
+                        }
+                        Stopped::Killed => tracing::warn!(
+                            worker = slot,
+                            grace_ms = grace.as_millis() as u64,
+                            "runtime-api worker did not stop within its grace time after SIGTERM; killed"
+                        ),
+                    }
+                    fail_running(&shared, slot, "was stopped");
+                    return;
                 }
             },
             Err(e) => format!("cannot start `{}`: {e}", command.program),
         };
-        // whatever this worker was running failed with it
-        let orphaned: Vec<(String, oneshot::Sender<Invocation>)> = {
-            let running = &mut lock(&shared.jobs).running;
-            let ids: Vec<String> = running.iter().filter(|(_, (s, _))| *s == slot).map(|(id, _)| id.clone()).collect();
-            ids.into_iter().filter_map(|id| running.remove(&id).map(|(_, tx)| (id, tx))).collect()
-        };
-        for (_, tx) in orphaned {
-            let _ = tx.send(Invocation::FunctionError(format!(
-                "runtime-api worker {slot} exited ({status}) during the batch"
-            )));
-        }
+        fail_running(&shared, slot, &format!("exited ({status})"));
         // a worker that ran for a while before it ended starts over from the shortest pause
         if started.elapsed() > Duration::from_secs(30) {
             restarts.reset();
         }
         let pause = restarts.next_delay();
         tracing::warn!(worker = slot, status = %status, restart_in_ms = pause.as_millis() as u64, "runtime-api worker exited; restarting");
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shared.stopping.cancelled() => {}
+        }
+    }
+}
+
+/// Fails whatever worker `slot` was running: it `what` (exited, was stopped) during the batch.
+fn fail_running(shared: &Shared, slot: usize, what: &str) {
+    let orphaned: Vec<oneshot::Sender<Invocation>> = {
+        let running = &mut lock(&shared.jobs).running;
+        let ids: Vec<String> = running.iter().filter(|(_, (s, _))| *s == slot).map(|(id, _)| id.clone()).collect();
+        ids.into_iter().filter_map(|id| running.remove(&id).map(|(_, tx)| tx)).collect()
+    };
+    for tx in orphaned {
+        let _ = tx.send(Invocation::FunctionError(format!("runtime-api worker {slot} {what} during the batch")));
     }
 }
 
 /// The Runtime API for one worker slot.
-async fn serve(listener: tokio::net::TcpListener, slot: usize, shared: Arc<Shared>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+async fn serve(listener: tokio::net::TcpListener, limits: Limits, slot: usize, shared: Arc<Shared>) {
+    let stop = CancellationToken::new(); // the listener ends when the target is dropped
+    let service = service_fn(move |req| {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(req, slot, &shared).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-        });
-    }
+        async move { Ok::<_, Infallible>(route(req, slot, &shared).await) }
+    });
+    serve_connections(listener, limits, "runtime-api", service, stop).await;
 }
 
 fn reply(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -305,9 +380,18 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
                 .expect("valid headers")
         }
         (Method::POST, ["2018-06-01", "runtime", "invocation", id, outcome @ ("response" | "error")]) => {
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            let body = match Limited::new(req.into_body(), MAX_OUTPUT).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, r#"{"errorMessage":"payload too large"}"#),
+                Err(_) => {
+                    // the batch fails now rather than wait for its timeout
+                    if let Some((_, done)) = lock(&shared.jobs).running.remove(*id) {
+                        shared.overflows.increment(1);
+                        let _ = done.send(Invocation::FunctionError(
+                            "the function's response is more than 6 MiB (Lambda's response limit)".to_string(),
+                        ));
+                    }
+                    return reply(StatusCode::PAYLOAD_TOO_LARGE, r#"{"errorMessage":"payload too large"}"#);
+                }
             };
             let waiting = lock(&shared.jobs).running.remove(*id);
             let Some((_, done)) = waiting else {
@@ -324,7 +408,8 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
             reply(StatusCode::ACCEPTED, r#"{"status":"OK"}"#)
         }
         (Method::POST, ["2018-06-01", "runtime", "init", "error"]) => {
-            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body =
+                Limited::new(req.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             tracing::error!(worker = slot, error = %String::from_utf8_lossy(&body), "runtime-api worker failed to initialize");
             reply(StatusCode::ACCEPTED, r#"{"status":"OK"}"#)
         }

@@ -413,6 +413,9 @@ fn spawn_poller_with_aws(endpoint: &str, grace_secs: u64, aws_extra: &str, pipel
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
+        // a process group of its own, like a job started from a shell: a test can press Ctrl-C
+        // (SIGINT to the group) without hitting the test runner
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .expect("start sqs-poller");
@@ -475,6 +478,26 @@ impl Poller {
         }
     }
 
+    /// What Ctrl-C in a terminal does: SIGINT to every process of the foreground group (the
+    /// service's; the test runner is not in it).
+    pub fn ctrl_c(&self) {
+        let pid = self.child.id().expect("running");
+        let ok =
+            std::process::Command::new("kill").args(["-INT", "--", &format!("-{pid}")]).status().unwrap().success();
+        assert!(ok, "kill -INT -- -{pid}");
+    }
+
+    /// The service's peak resident memory so far (`VmHWM`), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        proc_status_kib(self.child.id().expect("running"), "VmHWM:") / 1024.0
+    }
+
+    /// How many file descriptors the service has open.
+    pub fn open_fds(&self) -> usize {
+        let pid = self.child.id().expect("running");
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0)
+    }
+
     pub fn sigterm(&self) {
         let pid = self.child.id().expect("running").to_string();
         let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success();
@@ -491,6 +514,23 @@ impl Poller {
             .unwrap();
         (status, t.elapsed(), self.log_text())
     }
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`).
+pub fn proc_status_kib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
 }
 
 /// Parses one series out of Prometheus text; panics, naming it, when the series is absent (an
