@@ -57,6 +57,17 @@ impl Lease {
     }
 }
 
+/// Leases ended for one settling call.
+struct Ended {
+    /// (index into the ids asked for, last receipt handle)
+    entries: Vec<(usize, String)>,
+    /// The earliest visibility end among them.
+    visible_until: Option<Instant>,
+}
+
+/// A settling call is not retried in the last second of the messages' invisibility.
+const SETTLE_MARGIN: Duration = Duration::from_secs(1);
+
 /// Pause before an extension that failed is tried again.
 const EXTENSION_RETRY: Duration = Duration::from_secs(1);
 
@@ -133,7 +144,12 @@ impl LeaseTable {
 
     /// Ends a lease; returns its last receipt handle.
     pub fn end(&mut self, message_id: &str) -> Option<String> {
-        self.leases.remove(message_id).map(|l| l.receipt_handle)
+        self.end_lease(message_id).map(|(rh, _)| rh)
+    }
+
+    /// Ends a lease: its last receipt handle and until when the message stays invisible.
+    fn end_lease(&mut self, message_id: &str) -> Option<(String, Instant)> {
+        self.leases.remove(message_id).map(|l| (l.receipt_handle, l.visible_until))
     }
 
     /// The extensions due at `now` (half the visibility timeout or less left), each for at most
@@ -216,6 +232,8 @@ pub struct LeaseKeeper {
     table: Mutex<LeaseTable>,
     /// Woken when a lease is added, so the heartbeat plans its next tick.
     added: tokio::sync::Notify,
+    /// Its grace period bounds the settling calls' retries.
+    shutdown: crate::shutdown::Shutdown,
 }
 
 impl LeaseKeeper {
@@ -236,7 +254,15 @@ impl LeaseKeeper {
             room: Arc::new(Semaphore::new(max_outstanding)),
             table: Mutex::new(LeaseTable::new(visibility, max_lease)),
             added: tokio::sync::Notify::new(),
+            shutdown: crate::shutdown::Shutdown::default(),
         }
+    }
+
+    /// Settling calls during shutdown stop retrying before `shutdown`'s grace period ends.
+    #[must_use]
+    pub fn stopping_with(mut self, shutdown: crate::shutdown::Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
@@ -297,12 +323,67 @@ impl LeaseKeeper {
     /// [`Self::return_room`]: the lease ends *before* the settling call, so that a receive of the
     /// same message once it is visible again is a new delivery, not a duplicate of a lease that
     /// is about to end.
-    fn end(&self, ids: &[&str]) -> Vec<(usize, String)> {
+    fn end(&self, ids: &[&str]) -> Ended {
         let mut table = self.table();
-        let ended: Vec<(usize, String)> =
-            ids.iter().enumerate().filter_map(|(i, id)| table.end(id).map(|rh| (i, rh))).collect();
+        let mut ended = Ended { entries: Vec::with_capacity(ids.len()), visible_until: None };
+        for (i, id) in ids.iter().enumerate() {
+            if let Some((rh, until)) = table.end_lease(id) {
+                ended.entries.push((i, rh));
+                ended.visible_until = Some(ended.visible_until.map_or(until, |u: Instant| u.min(until)));
+            }
+        }
         self.metrics.in_flight_messages.set(table.len() as f64);
         ended
+    }
+
+    /// Until when a settling call for `ended` is worth retrying: while the messages are still
+    /// invisible (less a second: a later call may cross their next delivery), and, during
+    /// shutdown, within the grace period.
+    fn settle_deadline(&self, ended: &Ended) -> Instant {
+        let invisible = ended.visible_until.map_or_else(Instant::now, |u| u - SETTLE_MARGIN);
+        match self.shutdown.settle_deadline() {
+            Some(d) => invisible.min(d),
+            None => invisible,
+        }
+    }
+
+    /// Runs a settling call over `n` entries until each succeeded or the deadline (re-read each
+    /// round: a shutdown shortens it) has passed. `call` gets the positions still pending and
+    /// returns those (of the ones it got) that failed. Returns the positions that never succeeded.
+    async fn settle_with_retries<F, Fut>(
+        &self,
+        what: &'static str,
+        n: usize,
+        deadline: impl Fn() -> Instant,
+        call: F,
+    ) -> Vec<usize>
+    where
+        F: Fn(Vec<usize>) -> Fut,
+        Fut: std::future::Future<Output = Vec<usize>>,
+    {
+        let mut pending: Vec<usize> = (0..n).collect();
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+        let mut first = true;
+        loop {
+            // the first call is made whatever the messages' visibility; only shutdown cuts it short
+            let cut_at = if first { self.shutdown.settle_deadline() } else { Some(deadline()) };
+            first = false;
+            let attempt = call(pending.clone());
+            let failed = match cut_at {
+                Some(at) => tokio::time::timeout_at(at, attempt).await.unwrap_or_else(|_| (0..pending.len()).collect()),
+                None => attempt.await,
+            };
+            pending = failed.into_iter().filter_map(|k| pending.get(k).copied()).collect();
+            if pending.is_empty() {
+                return pending;
+            }
+            let delay = backoff.next_delay();
+            if Instant::now() + delay >= deadline() {
+                return pending;
+            }
+            tracing::warn!(pipeline = %self.pipeline, messages = pending.len(), retry_in_ms = delay.as_millis() as u64, "could not {what}; trying again while the messages are still invisible");
+            tokio::time::sleep(delay).await;
+        }
     }
 
     fn return_room(&self, n: usize) {
@@ -311,12 +392,31 @@ impl LeaseKeeper {
 
     /// Deletes `ids` (processed, filtered out or dead-lettered) and ends their leases; returns the
     /// indexes (into `ids`) that SQS deleted.
+    ///
+    /// A delete that fails is tried again with backoff while the messages are still invisible
+    /// (and, during shutdown, within the grace period): a delete that SQS carried out but whose
+    /// answer was lost succeeds again with the same receipt handle.
     pub async fn delete(&self, ids: &[&str]) -> Vec<usize> {
         let ended = self.end(ids);
-        let receipts: Vec<&str> = ended.iter().map(|(_, rh)| rh.as_str()).collect();
-        let failed = self.queue.delete(&receipts).await;
-        self.return_room(ended.len());
-        ended.iter().enumerate().filter(|(k, _)| !failed.contains(k)).map(|(_, (i, _))| *i).collect()
+        let failed = self
+            .settle_with_retries(
+                "delete",
+                ended.entries.len(),
+                || self.settle_deadline(&ended),
+                |pending| {
+                    let entries = &ended.entries;
+                    async move {
+                        let receipts: Vec<&str> = pending.iter().map(|&k| entries[k].1.as_str()).collect();
+                        self.queue.delete(&receipts).await
+                    }
+                },
+            )
+            .await;
+        self.return_room(ended.entries.len());
+        if !failed.is_empty() {
+            tracing::error!(pipeline = %self.pipeline, messages = failed.len(), "could not delete processed messages before their visibility timeout ran out; they will be delivered again");
+        }
+        ended.entries.iter().enumerate().filter(|(k, _)| !failed.contains(k)).map(|(_, (i, _))| *i).collect()
     }
 
     /// Makes `ids` visible again after the given seconds (a retry backoff, or 0 to release) and
@@ -324,9 +424,19 @@ impl LeaseKeeper {
     pub async fn let_go(&self, entries: &[(&str, i32)]) -> usize {
         let ids: Vec<&str> = entries.iter().map(|(id, _)| *id).collect();
         let ended = self.end(&ids);
-        let changes: Vec<(&str, i32)> = ended.iter().map(|(i, rh)| (rh.as_str(), entries[*i].1)).collect();
-        let failed = self.queue.change_visibility(&changes).await;
-        self.return_room(ended.len());
+        let changes: Vec<(&str, i32)> = ended.entries.iter().map(|(i, rh)| (rh.as_str(), entries[*i].1)).collect();
+        let failed = self
+            .settle_with_retries(
+                "change the visibility of messages being let go",
+                changes.len(),
+                || self.settle_deadline(&ended),
+                |pending| {
+                    let changes: Vec<(&str, i32)> = pending.iter().map(|&k| changes[k]).collect();
+                    async move { self.queue.change_visibility(&changes).await }
+                },
+            )
+            .await;
+        self.return_room(ended.entries.len());
         if !failed.is_empty() {
             tracing::warn!(pipeline = %self.pipeline, messages = failed.len(), "could not change the visibility of messages being let go; they come back after their visibility timeout");
         }

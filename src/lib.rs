@@ -68,6 +68,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     for p in &config.pipelines {
         let ready = Arc::new(AtomicBool::new(false));
         health.pipelines.push((p.name.clone(), ready.clone()));
+        let reachability = Arc::new(sqs::Reachability::new(&p.name, ready));
         let m = metrics::PipelineMetrics::new(&p.name, p.pollers.min, p.pollers.max, p.target.max_concurrency);
         let region = shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string);
         let target = dispatch::Target::new(&p.target, &lambda, &m, &region)
@@ -75,14 +76,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             .with_context(|| format!("pipeline {}: cannot start its runtime-api target", p.name))?;
         pipelines.push(PipelineParts {
             config: p.clone(),
-            queue: Arc::new(sqs::SqsQueue::new(client.clone(), p.queue_url.clone(), m.clone())),
+            queue: Arc::new(
+                sqs::SqsQueue::new(client.clone(), p.queue_url.clone(), m.clone()).reporting_to(reachability.clone()),
+            ),
             dead_letter: p.dead_letter.as_ref().map(|d| {
                 Arc::new(sqs::SqsQueue::new(client.clone(), d.queue_url.clone(), m.clone())) as Arc<dyn sqs::Queue>
             }),
             target,
             metrics: m,
             shutdown: shutdown.clone(),
-            ready,
+            ready: reachability,
         });
     }
 

@@ -37,6 +37,7 @@ pub const WORKER_OUTPUT_OVERFLOWS: &str = "sqs_poller_worker_output_overflows_to
 pub const QUEUE_MESSAGES: &str = "sqs_poller_queue_messages";
 pub const OLDEST_MESSAGE_AGE: &str = "sqs_poller_oldest_message_age_seconds";
 pub const SQS_REQUESTS: &str = "sqs_poller_sqs_requests_total";
+pub const SQS_ERRORS: &str = "sqs_poller_sqs_errors_total";
 pub const BUILD_INFO: &str = "sqs_poller_build_info";
 
 /// Batch outcomes, the values of the `outcome` label of [`BATCHES`].
@@ -158,6 +159,11 @@ fn describe() {
         Unit::Count,
         "SQS API requests by operation and outcome (ok, error); SQS bills per request."
     );
+    describe_counter!(
+        SQS_ERRORS,
+        Unit::Count,
+        "Failed SQS requests by operation and kind (throttled, server_error, timeout, connection, bad_response, rejected); all but rejected are retried with backoff."
+    );
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
 }
 
@@ -237,6 +243,10 @@ impl PipelineMetrics {
                 metrics::counter!(SQS_REQUESTS, "pipeline" => p.clone(), "operation" => op, "outcome" => outcome)
                     .increment(0);
             }
+            for kind in crate::sqs::SqsErrorKind::ALL {
+                metrics::counter!(SQS_ERRORS, "pipeline" => p.clone(), "operation" => op, "kind" => kind.as_str())
+                    .increment(0);
+            }
         }
         gauge(POLLERS_MIN).set(min as f64);
         gauge(POLLERS_MAX).set(max as f64);
@@ -276,10 +286,14 @@ impl PipelineMetrics {
         }
     }
 
-    /// Counts one SQS request.
-    pub fn sqs_request(&self, operation: &'static str, ok: bool) {
-        let outcome = if ok { "ok" } else { "error" };
+    /// Counts one SQS request: `error` is what went wrong, if anything.
+    pub fn sqs_request(&self, operation: &'static str, error: Option<crate::sqs::SqsErrorKind>) {
+        let outcome = if error.is_none() { "ok" } else { "error" };
         metrics::counter!(SQS_REQUESTS, "pipeline" => self.pipeline.clone(), "operation" => operation, "outcome" => outcome)
             .increment(1);
+        if let Some(kind) = error {
+            metrics::counter!(SQS_ERRORS, "pipeline" => self.pipeline.clone(), "operation" => operation, "kind" => kind.as_str())
+                .increment(1);
+        }
     }
 }

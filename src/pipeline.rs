@@ -10,7 +10,6 @@
 //! - the lease keeper's heartbeat extends every outstanding message until it is settled.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use crate::lease::LeaseKeeper;
 use crate::metrics::PipelineMetrics;
 use crate::poller::{sample_depth, DepthSampler, Fleet, PollerStage, Scaling};
 use crate::shutdown::Shutdown;
-use crate::sqs::{Queue, SqsError};
+use crate::sqs::{Queue, Reachability, SqsError};
 
 /// What a pipeline is built from.
 pub struct PipelineParts {
@@ -42,8 +41,9 @@ pub struct PipelineParts {
     pub target: Target,
     pub metrics: PipelineMetrics,
     pub shutdown: Shutdown,
-    /// Set once the queue answered; `/readyz` reads it.
-    pub ready: Arc<AtomicBool>,
+    /// Whether the pipeline reaches its queue; `/readyz` reads it. The queue's requests report
+    /// to it when it is an [`crate::sqs::SqsQueue`] made `reporting_to` it.
+    pub ready: Arc<Reachability>,
 }
 
 /// What discovery learns about the queue.
@@ -95,15 +95,18 @@ async fn discover(
 pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
     let PipelineParts { config: cfg, queue, dead_letter, target, metrics, shutdown, ready } = parts;
     let Some(found) = discover(&cfg, queue.as_ref(), &shutdown.drain).await? else { return Ok(()) };
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    ready.found();
 
-    let leases = Arc::new(LeaseKeeper::new(
-        queue.clone(),
-        found.visibility,
-        cfg.lease.max_lease,
-        cfg.lease.max_outstanding,
-        metrics.clone(),
-    ));
+    let leases = Arc::new(
+        LeaseKeeper::new(
+            queue.clone(),
+            found.visibility,
+            cfg.lease.max_lease,
+            cfg.lease.max_outstanding,
+            metrics.clone(),
+        )
+        .stopping_with(shutdown.clone()),
+    );
     let scaling = Arc::new(Scaling::new(&cfg.name, cfg.pollers.min, cfg.pollers.max, metrics.pollers_desired.clone()));
     let intake = Arc::new(Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.clone()));
     let acker = Acker {
@@ -143,7 +146,6 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
                 intake,
                 scaling: scaling.clone(),
                 metrics: metrics.clone(),
-                ready,
             }),
             receives: tx,
             drain: shutdown.drain.clone(),

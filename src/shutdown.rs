@@ -44,7 +44,15 @@ impl Shutdown {
     }
 }
 
+/// Settling calls stop retrying this long before the grace period ends, so the process exits in it.
+const SETTLE_EXIT_MARGIN: Duration = Duration::from_millis(300);
+
 impl Shutdown {
+    /// Until when acknowledgements and releases may be retried, once shutdown has begun.
+    pub fn settle_deadline(&self) -> Option<Instant> {
+        self.deadline.get().map(|d| *d - SETTLE_EXIT_MARGIN)
+    }
+
     /// How long the worker processes of a drained pipeline get between SIGTERM and SIGKILL: what
     /// is left of the grace period (less half a second to exit), between half a second and
     /// [`WORKER_STOP_MAX`]; `WORKER_STOP_MAX` when no shutdown has begun (a fatal error).

@@ -16,6 +16,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::config::http::HttpResponse;
@@ -111,13 +113,60 @@ pub struct SqsError {
     /// The error code SQS gave (`QueueDoesNotExist`, …), if it answered at all.
     pub code: Option<String>,
     pub message: String,
+    pub kind: SqsErrorKind,
     retryable: bool,
+}
+
+/// What went wrong with an SQS request, for `sqs_poller_sqs_errors_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqsErrorKind {
+    /// SQS asked to slow down (`ThrottlingException`, `RequestThrottled`, KMS throttling, …).
+    Throttled,
+    /// SQS answered with a 5xx.
+    ServerError,
+    /// No answer in time (connect or attempt timeout).
+    Timeout,
+    /// No connection (refused, reset, DNS) or the connection broke.
+    Connection,
+    /// An answer that could not be read.
+    BadResponse,
+    /// SQS refused the request (missing queue, access denied, invalid argument): not retried.
+    Rejected,
+}
+
+impl SqsErrorKind {
+    pub const ALL: [SqsErrorKind; 6] = [
+        SqsErrorKind::Throttled,
+        SqsErrorKind::ServerError,
+        SqsErrorKind::Timeout,
+        SqsErrorKind::Connection,
+        SqsErrorKind::BadResponse,
+        SqsErrorKind::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqsErrorKind::Throttled => "throttled",
+            SqsErrorKind::ServerError => "server_error",
+            SqsErrorKind::Timeout => "timeout",
+            SqsErrorKind::Connection => "connection",
+            SqsErrorKind::BadResponse => "bad_response",
+            SqsErrorKind::Rejected => "rejected",
+        }
+    }
 }
 
 impl SqsError {
     /// An error with an SQS error code (for the simulation).
     pub fn coded(operation: &'static str, code: &str, message: impl Into<String>, retryable: bool) -> Self {
-        SqsError { operation, code: Some(code.to_string()), message: message.into(), retryable }
+        let kind = if is_throttling_code(code) {
+            SqsErrorKind::Throttled
+        } else if retryable {
+            SqsErrorKind::ServerError
+        } else {
+            SqsErrorKind::Rejected
+        };
+        SqsError { operation, code: Some(code.to_string()), message: message.into(), kind, retryable }
     }
 
     /// Throttling, 5xx, timeouts and connection failures are worth retrying; a missing queue,
@@ -130,29 +179,39 @@ impl SqsError {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let (code, retryable) = match &e {
+        let (code, kind, retryable) = match &e {
             SdkError::ServiceError(se) => {
                 let code = se.err().code().map(str::to_string);
+                let server_error = se.raw().status().is_server_error();
+                let kind = match code.as_deref() {
+                    Some(c) if is_throttling_code(c) => SqsErrorKind::Throttled,
+                    _ if server_error => SqsErrorKind::ServerError,
+                    _ => SqsErrorKind::Rejected,
+                };
                 // a server-side error (5xx) is worth retrying whatever its code says
-                let retryable = se.raw().status().is_server_error() || code.as_deref().is_none_or(is_retryable_code);
-                (code, retryable)
+                let retryable = server_error || code.as_deref().is_none_or(is_retryable_code);
+                (code, kind, retryable)
             }
-            SdkError::ConstructionFailure(_) => (None, false),
-            _ => (None, true), // dispatch failure (connection refused, DNS), timeout, unreadable response
+            SdkError::ConstructionFailure(_) => (None, SqsErrorKind::Rejected, false),
+            SdkError::TimeoutError(_) => (None, SqsErrorKind::Timeout, true),
+            SdkError::DispatchFailure(d) if d.is_timeout() => (None, SqsErrorKind::Timeout, true),
+            SdkError::DispatchFailure(_) => (None, SqsErrorKind::Connection, true),
+            _ => (None, SqsErrorKind::BadResponse, true),
         };
-        SqsError { operation, code, message: DisplayErrorContext(&e).to_string(), retryable }
+        SqsError { operation, code, message: DisplayErrorContext(&e).to_string(), kind, retryable }
     }
 }
 
 fn is_retryable_code(code: &str) -> bool {
+    is_throttling_code(code) || matches!(code, "ServiceUnavailable" | "InternalError" | "InternalFailure")
+}
+
+fn is_throttling_code(code: &str) -> bool {
     matches!(
         code,
         "ThrottlingException"
             | "RequestThrottled"
             | "AWS.SimpleQueueService.RequestThrottled"
-            | "ServiceUnavailable"
-            | "InternalError"
-            | "InternalFailure"
             | "KmsThrottled"
             | "AWS.SimpleQueueService.KmsThrottled"
             | "OverLimit"
@@ -198,17 +257,83 @@ pub fn region_of(client: &Client) -> String {
     client.config().region().map_or_else(|| "us-east-1".to_string(), |r| r.to_string())
 }
 
+/// Requests in a row that failed to reach SQS after which a pipeline is reported not ready.
+pub const NOT_READY_AFTER: u32 = 3;
+
+/// Whether a pipeline reaches its queue, for `/readyz`: ready once the pipeline found its queue;
+/// not ready after [`NOT_READY_AFTER`] requests in a row failed to reach SQS (timeouts, refused
+/// or broken connections, 5xx, throttling); ready again with the next answer.
+pub struct Reachability {
+    pipeline: String,
+    ready: Arc<AtomicBool>,
+    /// Set once the queue was found; before that, requests do not change readiness.
+    found: AtomicBool,
+    failures_in_a_row: AtomicU32,
+}
+
+impl Reachability {
+    pub fn new(pipeline: &str, ready: Arc<AtomicBool>) -> Self {
+        Reachability {
+            pipeline: pipeline.to_string(),
+            ready,
+            found: AtomicBool::new(false),
+            failures_in_a_row: AtomicU32::new(0),
+        }
+    }
+
+    /// The pipeline found its queue: ready.
+    pub fn found(&self) {
+        self.found.store(true, Ordering::Relaxed);
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// One request's outcome: `None` when SQS answered (an error it gave counts as an answer).
+    pub fn record(&self, unreachable: Option<SqsErrorKind>) {
+        if !self.found.load(Ordering::Relaxed) {
+            return;
+        }
+        match unreachable {
+            None | Some(SqsErrorKind::Rejected) => {
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
+                if !self.ready.swap(true, Ordering::Relaxed) {
+                    tracing::info!(pipeline = %self.pipeline, "SQS answers again; /readyz reports this pipeline ready");
+                }
+            }
+            Some(kind) => {
+                let n = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= NOT_READY_AFTER && self.ready.swap(false, Ordering::Relaxed) {
+                    tracing::error!(pipeline = %self.pipeline, failures = n, last = kind.as_str(), "this pipeline cannot reach SQS; /readyz reports it not ready until SQS answers");
+                }
+            }
+        }
+    }
+}
+
 /// One queue, with the pipeline's request counters.
 #[derive(Clone)]
 pub struct SqsQueue {
     client: Client,
     pub url: String,
     metrics: PipelineMetrics,
+    /// The source queue's requests decide the pipeline's readiness.
+    reachability: Option<Arc<Reachability>>,
 }
 
 impl SqsQueue {
     pub fn new(client: Client, url: impl Into<String>, metrics: PipelineMetrics) -> Self {
-        SqsQueue { client, url: url.into(), metrics }
+        SqsQueue { client, url: url.into(), metrics, reachability: None }
+    }
+
+    /// This queue's requests tell `reachability` whether SQS can be reached.
+    #[must_use]
+    pub fn reporting_to(mut self, reachability: Arc<Reachability>) -> Self {
+        self.reachability = Some(reachability);
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -216,7 +341,11 @@ impl SqsQueue {
     }
 
     fn count<T>(&self, operation: &'static str, r: &Result<T, SqsError>) {
-        self.metrics.sqs_request(operation, r.is_ok());
+        let error = r.as_ref().err().map(|e| e.kind);
+        self.metrics.sqs_request(operation, error);
+        if let Some(reachability) = &self.reachability {
+            reachability.record(error);
+        }
     }
 
     /// One ReceiveMessage call for up to 10 messages with all their attributes.
@@ -407,5 +536,39 @@ impl SqsQueue {
         }))
         .await;
         results.into_iter().flatten().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_whether_sqs_answers() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let r = Reachability::new("p", flag.clone());
+        r.record(None);
+        assert!(!r.is_ready(), "not ready before the queue is found");
+        r.found();
+        assert!(r.is_ready());
+        r.record(Some(SqsErrorKind::Connection));
+        r.record(Some(SqsErrorKind::Timeout));
+        assert!(r.is_ready(), "two failures in a row are not an outage");
+        r.record(Some(SqsErrorKind::ServerError));
+        assert!(!r.is_ready() && !flag.load(Ordering::Relaxed), "the third is");
+        r.record(Some(SqsErrorKind::Rejected));
+        assert!(r.is_ready(), "an error SQS answered with is an answer");
+        r.record(Some(SqsErrorKind::Throttled));
+        r.record(Some(SqsErrorKind::Throttled));
+        r.record(None);
+        r.record(Some(SqsErrorKind::Throttled));
+        assert!(r.is_ready(), "an answer resets the count");
+    }
+
+    #[test]
+    fn error_kinds_from_codes() {
+        assert_eq!(SqsError::coded("X", "ThrottlingException", "", true).kind, SqsErrorKind::Throttled);
+        assert_eq!(SqsError::coded("X", "InternalError", "", true).kind, SqsErrorKind::ServerError);
+        assert_eq!(SqsError::coded("X", "QueueDoesNotExist", "", false).kind, SqsErrorKind::Rejected);
     }
 }

@@ -92,7 +92,9 @@ async fn out_of_descriptors_the_accept_loop_backs_off_instead_of_spinning() {
         move || {
             let addr: std::net::SocketAddr = addr.parse().unwrap();
             // those beyond the listen backlog wait for SYN retries: do not wait for them
-            (0..300).filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).ok()).collect()
+            (0..300)
+                .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).ok())
+                .collect()
         }
     })
     .await

@@ -186,7 +186,7 @@ fn start(
         target: worker(seed, witness.clone()),
         metrics,
         shutdown: shutdown.clone(),
-        ready: Arc::new(AtomicBool::new(false)),
+        ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
     }));
     Running { task, shutdown, witness }
 }
@@ -415,7 +415,7 @@ fn panicking_pollers_are_replaced_and_a_panicking_batch_is_released() {
             target,
             metrics,
             shutdown: shutdown.clone(),
-            ready: Arc::new(AtomicBool::new(false)),
+            ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
         }));
         let started = tokio::time::Instant::now();
         while !queue.is_empty() {

@@ -10,7 +10,6 @@
 pub mod scaling;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,8 +99,6 @@ pub struct PollerStage {
     pub intake: Arc<Intake>,
     pub scaling: Arc<Scaling>,
     pub metrics: PipelineMetrics,
-    /// Set once a receive succeeded; `/readyz` reads it.
-    pub ready: Arc<AtomicBool>,
 }
 
 /// The pollers of one pipeline.
@@ -187,7 +184,6 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
         match result {
             Ok(messages) => {
                 backoff.reset();
-                stage.ready.store(true, Ordering::Relaxed);
                 let n = messages.len();
                 // a bug in the intake must not leave these leased (and extended) with nobody to settle them
                 let ids: Vec<String> = messages.iter().filter_map(|m| m.message_id.clone()).collect();

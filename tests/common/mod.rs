@@ -6,6 +6,8 @@
 //! start it; they never skip.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
