@@ -80,9 +80,9 @@ ROWS = [
         ], "Messages whose lease reached lease.max_lease_secs; copies SQS delivered again while the first was leased (merged, not dispatched); messages of batches the target throttled longer than max_throttled_secs."),
     ]),
     ("Errors", [
-        ("SQS errors by operation", "ops", [
-            (f'sum by (operation) (rate(sqs_poller_sqs_requests_total{{{SEL}, outcome="error"}}[{R}]))', "{{operation}}"),
-        ], "Failed SQS calls, retried with backoff. The log carries the error code."),
+        ("SQS errors by operation and kind", "ops", [
+            (f'sum by (operation, kind) (rate(sqs_poller_sqs_errors_total{{{SEL}}}[{R}]))', "{{operation}} {{kind}}"),
+        ], "Failed SQS calls by kind (throttled, server_error, timeout, connection, bad_response: retried with backoff; rejected: not retried). The log carries the error."),
         ("Target throttles and oversized answers", "ops", [
             (f'sum by (pipeline) (rate(sqs_poller_batches_total{{{SEL}, outcome="throttled"}}[{R}]))', "throttled {{pipeline}}"),
             (f'sum by (pipeline) (rate(sqs_poller_worker_output_overflows_total{{{SEL}}}[{R}]))', "answer over 6 MiB {{pipeline}}"),

@@ -1,5 +1,6 @@
 //! The HTTP server of the sidecar: `GET /metrics` (Prometheus text), `/healthz` (the process is
-//! alive) and `/readyz` (every pipeline has reached its queue, and no drain is under way).
+//! alive) and `/readyz` (every pipeline has found its queue and SQS answers it, and no drain is
+//! under way).
 //!
 //! It is reachable by anything that can reach the task, so it defends itself: at most
 //! [`MAX_CONNECTIONS`] connections at once (more are closed as soon as they are accepted), a client
@@ -29,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 /// What `/readyz` reports.
 #[derive(Clone, Default)]
 pub struct Health {
-    /// One flag per pipeline: its queue has answered.
+    /// One flag per pipeline: it found its queue and SQS answers it ([`crate::sqs::Reachability`]).
     pub pipelines: Vec<(String, Arc<AtomicBool>)>,
     pub draining: CancellationToken,
 }
@@ -175,7 +176,7 @@ fn route(req: &Request<Incoming>, metrics: &PrometheusHandle, health: &Health) -
             if waiting.is_empty() {
                 text(StatusCode::OK, "ready\n".to_string())
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("waiting for the queue of: {}\n", waiting.join(", ")))
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach the queue of: {}\n", waiting.join(", ")))
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n".to_string()),

@@ -64,7 +64,11 @@ async fn sqs_and_worker_faults_lose_nothing_and_delete_once() {
              [pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 6\n"
         ),
     );
-    let mut poller = spawn_poller(&sqs_link.url, 10, &pipeline);
+    // a second pipeline on an empty queue keeps long-polling through the faults (the busy one's
+    // pollers wait for room while its batches wait for the rate limit)
+    let idle_queue = sqs.queue("faults-idle", &[]).await;
+    let idle = http_pipeline("idle", &idle_queue, &worker.url, "[pipelines.pollers]\nwait_time_secs = 1\n");
+    let mut poller = spawn_poller(&sqs_link.url, 10, &format!("{pipeline}{idle}"));
     poller.wait_listening().await;
     eventually("ready through the proxy", Duration::from_secs(15), || async { readyz(&poller).await == Some(200) })
         .await;
@@ -160,7 +164,10 @@ async fn sqs_and_worker_faults_lose_nothing_and_delete_once() {
     assert_eq!(m("sqs_poller_messages_dead_lettered_total"), dead.len() as f64, "a DLQ copy per count");
 
     // every fault was counted, by call kind
-    assert!(sum_series(&text, "sqs_poller_sqs_errors_total{", "operation=\"ReceiveMessage\"") > 0.0);
+    let idle_text = poller.metrics_text().await;
+    assert!(
+        sum_series(&idle_text, "sqs_poller_sqs_errors_total{pipeline=\"idle\",operation=\"ReceiveMessage\"", "") > 0.0
+    );
     assert!(sum_series(&text, "sqs_poller_sqs_errors_total{", "operation=\"GetQueueAttributes\"") > 0.0);
     assert_eq!(
         sum_series(&text, "sqs_poller_sqs_errors_total{", ""),

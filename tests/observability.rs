@@ -122,6 +122,8 @@ fn the_dashboard_has_the_expected_structure() {
         "in_flight_messages",
         "queue_messages",
         "sqs_requests_total",
+        "sqs_errors_total",
+        "worker_output_overflows_total",
     ] {
         assert!(all.contains(&format!("sqs_poller_{m}")), "no panel shows sqs_poller_{m}");
     }

@@ -557,6 +557,9 @@ pub fn assert_bounded_labels(text: &str, pipelines: &[&str]) {
             ]
             .contains(&value),
             "state" => ["visible", "in_flight", "delayed"].contains(&value),
+            "kind" => {
+                ["throttled", "server_error", "timeout", "connection", "bad_response", "rejected"].contains(&value)
+            }
             "queue" => ["source", "dead_letter"].contains(&value),
             "version" => value == env!("CARGO_PKG_VERSION"),
             "le" | "quantile" => value == "+Inf" || value.parse::<f64>().is_ok(),

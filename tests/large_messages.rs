@@ -1,0 +1,155 @@
+//! Large messages: bodies of about 1 MiB (SQS's limit since August 2025, counted with the
+//! attributes) with 10 message attributes of every data type pass end to end intact. The worker
+//! (a Python `command` target) checks each record's `md5OfBody` and `md5OfMessageAttributes`
+//! (SQS's algorithm) against what it received, and batches stay within `max_bytes`.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_sqs::primitives::Blob;
+use aws_sdk_sqs::types::MessageAttributeValue;
+use common::*;
+
+const MESSAGES: usize = 12;
+/// SQS counts the body and the attributes against its 1 MiB limit.
+const LIMIT: usize = 1024 * 1024;
+
+/// Checks every record and writes one line per record to the file in argv[1]:
+/// `messageId body-md5-ok attributes-md5-ok body-bytes records-in-batch event-bytes`.
+const CHECKER: &str = r#"
+import base64, hashlib, json, struct, sys
+raw = sys.stdin.buffer.read()
+event = json.loads(raw)
+records = event["Records"]
+
+def md5_of_attributes(attrs):
+    out = b""
+    for name in sorted(attrs):
+        a = attrs[name]
+        kind = a["dataType"]
+        out += struct.pack(">I", len(name.encode())) + name.encode()
+        out += struct.pack(">I", len(kind.encode())) + kind.encode()
+        if kind.startswith("Binary"):
+            value = base64.b64decode(a["binaryValue"])
+            out += b"\x02"
+        else:
+            value = a["stringValue"].encode()
+            out += b"\x01"
+        out += struct.pack(">I", len(value)) + value
+    return hashlib.md5(out).hexdigest()
+
+failed = []
+with open(sys.argv[1], "a") as log:
+    for r in records:
+        body = r["body"].encode()
+        body_ok = hashlib.md5(body).hexdigest() == r["md5OfBody"]
+        attrs_ok = md5_of_attributes(r["messageAttributes"]) == r.get("md5OfMessageAttributes")
+        if not (body_ok and attrs_ok):
+            failed.append({"itemIdentifier": r["messageId"]})
+        log.write(f"{r['messageId']} {body_ok} {attrs_ok} {len(body)} {len(records)} {len(raw)}\n")
+print(json.dumps({"batchItemFailures": failed}))
+"#;
+
+/// Ten attributes: strings (with characters beyond ASCII), numbers, binary and custom types.
+fn attributes(i: usize) -> Vec<(String, MessageAttributeValue)> {
+    let s = |t: &str, v: String| MessageAttributeValue::builder().data_type(t).string_value(v).build().unwrap();
+    let b =
+        |t: &str, v: Vec<u8>| MessageAttributeValue::builder().data_type(t).binary_value(Blob::new(v)).build().unwrap();
+    vec![
+        ("trace".into(), s("String", format!("Root=1-{i:08x}-abcdef"))),
+        ("tenant".into(), s("String", "café-東京".into())),
+        ("count".into(), s("Number", format!("{i}"))),
+        ("price".into(), s("Number", "-12.50".into())),
+        ("kind".into(), s("String.custom", "order".into())),
+        ("blob".into(), b("Binary", vec![0, 1, 2, 255, 254, i as u8])),
+        ("image".into(), b("Binary.png", vec![137, 80, 78, 71])),
+        ("empty-ish".into(), s("String", " ".into())),
+        ("zeta".into(), s("String", "last by name".into())),
+        ("Alpha".into(), s("String", "first by name (upper case sorts first)".into())),
+    ]
+}
+
+fn attributes_size(attrs: &[(String, MessageAttributeValue)]) -> usize {
+    attrs
+        .iter()
+        .map(|(n, v)| {
+            n.len()
+                + v.data_type().len()
+                + v.string_value().map_or(0, str::len)
+                + v.binary_value().map_or(0, |b| b.as_ref().len())
+        })
+        .sum()
+}
+
+/// A body of exactly `bytes` UTF-8 bytes: ASCII with two- and three-byte characters mixed in.
+fn body(i: usize, bytes: usize) -> String {
+    let mut s = format!("message {i}: ");
+    let pieces = ["abcdefghij", "é", "東", "0123456789", "\t", "\n"];
+    let mut k = i;
+    while s.len() < bytes {
+        let p = pieces[k % pieces.len()];
+        k = k.wrapping_mul(31).wrapping_add(7);
+        if s.len() + p.len() <= bytes {
+            s.push_str(p);
+        } else {
+            s.push('x');
+        }
+    }
+    s
+}
+
+async fn large_messages_pass_intact(sqs: &Sqs, name: &str) {
+    let queue = sqs.queue(name, &[]).await;
+    for i in 0..MESSAGES {
+        let attrs = attributes(i);
+        let size = LIMIT - attributes_size(&attrs);
+        let mut req = sqs.client.send_message().queue_url(&queue).message_body(body(i, size));
+        for (n, v) in attrs {
+            req = req.message_attributes(n, v);
+        }
+        req.send().await.unwrap_or_else(|e| panic!("SendMessage of a {size}-byte body: {e:?}"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("checked.log");
+    let pipeline = format!(
+        "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{queue}\"\n[pipelines.pollers]\nwait_time_secs = 1\n\
+         [pipelines.batch]\nsize = 10\nwindow_ms = 2000\n[pipelines.target]\ntype = \"command\"\nprogram = \"python3\"\n\
+         args = [\"-c\", {CHECKER:?}, {:?}]\ntimeout_secs = 30\n[pipelines.retry]\ninitial_backoff_secs = 60\n",
+        log.display().to_string()
+    );
+    let poller = start_poller(sqs, 10, &pipeline).await;
+    poller
+        .wait_metric(
+            &format!("sqs_poller_messages_deleted_total{{pipeline=\"{name}\"}}"),
+            MESSAGES as f64,
+            Duration::from_secs(60),
+        )
+        .await;
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let rows: Vec<Vec<&str>> = lines.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(rows.len(), MESSAGES, "each message checked once:\n{lines}");
+    for r in &rows {
+        assert_eq!((r[1], r[2]), ("True", "True"), "md5OfBody and md5OfMessageAttributes match: {r:?}");
+        let bytes: usize = r[3].parse().unwrap();
+        assert!(bytes > LIMIT - 400, "a body of {bytes} bytes");
+        let event: usize = r[5].parse().unwrap();
+        assert!(event <= 6 * 1024 * 1024, "an event of {event} bytes is over max_bytes");
+    }
+    let largest_batch = rows.iter().map(|r| r[4].parse::<usize>().unwrap()).max().unwrap();
+    assert!(largest_batch > 1 && largest_batch <= 5, "batches of about 1 MiB messages hold 2 to 5: {largest_batch}");
+    println!("{name}: {MESSAGES} messages of ~1 MiB with 10 attributes intact; largest batch {largest_batch}");
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mebibyte_messages_with_ten_attributes_pass_intact() {
+    large_messages_pass_intact(&sqs().await, "large").await;
+}
+
+/// LocalStack computes the digests as SQS does; fauxqs's are checked above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mebibyte_messages_pass_intact_on_localstack() {
+    large_messages_pass_intact(&localstack().await, "large-ls").await;
+}
