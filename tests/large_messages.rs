@@ -103,7 +103,8 @@ async fn large_messages_pass_intact(sqs: &Sqs, name: &str) {
     let queue = sqs.queue(name, &[]).await;
     for i in 0..MESSAGES {
         let attrs = attributes(i);
-        let size = LIMIT - attributes_size(&attrs);
+        // both emulators refuse a message of exactly 1 MiB ("must be shorter than"): a KiB below
+        let size = LIMIT - 1024 - attributes_size(&attrs);
         let mut req = sqs.client.send_message().queue_url(&queue).message_body(body(i, size));
         for (n, v) in attrs {
             req = req.message_attributes(n, v);
@@ -132,7 +133,7 @@ async fn large_messages_pass_intact(sqs: &Sqs, name: &str) {
     for r in &rows {
         assert_eq!((r[1], r[2]), ("True", "True"), "md5OfBody and md5OfMessageAttributes match: {r:?}");
         let bytes: usize = r[3].parse().unwrap();
-        assert!(bytes > LIMIT - 400, "a body of {bytes} bytes");
+        assert!(bytes > LIMIT - 2048, "a body of {bytes} bytes");
         let event: usize = r[5].parse().unwrap();
         assert!(event <= 6 * 1024 * 1024, "an event of {event} bytes is over max_bytes");
     }
