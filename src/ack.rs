@@ -236,7 +236,17 @@ impl Acker {
             add_dead_letter_attributes(&mut attributes, &self.pipeline, reason, m.receive_count);
             // SQS rejects a deduplication id on a standard queue; a group id it accepts (fair queues)
             let dedup = (dlq_fifo && m.group_id.is_some()).then_some(m.message_id.as_str());
-            (i, dlq.send(&record.body, attributes, m.group_id.as_deref(), dedup).await)
+            let send = dlq.send(&record.body, attributes, m.group_id.as_deref(), dedup);
+            let sent = tokio::select! {
+                r = send => r,
+                () = self.leases.settle_cutoff() => Err(crate::sqs::SqsError::coded(
+                    "SendMessage",
+                    "ShutdownDeadline",
+                    "no answer before the end of the grace period",
+                    true,
+                )),
+            };
+            (i, sent)
         }))
         .await;
         let mut sent = Vec::new();

@@ -258,6 +258,12 @@ impl LeaseKeeper {
         }
     }
 
+    /// Resolves once shutdown's settle deadline has passed: other settling work (a dead-letter
+    /// copy) is raced against it.
+    pub async fn settle_cutoff(&self) {
+        self.shutdown.settle_cutoff().await;
+    }
+
     /// Settling calls during shutdown stop retrying before `shutdown`'s grace period ends.
     #[must_use]
     pub fn stopping_with(mut self, shutdown: crate::shutdown::Shutdown) -> Self {
@@ -366,12 +372,14 @@ impl LeaseKeeper {
         let mut first = true;
         loop {
             // the first call is made whatever the messages' visibility; only shutdown cuts it short
-            let cut_at = if first { self.shutdown.settle_deadline() } else { Some(deadline()) };
+            let invisible_until = (!first).then(&deadline);
             first = false;
-            let attempt = call(pending.clone());
-            let failed = match cut_at {
-                Some(at) => tokio::time::timeout_at(at, attempt).await.unwrap_or_else(|_| (0..pending.len()).collect()),
-                None => attempt.await,
+            let failed = tokio::select! {
+                failed = call(pending.clone()) => failed,
+                () = self.shutdown.settle_cutoff() => (0..pending.len()).collect(),
+                () = async { tokio::time::sleep_until(invisible_until.expect("checked")).await }, if invisible_until.is_some() => {
+                    (0..pending.len()).collect()
+                }
             };
             pending = failed.into_iter().filter_map(|k| pending.get(k).copied()).collect();
             if pending.is_empty() {
@@ -472,7 +480,11 @@ impl LeaseKeeper {
                 },
             }
             last_round = Instant::now();
-            self.extend_due().await;
+            tokio::select! {
+                () = self.extend_due() => {}
+                // an extension SQS does not answer must not hold the pipeline's end
+                () = stop.cancelled() => return,
+            }
         }
     }
 

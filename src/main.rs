@@ -228,7 +228,7 @@ fn run(config: Config) -> ExitCode {
                     // wait_time_secs, so that nothing they took is left hidden)
                     () = shutdown::signal() => {
                         tracing::warn!("second signal: releasing everything outstanding now");
-                        shutdown.abandon.cancel();
+                        shutdown.abandon_now();
                     }
                     // the drain is bounded by the grace period; this only guards against a hang
                     () = tokio::time::sleep(grace + Duration::from_secs(2)) => {

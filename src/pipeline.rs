@@ -146,6 +146,7 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
                 intake,
                 scaling: scaling.clone(),
                 metrics: metrics.clone(),
+                abandon: shutdown.abandon.clone(),
             }),
             receives: tx,
             drain: shutdown.drain.clone(),

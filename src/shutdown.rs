@@ -8,7 +8,7 @@
 //! The margin between abandon and the end of the grace period leaves time for those release
 //! calls, so the process exits 0 within `grace_period_secs`.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,8 +23,9 @@ pub struct Shutdown {
     pub drain: CancellationToken,
     /// Give up on unfinished batches and release their messages.
     pub abandon: CancellationToken,
-    /// When the grace period ends (set by [`Shutdown::begin`]).
-    deadline: Arc<OnceLock<Instant>>,
+    /// When the grace period ends (set by [`Shutdown::begin`], brought forward by
+    /// [`Shutdown::abandon_now`]).
+    deadline: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Shutdown {
@@ -33,7 +34,7 @@ impl Shutdown {
         if self.drain.is_cancelled() {
             return;
         }
-        let _ = self.deadline.set(Instant::now() + grace);
+        self.set_deadline(Instant::now() + grace);
         self.drain.cancel();
         let abandon = self.abandon.clone();
         let after = grace.saturating_sub(release_margin(grace));
@@ -44,20 +45,56 @@ impl Shutdown {
     }
 }
 
+/// After a second signal, the releases of what was outstanding get this long.
+pub const ABANDON_RELEASE_TIME: Duration = Duration::from_secs(3);
+
 /// Settling calls stop retrying this long before the grace period ends, so the process exits in it.
 const SETTLE_EXIT_MARGIN: Duration = Duration::from_millis(300);
 
 impl Shutdown {
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the end of the grace period, or brings it forward.
+    fn set_deadline(&self, at: Instant) {
+        let mut d = self.deadline.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *d = Some(d.map_or(at, |d| d.min(at)));
+    }
+
+    /// The operator said "now" (a second signal): give up what is running, and leave the
+    /// releases [`ABANDON_RELEASE_TIME`] at most.
+    pub fn abandon_now(&self) {
+        self.set_deadline(Instant::now() + ABANDON_RELEASE_TIME);
+        self.drain.cancel();
+        self.abandon.cancel();
+    }
+
     /// Until when acknowledgements and releases may be retried, once shutdown has begun.
     pub fn settle_deadline(&self) -> Option<Instant> {
-        self.deadline.get().map(|d| *d - SETTLE_EXIT_MARGIN)
+        self.deadline().map(|d| d - SETTLE_EXIT_MARGIN)
+    }
+
+    /// Resolves when the settle deadline has passed (never before a shutdown has begun): what
+    /// an SQS call that does not return is raced against.
+    pub async fn settle_cutoff(&self) {
+        self.drain.cancelled().await;
+        loop {
+            let now = Instant::now();
+            match self.settle_deadline() {
+                Some(d) if d <= now => return,
+                // re-read: a second signal brings the deadline forward
+                Some(d) => tokio::time::sleep((d - now).min(Duration::from_millis(100))).await,
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// How long the worker processes of a drained pipeline get between SIGTERM and SIGKILL: what
     /// is left of the grace period (less half a second to exit), between half a second and
     /// [`WORKER_STOP_MAX`]; `WORKER_STOP_MAX` when no shutdown has begun (a fatal error).
     pub fn worker_stop_grace(&self) -> Duration {
-        let left = self.deadline.get().map_or(WORKER_STOP_MAX, |d| d.saturating_duration_since(Instant::now()));
+        let left = self.deadline().map_or(WORKER_STOP_MAX, |d| d.saturating_duration_since(Instant::now()));
         left.saturating_sub(Duration::from_millis(500)).clamp(Duration::from_millis(500), WORKER_STOP_MAX)
     }
 }

@@ -102,6 +102,10 @@ impl Queue for SqsQueue {
     }
 }
 
+/// How long one attempt of an SQS request may take (plus the long poll, for a receive): a hung
+/// connection becomes a timeout error, retried like the others.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Attempts for each chunk of a batch call (first try included).
 const BATCH_ATTEMPTS: u32 = 3;
 
@@ -242,8 +246,8 @@ pub fn client(aws: &AwsConfig, shared: &aws_config::SdkConfig) -> Client {
         .timeout_config(
             aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3))
-                // a 20 s long poll plus room for a slow answer
-                .operation_attempt_timeout(Duration::from_secs(30))
+                // SQS answers in milliseconds; a receive gets its long poll on top (`receive`)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .build(),
         );
     if let Some(endpoint) = &aws.sqs_endpoint_url {
@@ -362,6 +366,14 @@ impl SqsQueue {
             .set_visibility_timeout(visibility.map(|v| v.as_secs() as i32))
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Config::builder().timeout_config(
+                    aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                        .operation_attempt_timeout(wait + ATTEMPT_TIMEOUT)
+                        .build(),
+                ),
+            )
             .send()
             .await
             .map(|out| out.messages.unwrap_or_default())

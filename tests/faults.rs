@@ -179,3 +179,30 @@ async fn sqs_and_worker_faults_lose_nothing_and_delete_once() {
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_sqs_cannot_hold_the_shutdown_past_its_grace_period() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("hung-shutdown", &[]).await;
+    sqs.send_bodies(&queue, &(0..5).map(|i| format!("slow {i}")).collect::<Vec<_>>()).await;
+    let worker = worker(|_| Reply { delay: Duration::from_secs(2), ..Reply::ok("") }).await;
+    let sqs_link = FaultProxy::start(&sqs.endpoint).await;
+    let pipeline = http_pipeline("hung", &queue, &worker.url, "[pipelines.pollers]\nwait_time_secs = 1\n");
+    let mut poller = spawn_poller(&sqs_link.url, 5, &pipeline);
+    poller.wait_listening().await;
+    poller.wait_metric("sqs_poller_messages_dispatched_total{pipeline=\"hung\"}", 5.0, Duration::from_secs(15)).await;
+    // SQS stops answering while the batch runs; its delete, and anything else, hangs
+    sqs_link.set(Fault::Hang);
+    let t = Instant::now();
+    poller.sigterm();
+    let status = tokio::time::timeout(Duration::from_secs(30), poller.child.wait()).await.expect("exit").unwrap();
+    let took = t.elapsed();
+    let log = poller.log_text();
+    println!("SQS hung during the drain: exit {status} {took:?} after SIGTERM (grace period 5 s)");
+    assert!(took < Duration::from_secs(6), "exit {took:?} after SIGTERM with a 5 s grace period:\n{log}");
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("could not delete processed messages"), "the undeleted messages are reported:\n{log}");
+    sqs_link.set(Fault::Pass);
+    // nothing is lost: the messages come back after their visibility timeout (they were processed once)
+    assert_eq!(sqs.counts(&queue).await.0 + sqs.counts(&queue).await.1, 5);
+}

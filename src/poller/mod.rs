@@ -1,9 +1,9 @@
 //! Pollers: the fleet of long-polling ReceiveMessage loops of one pipeline.
 //!
 //! The [`Fleet`] keeps as many [`poller`] tasks alive as the [`scaling::Autoscaler`] wants and
-//! retires the newest first. A poller never abandons a receive: a retired poller (or every
+//! retires the newest first. A poller does not abandon a receive: a retired poller (or every
 //! poller, on shutdown) lets its long poll return and hands the messages on, so nothing is left
-//! hidden on the server side. A poller takes room for the messages it may receive from the
+//! hidden on the server side — unless SQS has not answered by the end of the grace period. A poller takes room for the messages it may receive from the
 //! [`LeaseKeeper`] *before* it receives, so the messages outstanding never exceed
 //! `lease.max_outstanding`: while the target is saturated, pollers wait instead of receiving.
 
@@ -99,6 +99,8 @@ pub struct PollerStage {
     pub intake: Arc<Intake>,
     pub scaling: Arc<Scaling>,
     pub metrics: PipelineMetrics,
+    /// The grace period is over: a receive still in flight is given up.
+    pub abandon: CancellationToken,
 }
 
 /// The pollers of one pipeline.
@@ -179,8 +181,17 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
         if retire.is_cancelled() {
             break;
         }
-        // not cancellable: a long poll abandoned by the client can still take messages
-        let result = stage.queue.receive(cfg.wait_time, cfg.visibility_timeout).await;
+        // not cancelled by a drain or a retirement: a long poll abandoned by the client can still
+        // take messages, which would stay hidden for their visibility timeout. Only the end of the
+        // grace period gives it up (it returns within wait_time_secs, or fails after
+        // wait_time_secs + 10 s, unless SQS does not answer at all).
+        let result = tokio::select! {
+            r = stage.queue.receive(cfg.wait_time, cfg.visibility_timeout) => r,
+            () = stage.abandon.cancelled() => {
+                tracing::warn!(pipeline = %stage.metrics.pipeline, "a receive had not returned by the end of the grace period; given up (any message it took comes back after its visibility timeout)");
+                break;
+            }
+        };
         match result {
             Ok(messages) => {
                 backoff.reset();
@@ -253,8 +264,14 @@ pub async fn sample_depth(s: DepthSampler) {
                 sample_queue(&s.metrics.pipeline, dlq.as_ref(), &s.metrics.dead_letter_queue).await;
             }
         };
-        let (visible, ()) =
-            tokio::join!(sample_queue(&s.metrics.pipeline, s.queue.as_ref(), &s.metrics.source_queue), dead_letter);
+        let samples = async {
+            tokio::join!(sample_queue(&s.metrics.pipeline, s.queue.as_ref(), &s.metrics.source_queue), dead_letter)
+        };
+        // a sample SQS does not answer must not hold the drain
+        let (visible, ()) = tokio::select! {
+            r = samples => r,
+            () = s.drain.cancelled() => return,
+        };
         let Some(visible) = visible else { continue };
         // the oldest message received since the last sample; with none received, a waiting
         // backlog only gets older
