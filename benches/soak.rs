@@ -274,7 +274,8 @@ fn svg(samples: &[Sample], minutes: u64, rate: u64) -> String {
     let h = 3.0 * panel_h + 60.0;
     let t_max = samples.last().map_or(1.0, |s| s.at_secs).max(1.0);
     let x = |t: f64| pad + (w - 2.0 * pad) * t / t_max;
-    let panels: [(&str, &str, fn(&Sample) -> f64); 3] = [
+    type Panel = (&'static str, &'static str, fn(&Sample) -> f64);
+    let panels: [Panel; 3] = [
         ("RSS (MiB)", "#1f77b4", |s| s.rss_mib),
         ("open file descriptors", "#2ca02c", |s| s.fds as f64),
         ("CPU (% of one core)", "#d62728", |s| s.cpu_percent),
