@@ -7,6 +7,7 @@
 //! 4. burst   — time from a burst landing to max pollers, and its drain time
 //! 5. idle    — CPU and SQS requests per minute with min pollers and an empty queue
 //! 6. peer    — the same drain with sqs-consumer (npm) at its best concurrency
+//! 7. hostile — a drain with and without 5,000 idle connections held against the metrics port
 //!
 //! Writes `bench/RESULTS.md`, `bench/results.json` and `bench/burst.svg`.
 
@@ -64,6 +65,20 @@ async fn run() {
         // for profiling: one long drain, nothing written
         let d = drain_ours(&env, 10, 0).await;
         println!("drain only: {:.0} msg/s, {:.2} CPU-s/100k", d.rate, d.cpu_per_100k);
+        return;
+    }
+    if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("hostile") {
+        let quiet = drain_timed_by_queue(&env, HOSTILE_MESSAGES, 0).await;
+        let hostile = drain_timed_by_queue(&env, HOSTILE_MESSAGES, IDLE_CONNECTIONS).await;
+        println!(
+            "hostile only: {:.0} vs {:.0} msg/s ({:.2}x), fds {} vs {}, {} connections opened",
+            quiet.rate,
+            hostile.rate,
+            hostile.rate / quiet.rate,
+            quiet.peak_fds,
+            hostile.peak_fds,
+            hostile.opened
+        );
         return;
     }
 
@@ -162,6 +177,25 @@ async fn run() {
     results.insert(
         "peer".into(),
         json!({"best": best_peer, "ours_speed_ratio": speed_ratio, "ours_cpu_ratio": cpu_ratio}),
+    );
+
+    // 7. hostile
+    let quiet = drain_timed_by_queue(&env, HOSTILE_MESSAGES, 0).await;
+    let hostile = drain_timed_by_queue(&env, HOSTILE_MESSAGES, IDLE_CONNECTIONS).await;
+    println!(
+        "hostile: {HOSTILE_MESSAGES} messages drained at {:.0} msg/s alone and {:.0} msg/s with {IDLE_CONNECTIONS} idle connections \
+         to the metrics port ({:.2}x); open descriptors at most {} and {}",
+        quiet.rate,
+        hostile.rate,
+        hostile.rate / quiet.rate,
+        quiet.peak_fds,
+        hostile.peak_fds
+    );
+    results.insert(
+        "hostile".into(),
+        json!({"messages": HOSTILE_MESSAGES, "idle_connections": IDLE_CONNECTIONS,
+               "quiet_msg_per_s": quiet.rate, "hostile_msg_per_s": hostile.rate, "ratio": hostile.rate / quiet.rate,
+               "quiet_peak_fds": quiet.peak_fds, "hostile_peak_fds": hostile.peak_fds, "connections_opened": hostile.opened}),
     );
 
     let machine = machine();
@@ -457,6 +491,68 @@ async fn drain_with(
     }
 }
 
+const HOSTILE_MESSAGES: usize = 20_000;
+const IDLE_CONNECTIONS: usize = 5_000;
+
+struct Timed {
+    rate: f64,
+    peak_fds: usize,
+    opened: usize,
+}
+
+/// Drains a preloaded queue (batch 10) while `idle` connections that never send a byte are
+/// opened against the metrics port as soon as it listens; the drain is timed by the queue's own
+/// counts, so that it does not depend on the metrics port the connections crowd.
+async fn drain_timed_by_queue(env: &Env, total: usize, idle: usize) -> Timed {
+    let queue = queue(env, "hostile").await;
+    load(env, &queue, total).await;
+    let extra = format!(
+        "[pipelines.pollers]\nmin = 1\nmax = 16\nwait_time_secs = 1\n[pipelines.batch]\nsize = 10\n\
+         [pipelines.target]\ntype = \"http\"\nurl = \"{}\"\nmax_concurrency = 32\n",
+        env.worker_url
+    );
+    let t0 = Instant::now();
+    let p = spawn_poller(env, &queue, &extra);
+    let addr = p.listen.trim_start_matches("http://").to_string();
+    let crowd = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (0..idle).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect::<Vec<_>>()
+    });
+    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0);
+    let mut peak_fds = 0;
+    loop {
+        peak_fds = peak_fds.max(fds(p.pid()));
+        let attrs = env
+            .client
+            .get_queue_attributes()
+            .queue_url(&queue)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let count = |n: QueueAttributeName| {
+            attrs.attributes().and_then(|a| a.get(&n)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(1)
+        };
+        if count(QueueAttributeName::ApproximateNumberOfMessages) == 0
+            && count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible) == 0
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "drain did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let held = crowd.await.unwrap();
+    let opened = held.len();
+    drop(held);
+    p.stop().await;
+    Timed { rate: total as f64 / seconds, peak_fds, opened }
+}
+
 struct Burst {
     max: usize,
     to_max_ms: f64,
@@ -667,6 +763,20 @@ fn results_md(v: &serde_json::Value) -> String {
         p["ours_speed_ratio"].as_f64().unwrap(),
         p["ours_cpu_ratio"].as_f64().unwrap()
     );
+    let h = &v["hostile"];
+    if !h.is_null() {
+        let _ = writeln!(
+            s,
+            "| {} messages, batch 10, with {} idle connections to the metrics port | **{:.2}×** the drain rate without them ({:.0} vs {:.0} msg/s); at most {} open descriptors (vs {}) |",
+            h["messages"],
+            h["idle_connections"],
+            h["ratio"].as_f64().unwrap(),
+            h["hostile_msg_per_s"].as_f64().unwrap(),
+            h["quiet_msg_per_s"].as_f64().unwrap(),
+            h["hostile_peak_fds"],
+            h["quiet_peak_fds"]
+        );
+    }
     let _ = writeln!(s, "\n![burst: pollers and queue depth over time](burst.svg)\n");
     let _ = writeln!(s, "Raw figures: `bench/results.json`.");
     s

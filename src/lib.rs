@@ -15,7 +15,7 @@
 //!
 //! Around them: [`pipeline`] wires the stages of one queue together, [`metrics`] names every
 //! metric, [`server`] serves `/metrics`, `/healthz` and `/readyz`, and [`shutdown`] drains in
-//! order on SIGTERM, and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
+//! order on SIGTERM, [`supervisor`] starts the pipelines and applies reloads (SIGHUP), and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
 
 pub mod ack;
 pub mod backoff;
@@ -34,24 +34,23 @@ pub mod server;
 pub mod shutdown;
 pub mod sim;
 pub mod sqs;
+pub mod supervisor;
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pipeline::PipelineParts;
 use crate::shutdown::Shutdown;
 
-/// Runs every pipeline of `config` until `shutdown` has drained them.
+/// Runs every pipeline of `config` until `shutdown` has drained them; `reloads` (the file and
+/// SIGHUP requests) lets the pipelines change while the service runs ([`supervisor`]).
 ///
 /// # Errors
 /// When the listen address cannot be bound, no AWS region is configured, or a queue cannot be
 /// used at all (it does not exist, access is denied).
-pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor::Reloads>) -> anyhow::Result<()> {
     let prometheus = metrics::install()?;
     let listener = server::bind(config.listen)
         .await
@@ -60,37 +59,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let listen = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
     let shared = sqs::shared_config(&config.aws).await?;
-    let client = sqs::client(&config.aws, &shared);
-    let lambda = dispatch::lambda::client(&config.aws, &shared);
-
-    let mut health = server::Health { pipelines: Vec::new(), draining: shutdown.drain.clone() };
-    let mut pipelines = Vec::new();
-    for p in &config.pipelines {
-        let ready = Arc::new(AtomicBool::new(false));
-        health.pipelines.push((p.name.clone(), ready.clone()));
-        let reachability = Arc::new(sqs::Reachability::new(&p.name, ready));
-        let m = metrics::PipelineMetrics::new(&p.name, p.pollers.min, p.pollers.max, p.target.max_concurrency);
-        let region = shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string);
-        let target = dispatch::Target::new(&p.target, &lambda, &m, &region)
-            .await
-            .with_context(|| format!("pipeline {}: cannot start its runtime-api target", p.name))?;
-        pipelines.push(PipelineParts {
-            config: p.clone(),
-            queue: Arc::new(
-                sqs::SqsQueue::new(client.clone(), p.queue_url.clone(), m.clone()).reporting_to(reachability.clone()),
-            ),
-            dead_letter: p.dead_letter.as_ref().map(|d| {
-                Arc::new(sqs::SqsQueue::new(client.clone(), d.queue_url.clone(), m.clone())) as Arc<dyn sqs::Queue>
-            }),
-            target,
-            metrics: m,
-            shutdown: shutdown.clone(),
-            ready: reachability,
-        });
-    }
+    let clients = supervisor::Clients {
+        sqs: sqs::client(&config.aws, &shared),
+        lambda: dispatch::lambda::client(&config.aws, &shared),
+        region: shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string),
+    };
+    let health = server::Health::new(shutdown.drain.clone());
 
     let stop_server = CancellationToken::new();
-    let server = tokio::spawn(server::serve(listener, prometheus.clone(), health, stop_server.clone()));
+    let server = tokio::spawn(server::serve(listener, prometheus.clone(), health.clone(), stop_server.clone()));
     let upkeep = tokio::spawn({
         let stop = stop_server.clone();
         async move {
@@ -102,28 +79,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             }
         }
     });
-    tracing::info!(%listen, pipelines = pipelines.len(), "sqs-poller started");
-
-    let grace = config.grace_period;
-    let results = futures_util::future::join_all(pipelines.into_iter().map(|parts| {
-        let shutdown = shutdown.clone();
-        let (name, queue_url) = (parts.config.name.clone(), parts.config.queue_url.clone());
-        async move {
-            let r = pipeline::run(parts).await;
-            if r.is_err() {
-                // one unusable queue is a configuration problem: stop the others cleanly too
-                shutdown.begin(grace);
-            }
-            r.map_err(|e| anyhow::anyhow!("pipeline {name}: queue {queue_url}: {e}"))
-        }
-    }))
-    .await;
+    tracing::info!(%listen, pipelines = config.pipelines.len(), "sqs-poller started");
+    let hash = reloads.as_ref().and_then(|r| config::file_hash(&r.path));
+    let result = supervisor::Supervisor::new(config, clients, health, shutdown, hash).run(reloads).await;
     stop_server.cancel();
     for (what, task) in [("metrics server", server), ("metrics upkeep", upkeep)] {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "the {what} task failed");
         }
     }
-    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-    Ok(())
+    result
 }

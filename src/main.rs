@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             print_resolved(&path, &config);
             ExitCode::SUCCESS
         }
-        Command::Run => run(config),
+        Command::Run => run(config, path),
         Command::Redrive { .. } | Command::TestPattern { .. } => unreachable!("handled above"),
     }
 }
@@ -205,7 +205,7 @@ fn init_logs() {
     }
 }
 
-fn run(config: Config) -> ExitCode {
+fn run(config: Config, path: std::path::PathBuf) -> ExitCode {
     init_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -216,6 +216,27 @@ fn run(config: Config) -> ExitCode {
     };
     let grace = config.grace_period;
     let result = runtime.block_on(async move {
+        // SIGHUP reloads the configuration (its default action would end the process)
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::hangup()) {
+                Ok(mut hangups) => {
+                    let file = path.display().to_string();
+                    tokio::spawn(async move {
+                        while hangups.recv().await.is_some() {
+                            tracing::info!(%file, "SIGHUP: reloading the configuration");
+                            if reload_tx.send(()).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; configuration reloads are off"),
+            }
+        }
+        let reloads = sqs_poller::supervisor::Reloads { path, requests: reload_rx };
         let shutdown = Shutdown::default();
         tokio::spawn({
             let shutdown = shutdown.clone();
@@ -243,7 +264,7 @@ fn run(config: Config) -> ExitCode {
                 std::process::exit(1);
             }
         });
-        sqs_poller::run(config, shutdown).await
+        sqs_poller::run(config, shutdown, Some(reloads)).await
     });
     // worker processes that outlived their pipeline (a fatal error) go with the service
     sqs_poller::dispatch::worker_process::kill_remaining();

@@ -39,6 +39,8 @@ pub const OLDEST_MESSAGE_AGE: &str = "sqs_poller_oldest_message_age_seconds";
 pub const SQS_REQUESTS: &str = "sqs_poller_sqs_requests_total";
 pub const SQS_ERRORS: &str = "sqs_poller_sqs_errors_total";
 pub const BUILD_INFO: &str = "sqs_poller_build_info";
+pub const CONFIG_RELOADS: &str = "sqs_poller_config_reloads_total";
+pub const CONFIG_INFO: &str = "sqs_poller_config_info";
 
 /// Batch outcomes, the values of the `outcome` label of [`BATCHES`].
 pub const BATCH_OUTCOMES: [&str; 4] = ["success", "partial", "failure", "throttled"];
@@ -165,6 +167,11 @@ fn describe() {
         "Failed SQS requests by operation and kind (throttled, server_error, timeout, connection, bad_response, rejected); all but rejected are retried with backoff."
     );
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
+    describe_counter!(CONFIG_RELOADS, Unit::Count, "Configuration reloads (SIGHUP) by outcome: ok, error (the file was rejected; the running configuration kept going).");
+    describe_gauge!(CONFIG_INFO, "The configuration file in use: 1 for the hash of the loaded file (FNV-1a 64 of its bytes), 0 for files loaded before it.");
+    for outcome in ["ok", "error"] {
+        metrics::counter!(CONFIG_RELOADS, "outcome" => outcome).increment(0);
+    }
 }
 
 /// Metric handles of one pipeline, resolved once.
@@ -296,4 +303,17 @@ impl PipelineMetrics {
                 .increment(1);
         }
     }
+}
+
+/// Counts one configuration reload.
+pub fn config_reload(ok: bool) {
+    metrics::counter!(CONFIG_RELOADS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Marks `hash` as the configuration in use (and `previous`, if any, as no longer).
+pub fn config_loaded(hash: &str, previous: Option<&str>) {
+    if let Some(previous) = previous.filter(|p| *p != hash) {
+        metrics::gauge!(CONFIG_INFO, "hash" => previous.to_string()).set(0.0);
+    }
+    metrics::gauge!(CONFIG_INFO, "hash" => hash.to_string()).set(1.0);
 }

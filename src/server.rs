@@ -27,17 +27,41 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+/// A pipeline's name and its readiness.
+pub type PipelineFlag = (String, Arc<AtomicBool>);
+
 /// What `/readyz` reports.
 #[derive(Clone, Default)]
 pub struct Health {
     /// One flag per pipeline: it found its queue and SQS answers it ([`crate::sqs::Reachability`]).
-    pub pipelines: Vec<(String, Arc<AtomicBool>)>,
+    /// Pipelines come and go with reloads.
+    pub pipelines: Arc<std::sync::Mutex<Vec<PipelineFlag>>>,
     pub draining: CancellationToken,
 }
 
 impl Health {
-    fn not_ready(&self) -> Vec<&str> {
-        self.pipelines.iter().filter(|(_, r)| !r.load(Ordering::Relaxed)).map(|(n, _)| n.as_str()).collect()
+    pub fn new(draining: CancellationToken) -> Self {
+        Health { pipelines: Arc::default(), draining }
+    }
+
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<PipelineFlag>> {
+        self.pipelines.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a pipeline's flag, or replaces the flag of a pipeline of that name.
+    pub fn track(&self, name: &str, ready: Arc<AtomicBool>) {
+        let mut list = self.list();
+        list.retain(|(n, _)| n != name);
+        list.push((name.to_string(), ready));
+    }
+
+    /// A pipeline that is gone (removed by a reload).
+    pub fn forget(&self, name: &str) {
+        self.list().retain(|(n, _)| n != name);
+    }
+
+    fn not_ready(&self) -> Vec<String> {
+        self.list().iter().filter(|(_, r)| !r.load(Ordering::Relaxed)).map(|(n, _)| n.clone()).collect()
     }
 }
 

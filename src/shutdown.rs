@@ -26,6 +26,8 @@ pub struct Shutdown {
     /// When the grace period ends (set by [`Shutdown::begin`], brought forward by
     /// [`Shutdown::abandon_now`]).
     deadline: Arc<Mutex<Option<Instant>>>,
+    /// The deadline of the shutdown this one is part of ([`Shutdown::child`]).
+    parent_deadline: Option<Arc<Mutex<Option<Instant>>>>,
 }
 
 impl Shutdown {
@@ -52,8 +54,25 @@ pub const ABANDON_RELEASE_TIME: Duration = Duration::from_secs(3);
 const SETTLE_EXIT_MARGIN: Duration = Duration::from_millis(300);
 
 impl Shutdown {
+    /// A shutdown of one part (a pipeline): it drains and abandons with this one, and can also
+    /// be begun alone (a reload that restarts or removes the pipeline).
+    pub fn child(&self) -> Shutdown {
+        Shutdown {
+            drain: self.drain.child_token(),
+            abandon: self.abandon.child_token(),
+            deadline: Arc::default(),
+            parent_deadline: Some(self.deadline.clone()),
+        }
+    }
+
     fn deadline(&self) -> Option<Instant> {
-        *self.deadline.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        let read = |d: &Mutex<Option<Instant>>| *d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let own = read(&self.deadline);
+        let parent = self.parent_deadline.as_deref().and_then(read);
+        match (own, parent) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Sets the end of the grace period, or brings it forward.

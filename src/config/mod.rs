@@ -210,6 +210,14 @@ impl ConfigError {
     }
 }
 
+/// A short fingerprint of the file at `path` (FNV-1a 64 of its bytes, in hex), for the
+/// `sqs_poller_config_info` metric; `None` when it cannot be read.
+pub fn file_hash(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    Some(format!("{hash:016x}"))
+}
+
 /// Reads, interpolates, parses and validates the configuration file at `path`.
 ///
 /// # Errors

@@ -369,6 +369,9 @@ pub struct Poller {
     /// (it binds port 0); empty until [`Poller::wait_listening`] found it.
     pub listen: String,
     pub log: PathBuf,
+    /// The configuration file, and its part before the pipelines (for [`Poller::rewrite`]).
+    pub config: PathBuf,
+    header: String,
     _dir: tempfile::TempDir,
 }
 
@@ -398,10 +401,11 @@ pub fn spawn_poller(endpoint: &str, grace_secs: u64, pipelines: &str) -> Poller 
 }
 
 fn spawn_poller_with_aws(endpoint: &str, grace_secs: u64, aws_extra: &str, pipelines: &str) -> Poller {
-    let text = format!(
-        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{aws_extra}\n[server]\nlisten = \"127.0.0.1:0\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n{pipelines}",
+    let header = format!(
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{aws_extra}\n[server]\nlisten = \"127.0.0.1:0\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n",
         endpoint
     );
+    let text = format!("{header}{pipelines}");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("poller.toml");
     std::fs::write(&config, text).unwrap();
@@ -421,7 +425,7 @@ fn spawn_poller_with_aws(endpoint: &str, grace_secs: u64, aws_extra: &str, pipel
         .kill_on_drop(true)
         .spawn()
         .expect("start sqs-poller");
-    Poller { child, listen: String::new(), log, _dir: dir }
+    Poller { child, listen: String::new(), log, config, header, _dir: dir }
 }
 
 impl Poller {
@@ -500,6 +504,23 @@ impl Poller {
         std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0)
     }
 
+    /// Writes new pipelines into the configuration file (same `[aws]`, `[server]`, `[shutdown]`).
+    pub fn rewrite(&self, pipelines: &str) {
+        std::fs::write(&self.config, format!("{}{pipelines}", self.header)).unwrap();
+    }
+
+    /// Writes `text` as the whole configuration file.
+    pub fn rewrite_raw(&self, text: &str) {
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Asks for a configuration reload.
+    pub fn sighup(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success();
+        assert!(ok, "kill -HUP {pid}");
+    }
+
     pub fn sigterm(&self) {
         let pid = self.child.id().expect("running").to_string();
         let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success();
@@ -562,6 +583,8 @@ pub fn assert_bounded_labels(text: &str, pipelines: &[&str]) {
             }
             "queue" => ["source", "dead_letter"].contains(&value),
             "version" => value == env!("CARGO_PKG_VERSION"),
+            // one per configuration file loaded (reloads are rare)
+            "hash" => value.len() == 16 && value.chars().all(|c| c.is_ascii_hexdigit()),
             "le" | "quantile" => value == "+Inf" || value.parse::<f64>().is_ok(),
             _ => false,
         }

@@ -1,0 +1,266 @@
+//! The running pipelines: started from the configuration, and changed by a reload (SIGHUP)
+//! without stopping the service.
+//!
+//! A reload reads and validates the file again. A file with a problem is rejected with the same
+//! key-path messages as `check`, counted (`sqs_poller_config_reloads_total{outcome="error"}`),
+//! and the running configuration keeps going. Otherwise each pipeline is compared with the one
+//! running under its name: an unchanged pipeline is not touched; a changed one is drained (its
+//! own shutdown: receives stop, batches finish or are released, leases settle) and then started
+//! again with the new settings; a removed one is drained; an added one starts. `[aws]`,
+//! `[server]` and `[shutdown]` take effect at the next restart (logged).
+//!
+//! Each pipeline runs under a [`Shutdown::child`] of the service's: SIGTERM drains them all; a
+//! reload drains one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::{self, Config, PipelineConfig};
+use crate::dispatch::Target;
+use crate::metrics::{self, PipelineMetrics};
+use crate::pipeline::{self, PipelineParts};
+use crate::server::Health;
+use crate::shutdown::Shutdown;
+use crate::sqs::{self, Reachability, SqsError};
+
+/// Where reload requests come from: the configuration file, and a message per SIGHUP.
+pub struct Reloads {
+    pub path: PathBuf,
+    pub requests: mpsc::UnboundedReceiver<()>,
+}
+
+/// The AWS clients every pipeline shares.
+pub struct Clients {
+    pub sqs: aws_sdk_sqs::Client,
+    pub lambda: aws_sdk_lambda::Client,
+    pub region: String,
+}
+
+struct Running {
+    config: PipelineConfig,
+    shutdown: Shutdown,
+    /// Started by a reload: an unusable queue stops only this pipeline, not the service.
+    from_reload: bool,
+}
+
+pub struct Supervisor {
+    /// The configuration last loaded.
+    config: Config,
+    clients: Clients,
+    health: Health,
+    shutdown: Shutdown,
+    running: HashMap<String, Running>,
+    /// New settings for pipelines whose previous run is still draining.
+    waiting: HashMap<String, PipelineConfig>,
+    tasks: JoinSet<(String, Result<(), SqsError>)>,
+    /// Of the file last loaded, for `sqs_poller_config_info`.
+    hash: Option<String>,
+}
+
+/// Whether two resolved pipeline configurations are the same. Every part is plain data (the
+/// filter's compiled patterns included) whose `Debug` rendering follows its declaration order.
+fn same(a: &PipelineConfig, b: &PipelineConfig) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+impl Supervisor {
+    pub fn new(config: Config, clients: Clients, health: Health, shutdown: Shutdown, hash: Option<String>) -> Self {
+        if let Some(h) = &hash {
+            metrics::config_loaded(h, None);
+        }
+        Supervisor {
+            config,
+            clients,
+            health,
+            shutdown,
+            running: HashMap::new(),
+            waiting: HashMap::new(),
+            tasks: JoinSet::new(),
+            hash,
+        }
+    }
+
+    /// Runs the pipelines until the service's shutdown has drained them all.
+    ///
+    /// # Errors
+    /// When a pipeline of the starting configuration cannot use its queue (it does not exist,
+    /// access is denied) or its target cannot start; the other pipelines are drained first.
+    pub async fn run(mut self, mut reloads: Option<Reloads>) -> anyhow::Result<()> {
+        for p in self.config.pipelines.clone() {
+            if let Err(e) = self.start(&p, false).await {
+                self.shutdown.begin(self.config.grace_period);
+                self.wait_all().await;
+                return Err(e);
+            }
+        }
+        let mut errors = Vec::new();
+        loop {
+            tokio::select! {
+                Some(path) = next_reload(&mut reloads), if !self.shutdown.drain.is_cancelled() => self.reload(&path).await,
+                Some(joined) = self.tasks.join_next() => {
+                    let (name, result) = match joined {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "a pipeline task failed");
+                            continue;
+                        }
+                    };
+                    if let Some(error) = self.finished(&name, result).await {
+                        errors.push(error);
+                    }
+                }
+                () = self.shutdown.drain.cancelled(), if self.tasks.is_empty() => break,
+            }
+            if self.tasks.is_empty() && self.shutdown.drain.is_cancelled() {
+                break;
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(errors.join("; ")))
+        }
+    }
+
+    async fn wait_all(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Starts one pipeline under a child of the service's shutdown.
+    async fn start(&mut self, p: &PipelineConfig, from_reload: bool) -> anyhow::Result<()> {
+        let ready = Arc::new(AtomicBool::new(false));
+        self.health.track(&p.name, ready.clone());
+        let reachability = Arc::new(Reachability::new(&p.name, ready));
+        let m = PipelineMetrics::new(&p.name, p.pollers.min, p.pollers.max, p.target.max_concurrency);
+        let target = Target::new(&p.target, &self.clients.lambda, &m, &self.clients.region)
+            .await
+            .with_context(|| format!("pipeline {}: cannot start its runtime-api target", p.name))?;
+        let shutdown = self.shutdown.child();
+        let parts = PipelineParts {
+            config: p.clone(),
+            queue: Arc::new(
+                sqs::SqsQueue::new(self.clients.sqs.clone(), p.queue_url.clone(), m.clone())
+                    .reporting_to(reachability.clone()),
+            ),
+            dead_letter: p.dead_letter.as_ref().map(|d| {
+                Arc::new(sqs::SqsQueue::new(self.clients.sqs.clone(), d.queue_url.clone(), m.clone()))
+                    as Arc<dyn sqs::Queue>
+            }),
+            target,
+            metrics: m,
+            shutdown: shutdown.clone(),
+            ready: reachability,
+        };
+        let name = p.name.clone();
+        self.tasks.spawn(async move { (name, pipeline::run(parts).await) });
+        self.running.insert(p.name.clone(), Running { config: p.clone(), shutdown, from_reload });
+        Ok(())
+    }
+
+    /// A pipeline ended: its successor starts, or it is gone. Returns the error that stops the
+    /// service, if any.
+    async fn finished(&mut self, name: &str, result: Result<(), SqsError>) -> Option<String> {
+        let run = self.running.remove(name);
+        let mut fatal = None;
+        if let Err(e) = result {
+            let url = run.as_ref().map_or("", |r| r.config.queue_url.as_str());
+            let message = format!("pipeline {name}: queue {url}: {e}");
+            if run.as_ref().is_some_and(|r| r.from_reload) {
+                tracing::error!(pipeline = %name, error = %message, "a pipeline added or changed by a reload cannot use its queue; it stopped, the others keep going");
+                metrics::config_reload(false);
+            } else {
+                // one unusable queue is a configuration problem: stop the others cleanly too
+                self.shutdown.begin(self.config.grace_period);
+                fatal = Some(message);
+            }
+        }
+        match self.waiting.remove(name) {
+            Some(next) if !self.shutdown.drain.is_cancelled() => {
+                tracing::info!(pipeline = %name, "pipeline drained; starting it with its new settings");
+                if let Err(e) = self.start(&next, true).await {
+                    tracing::error!(pipeline = %name, error = %format!("{e:#}"), "the pipeline could not start with its new settings");
+                    metrics::config_reload(false);
+                }
+            }
+            _ if !self.config.pipelines.iter().any(|p| p.name == name) => self.health.forget(name),
+            _ => {}
+        }
+        fatal
+    }
+
+    /// Reads the file again and applies what changed.
+    async fn reload(&mut self, path: &std::path::Path) {
+        let new = match config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    tracing::error!("{line}");
+                }
+                tracing::error!(file = %path.display(), "configuration reload rejected; the running configuration keeps going");
+                metrics::config_reload(false);
+                return;
+            }
+        };
+        if new.listen != self.config.listen
+            || new.grace_period != self.config.grace_period
+            || format!("{:?}", new.aws) != format!("{:?}", self.config.aws)
+        {
+            tracing::warn!("[aws], [server] and [shutdown] changes take effect at the next restart");
+        }
+        let grace = self.config.grace_period;
+        let (mut added, mut changed, mut removed, mut unchanged) = (0, 0, 0, 0);
+        for (name, run) in &self.running {
+            if !new.pipelines.iter().any(|p| &p.name == name) {
+                tracing::info!(pipeline = %name, "pipeline removed by the reload: draining it");
+                run.shutdown.begin(grace);
+                self.waiting.remove(name);
+                removed += 1;
+            }
+        }
+        for p in &new.pipelines {
+            match self.running.get(&p.name) {
+                Some(run) if same(&run.config, p) && !self.waiting.contains_key(&p.name) => unchanged += 1,
+                Some(run) => {
+                    tracing::info!(pipeline = %p.name, "pipeline changed by the reload: draining it to start it again with the new settings");
+                    run.shutdown.begin(grace);
+                    self.waiting.insert(p.name.clone(), p.clone());
+                    changed += 1;
+                }
+                None => {
+                    added += 1;
+                    if let Err(e) = self.start(p, true).await {
+                        tracing::error!(pipeline = %p.name, error = %format!("{e:#}"), "a pipeline added by the reload could not start");
+                    }
+                }
+            }
+        }
+        self.config = new;
+        let hash = config::file_hash(path);
+        if let Some(h) = &hash {
+            metrics::config_loaded(h, self.hash.as_deref());
+        }
+        self.hash = hash;
+        metrics::config_reload(true);
+        tracing::info!(
+            added,
+            changed,
+            removed,
+            unchanged,
+            hash = self.hash.as_deref().unwrap_or(""),
+            "configuration reloaded"
+        );
+    }
+}
+
+async fn next_reload(reloads: &mut Option<Reloads>) -> Option<PathBuf> {
+    match reloads {
+        Some(r) => r.requests.recv().await.map(|()| r.path.clone()),
+        None => std::future::pending().await,
+    }
+}
