@@ -344,7 +344,7 @@ struct Proc {
 fn spawn_poller(env: &Env, queue: &str, pipeline_extra: &str) -> Proc {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let text = format!(
-        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"\"\n\
          [[pipelines]]\nname = \"bench\"\nqueue_url = \"{queue}\"\n{pipeline_extra}\n",
         env.endpoint
     );

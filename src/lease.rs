@@ -304,6 +304,7 @@ impl LeaseKeeper {
             let mut table = self.table();
             let a = received.into_iter().map(|(id, rh)| table.admit(id, rh, now)).collect();
             self.metrics.in_flight_messages.set(table.len() as f64);
+            self.metrics.status.in_flight.store(table.len(), std::sync::atomic::Ordering::Relaxed);
             a
         };
         let new = admissions.iter().filter(|a| **a == Admission::New).count();
@@ -339,6 +340,7 @@ impl LeaseKeeper {
             }
         }
         self.metrics.in_flight_messages.set(table.len() as f64);
+        self.metrics.status.in_flight.store(table.len(), std::sync::atomic::Ordering::Relaxed);
         ended
     }
 

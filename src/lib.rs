@@ -18,9 +18,11 @@
 //! order on SIGTERM, [`supervisor`] starts the pipelines and applies reloads (SIGHUP), and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
 
 pub mod ack;
+pub mod admin;
 pub mod backoff;
 pub mod batch;
 pub mod config;
+pub mod control;
 pub mod dispatch;
 pub mod event;
 pub mod filter;
@@ -65,9 +67,22 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
         region: shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string),
     };
     let health = server::Health::new(shutdown.drain.clone());
+    let registry = admin::Registry::default();
+    let admin = match config.admin_listen {
+        Some(addr) => {
+            let listener = server::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (server.admin_listen; \"\" turns the admin API off)")
+            })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!(listen = %bound, "admin API: GET /pipelines, POST /pipelines/NAME/pause, POST /pipelines/NAME/resume");
+            Some(listener)
+        }
+        None => None,
+    };
 
     let stop_server = CancellationToken::new();
     let server = tokio::spawn(server::serve(listener, prometheus.clone(), health.clone(), stop_server.clone()));
+    let admin = admin.map(|l| tokio::spawn(admin::serve(l, registry.clone(), stop_server.clone())));
     let upkeep = tokio::spawn({
         let stop = stop_server.clone();
         async move {
@@ -81,8 +96,11 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
     });
     tracing::info!(%listen, pipelines = config.pipelines.len(), "sqs-poller started");
     let hash = reloads.as_ref().and_then(|r| config::file_hash(&r.path));
-    let result = supervisor::Supervisor::new(config, clients, health, shutdown, hash).run(reloads).await;
+    let result = supervisor::Supervisor::new(config, clients, health, registry, shutdown, hash).run(reloads).await;
     stop_server.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     for (what, task) in [("metrics server", server), ("metrics upkeep", upkeep)] {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "the {what} task failed");

@@ -289,7 +289,12 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
         ($($arg:tt)*) => {{ let _ = writeln!(out, $($arg)*); }};
     }
     w!("{}: ok", path.display());
-    w!("listen {}  grace_period {}s", c.listen, c.grace_period.as_secs());
+    w!(
+        "listen {}  admin {}  grace_period {}s",
+        c.listen,
+        c.admin_listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        c.grace_period.as_secs()
+    );
     if let Some(e) = &c.aws.sqs_endpoint_url {
         w!("sqs endpoint {e}");
     }
@@ -328,6 +333,9 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
             p.target.rate_limit_per_sec.map_or("none".to_string(), |r| format!("{r}/s")),
             p.target.max_throttled.as_secs()
         );
+        if let Some(url) = &p.target.health_url {
+            w!("  health     {url} (pollers pause while it fails)");
+        }
         w!("  lease      max_outstanding {} max_lease {}s", p.lease.max_outstanding, p.lease.max_lease.as_secs());
         match &p.filter {
             Some(f) if f.on_filtered == config::OnFiltered::Keep => w!(

@@ -39,6 +39,7 @@ pub const OLDEST_MESSAGE_AGE: &str = "sqs_poller_oldest_message_age_seconds";
 pub const SQS_REQUESTS: &str = "sqs_poller_sqs_requests_total";
 pub const SQS_ERRORS: &str = "sqs_poller_sqs_errors_total";
 pub const BUILD_INFO: &str = "sqs_poller_build_info";
+pub const PAUSED: &str = "sqs_poller_paused";
 pub const CONFIG_RELOADS: &str = "sqs_poller_config_reloads_total";
 pub const CONFIG_INFO: &str = "sqs_poller_config_info";
 
@@ -167,6 +168,11 @@ fn describe() {
         "Failed SQS requests by operation and kind (throttled, server_error, timeout, connection, bad_response, rejected); all but rejected are retried with backoff."
     );
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
+    describe_gauge!(
+        PAUSED,
+        Unit::Count,
+        "1 while the pipeline does not receive: paused through the admin API, or its target's health check fails."
+    );
     describe_counter!(CONFIG_RELOADS, Unit::Count, "Configuration reloads (SIGHUP) by outcome: ok, error (the file was rejected; the running configuration kept going).");
     describe_gauge!(CONFIG_INFO, "The configuration file in use: 1 for the hash of the loaded file (FNV-1a 64 of its bytes), 0 for files loaded before it.");
     for outcome in ["ok", "error"] {
@@ -208,6 +214,10 @@ pub struct PipelineMetrics {
     pub source_queue: QueueGauges,
     pub dead_letter_queue: QueueGauges,
     pub oldest_message_age: Gauge,
+    /// `sqs_poller_paused`.
+    pub paused: Gauge,
+    /// Live figures for the admin API.
+    pub status: std::sync::Arc<crate::control::Status>,
 }
 
 /// `sqs_poller_queue_messages{state}` of one queue (`queue="source"` or `"dead_letter"`).
@@ -289,6 +299,8 @@ impl PipelineMetrics {
             source_queue: QueueGauges::new(&p, "source"),
             dead_letter_queue: QueueGauges::new(&p, "dead_letter"),
             oldest_message_age: gauge(OLDEST_MESSAGE_AGE),
+            paused: gauge(PAUSED),
+            status: std::sync::Arc::default(),
             pipeline: p,
         }
     }

@@ -44,6 +44,8 @@ pub struct PipelineParts {
     /// Whether the pipeline reaches its queue; `/readyz` reads it. The queue's requests report
     /// to it when it is an [`crate::sqs::SqsQueue`] made `reporting_to` it.
     pub ready: Arc<Reachability>,
+    /// Pause switches (admin API, health check).
+    pub control: Arc<crate::control::Control>,
 }
 
 /// What discovery learns about the queue.
@@ -93,7 +95,7 @@ async fn discover(
 /// # Errors
 /// When the queue cannot be used at all (it does not exist, access is denied).
 pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
-    let PipelineParts { config: cfg, queue, dead_letter, target, metrics, shutdown, ready } = parts;
+    let PipelineParts { config: cfg, queue, dead_letter, target, metrics, shutdown, ready, control } = parts;
     let Some(found) = discover(&cfg, queue.as_ref(), &shutdown.drain).await? else { return Ok(()) };
     ready.found();
 
@@ -136,6 +138,9 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
         metrics: metrics.clone(),
         drain: shutdown.drain.clone(),
     }));
+    let health = cfg.target.health_url.clone().map(|url| {
+        tokio::spawn(crate::control::watch_health(url, control.clone(), cfg.name.clone(), shutdown.drain.clone()))
+    });
     let (tx, rx) = mpsc::channel(cfg.pollers.max.max(2));
     let fleet = tokio::spawn(
         Fleet {
@@ -147,6 +152,7 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
                 scaling: scaling.clone(),
                 metrics: metrics.clone(),
                 abandon: shutdown.abandon.clone(),
+                control: control.clone(),
             }),
             receives: tx,
             drain: shutdown.drain.clone(),
@@ -174,6 +180,9 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
     .await;
     tasks.close();
     tasks.wait().await;
+    if let Some(h) = health {
+        let _ = h.await;
+    }
     for (what, r) in [("pollers", fleet.await), ("depth sampler", sampler.await)] {
         if let Err(e) = r {
             tracing::error!(pipeline = %cfg.name, error = %e, "the {what} task failed");

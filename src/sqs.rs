@@ -346,6 +346,9 @@ impl SqsQueue {
 
     fn count<T>(&self, operation: &'static str, r: &Result<T, SqsError>) {
         let error = r.as_ref().err().map(|e| e.kind);
+        if let Err(e) = r {
+            self.metrics.status.set_last_error(e.to_string());
+        }
         self.metrics.sqs_request(operation, error);
         if let Some(reachability) = &self.reachability {
             reachability.record(error);

@@ -21,7 +21,9 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::admin::{Entry, Registry};
 use crate::config::{self, Config, PipelineConfig};
+use crate::control::Control;
 use crate::dispatch::Target;
 use crate::metrics::{self, PipelineMetrics};
 use crate::pipeline::{self, PipelineParts};
@@ -54,6 +56,8 @@ pub struct Supervisor {
     config: Config,
     clients: Clients,
     health: Health,
+    /// What the admin API sees.
+    registry: Registry,
     shutdown: Shutdown,
     running: HashMap<String, Running>,
     /// New settings for pipelines whose previous run is still draining.
@@ -70,7 +74,14 @@ fn same(a: &PipelineConfig, b: &PipelineConfig) -> bool {
 }
 
 impl Supervisor {
-    pub fn new(config: Config, clients: Clients, health: Health, shutdown: Shutdown, hash: Option<String>) -> Self {
+    pub fn new(
+        config: Config,
+        clients: Clients,
+        health: Health,
+        registry: Registry,
+        shutdown: Shutdown,
+        hash: Option<String>,
+    ) -> Self {
         if let Some(h) = &hash {
             metrics::config_loaded(h, None);
         }
@@ -78,6 +89,7 @@ impl Supervisor {
             config,
             clients,
             health,
+            registry,
             shutdown,
             running: HashMap::new(),
             waiting: HashMap::new(),
@@ -136,8 +148,13 @@ impl Supervisor {
     async fn start(&mut self, p: &PipelineConfig, from_reload: bool) -> anyhow::Result<()> {
         let ready = Arc::new(AtomicBool::new(false));
         self.health.track(&p.name, ready.clone());
-        let reachability = Arc::new(Reachability::new(&p.name, ready));
+        let reachability = Arc::new(Reachability::new(&p.name, ready.clone()));
         let m = PipelineMetrics::new(&p.name, p.pollers.min, p.pollers.max, p.target.max_concurrency);
+        let control = Arc::new(Control::new(p.target.health_url.is_some(), m.paused.clone()));
+        // an operator's pause outlives a restart by a reload
+        if self.registry.get(&p.name).is_some_and(|e| e.control.pause().by_operator) {
+            control.set_operator_pause(true);
+        }
         let target = Target::new(&p.target, &self.clients.lambda, &m, &self.clients.region)
             .await
             .with_context(|| format!("pipeline {}: cannot start its runtime-api target", p.name))?;
@@ -156,7 +173,18 @@ impl Supervisor {
             metrics: m,
             shutdown: shutdown.clone(),
             ready: reachability,
+            control: control.clone(),
         };
+        self.registry.insert(
+            &p.name,
+            Entry {
+                queue_url: p.queue_url.clone(),
+                control,
+                status: parts.metrics.status.clone(),
+                ready,
+                draining: shutdown.drain.clone(),
+            },
+        );
         let name = p.name.clone();
         self.tasks.spawn(async move { (name, pipeline::run(parts).await) });
         self.running.insert(p.name.clone(), Running { config: p.clone(), shutdown, from_reload });
@@ -188,7 +216,10 @@ impl Supervisor {
                     metrics::config_reload(false);
                 }
             }
-            _ if !self.config.pipelines.iter().any(|p| p.name == name) => self.health.forget(name),
+            _ if !self.config.pipelines.iter().any(|p| p.name == name) => {
+                self.health.forget(name);
+                self.registry.remove(name);
+            }
             _ => {}
         }
         fatal

@@ -187,6 +187,7 @@ fn start(
         metrics,
         shutdown: shutdown.clone(),
         ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
+        control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
     }));
     Running { task, shutdown, witness }
 }
@@ -416,6 +417,7 @@ fn panicking_pollers_are_replaced_and_a_panicking_batch_is_released() {
             metrics,
             shutdown: shutdown.clone(),
             ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
+            control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
         }));
         let started = tokio::time::Instant::now();
         while !queue.is_empty() {

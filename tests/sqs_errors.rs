@@ -67,7 +67,7 @@ async fn json_logs_are_one_object_per_line() {
     std::fs::write(
         &config,
         format!(
-            "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n[server]\nlisten = \"127.0.0.1:{}\"\n{}",
+            "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:0\"\n{}",
             free_port(),
             http_pipeline("json", &format!("{endpoint}/000000000000/q"), "http://127.0.0.1:9/", "")
         ),

@@ -31,6 +31,8 @@ pub struct Config {
     pub aws: AwsConfig,
     /// Address of the `/metrics`, `/healthz` and `/readyz` server.
     pub listen: SocketAddr,
+    /// Address of the admin API (`GET /pipelines`, pause, resume); `None`: off.
+    pub admin_listen: Option<SocketAddr>,
     /// How long a drain may take after SIGTERM before what is left is released.
     pub grace_period: Duration,
     pub pipelines: Vec<PipelineConfig>,
@@ -73,6 +75,8 @@ pub mod defaults {
     /// `filter.keep_delay_secs`: how long a kept (filtered, `on_filtered = "keep"`) message stays
     /// invisible before it comes back.
     pub const KEEP_DELAY_SECS: u64 = 30;
+    /// `server.admin_listen`: loopback only.
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9465";
 
     /// `lease.max_outstanding`: room for every batch that may be in flight
     /// (`max_concurrency × batch.size`), in whole receives of 10, at least one receive.
@@ -117,6 +121,8 @@ pub struct TargetConfig {
     pub rate_limit_per_sec: Option<NonZeroU32>,
     /// A batch the target keeps throttling is held at most this long, then released with backoff.
     pub max_throttled: Duration,
+    /// While this URL does not answer 2xx, the pipeline's pollers do not receive.
+    pub health_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -376,6 +382,21 @@ url = "http://127.0.0.1:8080/"
         let p = problems(&text);
         assert!(p.contains(&"pipelines[0].target.program: does not apply to target type `http`".to_string()), "{p:?}");
         assert!(p.contains(&"pipelines[0].target.url: is required".to_string()), "{p:?}");
+    }
+
+    #[test]
+    fn admin_api_is_loopback_by_default_and_checked() {
+        let c = parse(MINIMAL, &env).unwrap();
+        assert_eq!(c.admin_listen.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9465"));
+        assert!(c.pipelines[0].target.health_url.is_none());
+        let off = format!("[server]\nadmin_listen = \"\"\n{MINIMAL}");
+        assert_eq!(parse(&off, &env).unwrap().admin_listen, None);
+        let p = problems(&format!("[server]\nadmin_listen = \"localhost\"\n{MINIMAL}"));
+        assert!(p[0].starts_with("server.admin_listen: `localhost` is not an address:port"), "{p:?}");
+        let p = problems(&format!("[server]\nlisten = \"0.0.0.0:9465\"\nadmin_listen = \"0.0.0.0:9465\"\n{MINIMAL}"));
+        assert!(p[0].contains("is server.listen too"), "{p:?}");
+        let p = problems(&MINIMAL.replace("type = \"http\"", "type = \"http\"\nhealth_url = \"ftp://x\""));
+        assert!(p[0].starts_with("pipelines[0].target.health_url:"), "{p:?}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ struct RawAws {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    admin_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +114,7 @@ struct RawTarget {
     max_concurrency: Option<u64>,
     rate_limit_per_sec: Option<u64>,
     max_throttled_secs: Option<u64>,
+    health_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,6 +209,31 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         c.fail("server.listen", format!("`{listen_text}` is not an address:port such as 0.0.0.0:9464"));
         SocketAddr::from(([0, 0, 0, 0], 9464))
     });
+    // loopback only unless the operator says otherwise; "" turns the admin API off
+    let admin_text = raw.server.admin_listen.unwrap_or_else(|| defaults::ADMIN_LISTEN.to_string());
+    let admin_listen = if admin_text.is_empty() {
+        None
+    } else {
+        match admin_text.parse::<SocketAddr>() {
+            Ok(a) if a == listen && a.port() != 0 => {
+                c.fail(
+                    "server.admin_listen",
+                    format!("`{admin_text}` is server.listen too; the admin API needs its own address"),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.fail(
+                    "server.admin_listen",
+                    format!(
+                        "`{admin_text}` is not an address:port such as 127.0.0.1:9465 (\"\" turns the admin API off)"
+                    ),
+                );
+                None
+            }
+        }
+    };
     let grace = c.ranged("shutdown.grace_period_secs", raw.shutdown.grace_period_secs, 30, 1, 3600);
 
     if raw.pipelines.is_empty() {
@@ -240,7 +267,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
 
     if c.problems.is_empty() {
-        Ok(Config { aws, listen, grace_period: Duration::from_secs(grace), pipelines })
+        Ok(Config { aws, listen, admin_listen, grace_period: Duration::from_secs(grace), pipelines })
     } else {
         Err(c.problems)
     }
@@ -407,6 +434,7 @@ fn placeholder_target() -> TargetConfig {
         max_concurrency: 10,
         rate_limit_per_sec: None,
         max_throttled: Duration::from_secs(defaults::MAX_THROTTLED_SECS),
+        health_url: None,
     }
 }
 
@@ -483,11 +511,16 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
             TargetKind::Http { url: String::new() }
         }
     };
+    let health_url = t.health_url.filter(|u| !u.is_empty());
+    if let Some(u) = &health_url {
+        c.url(&format!("{at}.health_url"), u, &["http"]);
+    }
     TargetConfig {
         kind,
         timeout: Duration::from_secs(timeout),
         max_concurrency: max_concurrency as usize,
         rate_limit_per_sec,
         max_throttled: Duration::from_secs(max_throttled),
+        health_url,
     }
 }

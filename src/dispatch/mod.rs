@@ -190,9 +190,13 @@ impl Dispatcher {
             self.metrics.dispatch_duration.record(started.elapsed().as_secs_f64());
             let reason = match invocation {
                 Invocation::Response(body) => return Outcome::Answered(response::interpret(&body, batch, self.fifo)),
-                Invocation::FunctionError(reason) => return Outcome::Answered(Verdict::AllFailed(reason)),
+                Invocation::FunctionError(reason) => {
+                    self.metrics.status.set_last_error(format!("target: {reason}"));
+                    return Outcome::Answered(Verdict::AllFailed(reason));
+                }
                 Invocation::Throttled(reason) => reason,
             };
+            self.metrics.status.set_last_error(format!("target throttled: {reason}"));
             self.metrics.batches_throttled.increment(1);
             self.scaling.throttle();
             let held = first_try.elapsed();

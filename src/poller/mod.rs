@@ -101,6 +101,8 @@ pub struct PollerStage {
     pub metrics: PipelineMetrics,
     /// The grace period is over: a receive still in flight is given up.
     pub abandon: CancellationToken,
+    /// Paused pollers do not receive.
+    pub control: Arc<crate::control::Control>,
 }
 
 /// The pollers of one pipeline.
@@ -157,22 +159,37 @@ impl Fleet {
     }
 }
 
-/// Decrements the pollers gauge however the poller ends (a panic included).
-struct Alive(metrics::Gauge);
+/// Counts a poller alive (the gauge and the admin API's figure) until it ends, however it
+/// ends (a panic included).
+struct Alive(PipelineMetrics);
+
+impl Alive {
+    fn new(metrics: &PipelineMetrics) -> Self {
+        metrics.pollers.increment(1.0);
+        metrics.status.pollers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Alive(metrics.clone())
+    }
+}
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.0.pollers.decrement(1.0);
+        self.0.status.pollers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// One poller: take room, receive, hand on; until retired.
 async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMessage>>, retire: CancellationToken) {
-    stage.metrics.pollers.increment(1.0);
-    let _alive = Alive(stage.metrics.pollers.clone());
+    let _alive = Alive::new(&stage.metrics);
     let cfg = &stage.config;
     let mut backoff = Backoff::default();
     loop {
+        // paused (operator, health check): no receive at all
+        tokio::select! {
+            biased;
+            () = retire.cancelled() => break,
+            () = stage.control.until_running() => {}
+        }
         let reservation = tokio::select! {
             biased;
             () = retire.cancelled() => break,

@@ -402,7 +402,7 @@ pub fn spawn_poller(endpoint: &str, grace_secs: u64, pipelines: &str) -> Poller 
 
 fn spawn_poller_with_aws(endpoint: &str, grace_secs: u64, aws_extra: &str, pipelines: &str) -> Poller {
     let header = format!(
-        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{aws_extra}\n[server]\nlisten = \"127.0.0.1:0\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n",
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{aws_extra}\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n",
         endpoint
     );
     let text = format!("{header}{pipelines}");
@@ -502,6 +502,18 @@ impl Poller {
     pub fn open_fds(&self) -> usize {
         let pid = self.child.id().expect("running");
         std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0)
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin API, read from the service's log.
+    pub fn admin_url(&self) -> String {
+        let log = self.log_text();
+        let addr = log
+            .lines()
+            .find(|l| l.contains("admin API:"))
+            .and_then(|l| l.split("listen=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("the service did not log its admin API address:\n{log}"));
+        format!("http://{addr}")
     }
 
     /// Writes new pipelines into the configuration file (same `[aws]`, `[server]`, `[shutdown]`).
@@ -616,6 +628,17 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
     let res = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse().ok()?)).await.ok()?.ok()?;
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// POST with an empty body over plain HTTP; `None` when nothing answers.
+pub async fn http_post(url: &str) -> Option<(u16, String)> {
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(url).body(Full::new(Bytes::new())).ok()?;
+    let res = tokio::time::timeout(Duration::from_secs(5), client.request(req)).await.ok()?.ok()?;
     let status = res.status().as_u16();
     let body = res.into_body().collect().await.ok()?.to_bytes();
     Some((status, String::from_utf8_lossy(&body).into_owned()))
