@@ -29,6 +29,7 @@ pub mod filter;
 pub mod intake;
 pub mod lease;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod poller;
 pub mod redrive;
@@ -95,9 +96,28 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
         }
     });
     tracing::info!(%listen, pipelines = config.pipelines.len(), "sqs-poller started");
+    // systemd (Type=notify): ready once every pipeline has found its queue; stopping at the drain
+    let notifier = tokio::spawn({
+        let (health, drain) = (health.clone(), shutdown.drain.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    () = drain.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                if health.all_ready() {
+                    notify::notify("READY=1");
+                    break;
+                }
+            }
+            drain.cancelled().await;
+            notify::notify("STOPPING=1");
+        }
+    });
     let hash = reloads.as_ref().and_then(|r| config::file_hash(&r.path));
     let result = supervisor::Supervisor::new(config, clients, health, registry, shutdown, hash).run(reloads).await;
     stop_server.cancel();
+    notifier.abort();
     if let Some(admin) = admin {
         let _ = admin.await;
     }

@@ -60,6 +60,12 @@ impl Health {
         self.list().retain(|(n, _)| n != name);
     }
 
+    /// Every pipeline has found its queue and SQS answers it.
+    pub fn all_ready(&self) -> bool {
+        let list = self.list();
+        !list.is_empty() && list.iter().all(|(_, r)| r.load(Ordering::Relaxed))
+    }
+
     fn not_ready(&self) -> Vec<String> {
         self.list().iter().filter(|(_, r)| !r.load(Ordering::Relaxed)).map(|(n, _)| n.clone()).collect()
     }

@@ -227,6 +227,12 @@ impl Supervisor {
 
     /// Reads the file again and applies what changed.
     async fn reload(&mut self, path: &std::path::Path) {
+        crate::notify::notify("RELOADING=1");
+        self.apply_reload(path).await;
+        crate::notify::notify("READY=1");
+    }
+
+    async fn apply_reload(&mut self, path: &std::path::Path) {
         let new = match config::load(path) {
             Ok(c) => c,
             Err(e) => {

@@ -401,6 +401,17 @@ pub fn spawn_poller(endpoint: &str, grace_secs: u64, pipelines: &str) -> Poller 
 }
 
 fn spawn_poller_with_aws(endpoint: &str, grace_secs: u64, aws_extra: &str, pipelines: &str) -> Poller {
+    spawn_poller_with_env(endpoint, grace_secs, aws_extra, pipelines, &[])
+}
+
+/// As [`spawn_poller`], with more `[aws]` keys and environment variables for the service.
+pub fn spawn_poller_with_env(
+    endpoint: &str,
+    grace_secs: u64,
+    aws_extra: &str,
+    pipelines: &str,
+    env: &[(&str, &str)],
+) -> Poller {
     let header = format!(
         "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n{aws_extra}\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[shutdown]\ngrace_period_secs = {grace_secs}\n",
         endpoint
@@ -417,6 +428,7 @@ fn spawn_poller_with_aws(endpoint: &str, grace_secs: u64, aws_extra: &str, pipel
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         // a process group of its own, like a job started from a shell: a test can press Ctrl-C
