@@ -345,6 +345,7 @@ mod tests {
                 group_id: None,
                 received_at: tokio::time::Instant::now(),
                 record_json: "{}".into(),
+                trace_header: None,
             })
             .collect()
     }

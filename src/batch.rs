@@ -282,6 +282,7 @@ mod tests {
             group_id: None,
             received_at: tokio::time::Instant::now(),
             record_json: format!("{{\"body\":\"{}\"}}", "x".repeat(body_len)).into_boxed_str(),
+            trace_header: None,
         }
     }
 

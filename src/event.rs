@@ -66,6 +66,8 @@ pub struct ReceivedMessage {
     pub received_at: tokio::time::Instant,
     /// The Lambda record, serialized.
     pub record_json: Box<str>,
+    /// The `AWSTraceHeader` system attribute (X-Ray), when the sender set one.
+    pub trace_header: Option<Box<str>>,
 }
 
 /// A message SQS returned without the fields every message has.
@@ -94,6 +96,7 @@ impl ReceivedMessage {
             attr(MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1);
         let sent_timestamp_ms = attr(MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok());
         let group_id = attr(MessageSystemAttributeName::MessageGroupId).cloned();
+        let trace_header = attr(MessageSystemAttributeName::AwsTraceHeader).map(|t| t.as_str().into());
         Ok(ReceivedMessage {
             message_id: msg.message_id.expect("checked above"),
             receipt_handle: msg.receipt_handle.expect("checked above"),
@@ -102,6 +105,7 @@ impl ReceivedMessage {
             group_id,
             received_at: tokio::time::Instant::now(),
             record_json,
+            trace_header,
         })
     }
 
@@ -349,6 +353,7 @@ mod tests {
             group_id: None,
             received_at: tokio::time::Instant::now(),
             record_json: serde_json::to_string(&record).unwrap().into_boxed_str(),
+            trace_header: None,
         };
         for n in 0..4 {
             let msgs = vec![message.clone(); n];

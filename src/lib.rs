@@ -38,6 +38,7 @@ pub mod shutdown;
 pub mod sim;
 pub mod sqs;
 pub mod supervisor;
+pub mod trace;
 
 use std::time::Duration;
 

@@ -18,6 +18,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::ack::Acker;
 use crate::backoff::Backoff;
@@ -243,10 +244,18 @@ impl BatchSink for BatchRunner {
         Self::report_saturation(&self.slots, self.max_concurrency, &self.scaling);
         let (slots, max, scaling) = (self.slots.clone(), self.max_concurrency, self.scaling.clone());
         let work = self.work.clone();
-        self.tasks.spawn(async move {
-            process_batch(&work, batch, groups, slot).await;
-            Self::report_saturation(&slots, max, &scaling);
-        });
+        // the batch's log lines carry its trace id, when a message brought one
+        let span = match crate::trace::Trace::of_batch(&batch) {
+            Some(t) => tracing::info_span!("batch", trace_id = %t.trace_id),
+            None => tracing::Span::none(),
+        };
+        self.tasks.spawn(
+            async move {
+                process_batch(&work, batch, groups, slot).await;
+                Self::report_saturation(&slots, max, &scaling);
+            }
+            .instrument(span),
+        );
     }
 
     async fn send_back(&mut self, messages: Vec<ReceivedMessage>, secs: i32) {

@@ -16,6 +16,7 @@ use tokio::process::Command;
 
 use super::worker_process::{read_capped, WorkerProcess, MAX_OUTPUT};
 use super::Invocation;
+use crate::trace::Trace;
 
 pub struct CommandTarget {
     program: String,
@@ -28,9 +29,15 @@ impl CommandTarget {
         CommandTarget { program: program.to_string(), args: args.to_vec(), overflows }
     }
 
-    pub async fn invoke(&self, event: Bytes) -> Invocation {
+    /// Runs the command for one event; a trace goes in `_X_AMZN_TRACE_ID` and `TRACEPARENT`.
+    pub async fn invoke(&self, event: Bytes, trace: Option<&Trace>) -> Invocation {
         let mut command = Command::new(&self.program);
         command.args(&self.args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if let Some(t) = trace {
+            command
+                .env("_X_AMZN_TRACE_ID", &t.header)
+                .env("TRACEPARENT", t.traceparent(&crate::trace::random_span_id()));
+        }
         // dropped with this future (timeout, shutdown): SIGTERM, then SIGKILL, to its whole group
         let mut process = match WorkerProcess::spawn(&mut command) {
             Ok(p) => p,

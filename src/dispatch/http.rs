@@ -16,6 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::Invocation;
+use crate::trace::Trace;
 
 pub struct HttpTarget {
     url: String,
@@ -32,8 +33,15 @@ impl HttpTarget {
         HttpTarget { url: url.to_string(), client: Client::builder(TokioExecutor::new()).build(connector), overflows }
     }
 
-    pub async fn invoke(&self, event: Bytes) -> Invocation {
-        let request = match Request::post(&self.url).header(CONTENT_TYPE, "application/json").body(Full::new(event)) {
+    /// POSTs the event; with a trace, `X-Amzn-Trace-Id` and the W3C `traceparent` go with it.
+    pub async fn invoke(&self, event: Bytes, trace: Option<&Trace>) -> Invocation {
+        let mut request = Request::post(&self.url).header(CONTENT_TYPE, "application/json");
+        if let Some(t) = trace {
+            request = request
+                .header("x-amzn-trace-id", t.header.as_str())
+                .header("traceparent", t.traceparent(&crate::trace::random_span_id()));
+        }
+        let request = match request.body(Full::new(event)) {
             Ok(r) => r,
             Err(e) => return Invocation::FunctionError(format!("cannot build a request to {}: {e}", self.url)),
         };

@@ -31,6 +31,7 @@ use crate::config::{TargetConfig, TargetKind};
 use crate::event::{encode_event, ReceivedMessage};
 use crate::metrics::PipelineMetrics;
 use crate::poller::Scaling;
+use crate::trace::Trace;
 use response::Verdict;
 
 /// What a target did with an event, before its body is read.
@@ -115,14 +116,18 @@ impl Target {
     }
 
     /// Sends one event (`{"Records":[…]}`) to the target; the work may take `timeout`, counted
-    /// from when the target starts it.
-    pub async fn invoke(&self, event: Bytes, timeout: Duration) -> Invocation {
+    /// from when the target starts it. `trace` is the batch's trace context ([`crate::trace`]).
+    pub async fn invoke(&self, event: Bytes, timeout: Duration, trace: Option<&Trace>) -> Invocation {
         let timed_out = || Invocation::FunctionError(format!("timed out after {} s", timeout.as_secs()));
         match self {
-            Target::Http(t) => tokio::time::timeout(timeout, t.invoke(event)).await.unwrap_or_else(|_| timed_out()),
-            Target::Command(t) => tokio::time::timeout(timeout, t.invoke(event)).await.unwrap_or_else(|_| timed_out()),
+            Target::Http(t) => {
+                tokio::time::timeout(timeout, t.invoke(event, trace)).await.unwrap_or_else(|_| timed_out())
+            }
+            Target::Command(t) => {
+                tokio::time::timeout(timeout, t.invoke(event, trace)).await.unwrap_or_else(|_| timed_out())
+            }
             Target::Lambda(t) => tokio::time::timeout(timeout, t.invoke(event)).await.unwrap_or_else(|_| timed_out()),
-            Target::RuntimeApi(t) => t.invoke(event, timeout).await,
+            Target::RuntimeApi(t) => t.invoke(event, timeout, trace).await,
             Target::Function(f) => tokio::time::timeout(timeout, f(event)).await.unwrap_or_else(|_| timed_out()),
         }
     }
@@ -179,12 +184,13 @@ impl Dispatcher {
         self.metrics.dispatched.increment(batch.len() as u64);
         self.metrics.batch_size.record(batch.len() as f64);
         let event = Bytes::from(encode_event(batch));
+        let trace = Trace::of_batch(batch);
         let first_try = Instant::now();
         let mut throttles = Backoff::default();
         loop {
             let started = Instant::now();
             let invocation = tokio::select! {
-                i = self.target.invoke(event.clone(), self.timeout) => i,
+                i = self.target.invoke(event.clone(), self.timeout, trace.as_ref()) => i,
                 () = abandon.cancelled() => return Outcome::Abandoned,
             };
             self.metrics.dispatch_duration.record(started.elapsed().as_secs_f64());

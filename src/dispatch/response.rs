@@ -105,6 +105,7 @@ mod tests {
                 group_id: None,
                 received_at: tokio::time::Instant::now(),
                 record_json: "{}".into(),
+                trace_header: None,
             })
             .collect()
     }

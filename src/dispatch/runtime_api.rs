@@ -52,6 +52,8 @@ struct Job {
     event: Bytes,
     /// The function's time, from when a worker takes the job.
     timeout: Duration,
+    /// `Lambda-Runtime-Trace-Id`: the batch's X-Ray header, if a message carried one.
+    trace: Option<String>,
     /// Told the deadline when a worker takes the job.
     taken: oneshot::Sender<()>,
     done: oneshot::Sender<Invocation>,
@@ -193,12 +195,12 @@ impl RuntimeApiTarget {
     }
 
     /// Runs one event on the next free worker; `timeout` runs from when a worker takes it.
-    pub async fn invoke(&self, event: Bytes, timeout: Duration) -> Invocation {
+    pub async fn invoke(&self, event: Bytes, timeout: Duration, trace: Option<&crate::trace::Trace>) -> Invocation {
         let (done, result) = oneshot::channel();
         let (taken, was_taken) = oneshot::channel();
         let id = request_id();
         let mut guard = InvocationGuard { request_id: id.clone(), shared: self.shared.clone(), finished: false };
-        let job = Job { request_id: id, event, timeout, taken, done };
+        let job = Job { request_id: id, event, timeout, trace: trace.map(|t| t.header.clone()), taken, done };
         let queued = async {
             self.jobs.send(job).await.map_err(|_| ())?;
             was_taken.await.map_err(|_| ())
@@ -357,25 +359,26 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
                     if jobs.abandoned.remove(&job.request_id) {
                         continue;
                     }
-                    let Job { request_id, event, timeout, taken, done } = job;
+                    let Job { request_id, event, timeout, trace, taken, done } = job;
                     if taken.send(()).is_err() {
                         continue;
                     }
                     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
                     jobs.running.insert(request_id.clone(), (slot, done));
-                    break ((request_id, event), now_ms + timeout.as_millis() as u64);
+                    break ((request_id, event, trace), now_ms + timeout.as_millis() as u64);
                 }
             };
-            let (request_id, event) = job;
+            let (request_id, event, trace) = job;
+            // as Lambda: the message's trace header, else a fresh unsampled root
+            let trace = trace.unwrap_or_else(|| {
+                format!("Root=1-{:08x}-{:024x};Sampled=0", deadline_ms / 1000, fastrand::u128(..1 << 96))
+            });
             Response::builder()
                 .header("content-type", "application/json")
                 .header("Lambda-Runtime-Aws-Request-Id", &request_id)
                 .header("Lambda-Runtime-Deadline-Ms", deadline_ms.to_string())
                 .header("Lambda-Runtime-Invoked-Function-Arn", &shared.function_arn)
-                .header(
-                    "Lambda-Runtime-Trace-Id",
-                    format!("Root=1-{:08x}-{:024x};Sampled=0", deadline_ms / 1000, fastrand::u128(..1 << 96)),
-                )
+                .header("Lambda-Runtime-Trace-Id", trace)
                 .body(Full::new(event))
                 .expect("valid headers")
         }

@@ -267,6 +267,8 @@ pub struct Delivery {
     pub at: Instant,
     pub bytes: usize,
     pub event: Value,
+    /// The request's headers (names in lower case).
+    pub headers: HashMap<String, String>,
     /// Whether the worker's answer was written completely (false if the poller hung up first).
     pub answered: bool,
 }
@@ -308,12 +310,17 @@ pub async fn worker_on(
                     let handler = handler.clone();
                     let log = log.clone();
                     async move {
+                        let headers: HashMap<String, String> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                            .collect();
                         let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                         let event: Value = serde_json::from_slice(&body).expect("the event is JSON");
                         let reply = handler(&event);
                         let index = {
                             let mut l = log.lock().unwrap();
-                            l.push(Delivery { at: Instant::now(), bytes: body.len(), event, answered: false });
+                            l.push(Delivery { at: Instant::now(), bytes: body.len(), event, headers, answered: false });
                             l.len() - 1
                         };
                         tokio::time::sleep(reply.delay).await;
