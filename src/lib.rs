@@ -82,6 +82,13 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
         None => None,
     };
 
+    let hash = reloads.as_ref().and_then(|r| config::file_hash(&r.path));
+    let pipelines = config.pipelines.len();
+    let mut supervisor =
+        supervisor::Supervisor::new(config, clients, health.clone(), registry.clone(), shutdown.clone(), hash);
+    // the pipelines' series exist before the first scrape is answered
+    supervisor.start_all().await?;
+
     let stop_server = CancellationToken::new();
     let server = tokio::spawn(server::serve(listener, prometheus.clone(), health.clone(), stop_server.clone()));
     let admin = admin.map(|l| tokio::spawn(admin::serve(l, registry.clone(), stop_server.clone())));
@@ -96,7 +103,7 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
             }
         }
     });
-    tracing::info!(%listen, pipelines = config.pipelines.len(), "sqs-poller started");
+    tracing::info!(%listen, pipelines, "sqs-poller started");
     // systemd (Type=notify): ready once every pipeline has found its queue; stopping at the drain
     let notifier = tokio::spawn({
         let (health, drain) = (health.clone(), shutdown.drain.clone());
@@ -115,8 +122,7 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
             notify::notify("STOPPING=1");
         }
     });
-    let hash = reloads.as_ref().and_then(|r| config::file_hash(&r.path));
-    let result = supervisor::Supervisor::new(config, clients, health, registry, shutdown, hash).run(reloads).await;
+    let result = supervisor.run(reloads).await;
     stop_server.cancel();
     notifier.abort();
     if let Some(admin) = admin {

@@ -98,12 +98,11 @@ impl Supervisor {
         }
     }
 
-    /// Runs the pipelines until the service's shutdown has drained them all.
+    /// Starts the pipelines of the configuration (their metrics exist from here on).
     ///
     /// # Errors
-    /// When a pipeline of the starting configuration cannot use its queue (it does not exist,
-    /// access is denied) or its target cannot start; the other pipelines are drained first.
-    pub async fn run(mut self, mut reloads: Option<Reloads>) -> anyhow::Result<()> {
+    /// When a target cannot start (a runtime-api port); the pipelines started are drained first.
+    pub async fn start_all(&mut self) -> anyhow::Result<()> {
         for p in self.config.pipelines.clone() {
             if let Err(e) = self.start(&p, false).await {
                 self.shutdown.begin(self.config.grace_period);
@@ -111,6 +110,16 @@ impl Supervisor {
                 return Err(e);
             }
         }
+        Ok(())
+    }
+
+    /// Runs the pipelines [`Supervisor::start_all`] started until the service's shutdown has
+    /// drained them all, applying reloads.
+    ///
+    /// # Errors
+    /// When a pipeline of the starting configuration cannot use its queue (it does not exist,
+    /// access is denied); the other pipelines are drained first.
+    pub async fn run(mut self, mut reloads: Option<Reloads>) -> anyhow::Result<()> {
         let mut errors = Vec::new();
         loop {
             tokio::select! {
