@@ -67,6 +67,7 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
         sqs: sqs::client(&config.aws, &shared),
         lambda: dispatch::lambda::client(&config.aws, &shared),
         region: shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string),
+        credentials: shared.credentials_provider(),
     };
     let health = server::Health::new(shutdown.drain.clone());
     let registry = admin::Registry::default();

@@ -333,6 +333,20 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
             p.target.rate_limit_per_sec.map_or("none".to_string(), |r| format!("{r}/s")),
             p.target.max_throttled.as_secs()
         );
+        let http = &p.target.http;
+        if !http.headers.is_empty() {
+            let names: Vec<&str> = http.headers.iter().map(|(n, _)| n.as_str()).collect();
+            w!("  headers    {} (values not shown)", names.join(", "));
+        }
+        if let Some(ca) = &http.ca_file {
+            w!("  tls        ca_file {}", ca.display());
+        }
+        if let Some((cert, key)) = &http.client_cert {
+            w!("  tls        client_cert_file {} client_key_file {}", cert.display(), key.display());
+        }
+        if let Some(s) = &http.sigv4 {
+            w!("  sigv4      service {} region {}", s.service, s.region.as_deref().unwrap_or("(the AWS region)"));
+        }
         if let Some(url) = &p.target.health_url {
             w!("  health     {url} (pollers pause while it fails)");
         }

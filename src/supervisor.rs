@@ -42,6 +42,8 @@ pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     pub lambda: aws_sdk_lambda::Client,
     pub region: String,
+    /// For SigV4-signed `http` targets.
+    pub credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
 }
 
 struct Running {
@@ -164,9 +166,10 @@ impl Supervisor {
         if self.registry.get(&p.name).is_some_and(|e| e.control.pause().by_operator) {
             control.set_operator_pause(true);
         }
-        let target = Target::new(&p.target, &self.clients.lambda, &m, &self.clients.region)
-            .await
-            .with_context(|| format!("pipeline {}: cannot start its runtime-api target", p.name))?;
+        let target =
+            Target::new(&p.target, &self.clients.lambda, &m, &self.clients.region, self.clients.credentials.as_ref())
+                .await
+                .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
         let shutdown = self.shutdown.child();
         let parts = PipelineParts {
             config: p.clone(),

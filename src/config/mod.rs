@@ -123,6 +123,44 @@ pub struct TargetConfig {
     pub max_throttled: Duration,
     /// While this URL does not answer 2xx, the pipeline's pollers do not receive.
     pub health_url: Option<String>,
+    /// The `http` target's options for remote workers (headers, TLS, SigV4).
+    pub http: HttpOptions,
+}
+
+/// Options of the `http` target for workers that are not on localhost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpOptions {
+    /// Request headers sent with every batch; their values are secrets (never printed, logged
+    /// or exported).
+    pub headers: Vec<(String, Secret)>,
+    /// More trusted roots (PEM), beside the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for mutual TLS.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Sign every request with SigV4 (the AWS credential chain), for IAM-protected endpoints.
+    pub sigv4: Option<SigV4>,
+}
+
+/// SigV4 signing of the `http` target's requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigV4 {
+    /// `execute-api` (API Gateway), `lambda` (function URLs), …
+    pub service: String,
+    /// Defaults to the AWS region of the service.
+    pub region: Option<String>,
+}
+
+/// A value that must not be shown: `Debug` prints a fingerprint, not the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // a fingerprint, so that a changed value still reads as a change (reloads compare Debug)
+        let hash =
+            self.0.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        write!(f, "Secret({:04x})", hash >> 48)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -397,6 +435,35 @@ url = "http://127.0.0.1:8080/"
         assert!(p[0].contains("is server.listen too"), "{p:?}");
         let p = problems(&MINIMAL.replace("type = \"http\"", "type = \"http\"\nhealth_url = \"ftp://x\""));
         assert!(p[0].starts_with("pipelines[0].target.health_url:"), "{p:?}");
+    }
+
+    #[test]
+    fn remote_http_options_are_checked_without_showing_secrets() {
+        let with = |keys: &str| MINIMAL.replace("type = \"http\"", &format!("type = \"http\"\n{keys}"));
+        let c = parse(&with("headers = { Authorization = \"Bearer abc\" }\nsigv4_service = \"lambda\""), &env).unwrap();
+        let http = &c.pipelines[0].target.http;
+        assert_eq!(http.headers[0].0, "Authorization");
+        assert!(!format!("{http:?}").contains("Bearer"), "Debug hides header values: {http:?}");
+        assert_eq!(http.sigv4, Some(SigV4 { service: "lambda".into(), region: None }));
+        let p = problems(&with("headers = { Authorization = \"Bearer\\nabc\" }"));
+        assert!(p[0].starts_with("pipelines[0].target.headers.Authorization: the value is not a valid"), "{p:?}");
+        assert!(!p[0].contains("Bearer"), "the message does not repeat the value: {p:?}");
+        let p = problems(&with("ca_file = \"/nonexistent/ca.pem\""));
+        assert!(p[0].starts_with("pipelines[0].target.ca_file: cannot read `/nonexistent/ca.pem`"), "{p:?}");
+        let p = problems(&with("client_cert_file = \"/x.pem\""));
+        assert!(
+            p.iter().any(|m| m == "pipelines[0].target.client_key_file: is required with client_cert_file"),
+            "{p:?}"
+        );
+        let p = problems(
+            &MINIMAL
+                .replace("type = \"http\"", "type = \"command\"\nprogram = \"x\"\nsigv4_service = \"lambda\"")
+                .replace("url = \"http://127.0.0.1:8080/\"\n", ""),
+        );
+        assert!(
+            p.iter().any(|m| m == "pipelines[0].target.sigv4_service: does not apply to target type `command`"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -115,6 +115,12 @@ struct RawTarget {
     rate_limit_per_sec: Option<u64>,
     max_throttled_secs: Option<u64>,
     health_url: Option<String>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    ca_file: Option<String>,
+    client_cert_file: Option<String>,
+    client_key_file: Option<String>,
+    sigv4_service: Option<String>,
+    sigv4_region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -435,6 +441,7 @@ fn placeholder_target() -> TargetConfig {
         rate_limit_per_sec: None,
         max_throttled: Duration::from_secs(defaults::MAX_THROTTLED_SECS),
         health_url: None,
+        http: HttpOptions::default(),
     }
 }
 
@@ -462,6 +469,12 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
         ("args", t.args.is_some()),
         ("workers", t.workers.is_some()),
         ("handler", t.handler.is_some()),
+        ("headers", t.headers.is_some()),
+        ("ca_file", t.ca_file.is_some()),
+        ("client_cert_file", t.client_cert_file.is_some()),
+        ("client_key_file", t.client_key_file.is_some()),
+        ("sigv4_service", t.sigv4_service.is_some()),
+        ("sigv4_region", t.sigv4_region.is_some()),
     ];
     let only = |kind: &str, allowed: &[&str], c: &mut Checker| {
         for (key, is_set) in present {
@@ -473,9 +486,13 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
 
     let kind = match t.kind.as_deref() {
         Some("http") => {
-            only("http", &["url"], c);
+            only(
+                "http",
+                &["url", "headers", "ca_file", "client_cert_file", "client_key_file", "sigv4_service", "sigv4_region"],
+                c,
+            );
             let url = c.required_string(&format!("{at}.url"), t.url);
-            c.url(&format!("{at}.url"), &url, &["http"]);
+            c.url(&format!("{at}.url"), &url, &["http", "https"]);
             TargetKind::Http { url }
         }
         Some("command") => {
@@ -511,6 +528,16 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
             TargetKind::Http { url: String::new() }
         }
     };
+    let http = http_options(
+        c,
+        at,
+        t.headers,
+        t.ca_file,
+        t.client_cert_file,
+        t.client_key_file,
+        t.sigv4_service,
+        t.sigv4_region,
+    );
     let health_url = t.health_url.filter(|u| !u.is_empty());
     if let Some(u) = &health_url {
         c.url(&format!("{at}.health_url"), u, &["http"]);
@@ -522,5 +549,70 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
         rate_limit_per_sec,
         max_throttled: Duration::from_secs(max_throttled),
         health_url,
+        http,
     }
+}
+
+/// The `http` target's remote options; files are read and their PEM checked now, so that a
+/// wrong path is a configuration error naming its key.
+#[allow(clippy::too_many_arguments)]
+fn http_options(
+    c: &mut Checker,
+    at: &str,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    ca_file: Option<String>,
+    client_cert_file: Option<String>,
+    client_key_file: Option<String>,
+    sigv4_service: Option<String>,
+    sigv4_region: Option<String>,
+) -> HttpOptions {
+    use rustls_pki_types::pem::PemObject;
+    let mut options = HttpOptions::default();
+    for (name, value) in headers.unwrap_or_default() {
+        let path = format!("{at}.headers.{name}");
+        if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            c.fail(&path, "is not a valid HTTP header name");
+            continue;
+        }
+        // the value may be a secret: never repeat it in a message
+        if hyper::header::HeaderValue::from_str(&value).is_err() {
+            c.fail(&path, "the value is not a valid HTTP header value (visible ASCII only; not shown)");
+            continue;
+        }
+        options.headers.push((name, Secret(value)));
+    }
+    let certs = |c: &mut Checker, key: &str, file: &str| {
+        let path = format!("{at}.{key}");
+        match rustls_pki_types::CertificateDer::pem_file_iter(file) {
+            Ok(iter) => {
+                let n = iter.filter(Result::is_ok).count();
+                if n == 0 {
+                    c.fail(&path, format!("`{file}` holds no PEM certificate"));
+                }
+            }
+            Err(e) => c.fail(&path, format!("cannot read `{file}`: {e}")),
+        }
+    };
+    if let Some(file) = ca_file.filter(|f| !f.is_empty()) {
+        certs(c, "ca_file", &file);
+        options.ca_file = Some(file.into());
+    }
+    match (client_cert_file.filter(|f| !f.is_empty()), client_key_file.filter(|f| !f.is_empty())) {
+        (Some(cert), Some(key)) => {
+            certs(c, "client_cert_file", &cert);
+            if let Err(e) = rustls_pki_types::PrivateKeyDer::from_pem_file(&key) {
+                c.fail(format!("{at}.client_key_file"), format!("`{key}` holds no usable PEM private key: {e}"));
+            }
+            options.client_cert = Some((cert.into(), key.into()));
+        }
+        (Some(_), None) => c.fail(format!("{at}.client_key_file"), "is required with client_cert_file"),
+        (None, Some(_)) => c.fail(format!("{at}.client_cert_file"), "is required with client_key_file"),
+        (None, None) => {}
+    }
+    match (sigv4_service.filter(|s| !s.is_empty()), sigv4_region) {
+        (Some(service), region) => options.sigv4 = Some(SigV4 { service, region: region.filter(|r| !r.is_empty()) }),
+        (None, Some(_)) => c.fail(format!("{at}.sigv4_service"), "is required with sigv4_region"),
+        (None, None) => {}
+    }
+    options
 }

@@ -63,20 +63,36 @@ pub type Function = Arc<dyn Fn(Bytes) -> crate::sqs::BoxFuture<'static, Invocati
 
 impl Target {
     /// Sets a target up: `lambda` is the Lambda client (for `lambda` targets), `region` names
-    /// the function for `runtime-api` workers, which start here; `metrics` are the pipeline's.
+    /// the function for `runtime-api` workers, which start here, and is the default SigV4
+    /// region; `credentials` sign `http` requests when `sigv4_service` is set; `metrics` are
+    /// the pipeline's.
     ///
     /// # Errors
-    /// When the Runtime API cannot bind a loopback port.
+    /// When the Runtime API cannot bind a loopback port, or the TLS files of an `http` target
+    /// cannot be used, or it must sign and no AWS credentials are configured.
     pub async fn new(
         cfg: &TargetConfig,
         lambda: &aws_sdk_lambda::Client,
         metrics: &PipelineMetrics,
         region: &str,
+        credentials: Option<&aws_credential_types::provider::SharedCredentialsProvider>,
     ) -> std::io::Result<Self> {
         let pipeline = &metrics.pipeline;
         let overflows = metrics.worker_output_overflows.clone();
         Ok(match &cfg.kind {
-            TargetKind::Http { url } => Target::Http(http::HttpTarget::new(url, overflows)),
+            TargetKind::Http { url } => {
+                let signer = match &cfg.http.sigv4 {
+                    Some(s) => Some(http::Signer {
+                        service: s.service.clone(),
+                        region: s.region.clone().unwrap_or_else(|| region.to_string()),
+                        credentials: credentials.cloned().ok_or_else(|| {
+                            std::io::Error::other("target.sigv4_service is set but no AWS credentials are configured")
+                        })?,
+                    }),
+                    None => None,
+                };
+                Target::Http(http::HttpTarget::new(url, &cfg.http, signer, overflows).map_err(std::io::Error::other)?)
+            }
             TargetKind::Command { program, args } => {
                 Target::Command(command::CommandTarget::new(program, args, overflows))
             }
