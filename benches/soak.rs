@@ -184,7 +184,7 @@ async fn run() {
         "{minutes} min at {rate} messages/s with faults every {CYCLE_SECS} s: sent {total:.0}, deleted {done:.0}, \
          queue left {visible} visible / {in_flight} in flight, worker calls answered for {} messages; \
          RSS {:.1}–{:.1} MiB (first {:.1}, last {:.1}); open descriptors {:.0}–{:.0}; CPU {:.1} % on average \
-         (at most {:.1} %); exit {status}",
+         (at most {:.1} %); sqs-poller {status}",
         handled.load(Ordering::Relaxed),
         stats(&rss).0,
         stats(&rss).1,

@@ -141,7 +141,8 @@ async fn pollers_wait_while_the_worker_health_check_fails() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = receives(&poller, "gated").await;
     sqs.send_bodies(&queue, &(0..20).map(|i| format!("late {i}")).collect::<Vec<_>>()).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // down for ten seconds in all
+    tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(receives(&poller, "gated").await, before, "no ReceiveMessage while the health check fails");
     up.store(true, Ordering::Relaxed);
     poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"gated\"}", 70.0, Duration::from_secs(20)).await;
