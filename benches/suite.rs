@@ -342,9 +342,14 @@ struct Proc {
 }
 
 fn spawn_poller(env: &Env, queue: &str, pipeline_extra: &str) -> Proc {
+    spawn_poller_with_admin(env, queue, pipeline_extra, "")
+}
+
+/// As [`spawn_poller`], with the admin API on `admin` (`""`: off).
+fn spawn_poller_with_admin(env: &Env, queue: &str, pipeline_extra: &str, admin: &str) -> Proc {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let text = format!(
-        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"\"\n\
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"{admin}\"\n\
          [[pipelines]]\nname = \"bench\"\nqueue_url = \"{queue}\"\n{pipeline_extra}\n",
         env.endpoint
     );
@@ -491,7 +496,7 @@ async fn drain_with(
     }
 }
 
-const HOSTILE_MESSAGES: usize = 20_000;
+const HOSTILE_MESSAGES: usize = 50_000;
 const IDLE_CONNECTIONS: usize = 5_000;
 
 struct Timed {
@@ -500,28 +505,60 @@ struct Timed {
     opened: usize,
 }
 
-/// Drains a preloaded queue (batch 10) while `idle` connections that never send a byte are
-/// opened against the metrics port as soon as it listens; the drain is timed by the queue's own
-/// counts, so that it does not depend on the metrics port the connections crowd.
+/// A health endpoint for `target.health_url`: 200 while `up`, else 503.
+async fn health_switch(up: Arc<std::sync::atomic::AtomicBool>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let up = up.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let status = if up.load(Ordering::Relaxed) { 200 } else { 503 };
+                    async move { Ok::<_, Infallible>(Response::builder().status(status).body(Full::new(Bytes::new())).unwrap()) }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    url
+}
+
+/// Drains a preloaded queue (batch 10) with `idle` connections that never send a byte opened
+/// against the metrics port first. The pipeline waits, paused by its health check, until the
+/// connections are in place; the drain is timed from when the admin API reports it running to
+/// when the queue's own counts are zero, so that nothing depends on the crowded metrics port.
 async fn drain_timed_by_queue(env: &Env, total: usize, idle: usize) -> Timed {
     let queue = queue(env, "hostile").await;
     load(env, &queue, total).await;
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = health_switch(up.clone()).await;
     let extra = format!(
         "[pipelines.pollers]\nmin = 1\nmax = 16\nwait_time_secs = 1\n[pipelines.batch]\nsize = 10\n\
-         [pipelines.target]\ntype = \"http\"\nurl = \"{}\"\nmax_concurrency = 32\n",
+         [pipelines.target]\ntype = \"http\"\nurl = \"{}\"\nmax_concurrency = 32\nhealth_url = \"{health}\"\n",
         env.worker_url
     );
-    let t0 = Instant::now();
-    let p = spawn_poller(env, &queue, &extra);
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let p = spawn_poller_with_admin(env, &queue, &extra, &format!("127.0.0.1:{admin_port}"));
     let addr = p.listen.trim_start_matches("http://").to_string();
-    let crowd = tokio::task::spawn_blocking(move || {
+    let held = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(&addr).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         (0..idle).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect::<Vec<_>>()
-    });
+    })
+    .await
+    .unwrap();
     let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0);
+    up.store(true, Ordering::Relaxed);
+    let admin = format!("http://127.0.0.1:{admin_port}/pipelines/bench");
+    while !get(&admin).await.is_some_and(|s| s.contains("\"state\":\"running\"")) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t0 = Instant::now();
     let mut peak_fds = 0;
     loop {
         peak_fds = peak_fds.max(fds(p.pid()));
@@ -543,10 +580,9 @@ async fn drain_timed_by_queue(env: &Env, total: usize, idle: usize) -> Timed {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(300), "drain did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let held = crowd.await.unwrap();
     let opened = held.len();
     drop(held);
     p.stop().await;
