@@ -516,7 +516,9 @@ async fn health_switch(up: Arc<std::sync::atomic::AtomicBool>) -> String {
             tokio::spawn(async move {
                 let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
                     let status = if up.load(Ordering::Relaxed) { 200 } else { 503 };
-                    async move { Ok::<_, Infallible>(Response::builder().status(status).body(Full::new(Bytes::new())).unwrap()) }
+                    async move {
+                        Ok::<_, Infallible>(Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+                    }
                 });
                 let _ =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;

@@ -13,9 +13,12 @@
 //! 7. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
 //! 8. [`sqs`] — the SQS edge every stage talks through, counting each request.
 //!
-//! Around them: [`pipeline`] wires the stages of one queue together, [`metrics`] names every
-//! metric, [`server`] serves `/metrics`, `/healthz` and `/readyz`, and [`shutdown`] drains in
-//! order on SIGTERM, [`supervisor`] starts the pipelines and applies reloads (SIGHUP), and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
+//! Around them: [`pipeline`] wires the stages of one queue together, [`lease`] keeps every
+//! received message invisible until it is settled, [`metrics`] names every metric, [`server`]
+//! serves `/metrics`, `/healthz` and `/readyz`, [`admin`] the admin API over [`control`] (pause,
+//! resume, the worker's health check), [`trace`] carries X-Ray/W3C trace context to the worker,
+//! [`shutdown`] drains in order on SIGTERM, [`supervisor`] starts the pipelines and applies
+//! reloads (SIGHUP), [`notify`] tells systemd, and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
 
 pub mod ack;
 pub mod admin;
