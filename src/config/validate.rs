@@ -445,7 +445,7 @@ fn placeholder_target() -> TargetConfig {
     }
 }
 
-fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
+fn validate_target(c: &mut Checker, at: &str, mut t: RawTarget) -> TargetConfig {
     let timeout = c.ranged(&format!("{at}.timeout_secs"), t.timeout_secs, 30, 1, 900);
     let max_throttled = c.ranged(
         &format!("{at}.max_throttled_secs"),
@@ -484,6 +484,7 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
         }
     };
 
+    let http = http_options(c, at, &mut t);
     let kind = match t.kind.as_deref() {
         Some("http") => {
             only(
@@ -528,16 +529,6 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
             TargetKind::Http { url: String::new() }
         }
     };
-    let http = http_options(
-        c,
-        at,
-        t.headers,
-        t.ca_file,
-        t.client_cert_file,
-        t.client_key_file,
-        t.sigv4_service,
-        t.sigv4_region,
-    );
     let health_url = t.health_url.filter(|u| !u.is_empty());
     if let Some(u) = &health_url {
         c.url(&format!("{at}.health_url"), u, &["http"]);
@@ -555,18 +546,11 @@ fn validate_target(c: &mut Checker, at: &str, t: RawTarget) -> TargetConfig {
 
 /// The `http` target's remote options; files are read and their PEM checked now, so that a
 /// wrong path is a configuration error naming its key.
-#[allow(clippy::too_many_arguments)]
-fn http_options(
-    c: &mut Checker,
-    at: &str,
-    headers: Option<std::collections::BTreeMap<String, String>>,
-    ca_file: Option<String>,
-    client_cert_file: Option<String>,
-    client_key_file: Option<String>,
-    sigv4_service: Option<String>,
-    sigv4_region: Option<String>,
-) -> HttpOptions {
+fn http_options(c: &mut Checker, at: &str, t: &mut RawTarget) -> HttpOptions {
     use rustls_pki_types::pem::PemObject;
+    let (headers, ca_file, sigv4_service, sigv4_region) =
+        (t.headers.take(), t.ca_file.take(), t.sigv4_service.take(), t.sigv4_region.take());
+    let (client_cert_file, client_key_file) = (t.client_cert_file.take(), t.client_key_file.take());
     let mut options = HttpOptions::default();
     for (name, value) in headers.unwrap_or_default() {
         let path = format!("{at}.headers.{name}");
