@@ -330,7 +330,11 @@ mod tests {
     use std::time::Duration;
 
     fn retry(initial: u64, max: u64) -> RetryConfig {
-        RetryConfig { initial_backoff: Duration::from_secs(initial), max_backoff: Duration::from_secs(max) }
+        RetryConfig {
+            initial_backoff: Duration::from_secs(initial),
+            max_backoff: Duration::from_secs(max),
+            bisect: false,
+        }
     }
 
     fn batch(counts: &[u32]) -> Vec<ReceivedMessage> {

@@ -360,7 +360,12 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
             Some(f) => w!("  filter     {} pattern(s), on_filtered delete", f.filter.len()),
             None => w!("  filter     none (every message passes)"),
         }
-        w!("  retry      backoff {}s..{}s", p.retry.initial_backoff.as_secs(), p.retry.max_backoff.as_secs());
+        w!(
+            "  retry      backoff {}s..{}s{}",
+            p.retry.initial_backoff.as_secs(),
+            p.retry.max_backoff.as_secs(),
+            if p.retry.bisect { ", a batch that fails as a whole is bisected" } else { "" }
+        );
         match &p.dead_letter {
             Some(d) => w!("  dead_letter {} after {} receives", d.queue_url, d.max_receive_count),
             None => w!("  dead_letter none (the queue's own redrive policy applies)"),

@@ -33,6 +33,7 @@ pub const DUPLICATE_RECEIVES: &str = "sqs_poller_duplicate_receives_total";
 pub const LEASE_EXTENSIONS: &str = "sqs_poller_lease_extensions_total";
 pub const LEASES_EXPIRED: &str = "sqs_poller_leases_expired_total";
 pub const THROTTLE_RELEASES: &str = "sqs_poller_throttle_released_messages_total";
+pub const BATCHES_BISECTED: &str = "sqs_poller_batches_bisected_total";
 pub const WORKER_OUTPUT_OVERFLOWS: &str = "sqs_poller_worker_output_overflows_total";
 pub const QUEUE_MESSAGES: &str = "sqs_poller_queue_messages";
 pub const OLDEST_MESSAGE_AGE: &str = "sqs_poller_oldest_message_age_seconds";
@@ -168,6 +169,7 @@ fn describe() {
         "Failed SQS requests by operation and kind (throttled, server_error, timeout, connection, bad_response, rejected); all but rejected are retried with backoff."
     );
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
+    describe_counter!(BATCHES_BISECTED, Unit::Count, "Batches that failed as a whole and were split in halves to find the poison messages (retry.on_batch_error = \"bisect\").");
     describe_gauge!(
         PAUSED,
         Unit::Count,
@@ -211,6 +213,7 @@ pub struct PipelineMetrics {
     pub leases_expired: Counter,
     pub throttle_released: Counter,
     pub worker_output_overflows: Counter,
+    pub batches_bisected: Counter,
     pub source_queue: QueueGauges,
     pub dead_letter_queue: QueueGauges,
     pub oldest_message_age: Gauge,
@@ -296,6 +299,7 @@ impl PipelineMetrics {
             leases_expired: counter(LEASES_EXPIRED),
             throttle_released: counter(THROTTLE_RELEASES),
             worker_output_overflows: counter(WORKER_OUTPUT_OVERFLOWS),
+            batches_bisected: counter(BATCHES_BISECTED),
             source_queue: QueueGauges::new(&p, "source"),
             dead_letter_queue: QueueGauges::new(&p, "dead_letter"),
             oldest_message_age: gauge(OLDEST_MESSAGE_AGE),

@@ -121,7 +121,9 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
         retry: cfg.retry.clone(),
         metrics: metrics.clone(),
     };
-    let dispatcher = Dispatcher::new(&cfg.target, cfg.batch.size, cfg.fifo, target, scaling.clone(), metrics.clone());
+    let mut dispatcher =
+        Dispatcher::new(&cfg.target, cfg.batch.size, cfg.fifo, target, scaling.clone(), metrics.clone());
+    dispatcher.bisect = cfg.retry.bisect;
 
     // the heartbeat outlives every other stage: it stops once every lease is settled
     let stop_heartbeat = CancellationToken::new();
@@ -274,7 +276,7 @@ async fn process_batch(work: &BatchWork, batch: Batch, mut groups: GroupsDone, s
     metrics.in_flight_batches.increment(1.0);
     // FIFO: which groups failed, and how long their messages stay back
     let outcome = AssertUnwindSafe(async {
-        match work.dispatcher.call(&batch, &work.abandon).await {
+        match work.dispatcher.dispatch(&batch, &work.abandon).await {
             Outcome::Answered(verdict) => work.acker.settle(&batch, &verdict).await.failed_groups(&batch),
             Outcome::Throttled => work.acker.release_throttled(&batch).await.failed_groups(&batch),
             Outcome::Abandoned => {

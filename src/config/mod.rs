@@ -190,6 +190,9 @@ pub enum TargetKind {
 pub struct RetryConfig {
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// `on_batch_error = "bisect"`: a batch that fails as a whole is split in halves and tried
+    /// again at once, down to single messages, so that only the poison ones are retried.
+    pub bisect: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -128,6 +128,7 @@ struct RawTarget {
 struct RawRetry {
     initial_backoff_secs: Option<u64>,
     max_backoff_secs: Option<u64>,
+    on_batch_error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +336,14 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
             format!("{initial} is greater than retry.max_backoff_secs ({max_backoff})"),
         );
     }
+    let bisect = match p.retry.on_batch_error.as_deref() {
+        None | Some("retry") => false,
+        Some("bisect") => true,
+        Some(other) => {
+            c.fail(format!("{at}.retry.on_batch_error"), format!("`{other}` is not one of: retry, bisect"));
+            false
+        }
+    };
 
     let dead_letter = p.dead_letter.map(|d| {
         let queue_url = c.required_string(&format!("{at}.dead_letter.queue_url"), d.queue_url);
@@ -427,6 +436,7 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         retry: RetryConfig {
             initial_backoff: Duration::from_secs(initial),
             max_backoff: Duration::from_secs(max_backoff),
+            bisect,
         },
         dead_letter,
         depth_interval: Duration::from_secs(depth_interval),

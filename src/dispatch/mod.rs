@@ -166,6 +166,8 @@ pub struct Dispatcher {
     pub timeout: Duration,
     pub max_throttled: Duration,
     pub fifo: bool,
+    /// `retry.on_batch_error = "bisect"`: see [`Dispatcher::dispatch`].
+    pub bisect: bool,
     limiter: Option<DefaultDirectRateLimiter>,
     pub scaling: Arc<Scaling>,
     pub metrics: PipelineMetrics,
@@ -185,7 +187,84 @@ impl Dispatcher {
             let burst = NonZeroU32::new(rate.get().max(batch_size as u32)).expect("non-zero");
             RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
         });
-        Dispatcher { target, timeout: cfg.timeout, max_throttled: cfg.max_throttled, fifo, limiter, scaling, metrics }
+        Dispatcher {
+            target,
+            timeout: cfg.timeout,
+            max_throttled: cfg.max_throttled,
+            fifo,
+            bisect: false,
+            limiter,
+            scaling,
+            metrics,
+        }
+    }
+
+    /// Calls the target for a batch ([`Dispatcher::call`]). With `bisect`, a batch that fails as
+    /// a whole (a function error, a timeout, an unreadable answer) is split in halves that are
+    /// dispatched again at once, recursively, down to single messages: the answer is then a
+    /// partial one naming only the messages that failed on their own, so only they take the
+    /// retry backoff and count toward the dead-letter threshold. FIFO: the halves go in order,
+    /// and a group that failed in the first half does not dispatch its later messages (they are
+    /// held behind the failure, as the acknowledgement plan expects).
+    pub async fn dispatch(&self, batch: &[ReceivedMessage], abandon: &CancellationToken) -> Outcome {
+        match self.call(batch, abandon).await {
+            Outcome::Answered(Verdict::AllFailed(reason)) if self.bisect && batch.len() > 1 => {
+                self.metrics.batches_bisected.increment(1);
+                tracing::warn!(pipeline = %self.metrics.pipeline, messages = batch.len(), %reason, "the batch failed as a whole: splitting it to find the messages that fail on their own");
+                match self.bisect(batch, (0..batch.len()).collect(), abandon).await {
+                    None => Outcome::Abandoned,
+                    Some(failed) if failed.is_empty() => Outcome::Answered(Verdict::AllSucceeded),
+                    Some(failed) if failed.len() == batch.len() => Outcome::Answered(Verdict::AllFailed(reason)),
+                    Some(mut failed) => {
+                        failed.sort_unstable();
+                        Outcome::Answered(Verdict::Partial(failed))
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Dispatches the messages at `indexes` of `batch` in two halves, splitting again what fails
+    /// as a whole; the indexes that failed on their own, or `None` when shutdown gave up.
+    fn bisect<'a>(
+        &'a self,
+        batch: &'a [ReceivedMessage],
+        indexes: Vec<usize>,
+        abandon: &'a CancellationToken,
+    ) -> crate::sqs::BoxFuture<'a, Option<Vec<usize>>> {
+        Box::pin(async move {
+            let (first, second) = indexes.split_at(indexes.len() / 2);
+            let mut failed: Vec<usize> = Vec::new();
+            for half in [first, second] {
+                // FIFO: messages of a group that failed earlier stay behind the failure
+                let (held, go): (Vec<usize>, Vec<usize>) = half.iter().partition(|&&i| {
+                    self.fifo
+                        && batch[i].group_id.is_some()
+                        && failed.iter().any(|&f| batch[f].group_id == batch[i].group_id)
+                });
+                failed.extend(held);
+                if go.is_empty() {
+                    continue;
+                }
+                let part: Vec<ReceivedMessage> = go.iter().map(|&i| batch[i].clone()).collect();
+                match self.call(&part, abandon).await {
+                    Outcome::Answered(Verdict::AllSucceeded) => {}
+                    Outcome::Answered(Verdict::Partial(f)) => failed.extend(f.into_iter().map(|k| go[k])),
+                    Outcome::Answered(Verdict::AllFailed(_)) if go.len() > 1 => {
+                        failed.extend(self.bisect(batch, go, abandon).await?);
+                    }
+                    Outcome::Answered(Verdict::AllFailed(reason)) => {
+                        tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %batch[go[0]].message_id, %reason, "the message fails on its own");
+                        failed.extend(go);
+                    }
+                    // throttled past max_throttled_secs: retried with the backoff, as failures are
+                    Outcome::Throttled => failed.extend(go),
+                    Outcome::Abandoned => return None,
+                }
+            }
+            Some(failed)
+        })
     }
 
     /// Calls the target until it answers, throttles for too long, or `abandon` fires.
