@@ -470,6 +470,15 @@ url = "http://127.0.0.1:8080/"
     }
 
     #[test]
+    fn on_batch_error_is_retry_or_bisect() {
+        assert!(!parse(MINIMAL, &env).unwrap().pipelines[0].retry.bisect);
+        let with = |v: &str| format!("{MINIMAL}[pipelines.retry]\non_batch_error = \"{v}\"\n");
+        assert!(parse(&with("bisect"), &env).unwrap().pipelines[0].retry.bisect);
+        let p = problems(&with("split"));
+        assert_eq!(p, vec!["pipelines[0].retry.on_batch_error: `split` is not one of: retry, bisect".to_string()]);
+    }
+
+    #[test]
     fn unknown_target_type_lists_the_types() {
         let p = problems(&MINIMAL.replace("type = \"http\"", "type = \"smtp\""));
         assert!(p[0].contains("`smtp` is not a target type"), "{p:?}");
