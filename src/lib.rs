@@ -27,6 +27,7 @@ pub mod batch;
 pub mod config;
 pub mod control;
 pub mod dispatch;
+pub mod dlq;
 pub mod event;
 pub mod filter;
 pub mod intake;

@@ -46,11 +46,43 @@ enum Command {
         /// Move at most this many messages
         #[arg(long)]
         limit: Option<u64>,
+        /// Move only messages whose Lambda record matches this EventBridge pattern (JSON); repeat
+        /// for several (any matches); the others stay in the source
+        #[arg(long = "pattern")]
+        patterns: Vec<String>,
+        /// Messages per second at most
+        #[arg(long)]
+        rate: Option<u32>,
         /// SQS endpoint (for local emulators); default: the [aws] section of --config when that
         /// file exists, then the standard AWS configuration
         #[arg(long)]
         endpoint_url: Option<String>,
         /// AWS region; default as for --endpoint-url
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Look into a dead-letter queue
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Count what a dead-letter queue holds (by reason, pipeline, age, receives) and show a few
+    /// samples, without consuming it: every message is made visible again
+    Stats {
+        /// The dead-letter queue
+        #[arg(long)]
+        queue: String,
+        /// How many messages to show
+        #[arg(long, default_value_t = 3)]
+        samples: usize,
+        /// SQS endpoint (for local emulators); default as for `redrive`
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// AWS region; default as for `redrive`
         #[arg(long)]
         region: Option<String>,
     },
@@ -69,13 +101,13 @@ fn main() -> ExitCode {
     if let Some(Command::TestPattern { patterns }) = &cli.command {
         return test_pattern(patterns);
     }
-    if let Some(Command::Redrive { from, to, limit, endpoint_url, region }) = &cli.command {
+    let aws_for = |endpoint_url: &Option<String>, region: &Option<String>| -> Result<config::AwsConfig, ExitCode> {
         // the configuration file is optional here: it only lends its [aws] section
         let mut aws = match (cli.config.is_some() || path.exists()).then(|| config::load(&path)) {
             Some(Ok(c)) => c.aws,
             Some(Err(e)) => {
                 eprintln!("{e}");
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
             None => config::AwsConfig::default(),
         };
@@ -85,7 +117,27 @@ fn main() -> ExitCode {
         if region.is_some() {
             aws.region = region.clone();
         }
-        return redrive(aws, from, to, *limit);
+        Ok(aws)
+    };
+    if let Some(Command::Dlq { command: DlqCommand::Stats { queue, samples, endpoint_url, region } }) = &cli.command {
+        return match aws_for(endpoint_url, region) {
+            Ok(aws) => dlq_stats(aws, queue, *samples),
+            Err(code) => code,
+        };
+    }
+    if let Some(Command::Redrive { from, to, limit, patterns, rate, endpoint_url, region }) = &cli.command {
+        let filter = match sqs_poller::filter::Filter::compile(patterns) {
+            Ok(f) => (!f.is_empty()).then_some(f),
+            Err((i, e)) => {
+                eprintln!("--pattern #{}: invalid pattern: {e}", i + 1);
+                return ExitCode::from(2);
+            }
+        };
+        let options = sqs_poller::redrive::RedriveOptions { limit: *limit, filter, rate: *rate };
+        return match aws_for(endpoint_url, region) {
+            Ok(aws) => redrive(aws, from, to, &options),
+            Err(code) => code,
+        };
     }
     let config = match config::load(&path) {
         Ok(c) => c,
@@ -101,25 +153,70 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config, path),
-        Command::Redrive { .. } | Command::TestPattern { .. } => unreachable!("handled above"),
+        Command::Redrive { .. } | Command::TestPattern { .. } | Command::Dlq { .. } => unreachable!("handled above"),
     }
 }
 
-fn redrive(aws: config::AwsConfig, from: &str, to: &str, limit: Option<u64>) -> ExitCode {
+fn dlq_stats(aws: config::AwsConfig, queue: &str, samples: usize) -> ExitCode {
     init_logs();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let result = runtime.block_on(async {
         let shared = sqs_poller::sqs::shared_config(&aws).await?;
         let client = sqs_poller::sqs::client(&aws, &shared);
-        // progress at most once a second: a large dead-letter queue moves 10 messages per call
+        anyhow::Ok(sqs_poller::dlq::stats(client, queue, samples).await?)
+    });
+    match result {
+        Ok(tally) => {
+            print!("{}", tally.render(queue));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sqs-poller dlq stats: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One progress line: on a terminal it rewrites itself (with rate and ETA); otherwise a plain
+/// line at most once a second.
+fn redrive_progress(r: &sqs_poller::redrive::RedriveReport, started: std::time::Instant, terminal: bool) -> String {
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let rate = r.moved as f64 / secs;
+    let left = r.expected.saturating_sub(r.moved + r.failed + r.skipped);
+    let eta = if rate > 0.0 && left > 0 { format!(", about {:.0} s left", left as f64 / rate) } else { String::new() };
+    let skipped = if r.skipped > 0 { format!(", {} not matching", r.skipped) } else { String::new() };
+    let line = format!("redrive: {} moved, {} failed{skipped} ({rate:.0}/s{eta})", r.moved, r.failed);
+    if terminal {
+        format!("\r{line}\x1b[K")
+    } else {
+        line + "\n"
+    }
+}
+
+fn redrive(aws: config::AwsConfig, from: &str, to: &str, options: &sqs_poller::redrive::RedriveOptions) -> ExitCode {
+    init_logs();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let result = runtime.block_on(async {
+        let shared = sqs_poller::sqs::shared_config(&aws).await?;
+        let client = sqs_poller::sqs::client(&aws, &shared);
+        let started = std::time::Instant::now();
+        // plain lines at most once a second: a large dead-letter queue moves 10 messages per call
         let mut last = std::time::Instant::now();
-        let report = sqs_poller::redrive::redrive(client, from, to, limit, &mut |r| {
-            if last.elapsed() >= std::time::Duration::from_secs(1) {
+        let report = sqs_poller::redrive::redrive(client, from, to, options, &mut |r| {
+            if terminal || last.elapsed() >= std::time::Duration::from_secs(1) {
                 last = std::time::Instant::now();
-                eprintln!("redrive: {} moved, {} failed so far", r.moved, r.failed);
+                eprint!("{}", redrive_progress(&r, started, terminal));
             }
         })
         .await?;
+        // the final figures (on a terminal, over the last progress line, then a newline)
+        let last = redrive_progress(&report, started, terminal);
+        if terminal {
+            eprintln!("{last}");
+        } else {
+            eprint!("{last}");
+        }
         anyhow::Ok(report)
     });
     match result {

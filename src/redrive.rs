@@ -4,6 +4,10 @@
 //! `sqs-poller.*` dead-letter attributes dropped so a new failure records fresh ones) and only
 //! then deleted from the source. A message whose send fails stays in the source queue and is
 //! visible again after 30 s.
+//!
+//! `--pattern` moves only the messages whose Lambda record matches an EventBridge pattern (the
+//! filter engine of `[pipelines.filter]`); the others are left in the source, visible again when
+//! the run ends. `--rate` paces the sends (messages per second).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,9 +24,24 @@ const MOVE_VISIBILITY: Duration = Duration::from_secs(30);
 pub struct RedriveReport {
     pub moved: u64,
     pub failed: u64,
+    /// Messages a `--pattern` did not match, left in the source.
+    pub skipped: u64,
+    /// The source's approximate message count when the run began (for a progress estimate).
+    pub expected: u64,
 }
 
-/// Moves up to `limit` messages from `from` to `to`; `progress` is called after each receive.
+/// What to move, and how fast.
+#[derive(Debug, Default, Clone)]
+pub struct RedriveOptions {
+    /// Move at most this many.
+    pub limit: Option<u64>,
+    /// Move only messages whose record matches.
+    pub filter: Option<crate::filter::Filter>,
+    /// Messages per second at most.
+    pub rate: Option<u32>,
+}
+
+/// Moves messages from `from` to `to` as `options` say; `progress` is called after each receive.
 ///
 /// # Errors
 /// When the source cannot be read (it does not exist, access is denied, the endpoint is down).
@@ -30,19 +49,51 @@ pub async fn redrive(
     client: aws_sdk_sqs::Client,
     from: &str,
     to: &str,
-    limit: Option<u64>,
+    options: &RedriveOptions,
     progress: &mut dyn FnMut(RedriveReport),
 ) -> Result<RedriveReport, SqsError> {
     let metrics = PipelineMetrics::new("redrive", 0, 0, 0);
     let source = SqsQueue::new(client.clone(), from, metrics.clone());
+    let region = crate::sqs::region_of(&client);
     let destination = SqsQueue::new(client, to, metrics);
     let to_fifo = to.ends_with(".fifo");
+    let limit = options.limit;
     let mut report = RedriveReport::default();
+    if let Ok(a) = source.attributes(&[aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages]).await {
+        report.expected = a.get("ApproximateNumberOfMessages").and_then(|v| v.parse().ok()).unwrap_or(0);
+    }
+    let event_source = crate::event::EventSource { queue_arn: crate::event::arn_from_queue_url(from, &region), region };
+    // messages a pattern did not match: counted once, made visible again at the end
+    let mut skipped: HashMap<String, String> = HashMap::new();
+    let started = tokio::time::Instant::now();
     let mut empty_receives = 0;
+    let result = async {
     while limit.is_none_or(|l| report.moved + report.failed < l) && empty_receives < 2 {
-        let messages = source.receive(Duration::from_secs(1), Some(MOVE_VISIBILITY)).await?;
+        let received = source.receive(Duration::from_secs(1), Some(MOVE_VISIBILITY)).await?;
+        let mut messages = Vec::with_capacity(received.len());
+        let mut new_skips = 0;
+        for m in received {
+            let id = m.message_id.clone().unwrap_or_default();
+            let passes = options.filter.as_ref().is_none_or(|f| {
+                crate::event::ReceivedMessage::from_sqs(m.clone(), &event_source)
+                    .ok()
+                    .and_then(|r| crate::filter::match_value(&r.record_json).ok())
+                    .is_some_and(|record| f.matches(&record))
+            });
+            if passes {
+                messages.push(m);
+            } else {
+                if !skipped.contains_key(&id) {
+                    new_skips += 1;
+                }
+                skipped.insert(id, m.receipt_handle.unwrap_or_default());
+            }
+        }
+        report.skipped = skipped.len() as u64;
         if messages.is_empty() {
-            empty_receives += 1;
+            if new_skips == 0 {
+                empty_receives += 1;
+            }
             continue;
         }
         empty_receives = 0;
@@ -59,7 +110,19 @@ pub async fn redrive(
             let entries: Vec<(&str, i32)> = receipts.iter().map(|r| (*r, 0)).collect();
             source.change_visibility(&entries).await;
         }
-        let sends = futures_util::future::join_all(take.iter().map(|m| send_copy(&destination, m, to_fifo))).await;
+        let sends = match options.rate {
+            // paced: one at a time, each at its turn
+            Some(rate) => {
+                let mut sends = Vec::with_capacity(take.len());
+                for m in &take {
+                    let turn = report.moved + report.failed + sends.len() as u64;
+                    tokio::time::sleep_until(started + Duration::from_secs_f64(turn as f64 / f64::from(rate.max(1)))).await;
+                    sends.push(send_copy(&destination, m, to_fifo).await);
+                }
+                sends
+            }
+            None => futures_util::future::join_all(take.iter().map(|m| send_copy(&destination, m, to_fifo))).await,
+        };
         let sent: Vec<&str> = take
             .iter()
             .zip(&sends)
@@ -76,7 +139,16 @@ pub async fn redrive(
         report.failed += (take.len() - sent.len() + not_deleted.len()) as u64;
         progress(report);
     }
-    Ok(report)
+    Ok::<(), SqsError>(())
+    }
+    .await;
+    // what the pattern left is visible again at once
+    let receipts: Vec<&str> = skipped.values().map(String::as_str).collect();
+    for chunk in receipts.chunks(100) {
+        let entries: Vec<(&str, i32)> = chunk.iter().map(|r| (*r, 0)).collect();
+        source.change_visibility(&entries).await;
+    }
+    result.map(|()| report)
 }
 
 async fn send_copy(destination: &SqsQueue, m: &Message, fifo: bool) -> Result<(), SqsError> {
