@@ -4,9 +4,10 @@
 #   - fauxqs 2.4.1, the SQS-compatible emulator used by tests, the demo and benchmarks
 #   - Prometheus and promtool from Debian's package (unpacked, not installed or started as a
 #     service) into .local/prometheus, for tests/observability.rs
-#   - a Python venv with cfn-lint, moto[server] and awslambdaric (PyPI) into .local/venv, for
+#   - a Python venv with cfn-lint, moto[server], awslambdaric and amazon-sqs-extended-client (PyPI) into .local/venv, for
 #     tests/deploy.rs, the Lambda target's tests (moto's Lambda backend, without Docker) and the
-#     runtime-api target's tests (the official Python runtime interface client)
+#     runtime-api target's tests (the official Python runtime interface client) and the large
+#     payload tests (AWS's SQS Extended Client as the producer)
 #   - LocalStack (PyPI localstack-core, host mode, no Docker) into .local/localstack on pyenv's
 #     Python 3.13 (LocalStack needs ≥ 3.12): the SQS emulator that behaves as SQS does for FIFO
 #     group locking, attribute character rules and FIFO-only parameters (tests/conformance.rs)
@@ -41,10 +42,10 @@ if [ ! -x "$prom/usr/bin/prometheus" ] || [ ! -x "$prom/usr/bin/promtool" ]; the
 fi
 "$prom/usr/bin/promtool" --version >/dev/null
 venv="$root/.local/venv"
-if [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c "import awslambdaric" 2>/dev/null; then
-  echo "installing cfn-lint, moto[server] and awslambdaric into $venv" >&2
+if [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c "import awslambdaric, sqs_extended_client" 2>/dev/null; then
+  echo "installing cfn-lint, moto[server], awslambdaric and amazon-sqs-extended-client into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint "moto[server]" awslambdaric >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint "moto[server]" awslambdaric amazon-sqs-extended-client >&2
 fi
 ls_venv="$root/.local/localstack"
 if [ "${SQS_POLLER_SKIP_LOCALSTACK:-}" = 1 ]; then

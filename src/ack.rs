@@ -134,6 +134,8 @@ pub struct Acker {
     pub pipeline: String,
     pub retry: RetryConfig,
     pub metrics: PipelineMetrics,
+    /// Large payloads' objects to delete after success (`delete_after_success`).
+    pub payloads: Option<Arc<crate::payload::PayloadStore>>,
 }
 
 fn ids(batch: &[ReceivedMessage], which: impl Iterator<Item = usize>) -> Vec<&str> {
@@ -173,6 +175,11 @@ impl Acker {
         let deleting = async {
             let deleted = self.leases.delete(&ids(batch, plan.delete.iter().copied())).await;
             self.count_deleted(deleted.iter().map(|&k| &batch[plan.delete[k]]), true);
+            // large payloads of processed, deleted messages: their objects go too, when asked
+            if let Some(store) = self.payloads.as_ref().filter(|s| s.delete_after_success) {
+                let objects = deleted.iter().filter_map(|&k| batch[plan.delete[k]].s3_object.as_ref());
+                futures_util::future::join_all(objects.map(|o| store.delete(o))).await;
+            }
         };
         let retrying = async {
             let entries: Vec<(&str, i32)> =
@@ -350,6 +357,8 @@ mod tests {
                 received_at: tokio::time::Instant::now(),
                 record_json: "{}".into(),
                 trace_header: None,
+                s3_object: None,
+                unresolved: None,
             })
             .collect()
     }

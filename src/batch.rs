@@ -283,6 +283,8 @@ mod tests {
             received_at: tokio::time::Instant::now(),
             record_json: format!("{{\"body\":\"{}\"}}", "x".repeat(body_len)).into_boxed_str(),
             trace_header: None,
+            s3_object: None,
+            unresolved: None,
         }
     }
 

@@ -68,6 +68,10 @@ pub struct ReceivedMessage {
     pub record_json: Box<str>,
     /// The `AWSTraceHeader` system attribute (X-Ray), when the sender set one.
     pub trace_header: Option<Box<str>>,
+    /// The S3 object its body was fetched from (SQS Extended Client pointer), if any.
+    pub s3_object: Option<crate::payload::S3Pointer>,
+    /// Why its payload could not be fetched: it fails without being dispatched.
+    pub unresolved: Option<String>,
 }
 
 /// A message SQS returned without the fields every message has.
@@ -106,6 +110,8 @@ impl ReceivedMessage {
             received_at: tokio::time::Instant::now(),
             record_json,
             trace_header,
+            s3_object: None,
+            unresolved: None,
         })
     }
 
@@ -354,6 +360,8 @@ mod tests {
             received_at: tokio::time::Instant::now(),
             record_json: serde_json::to_string(&record).unwrap().into_boxed_str(),
             trace_header: None,
+            s3_object: None,
+            unresolved: None,
         };
         for n in 0..4 {
             let msgs = vec![message.clone(); n];

@@ -22,6 +22,8 @@ pub struct Intake {
     pub filter: Option<FilterConfig>,
     pub leases: Arc<LeaseKeeper>,
     pub metrics: PipelineMetrics,
+    /// `[pipelines.large_payloads]`: where extended-client pointers are resolved.
+    pub payloads: Option<Arc<crate::payload::PayloadStore>>,
     /// Age in ms of the oldest message received since the last depth sample (0: none).
     oldest_age_ms: AtomicU64,
 }
@@ -33,7 +35,7 @@ impl Intake {
         leases: Arc<LeaseKeeper>,
         metrics: PipelineMetrics,
     ) -> Self {
-        Intake { source, filter, leases, metrics, oldest_age_ms: AtomicU64::new(0) }
+        Intake { source, filter, leases, metrics, payloads: None, oldest_age_ms: AtomicU64::new(0) }
     }
 
     /// Takes one receive on: leases its messages (with the room reserved for it), settles what
@@ -42,9 +44,22 @@ impl Intake {
     pub async fn take(&self, reservation: Reservation, messages: Vec<Message>) -> (Vec<ReceivedMessage>, usize) {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let mut records = Vec::with_capacity(messages.len());
-        for m in messages {
+        // large payloads: the record carries the real body (its room is reserved, its lease not yet
+        // taken: the receive's visibility timeout covers the fetch)
+        let resolved: Vec<crate::payload::Resolved> = match &self.payloads {
+            Some(store) => crate::payload::resolve(store, messages).await,
+            None => messages.into_iter().map(|m| (m, None, None)).collect(),
+        };
+        for (m, s3_object, unresolved) in resolved {
             match ReceivedMessage::from_sqs(m, &self.source) {
-                Ok(m) => records.push(m),
+                Ok(mut m) => {
+                    if let Some(reason) = &unresolved {
+                        tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload could not be fetched; the message fails");
+                    }
+                    m.s3_object = s3_object;
+                    m.unresolved = unresolved;
+                    records.push(m);
+                }
                 // without an id or a receipt handle it cannot be leased, deleted or released
                 Err(e) => tracing::error!(pipeline = %self.metrics.pipeline, error = %e, "skipping a message"),
             }

@@ -34,6 +34,7 @@ pub mod intake;
 pub mod lease;
 pub mod metrics;
 pub mod notify;
+pub mod payload;
 pub mod pipeline;
 pub mod poller;
 pub mod redrive;
@@ -72,6 +73,7 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
         lambda: dispatch::lambda::client(&config.aws, &shared),
         region: shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string),
         credentials: shared.credentials_provider(),
+        s3_endpoint: config.aws.s3_endpoint_url.clone(),
     };
     let health = server::Health::new(shutdown.drain.clone());
     let registry = admin::Registry::default();

@@ -444,6 +444,14 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
         if let Some(s) = &http.sigv4 {
             w!("  sigv4      service {} region {}", s.service, s.region.as_deref().unwrap_or("(the AWS region)"));
         }
+        if let Some(l) = &p.large_payloads {
+            w!(
+                "  payloads   S3 extended-client pointers resolved (at most {} bytes, {} at once{})",
+                l.max_bytes,
+                l.concurrency,
+                if l.delete_after_success { ", objects deleted after success" } else { "" }
+            );
+        }
         if let Some(url) = &p.target.health_url {
             w!("  health     {url} (pollers pause while it fails)");
         }

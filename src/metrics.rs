@@ -33,6 +33,7 @@ pub const DUPLICATE_RECEIVES: &str = "sqs_poller_duplicate_receives_total";
 pub const LEASE_EXTENSIONS: &str = "sqs_poller_lease_extensions_total";
 pub const LEASES_EXPIRED: &str = "sqs_poller_leases_expired_total";
 pub const THROTTLE_RELEASES: &str = "sqs_poller_throttle_released_messages_total";
+pub const LARGE_PAYLOADS: &str = "sqs_poller_large_payloads_total";
 pub const BATCHES_BISECTED: &str = "sqs_poller_batches_bisected_total";
 pub const WORKER_OUTPUT_OVERFLOWS: &str = "sqs_poller_worker_output_overflows_total";
 pub const QUEUE_MESSAGES: &str = "sqs_poller_queue_messages";
@@ -169,6 +170,7 @@ fn describe() {
         "Failed SQS requests by operation and kind (throttled, server_error, timeout, connection, bad_response, rejected); all but rejected are retried with backoff."
     );
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
+    describe_counter!(LARGE_PAYLOADS, Unit::Count, "SQS Extended Client payloads fetched from S3, by outcome: fetched, failed (the message failed with the reason).");
     describe_counter!(BATCHES_BISECTED, Unit::Count, "Batches that failed as a whole and were split in halves to find the poison messages (retry.on_batch_error = \"bisect\").");
     describe_gauge!(
         PAUSED,
@@ -214,6 +216,8 @@ pub struct PipelineMetrics {
     pub throttle_released: Counter,
     pub worker_output_overflows: Counter,
     pub batches_bisected: Counter,
+    pub payloads_fetched: Counter,
+    pub payloads_failed: Counter,
     pub source_queue: QueueGauges,
     pub dead_letter_queue: QueueGauges,
     pub oldest_message_age: Gauge,
@@ -258,6 +262,11 @@ impl PipelineMetrics {
             c
         };
         let gauge = |name: &'static str| metrics::gauge!(name, "pipeline" => p.clone());
+        let payloads = |outcome: &'static str| {
+            let c = metrics::counter!(LARGE_PAYLOADS, "pipeline" => p.clone(), "outcome" => outcome);
+            c.increment(0);
+            c
+        };
         for op in SQS_OPERATIONS {
             for outcome in ["ok", "error"] {
                 metrics::counter!(SQS_REQUESTS, "pipeline" => p.clone(), "operation" => op, "outcome" => outcome)
@@ -300,6 +309,8 @@ impl PipelineMetrics {
             throttle_released: counter(THROTTLE_RELEASES),
             worker_output_overflows: counter(WORKER_OUTPUT_OVERFLOWS),
             batches_bisected: counter(BATCHES_BISECTED),
+            payloads_fetched: payloads("fetched"),
+            payloads_failed: payloads("failed"),
             source_queue: QueueGauges::new(&p, "source"),
             dead_letter_queue: QueueGauges::new(&p, "dead_letter"),
             oldest_message_age: gauge(OLDEST_MESSAGE_AGE),

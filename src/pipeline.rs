@@ -47,6 +47,8 @@ pub struct PipelineParts {
     pub ready: Arc<Reachability>,
     /// Pause switches (admin API, health check).
     pub control: Arc<crate::control::Control>,
+    /// `[pipelines.large_payloads]`: the S3 store payload pointers are resolved from.
+    pub payloads: Option<Arc<crate::payload::PayloadStore>>,
 }
 
 /// What discovery learns about the queue.
@@ -96,7 +98,7 @@ async fn discover(
 /// # Errors
 /// When the queue cannot be used at all (it does not exist, access is denied).
 pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
-    let PipelineParts { config: cfg, queue, dead_letter, target, metrics, shutdown, ready, control } = parts;
+    let PipelineParts { config: cfg, queue, dead_letter, target, metrics, shutdown, ready, control, payloads } = parts;
     let Some(found) = discover(&cfg, queue.as_ref(), &shutdown.drain).await? else { return Ok(()) };
     ready.found();
 
@@ -111,8 +113,11 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
         .stopping_with(shutdown.clone()),
     );
     let scaling = Arc::new(Scaling::new(&cfg.name, cfg.pollers.min, cfg.pollers.max, metrics.pollers_desired.clone()));
-    let intake = Arc::new(Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.clone()));
+    let mut intake = Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.clone());
+    intake.payloads = payloads.clone();
+    let intake = Arc::new(intake);
     let acker = Acker {
+        payloads: payloads.clone(),
         leases: leases.clone(),
         dead_letter: dead_letter.clone(),
         max_receive_count: cfg.dead_letter.as_ref().map(|d| d.max_receive_count),

@@ -42,8 +42,10 @@ pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     pub lambda: aws_sdk_lambda::Client,
     pub region: String,
-    /// For SigV4-signed `http` targets.
+    /// For SigV4-signed `http` targets and S3.
     pub credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    /// S3 endpoint override (large payloads).
+    pub s3_endpoint: Option<String>,
 }
 
 struct Running {
@@ -182,10 +184,22 @@ impl Supervisor {
                     as Arc<dyn sqs::Queue>
             }),
             target,
-            metrics: m,
+            metrics: m.clone(),
             shutdown: shutdown.clone(),
             ready: reachability,
             control: control.clone(),
+            payloads: p.large_payloads.as_ref().map(|l| {
+                Arc::new(crate::payload::PayloadStore::new(
+                    self.clients.s3_endpoint.clone(),
+                    self.clients.region.clone(),
+                    self.clients.credentials.clone(),
+                    l.concurrency,
+                    l.max_bytes,
+                    l.delete_after_success,
+                    m.payloads_fetched.clone(),
+                    m.payloads_failed.clone(),
+                ))
+            }),
         };
         self.registry.insert(
             &p.name,

@@ -188,6 +188,7 @@ fn start(
         shutdown: shutdown.clone(),
         ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
         control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
+        payloads: None,
     }));
     Running { task, shutdown, witness }
 }
@@ -418,6 +419,7 @@ fn panicking_pollers_are_replaced_and_a_panicking_batch_is_released() {
             shutdown: shutdown.clone(),
             ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
             control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
+            payloads: None,
         }));
         let started = tokio::time::Instant::now();
         while !queue.is_empty() {

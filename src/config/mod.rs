@@ -45,6 +45,8 @@ pub struct AwsConfig {
     pub sqs_endpoint_url: Option<String>,
     /// Endpoint for Lambda calls (`lambda_endpoint_url`, else `endpoint_url`).
     pub lambda_endpoint_url: Option<String>,
+    /// Endpoint for S3 (large payloads; `s3_endpoint_url`, else `endpoint_url`), path-style.
+    pub s3_endpoint_url: Option<String>,
 }
 
 /// One queue → target flow.
@@ -64,6 +66,19 @@ pub struct PipelineConfig {
     /// How often the queue depth is sampled with GetQueueAttributes.
     pub depth_interval: Duration,
     pub lease: LeaseConfig,
+    /// `[pipelines.large_payloads]`: resolve SQS Extended Client pointers from S3.
+    pub large_payloads: Option<LargePayloadConfig>,
+}
+
+/// `[pipelines.large_payloads]`.
+#[derive(Debug, Clone)]
+pub struct LargePayloadConfig {
+    /// Largest payload fetched.
+    pub max_bytes: usize,
+    /// Fetches at once.
+    pub concurrency: usize,
+    /// Delete the S3 object once its message was processed and deleted.
+    pub delete_after_success: bool,
 }
 
 /// Defaults of the keys that have no fixed default in the contract.
@@ -476,6 +491,16 @@ url = "http://127.0.0.1:8080/"
         assert!(parse(&with("bisect"), &env).unwrap().pipelines[0].retry.bisect);
         let p = problems(&with("split"));
         assert_eq!(p, vec!["pipelines[0].retry.on_batch_error: `split` is not one of: retry, bisect".to_string()]);
+    }
+
+    #[test]
+    fn large_payloads_have_defaults_and_ranges() {
+        assert!(parse(MINIMAL, &env).unwrap().pipelines[0].large_payloads.is_none());
+        let c = parse(&format!("{MINIMAL}[pipelines.large_payloads]\n"), &env).unwrap();
+        let l = c.pipelines[0].large_payloads.clone().unwrap();
+        assert_eq!((l.max_bytes, l.concurrency, l.delete_after_success), (64 * 1024 * 1024, 8, false));
+        let p = problems(&format!("{MINIMAL}[pipelines.large_payloads]\nconcurrency = 0\n"));
+        assert!(p[0].starts_with("pipelines[0].large_payloads.concurrency: 0 is out of range"), "{p:?}");
     }
 
     #[test]

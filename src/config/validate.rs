@@ -30,6 +30,7 @@ struct RawAws {
     endpoint_url: Option<String>,
     sqs_endpoint_url: Option<String>,
     lambda_endpoint_url: Option<String>,
+    s3_endpoint_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +63,15 @@ struct RawPipeline {
     filter: Option<RawFilter>,
     #[serde(default)]
     lease: RawLease,
+    large_payloads: Option<RawLargePayloads>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLargePayloads {
+    max_bytes: Option<u64>,
+    concurrency: Option<u64>,
+    delete_after_success: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,6 +210,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         ("aws.endpoint_url", &raw.aws.endpoint_url),
         ("aws.sqs_endpoint_url", &raw.aws.sqs_endpoint_url),
         ("aws.lambda_endpoint_url", &raw.aws.lambda_endpoint_url),
+        ("aws.s3_endpoint_url", &raw.aws.s3_endpoint_url),
     ] {
         if let Some(v) = v {
             c.url(key, v, &["http", "https"]);
@@ -208,6 +219,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let aws = AwsConfig {
         region: raw.aws.region.filter(|r| !r.is_empty()),
         sqs_endpoint_url: raw.aws.sqs_endpoint_url.or(raw.aws.endpoint_url.clone()),
+        s3_endpoint_url: raw.aws.s3_endpoint_url.or(raw.aws.endpoint_url.clone()),
         lambda_endpoint_url: raw.aws.lambda_endpoint_url.or(raw.aws.endpoint_url),
     };
 
@@ -415,7 +427,19 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         MAX_VISIBILITY_SECS,
     );
 
+    let large_payloads = p.large_payloads.map(|l| LargePayloadConfig {
+        max_bytes: c.ranged(
+            &format!("{at}.large_payloads.max_bytes"),
+            l.max_bytes,
+            64 * 1024 * 1024,
+            1,
+            2 * 1024 * 1024 * 1024,
+        ) as usize,
+        concurrency: c.ranged(&format!("{at}.large_payloads.concurrency"), l.concurrency, 8, 1, 256) as usize,
+        delete_after_success: l.delete_after_success.unwrap_or(false),
+    });
     PipelineConfig {
+        large_payloads,
         lease: LeaseConfig { max_outstanding: max_outstanding as usize, max_lease: Duration::from_secs(max_lease) },
         name,
         queue_url,

@@ -206,7 +206,40 @@ impl Dispatcher {
     /// retry backoff and count toward the dead-letter threshold. FIFO: the halves go in order,
     /// and a group that failed in the first half does not dispatch its later messages (they are
     /// held behind the failure, as the acknowledgement plan expects).
+    ///
+    /// A message whose large payload could not be fetched is not dispatched: it fails on its own
+    /// (and, on FIFO queues, holds its group's later messages behind it).
     pub async fn dispatch(&self, batch: &[ReceivedMessage], abandon: &CancellationToken) -> Outcome {
+        if batch.iter().all(|m| m.unresolved.is_none()) {
+            return self.dispatch_resolved(batch, abandon).await;
+        }
+        let mut failed: Vec<usize> = Vec::new();
+        let mut go: Vec<usize> = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            let held = self.fifo && m.group_id.is_some() && failed.iter().any(|&f| batch[f].group_id == m.group_id);
+            if m.unresolved.is_some() || held {
+                failed.push(i);
+            } else {
+                go.push(i);
+            }
+        }
+        if go.is_empty() {
+            let reason = batch.iter().find_map(|m| m.unresolved.clone()).unwrap_or_default();
+            return Outcome::Answered(Verdict::AllFailed(reason));
+        }
+        let part: Vec<ReceivedMessage> = go.iter().map(|&i| batch[i].clone()).collect();
+        match self.dispatch_resolved(&part, abandon).await {
+            Outcome::Answered(Verdict::AllSucceeded) => {}
+            Outcome::Answered(Verdict::Partial(f)) => failed.extend(f.into_iter().map(|k| go[k])),
+            Outcome::Answered(Verdict::AllFailed(reason)) => return Outcome::Answered(Verdict::AllFailed(reason)),
+            other => return other,
+        }
+        failed.sort_unstable();
+        Outcome::Answered(Verdict::Partial(failed))
+    }
+
+    /// [`Dispatcher::dispatch`] for a batch whose payloads are all there.
+    async fn dispatch_resolved(&self, batch: &[ReceivedMessage], abandon: &CancellationToken) -> Outcome {
         match self.call(batch, abandon).await {
             Outcome::Answered(Verdict::AllFailed(reason)) if self.bisect && batch.len() > 1 => {
                 self.metrics.batches_bisected.increment(1);

@@ -106,6 +106,8 @@ mod tests {
                 received_at: tokio::time::Instant::now(),
                 record_json: "{}".into(),
                 trace_header: None,
+                s3_object: None,
+                unresolved: None,
             })
             .collect()
     }
