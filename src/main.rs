@@ -187,6 +187,15 @@ fn redrive_progress(r: &sqs_poller::redrive::RedriveReport, started: std::time::
     let skipped = if r.skipped > 0 { format!(", {} not matching", r.skipped) } else { String::new() };
     let line = format!("redrive: {} moved, {} failed{skipped} ({rate:.0}/s{eta})", r.moved, r.failed);
     if terminal {
+        // a bar when the queue's size is known
+        let done = r.moved + r.failed + r.skipped;
+        let line = match (done.min(r.expected) * 24).checked_div(r.expected) {
+            Some(filled) => {
+                let filled = filled as usize;
+                format!("[{}{}] {line}", "#".repeat(filled), ".".repeat(24 - filled))
+            }
+            None => line,
+        };
         format!("\r{line}\x1b[K")
     } else {
         line + "\n"
