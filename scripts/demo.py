@@ -57,9 +57,9 @@ def main():
     suffix = str(int(time.time()))
     queue = sqs("CreateQueue", {"QueueName": f"demo-{suffix}"})["QueueUrl"]
     dlq = sqs("CreateQueue", {"QueueName": f"demo-{suffix}-dlq"})["QueueUrl"]
-    worker_port, metrics_port = free_port(), free_port()
+    worker_port, metrics_port, admin_port = free_port(), free_port(), free_port()
     env = dict(os.environ, DEMO_QUEUE_URL=queue, DEMO_DLQ_URL=dlq, DEMO_WORKER_PORT=str(worker_port),
-               DEMO_METRICS_PORT=str(metrics_port), AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo",
+               DEMO_METRICS_PORT=str(metrics_port), DEMO_ADMIN_PORT=str(admin_port), AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo",
                RUST_LOG=os.environ.get("RUST_LOG", "error,sqs_poller::poller=info"))
     worker = subprocess.Popen([sys.executable, os.path.join(ROOT, "examples/worker.py"), "--port", str(worker_port),
                                "--delay-ms", "20"], stderr=subprocess.DEVNULL)
