@@ -5,7 +5,9 @@
 //! 1. [`config`] — the TOML file, `${VAR}` interpolation, validation into typed [`config::Config`].
 //! 2. [`poller`] — a fleet of long-polling `ReceiveMessage` loops per pipeline, sized by the pure
 //!    [`poller::scaling::Autoscaler`]; pollers pause while the target is saturated.
-//! 3. [`event`] — each received message becomes its Lambda SQS record, serialized once.
+//! 3. [`event`] — each received message becomes its Lambda SQS record, serialized once
+//!    ([`payload`] first fetches a large payload from S3 when the body is an Extended Client
+//!    pointer).
 //! 4. [`filter`] — EventBridge patterns on the record; rejected messages are deleted (or kept).
 //! 5. [`batch`] — records are cut into batches by count, window and event bytes.
 //! 6. [`dispatch`] — one call of the target per batch (`http`, `command`, `lambda`, `runtime-api`), read with Lambda's
