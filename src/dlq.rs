@@ -170,15 +170,10 @@ pub async fn stats(client: aws_sdk_sqs::Client, url: &str, samples: usize) -> Re
     }
     .await;
     // give every message back at once, whatever happened
-    for chunk in receipts.chunks(100) {
-        let entries: Vec<(&str, i32)> = chunk.iter().map(|r| (r.as_str(), 0)).collect();
-        let failed = queue.change_visibility(&entries).await;
-        if !failed.is_empty() {
-            tracing::warn!(
-                messages = failed.len(),
-                "could not make messages visible again; they come back within 60 s"
-            );
-        }
+    let receipts: Vec<&str> = receipts.iter().map(String::as_str).collect();
+    let failed = queue.make_visible(&receipts).await;
+    if failed > 0 {
+        tracing::warn!(messages = failed, "could not make messages visible again; they come back within 60 s");
     }
     result.map(|()| tally)
 }

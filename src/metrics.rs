@@ -251,22 +251,16 @@ impl PipelineMetrics {
             c.increment(0);
             c
         };
-        let batches = |outcome: &'static str| {
-            let c = metrics::counter!(BATCHES, "pipeline" => p.clone(), "outcome" => outcome);
+        // a counter of this pipeline with an `outcome` label, at 0 from start-up
+        let by_outcome = |name: &'static str, outcome: &'static str| {
+            let c = metrics::counter!(name, "pipeline" => p.clone(), "outcome" => outcome);
             c.increment(0);
             c
         };
-        let extensions = |outcome: &'static str| {
-            let c = metrics::counter!(LEASE_EXTENSIONS, "pipeline" => p.clone(), "outcome" => outcome);
-            c.increment(0);
-            c
-        };
+        let batches = |outcome| by_outcome(BATCHES, outcome);
+        let extensions = |outcome| by_outcome(LEASE_EXTENSIONS, outcome);
+        let payloads = |outcome| by_outcome(LARGE_PAYLOADS, outcome);
         let gauge = |name: &'static str| metrics::gauge!(name, "pipeline" => p.clone());
-        let payloads = |outcome: &'static str| {
-            let c = metrics::counter!(LARGE_PAYLOADS, "pipeline" => p.clone(), "outcome" => outcome);
-            c.increment(0);
-            c
-        };
         for op in SQS_OPERATIONS {
             for outcome in ["ok", "error"] {
                 metrics::counter!(SQS_REQUESTS, "pipeline" => p.clone(), "operation" => op, "outcome" => outcome)

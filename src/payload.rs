@@ -13,10 +13,7 @@
 //!
 //! Note: `md5OfBody` stays the digest SQS computed (of the pointer).
 
-use std::sync::Arc;
-use std::time::SystemTime;
-
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request};
@@ -96,28 +93,9 @@ impl PayloadStore {
         fetched: metrics::Counter,
         failed: metrics::Counter,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map(|b| b.https_or_http().enable_http1().wrap_connector(connector.clone()))
-            .unwrap_or_else(|_| {
-                // no system roots: plain HTTP endpoints (emulators) still work
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(
-                        rustls::ClientConfig::builder_with_provider(Arc::new(
-                            rustls::crypto::aws_lc_rs::default_provider(),
-                        ))
-                        .with_safe_default_protocol_versions()
-                        .expect("default protocol versions")
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                    )
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(connector)
-            });
+        // the system's roots; with none, plain-HTTP endpoints (emulators) still work
+        let https = crate::dispatch::http::https_connector(&crate::config::HttpOptions::default())
+            .expect("no TLS files to read");
         PayloadStore {
             client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(https),
             endpoint: endpoint.map(|e| e.trim_end_matches('/').to_string()),
@@ -145,7 +123,9 @@ impl PayloadStore {
             .body(Full::new(Bytes::new()))
             .map_err(|e| format!("s3://{}/{}: {e}", p.bucket, p.key))?;
         if let Some(credentials) = &self.credentials {
-            sign(credentials, &self.region, &mut request).await?;
+            crate::dispatch::http::sign_request(credentials, &self.region, "s3", &mut request, &[])
+                .await
+                .map_err(|e| format!("s3://{}/{}: {e}", p.bucket, p.key))?;
         }
         self.client.request(request).await.map_err(|e| format!("s3://{}/{}: {e}", p.bucket, p.key))
     }
@@ -214,34 +194,6 @@ pub async fn resolve(store: &PayloadStore, messages: Vec<aws_sdk_sqs::types::Mes
         }
     }))
     .await
-}
-
-async fn sign(
-    credentials: &SharedCredentialsProvider,
-    region: &str,
-    request: &mut Request<Full<Bytes>>,
-) -> Result<(), String> {
-    use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
-    let identity =
-        credentials.provide_credentials().await.map_err(|e| format!("cannot load AWS credentials for S3: {e}"))?.into();
-    let mut settings = SigningSettings::default();
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("s3")
-        .time(SystemTime::now())
-        .settings(settings)
-        .build()
-        .map_err(|e| e.to_string())?
-        .into();
-    let uri = request.uri().to_string();
-    let method = request.method().as_str().to_string();
-    let signable =
-        SignableRequest::new(&method, uri, std::iter::empty(), SignableBody::Bytes(&[])).map_err(|e| e.to_string())?;
-    let (instructions, _) = sign(signable, &params).map_err(|e| e.to_string())?.into_parts();
-    instructions.apply_to_request_http1x(request);
-    Ok(())
 }
 
 #[cfg(test)]

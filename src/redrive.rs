@@ -107,8 +107,7 @@ pub async fn redrive(
         };
         if !put_back.is_empty() {
             let receipts: Vec<&str> = put_back.iter().filter_map(|m| m.receipt_handle.as_deref()).collect();
-            let entries: Vec<(&str, i32)> = receipts.iter().map(|r| (*r, 0)).collect();
-            source.change_visibility(&entries).await;
+            source.make_visible(&receipts).await;
         }
         let sends = match options.rate {
             // paced: one at a time, each at its turn
@@ -144,10 +143,7 @@ pub async fn redrive(
     .await;
     // what the pattern left is visible again at once
     let receipts: Vec<&str> = skipped.values().map(String::as_str).collect();
-    for chunk in receipts.chunks(100) {
-        let entries: Vec<(&str, i32)> = chunk.iter().map(|r| (*r, 0)).collect();
-        source.change_visibility(&entries).await;
-    }
+    source.make_visible(&receipts).await;
     result.map(|()| report)
 }
 

@@ -432,6 +432,13 @@ impl SqsQueue {
         .await
     }
 
+    /// Makes the messages of `receipts` visible at once (for tools that hold no lease: `redrive`,
+    /// `dlq stats`); returns how many could not be.
+    pub async fn make_visible(&self, receipts: &[&str]) -> usize {
+        let entries: Vec<(&str, i32)> = receipts.iter().map(|r| (*r, 0)).collect();
+        self.change_visibility(&entries).await.len()
+    }
+
     /// Sets the visibility timeout of each `(receipt handle, seconds)`; returns the indexes that
     /// could not be changed.
     pub async fn change_visibility(&self, entries: &[(&str, i32)]) -> Vec<usize> {

@@ -172,8 +172,7 @@ pub struct Secret(pub String);
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // a fingerprint, so that a changed value still reads as a change (reloads compare Debug)
-        let hash =
-            self.0.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let hash = fnv1a(self.0.as_bytes());
         write!(f, "Secret({:04x})", hash >> 48)
     }
 }
@@ -272,11 +271,16 @@ impl ConfigError {
     }
 }
 
+/// FNV-1a 64: a fingerprint for change detection, not a cryptographic hash.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// A short fingerprint of the file at `path` (FNV-1a 64 of its bytes, in hex), for the
 /// `sqs_poller_config_info` metric; `None` when it cannot be read.
 pub fn file_hash(path: &Path) -> Option<String> {
     let bytes = std::fs::read(path).ok()?;
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    let hash = fnv1a(&bytes);
     Some(format!("{hash:016x}"))
 }
 

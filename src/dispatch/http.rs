@@ -89,15 +89,7 @@ impl HttpTarget {
         signer: Option<Signer>,
         overflows: metrics::Counter,
     ) -> Result<Self, String> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        connector.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(options)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
+        let https = https_connector(options)?;
         let headers = options
             .headers
             .iter()
@@ -177,9 +169,40 @@ impl HttpTarget {
 /// Adds the SigV4 headers (`authorization`, `x-amz-date`, `x-amz-content-sha256`,
 /// `x-amz-security-token`) for this request and body.
 async fn sign(signer: &Signer, request: &mut Request<Full<Bytes>>, body: &[u8]) -> Result<(), String> {
+    sign_request(&signer.credentials, &signer.region, &signer.service, request, body).await
+}
+
+/// An HTTP/1 connector for `http://` and `https://` (rustls with [`tls_config`]); shared with
+/// the S3 fetches of large payloads.
+///
+/// # Errors
+/// When the TLS files of `options` cannot be used.
+pub(crate) fn https_connector(options: &HttpOptions) -> Result<HttpsConnector<HttpConnector>, String> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    connector.enforce_http(false);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(options)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector))
+}
+
+/// Signs `request` (its method, URI, headers and `body`) with SigV4 for `service` in `region`;
+/// shared with the S3 fetches of large payloads.
+///
+/// # Errors
+/// When no credentials can be loaded or the request cannot be signed.
+pub(crate) async fn sign_request(
+    credentials: &SharedCredentialsProvider,
+    region: &str,
+    service: &str,
+    request: &mut Request<Full<Bytes>>,
+    body: &[u8],
+) -> Result<(), String> {
     use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
-    let credentials = signer
-        .credentials
+    let credentials = credentials
         .provide_credentials()
         .await
         .map_err(|e| format!("cannot load AWS credentials to sign the request: {e}"))?;
@@ -188,17 +211,18 @@ async fn sign(signer: &Signer, request: &mut Request<Full<Bytes>>, body: &[u8]) 
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
-        .region(&signer.region)
-        .name(&signer.service)
+        .region(region)
+        .name(service)
         .time(SystemTime::now())
         .settings(settings)
         .build()
         .map_err(|e| format!("cannot sign the request: {e}"))?
         .into();
     let uri = request.uri().to_string();
+    let method = request.method().as_str().to_string();
     let headers: Vec<(&str, &str)> =
         request.headers().iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))).collect();
-    let signable = SignableRequest::new("POST", uri, headers.into_iter(), SignableBody::Bytes(body))
+    let signable = SignableRequest::new(&method, uri, headers.into_iter(), SignableBody::Bytes(body))
         .map_err(|e| format!("cannot sign the request: {e}"))?;
     let (instructions, _signature) =
         sign(signable, &params).map_err(|e| format!("cannot sign the request: {e}"))?.into_parts();
