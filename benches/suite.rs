@@ -72,6 +72,11 @@ async fn run() {
         println!("drain only: {:.0} msg/s, {:.2} CPU-s/100k", d.rate, d.cpu_per_100k);
         return;
     }
+    if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("cost") {
+        // while working on CPU: the 200-byte cost rounds only, printed, nothing written
+        cost_rounds(&env, BODY_BYTES, BACKLOG).await;
+        return;
+    }
     if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("hostile") {
         let quiet = drain_timed_by_queue(&env, HOSTILE_MESSAGES, 0).await;
         let hostile = drain_timed_by_queue(&env, HOSTILE_MESSAGES, IDLE_CONNECTIONS).await;
@@ -611,10 +616,11 @@ fn spawn_poller_config(env: &Env, pipelines: &str, admin: &str) -> Proc {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bench.toml"), text).unwrap();
-    // SQS_POLLER_BENCH_WRAP runs the binary under a profiler, e.g. "valgrind --tool=callgrind"
+    // SQS_POLLER_BENCH_WRAP runs the binary under a profiler, e.g. "valgrind --tool=callgrind";
+    // SQS_POLLER_BENCH_BIN runs another build of it (scripts/flamegraph.sh: one with frame pointers)
     let wrap = std::env::var("SQS_POLLER_BENCH_WRAP").unwrap_or_default();
     let mut argv: Vec<String> = wrap.split_whitespace().map(str::to_string).collect();
-    argv.push(env!("CARGO_BIN_EXE_sqs-poller").to_string());
+    argv.push(std::env::var("SQS_POLLER_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sqs-poller").to_string()));
     let child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .args(["run", "--config"])

@@ -42,6 +42,7 @@ pub mod poller;
 pub mod redrive;
 pub mod server;
 pub mod shutdown;
+pub mod sigv4;
 pub mod sim;
 pub mod sqs;
 pub mod supervisor;

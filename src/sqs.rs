@@ -106,6 +106,9 @@ impl Queue for SqsQueue {
 /// connection becomes a timeout error, retried like the others.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long connecting to SQS may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Attempts for each chunk of a batch call (first try included).
 const BATCH_ATTEMPTS: u32 = 3;
 
@@ -239,19 +242,26 @@ pub async fn shared_config(aws: &AwsConfig) -> anyhow::Result<aws_config::SdkCon
 }
 
 /// Builds the SQS client: SDK retries off (each operation has its own policy), bounded timeouts,
-/// the configured endpoint.
+/// the configured endpoint. The SDK's stalled-stream protection is off: every request already
+/// has an attempt timeout of its own (seconds, not the minutes a stalled upload could take), and
+/// the protection's throughput checks cost about 3% of the CPU of a drain (perf, `bench/RESULTS.md`).
 pub fn client(aws: &AwsConfig, shared: &aws_config::SdkConfig) -> Client {
     let mut builder = aws_sdk_sqs::config::Builder::from(shared)
         .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
+        .stalled_stream_protection(aws_sdk_sqs::config::StalledStreamProtectionConfig::disabled())
         .timeout_config(
             aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
+                .connect_timeout(CONNECT_TIMEOUT)
                 // SQS answers in milliseconds; a receive gets its long poll on top (`receive`)
                 .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .build(),
         );
     if let Some(endpoint) = &aws.sqs_endpoint_url {
         builder = builder.endpoint_url(endpoint.clone());
+    }
+    // SigV4 with the signing key kept for the day (src/sigv4.rs) instead of the SDK's signer
+    if let Some(region) = shared.region() {
+        builder = builder.push_auth_scheme(crate::sigv4::CachedSigV4::new(region.to_string(), "sqs"));
     }
     Client::from_conf(builder.build())
 }
@@ -322,6 +332,10 @@ impl Reachability {
 #[derive(Clone)]
 pub struct SqsQueue {
     client: Client,
+    /// The same client (and connection pool) without the SDK's attempt timeout: a receive's
+    /// timeout depends on its long poll, so [`SqsQueue::receive`] sets its own. (A per-call config
+    /// override would do the same, at the price of merging the whole configuration per request.)
+    receive_client: Client,
     pub url: String,
     metrics: PipelineMetrics,
     /// The source queue's requests decide the pipeline's readiness.
@@ -330,7 +344,19 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub fn new(client: Client, url: impl Into<String>, metrics: PipelineMetrics) -> Self {
-        SqsQueue { client, url: url.into(), metrics, reachability: None }
+        let receive_client = Client::from_conf(
+            client
+                .config()
+                .to_builder()
+                .timeout_config(
+                    aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .disable_operation_attempt_timeout()
+                        .build(),
+                )
+                .build(),
+        );
+        SqsQueue { client, receive_client, url: url.into(), metrics, reachability: None }
     }
 
     /// This queue's requests tell `reachability` whether SQS can be reached.
@@ -360,8 +386,8 @@ impl SqsQueue {
     /// # Errors
     /// [`SqsError`]; the caller backs off when it is retryable.
     pub async fn receive(&self, wait: Duration, visibility: Option<Duration>) -> Result<Vec<Message>, SqsError> {
-        let r = self
-            .client
+        let call = self
+            .receive_client
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(10)
@@ -369,18 +395,18 @@ impl SqsQueue {
             .set_visibility_timeout(visibility.map(|v| v.as_secs() as i32))
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")
-            .customize()
-            .config_override(
-                aws_sdk_sqs::config::Config::builder().timeout_config(
-                    aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
-                        .operation_attempt_timeout(wait + ATTEMPT_TIMEOUT)
-                        .build(),
-                ),
-            )
-            .send()
-            .await
-            .map(|out| out.messages.unwrap_or_default())
-            .map_err(|e| SqsError::from_sdk("ReceiveMessage", e));
+            .send();
+        let limit = wait + ATTEMPT_TIMEOUT;
+        let r = match tokio::time::timeout(limit, call).await {
+            Ok(r) => r.map(|out| out.messages.unwrap_or_default()).map_err(|e| SqsError::from_sdk("ReceiveMessage", e)),
+            Err(_) => Err(SqsError {
+                operation: "ReceiveMessage",
+                code: None,
+                message: format!("no answer within {} s (long poll {} s)", limit.as_secs(), wait.as_secs()),
+                kind: SqsErrorKind::Timeout,
+                retryable: true,
+            }),
+        };
         self.count("ReceiveMessage", &r);
         r
     }
