@@ -59,7 +59,7 @@ DEAD_LETTER_ONLY = {"sqs:SendMessage"}
 
 def code_actions():
     src = open(os.path.join(ROOT, "src/sqs.rs")).read()
-    calls = set(re.findall(r"\.client\s*\.(\w+)\(\)", src))
+    calls = set(re.findall(r"\.(?:receive_)?client\s*\.(\w+)\(\)", src))
     unknown = calls - SDK_TO_IAM.keys()
     if unknown:
         fail(f"src/sqs.rs calls {sorted(unknown)}: add them to SDK_TO_IAM in deploy/check.py and to the task role")
