@@ -170,7 +170,8 @@ async fn run() {
     .trim()
     .to_string();
     results.insert("date".into(), json!(date));
-    let commit = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(&env.root).output();
+    let commit =
+        std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(&env.root).output();
     let commit = commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     results.insert("commit".into(), json!(commit));
     let value = serde_json::Value::Object(results);
@@ -554,7 +555,9 @@ async fn four_pipelines(env: &Env) -> serde_json::Value {
     while finished.iter().any(Option::is_none) {
         let text = p.metrics().await;
         for (i, f) in finished.iter_mut().enumerate() {
-            if f.is_none() && metric(&text, &format!("sqs_poller_messages_deleted_total{{pipeline=\"p{i}\"}}")) >= FOUR_EACH as f64 {
+            if f.is_none()
+                && metric(&text, &format!("sqs_poller_messages_deleted_total{{pipeline=\"p{i}\"}}")) >= FOUR_EACH as f64
+            {
                 *f = Some(t0.elapsed().as_secs_f64());
             }
         }
@@ -1072,7 +1075,8 @@ fn results_md(v: &serde_json::Value) -> String {
     cost_table(&mut s, &v["cost"], false);
     let _ = writeln!(s, "\n## By body size\n");
     for size in v["sizes"].as_array().into_iter().flatten() {
-        let _ = writeln!(s, "### {} messages of {} KiB\n", size["messages"], size["body_bytes"].as_u64().unwrap() / 1024);
+        let _ =
+            writeln!(s, "### {} messages of {} KiB\n", size["messages"], size["body_bytes"].as_u64().unwrap() / 1024);
         cost_table(&mut s, &size["contenders"], true);
         let _ = writeln!(s);
     }
@@ -1150,7 +1154,12 @@ fn results_md(v: &serde_json::Value) -> String {
         );
         cost_table(&mut s, &before["cost"], false);
         for size in before["sizes"].as_array().into_iter().flatten() {
-            let _ = writeln!(s, "\n{} messages of {} KiB:\n", size["messages"], size["body_bytes"].as_u64().unwrap() / 1024);
+            let _ = writeln!(
+                s,
+                "\n{} messages of {} KiB:\n",
+                size["messages"],
+                size["body_bytes"].as_u64().unwrap() / 1024
+            );
             cost_table(&mut s, &size["contenders"], true);
         }
         let _ = writeln!(s);

@@ -315,8 +315,7 @@ mod tests {
             .build()
             .unwrap()
             .into();
-        let signable =
-            SignableRequest::new(method, uri, headers.iter().copied(), SignableBody::Bytes(body)).unwrap();
+        let signable = SignableRequest::new(method, uri, headers.iter().copied(), SignableBody::Bytes(body)).unwrap();
         let (instructions, _) = sign(signable, &params).unwrap().into_parts();
         let mut out: Vec<_> =
             instructions.into_parts().0.into_iter().map(|h| (h.name(), h.value().to_string())).collect();

@@ -1,0 +1,199 @@
+//! The SQS client signs with its own SigV4 signer (src/sigv4.rs, the signing key kept for the
+//! day). No emulator checks signatures, so this test puts a proxy between sqs-poller and the
+//! emulator that does: it computes every request's signature again with `aws-sigv4` from what
+//! arrived on the wire (the signed headers, the body, the time of `x-amz-date`) and forwards the
+//! request only when they match. A drain through it must see every request verified.
+
+mod common;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Default)]
+struct Seen {
+    verified: Vec<String>,
+    rejected: Vec<String>,
+}
+
+/// A proxy to `upstream` that forwards only requests whose SigV4 signature checks out.
+async fn verifying_proxy(upstream: String, token: Option<&'static str>) -> (String, Arc<Mutex<Seen>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let out = seen.clone();
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (seen, upstream, client) = (seen.clone(), upstream.clone(), client.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (seen, upstream, client) = (seen.clone(), upstream.clone(), client.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        let headers: HashMap<String, String> = parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                            .collect();
+                        let target = headers.get("x-amz-target").cloned().unwrap_or_default();
+                        let url = format!("http://{}{}", headers["host"], parts.uri.path());
+                        if let Err(why) = verify(&url, &headers, &body, token) {
+                            seen.lock().unwrap().rejected.push(format!("{target}: {why}"));
+                            let r = Response::builder()
+                                .status(403)
+                                .header("content-type", "application/x-amz-json-1.0")
+                                .body(Full::new(Bytes::from_static(
+                                    br#"{"__type":"com.amazonaws.sqs#SignatureDoesNotMatch","message":"signature"}"#,
+                                )))
+                                .unwrap();
+                            return Ok::<_, Infallible>(r);
+                        }
+                        seen.lock().unwrap().verified.push(target);
+                        let mut forward =
+                            Request::builder().method(parts.method).uri(format!("{upstream}{}", parts.uri.path()));
+                        for (k, v) in &parts.headers {
+                            if k != "host" {
+                                forward = forward.header(k, v);
+                            }
+                        }
+                        let res = client.request(forward.body(Full::new(body)).unwrap()).await.unwrap();
+                        let (parts, body) = res.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        Ok(Response::from_parts(parts, Full::new(body)))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (url, out)
+}
+
+/// Computes the signature again with `aws-sigv4` (credentials `test`/`test`, with `token` as the
+/// session token, the region and service of the `Authorization` header) and compares.
+fn verify(url: &str, headers: &HashMap<String, String>, body: &[u8], token: Option<&str>) -> Result<(), String> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let auth = headers.get("authorization").ok_or("no authorization header")?;
+    let field = |name: &str| {
+        auth.split([' ', ','])
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+            .ok_or(format!("no {name} in {auth}"))
+    };
+    let credential = field("Credential")?;
+    let scope: Vec<&str> = credential.split('/').collect();
+    if scope[0] != "test" {
+        return Err(format!("access key {}", scope[0]));
+    }
+    let (region, service) = (scope[2], scope[3]);
+    let signed: Vec<String> = field("SignedHeaders")?.split(';').map(str::to_string).collect();
+    for must in ["host", "x-amz-date", "x-amz-target", "content-type"] {
+        if !signed.iter().any(|s| s == must) {
+            return Err(format!("{must} is not signed"));
+        }
+    }
+    if token.is_some() != signed.iter().any(|s| s == "x-amz-security-token") {
+        return Err("the session token is not signed".into());
+    }
+    if headers.get("x-amz-security-token").map(String::as_str) != token {
+        return Err("wrong session token".into());
+    }
+    let date = headers.get("x-amz-date").ok_or("no x-amz-date")?;
+    let identity = aws_credential_types::Credentials::new("test", "test", token.map(str::to_string), None, "t").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(parse_amz_date(date))
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    // every signed header as it arrived; the signer adds date and token itself
+    let given: Vec<(&str, &str)> = signed
+        .iter()
+        .filter(|h| *h != "x-amz-date" && *h != "x-amz-security-token")
+        .map(|h| (h.as_str(), headers.get(h).map_or("", String::as_str)))
+        .collect();
+    let signable =
+        SignableRequest::new("POST", url, given.into_iter(), SignableBody::Bytes(body)).map_err(|e| e.to_string())?;
+    let (_, expected) = sign(signable, &params).map_err(|e| e.to_string())?.into_parts();
+    let got = field("Signature")?;
+    if got == expected {
+        Ok(())
+    } else {
+        Err(format!("signature {got}, expected {expected}"))
+    }
+}
+
+/// `20261127T093000Z` → the time it names.
+fn parse_amz_date(s: &str) -> SystemTime {
+    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
+    let (y, m, d, hh, mm, ss) = (n(0, 4), n(4, 6), n(6, 8), n(9, 11), n(11, 13), n(13, 15));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    UNIX_EPOCH + Duration::from_secs((days * 86_400 + hh * 3600 + mm * 60 + ss) as u64)
+}
+
+async fn drain_through_the_proxy(token: Option<&'static str>) {
+    let sqs = sqs().await;
+    let queue = sqs.queue("sigv4", &[]).await;
+    let bodies: Vec<String> = (0..60).map(|i| format!("m{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    let (proxy, seen) = verifying_proxy(sqs.endpoint.clone(), token).await;
+    let w = worker(|_| Reply::ok("")).await;
+    let env: Vec<(&str, &str)> = token.map(|t| vec![("AWS_SESSION_TOKEN", t)]).unwrap_or_default();
+    let mut p = spawn_poller_with_env(
+        &proxy,
+        5,
+        "",
+        &format!(
+            "[[pipelines]]\nname = \"p\"\nqueue_url = \"{queue}\"\n[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.target]\ntype = \"http\"\nurl = \"{}\"\n",
+            w.url
+        ),
+        &env,
+    );
+    p.wait_listening().await;
+    let deleted =
+        p.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"p\"}", 60.0, Duration::from_secs(30)).await;
+    let log = p.log_text();
+    p.stop().await;
+    let seen = seen.lock().unwrap();
+    assert!(seen.rejected.is_empty(), "requests with a wrong signature: {:?}\nlog:\n{log}", seen.rejected);
+    assert_eq!(deleted, 60.0, "log:\n{log}");
+    for op in ["GetQueueAttributes", "ReceiveMessage", "DeleteMessageBatch"] {
+        assert!(
+            seen.verified.iter().any(|t| t.ends_with(op)),
+            "no {op} went through the verifying proxy: {:?}",
+            seen.verified
+        );
+    }
+    assert_eq!(sqs.counts(&queue).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sqs_request_carries_a_signature_aws_sigv4_agrees_with() {
+    drain_through_the_proxy(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_credentials_sign_their_session_token_too() {
+    drain_through_the_proxy(Some("FwoGZXIvYXdzE+session/token==")).await;
+}
