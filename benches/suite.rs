@@ -72,6 +72,13 @@ async fn run() {
         println!("drain only: {:.0} msg/s, {:.2} CPU-s/100k", d.rate, d.cpu_per_100k);
         return;
     }
+    if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("report") {
+        // bench/RESULTS.md again from bench/results.json (and bench/results-before.json), no measuring
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(env.root.join("bench/results.json")).unwrap()).unwrap();
+        std::fs::write(env.root.join("bench/RESULTS.md"), results_md(&v)).unwrap();
+        return;
+    }
     if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("cost") {
         // while working on CPU: the 200-byte cost rounds only, printed, nothing written
         cost_rounds(&env, BODY_BYTES, BACKLOG).await;
@@ -1147,8 +1154,9 @@ fn results_md(v: &serde_json::Value) -> String {
     {
         let _ = writeln!(
             s,
-            "## Before: the same suite on the code before the CPU work\n\n{} (`bench/results-before.json`; \
-             `git checkout {} && scripts/bench.sh`).\n",
+            "## Before: the same suite on the code before the CPU work\n\n{} (`bench/results-before.json`): the \
+             service's code of that commit measured by this benchmark, \
+             `git checkout {} -- src Cargo.toml Cargo.lock && scripts/bench.sh`.\n",
             run_header(&before),
             before["commit"].as_str().unwrap_or("?")
         );

@@ -13,7 +13,8 @@
 //! 6. [`dispatch`] — one call of the target per batch (`http`, `command`, `lambda`, `runtime-api`), read with Lambda's
 //!    `batchItemFailures` rules ([`dispatch::response`]).
 //! 7. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
-//! 8. [`sqs`] — the SQS edge every stage talks through, counting each request.
+//! 8. [`sqs`] — the SQS edge every stage talks through, counting each request; [`sigv4`] signs its
+//!    requests with the signing key kept for the day.
 //!
 //! Around them: [`pipeline`] wires the stages of one queue together, [`lease`] keeps every
 //! received message invisible until it is settled, [`metrics`] names every metric, [`server`]
