@@ -1173,7 +1173,10 @@ fn results_md(v: &serde_json::Value) -> String {
         let _ = writeln!(s);
     }
     if PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/flamegraph-drain-batch10.svg").exists() {
-        let _ = writeln!(s, "![flame graph: the drain at batch 10 (scripts/flamegraph.sh)](flamegraph-drain-batch10.svg)\n");
+        let _ = writeln!(
+            s,
+            "![flame graph: the drain at batch 10 (scripts/flamegraph.sh)](flamegraph-drain-batch10.svg)\n"
+        );
     }
     let _ = writeln!(s, "Raw figures: `bench/results.json`.");
     s
