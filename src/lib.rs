@@ -46,6 +46,7 @@ pub mod shutdown;
 pub mod sigv4;
 pub mod sim;
 pub mod sqs;
+pub mod sqs_json;
 pub mod supervisor;
 pub mod trace;
 
@@ -72,10 +73,12 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
     let listen = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
     let shared = sqs::shared_config(&config.aws).await?;
+    let region = shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string);
     let clients = supervisor::Clients {
         sqs: sqs::client(&config.aws, &shared),
+        sqs_json: sqs_json::JsonClient::new(&shared, config.aws.sqs_endpoint_url.as_deref(), &region).await?,
         lambda: dispatch::lambda::client(&config.aws, &shared),
-        region: shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string),
+        region,
         credentials: shared.credentials_provider(),
         s3_endpoint: config.aws.s3_endpoint_url.clone(),
     };

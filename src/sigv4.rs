@@ -41,7 +41,7 @@ pub struct CachedSigV4 {
 impl CachedSigV4 {
     /// Signs for `service` in `region` (the client's region).
     pub fn new(region: impl Into<String>, service: &'static str) -> Self {
-        CachedSigV4 { signer: CachedSigner { region: region.into(), service, key: Mutex::new(None) } }
+        CachedSigV4 { signer: CachedSigner::new(region, service) }
     }
 }
 
@@ -59,8 +59,9 @@ impl AuthScheme for CachedSigV4 {
     }
 }
 
+/// The signer itself, for clients that sign their own requests ([`crate::sqs_json`]).
 #[derive(Debug)]
-struct CachedSigner {
+pub struct CachedSigner {
     region: String,
     service: &'static str,
     key: Mutex<Option<SigningKey>>,
@@ -107,11 +108,16 @@ impl Sign for CachedSigner {
 }
 
 /// The headers a signature adds to a request.
-type SignatureHeaders = Vec<(&'static str, String)>;
+pub type SignatureHeaders = Vec<(&'static str, String)>;
 
 impl CachedSigner {
+    /// Signs for `service` in `region`.
+    pub fn new(region: impl Into<String>, service: &'static str) -> Self {
+        CachedSigner { region: region.into(), service, key: Mutex::new(None) }
+    }
+
     /// The signature headers of a request the fast path covers; `None` for any other.
-    fn sign(
+    pub fn sign(
         &self,
         method: &str,
         uri: &str,

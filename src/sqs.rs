@@ -176,6 +176,29 @@ impl SqsError {
         SqsError { operation, code: Some(code.to_string()), message: message.into(), kind, retryable }
     }
 
+    pub(crate) fn new(
+        operation: &'static str,
+        code: Option<String>,
+        message: String,
+        kind: SqsErrorKind,
+        retryable: bool,
+    ) -> Self {
+        SqsError { operation, code, message, kind, retryable }
+    }
+
+    /// An error SQS answered with: throttling by its code, a 5xx as a server error, anything
+    /// else as a refusal; retried when throttled, a 5xx, or a code that says so.
+    pub(crate) fn answered(operation: &'static str, code: Option<String>, message: String, server_error: bool) -> Self {
+        let kind = match code.as_deref() {
+            Some(c) if is_throttling_code(c) => SqsErrorKind::Throttled,
+            _ if server_error => SqsErrorKind::ServerError,
+            _ => SqsErrorKind::Rejected,
+        };
+        // a server-side error (5xx) is worth retrying whatever its code says
+        let retryable = server_error || code.as_deref().is_none_or(is_retryable_code);
+        SqsError { operation, code, message, kind, retryable }
+    }
+
     /// Throttling, 5xx, timeouts and connection failures are worth retrying; a missing queue,
     /// denied access or an invalid argument is not.
     pub fn is_retryable(&self) -> bool {
@@ -190,14 +213,7 @@ impl SqsError {
             SdkError::ServiceError(se) => {
                 let code = se.err().code().map(str::to_string);
                 let server_error = se.raw().status().is_server_error();
-                let kind = match code.as_deref() {
-                    Some(c) if is_throttling_code(c) => SqsErrorKind::Throttled,
-                    _ if server_error => SqsErrorKind::ServerError,
-                    _ => SqsErrorKind::Rejected,
-                };
-                // a server-side error (5xx) is worth retrying whatever its code says
-                let retryable = server_error || code.as_deref().is_none_or(is_retryable_code);
-                (code, kind, retryable)
+                return SqsError::answered(operation, code, DisplayErrorContext(&e).to_string(), server_error);
             }
             SdkError::ConstructionFailure(_) => (None, SqsErrorKind::Rejected, false),
             SdkError::TimeoutError(_) => (None, SqsErrorKind::Timeout, true),
@@ -336,6 +352,8 @@ pub struct SqsQueue {
     /// timeout depends on its long poll, so [`SqsQueue::receive`] sets its own. (A per-call config
     /// override would do the same, at the price of merging the whole configuration per request.)
     receive_client: Client,
+    /// The hot calls (receive, delete, visibility) without the SDK, when set ([`crate::sqs_json`]).
+    json: Option<Arc<crate::sqs_json::JsonClient>>,
     pub url: String,
     metrics: PipelineMetrics,
     /// The source queue's requests decide the pipeline's readiness.
@@ -356,7 +374,14 @@ impl SqsQueue {
                 )
                 .build(),
         );
-        SqsQueue { client, receive_client, url: url.into(), metrics, reachability: None }
+        SqsQueue { client, receive_client, json: None, url: url.into(), metrics, reachability: None }
+    }
+
+    /// Receives, deletes and visibility changes go through `json` instead of the SDK.
+    #[must_use]
+    pub fn with_json_client(mut self, json: Arc<crate::sqs_json::JsonClient>) -> Self {
+        self.json = Some(json);
+        self
     }
 
     /// This queue's requests tell `reachability` whether SQS can be reached.
@@ -386,6 +411,12 @@ impl SqsQueue {
     /// # Errors
     /// [`SqsError`]; the caller backs off when it is retryable.
     pub async fn receive(&self, wait: Duration, visibility: Option<Duration>) -> Result<Vec<Message>, SqsError> {
+        let limit = wait + ATTEMPT_TIMEOUT;
+        if let Some(json) = &self.json {
+            let r = json.receive(&self.url, wait, visibility, limit).await;
+            self.count("ReceiveMessage", &r);
+            return r;
+        }
         let call = self
             .receive_client
             .receive_message()
@@ -396,7 +427,6 @@ impl SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")
             .send();
-        let limit = wait + ATTEMPT_TIMEOUT;
         let r = match tokio::time::timeout(limit, call).await {
             Ok(r) => r.map(|out| out.messages.unwrap_or_default()).map_err(|e| SqsError::from_sdk("ReceiveMessage", e)),
             Err(_) => Err(SqsError {
@@ -433,6 +463,14 @@ impl SqsQueue {
 
     /// Deletes by receipt handle; returns the indexes (into `receipts`) that could not be deleted.
     pub async fn delete(&self, receipts: &[&str]) -> Vec<usize> {
+        if let Some(json) = &self.json {
+            return self
+                .batched("DeleteMessageBatch", receipts.len(), |idx| async move {
+                    let entries: Vec<(String, &str)> = idx.iter().map(|&i| (i.to_string(), receipts[i])).collect();
+                    json.delete_batch(&self.url, &entries, ATTEMPT_TIMEOUT).await
+                })
+                .await;
+        }
         self.batched("DeleteMessageBatch", receipts.len(), |idx| {
             let entries = idx
                 .iter()
@@ -468,6 +506,15 @@ impl SqsQueue {
     /// Sets the visibility timeout of each `(receipt handle, seconds)`; returns the indexes that
     /// could not be changed.
     pub async fn change_visibility(&self, entries: &[(&str, i32)]) -> Vec<usize> {
+        if let Some(json) = &self.json {
+            return self
+                .batched("ChangeMessageVisibilityBatch", entries.len(), |idx| async move {
+                    let batch: Vec<(String, &str, i32)> =
+                        idx.iter().map(|&i| (i.to_string(), entries[i].0, entries[i].1)).collect();
+                    json.change_visibility_batch(&self.url, &batch, ATTEMPT_TIMEOUT).await
+                })
+                .await;
+        }
         self.batched("ChangeMessageVisibilityBatch", entries.len(), |idx| {
             let batch = idx
                 .iter()

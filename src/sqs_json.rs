@@ -1,0 +1,496 @@
+//! The three SQS calls on every message's path — ReceiveMessage, DeleteMessageBatch and
+//! ChangeMessageVisibilityBatch — sent as AWS JSON 1.0 requests straight over a hyper connection
+//! pool, signed by [`crate::sigv4::CachedSigner`].
+//!
+//! Why not the SDK for these: its orchestrator (interceptors, layered configuration, type-erased
+//! request state, response deserializers building every field) cost more CPU per request than
+//! everything sqs-poller does per message (`bench/RESULTS.md`). The wire format is SQS's
+//! documented JSON protocol, the same bytes the SDK sends; the endpoint is resolved by the SDK's
+//! own endpoint rules, credentials come from the SDK's provider chain (cached until five minutes
+//! before they expire), and answers become the SDK's types, so every stage above is unchanged.
+//! Every other call (GetQueueAttributes, SendMessage, the tools) stays on the SDK.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
+use aws_sdk_sqs::types::{BatchResultErrorEntry, Message, MessageAttributeValue, MessageSystemAttributeName};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::{Deserialize, Serialize};
+
+use crate::sigv4::CachedSigner;
+use crate::sqs::{SqsError, SqsErrorKind};
+
+/// Credentials are fetched again this long before they expire.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+
+/// Sends the hot SQS calls of every queue of the service.
+pub struct JsonClient {
+    http: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Where requests go (`https://sqs.REGION.amazonaws.com`, or `[aws] endpoint_url`), no trailing slash.
+    endpoint: String,
+    signer: CachedSigner,
+    credentials: Option<SharedCredentialsProvider>,
+    cached: tokio::sync::Mutex<Option<Credentials>>,
+    user_agent: String,
+}
+
+impl std::fmt::Debug for JsonClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonClient").field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl JsonClient {
+    /// A client for `region`, resolving the endpoint as the SDK does (`endpoint_url` when set,
+    /// FIPS and dual-stack settings of the shared configuration).
+    ///
+    /// # Errors
+    /// When the endpoint cannot be resolved or the TLS configuration cannot be built.
+    pub async fn new(
+        shared: &aws_config::SdkConfig,
+        endpoint_url: Option<&str>,
+        region: &str,
+    ) -> anyhow::Result<Arc<JsonClient>> {
+        use aws_sdk_sqs::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+        let params = Params::builder()
+            .region(region)
+            .use_fips(shared.use_fips().unwrap_or(false))
+            .use_dual_stack(shared.use_dual_stack().unwrap_or(false))
+            .set_endpoint(endpoint_url.map(str::to_string).or_else(|| shared.endpoint_url().map(str::to_string)))
+            .build()?;
+        let endpoint = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot resolve the SQS endpoint for {region}: {e}"))?;
+        let connector = crate::dispatch::http::https_connector(&crate::config::HttpOptions::default())
+            .map_err(|e| anyhow::anyhow!("cannot set up TLS for SQS: {e}"))?;
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Arc::new(JsonClient {
+            http,
+            endpoint: endpoint.url().trim_end_matches('/').to_string(),
+            signer: CachedSigner::new(region, "sqs"),
+            credentials: shared.credentials_provider(),
+            cached: tokio::sync::Mutex::new(None),
+            user_agent: format!("sqs-poller/{}", env!("CARGO_PKG_VERSION")),
+        }))
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// One ReceiveMessage for up to 10 messages with every attribute; at most `limit` to answer.
+    ///
+    /// # Errors
+    /// [`SqsError`] of the request or the answer.
+    pub async fn receive(
+        &self,
+        queue_url: &str,
+        wait: Duration,
+        visibility: Option<Duration>,
+        limit: Duration,
+    ) -> Result<Vec<Message>, SqsError> {
+        let request = ReceiveRequest {
+            queue_url,
+            max_number_of_messages: 10,
+            wait_time_seconds: wait.as_secs(),
+            visibility_timeout: visibility.map(|v| v.as_secs()),
+            message_system_attribute_names: ["All"],
+            message_attribute_names: ["All"],
+        };
+        let body = self.call("ReceiveMessage", &request, limit).await?;
+        let out: ReceiveResponse =
+            serde_json::from_slice(&body).map_err(|e| bad_response("ReceiveMessage", &e.to_string()))?;
+        out.messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(WireMessage::into_sdk)
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad_response("ReceiveMessage", &e))
+    }
+
+    /// One DeleteMessageBatch of `(id, receipt handle)` entries; the entries SQS reports failed.
+    ///
+    /// # Errors
+    /// [`SqsError`] when the request as a whole failed.
+    pub async fn delete_batch(
+        &self,
+        queue_url: &str,
+        entries: &[(String, &str)],
+        limit: Duration,
+    ) -> Result<Vec<BatchResultErrorEntry>, SqsError> {
+        let entries: Vec<BatchEntry> = entries
+            .iter()
+            .map(|(id, receipt_handle)| BatchEntry { id, receipt_handle, visibility_timeout: None })
+            .collect();
+        let body = self.call("DeleteMessageBatch", &BatchRequest { queue_url, entries }, limit).await?;
+        failed_entries("DeleteMessageBatch", &body)
+    }
+
+    /// One ChangeMessageVisibilityBatch of `(id, receipt handle, seconds)`; the entries SQS
+    /// reports failed.
+    ///
+    /// # Errors
+    /// [`SqsError`] when the request as a whole failed.
+    pub async fn change_visibility_batch(
+        &self,
+        queue_url: &str,
+        entries: &[(String, &str, i32)],
+        limit: Duration,
+    ) -> Result<Vec<BatchResultErrorEntry>, SqsError> {
+        let entries: Vec<BatchEntry> = entries
+            .iter()
+            .map(|(id, receipt_handle, seconds)| BatchEntry { id, receipt_handle, visibility_timeout: Some(*seconds) })
+            .collect();
+        let body = self.call("ChangeMessageVisibilityBatch", &BatchRequest { queue_url, entries }, limit).await?;
+        failed_entries("ChangeMessageVisibilityBatch", &body)
+    }
+
+    /// Credentials, from the cache while they are good for five more minutes.
+    async fn credentials(&self, operation: &'static str) -> Result<Credentials, SqsError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref() {
+            if c.expiry().is_none_or(|e| e > SystemTime::now() + REFRESH_BEFORE_EXPIRY) {
+                return Ok(c.clone());
+            }
+        }
+        let Some(provider) = &self.credentials else {
+            return Err(unreachable_error(operation, "no AWS credentials are configured".into()));
+        };
+        let fresh = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| unreachable_error(operation, format!("cannot load AWS credentials: {e}")))?;
+        *cached = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// POSTs `request` as `AmazonSQS.<operation>` and returns the body of a 200 answer.
+    async fn call(
+        &self,
+        operation: &'static str,
+        request: &impl Serialize,
+        limit: Duration,
+    ) -> Result<Bytes, SqsError> {
+        let creds = self.credentials(operation).await?;
+        let body = serde_json::to_vec(request).expect("a request of strings and numbers serializes");
+        let uri = format!("{}/", self.endpoint);
+        let target = format!("AmazonSQS.{operation}");
+        let headers = [
+            ("content-type", "application/x-amz-json-1.0"),
+            ("x-amz-target", target.as_str()),
+            ("x-amzn-query-mode", "true"),
+        ];
+        let signature =
+            self.signer.sign("POST", &uri, &headers, &body, &creds, SystemTime::now()).ok_or_else(|| {
+                SqsError::new(operation, None, format!("cannot sign a request to {uri}"), SqsErrorKind::Rejected, false)
+            })?;
+        let mut builder = hyper::Request::post(&uri).header("user-agent", &self.user_agent);
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        for (name, value) in signature {
+            builder = builder.header(name, value);
+        }
+        let http_request = builder.body(Full::new(Bytes::from(body))).map_err(|e| {
+            SqsError::new(operation, None, format!("cannot build the request: {e}"), SqsErrorKind::Rejected, false)
+        })?;
+        let exchange = async {
+            let response = self.http.request(http_request).await.map_err(|e| {
+                SqsError::new(
+                    operation,
+                    None,
+                    format!("cannot reach SQS at {uri}: {}", error_chain(&e)),
+                    SqsErrorKind::Connection,
+                    true,
+                )
+            })?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(|e| {
+                SqsError::new(operation, None, format!("the answer broke off: {e}"), SqsErrorKind::Connection, true)
+            })?;
+            Ok::<_, SqsError>((parts, body.to_bytes()))
+        };
+        let (parts, body) = match tokio::time::timeout(limit, exchange).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(SqsError::new(
+                    operation,
+                    None,
+                    format!("no answer within {} s", limit.as_secs()),
+                    SqsErrorKind::Timeout,
+                    true,
+                ))
+            }
+        };
+        if parts.status.is_success() {
+            return Ok(body);
+        }
+        Err(service_error(operation, parts.status, &parts.headers, &body))
+    }
+}
+
+/// The error SQS answered with: the code of `x-amzn-query-error` (SQS's query-protocol codes,
+/// as the SDK reports them) or of `__type`, and its message.
+fn service_error(
+    operation: &'static str,
+    status: hyper::StatusCode,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+) -> SqsError {
+    #[derive(Deserialize, Default)]
+    struct ErrorBody {
+        #[serde(rename = "__type")]
+        kind: Option<String>,
+        #[serde(alias = "Message")]
+        message: Option<String>,
+    }
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let query_code = headers
+        .get("x-amzn-query-error")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string);
+    let type_code = parsed.kind.as_deref().map(|t| t.rsplit(['#', ':']).next().unwrap_or(t).to_string());
+    let code = query_code.filter(|c| !c.is_empty()).or(type_code);
+    let message = parsed.message.unwrap_or_else(|| format!("HTTP {status}"));
+    SqsError::answered(operation, code, format!("{message} (HTTP {})", status.as_u16()), status.is_server_error())
+}
+
+fn bad_response(operation: &'static str, why: &str) -> SqsError {
+    SqsError::new(operation, None, format!("an answer that cannot be read: {why}"), SqsErrorKind::BadResponse, true)
+}
+
+fn unreachable_error(operation: &'static str, message: String) -> SqsError {
+    SqsError::new(operation, None, message, SqsErrorKind::Connection, true)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+fn failed_entries(operation: &'static str, body: &[u8]) -> Result<Vec<BatchResultErrorEntry>, SqsError> {
+    let out: BatchResponse = serde_json::from_slice(body).map_err(|e| bad_response(operation, &e.to_string()))?;
+    out.failed
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            BatchResultErrorEntry::builder()
+                .id(f.id)
+                .sender_fault(f.sender_fault.unwrap_or(false))
+                .code(f.code.unwrap_or_default())
+                .set_message(f.message)
+                .build()
+                .map_err(|e| bad_response(operation, &e.to_string()))
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReceiveRequest<'a> {
+    queue_url: &'a str,
+    max_number_of_messages: u32,
+    wait_time_seconds: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visibility_timeout: Option<u64>,
+    message_system_attribute_names: [&'static str; 1],
+    message_attribute_names: [&'static str; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct BatchRequest<'a> {
+    queue_url: &'a str,
+    entries: Vec<BatchEntry<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct BatchEntry<'a> {
+    id: &'a str,
+    receipt_handle: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    visibility_timeout: Option<i32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct BatchResponse {
+    failed: Option<Vec<WireFailure>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireFailure {
+    id: String,
+    sender_fault: Option<bool>,
+    code: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReceiveResponse {
+    messages: Option<Vec<WireMessage>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireMessage {
+    message_id: Option<String>,
+    receipt_handle: Option<String>,
+    #[serde(rename = "MD5OfBody")]
+    md5_of_body: Option<String>,
+    body: Option<String>,
+    attributes: Option<HashMap<String, String>>,
+    #[serde(rename = "MD5OfMessageAttributes")]
+    md5_of_message_attributes: Option<String>,
+    message_attributes: Option<HashMap<String, WireAttribute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireAttribute {
+    string_value: Option<String>,
+    /// base64, as the JSON protocol carries blobs
+    binary_value: Option<String>,
+    string_list_values: Option<Vec<String>>,
+    binary_list_values: Option<Vec<String>>,
+    data_type: String,
+}
+
+impl WireMessage {
+    /// The SDK's message, as its own deserializer would have built it.
+    fn into_sdk(self) -> Result<Message, String> {
+        let blob = |b64: &str| {
+            aws_smithy_types::base64::decode(b64)
+                .map(aws_smithy_types::Blob::new)
+                .map_err(|e| format!("a binary attribute that is not base64: {e}"))
+        };
+        let attributes = self
+            .attributes
+            .map(|a| a.into_iter().map(|(k, v)| (MessageSystemAttributeName::from(k.as_str()), v)).collect());
+        let message_attributes = match self.message_attributes {
+            None => None,
+            Some(m) => {
+                let mut out = HashMap::with_capacity(m.len());
+                for (name, a) in m {
+                    let value = MessageAttributeValue::builder()
+                        .set_string_value(a.string_value)
+                        .set_binary_value(a.binary_value.as_deref().map(blob).transpose()?)
+                        .set_string_list_values(a.string_list_values)
+                        .set_binary_list_values(
+                            a.binary_list_values
+                                .map(|l| l.iter().map(|b| blob(b)).collect::<Result<Vec<_>, _>>())
+                                .transpose()?,
+                        )
+                        .data_type(a.data_type)
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    out.insert(name, value);
+                }
+                Some(out)
+            }
+        };
+        Ok(Message::builder()
+            .set_message_id(self.message_id)
+            .set_receipt_handle(self.receipt_handle)
+            .set_md5_of_body(self.md5_of_body)
+            .set_body(self.body)
+            .set_attributes(attributes)
+            .set_md5_of_message_attributes(self.md5_of_message_attributes)
+            .set_message_attributes(message_attributes)
+            .build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receive_answer_becomes_the_sdks_messages() {
+        let body = br#"{"Messages":[{"MessageId":"m1","ReceiptHandle":"r1","MD5OfBody":"d","Body":"hi \u00e9",
+            "Attributes":{"ApproximateReceiveCount":"2","SentTimestamp":"1700000000000","MessageGroupId":"g"},
+            "MD5OfMessageAttributes":"a","MessageAttributes":{"s":{"StringValue":"v","DataType":"String"},
+            "b":{"BinaryValue":"AAEC","DataType":"Binary.custom"}}},{"MessageId":"m2","ReceiptHandle":"r2"}]}"#;
+        let out: ReceiveResponse = serde_json::from_slice(body).unwrap();
+        let msgs: Vec<Message> = out.messages.unwrap().into_iter().map(|m| m.into_sdk().unwrap()).collect();
+        assert_eq!(msgs.len(), 2);
+        let m = &msgs[0];
+        assert_eq!((m.message_id(), m.receipt_handle(), m.body()), (Some("m1"), Some("r1"), Some("hi é")));
+        let attrs = m.attributes().unwrap();
+        assert_eq!(attrs[&MessageSystemAttributeName::ApproximateReceiveCount], "2");
+        assert_eq!(attrs[&MessageSystemAttributeName::MessageGroupId], "g");
+        let ma = m.message_attributes().unwrap();
+        assert_eq!(ma["s"].string_value(), Some("v"));
+        assert_eq!(ma["b"].binary_value().unwrap().as_ref(), &[0u8, 1, 2]);
+        assert_eq!(ma["b"].data_type(), "Binary.custom");
+        assert!(msgs[1].attributes().is_none() && msgs[1].body().is_none());
+        let empty: ReceiveResponse = serde_json::from_slice(b"{}").unwrap();
+        assert!(empty.messages.is_none());
+    }
+
+    #[test]
+    fn requests_are_sqs_json() {
+        let r = ReceiveRequest {
+            queue_url: "q",
+            max_number_of_messages: 10,
+            wait_time_seconds: 20,
+            visibility_timeout: None,
+            message_system_attribute_names: ["All"],
+            message_attribute_names: ["All"],
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"QueueUrl":"q","MaxNumberOfMessages":10,"WaitTimeSeconds":20,"MessageSystemAttributeNames":["All"],"MessageAttributeNames":["All"]}"#
+        );
+        let b = BatchRequest {
+            queue_url: "q",
+            entries: vec![BatchEntry { id: "0", receipt_handle: "r", visibility_timeout: Some(0) }],
+        };
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"QueueUrl":"q","Entries":[{"Id":"0","ReceiptHandle":"r","VisibilityTimeout":0}]}"#
+        );
+    }
+
+    #[test]
+    fn errors_take_the_query_code_then_the_type() {
+        let mut h = hyper::HeaderMap::new();
+        let body =
+            br#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#;
+        let e = service_error("ReceiveMessage", hyper::StatusCode::BAD_REQUEST, &h, body);
+        assert_eq!(
+            (e.code.as_deref(), e.kind, e.is_retryable()),
+            (Some("QueueDoesNotExist"), SqsErrorKind::Rejected, false)
+        );
+        assert!(e.message.contains("does not exist"));
+        h.insert("x-amzn-query-error", "AWS.SimpleQueueService.RequestThrottled;Sender".parse().unwrap());
+        let e = service_error("ReceiveMessage", hyper::StatusCode::BAD_REQUEST, &h, b"{}");
+        assert_eq!((e.kind, e.is_retryable()), (SqsErrorKind::Throttled, true));
+        let e = service_error(
+            "ReceiveMessage",
+            hyper::StatusCode::SERVICE_UNAVAILABLE,
+            &hyper::HeaderMap::new(),
+            b"<html>",
+        );
+        assert_eq!((e.kind, e.is_retryable()), (SqsErrorKind::ServerError, true));
+    }
+}
