@@ -13,8 +13,9 @@
 //! 6. [`dispatch`] — one call of the target per batch (`http`, `command`, `lambda`, `runtime-api`), read with Lambda's
 //!    `batchItemFailures` rules ([`dispatch::response`]).
 //! 7. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
-//! 8. [`sqs`] — the SQS edge every stage talks through, counting each request; [`sigv4`] signs its
-//!    requests with the signing key kept for the day.
+//! 8. [`sqs`] — the SQS edge every stage talks through, counting each request; its hot calls
+//!    (receive, delete, visibility) go through [`sqs_json`], signed by [`sigv4`] with the signing
+//!    key kept for the day, the rest through aws-sdk-sqs.
 //!
 //! Around them: [`pipeline`] wires the stages of one queue together, [`lease`] keeps every
 //! received message invisible until it is settled, [`metrics`] names every metric, [`server`]

@@ -62,7 +62,11 @@ impl Backend for Emulator {
             attrs.push((QueueAttributeName::ContentBasedDeduplication, "true"));
         }
         let url = self.0.queue(name, &attrs).await;
-        Arc::new(SqsQueue::new(self.0.client.clone(), url, PipelineMetrics::new("conformance", 1, 1, 1)))
+        // receives, deletes and visibility changes through sqs-poller's JSON client, as the service sends them
+        Arc::new(
+            SqsQueue::new(self.0.client.clone(), url, PipelineMetrics::new("conformance", 1, 1, 1))
+                .with_json_client(self.0.json_client().await),
+        )
     }
 }
 

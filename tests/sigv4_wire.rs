@@ -177,8 +177,11 @@ async fn drain_through_the_proxy(token: Option<&'static str>) {
         p.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"p\"}", 60.0, Duration::from_secs(30)).await;
     let log = p.log_text();
     p.stop().await;
-    let seen = seen.lock().unwrap();
-    assert!(seen.rejected.is_empty(), "requests with a wrong signature: {:?}\nlog:\n{log}", seen.rejected);
+    let (verified, rejected) = {
+        let seen = seen.lock().unwrap();
+        (seen.verified.clone(), seen.rejected.clone())
+    };
+    assert!(rejected.is_empty(), "requests with a wrong signature: {rejected:?}\nlog:\n{log}");
     assert_eq!(deleted, 60.0, "log:\n{log}");
     // the hot calls from sqs-poller's own JSON client (src/sqs_json.rs), the others from the SDK
     for (op, sender) in [
@@ -188,9 +191,8 @@ async fn drain_through_the_proxy(token: Option<&'static str>) {
     ] {
         let prefix = format!("AmazonSQS.{op} by {sender}");
         assert!(
-            seen.verified.iter().any(|t| t.starts_with(&prefix)),
-            "no {op} from {sender} went through the verifying proxy: {:?}",
-            seen.verified
+            verified.iter().any(|t| t.starts_with(&prefix)),
+            "no {op} from {sender} went through the verifying proxy: {verified:?}"
         );
     }
     assert_eq!(sqs.counts(&queue).await, (0, 0));

@@ -35,6 +35,18 @@ pub struct Sqs {
     pub client: Client,
 }
 
+impl Sqs {
+    /// sqs-poller's own client for the hot calls (`src/sqs_json.rs`), pointed at this emulator.
+    pub async fn json_client(&self) -> std::sync::Arc<sqs_poller::sqs_json::JsonClient> {
+        let credentials = aws_credential_types::Credentials::new("test", "test", None, None, "test");
+        let shared = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(credentials))
+            .build();
+        sqs_poller::sqs_json::JsonClient::new(&shared, Some(&self.endpoint), "us-east-1").await.unwrap()
+    }
+}
+
 pub async fn sqs() -> Sqs {
     let endpoint = std::env::var("SQS_POLLER_TEST_ENDPOINT").ok().or_else(|| {
         let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/run/fauxqs.url");
