@@ -125,3 +125,39 @@ async fn one_pipelines_fatal_error_stops_the_others_cleanly_with_exit_1() {
     let left = sqs.take_all(&good).await.len();
     assert_eq!(processed + left, 20, "{processed} processed, {left} visible; log:\n{log}");
 }
+
+/// The JSON client reads SQS's error answers as the SDK does: a missing queue is a refusal with
+/// its code (not retried), on fauxqs and on LocalStack; a refused connection is a retryable
+/// connection error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_client_names_sqs_errors_by_their_code() {
+    use sqs_poller::sqs::SqsErrorKind;
+    for sqs in [sqs().await, localstack().await] {
+        let json = sqs.json_client().await;
+        let missing = format!("{}/000000000000/{}", sqs.endpoint, unique("missing"));
+        let e = json
+            .receive(&missing, Duration::ZERO, None, Duration::from_secs(10))
+            .await
+            .expect_err("a receive from a queue that does not exist");
+        assert_eq!((e.kind, e.is_retryable()), (SqsErrorKind::Rejected, false), "{}: {e:?}", sqs.endpoint);
+        let code = e.code.clone().unwrap_or_default();
+        assert!(
+            code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist"),
+            "{}: code {code:?} of {e}",
+            sqs.endpoint
+        );
+        let e = json
+            .delete_batch(&missing, &[("0".to_string(), "handle")], Duration::from_secs(10))
+            .await
+            .expect_err("a delete in a queue that does not exist");
+        assert_eq!(e.kind, SqsErrorKind::Rejected, "{e:?}");
+    }
+    let nowhere = Sqs { endpoint: format!("http://127.0.0.1:{}", free_port()), client: sqs().await.client };
+    let e = nowhere
+        .json_client()
+        .await
+        .receive(&format!("{}/000000000000/q", nowhere.endpoint), Duration::ZERO, None, Duration::from_secs(5))
+        .await
+        .expect_err("nothing listens there");
+    assert_eq!((e.kind, e.is_retryable()), (SqsErrorKind::Connection, true), "{e:?}");
+}
