@@ -225,6 +225,16 @@ pub struct PipelineMetrics {
     pub paused: Gauge,
     /// Live figures for the admin API.
     pub status: std::sync::Arc<crate::control::Status>,
+    /// `sqs_requests_total` and `sqs_errors_total` of each of [`SQS_OPERATIONS`], resolved once.
+    sqs_counters: std::sync::Arc<[SqsCounters; SQS_OPERATIONS.len()]>,
+}
+
+/// The request counters of one SQS operation.
+struct SqsCounters {
+    ok: Counter,
+    error: Counter,
+    /// By [`crate::sqs::SqsErrorKind::ALL`] order.
+    kinds: [Counter; crate::sqs::SqsErrorKind::ALL.len()],
 }
 
 /// `sqs_poller_queue_messages{state}` of one queue (`queue="source"` or `"dead_letter"`).
@@ -261,16 +271,22 @@ impl PipelineMetrics {
         let extensions = |outcome| by_outcome(LEASE_EXTENSIONS, outcome);
         let payloads = |outcome| by_outcome(LARGE_PAYLOADS, outcome);
         let gauge = |name: &'static str| metrics::gauge!(name, "pipeline" => p.clone());
-        for op in SQS_OPERATIONS {
-            for outcome in ["ok", "error"] {
-                metrics::counter!(SQS_REQUESTS, "pipeline" => p.clone(), "operation" => op, "outcome" => outcome)
-                    .increment(0);
+        let sqs_counters = SQS_OPERATIONS.map(|op| {
+            let requests = |outcome: &'static str| {
+                let c = metrics::counter!(SQS_REQUESTS, "pipeline" => p.clone(), "operation" => op, "outcome" => outcome);
+                c.increment(0);
+                c
+            };
+            SqsCounters {
+                ok: requests("ok"),
+                error: requests("error"),
+                kinds: crate::sqs::SqsErrorKind::ALL.map(|kind| {
+                    let c = metrics::counter!(SQS_ERRORS, "pipeline" => p.clone(), "operation" => op, "kind" => kind.as_str());
+                    c.increment(0);
+                    c
+                }),
             }
-            for kind in crate::sqs::SqsErrorKind::ALL {
-                metrics::counter!(SQS_ERRORS, "pipeline" => p.clone(), "operation" => op, "kind" => kind.as_str())
-                    .increment(0);
-            }
-        }
+        });
         gauge(POLLERS_MIN).set(min as f64);
         gauge(POLLERS_MAX).set(max as f64);
         gauge(MAX_CONCURRENCY).set(max_concurrency as f64);
@@ -310,12 +326,25 @@ impl PipelineMetrics {
             oldest_message_age: gauge(OLDEST_MESSAGE_AGE),
             paused: gauge(PAUSED),
             status: std::sync::Arc::default(),
+            sqs_counters: std::sync::Arc::new(sqs_counters),
             pipeline: p,
         }
     }
 
     /// Counts one SQS request: `error` is what went wrong, if anything.
     pub fn sqs_request(&self, operation: &'static str, error: Option<crate::sqs::SqsErrorKind>) {
+        // the handles resolved at start-up: no labels built, no registry look-up per request
+        if let Some(c) = SQS_OPERATIONS.iter().position(|op| *op == operation).map(|i| &self.sqs_counters[i]) {
+            match error {
+                None => c.ok.increment(1),
+                Some(kind) => {
+                    c.error.increment(1);
+                    let k = crate::sqs::SqsErrorKind::ALL.iter().position(|k| *k == kind).expect("ALL has every kind");
+                    c.kinds[k].increment(1);
+                }
+            }
+            return;
+        }
         let outcome = if error.is_none() { "ok" } else { "error" };
         metrics::counter!(SQS_REQUESTS, "pipeline" => self.pipeline.clone(), "operation" => operation, "outcome" => outcome)
             .increment(1);
