@@ -93,7 +93,7 @@ impl Intake {
     fn passes_filter(&self, m: &ReceivedMessage) -> bool {
         let Some(f) = &self.filter else { return true };
         // record_json is serde_json's own output; were it ever unreadable, deliver rather than drop
-        crate::filter::match_value(&m.record_json).map_or(true, |record| f.filter.matches(&record))
+        f.filter.matches_json(&m.record_json).unwrap_or(true)
     }
 
     /// Deletes (Lambda's semantics) or keeps (visible again after the keep delay) what the

@@ -19,6 +19,8 @@ pub use pattern::{Pattern, PatternError};
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     patterns: Vec<Pattern>,
+    /// The parts of a record any pattern looks at: the only ones [`Filter::matches_json`] builds.
+    projection: Projection,
 }
 
 impl Filter {
@@ -32,7 +34,38 @@ impl Filter {
             .enumerate()
             .map(|(i, p)| Pattern::compile(p.as_ref()).map_err(|e| (i, e)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Filter { patterns })
+        let mut projection = Projection::default();
+        for p in &patterns {
+            p.project_into(&mut projection);
+        }
+        Ok(Filter { patterns, projection })
+    }
+
+    /// Whether a serialized record passes. Builds only the parts the patterns look at — the
+    /// rest of the record, and of a JSON body, is checked and skipped, not built — with `body`
+    /// parsed when it holds a JSON object or array, as [`match_value`] does: the same answer as
+    /// `matches(&match_value(record_json)?)` (the pattern tests hold the two together).
+    ///
+    /// # Errors
+    /// When `record_json` is not JSON.
+    pub fn matches_json(&self, record_json: &str) -> Result<bool, serde_json::Error> {
+        let mut record = project(record_json, &self.projection)?;
+        if let Some(body) = record.get_mut("body") {
+            if let Value::String(text) = body {
+                let t = text.trim_start();
+                if t.starts_with('{') || t.starts_with('[') {
+                    let below = self.projection.fields.get("body").and_then(Option::as_ref);
+                    let parsed = match below {
+                        Some(p) => project(text, p),
+                        None => serde_json::from_str(text),
+                    };
+                    if let Ok(parsed) = parsed {
+                        *body = parsed;
+                    }
+                }
+            }
+        }
+        Ok(self.matches(&record))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -55,6 +88,114 @@ pub fn match_value(record_json: &str) -> Result<Value, serde_json::Error> {
     let mut record: Value = serde_json::from_str(record_json)?;
     parse_body(&mut record);
     Ok(record)
+}
+
+/// The parts of an event patterns look at: at each object level, the fields named, each either
+/// whole (`None`: a leaf matcher looks at it) or with the parts below it. Arrays are looked into
+/// element by element with the same projection, as patterns match arrays.
+#[derive(Debug, Clone, Default)]
+pub struct Projection {
+    fields: std::collections::BTreeMap<String, Option<Projection>>,
+}
+
+impl Projection {
+    /// `name` is needed whole.
+    fn whole(&mut self, name: &str) {
+        self.fields.insert(name.to_string(), None);
+    }
+
+    /// The projection below `name`; `None` when `name` is needed whole already (which keeps
+    /// everything below it).
+    fn below(&mut self, name: &str) -> Option<&mut Projection> {
+        self.fields.entry(name.to_string()).or_insert_with(|| Some(Projection::default())).as_mut()
+    }
+}
+
+/// `json` with only the parts `projection` names built; everything else is checked and skipped.
+fn project(json: &str, projection: &Projection) -> Result<Value, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// A key: the field it names in the projection, if any (`Some(None)`: needed whole).
+    struct Key<'p>(&'p Projection);
+    impl<'de, 'p> DeserializeSeed<'de> for Key<'p> {
+        type Value = Option<(&'p String, &'p Option<Projection>)>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'p> Visitor<'_> for Key<'p> {
+        type Value = Option<(&'p String, &'p Option<Projection>)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a field name")
+        }
+        fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
+            Ok(self.0.fields.get_key_value(key))
+        }
+    }
+
+    struct Project<'p>(&'p Projection);
+    impl<'de> DeserializeSeed<'de> for Project<'_> {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Project<'_> {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = serde_json::Map::new();
+            while let Some(found) = map.next_key_seed(Key(self.0))? {
+                match found {
+                    Some((name, Some(below))) => {
+                        out.insert(name.clone(), map.next_value_seed(Project(below))?);
+                    }
+                    Some((name, None)) => {
+                        out.insert(name.clone(), map.next_value::<Value>()?);
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(Value::Object(out))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element_seed(Project(self.0))? {
+                out.push(v);
+            }
+            Ok(Value::Array(out))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_string()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+    }
+
+    let mut d = serde_json::Deserializer::from_str(json);
+    let out = Project(projection).deserialize(&mut d)?;
+    d.end()?;
+    Ok(out)
 }
 
 /// Replaces a string `body` that holds a JSON object or array with the parsed JSON.

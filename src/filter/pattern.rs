@@ -142,6 +142,29 @@ impl Pattern {
     pub fn matches(&self, event: &Value) -> bool {
         match_node(&self.root, event)
     }
+
+    /// Adds the parts of an event this pattern looks at to `into`: the match depends on
+    /// nothing else.
+    pub fn project_into(&self, into: &mut super::Projection) {
+        project_node(&self.root, into);
+    }
+}
+
+fn project_node(node: &Node, into: &mut super::Projection) {
+    for (name, field) in &node.fields {
+        match field {
+            Field::Leaf(_) => into.whole(name),
+            Field::Nested(child) => {
+                if let Some(below) = into.below(name) {
+                    project_node(child, below);
+                }
+            }
+        }
+    }
+    // `$or` alternatives are matched against the same object
+    for alternative in node.ors.iter().flatten() {
+        project_node(alternative, into);
+    }
 }
 
 fn compile_node(map: &Map<String, Value>, path: &str, depth: usize) -> Result<Node, PatternError> {
