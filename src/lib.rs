@@ -8,7 +8,8 @@
 //! 3. [`event`] — each received message becomes its Lambda SQS record, serialized once
 //!    ([`payload`] first fetches a large payload from S3 when the body is an Extended Client
 //!    pointer).
-//! 4. [`filter`] — EventBridge patterns on the record; rejected messages are deleted (or kept).
+//! 4. [`filter`] — EventBridge patterns on the record (only the parts they name are parsed);
+//!    rejected messages are deleted (or kept).
 //! 5. [`batch`] — records are cut into batches by count, window and event bytes.
 //! 6. [`dispatch`] — one call of the target per batch (`http`, `command`, `lambda`, `runtime-api`), read with Lambda's
 //!    `batchItemFailures` rules ([`dispatch::response`]).
