@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -139,7 +139,7 @@ async fn tls_worker(dir: &Path) -> (String, Arc<Mutex<Vec<Seen>>>) {
                             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
                             .collect();
                         let url = format!("https://127.0.0.1:{port}{}", parts.uri);
-                        let signature_ok = verify_sigv4(&url, &headers, &body);
+                        let signature_ok = common::sigv4::verify(&url, &headers, &body, None, true).map(|_| ());
                         log.lock().unwrap().push(Seen { headers, signature_ok, client_cert });
                         Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"{}"))))
                     }
@@ -151,64 +151,6 @@ async fn tls_worker(dir: &Path) -> (String, Arc<Mutex<Vec<Seen>>>) {
         }
     });
     (format!("https://127.0.0.1:{port}/sqs"), seen)
-}
-
-/// Computes the request's SigV4 signature again (credentials `test`/`test`, the service and
-/// region of the `Authorization` header, the time of `x-amz-date`) and compares.
-fn verify_sigv4(url: &str, headers: &HashMap<String, String>, body: &[u8]) -> Result<(), String> {
-    use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
-    let auth = headers.get("authorization").ok_or("no authorization header")?;
-    let field = |name: &str| {
-        auth.split([' ', ','])
-            .find_map(|p| p.strip_prefix(&format!("{name}=")))
-            .map(str::to_string)
-            .ok_or(format!("no {name} in {auth}"))
-    };
-    let credential = field("Credential")?;
-    let scope: Vec<&str> = credential.split('/').collect();
-    let (region, service) = (scope[2], scope[3]);
-    let signed: Vec<String> = field("SignedHeaders")?.split(';').map(str::to_string).collect();
-    let date = headers.get("x-amz-date").ok_or("no x-amz-date")?;
-    let identity = aws_credential_types::Credentials::new("test", "test", None, None, "test").into();
-    let mut settings = SigningSettings::default();
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(parse_amz_date(date))
-        .settings(settings)
-        .build()
-        .unwrap()
-        .into();
-    let given: Vec<(&str, &str)> = signed
-        .iter()
-        .filter(|h| !h.starts_with("x-amz-") && *h != "host")
-        .map(|h| (h.as_str(), headers.get(h).map_or("", String::as_str)))
-        .collect();
-    let signable =
-        SignableRequest::new("POST", url, given.into_iter(), SignableBody::Bytes(body)).map_err(|e| e.to_string())?;
-    let (_, expected) = sign(signable, &params).map_err(|e| e.to_string())?.into_parts();
-    let got = field("Signature")?;
-    if got == expected {
-        Ok(())
-    } else {
-        Err(format!("signature {got}, expected {expected}"))
-    }
-}
-
-/// `20261127T093000Z` → the time it names.
-fn parse_amz_date(s: &str) -> SystemTime {
-    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
-    let (y, m, d, hh, mm, ss) = (n(0, 4), n(4, 6), n(6, 8), n(9, 11), n(11, 13), n(13, 15));
-    // days from the civil date (Howard Hinnant's algorithm)
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    UNIX_EPOCH + Duration::from_secs((days * 86_400 + hh * 3600 + mm * 60 + ss) as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -84,74 +84,25 @@ async fn verifying_proxy(upstream: String, token: Option<&'static str>) -> (Stri
     (url, out)
 }
 
-/// Computes the signature again with `aws-sigv4` (credentials `test`/`test`, with `token` as the
-/// session token, the region and service of the `Authorization` header) and compares.
+/// The checks of a request from sqs-poller: the headers that must be signed, the session token
+/// when there is one, and the signature computed again.
 fn verify(url: &str, headers: &HashMap<String, String>, body: &[u8], token: Option<&str>) -> Result<(), String> {
-    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    let auth = headers.get("authorization").ok_or("no authorization header")?;
-    let field = |name: &str| {
-        auth.split([' ', ','])
-            .find_map(|p| p.strip_prefix(&format!("{name}=")))
-            .map(str::to_string)
-            .ok_or(format!("no {name} in {auth}"))
-    };
-    let credential = field("Credential")?;
-    let scope: Vec<&str> = credential.split('/').collect();
-    if scope[0] != "test" {
-        return Err(format!("access key {}", scope[0]));
+    let auth = common::sigv4::authorization(headers)?;
+    if auth.access_key != "test" {
+        return Err(format!("access key {}", auth.access_key));
     }
-    let (region, service) = (scope[2], scope[3]);
-    let signed: Vec<String> = field("SignedHeaders")?.split(';').map(str::to_string).collect();
     for must in ["host", "x-amz-date", "x-amz-target", "content-type"] {
-        if !signed.iter().any(|s| s == must) {
+        if !auth.signed_headers.iter().any(|s| s == must) {
             return Err(format!("{must} is not signed"));
         }
     }
-    if token.is_some() != signed.iter().any(|s| s == "x-amz-security-token") {
+    if token.is_some() != auth.signed_headers.iter().any(|s| s == "x-amz-security-token") {
         return Err("the session token is not signed".into());
     }
     if headers.get("x-amz-security-token").map(String::as_str) != token {
         return Err("wrong session token".into());
     }
-    let date = headers.get("x-amz-date").ok_or("no x-amz-date")?;
-    let identity = aws_credential_types::Credentials::new("test", "test", token.map(str::to_string), None, "t").into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(parse_amz_date(date))
-        .settings(SigningSettings::default())
-        .build()
-        .unwrap()
-        .into();
-    // every signed header as it arrived; the signer adds date and token itself
-    let given: Vec<(&str, &str)> = signed
-        .iter()
-        .filter(|h| *h != "x-amz-date" && *h != "x-amz-security-token")
-        .map(|h| (h.as_str(), headers.get(h).map_or("", String::as_str)))
-        .collect();
-    let signable =
-        SignableRequest::new("POST", url, given.into_iter(), SignableBody::Bytes(body)).map_err(|e| e.to_string())?;
-    let (_, expected) = sign(signable, &params).map_err(|e| e.to_string())?.into_parts();
-    let got = field("Signature")?;
-    if got == expected {
-        Ok(())
-    } else {
-        Err(format!("signature {got}, expected {expected}"))
-    }
-}
-
-/// `20261127T093000Z` → the time it names.
-fn parse_amz_date(s: &str) -> SystemTime {
-    let n = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
-    let (y, m, d, hh, mm, ss) = (n(0, 4), n(4, 6), n(6, 8), n(9, 11), n(11, 13), n(13, 15));
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    UNIX_EPOCH + Duration::from_secs((days * 86_400 + hh * 3600 + mm * 60 + ss) as u64)
+    common::sigv4::verify(url, headers, body, token, false).map(|_| ())
 }
 
 async fn drain_through_the_proxy(token: Option<&'static str>) {

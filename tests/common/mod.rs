@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod sigv4;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
