@@ -51,18 +51,23 @@ fn main() {
     rt.block_on(run());
 }
 
-async fn run() {
-    let endpoint = std::env::var("SQS_POLLER_BENCH_ENDPOINT")
-        .expect("SQS_POLLER_BENCH_ENDPOINT is not set: run the suite with scripts/bench.sh, which starts the emulator");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let client = Client::from_conf(
+/// aws-sdk-sqs with its defaults, pointed at the emulator (the driver's client and the bare loop's).
+fn sdk_client(endpoint: &str) -> Client {
+    Client::from_conf(
         aws_sdk_sqs::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
-            .endpoint_url(&endpoint)
+            .endpoint_url(endpoint)
             .build(),
-    );
+    )
+}
+
+async fn run() {
+    let endpoint = std::env::var("SQS_POLLER_BENCH_ENDPOINT")
+        .expect("SQS_POLLER_BENCH_ENDPOINT is not set: run the suite with scripts/bench.sh, which starts the emulator");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let client = sdk_client(&endpoint);
     let worker_url = noop_worker().await;
     let env = Env { endpoint, client, root, worker_url };
     let mut results = serde_json::Map::new();
@@ -276,14 +281,7 @@ const BARE_TASKS: usize = 16;
 async fn bare_loop_process(queue: String) {
     let endpoint = std::env::var("SQS_POLLER_BENCH_ENDPOINT").expect("SQS_POLLER_BENCH_ENDPOINT");
     let total: usize = std::env::var("SQS_POLLER_BENCH_BARE_TOTAL").expect("total").parse().unwrap();
-    let client = Client::from_conf(
-        aws_sdk_sqs::config::Builder::new()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
-            .endpoint_url(&endpoint)
-            .build(),
-    );
+    let client = sdk_client(&endpoint);
     let pid = std::process::id();
     let cpu0 = proc_cpu_seconds(pid);
     let t0 = Instant::now();
