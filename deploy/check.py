@@ -59,7 +59,7 @@ DEAD_LETTER_ONLY = {"sqs:SendMessage"}
 
 def code_actions():
     src = open(os.path.join(ROOT, "src/sqs.rs")).read()
-    calls = set(re.findall(r"\.(?:receive_)?client\s*\.(\w+)\(\)", src))
+    calls = set(re.findall(r"\.client\s*\.(\w+)\(\)", src))
     # the hot calls of src/sqs_json.rs name their operation: self.call("ReceiveMessage", …)
     json_src = open(os.path.join(ROOT, "src/sqs_json.rs")).read()
     for op in re.findall(r'self\s*\.call\(\s*"(\w+)"', json_src):

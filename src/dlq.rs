@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 
 use crate::metrics::PipelineMetrics;
-use crate::sqs::{SqsError, SqsQueue};
+use crate::sqs::{SqsClients, SqsError, SqsQueue};
 
 /// How long the scan keeps what it read hidden (it gives every message back at the end).
 const SCAN_VISIBILITY: Duration = Duration::from_secs(60);
@@ -146,8 +146,8 @@ impl Tally {
 ///
 /// # Errors
 /// When the queue cannot be read (it does not exist, access is denied, the endpoint is down).
-pub async fn stats(client: aws_sdk_sqs::Client, url: &str, samples: usize) -> Result<Tally, SqsError> {
-    let queue = SqsQueue::new(client, url, PipelineMetrics::new("dlq-stats", 0, 0, 0));
+pub async fn stats(clients: &SqsClients, url: &str, samples: usize) -> Result<Tally, SqsError> {
+    let queue = SqsQueue::new(clients, url, PipelineMetrics::new("dlq-stats", 0, 0, 0));
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut tally = Tally::default();
     let mut seen = HashSet::new();

@@ -75,12 +75,10 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
     let listen = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
     let shared = sqs::shared_config(&config.aws).await?;
-    let region = shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string);
     let clients = supervisor::Clients {
-        sqs: sqs::client(&config.aws, &shared),
-        sqs_json: sqs_json::JsonClient::new(&shared, config.aws.sqs_endpoint_url.as_deref(), &region).await?,
+        sqs: sqs::SqsClients::new(&config.aws, &shared).await?,
         lambda: dispatch::lambda::client(&config.aws, &shared),
-        region,
+        region: shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string),
         credentials: shared.credentials_provider(),
         s3_endpoint: config.aws.s3_endpoint_url.clone(),
     };

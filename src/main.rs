@@ -162,8 +162,8 @@ fn dlq_stats(aws: config::AwsConfig, queue: &str, samples: usize) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let result = runtime.block_on(async {
         let shared = sqs_poller::sqs::shared_config(&aws).await?;
-        let client = sqs_poller::sqs::client(&aws, &shared);
-        anyhow::Ok(sqs_poller::dlq::stats(client, queue, samples).await?)
+        let clients = sqs_poller::sqs::SqsClients::new(&aws, &shared).await?;
+        anyhow::Ok(sqs_poller::dlq::stats(&clients, queue, samples).await?)
     });
     match result {
         Ok(tally) => {
@@ -208,11 +208,11 @@ fn redrive(aws: config::AwsConfig, from: &str, to: &str, options: &sqs_poller::r
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let result = runtime.block_on(async {
         let shared = sqs_poller::sqs::shared_config(&aws).await?;
-        let client = sqs_poller::sqs::client(&aws, &shared);
+        let clients = sqs_poller::sqs::SqsClients::new(&aws, &shared).await?;
         let started = std::time::Instant::now();
         // plain lines at most once a second: a large dead-letter queue moves 10 messages per call
         let mut last = std::time::Instant::now();
-        let report = sqs_poller::redrive::redrive(client, from, to, options, &mut |r| {
+        let report = sqs_poller::redrive::redrive(&clients, from, to, options, &mut |r| {
             if terminal || last.elapsed() >= std::time::Duration::from_secs(1) {
                 last = std::time::Instant::now();
                 eprint!("{}", redrive_progress(&r, started, terminal));

@@ -15,7 +15,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
 
 use crate::metrics::PipelineMetrics;
-use crate::sqs::{SqsError, SqsQueue};
+use crate::sqs::{SqsClients, SqsError, SqsQueue};
 
 /// How long received messages stay hidden in the source while they are being moved.
 const MOVE_VISIBILITY: Duration = Duration::from_secs(30);
@@ -46,16 +46,16 @@ pub struct RedriveOptions {
 /// # Errors
 /// When the source cannot be read (it does not exist, access is denied, the endpoint is down).
 pub async fn redrive(
-    client: aws_sdk_sqs::Client,
+    clients: &SqsClients,
     from: &str,
     to: &str,
     options: &RedriveOptions,
     progress: &mut dyn FnMut(RedriveReport),
 ) -> Result<RedriveReport, SqsError> {
     let metrics = PipelineMetrics::new("redrive", 0, 0, 0);
-    let source = SqsQueue::new(client.clone(), from, metrics.clone());
-    let region = crate::sqs::region_of(&client);
-    let destination = SqsQueue::new(client, to, metrics);
+    let source = SqsQueue::new(clients, from, metrics.clone());
+    let region = crate::sqs::region_of(&clients.sdk);
+    let destination = SqsQueue::new(clients, to, metrics);
     let to_fifo = to.ends_with(".fifo");
     let limit = options.limit;
     let mut report = RedriveReport::default();
@@ -76,9 +76,7 @@ pub async fn redrive(
             let id = m.message_id.clone().unwrap_or_default();
             let passes = options.filter.as_ref().is_none_or(|f| {
                 crate::event::ReceivedMessage::from_sqs(m.clone(), &event_source)
-                    .ok()
-                    .and_then(|r| crate::filter::match_value(&r.record_json).ok())
-                    .is_some_and(|record| f.matches(&record))
+                    .is_ok_and(|r| f.matches_json(&r.record_json).unwrap_or(false))
             });
             if passes {
                 messages.push(m);

@@ -22,10 +22,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageAttributeValue,
-    MessageSystemAttributeName, QueueAttributeName,
-};
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, QueueAttributeName};
 use aws_sdk_sqs::Client;
 
 use crate::backoff::Backoff;
@@ -268,7 +265,7 @@ pub fn client(aws: &AwsConfig, shared: &aws_config::SdkConfig) -> Client {
         .timeout_config(
             aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
-                // SQS answers in milliseconds; a receive gets its long poll on top (`receive`)
+                // SQS answers in milliseconds (receives, with their long poll, go through sqs_json)
                 .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .build(),
         );
@@ -344,16 +341,31 @@ impl Reachability {
     }
 }
 
+/// The two clients every queue is reached through: the hot calls (receive, delete, visibility)
+/// go through `json` ([`crate::sqs_json`]), the others through the SDK.
+#[derive(Clone)]
+pub struct SqsClients {
+    pub sdk: Client,
+    pub json: Arc<crate::sqs_json::JsonClient>,
+}
+
+impl SqsClients {
+    /// Both clients from the shared AWS configuration and `[aws]`.
+    ///
+    /// # Errors
+    /// When the SQS endpoint cannot be resolved or TLS cannot be set up.
+    pub async fn new(aws: &AwsConfig, shared: &aws_config::SdkConfig) -> anyhow::Result<Self> {
+        let sdk = client(aws, shared);
+        let json = crate::sqs_json::JsonClient::new(shared, aws.sqs_endpoint_url.as_deref(), &region_of(&sdk)).await?;
+        Ok(SqsClients { sdk, json })
+    }
+}
+
 /// One queue, with the pipeline's request counters.
 #[derive(Clone)]
 pub struct SqsQueue {
     client: Client,
-    /// The same client (and connection pool) without the SDK's attempt timeout: a receive's
-    /// timeout depends on its long poll, so [`SqsQueue::receive`] sets its own. (A per-call config
-    /// override would do the same, at the price of merging the whole configuration per request.)
-    receive_client: Client,
-    /// The hot calls (receive, delete, visibility) without the SDK, when set ([`crate::sqs_json`]).
-    json: Option<Arc<crate::sqs_json::JsonClient>>,
+    json: Arc<crate::sqs_json::JsonClient>,
     pub url: String,
     metrics: PipelineMetrics,
     /// The source queue's requests decide the pipeline's readiness.
@@ -361,27 +373,14 @@ pub struct SqsQueue {
 }
 
 impl SqsQueue {
-    pub fn new(client: Client, url: impl Into<String>, metrics: PipelineMetrics) -> Self {
-        let receive_client = Client::from_conf(
-            client
-                .config()
-                .to_builder()
-                .timeout_config(
-                    aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .disable_operation_attempt_timeout()
-                        .build(),
-                )
-                .build(),
-        );
-        SqsQueue { client, receive_client, json: None, url: url.into(), metrics, reachability: None }
-    }
-
-    /// Receives, deletes and visibility changes go through `json` instead of the SDK.
-    #[must_use]
-    pub fn with_json_client(mut self, json: Arc<crate::sqs_json::JsonClient>) -> Self {
-        self.json = Some(json);
-        self
+    pub fn new(clients: &SqsClients, url: impl Into<String>, metrics: PipelineMetrics) -> Self {
+        SqsQueue {
+            client: clients.sdk.clone(),
+            json: clients.json.clone(),
+            url: url.into(),
+            metrics,
+            reachability: None,
+        }
     }
 
     /// This queue's requests tell `reachability` whether SQS can be reached.
@@ -389,10 +388,6 @@ impl SqsQueue {
     pub fn reporting_to(mut self, reachability: Arc<Reachability>) -> Self {
         self.reachability = Some(reachability);
         self
-    }
-
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 
     fn count<T>(&self, operation: &'static str, r: &Result<T, SqsError>) {
@@ -411,32 +406,7 @@ impl SqsQueue {
     /// # Errors
     /// [`SqsError`]; the caller backs off when it is retryable.
     pub async fn receive(&self, wait: Duration, visibility: Option<Duration>) -> Result<Vec<Message>, SqsError> {
-        let limit = wait + ATTEMPT_TIMEOUT;
-        if let Some(json) = &self.json {
-            let r = json.receive(&self.url, wait, visibility, limit).await;
-            self.count("ReceiveMessage", &r);
-            return r;
-        }
-        let call = self
-            .receive_client
-            .receive_message()
-            .queue_url(&self.url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(wait.as_secs() as i32)
-            .set_visibility_timeout(visibility.map(|v| v.as_secs() as i32))
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names("All")
-            .send();
-        let r = match tokio::time::timeout(limit, call).await {
-            Ok(r) => r.map(|out| out.messages.unwrap_or_default()).map_err(|e| SqsError::from_sdk("ReceiveMessage", e)),
-            Err(_) => Err(SqsError {
-                operation: "ReceiveMessage",
-                code: None,
-                message: format!("no answer within {} s (long poll {} s)", limit.as_secs(), wait.as_secs()),
-                kind: SqsErrorKind::Timeout,
-                retryable: true,
-            }),
-        };
+        let r = self.json.receive(&self.url, wait, visibility, wait + ATTEMPT_TIMEOUT).await;
         self.count("ReceiveMessage", &r);
         r
     }
@@ -463,35 +433,9 @@ impl SqsQueue {
 
     /// Deletes by receipt handle; returns the indexes (into `receipts`) that could not be deleted.
     pub async fn delete(&self, receipts: &[&str]) -> Vec<usize> {
-        if let Some(json) = &self.json {
-            return self
-                .batched("DeleteMessageBatch", receipts.len(), |idx| async move {
-                    let entries: Vec<(String, &str)> = idx.iter().map(|&i| (i.to_string(), receipts[i])).collect();
-                    json.delete_batch(&self.url, &entries, ATTEMPT_TIMEOUT).await
-                })
-                .await;
-        }
-        self.batched("DeleteMessageBatch", receipts.len(), |idx| {
-            let entries = idx
-                .iter()
-                .map(|&i| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(receipts[i])
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect();
-            async move {
-                self.client
-                    .delete_message_batch()
-                    .queue_url(&self.url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .map(|out| out.failed)
-                    .map_err(|e| SqsError::from_sdk("DeleteMessageBatch", e))
-            }
+        self.batched("DeleteMessageBatch", receipts.len(), |idx| async move {
+            let entries: Vec<(String, &str)> = idx.iter().map(|&i| (i.to_string(), receipts[i])).collect();
+            self.json.delete_batch(&self.url, &entries, ATTEMPT_TIMEOUT).await
         })
         .await
     }
@@ -506,37 +450,10 @@ impl SqsQueue {
     /// Sets the visibility timeout of each `(receipt handle, seconds)`; returns the indexes that
     /// could not be changed.
     pub async fn change_visibility(&self, entries: &[(&str, i32)]) -> Vec<usize> {
-        if let Some(json) = &self.json {
-            return self
-                .batched("ChangeMessageVisibilityBatch", entries.len(), |idx| async move {
-                    let batch: Vec<(String, &str, i32)> =
-                        idx.iter().map(|&i| (i.to_string(), entries[i].0, entries[i].1)).collect();
-                    json.change_visibility_batch(&self.url, &batch, ATTEMPT_TIMEOUT).await
-                })
-                .await;
-        }
-        self.batched("ChangeMessageVisibilityBatch", entries.len(), |idx| {
-            let batch = idx
-                .iter()
-                .map(|&i| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(entries[i].0)
-                        .visibility_timeout(entries[i].1)
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect();
-            async move {
-                self.client
-                    .change_message_visibility_batch()
-                    .queue_url(&self.url)
-                    .set_entries(Some(batch))
-                    .send()
-                    .await
-                    .map(|out| out.failed)
-                    .map_err(|e| SqsError::from_sdk("ChangeMessageVisibilityBatch", e))
-            }
+        self.batched("ChangeMessageVisibilityBatch", entries.len(), |idx| async move {
+            let batch: Vec<(String, &str, i32)> =
+                idx.iter().map(|&i| (i.to_string(), entries[i].0, entries[i].1)).collect();
+            self.json.change_visibility_batch(&self.url, &batch, ATTEMPT_TIMEOUT).await
         })
         .await
     }

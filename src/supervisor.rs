@@ -39,9 +39,7 @@ pub struct Reloads {
 
 /// The AWS clients every pipeline shares.
 pub struct Clients {
-    pub sqs: aws_sdk_sqs::Client,
-    /// Receives, deletes and visibility changes of the pipelines' queues ([`crate::sqs_json`]).
-    pub sqs_json: Arc<crate::sqs_json::JsonClient>,
+    pub sqs: sqs::SqsClients,
     pub lambda: aws_sdk_lambda::Client,
     pub region: String,
     /// For SigV4-signed `http` targets and S3.
@@ -178,15 +176,11 @@ impl Supervisor {
         let parts = PipelineParts {
             config: p.clone(),
             queue: Arc::new(
-                sqs::SqsQueue::new(self.clients.sqs.clone(), p.queue_url.clone(), m.clone())
-                    .with_json_client(self.clients.sqs_json.clone())
+                sqs::SqsQueue::new(&self.clients.sqs, p.queue_url.clone(), m.clone())
                     .reporting_to(reachability.clone()),
             ),
             dead_letter: p.dead_letter.as_ref().map(|d| {
-                Arc::new(
-                    sqs::SqsQueue::new(self.clients.sqs.clone(), d.queue_url.clone(), m.clone())
-                        .with_json_client(self.clients.sqs_json.clone()),
-                ) as Arc<dyn sqs::Queue>
+                Arc::new(sqs::SqsQueue::new(&self.clients.sqs, d.queue_url.clone(), m.clone())) as Arc<dyn sqs::Queue>
             }),
             target,
             metrics: m.clone(),
