@@ -92,14 +92,7 @@ impl Sign for CachedSigner {
         let creds = identity.data::<Credentials>().ok_or("SigV4 signing needs AWS credentials")?;
         let now = runtime_components.time_source().unwrap_or_default().now();
         let headers: Vec<(&str, &str)> = request.headers().iter().collect();
-        let signed = match request.body().bytes() {
-            Some(body) => self.sign(request.method(), request.uri(), &headers, body, creds, now),
-            None => None,
-        };
-        let signed = match signed {
-            Some(s) => s,
-            None => fallback(request, creds, now, &self.region, self.service)?,
-        };
+        let signed = self.sign(request.method(), request.uri(), &headers, request.body().bytes(), creds, now)?;
         for (name, value) in signed {
             request.headers_mut().insert(name, value);
         }
@@ -116,8 +109,28 @@ impl CachedSigner {
         CachedSigner { region: region.into(), service, key: Mutex::new(None) }
     }
 
-    /// The signature headers of a request the fast path covers; `None` for any other.
+    /// The signature headers of a request (`body`: `None` when it is not in memory): from the fast
+    /// path when it covers the request, else from `aws-sigv4`.
+    ///
+    /// # Errors
+    /// When `aws-sigv4` cannot sign the request.
     pub fn sign(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        creds: &Credentials,
+        now: SystemTime,
+    ) -> Result<SignatureHeaders, BoxError> {
+        if let Some(signed) = body.and_then(|b| self.sign_fast(method, uri, headers, b, creds, now)) {
+            return Ok(signed);
+        }
+        aws_sigv4_headers(method, uri, headers, body, creds, now, &self.region, self.service)
+    }
+
+    /// The signature headers of a request the fast path covers; `None` for any other.
+    fn sign_fast(
         &self,
         method: &str,
         uri: &str,
@@ -273,8 +286,12 @@ fn utc(t: SystemTime) -> ([u8; 8], String) {
 }
 
 /// Signs with `aws-sigv4` itself (a request outside the fast path).
-fn fallback(
-    request: &HttpRequest,
+#[allow(clippy::too_many_arguments)]
+fn aws_sigv4_headers(
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
     creds: &Credentials,
     now: SystemTime,
     region: &str,
@@ -290,8 +307,8 @@ fn fallback(
         .settings(SigningSettings::default())
         .build()?
         .into();
-    let body = request.body().bytes().map_or(SignableBody::UnsignedPayload, SignableBody::Bytes);
-    let signable = SignableRequest::new(request.method(), request.uri(), request.headers().iter(), body)?;
+    let body = body.map_or(SignableBody::UnsignedPayload, SignableBody::Bytes);
+    let signable = SignableRequest::new(method, uri, headers.iter().copied(), body)?;
     let (instructions, _) = sign(signable, &params)?.into_parts();
     let (headers, _) = instructions.into_parts();
     Ok(headers.into_iter().map(|h| (h.name(), h.value().to_string())).collect())
@@ -337,7 +354,7 @@ mod tests {
         creds: &Credentials,
         now: SystemTime,
     ) -> Vec<(&'static str, String)> {
-        let mut out = signer.sign("POST", uri, headers, body, creds, now).expect("the fast path takes it");
+        let mut out = signer.sign_fast("POST", uri, headers, body, creds, now).expect("the fast path takes it");
         out.sort();
         out
     }
@@ -407,7 +424,10 @@ mod tests {
         let creds = Credentials::new("AKID", "secret", None, None, "t");
         let now = SystemTime::UNIX_EPOCH;
         for uri in ["https://h/?Action=ReceiveMessage", "https://h/a%20b", "https://h/a/../b", "https://h//a"] {
-            assert!(signer.sign("POST", uri, &[], b"", &creds, now).is_none(), "{uri}");
+            assert!(signer.sign_fast("POST", uri, &[], b"", &creds, now).is_none(), "{uri}");
+            let mut signed = signer.sign("POST", uri, &[], Some(b""), &creds, now).unwrap();
+            signed.sort();
+            assert_eq!(signed, reference("POST", uri, &[], b"", &creds, now), "{uri}");
         }
     }
 }

@@ -8,7 +8,8 @@
 //! documented JSON protocol, the same bytes the SDK sends; the endpoint is resolved by the SDK's
 //! own endpoint rules, credentials come from the SDK's provider chain (cached until five minutes
 //! before they expire), and answers become the SDK's types, so every stage above is unchanged.
-//! Every other call (GetQueueAttributes, SendMessage, the tools) stays on the SDK.
+//! The other calls (GetQueueAttributes, SendMessage) stay on the SDK; [`crate::sqs::SqsClients`]
+//! carries both clients to every queue, the tools' included.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,8 +33,8 @@ const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 /// Sends the hot SQS calls of every queue of the service.
 pub struct JsonClient {
     http: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// Where requests go (`https://sqs.REGION.amazonaws.com`, or `[aws] endpoint_url`), no trailing slash.
-    endpoint: String,
+    /// Where requests go: `https://sqs.REGION.amazonaws.com/`, or `[aws] endpoint_url` with `/`.
+    uri: String,
     signer: CachedSigner,
     credentials: Option<SharedCredentialsProvider>,
     cached: tokio::sync::Mutex<Option<Credentials>>,
@@ -42,7 +43,7 @@ pub struct JsonClient {
 
 impl std::fmt::Debug for JsonClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonClient").field("endpoint", &self.endpoint).finish_non_exhaustive()
+        f.debug_struct("JsonClient").field("uri", &self.uri).finish_non_exhaustive()
     }
 }
 
@@ -75,16 +76,12 @@ impl JsonClient {
             .build(connector);
         Ok(Arc::new(JsonClient {
             http,
-            endpoint: endpoint.url().trim_end_matches('/').to_string(),
+            uri: format!("{}/", endpoint.url().trim_end_matches('/')),
             signer: CachedSigner::new(region, "sqs"),
             credentials: shared.credentials_provider(),
             cached: tokio::sync::Mutex::new(None),
             user_agent: format!("sqs-poller/{}", env!("CARGO_PKG_VERSION")),
         }))
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
     }
 
     /// One ReceiveMessage for up to 10 messages with every attribute; at most `limit` to answer.
@@ -182,7 +179,6 @@ impl JsonClient {
     ) -> Result<Bytes, SqsError> {
         let creds = self.credentials(operation).await?;
         let body = serde_json::to_vec(request).expect("a request of strings and numbers serializes");
-        let uri = format!("{}/", self.endpoint);
         let target = format!("AmazonSQS.{operation}");
         let headers = [
             ("content-type", "application/x-amz-json-1.0"),
@@ -190,10 +186,16 @@ impl JsonClient {
             ("x-amzn-query-mode", "true"),
         ];
         let signature =
-            self.signer.sign("POST", &uri, &headers, &body, &creds, SystemTime::now()).ok_or_else(|| {
-                SqsError::new(operation, None, format!("cannot sign a request to {uri}"), SqsErrorKind::Rejected, false)
+            self.signer.sign("POST", &self.uri, &headers, Some(&body), &creds, SystemTime::now()).map_err(|e| {
+                SqsError::new(
+                    operation,
+                    None,
+                    format!("cannot sign a request to {}: {e}", self.uri),
+                    SqsErrorKind::Rejected,
+                    false,
+                )
             })?;
-        let mut builder = hyper::Request::post(&uri).header("user-agent", &self.user_agent);
+        let mut builder = hyper::Request::post(&self.uri).header("user-agent", &self.user_agent);
         for (name, value) in headers {
             builder = builder.header(name, value);
         }
@@ -208,7 +210,7 @@ impl JsonClient {
                 SqsError::new(
                     operation,
                     None,
-                    format!("cannot reach SQS at {uri}: {}", error_chain(&e)),
+                    format!("cannot reach SQS at {}: {}", self.uri, error_chain(&e)),
                     SqsErrorKind::Connection,
                     true,
                 )
