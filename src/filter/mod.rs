@@ -50,21 +50,7 @@ impl Filter {
     /// When `record_json` is not JSON.
     pub fn matches_json(&self, record_json: &str) -> Result<bool, serde_json::Error> {
         let mut record = project(record_json, &self.projection)?;
-        if let Some(body) = record.get_mut("body") {
-            if let Value::String(text) = body {
-                let t = text.trim_start();
-                if t.starts_with('{') || t.starts_with('[') {
-                    let below = self.projection.fields.get("body").and_then(Option::as_ref);
-                    let parsed = match below {
-                        Some(p) => project(text, p),
-                        None => serde_json::from_str(text),
-                    };
-                    if let Ok(parsed) = parsed {
-                        *body = parsed;
-                    }
-                }
-            }
-        }
+        parse_body_projected(&mut record, self.projection.fields.get("body").and_then(Option::as_ref));
         Ok(self.matches(&record))
     }
 
@@ -200,11 +186,20 @@ fn project(json: &str, projection: &Projection) -> Result<Value, serde_json::Err
 
 /// Replaces a string `body` that holds a JSON object or array with the parsed JSON.
 pub fn parse_body(record: &mut Value) {
+    parse_body_projected(record, None);
+}
+
+/// [`parse_body`], building only what `projection` names of the body (all of it for `None`).
+fn parse_body_projected(record: &mut Value, projection: Option<&Projection>) {
     if let Some(body) = record.get_mut("body") {
         if let Value::String(text) = body {
             let t = text.trim_start();
             if t.starts_with('{') || t.starts_with('[') {
-                if let Ok(parsed) = serde_json::from_str::<Value>(text) {
+                let parsed = match projection {
+                    Some(p) => project(text, p),
+                    None => serde_json::from_str::<Value>(text),
+                };
+                if let Ok(parsed) = parsed {
                     *body = parsed;
                 }
             }
