@@ -398,6 +398,19 @@ struct Sample {
 }
 
 impl Sample {
+    /// A drain of `total` messages as a contender process reported it on its last line
+    /// (`elapsed_s`, `cpu_s`, `max_rss_kb`, `requests`: the bare loop and the sqs-consumer script).
+    fn from_report(v: &serde_json::Value, total: usize) -> Self {
+        Sample {
+            messages: total,
+            body_bytes: 0,
+            seconds: v["elapsed_s"].as_f64().unwrap(),
+            cpu_s: v["cpu_s"].as_f64().unwrap(),
+            peak_rss_mb: v["max_rss_kb"].as_f64().unwrap() / 1024.0,
+            requests: v["requests"].as_f64().unwrap(),
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         let mb = (self.messages * self.body_bytes) as f64 / 1e6;
         json!({
@@ -461,15 +474,7 @@ async fn bare_sample(env: &Env, queue: &str, total: usize) -> Sample {
         .await
         .expect("run the bare loop");
     assert!(out.status.success(), "bare loop failed: {}", String::from_utf8_lossy(&out.stderr));
-    let v = last_json_line(&out.stdout);
-    Sample {
-        messages: total,
-        body_bytes: 0,
-        seconds: v["elapsed_s"].as_f64().unwrap(),
-        cpu_s: v["cpu_s"].as_f64().unwrap(),
-        peak_rss_mb: v["max_rss_kb"].as_f64().unwrap() / 1024.0,
-        requests: v["requests"].as_f64().unwrap(),
-    }
+    Sample::from_report(&last_json_line(&out.stdout), total)
 }
 
 fn last_json_line(stdout: &[u8]) -> serde_json::Value {
@@ -515,15 +520,7 @@ async fn poller_sample(env: &Env, queue: &str, batch: usize, window_ms: u64, tot
 }
 
 async fn consumer_sample(env: &Env, queue: &str, total: usize) -> Sample {
-    let v = peer(env, queue, total, PEER_CONSUMERS).await;
-    Sample {
-        messages: total,
-        body_bytes: 0,
-        seconds: v["elapsed_s"].as_f64().unwrap(),
-        cpu_s: v["cpu_s"].as_f64().unwrap(),
-        peak_rss_mb: v["max_rss_kb"].as_f64().unwrap() / 1024.0,
-        requests: v["requests"].as_f64().unwrap(),
-    }
+    Sample::from_report(&peer(env, queue, total, PEER_CONSUMERS).await, total)
 }
 
 /// Messages per queue in the four-pipeline run.
