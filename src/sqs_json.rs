@@ -210,7 +210,7 @@ impl JsonClient {
                 SqsError::new(
                     operation,
                     None,
-                    format!("cannot reach SQS at {}: {}", self.uri, error_chain(&e)),
+                    format!("cannot reach SQS at {}: {}", self.uri, crate::dispatch::http::error_chain(&e)),
                     SqsErrorKind::Connection,
                     true,
                 )
@@ -273,17 +273,6 @@ fn bad_response(operation: &'static str, why: &str) -> SqsError {
 
 fn unreachable_error(operation: &'static str, message: String) -> SqsError {
     SqsError::new(operation, None, message, SqsErrorKind::Connection, true)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 fn failed_entries(operation: &'static str, body: &[u8]) -> Result<Vec<BatchResultErrorEntry>, SqsError> {

@@ -230,7 +230,8 @@ pub(crate) async fn sign_request(
     Ok(())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, `outer: inner: …` (shared with the SQS client, `sqs_json`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
