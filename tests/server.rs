@@ -52,7 +52,10 @@ async fn idle_connections_are_capped_and_time_out() {
         idle.len(),
         t0.elapsed()
     );
-    assert!(open_descriptors(pid) <= before + 16, "the timed-out connections were closed");
+    // /metrics can answer while the last idle connections wait out their header timeout; by one
+    // more timeout every one of them must be closed
+    let limit = sqs_poller::server::HEADER_READ_TIMEOUT * 2;
+    eventually("the timed-out connections were closed", limit, || async { open_descriptors(pid) <= before + 16 }).await;
     drop(idle);
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
