@@ -60,8 +60,8 @@ DEAD_LETTER_ONLY = {"sqs:SendMessage"}
 def code_actions():
     src = open(os.path.join(ROOT, "src/sqs.rs")).read()
     calls = set(re.findall(r"\.client\s*\.(\w+)\(\)", src))
-    # the hot calls of src/sqs_json.rs name their operation: self.call("ReceiveMessage", …)
-    json_src = open(os.path.join(ROOT, "src/sqs_json.rs")).read()
+    # the hot calls of src/aws/sqs_json.rs name their operation: self.call("ReceiveMessage", …)
+    json_src = open(os.path.join(ROOT, "src/aws/sqs_json.rs")).read()
     for op in re.findall(r'self\s*\.call\(\s*"(\w+)"', json_src):
         calls.add(re.sub(r"(?<!^)([A-Z])", r"_\1", op).lower())
     unknown = calls - SDK_TO_IAM.keys()

@@ -23,12 +23,11 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::MAX_VISIBILITY_SECS;
+use crate::limits::MAX_VISIBILITY_SECS;
 use crate::metrics::PipelineMetrics;
 use crate::sqs::Queue;
 
-/// Messages one `ReceiveMessage` may return: the room a poller reserves before each call.
-pub const RECEIVE_MAX: usize = 10;
+pub use crate::limits::RECEIVE_MAX;
 
 /// SQS's limit on how long a receipt handle can be kept invisible, counted from its receive.
 const SQS_LEASE_LIMIT: Duration = Duration::from_secs(MAX_VISIBILITY_SECS);

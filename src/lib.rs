@@ -14,9 +14,12 @@
 //! 6. [`dispatch`] — one call of the target per batch (`http`, `command`, `lambda`, `runtime-api`), read with Lambda's
 //!    `batchItemFailures` rules ([`dispatch::response`]).
 //! 7. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
-//! 8. [`sqs`] — the SQS edge every stage talks through, counting each request; its hot calls
-//!    (receive, delete, visibility) go through [`sqs_json`], signed by [`sigv4`] with the signing
-//!    key kept for the day, the rest through aws-sdk-sqs.
+//! 8. [`sqs`] — the SQS queue every stage talks through, counting each request.
+//! 9. [`aws`] — the AWS edge at the bottom of the house: one credentials cache, one
+//!    skew-corrected clock, endpoints and errors as the SDK has them; the SQS hot calls
+//!    (receive, delete, visibility) over AWS JSON ([`aws::sqs_json`], signed by [`aws::sigv4`]
+//!    with the signing key kept for the day), the rest through aws-sdk-sqs, S3 through
+//!    aws-sdk-s3. Below it only [`limits`] (SQS's limits) and [`net`] (TLS, error chains).
 //!
 //! Around them: [`pipeline`] wires the stages of one queue together, [`lease`] keeps every
 //! received message invisible until it is settled, [`metrics`] names every metric, [`server`]
@@ -27,6 +30,7 @@
 
 pub mod ack;
 pub mod admin;
+pub mod aws;
 pub mod backoff;
 pub mod batch;
 pub mod config;
@@ -37,7 +41,9 @@ pub mod event;
 pub mod filter;
 pub mod intake;
 pub mod lease;
+pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod notify;
 pub mod payload;
 pub mod pipeline;
@@ -45,10 +51,8 @@ pub mod poller;
 pub mod redrive;
 pub mod server;
 pub mod shutdown;
-pub mod sigv4;
 pub mod sim;
 pub mod sqs;
-pub mod sqs_json;
 pub mod supervisor;
 pub mod trace;
 
@@ -74,14 +78,7 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
     // the bound address, which differs from the configured one for port 0
     let listen = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
-    let shared = sqs::shared_config(&config.aws).await?;
-    let clients = supervisor::Clients {
-        sqs: sqs::SqsClients::new(&config.aws, &shared).await?,
-        lambda: dispatch::lambda::client(&config.aws, &shared),
-        region: shared.region().map_or_else(|| "us-east-1".to_string(), ToString::to_string),
-        credentials: shared.credentials_provider(),
-        s3_endpoint: config.aws.s3_endpoint_url.clone(),
-    };
+    let clients = supervisor::Clients::new(aws::Aws::load(&config.aws).await?).await?;
     let health = server::Health::new(shutdown.drain.clone());
     let registry = admin::Registry::default();
     let admin = match config.admin_listen {

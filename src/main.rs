@@ -161,8 +161,7 @@ fn dlq_stats(aws: config::AwsConfig, queue: &str, samples: usize) -> ExitCode {
     init_logs();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let result = runtime.block_on(async {
-        let shared = sqs_poller::sqs::shared_config(&aws).await?;
-        let clients = sqs_poller::sqs::SqsClients::new(&aws, &shared).await?;
+        let clients = sqs_poller::sqs::SqsClients::new(&sqs_poller::aws::Aws::load(&aws).await?).await?;
         anyhow::Ok(sqs_poller::dlq::stats(&clients, queue, samples).await?)
     });
     match result {
@@ -207,8 +206,7 @@ fn redrive(aws: config::AwsConfig, from: &str, to: &str, options: &sqs_poller::r
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let result = runtime.block_on(async {
-        let shared = sqs_poller::sqs::shared_config(&aws).await?;
-        let clients = sqs_poller::sqs::SqsClients::new(&aws, &shared).await?;
+        let clients = sqs_poller::sqs::SqsClients::new(&sqs_poller::aws::Aws::load(&aws).await?).await?;
         let started = std::time::Instant::now();
         // plain lines at most once a second: a large dead-letter queue moves 10 messages per call
         let mut last = std::time::Instant::now();

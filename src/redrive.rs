@@ -54,7 +54,7 @@ pub async fn redrive(
 ) -> Result<RedriveReport, SqsError> {
     let metrics = PipelineMetrics::new("redrive", 0, 0, 0);
     let source = SqsQueue::new(clients, from, metrics.clone());
-    let region = crate::sqs::region_of(&clients.sdk);
+    let region = clients.region.clone();
     let destination = SqsQueue::new(clients, to, metrics);
     let to_fifo = to.ends_with(".fifo");
     let limit = options.limit;

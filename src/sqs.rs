@@ -20,13 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::config::http::HttpResponse;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, QueueAttributeName};
 use aws_sdk_sqs::Client;
 
+pub use crate::aws::errors::{SqsError, SqsErrorKind};
 use crate::backoff::Backoff;
-use crate::config::AwsConfig;
+pub use crate::limits::SQS_ATTEMPT_TIMEOUT as ATTEMPT_TIMEOUT;
 use crate::metrics::PipelineMetrics;
 
 /// Whether SQS allows `c` in a message body or attribute value: `#x9 | #xA | #xD | #x20–#xD7FF |
@@ -71,7 +70,7 @@ impl Queue for SqsQueue {
         &self.url
     }
     fn region(&self) -> String {
-        region_of(&self.client)
+        self.region.clone()
     }
     fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>> {
         Box::pin(SqsQueue::receive(self, wait, visibility))
@@ -99,190 +98,8 @@ impl Queue for SqsQueue {
     }
 }
 
-/// How long one attempt of an SQS request may take (plus the long poll, for a receive): a hung
-/// connection becomes a timeout error, retried like the others.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long connecting to SQS may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// Attempts for each chunk of a batch call (first try included).
 const BATCH_ATTEMPTS: u32 = 3;
-
-/// A failed SQS request.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{operation} failed: {message}")]
-pub struct SqsError {
-    pub operation: &'static str,
-    /// The error code SQS gave (`QueueDoesNotExist`, …), if it answered at all.
-    pub code: Option<String>,
-    pub message: String,
-    pub kind: SqsErrorKind,
-    retryable: bool,
-}
-
-/// What went wrong with an SQS request, for `sqs_poller_sqs_errors_total{kind}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SqsErrorKind {
-    /// SQS asked to slow down (`ThrottlingException`, `RequestThrottled`, KMS throttling, …).
-    Throttled,
-    /// SQS answered with a 5xx.
-    ServerError,
-    /// No answer in time (connect or attempt timeout).
-    Timeout,
-    /// No connection (refused, reset, DNS) or the connection broke.
-    Connection,
-    /// An answer that could not be read.
-    BadResponse,
-    /// SQS refused the request (missing queue, access denied, invalid argument): not retried.
-    Rejected,
-}
-
-impl SqsErrorKind {
-    pub const ALL: [SqsErrorKind; 6] = [
-        SqsErrorKind::Throttled,
-        SqsErrorKind::ServerError,
-        SqsErrorKind::Timeout,
-        SqsErrorKind::Connection,
-        SqsErrorKind::BadResponse,
-        SqsErrorKind::Rejected,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SqsErrorKind::Throttled => "throttled",
-            SqsErrorKind::ServerError => "server_error",
-            SqsErrorKind::Timeout => "timeout",
-            SqsErrorKind::Connection => "connection",
-            SqsErrorKind::BadResponse => "bad_response",
-            SqsErrorKind::Rejected => "rejected",
-        }
-    }
-}
-
-impl SqsError {
-    /// An error with an SQS error code (for the simulation).
-    pub fn coded(operation: &'static str, code: &str, message: impl Into<String>, retryable: bool) -> Self {
-        let kind = if is_throttling_code(code) {
-            SqsErrorKind::Throttled
-        } else if retryable {
-            SqsErrorKind::ServerError
-        } else {
-            SqsErrorKind::Rejected
-        };
-        SqsError { operation, code: Some(code.to_string()), message: message.into(), kind, retryable }
-    }
-
-    pub(crate) fn new(
-        operation: &'static str,
-        code: Option<String>,
-        message: String,
-        kind: SqsErrorKind,
-        retryable: bool,
-    ) -> Self {
-        SqsError { operation, code, message, kind, retryable }
-    }
-
-    /// An error SQS answered with: throttling by its code, a 5xx as a server error, anything
-    /// else as a refusal; retried when throttled, a 5xx, or a code that says so.
-    pub(crate) fn answered(operation: &'static str, code: Option<String>, message: String, server_error: bool) -> Self {
-        let kind = match code.as_deref() {
-            Some(c) if is_throttling_code(c) => SqsErrorKind::Throttled,
-            _ if server_error => SqsErrorKind::ServerError,
-            _ => SqsErrorKind::Rejected,
-        };
-        // a server-side error (5xx) is worth retrying whatever its code says
-        let retryable = server_error || code.as_deref().is_none_or(is_retryable_code);
-        SqsError { operation, code, message, kind, retryable }
-    }
-
-    /// Throttling, 5xx, timeouts and connection failures are worth retrying; a missing queue,
-    /// denied access or an invalid argument is not.
-    pub fn is_retryable(&self) -> bool {
-        self.retryable
-    }
-
-    fn from_sdk<E>(operation: &'static str, e: SdkError<E, HttpResponse>) -> Self
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        let (code, kind, retryable) = match &e {
-            SdkError::ServiceError(se) => {
-                let code = se.err().code().map(str::to_string);
-                let server_error = se.raw().status().is_server_error();
-                return SqsError::answered(operation, code, DisplayErrorContext(&e).to_string(), server_error);
-            }
-            SdkError::ConstructionFailure(_) => (None, SqsErrorKind::Rejected, false),
-            SdkError::TimeoutError(_) => (None, SqsErrorKind::Timeout, true),
-            SdkError::DispatchFailure(d) if d.is_timeout() => (None, SqsErrorKind::Timeout, true),
-            SdkError::DispatchFailure(_) => (None, SqsErrorKind::Connection, true),
-            _ => (None, SqsErrorKind::BadResponse, true),
-        };
-        SqsError { operation, code, message: DisplayErrorContext(&e).to_string(), kind, retryable }
-    }
-}
-
-fn is_retryable_code(code: &str) -> bool {
-    is_throttling_code(code) || matches!(code, "ServiceUnavailable" | "InternalError" | "InternalFailure")
-}
-
-fn is_throttling_code(code: &str) -> bool {
-    matches!(
-        code,
-        "ThrottlingException"
-            | "RequestThrottled"
-            | "AWS.SimpleQueueService.RequestThrottled"
-            | "KmsThrottled"
-            | "AWS.SimpleQueueService.KmsThrottled"
-            | "OverLimit"
-    )
-}
-
-/// Loads the standard AWS configuration (credentials, region) with `[aws] region` on top.
-///
-/// # Errors
-/// When no region can be found.
-pub async fn shared_config(aws: &AwsConfig) -> anyhow::Result<aws_config::SdkConfig> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(region) = &aws.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
-    let shared = loader.load().await;
-    if shared.region().is_none() {
-        anyhow::bail!("no AWS region: set `[aws] region` in the configuration or the AWS_REGION environment variable");
-    }
-    Ok(shared)
-}
-
-/// Builds the SQS client: SDK retries off (each operation has its own policy), bounded timeouts,
-/// the configured endpoint. The SDK's stalled-stream protection is off: every request already
-/// has an attempt timeout of its own (seconds, not the minutes a stalled upload could take), and
-/// the protection's throughput checks cost about 3% of the CPU of a drain (perf, `bench/RESULTS.md`).
-pub fn client(aws: &AwsConfig, shared: &aws_config::SdkConfig) -> Client {
-    let mut builder = aws_sdk_sqs::config::Builder::from(shared)
-        .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
-        .stalled_stream_protection(aws_sdk_sqs::config::StalledStreamProtectionConfig::disabled())
-        .timeout_config(
-            aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                // SQS answers in milliseconds (receives, with their long poll, go through sqs_json)
-                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                .build(),
-        );
-    if let Some(endpoint) = &aws.sqs_endpoint_url {
-        builder = builder.endpoint_url(endpoint.clone());
-    }
-    // SigV4 with the signing key kept for the day (src/sigv4.rs) instead of the SDK's signer
-    if let Some(region) = shared.region() {
-        builder = builder.push_auth_scheme(crate::sigv4::CachedSigV4::new(region.to_string(), "sqs"));
-    }
-    Client::from_conf(builder.build())
-}
-
-/// The region the client will sign for (for `awsRegion` in records).
-pub fn region_of(client: &Client) -> String {
-    client.config().region().map_or_else(|| "us-east-1".to_string(), |r| r.to_string())
-}
 
 /// Requests in a row that failed to reach SQS after which a pipeline is reported not ready.
 pub const NOT_READY_AFTER: u32 = 3;
@@ -319,22 +136,31 @@ impl Reachability {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// One request's outcome: `None` when SQS answered (an error it gave counts as an answer).
-    pub fn record(&self, unreachable: Option<SqsErrorKind>) {
+    /// One request's outcome: `None` when it succeeded. An error counts against readiness when
+    /// SQS could not be reached or answered that nothing can be received (a KMS key denied or
+    /// disabled, access denied: [`SqsError::stops_receiving`]); any other answer resets it.
+    pub fn record(&self, error: Option<&SqsError>) {
         if !self.found.load(Ordering::Relaxed) {
             return;
         }
-        match unreachable {
-            None | Some(SqsErrorKind::Rejected) => {
+        match error.filter(|e| e.stops_receiving()) {
+            None => {
                 self.failures_in_a_row.store(0, Ordering::Relaxed);
                 if !self.ready.swap(true, Ordering::Relaxed) {
                     tracing::info!(pipeline = %self.pipeline, "SQS answers again; /readyz reports this pipeline ready");
                 }
             }
-            Some(kind) => {
+            Some(e) => {
                 let n = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
                 if n >= NOT_READY_AFTER && self.ready.swap(false, Ordering::Relaxed) {
-                    tracing::error!(pipeline = %self.pipeline, failures = n, last = kind.as_str(), "this pipeline cannot reach SQS; /readyz reports it not ready until SQS answers");
+                    tracing::error!(
+                        pipeline = %self.pipeline,
+                        failures = n,
+                        kind = e.kind.as_str(),
+                        code = e.code.as_deref().unwrap_or("-"),
+                        error = %e,
+                        "this pipeline cannot consume its queue; /readyz reports it not ready until SQS answers"
+                    );
                 }
             }
         }
@@ -342,22 +168,25 @@ impl Reachability {
 }
 
 /// The two clients every queue is reached through: the hot calls (receive, delete, visibility)
-/// go through `json` ([`crate::sqs_json`]), the others through the SDK.
+/// go through `json` ([`crate::aws::sqs_json`]), the others through the SDK; both from the one
+/// AWS edge ([`crate::aws::Aws`]).
 #[derive(Clone)]
 pub struct SqsClients {
     pub sdk: Client,
-    pub json: Arc<crate::sqs_json::JsonClient>,
+    pub json: Arc<crate::aws::sqs_json::JsonClient>,
+    /// The process clock: the skew it measured decides whether a signature error is a skew error.
+    pub clock: crate::aws::Clock,
+    pub region: String,
 }
 
 impl SqsClients {
-    /// Both clients from the shared AWS configuration and `[aws]`.
+    /// Both clients from the AWS edge.
     ///
     /// # Errors
     /// When the SQS endpoint cannot be resolved or TLS cannot be set up.
-    pub async fn new(aws: &AwsConfig, shared: &aws_config::SdkConfig) -> anyhow::Result<Self> {
-        let sdk = client(aws, shared);
-        let json = crate::sqs_json::JsonClient::new(shared, aws.sqs_endpoint_url.as_deref(), &region_of(&sdk)).await?;
-        Ok(SqsClients { sdk, json })
+    pub async fn new(aws: &crate::aws::Aws) -> anyhow::Result<Self> {
+        let json = crate::aws::sqs_json::JsonClient::new(aws).await?;
+        Ok(SqsClients { sdk: aws.sqs_client(), json, clock: aws.clock.clone(), region: aws.region.clone() })
     }
 }
 
@@ -365,7 +194,9 @@ impl SqsClients {
 #[derive(Clone)]
 pub struct SqsQueue {
     client: Client,
-    json: Arc<crate::sqs_json::JsonClient>,
+    json: Arc<crate::aws::sqs_json::JsonClient>,
+    clock: crate::aws::Clock,
+    region: String,
     pub url: String,
     metrics: PipelineMetrics,
     /// The source queue's requests decide the pipeline's readiness.
@@ -377,6 +208,8 @@ impl SqsQueue {
         SqsQueue {
             client: clients.sdk.clone(),
             json: clients.json.clone(),
+            clock: clients.clock.clone(),
+            region: clients.region.clone(),
             url: url.into(),
             metrics,
             reachability: None,
@@ -391,11 +224,11 @@ impl SqsQueue {
     }
 
     fn count<T>(&self, operation: &'static str, r: &Result<T, SqsError>) {
-        let error = r.as_ref().err().map(|e| e.kind);
-        if let Err(e) = r {
+        let error = r.as_ref().err();
+        if let Some(e) = error {
             self.metrics.status.set_last_error(e.to_string());
         }
-        self.metrics.sqs_request(operation, error);
+        self.metrics.sqs_request(operation, error.map(|e| e.kind));
         if let Some(reachability) = &self.reachability {
             reachability.record(error);
         }
@@ -426,7 +259,7 @@ impl SqsQueue {
             .map(|out| {
                 out.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_string(), v)).collect()
             })
-            .map_err(|e| SqsError::from_sdk("GetQueueAttributes", e));
+            .map_err(|e| SqsError::from_sdk("GetQueueAttributes", e, self.clock.skew_ms()));
         self.count("GetQueueAttributes", &r);
         r
     }
@@ -484,7 +317,7 @@ impl SqsQueue {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| SqsError::from_sdk("SendMessage", e));
+                .map_err(|e| SqsError::from_sdk("SendMessage", e, self.clock.skew_ms()));
             self.count("SendMessage", &r);
             match r {
                 Err(e) if e.is_retryable() && attempt < BATCH_ATTEMPTS => {
@@ -559,22 +392,29 @@ mod tests {
     fn readiness_follows_whether_sqs_answers() {
         let flag = Arc::new(AtomicBool::new(false));
         let r = Reachability::new("p", flag.clone());
+        let kind = |k| SqsError::new("ReceiveMessage", None, "x".into(), k, true);
+        let code = |c: &str| SqsError::answered("ReceiveMessage", Some(c.into()), "x", 400, 0);
         r.record(None);
         assert!(!r.is_ready(), "not ready before the queue is found");
         r.found();
         assert!(r.is_ready());
-        r.record(Some(SqsErrorKind::Connection));
-        r.record(Some(SqsErrorKind::Timeout));
+        r.record(Some(&kind(SqsErrorKind::Connection)));
+        r.record(Some(&kind(SqsErrorKind::Timeout)));
         assert!(r.is_ready(), "two failures in a row are not an outage");
-        r.record(Some(SqsErrorKind::ServerError));
+        r.record(Some(&kind(SqsErrorKind::ServerError)));
         assert!(!r.is_ready() && !flag.load(Ordering::Relaxed), "the third is");
-        r.record(Some(SqsErrorKind::Rejected));
+        r.record(Some(&code("InvalidParameterValue")));
         assert!(r.is_ready(), "an error SQS answered with is an answer");
-        r.record(Some(SqsErrorKind::Throttled));
-        r.record(Some(SqsErrorKind::Throttled));
+        r.record(Some(&kind(SqsErrorKind::Throttled)));
+        r.record(Some(&kind(SqsErrorKind::Throttled)));
         r.record(None);
-        r.record(Some(SqsErrorKind::Throttled));
+        r.record(Some(&kind(SqsErrorKind::Throttled)));
         assert!(r.is_ready(), "an answer resets the count");
+        r.record(None);
+        for _ in 0..3 {
+            r.record(Some(&code("KMS.AccessDeniedException")));
+        }
+        assert!(!r.is_ready(), "a KMS key it may not use stops the pipeline as surely as an outage");
     }
 
     #[test]

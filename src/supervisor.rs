@@ -39,13 +39,27 @@ pub struct Reloads {
 
 /// The AWS clients every pipeline shares.
 pub struct Clients {
+    /// The AWS edge: credentials, clock, endpoints (SigV4-signed `http` targets use it).
+    pub aws: crate::aws::Aws,
     pub sqs: sqs::SqsClients,
     pub lambda: aws_sdk_lambda::Client,
-    pub region: String,
-    /// For SigV4-signed `http` targets and S3.
-    pub credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
-    /// S3 endpoint override (large payloads).
-    pub s3_endpoint: Option<String>,
+    /// Large payloads.
+    pub s3: Arc<crate::aws::s3::S3>,
+}
+
+impl Clients {
+    /// Every client from the one AWS edge.
+    ///
+    /// # Errors
+    /// When the SQS endpoint cannot be resolved or TLS cannot be set up.
+    pub async fn new(aws: crate::aws::Aws) -> anyhow::Result<Clients> {
+        Ok(Clients {
+            sqs: sqs::SqsClients::new(&aws).await?,
+            lambda: aws.lambda_client(),
+            s3: Arc::new(crate::aws::s3::S3::new(&aws)),
+            aws,
+        })
+    }
 }
 
 struct Running {
@@ -168,10 +182,9 @@ impl Supervisor {
         if self.registry.get(&p.name).is_some_and(|e| e.control.pause().by_operator) {
             control.set_operator_pause(true);
         }
-        let target =
-            Target::new(&p.target, &self.clients.lambda, &m, &self.clients.region, self.clients.credentials.as_ref())
-                .await
-                .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
+        let target = Target::new(&p.target, &self.clients.lambda, &m, &self.clients.aws.region, &self.clients.aws)
+            .await
+            .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
         let shutdown = self.shutdown.child();
         let parts = PipelineParts {
             config: p.clone(),
@@ -189,9 +202,7 @@ impl Supervisor {
             control: control.clone(),
             payloads: p.large_payloads.as_ref().map(|l| {
                 Arc::new(crate::payload::PayloadStore::new(
-                    self.clients.s3_endpoint.clone(),
-                    self.clients.region.clone(),
-                    self.clients.credentials.clone(),
+                    self.clients.s3.clone(),
                     l.concurrency,
                     l.max_bytes,
                     l.delete_after_success,

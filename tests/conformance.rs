@@ -63,7 +63,12 @@ impl Backend for Emulator {
         }
         let url = self.0.queue(name, &attrs).await;
         // receives, deletes and visibility changes through sqs-poller's JSON client, as the service sends them
-        let clients = SqsClients { sdk: self.0.client.clone(), json: self.0.json_client().await };
+        let clients = SqsClients {
+            sdk: self.0.client.clone(),
+            json: self.0.json_client().await,
+            clock: sqs_poller::aws::Clock::default(),
+            region: "us-east-1".into(),
+        };
         Arc::new(SqsQueue::new(&clients, url, PipelineMetrics::new("conformance", 1, 1, 1)))
     }
 }

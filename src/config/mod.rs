@@ -20,10 +20,8 @@ mod validate;
 use interpolate::interpolate;
 use validate::{validate, RawConfig};
 
-/// Largest visibility timeout SQS accepts (12 hours).
-pub const MAX_VISIBILITY_SECS: u64 = 43_200;
-/// Lambda's synchronous invocation payload limit, the default and ceiling of `batch.max_bytes`.
-pub const MAX_BATCH_BYTES: usize = 6_291_456;
+pub use crate::limits::MAX_BATCH_BYTES;
+pub use crate::limits::MAX_VISIBILITY_SECS;
 
 /// The validated configuration the service runs on.
 #[derive(Debug, Clone)]
@@ -38,16 +36,8 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct AwsConfig {
-    pub region: Option<String>,
-    /// Endpoint for SQS calls (`sqs_endpoint_url`, else `endpoint_url`), for local emulators.
-    pub sqs_endpoint_url: Option<String>,
-    /// Endpoint for Lambda calls (`lambda_endpoint_url`, else `endpoint_url`).
-    pub lambda_endpoint_url: Option<String>,
-    /// Endpoint for S3 (large payloads; `s3_endpoint_url`, else `endpoint_url`), path-style.
-    pub s3_endpoint_url: Option<String>,
-}
+/// `[aws]` (the edge's settings).
+pub type AwsConfig = crate::aws::Settings;
 
 /// One queue → target flow.
 #[derive(Debug, Clone)]
@@ -96,8 +86,8 @@ pub mod defaults {
     /// `lease.max_outstanding`: room for every batch that may be in flight
     /// (`max_concurrency × batch.size`), in whole receives of 10, at least one receive.
     pub fn max_outstanding(max_concurrency: usize, batch_size: usize) -> usize {
-        let n = max_concurrency.saturating_mul(batch_size).max(crate::lease::RECEIVE_MAX);
-        n.div_ceil(crate::lease::RECEIVE_MAX) * crate::lease::RECEIVE_MAX
+        let n = max_concurrency.saturating_mul(batch_size).max(crate::limits::RECEIVE_MAX);
+        n.div_ceil(crate::limits::RECEIVE_MAX) * crate::limits::RECEIVE_MAX
     }
 }
 

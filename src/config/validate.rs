@@ -416,7 +416,7 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         &format!("{at}.lease.max_outstanding"),
         p.lease.max_outstanding,
         default_outstanding,
-        crate::lease::RECEIVE_MAX as u64,
+        crate::limits::RECEIVE_MAX as u64,
         1_000_000,
     );
     let max_lease = c.ranged(

@@ -13,10 +13,6 @@
 //! values are never logged), and SigV4 signing (`sigv4_service`) with the AWS credential chain,
 //! for IAM-protected endpoints such as API Gateway or Lambda function URLs.
 
-use std::sync::Arc;
-use std::time::SystemTime;
-
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -25,59 +21,18 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls_pki_types::pem::PemObject;
 
 use super::Invocation;
 use crate::config::HttpOptions;
 use crate::trace::Trace;
-
-/// Signs each request with SigV4.
-pub struct Signer {
-    pub service: String,
-    pub region: String,
-    pub credentials: SharedCredentialsProvider,
-}
 
 pub struct HttpTarget {
     url: String,
     /// Keeps connections to the worker open between batches.
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     headers: Vec<(HeaderName, HeaderValue)>,
-    signer: Option<Signer>,
+    signer: Option<crate::aws::RequestSigner>,
     overflows: metrics::Counter,
-}
-
-/// The TLS settings: the system's roots, the configured CA file, the client certificate.
-fn tls_config(options: &HttpOptions) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(file) = &options.ca_file {
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(file)
-            .map_err(|e| format!("ca_file {}: {e}", file.display()))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("ca_file {}: {e}", file.display()))?;
-            roots.add(cert).map_err(|e| format!("ca_file {}: {e}", file.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    match &options.client_cert {
-        Some((cert, key)) => {
-            let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("client_cert_file {}: {e}", cert.display()))?;
-            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("client_key_file {}: {e}", key.display()))?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| format!("client certificate: {e}"))
-        }
-        None => Ok(builder.with_no_client_auth()),
-    }
 }
 
 impl HttpTarget {
@@ -86,10 +41,13 @@ impl HttpTarget {
     pub fn new(
         url: &str,
         options: &HttpOptions,
-        signer: Option<Signer>,
+        signer: Option<crate::aws::RequestSigner>,
         overflows: metrics::Counter,
     ) -> Result<Self, String> {
-        let https = https_connector(options)?;
+        let https = crate::net::https_connector(
+            options.ca_file.as_deref(),
+            options.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        )?;
         let headers = options
             .headers
             .iter()
@@ -131,7 +89,7 @@ impl HttpTarget {
             }
         }
         if let Some(signer) = &self.signer {
-            if let Err(reason) = sign(signer, &mut request, &event).await {
+            if let Err(reason) = signer.sign(&mut request, &event).await {
                 // nothing the worker did: the batch waits and is tried again
                 return Invocation::Throttled(reason);
             }
@@ -139,9 +97,19 @@ impl HttpTarget {
         let response = match self.client.request(request).await {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
-                return Invocation::Throttled(format!("cannot connect to {}: {}", self.url, error_chain(&e)))
+                return Invocation::Throttled(format!(
+                    "cannot connect to {}: {}",
+                    self.url,
+                    crate::net::error_chain(&e)
+                ))
             }
-            Err(e) => return Invocation::FunctionError(format!("request to {} failed: {}", self.url, error_chain(&e))),
+            Err(e) => {
+                return Invocation::FunctionError(format!(
+                    "request to {} failed: {}",
+                    self.url,
+                    crate::net::error_chain(&e)
+                ))
+            }
         };
         let status = response.status();
         let body = match Limited::new(response.into_body(), super::worker_process::MAX_OUTPUT).collect().await {
@@ -164,80 +132,4 @@ impl HttpTarget {
         }
         Invocation::Response(body)
     }
-}
-
-/// Adds the SigV4 headers (`authorization`, `x-amz-date`, `x-amz-content-sha256`,
-/// `x-amz-security-token`) for this request and body.
-async fn sign(signer: &Signer, request: &mut Request<Full<Bytes>>, body: &[u8]) -> Result<(), String> {
-    sign_request(&signer.credentials, &signer.region, &signer.service, request, body).await
-}
-
-/// An HTTP/1 connector for `http://` and `https://` (rustls with [`tls_config`]); shared with
-/// the S3 fetches of large payloads.
-///
-/// # Errors
-/// When the TLS files of `options` cannot be used.
-pub(crate) fn https_connector(options: &HttpOptions) -> Result<HttpsConnector<HttpConnector>, String> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    connector.enforce_http(false);
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(options)?)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector))
-}
-
-/// Signs `request` (its method, URI, headers and `body`) with SigV4 for `service` in `region`;
-/// shared with the S3 fetches of large payloads.
-///
-/// # Errors
-/// When no credentials can be loaded or the request cannot be signed.
-pub(crate) async fn sign_request(
-    credentials: &SharedCredentialsProvider,
-    region: &str,
-    service: &str,
-    request: &mut Request<Full<Bytes>>,
-    body: &[u8],
-) -> Result<(), String> {
-    use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
-    let credentials = credentials
-        .provide_credentials()
-        .await
-        .map_err(|e| format!("cannot load AWS credentials to sign the request: {e}"))?;
-    let identity = credentials.into();
-    let mut settings = SigningSettings::default();
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(SystemTime::now())
-        .settings(settings)
-        .build()
-        .map_err(|e| format!("cannot sign the request: {e}"))?
-        .into();
-    let uri = request.uri().to_string();
-    let method = request.method().as_str().to_string();
-    let headers: Vec<(&str, &str)> =
-        request.headers().iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))).collect();
-    let signable = SignableRequest::new(&method, uri, headers.into_iter(), SignableBody::Bytes(body))
-        .map_err(|e| format!("cannot sign the request: {e}"))?;
-    let (instructions, _signature) =
-        sign(signable, &params).map_err(|e| format!("cannot sign the request: {e}"))?.into_parts();
-    instructions.apply_to_request_http1x(request);
-    Ok(())
-}
-
-/// An error with its sources, `outer: inner: …` (shared with the SQS client, `sqs_json`).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }

@@ -12,21 +12,7 @@ use bytes::Bytes;
 
 use super::Invocation;
 
-/// Builds the Lambda client: SDK retries off (throttles are retried per batch, without failing
-/// its messages), the configured endpoint; the call is bounded by the target's `timeout_secs`.
-pub fn client(aws: &crate::config::AwsConfig, shared: &aws_config::SdkConfig) -> aws_sdk_lambda::Client {
-    let mut builder = aws_sdk_lambda::config::Builder::from(shared)
-        .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
-        .timeout_config(
-            aws_sdk_lambda::config::timeout::TimeoutConfig::builder()
-                .connect_timeout(std::time::Duration::from_secs(3))
-                .build(),
-        );
-    if let Some(endpoint) = &aws.lambda_endpoint_url {
-        builder = builder.endpoint_url(endpoint.clone());
-    }
-    aws_sdk_lambda::Client::from_conf(builder.build())
-}
+// the client comes from the AWS edge: crate::aws::Aws::lambda_client
 
 pub struct LambdaTarget {
     client: aws_sdk_lambda::Client,

@@ -64,7 +64,7 @@ pub type Function = Arc<dyn Fn(Bytes) -> crate::sqs::BoxFuture<'static, Invocati
 impl Target {
     /// Sets a target up: `lambda` is the Lambda client (for `lambda` targets), `region` names
     /// the function for `runtime-api` workers, which start here, and is the default SigV4
-    /// region; `credentials` sign `http` requests when `sigv4_service` is set; `metrics` are
+    /// region; `aws` signs `http` requests when `sigv4_service` is set; `metrics` are
     /// the pipeline's.
     ///
     /// # Errors
@@ -75,20 +75,14 @@ impl Target {
         lambda: &aws_sdk_lambda::Client,
         metrics: &PipelineMetrics,
         region: &str,
-        credentials: Option<&aws_credential_types::provider::SharedCredentialsProvider>,
+        aws: &crate::aws::Aws,
     ) -> std::io::Result<Self> {
         let pipeline = &metrics.pipeline;
         let overflows = metrics.worker_output_overflows.clone();
         Ok(match &cfg.kind {
             TargetKind::Http { url } => {
                 let signer = match &cfg.http.sigv4 {
-                    Some(s) => Some(http::Signer {
-                        service: s.service.clone(),
-                        region: s.region.clone().unwrap_or_else(|| region.to_string()),
-                        credentials: credentials.cloned().ok_or_else(|| {
-                            std::io::Error::other("target.sigv4_service is set but no AWS credentials are configured")
-                        })?,
-                    }),
+                    Some(s) => Some(aws.request_signer(&s.service, s.region.as_deref().unwrap_or(region))),
                     None => None,
                 };
                 Target::Http(http::HttpTarget::new(url, &cfg.http, signer, overflows).map_err(std::io::Error::other)?)

@@ -8,6 +8,7 @@
 
 pub mod proxy;
 pub mod sigv4;
+pub mod strict_aws;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,13 +39,16 @@ pub struct Sqs {
 
 impl Sqs {
     /// sqs-poller's own client for the hot calls (`src/sqs_json.rs`), pointed at this emulator.
-    pub async fn json_client(&self) -> std::sync::Arc<sqs_poller::sqs_json::JsonClient> {
+    pub async fn json_client(&self) -> std::sync::Arc<sqs_poller::aws::sqs_json::JsonClient> {
         let credentials = aws_credential_types::Credentials::new("test", "test", None, None, "test");
         let shared = aws_config::SdkConfig::builder()
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(credentials))
             .build();
-        sqs_poller::sqs_json::JsonClient::new(&shared, Some(&self.endpoint), "us-east-1").await.unwrap()
+        let settings =
+            sqs_poller::aws::Settings { sqs_endpoint_url: Some(self.endpoint.clone()), ..Default::default() };
+        let aws = sqs_poller::aws::Aws::from_shared(shared, settings, "us-east-1".into());
+        sqs_poller::aws::sqs_json::JsonClient::new(&aws).await.unwrap()
     }
 }
 
@@ -437,16 +441,32 @@ pub fn spawn_poller_with_env(
         endpoint
     );
     let text = format!("{header}{pipelines}");
+    let mut env: Vec<(&str, &str)> = env.to_vec();
+    env.insert(0, ("AWS_ACCESS_KEY_ID", "test"));
+    env.insert(1, ("AWS_SECRET_ACCESS_KEY", "test"));
+    spawn_poller_config(&header, &text, &env, &[])
+}
+
+/// Starts the binary on the whole configuration `text` (`header`: its part before the
+/// pipelines) with exactly the AWS environment given: `env` set, `remove` unset, and no
+/// credentials unless `env` names them.
+pub fn spawn_poller_config(header: &str, text: &str, env: &[(&str, &str)], remove: &[&str]) -> Poller {
+    let header = header.to_string();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("poller.toml");
     std::fs::write(&config, text).unwrap();
     let log = dir.path().join("poller.log");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller"));
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"]
+        .iter()
+        .chain(remove)
+    {
+        command.env_remove(name);
+    }
+    let child = command
         .arg("run")
         .arg("--config")
         .arg(&config)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stdout(Stdio::null())

@@ -45,11 +45,23 @@ pub fn verify(
     token: Option<&str>,
     payload_header: bool,
 ) -> Result<Authorization, String> {
+    verify_with_secret(url, headers, body, "test", token, payload_header)
+}
+
+/// As [`verify`], with the key's `secret`.
+pub fn verify_with_secret(
+    url: &str,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+    secret: &str,
+    token: Option<&str>,
+    payload_header: bool,
+) -> Result<Authorization, String> {
     use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
     let auth = authorization(headers)?;
     let date = headers.get("x-amz-date").ok_or("no x-amz-date")?;
     let identity =
-        aws_credential_types::Credentials::new(&auth.access_key, "test", token.map(str::to_string), None, "t").into();
+        aws_credential_types::Credentials::new(&auth.access_key, secret, token.map(str::to_string), None, "t").into();
     let mut settings = SigningSettings::default();
     if payload_header {
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;

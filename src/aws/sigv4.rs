@@ -39,9 +39,9 @@ pub struct CachedSigV4 {
 }
 
 impl CachedSigV4 {
-    /// Signs for `service` in `region` (the client's region).
-    pub fn new(region: impl Into<String>, service: &'static str) -> Self {
-        CachedSigV4 { signer: CachedSigner::new(region, service) }
+    /// Signs for `service` in `region` (the client's region) at `clock`'s time.
+    pub fn new(region: impl Into<String>, service: &'static str, clock: super::Clock) -> Self {
+        CachedSigV4 { signer: CachedSigner::new(region, service, clock) }
     }
 }
 
@@ -59,12 +59,14 @@ impl AuthScheme for CachedSigV4 {
     }
 }
 
-/// The signer itself, for clients that sign their own requests ([`crate::sqs_json`]).
+/// The signer itself, for clients that sign their own requests ([`super::sqs_json`]).
 #[derive(Debug)]
 pub struct CachedSigner {
     region: String,
     service: &'static str,
     key: Mutex<Option<SigningKey>>,
+    /// The process clock (AWS's time): what the SDK's requests are signed at.
+    clock: super::Clock,
 }
 
 /// A derived signing key and what it was derived from.
@@ -86,11 +88,12 @@ impl Sign for CachedSigner {
         request: &mut HttpRequest,
         identity: &Identity,
         _auth_scheme_endpoint_config: AuthSchemeEndpointConfig<'_>,
-        runtime_components: &RuntimeComponents,
+        _runtime_components: &RuntimeComponents,
         _config_bag: &ConfigBag,
     ) -> Result<(), BoxError> {
         let creds = identity.data::<Credentials>().ok_or("SigV4 signing needs AWS credentials")?;
-        let now = runtime_components.time_source().unwrap_or_default().now();
+        // the process clock, corrected by the skew every AWS answer teaches it
+        let now = self.clock.now();
         let headers: Vec<(&str, &str)> = request.headers().iter().collect();
         let signed = self.sign(request.method(), request.uri(), &headers, request.body().bytes(), creds, now)?;
         for (name, value) in signed {
@@ -105,8 +108,8 @@ pub type SignatureHeaders = Vec<(&'static str, String)>;
 
 impl CachedSigner {
     /// Signs for `service` in `region`.
-    pub fn new(region: impl Into<String>, service: &'static str) -> Self {
-        CachedSigner { region: region.into(), service, key: Mutex::new(None) }
+    pub fn new(region: impl Into<String>, service: &'static str, clock: super::Clock) -> Self {
+        CachedSigner { region: region.into(), service, key: Mutex::new(None), clock }
     }
 
     /// The signature headers of a request (`body`: `None` when it is not in memory): from the fast
@@ -361,7 +364,7 @@ mod tests {
 
     #[test]
     fn signatures_equal_the_sdk_signers_across_days_credentials_and_requests() {
-        let signer = CachedSigV4::new("eu-west-1", "sqs").signer;
+        let signer = CachedSigV4::new("eu-west-1", "sqs", crate::aws::Clock::default()).signer;
         let plain = Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None, None, "t");
         let session = Credentials::new("ASIAEXAMPLE", "other/secret+key", Some("token==/+".into()), None, "t");
         let receive = br#"{"QueueUrl":"https://sqs.eu-west-1.amazonaws.com/123456789012/q","MaxNumberOfMessages":10}"#;
@@ -400,7 +403,7 @@ mod tests {
 
     #[test]
     fn the_signing_key_is_derived_again_for_a_new_day_or_secret() {
-        let signer = CachedSigV4::new("eu-west-1", "sqs").signer;
+        let signer = CachedSigV4::new("eu-west-1", "sqs", crate::aws::Clock::default()).signer;
         let day1 = utc(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000)).0;
         let day2 = utc(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_086_400)).0;
         let a = signer.key_for("secret-a", day1);
@@ -420,7 +423,7 @@ mod tests {
 
     #[test]
     fn requests_outside_the_fast_path_are_left_to_aws_sigv4() {
-        let signer = CachedSigV4::new("eu-west-1", "sqs").signer;
+        let signer = CachedSigV4::new("eu-west-1", "sqs", crate::aws::Clock::default()).signer;
         let creds = Credentials::new("AKID", "secret", None, None, "t");
         let now = SystemTime::UNIX_EPOCH;
         for uri in ["https://h/?Action=ReceiveMessage", "https://h/a%20b", "https://h/a/../b", "https://h//a"] {

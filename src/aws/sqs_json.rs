@@ -6,8 +6,11 @@
 //! request state, response deserializers building every field) cost more CPU per request than
 //! everything sqs-poller does per message (`bench/RESULTS.md`). The wire format is SQS's
 //! documented JSON protocol, the same bytes the SDK sends; the endpoint is resolved by the SDK's
-//! own endpoint rules, credentials come from the SDK's provider chain (cached until five minutes
-//! before they expire), and answers become the SDK's types, so every stage above is unchanged.
+//! own endpoint rules with the endpoint URL the SDK client gets ([`super::Aws::sqs_endpoint_url`]),
+//! credentials come from the process's cache ([`super::CredentialsCache`]), requests are signed
+//! with the skew-corrected clock and every answer's `Date` teaches it ([`super::Clock`]), errors
+//! are read as the SDK reads them ([`super::errors`]), and answers become the SDK's types, so
+//! every stage above is unchanged.
 //! The other calls (GetQueueAttributes, SendMessage) stay on the SDK; [`crate::sqs::SqsClients`]
 //! carries both clients to every queue, the tools' included.
 
@@ -15,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use aws_sdk_sqs::types::{BatchResultErrorEntry, Message, MessageAttributeValue, MessageSystemAttributeName};
 use bytes::Bytes;
@@ -24,11 +26,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde::{Deserialize, Serialize};
 
-use crate::sigv4::CachedSigner;
-use crate::sqs::{SqsError, SqsErrorKind};
-
-/// Credentials are fetched again this long before they expire.
-const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+use super::errors::{parse_json_error, SqsError, SqsErrorKind};
+use super::sigv4::CachedSigner;
+use super::{Clock, CredentialsCache};
 
 /// Sends the hot SQS calls of every queue of the service.
 pub struct JsonClient {
@@ -36,8 +36,8 @@ pub struct JsonClient {
     /// Where requests go: `https://sqs.REGION.amazonaws.com/`, or `[aws] endpoint_url` with `/`.
     uri: String,
     signer: CachedSigner,
-    credentials: Option<SharedCredentialsProvider>,
-    cached: tokio::sync::Mutex<Option<Credentials>>,
+    credentials: CredentialsCache,
+    clock: Clock,
     user_agent: String,
 }
 
@@ -48,40 +48,45 @@ impl std::fmt::Debug for JsonClient {
 }
 
 impl JsonClient {
-    /// A client for `region`, resolving the endpoint as the SDK does (`endpoint_url` when set,
-    /// FIPS and dual-stack settings of the shared configuration).
+    /// The client of the AWS edge `aws`: its region, its endpoint as the SDK resolves it
+    /// (`[aws]`, `AWS_ENDPOINT_URL_SQS`, a profile's `services`, `endpoint_url`, FIPS and
+    /// dual-stack), its credentials and its clock.
     ///
     /// # Errors
     /// When the endpoint cannot be resolved or the TLS configuration cannot be built.
-    pub async fn new(
-        shared: &aws_config::SdkConfig,
-        endpoint_url: Option<&str>,
-        region: &str,
-    ) -> anyhow::Result<Arc<JsonClient>> {
+    pub async fn new(aws: &super::Aws) -> anyhow::Result<Arc<JsonClient>> {
         use aws_sdk_sqs::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+        let region = aws.region.as_str();
         let params = Params::builder()
             .region(region)
-            .use_fips(shared.use_fips().unwrap_or(false))
-            .use_dual_stack(shared.use_dual_stack().unwrap_or(false))
-            .set_endpoint(endpoint_url.map(str::to_string).or_else(|| shared.endpoint_url().map(str::to_string)))
+            .use_fips(aws.shared.use_fips().unwrap_or(false))
+            .use_dual_stack(aws.shared.use_dual_stack().unwrap_or(false))
+            .set_endpoint(aws.sqs_endpoint_url())
             .build()?;
         let endpoint = DefaultResolver::new()
             .resolve_endpoint(&params)
             .await
             .map_err(|e| anyhow::anyhow!("cannot resolve the SQS endpoint for {region}: {e}"))?;
-        let connector = crate::dispatch::http::https_connector(&crate::config::HttpOptions::default())
-            .map_err(|e| anyhow::anyhow!("cannot set up TLS for SQS: {e}"))?;
+        let connector =
+            crate::net::https_connector(None, None).map_err(|e| anyhow::anyhow!("cannot set up TLS for SQS: {e}"))?;
         let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
+        let uri = format!("{}/", endpoint.url().trim_end_matches('/'));
+        tracing::debug!(endpoint = %uri, "SQS endpoint");
         Ok(Arc::new(JsonClient {
             http,
-            uri: format!("{}/", endpoint.url().trim_end_matches('/')),
-            signer: CachedSigner::new(region, "sqs"),
-            credentials: shared.credentials_provider(),
-            cached: tokio::sync::Mutex::new(None),
+            uri,
+            signer: CachedSigner::new(region, "sqs", aws.clock.clone()),
+            credentials: aws.credentials.clone(),
+            clock: aws.clock.clone(),
             user_agent: format!("sqs-poller/{}", env!("CARGO_PKG_VERSION")),
         }))
+    }
+
+    /// Where requests go.
+    pub fn endpoint(&self) -> &str {
+        &self.uri
     }
 
     /// One ReceiveMessage for up to 10 messages with every attribute; at most `limit` to answer.
@@ -151,23 +156,17 @@ impl JsonClient {
         failed_entries("ChangeMessageVisibilityBatch", &body)
     }
 
-    /// Credentials, from the cache while they are good for five more minutes.
+    /// Credentials from the process's cache.
     async fn credentials(&self, operation: &'static str) -> Result<Credentials, SqsError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref() {
-            if c.expiry().is_none_or(|e| e > SystemTime::now() + REFRESH_BEFORE_EXPIRY) {
-                return Ok(c.clone());
-            }
-        }
-        let Some(provider) = &self.credentials else {
-            return Err(unreachable_error(operation, "no AWS credentials are configured".into()));
-        };
-        let fresh = provider
-            .provide_credentials()
-            .await
-            .map_err(|e| unreachable_error(operation, format!("cannot load AWS credentials: {e}")))?;
-        *cached = Some(fresh.clone());
-        Ok(fresh)
+        self.credentials.get().await.map_err(|e| {
+            SqsError::new(
+                operation,
+                None,
+                format!("cannot load AWS credentials: {}", crate::net::error_chain(&e)),
+                SqsErrorKind::Connection,
+                true,
+            )
+        })
     }
 
     /// POSTs `request` as `AmazonSQS.<operation>` and returns the body of a 200 answer.
@@ -186,7 +185,7 @@ impl JsonClient {
             ("x-amzn-query-mode", "true"),
         ];
         let signature =
-            self.signer.sign("POST", &self.uri, &headers, Some(&body), &creds, SystemTime::now()).map_err(|e| {
+            self.signer.sign("POST", &self.uri, &headers, Some(&body), &creds, self.clock.now()).map_err(|e| {
                 SqsError::new(
                     operation,
                     None,
@@ -205,12 +204,13 @@ impl JsonClient {
         let http_request = builder.body(Full::new(Bytes::from(body))).map_err(|e| {
             SqsError::new(operation, None, format!("cannot build the request: {e}"), SqsErrorKind::Rejected, false)
         })?;
+        let sent = SystemTime::now();
         let exchange = async {
             let response = self.http.request(http_request).await.map_err(|e| {
                 SqsError::new(
                     operation,
                     None,
-                    format!("cannot reach SQS at {}: {}", self.uri, crate::dispatch::http::error_chain(&e)),
+                    format!("cannot reach SQS at {}: {}", self.uri, crate::net::error_chain(&e)),
                     SqsErrorKind::Connection,
                     true,
                 )
@@ -233,46 +233,30 @@ impl JsonClient {
                 ))
             }
         };
+        let date = parts.headers.get("date").and_then(|v| v.to_str().ok());
+        self.clock.observe(sent, SystemTime::now(), date, parts.headers.contains_key("age"));
         if parts.status.is_success() {
             return Ok(body);
         }
-        Err(service_error(operation, parts.status, &parts.headers, &body))
+        Err(service_error(operation, parts.status, &parts.headers, &body, self.clock.skew_ms()))
     }
 }
 
-/// The error SQS answered with: the code of `x-amzn-query-error` (SQS's query-protocol codes,
-/// as the SDK reports them) or of `__type`, and its message.
+/// The error SQS answered with, its code and message read as the SDK reads them.
 fn service_error(
     operation: &'static str,
     status: hyper::StatusCode,
     headers: &hyper::HeaderMap,
     body: &[u8],
+    skew_ms: i64,
 ) -> SqsError {
-    #[derive(Deserialize, Default)]
-    struct ErrorBody {
-        #[serde(rename = "__type")]
-        kind: Option<String>,
-        #[serde(alias = "Message")]
-        message: Option<String>,
-    }
-    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
-    let query_code = headers
-        .get("x-amzn-query-error")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_string);
-    let type_code = parsed.kind.as_deref().map(|t| t.rsplit(['#', ':']).next().unwrap_or(t).to_string());
-    let code = query_code.filter(|c| !c.is_empty()).or(type_code);
-    let message = parsed.message.unwrap_or_else(|| format!("HTTP {status}"));
-    SqsError::answered(operation, code, format!("{message} (HTTP {})", status.as_u16()), status.is_server_error())
+    let (code, message) = parse_json_error(headers, body);
+    let message = message.unwrap_or_else(|| status.canonical_reason().unwrap_or("no message").to_string());
+    SqsError::answered(operation, code, &message, status.as_u16(), skew_ms)
 }
 
 fn bad_response(operation: &'static str, why: &str) -> SqsError {
     SqsError::new(operation, None, format!("an answer that cannot be read: {why}"), SqsErrorKind::BadResponse, true)
-}
-
-fn unreachable_error(operation: &'static str, message: String) -> SqsError {
-    SqsError::new(operation, None, message, SqsErrorKind::Connection, true)
 }
 
 fn failed_entries(operation: &'static str, body: &[u8]) -> Result<Vec<BatchResultErrorEntry>, SqsError> {
@@ -467,20 +451,21 @@ mod tests {
         let mut h = hyper::HeaderMap::new();
         let body =
             br#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#;
-        let e = service_error("ReceiveMessage", hyper::StatusCode::BAD_REQUEST, &h, body);
+        let e = service_error("ReceiveMessage", hyper::StatusCode::BAD_REQUEST, &h, body, 0);
         assert_eq!(
             (e.code.as_deref(), e.kind, e.is_retryable()),
             (Some("QueueDoesNotExist"), SqsErrorKind::Rejected, false)
         );
         assert!(e.message.contains("does not exist"));
         h.insert("x-amzn-query-error", "AWS.SimpleQueueService.RequestThrottled;Sender".parse().unwrap());
-        let e = service_error("ReceiveMessage", hyper::StatusCode::BAD_REQUEST, &h, b"{}");
+        let e = service_error("ReceiveMessage", hyper::StatusCode::BAD_REQUEST, &h, b"{}", 0);
         assert_eq!((e.kind, e.is_retryable()), (SqsErrorKind::Throttled, true));
         let e = service_error(
             "ReceiveMessage",
             hyper::StatusCode::SERVICE_UNAVAILABLE,
             &hyper::HeaderMap::new(),
             b"<html>",
+            0,
         );
         assert_eq!((e.kind, e.is_retryable()), (SqsErrorKind::ServerError, true));
     }

@@ -1,0 +1,17 @@
+//! SQS's own limits and the service's timeouts for talking to it, below every stage that
+//! uses them (config validation, the lease keeper, the SQS edge).
+
+use std::time::Duration;
+
+/// SQS's largest visibility timeout (and so the longest a receive can hide a message): 12 h.
+pub const MAX_VISIBILITY_SECS: u64 = 43_200;
+
+/// The most messages one ReceiveMessage returns.
+pub const RECEIVE_MAX: usize = 10;
+
+/// The largest batch event (Lambda's 6 MB payload limit for a synchronous invocation).
+pub const MAX_BATCH_BYTES: usize = 6_291_456;
+
+/// How long one attempt of an SQS request may take (plus the long poll, for a receive): a hung
+/// connection becomes a timeout error, retried like the others.
+pub const SQS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,221 @@
+//! The AWS edge against what only real AWS enforces, through the strict-AWS proxy
+//! (tests/common/strict_aws.rs): signatures checked with `aws-sigv4` against the key's own
+//! secret, session tokens bound to their key, expired keys refused, a clock that can be
+//! skewed, chosen error answers. The emulator behind it checks none of this.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::strict_aws::{Injection, StrictAws};
+use common::*;
+
+/// A `credential_process` whose every call prints a new key living `life_secs`, writes it to
+/// `DIR/keys.jsonl` (for the proxy) and counts its calls in `DIR/count`.
+fn rotating_credentials(dir: &Path, life_secs: u64) -> std::path::PathBuf {
+    let script = dir.join("creds.py");
+    std::fs::write(
+        &script,
+        format!(
+            r#"import datetime, json, os, sys
+d = {dir:?}
+count = os.path.join(d, "count")
+n = int(open(count).read()) if os.path.exists(count) else 0
+open(count, "w").write(str(n + 1))
+expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds={life_secs})
+key = {{"Version": 1, "AccessKeyId": "ASIAROTATING%d" % n, "SecretAccessKey": "secret-%d" % n,
+       "SessionToken": "token-%d" % n, "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+with open(os.path.join(d, "keys.jsonl"), "a") as f:
+    f.write(json.dumps(key) + "\n")
+print(json.dumps(key))
+"#,
+            dir = dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = dir.join("config");
+    std::fs::write(&config, format!("[default]\ncredential_process = python3 {}\n", script.display())).unwrap();
+    config
+}
+
+fn header(endpoint: Option<&str>) -> String {
+    let endpoint = endpoint.map(|e| format!("endpoint_url = \"{e}\"\n")).unwrap_or_default();
+    format!(
+        "[aws]\nregion = \"us-east-1\"\n{endpoint}[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[shutdown]\ngrace_period_secs = 5\n"
+    )
+}
+
+fn pipeline(queue: &str, worker: &str) -> String {
+    format!(
+        "[[pipelines]]\nname = \"p\"\nqueue_url = \"{queue}\"\n[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.target]\ntype = \"http\"\nurl = \"{worker}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_credentials_are_refreshed_ahead_of_expiry_never_per_request() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("rotating", &[]).await;
+    let proxy = StrictAws::start(&sqs.endpoint).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = rotating_credentials(dir.path(), 40);
+    proxy.set_keys_file(dir.path().join("keys.jsonl"));
+    let w = worker(|_| Reply::ok("")).await;
+    let h = header(Some(&proxy.url));
+    let mut p = spawn_poller_config(
+        &h,
+        &format!("{h}{}", pipeline(&queue, &w.url)),
+        &[("AWS_CONFIG_FILE", config.to_str().unwrap()), ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")],
+        &[],
+    );
+    p.wait_listening().await;
+    // 90 s of traffic: a few messages every second
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(90) {
+        let bodies: Vec<String> = (0..5).map(|i| format!("m{sent}-{i}")).collect();
+        sqs.send_bodies(&queue, &bodies).await;
+        sent += bodies.len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eventually("every message deleted", Duration::from_secs(30), || async {
+        p.metric("sqs_poller_messages_deleted_total{pipeline=\"p\"}").await >= sent as f64
+    })
+    .await;
+    let log = p.log_text();
+    p.stop().await;
+    let runs: usize = std::fs::read_to_string(dir.path().join("count")).unwrap().trim().parse().unwrap();
+    let s = proxy.state.lock().unwrap();
+    assert!(
+        s.rejected.is_empty(),
+        "requests the proxy refused: {:?}\nlog:\n{log}",
+        &s.rejected[..s.rejected.len().min(10)]
+    );
+    assert_eq!(s.expired, 0);
+    let requests = s.verified.len();
+    // 90 s of 40-second keys refreshed 10 s ahead: about one run per 30 s, not one per request
+    assert!(
+        (3..=6).contains(&runs),
+        "the credential process ran {runs} times for {requests} requests in 90 s\nlog:\n{log}"
+    );
+    assert!(requests > 100, "{requests}");
+    let times = w.times_delivered();
+    assert_eq!(times.len(), sent, "every message processed");
+    assert!(times.values().all(|&n| n == 1), "each once: {times:?}");
+    println!("{requests} requests in 90 s, the credential process ran {runs} times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_ten_minutes_off_is_corrected_after_one_rejected_attempt() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("skew", &[]).await;
+    let bodies: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    let proxy = StrictAws::start(&sqs.endpoint).await;
+    proxy.set_skew(600);
+    let w = worker(|_| Reply::ok("")).await;
+    let mut p = spawn_poller_with_env(&proxy.url, 5, "", &pipeline(&queue, &w.url), &[]);
+    p.wait_listening().await;
+    eventually("every message deleted", Duration::from_secs(30), || async {
+        p.metric("sqs_poller_messages_deleted_total{pipeline=\"p\"}").await >= 40.0
+    })
+    .await;
+    let log = p.log_text();
+    p.stop().await;
+    let s = proxy.state.lock().unwrap();
+    // the SDK client and the JSON client share one clock: at most one refusal each
+    assert!(
+        (1..=2).contains(&s.skew_rejections),
+        "{} requests refused for their clock: {:?}\nlog:\n{log}",
+        s.skew_rejections,
+        s.rejected
+    );
+    assert_eq!(s.rejected.len(), s.skew_rejections, "{:?}", s.rejected);
+    assert!(log.contains("the host clock differs from AWS's by"), "log:\n{log}");
+    assert_eq!(w.times_delivered().len(), 40);
+    assert_eq!(p_metric_text_dead_letters(&log), 0);
+    drop(s);
+    assert_eq!(sqs.counts(&queue).await, (0, 0));
+}
+
+/// Dead-letter moves named in the log (there must be none).
+fn p_metric_text_dead_letters(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("dead-letter")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_endpoint_url_sqs_receives_every_sqs_call() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("endpoint", &[]).await;
+    let bodies: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    let proxy = StrictAws::start(&sqs.endpoint).await;
+    let w = worker(|_| Reply::ok("")).await;
+    // no endpoint_url anywhere in the file: only the SDK's service-specific variable
+    let h = header(None);
+    let mut p = spawn_poller_config(
+        &h,
+        &format!("{h}{}", pipeline(&queue, &w.url)),
+        &[("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_ENDPOINT_URL_SQS", &proxy.url)],
+        &[],
+    );
+    p.wait_listening().await;
+    eventually("every message deleted", Duration::from_secs(30), || async {
+        p.metric("sqs_poller_messages_deleted_total{pipeline=\"p\"}").await >= 20.0
+    })
+    .await;
+    let log = p.log_text();
+    p.stop().await;
+    for op in ["GetQueueAttributes", "ReceiveMessage", "DeleteMessageBatch"] {
+        assert!(proxy.verified(op) > 0, "no {op} reached AWS_ENDPOINT_URL_SQS\nlog:\n{log}");
+    }
+    assert!(proxy.state.lock().unwrap().rejected.is_empty());
+    assert_eq!(sqs.counts(&queue).await, (0, 0));
+}
+
+fn kms(query_code: &str, type_name: &str, remaining: usize) -> Injection {
+    Injection {
+        operation: "ReceiveMessage".into(),
+        status: 400,
+        query_code: query_code.into(),
+        type_name: format!("com.amazonaws.sqs#{type_name}"),
+        remaining,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_throttling_is_a_throttle_and_kms_access_denied_makes_the_pipeline_not_ready() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("kms", &[]).await;
+    let bodies: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    let proxy = StrictAws::start(&sqs.endpoint).await;
+    proxy.inject(kms("KMS.ThrottlingException", "KmsThrottled", 3));
+    let w = worker(|_| Reply::ok("")).await;
+    let mut p = spawn_poller_with_env(&proxy.url, 5, "", &pipeline(&queue, &w.url), &[]);
+    p.wait_listening().await;
+    eventually("every message deleted after the throttling", Duration::from_secs(30), || async {
+        p.metric("sqs_poller_messages_deleted_total{pipeline=\"p\"}").await >= 10.0
+    })
+    .await;
+    let throttled =
+        p.metric("sqs_poller_sqs_errors_total{pipeline=\"p\",operation=\"ReceiveMessage\",kind=\"throttled\"}").await;
+    assert!(throttled >= 3.0, "KMS throttling counted as a throttle: {throttled}\n{}", p.metrics_text().await);
+
+    // a key the role may not use: nothing can be received, /readyz says so, the log names the code
+    proxy.inject(kms("KMS.AccessDeniedException", "KmsAccessDenied", usize::MAX));
+    let readyz = format!("{}/readyz", p.listen);
+    eventually("/readyz 503", Duration::from_secs(30), || async { matches!(http_get(&readyz).await, Some((503, _))) })
+        .await;
+    let log = p.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("cannot consume its queue") && l.contains("KMS.AccessDeniedException")),
+        "log:\n{log}"
+    );
+    proxy.clear_injections();
+    eventually("/readyz 200 again", Duration::from_secs(30), || async {
+        matches!(http_get(&readyz).await, Some((200, _)))
+    })
+    .await;
+    p.stop().await;
+}
