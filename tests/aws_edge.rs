@@ -122,19 +122,19 @@ async fn a_clock_ten_minutes_off_is_corrected_after_one_rejected_attempt() {
     .await;
     let log = p.log_text();
     p.stop().await;
-    let s = proxy.state.lock().unwrap();
+    let (skew_rejections, rejected) = {
+        let s = proxy.state.lock().unwrap();
+        (s.skew_rejections, s.rejected.clone())
+    };
     // the SDK client and the JSON client share one clock: at most one refusal each
     assert!(
-        (1..=2).contains(&s.skew_rejections),
-        "{} requests refused for their clock: {:?}\nlog:\n{log}",
-        s.skew_rejections,
-        s.rejected
+        (1..=2).contains(&skew_rejections),
+        "{skew_rejections} requests refused for their clock: {rejected:?}\nlog:\n{log}"
     );
-    assert_eq!(s.rejected.len(), s.skew_rejections, "{:?}", s.rejected);
+    assert_eq!(rejected.len(), skew_rejections, "{rejected:?}");
     assert!(log.contains("the host clock differs from AWS's by"), "log:\n{log}");
     assert_eq!(w.times_delivered().len(), 40);
     assert_eq!(p_metric_text_dead_letters(&log), 0);
-    drop(s);
     assert_eq!(sqs.counts(&queue).await, (0, 0));
 }
 

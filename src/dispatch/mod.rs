@@ -81,10 +81,11 @@ impl Target {
         let overflows = metrics.worker_output_overflows.clone();
         Ok(match &cfg.kind {
             TargetKind::Http { url } => {
-                let signer = match &cfg.http.sigv4 {
-                    Some(s) => Some(aws.request_signer(&s.service, s.region.as_deref().unwrap_or(region))),
-                    None => None,
-                };
+                let signer = cfg
+                    .http
+                    .sigv4
+                    .as_ref()
+                    .map(|s| aws.request_signer(&s.service, s.region.as_deref().unwrap_or(region)));
                 Target::Http(http::HttpTarget::new(url, &cfg.http, signer, overflows).map_err(std::io::Error::other)?)
             }
             TargetKind::Command { program, args } => {
