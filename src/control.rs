@@ -6,9 +6,6 @@
 //!   usual), so no receive count is spent while the worker is down.
 //! - [`Status`]: live figures for `GET /pipelines` (pollers, in-flight messages, the last error).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::SystemTime;
 
 use tokio::sync::watch;
 
@@ -72,37 +69,7 @@ impl Control {
     }
 }
 
-/// Live figures of one pipeline for the admin API.
-#[derive(Default)]
-pub struct Status {
-    pub pollers: AtomicUsize,
-    pub in_flight: AtomicUsize,
-    last_error: Mutex<Option<(SystemTime, String)>>,
-}
-
-impl Status {
-    pub fn set_last_error(&self, error: impl Into<String>) {
-        *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((SystemTime::now(), error.into()));
-    }
-
-    /// The last error and when it happened (seconds since the epoch).
-    pub fn last_error(&self) -> Option<(u64, String)> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .map(|(at, e)| (at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()), e.clone()))
-    }
-
-    pub fn pollers(&self) -> usize {
-        self.pollers.load(Ordering::Relaxed)
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-}
+pub use crate::metrics::Status;
 
 /// How often the health check runs, and how long one may take.
 pub const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

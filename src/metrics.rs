@@ -224,7 +224,7 @@ pub struct PipelineMetrics {
     /// `sqs_poller_paused`.
     pub paused: Gauge,
     /// Live figures for the admin API.
-    pub status: std::sync::Arc<crate::control::Status>,
+    pub status: std::sync::Arc<Status>,
     /// `sqs_requests_total` and `sqs_errors_total` of each of [`SQS_OPERATIONS`], resolved once.
     sqs_counters: std::sync::Arc<[SqsCounters; SQS_OPERATIONS.len()]>,
 }
@@ -233,8 +233,8 @@ pub struct PipelineMetrics {
 struct SqsCounters {
     ok: Counter,
     error: Counter,
-    /// By [`crate::sqs::SqsErrorKind::ALL`] order.
-    kinds: [Counter; crate::sqs::SqsErrorKind::ALL.len()],
+    /// By [`crate::aws::SqsErrorKind::ALL`] order.
+    kinds: [Counter; crate::aws::SqsErrorKind::ALL.len()],
 }
 
 /// `sqs_poller_queue_messages{state}` of one queue (`queue="source"` or `"dead_letter"`).
@@ -280,7 +280,7 @@ impl PipelineMetrics {
             SqsCounters {
                 ok: requests("ok"),
                 error: requests("error"),
-                kinds: crate::sqs::SqsErrorKind::ALL.map(|kind| {
+                kinds: crate::aws::SqsErrorKind::ALL.map(|kind| {
                     let c = metrics::counter!(SQS_ERRORS, "pipeline" => p.clone(), "operation" => op, "kind" => kind.as_str());
                     c.increment(0);
                     c
@@ -332,14 +332,14 @@ impl PipelineMetrics {
     }
 
     /// Counts one SQS request: `error` is what went wrong, if anything.
-    pub fn sqs_request(&self, operation: &'static str, error: Option<crate::sqs::SqsErrorKind>) {
+    pub fn sqs_request(&self, operation: &'static str, error: Option<crate::aws::SqsErrorKind>) {
         // the handles resolved at start-up: no labels built, no registry look-up per request
         if let Some(c) = SQS_OPERATIONS.iter().position(|op| *op == operation).map(|i| &self.sqs_counters[i]) {
             match error {
                 None => c.ok.increment(1),
                 Some(kind) => {
                     c.error.increment(1);
-                    let k = crate::sqs::SqsErrorKind::ALL.iter().position(|k| *k == kind).expect("ALL has every kind");
+                    let k = crate::aws::SqsErrorKind::ALL.iter().position(|k| *k == kind).expect("ALL has every kind");
                     c.kinds[k].increment(1);
                 }
             }
@@ -366,4 +366,36 @@ pub fn config_loaded(hash: &str, previous: Option<&str>) {
         metrics::gauge!(CONFIG_INFO, "hash" => previous.to_string()).set(0.0);
     }
     metrics::gauge!(CONFIG_INFO, "hash" => hash.to_string()).set(1.0);
+}
+
+/// Live figures of one pipeline for the admin API.
+#[derive(Default)]
+pub struct Status {
+    pub pollers: std::sync::atomic::AtomicUsize,
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    last_error: std::sync::Mutex<Option<(std::time::SystemTime, String)>>,
+}
+
+impl Status {
+    pub fn set_last_error(&self, error: impl Into<String>) {
+        *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::SystemTime::now(), error.into()));
+    }
+
+    /// The last error and when it happened (seconds since the epoch).
+    pub fn last_error(&self) -> Option<(u64, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(at, e)| (at.duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()), e.clone()))
+    }
+
+    pub fn pollers(&self) -> usize {
+        self.pollers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

@@ -1,6 +1,6 @@
 //! The three SQS calls on every message's path — ReceiveMessage, DeleteMessageBatch and
 //! ChangeMessageVisibilityBatch — sent as AWS JSON 1.0 requests straight over a hyper connection
-//! pool, signed by [`crate::sigv4::CachedSigner`].
+//! pool, signed by [`super::sigv4::CachedSigner`].
 //!
 //! Why not the SDK for these: its orchestrator (interceptors, layered configuration, type-erased
 //! request state, response deserializers building every field) cost more CPU per request than
@@ -11,7 +11,7 @@
 //! with the skew-corrected clock and every answer's `Date` teaches it ([`super::Clock`]), errors
 //! are read as the SDK reads them ([`super::errors`]), and answers become the SDK's types, so
 //! every stage above is unchanged.
-//! The other calls (GetQueueAttributes, SendMessage) stay on the SDK; [`crate::sqs::SqsClients`]
+//! The other calls (GetQueueAttributes, SendMessage) stay on the SDK; `sqs::SqsClients`
 //! carries both clients to every queue, the tools' included.
 
 use std::collections::HashMap;
