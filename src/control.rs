@@ -6,7 +6,6 @@
 //!   usual), so no receive count is spent while the worker is down.
 //! - [`Status`]: live figures for `GET /pipelines` (pollers, in-flight messages, the last error).
 
-
 use tokio::sync::watch;
 
 /// Why a pipeline does not receive.

@@ -57,6 +57,13 @@ async fn a_queue_that_does_not_exist_is_a_fatal_error_naming_it() {
     assert_eq!(status.code(), Some(1));
     let log = poller.log_text();
     assert!(log.contains("pipeline missing") && log.contains(&missing), "{log}");
+    // a person can read it: the operation, the code and the message, not the SDK's whole
+    // debug structure with the response headers (about 2 KB on one line before)
+    let fatal = log.lines().find(|l| l.contains("GetQueueAttributes failed")).unwrap_or_else(|| panic!("{log}"));
+    assert!(fatal.contains("NonExistentQueue") || fatal.contains("QueueDoesNotExist"), "{fatal}");
+    assert!(!fatal.contains("ErrorMetadata") && !fatal.contains("headers"), "{fatal}");
+    assert!(fatal.len() < 600, "{} bytes: {fatal}", fatal.len());
+    println!("the fatal line ({} bytes): {fatal}", fatal.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -456,7 +456,10 @@ pub fn spawn_poller_config(header: &str, text: &str, env: &[(&str, &str)], remov
     let config = dir.path().join("poller.toml");
     std::fs::write(&config, text).unwrap();
     let log = dir.path().join("poller.log");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller"));
+    // SQS_POLLER_TEST_BIN runs the end-to-end tests against another build (an earlier commit's,
+    // to see a test fail before its fix)
+    let bin = std::env::var("SQS_POLLER_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sqs-poller").to_string());
+    let mut command = tokio::process::Command::new(bin);
     for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"]
         .iter()
         .chain(remove)
