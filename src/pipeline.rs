@@ -153,7 +153,13 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
     let fleet = tokio::spawn(
         Fleet {
             stage: Arc::new(PollerStage {
-                config: cfg.pollers.clone(),
+                // every receive asks for the visibility timeout the lease keeper schedules its
+                // extensions for, so the queue's attribute (which may change while the service
+                // runs) never decides how long a received message stays hidden
+                config: crate::config::PollerConfig {
+                    visibility_timeout: Some(found.visibility),
+                    ..cfg.pollers.clone()
+                },
                 queue: queue.clone(),
                 leases: leases.clone(),
                 intake,

@@ -1,0 +1,54 @@
+//! Issue 19, item 1: a queue whose `VisibilityTimeout` is lowered while the service runs. The
+//! lease keeper schedules its extensions for the visibility it found at start (300 s: the first
+//! extension at 150 s); receives used to send none, so SQS hid each message for the queue's new
+//! 6 s and a second instance took it again while the first was still working on it. Receives
+//! now always ask for the visibility the lease keeper schedules for.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_the_queues_visibility_timeout_while_running_delivers_nothing_twice() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("vis-change", &[(QueueAttributeName::VisibilityTimeout, "300")]).await;
+    // batches that take 14 s, longer than the queue's new visibility timeout
+    let w = worker(|_| Reply { delay: Duration::from_secs(14), ..Reply::ok("") }).await;
+    let pipeline =
+        http_pipeline("vis", &queue, &w.url, "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.batch]\nsize = 5\n");
+    let a = start_poller(&sqs, 5, &pipeline).await;
+    let b = start_poller(&sqs, 5, &pipeline).await;
+    sqs.client
+        .set_queue_attributes()
+        .queue_url(&queue)
+        .attributes(QueueAttributeName::VisibilityTimeout, "6")
+        .send()
+        .await
+        .unwrap();
+    let bodies: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    eventually("all 20 deleted", Duration::from_secs(90), || async {
+        a.metric("sqs_poller_messages_deleted_total{pipeline=\"vis\"}").await
+            + b.metric("sqs_poller_messages_deleted_total{pipeline=\"vis\"}").await
+            >= 20.0
+    })
+    .await;
+    let (log_a, log_b) = (a.log_text(), b.log_text());
+    a.stop().await;
+    b.stop().await;
+    let times = w.times_delivered();
+    let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    let recounted: usize = w
+        .deliveries()
+        .iter()
+        .flat_map(|d| d.records().clone())
+        .filter(|r| r["attributes"]["ApproximateReceiveCount"].as_str() != Some("1"))
+        .count();
+    assert_eq!(times.len(), 20, "every message processed");
+    assert!(twice.is_empty(), "processed more than once: {twice:?}\nlog a:\n{log_a}\nlog b:\n{log_b}");
+    assert_eq!(recounted, 0, "deliveries with a receive count above 1");
+    assert_eq!(sqs.counts(&queue).await, (0, 0));
+}
