@@ -97,7 +97,7 @@ impl PayloadStore {
     pub async fn fetch(&self, p: &S3Pointer) -> Result<Bytes, String> {
         let result = tokio::time::timeout(FETCH_TIMEOUT, async {
             let _slot = self.slots.acquire().await.map_err(|_| "the payload store is closed".to_string())?;
-            self.s3.get(&p.bucket, &p.key, self.max_bytes, FETCH_TIMEOUT).await.map_err(|e| match e {
+            self.s3.get(&p.bucket, &p.key, self.max_bytes).await.map_err(|e| match e {
                 crate::aws::s3::FetchError::TooLarge { max_bytes } => {
                     format!("s3://{}/{}: {e} (large_payloads.max_bytes is {max_bytes})", p.bucket, p.key)
                 }

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use bytes::{Bytes, BytesMut};
@@ -28,7 +27,6 @@ pub struct S3 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchError {
     TooLarge { max_bytes: usize },
-    TimedOut(Duration),
     Failed(String),
 }
 
@@ -36,7 +34,6 @@ impl std::fmt::Display for FetchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FetchError::TooLarge { max_bytes } => write!(f, "the object is larger than {max_bytes} bytes"),
-            FetchError::TimedOut(t) => write!(f, "not fetched within {} s", t.as_secs()),
             FetchError::Failed(why) => f.write_str(why),
         }
     }
@@ -104,18 +101,12 @@ impl S3 {
         Some(region)
     }
 
-    /// The object `bucket`/`key`, at most `max_bytes`, within `limit`.
+    /// The object `bucket`/`key`, at most `max_bytes` (the caller bounds the time:
+    /// [`crate::payload::FETCH_TIMEOUT`]).
     ///
     /// # Errors
-    /// [`FetchError`]: too large, timed out, or why S3 refused (code and message).
-    pub async fn get(&self, bucket: &str, key: &str, max_bytes: usize, limit: Duration) -> Result<Bytes, FetchError> {
-        match tokio::time::timeout(limit, self.get_unbounded(bucket, key, max_bytes)).await {
-            Ok(r) => r,
-            Err(_) => Err(FetchError::TimedOut(limit)),
-        }
-    }
-
-    async fn get_unbounded(&self, bucket: &str, key: &str, max_bytes: usize) -> Result<Bytes, FetchError> {
+    /// [`FetchError`]: too large, or why S3 refused (code and message).
+    pub async fn get(&self, bucket: &str, key: &str, max_bytes: usize) -> Result<Bytes, FetchError> {
         let mut region = self.region_of(bucket);
         let mut redirected = false;
         let out = loop {

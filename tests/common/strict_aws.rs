@@ -184,43 +184,35 @@ async fn handle(
     let now = state.lock().unwrap().now();
 
     // the signature, the key, its token and its expiry
-    let checked = (|| {
-        let auth = super::sigv4::authorization(&headers)?;
+    let checked = (|| -> Result<(), (&'static str, String)> {
+        let auth = super::sigv4::authorization(&headers).map_err(|e| ("MissingAuthenticationToken", e))?;
         let key = lookup(&state.lock().unwrap(), &auth.access_key)
-            .ok_or_else(|| ("InvalidClientTokenId", format!("unknown access key {}", auth.access_key)))
-            .map_err(|(c, m)| format!("{c}|{m}"))?;
+            .ok_or_else(|| ("InvalidClientTokenId", format!("unknown access key {}", auth.access_key)))?;
         if headers.get("x-amz-security-token") != key.token.as_ref() {
-            return Err(format!("InvalidClientTokenId|the session token does not belong to {}", auth.access_key));
+            return Err(("InvalidClientTokenId", format!("the session token does not belong to {}", auth.access_key)));
         }
         if key.token.is_some() && !auth.signed_headers.iter().any(|h| h == "x-amz-security-token") {
-            return Err("IncompleteSignature|the session token is not signed".into());
+            return Err(("IncompleteSignature", "the session token is not signed".into()));
         }
-        let signed_at =
-            super::sigv4::parse_amz_date(headers.get("x-amz-date").ok_or("MissingAuthenticationToken|no x-amz-date")?);
-        if let Some(expiry) = key.expiry {
-            if signed_at >= expiry {
-                return Err(format!("ExpiredToken|the key {} expired before the request was signed", auth.access_key));
-            }
+        let date = headers.get("x-amz-date").ok_or(("MissingAuthenticationToken", "no x-amz-date".to_string()))?;
+        let signed_at = super::sigv4::parse_amz_date(date);
+        if key.expiry.is_some_and(|expiry| signed_at >= expiry) {
+            return Err(("ExpiredToken", format!("the key {} expired before the request was signed", auth.access_key)));
         }
         let off = match now.duration_since(signed_at) {
             Ok(d) => d,
             Err(e) => e.duration(),
         };
         if off > Duration::from_secs(300) {
-            return Err(format!(
-                "SKEW|Signature expired: {} is now earlier than {} ({} - 5 min.)",
-                headers["x-amz-date"],
-                http_date(now),
-                http_date(now)
-            ));
+            let now = http_date(now);
+            return Err(("SKEW", format!("Signature expired: {date} is now earlier than {now} ({now} - 5 min.)")));
         }
         let url = format!("http://{}{}", headers["host"], parts.uri.path());
         super::sigv4::verify_with_secret(&url, &headers, &body, &key.secret, key.token.as_deref(), false)
-            .map_err(|e| format!("SignatureDoesNotMatch|{e}"))?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| ("SignatureDoesNotMatch", e))
     })();
-    if let Err(why) = checked {
-        let (code, message) = why.split_once('|').unwrap_or(("SignatureDoesNotMatch", &why));
+    if let Err((code, message)) = checked {
         let mut s = state.lock().unwrap();
         s.rejected.push(format!("{what}: {code}: {message}"));
         return match code {
@@ -231,14 +223,14 @@ async fn handle(
                     400,
                     "SignatureDoesNotMatch",
                     "com.amazon.coral.service#InvalidSignatureException",
-                    message,
+                    &message,
                 )
             }
             "ExpiredToken" => {
                 s.expired += 1;
-                error_response(now, 400, "ExpiredToken", "com.amazon.coral.service#ExpiredTokenException", message)
+                error_response(now, 400, "ExpiredToken", "com.amazon.coral.service#ExpiredTokenException", &message)
             }
-            c => error_response(now, 403, c, &format!("com.amazon.coral.service#{c}"), message),
+            c => error_response(now, 403, c, &format!("com.amazon.coral.service#{c}"), &message),
         };
     }
     // an injected error
