@@ -38,42 +38,48 @@ impl Intake {
         Intake { source, filter, leases, metrics, payloads: None, oldest_age_ms: AtomicU64::new(0) }
     }
 
-    /// Takes one receive on: leases its messages (with the room reserved for it), settles what
-    /// the filter rejects, and returns the messages that go on to the batcher, in receive order,
-    /// with how many were kept back by the filter (which are no demand for the autoscaler).
-    pub async fn take(&self, reservation: Reservation, messages: Vec<Message>) -> (Vec<ReceivedMessage>, usize) {
+    /// Takes one receive (sent at `sent_at`) on: leases its messages (with the room reserved for
+    /// it) — before anything else, so the lease covers the large-payload fetch and a duplicate
+    /// is not fetched at all —, resolves large payloads, settles what the filter rejects, and
+    /// returns the messages that go on to the batcher, in receive order, with how many were kept
+    /// back by the filter (which are no demand for the autoscaler).
+    pub async fn take(
+        &self,
+        reservation: Reservation,
+        messages: Vec<Message>,
+        sent_at: tokio::time::Instant,
+    ) -> (Vec<ReceivedMessage>, usize) {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let mut records = Vec::with_capacity(messages.len());
-        // large payloads: the record carries the real body (its room is reserved, its lease not yet
-        // taken: the receive's visibility timeout covers the fetch)
-        let resolved: Vec<crate::payload::Resolved> = match &self.payloads {
-            Some(store) => crate::payload::resolve(store, messages).await,
-            None => messages.into_iter().map(|m| (m, None, None)).collect(),
-        };
-        for (m, s3_object, unresolved) in resolved {
-            match ReceivedMessage::from_sqs(m, &self.source) {
-                Ok(mut m) => {
-                    if let Some(reason) = &unresolved {
-                        tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload could not be fetched; the message fails");
-                    }
-                    m.s3_object = s3_object;
-                    m.unresolved = unresolved;
-                    records.push(m);
-                }
-                // without an id or a receipt handle it cannot be leased, deleted or released
-                Err(e) => tracing::error!(pipeline = %self.metrics.pipeline, error = %e, "skipping a message"),
-            }
+        // without an id or a receipt handle a message cannot be leased, deleted or released
+        let (leasable, malformed): (Vec<Message>, Vec<Message>) =
+            messages.into_iter().partition(|m| m.message_id.is_some() && m.receipt_handle.is_some());
+        for m in &malformed {
+            let missing = if m.message_id.is_none() { "MessageId" } else { "ReceiptHandle" };
+            tracing::error!(pipeline = %self.metrics.pipeline, missing, "skipping a message SQS returned without its {missing}");
         }
-        self.metrics.received.increment(records.len() as u64);
-        let admissions =
-            self.leases.admit(reservation, records.iter().map(|m| (m.message_id.as_str(), m.receipt_handle.as_str())));
-        let mut pass = Vec::with_capacity(records.len());
+        self.metrics.received.increment(leasable.len() as u64);
+        let admissions = self.leases.admit(
+            reservation,
+            leasable.iter().map(|m| (m.message_id.as_deref().unwrap_or(""), m.receipt_handle.as_deref().unwrap_or(""))),
+            sent_at,
+        );
+        let new: Vec<Message> =
+            leasable.into_iter().zip(admissions).filter(|(_, a)| *a == Admission::New).map(|(m, _)| m).collect();
+        // large payloads: the record carries the real body
+        let resolved: Vec<crate::payload::Resolved> = match &self.payloads {
+            Some(store) => crate::payload::resolve(store, new).await,
+            None => new.into_iter().map(|m| (m, None, None)).collect(),
+        };
+        let mut pass = Vec::with_capacity(resolved.len());
         let mut rejected = Vec::new();
         let mut oldest_ms = 0;
-        for (m, admission) in records.into_iter().zip(admissions) {
-            if admission == Admission::Duplicate {
-                continue;
+        for (m, s3_object, unresolved) in resolved {
+            let mut m = ReceivedMessage::from_sqs(m, &self.source).expect("id and receipt handle checked above");
+            if let Some(reason) = &unresolved {
+                tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload could not be fetched; the message fails");
             }
+            m.s3_object = s3_object;
+            m.unresolved = unresolved;
             if let Some(sent) = m.sent_timestamp_ms {
                 let age_ms = now_ms.saturating_sub(sent);
                 oldest_ms = oldest_ms.max(age_ms);

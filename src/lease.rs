@@ -10,9 +10,20 @@
 //!   (never past SQS's 12 hours from the receive) and then lets the message go, counted.
 //! - **One copy.** A message id received again while leased replaces the receipt handle of the
 //!   lease and the new copy goes no further ([`Admission::Duplicate`]); every settlement uses the
-//!   newest handle.
+//!   newest handle. A lease counts from when its receive was *sent* (the earliest the message can
+//!   have been hidden), and never takes a handle from a receive older than the one it holds.
 //! - **Settling** (delete, retry after a backoff, release) goes through the keeper, which is the
-//!   only caller of `ChangeMessageVisibility`.
+//!   only caller of `ChangeMessageVisibility`. A settlement is sent only once no extension of
+//!   the same lease is in flight, so an extension can never land after it and hide again a
+//!   message that was let go.
+//! - **Rejections.** An answer that trying again cannot cure (`ReceiptHandleIsInvalid`,
+//!   `MessageNotInflight`, `InvalidParameterValue`) ends the calls for that lease at once:
+//!   counted by code in `sqs_poller_receipt_rejections_total`, logged once per call, not retried.
+//!   A rejected extension leaves the lease *lost*: no more extensions until a new receive of the
+//!   message renews it (the lease stays, so that receive is still recognised as a duplicate).
+//! - **Bounded rounds.** One heartbeat round of extensions takes at most a quarter of the
+//!   visibility timeout; rounds run side by side, so a slow one cannot hold back the leases that
+//!   fall due meanwhile.
 //!
 //! [`LeaseTable`] is the pure bookkeeping (time is an argument); [`LeaseKeeper`] adds SQS and room.
 
@@ -25,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::limits::MAX_VISIBILITY_SECS;
 use crate::metrics::PipelineMetrics;
-use crate::sqs::Queue;
+use crate::sqs::{EntryFailure, Queue};
 
 pub use crate::limits::RECEIVE_MAX;
 
@@ -44,15 +55,25 @@ struct Lease {
     visible_until: Instant,
     /// The maximum lease was reached: no more extensions.
     lapsed: bool,
+    /// SQS rejected an extension for good (the handle is no longer valid, the message no longer
+    /// in flight): no more extensions until a new receive renews the lease.
+    lost: bool,
     /// An extension failed: the next try waits until then.
     retry_at: Option<Instant>,
+    /// The heartbeat round whose extension of this lease is in flight.
+    extending: Option<u64>,
 }
 
 impl Lease {
-    /// Extending is worth trying at `now`: not lapsed, still invisible (a lease whose visibility
-    /// ran out waits for the message to be received again, which renews it), not backing off.
+    /// Extending is worth trying at `now`: not lapsed or lost, no extension in flight, still
+    /// invisible (a lease whose visibility ran out waits for the message to be received again,
+    /// which renews it), not backing off.
     fn extendable(&self, now: Instant) -> bool {
-        !self.lapsed && self.visible_until > now && self.retry_at.is_none_or(|t| t <= now)
+        !self.lapsed
+            && !self.lost
+            && self.extending.is_none()
+            && self.visible_until > now
+            && self.retry_at.is_none_or(|t| t <= now)
     }
 }
 
@@ -62,6 +83,8 @@ struct Ended {
     entries: Vec<(usize, String)>,
     /// The earliest visibility end among them.
     visible_until: Option<Instant>,
+    /// Heartbeat rounds with an extension of one of them in flight: the call waits for them.
+    rounds: Vec<u64>,
 }
 
 /// A settling call is not retried in the last second of the messages' invisibility.
@@ -93,11 +116,21 @@ pub struct LeaseTable {
     visibility: Duration,
     max_lease: Duration,
     leases: HashMap<String, Lease>,
+    /// The number of the next heartbeat round.
+    next_round: u64,
+    /// Rounds whose extensions have not all been answered.
+    rounds_in_flight: std::collections::BTreeSet<u64>,
 }
 
 impl LeaseTable {
     pub fn new(visibility: Duration, max_lease: Duration) -> Self {
-        LeaseTable { visibility, max_lease: max_lease.min(SQS_LEASE_LIMIT), leases: HashMap::new() }
+        LeaseTable {
+            visibility,
+            max_lease: max_lease.min(SQS_LEASE_LIMIT),
+            leases: HashMap::new(),
+            next_round: 0,
+            rounds_in_flight: std::collections::BTreeSet::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -108,15 +141,22 @@ impl LeaseTable {
         self.leases.is_empty()
     }
 
-    /// Takes a message received at `now` (made invisible for the visibility timeout).
-    pub fn admit(&mut self, message_id: &str, receipt_handle: &str, now: Instant) -> Admission {
-        let visible_until = now + self.visibility;
+    /// Takes a message returned by a receive sent at `sent_at` (SQS hid it for the visibility
+    /// timeout at some point after that, so the lease counts from there: never too late). A
+    /// message already leased keeps its lease; it takes the new receipt handle unless the lease
+    /// holds one from a later receive (a slow receive must not put back a handle SQS no longer
+    /// honours).
+    pub fn admit(&mut self, message_id: &str, receipt_handle: &str, sent_at: Instant) -> Admission {
+        let visible_until = sent_at + self.visibility;
         match self.leases.get_mut(message_id) {
             Some(lease) => {
-                lease.receipt_handle = receipt_handle.to_string();
-                lease.handle_received_at = now;
-                lease.visible_until = visible_until;
-                lease.retry_at = None;
+                if sent_at >= lease.handle_received_at {
+                    lease.receipt_handle = receipt_handle.to_string();
+                    lease.handle_received_at = sent_at;
+                    lease.visible_until = visible_until;
+                    lease.retry_at = None;
+                    lease.lost = false;
+                }
                 Admission::Duplicate
             }
             None => {
@@ -124,11 +164,13 @@ impl LeaseTable {
                     message_id.to_string(),
                     Lease {
                         receipt_handle: receipt_handle.to_string(),
-                        leased_at: now,
-                        handle_received_at: now,
+                        leased_at: sent_at,
+                        handle_received_at: sent_at,
                         visible_until,
                         lapsed: false,
+                        lost: false,
                         retry_at: None,
+                        extending: None,
                     },
                 );
                 Admission::New
@@ -143,12 +185,51 @@ impl LeaseTable {
 
     /// Ends a lease; returns its last receipt handle.
     pub fn end(&mut self, message_id: &str) -> Option<String> {
-        self.end_lease(message_id).map(|(rh, _)| rh)
+        self.end_lease(message_id).map(|(rh, _, _)| rh)
     }
 
-    /// Ends a lease: its last receipt handle and until when the message stays invisible.
-    fn end_lease(&mut self, message_id: &str) -> Option<(String, Instant)> {
-        self.leases.remove(message_id).map(|l| (l.receipt_handle, l.visible_until))
+    /// Ends a lease: its last receipt handle, until when the message stays invisible, and the
+    /// heartbeat round with an extension of it in flight, if any.
+    fn end_lease(&mut self, message_id: &str) -> Option<(String, Instant, Option<u64>)> {
+        let l = self.leases.remove(message_id)?;
+        let round = l.extending.filter(|r| self.rounds_in_flight.contains(r));
+        Some((l.receipt_handle, l.visible_until, round))
+    }
+
+    /// Whether any of `rounds` still has extensions in flight.
+    fn any_in_flight(&self, rounds: &[u64]) -> bool {
+        rounds.iter().any(|r| self.rounds_in_flight.contains(r))
+    }
+
+    /// Starts a heartbeat round at `now`: the extensions due (see [`Self::due`]), marked in
+    /// flight under the returned round number until [`Self::round_done`], and the leases that
+    /// lapsed.
+    pub fn start_round(&mut self, now: Instant) -> (u64, Vec<Extension>, Vec<String>) {
+        let round = self.next_round;
+        self.next_round += 1;
+        let (due, lapsed) = self.due(now);
+        if !due.is_empty() {
+            self.rounds_in_flight.insert(round);
+            for e in &due {
+                if let Some(l) = self.leases.get_mut(&e.message_id) {
+                    l.extending = Some(round);
+                }
+            }
+        }
+        (round, due, lapsed)
+    }
+
+    /// A round's extensions were all answered (or given up): its leases may be extended and
+    /// settled again.
+    pub fn round_done(&mut self, round: u64, extensions: &[Extension]) {
+        self.rounds_in_flight.remove(&round);
+        for e in extensions {
+            if let Some(l) = self.leases.get_mut(&e.message_id) {
+                if l.extending == Some(round) {
+                    l.extending = None;
+                }
+            }
+        }
     }
 
     /// The extensions due at `now` (half the visibility timeout or less left), each for at most
@@ -203,12 +284,22 @@ impl LeaseTable {
         }
     }
 
+    /// Records that SQS rejected an extension for good: the lease is lost (not extended again)
+    /// until a new receive renews it.
+    pub fn extension_rejected(&mut self, e: &Extension) {
+        if let Some(lease) = self.leases.get_mut(&e.message_id) {
+            if lease.receipt_handle == e.receipt_handle {
+                lease.lost = true;
+            }
+        }
+    }
+
     /// When the next extension may be due (`now` or later).
     pub fn next_due(&self, now: Instant) -> Option<Instant> {
         let half = self.visibility / 2;
         self.leases
             .values()
-            .filter(|l| !l.lapsed && l.visible_until > now)
+            .filter(|l| !l.lapsed && !l.lost && l.extending.is_none() && l.visible_until > now)
             .map(|l| {
                 let due = l.visible_until.checked_sub(half).unwrap_or(now);
                 due.max(l.retry_at.unwrap_or(due)).max(now)
@@ -231,6 +322,11 @@ pub struct LeaseKeeper {
     table: Mutex<LeaseTable>,
     /// Woken when a lease is added, so the heartbeat plans its next tick.
     added: tokio::sync::Notify,
+    /// Woken when a receive whose answer was slow brought leases due sooner than the heartbeat
+    /// planned for, so that it plans again.
+    replan: tokio::sync::Notify,
+    /// Woken when a heartbeat round ends, for settlements waiting on its extensions.
+    round_ended: tokio::sync::Notify,
     /// Its grace period bounds the settling calls' retries.
     shutdown: crate::shutdown::Shutdown,
 }
@@ -253,6 +349,8 @@ impl LeaseKeeper {
             room: Arc::new(Semaphore::new(max_outstanding)),
             table: Mutex::new(LeaseTable::new(visibility, max_lease)),
             added: tokio::sync::Notify::new(),
+            replan: tokio::sync::Notify::new(),
+            round_ended: tokio::sync::Notify::new(),
             shutdown: crate::shutdown::Shutdown::default(),
         }
     }
@@ -290,18 +388,18 @@ impl LeaseKeeper {
         self.table().leases.keys().cloned().collect()
     }
 
-    /// Puts what one receive returned under lease: `(message id, receipt handle)` pairs. Returns,
-    /// per message, whether it is new (goes on) or a duplicate (stops here). The reservation's
-    /// room is kept for the new ones and the rest returned.
+    /// Puts what one receive (sent at `sent_at`) returned under lease: `(message id, receipt
+    /// handle)` pairs. Returns, per message, whether it is new (goes on) or a duplicate (stops
+    /// here). The reservation's room is kept for the new ones and the rest returned.
     pub fn admit<'a>(
         &self,
         reservation: Reservation,
         received: impl IntoIterator<Item = (&'a str, &'a str)>,
+        sent_at: Instant,
     ) -> Vec<Admission> {
-        let now = Instant::now();
         let admissions: Vec<Admission> = {
             let mut table = self.table();
-            let a = received.into_iter().map(|(id, rh)| table.admit(id, rh, now)).collect();
+            let a = received.into_iter().map(|(id, rh)| table.admit(id, rh, sent_at)).collect();
             self.metrics.in_flight_messages.set(table.len() as f64);
             self.metrics.status.in_flight.store(table.len(), std::sync::atomic::Ordering::Relaxed);
             a
@@ -318,8 +416,14 @@ impl LeaseKeeper {
             kept.forget();
         }
         drop(permit);
-        if new > 0 {
+        // a new lease, or a lost one renewed by this receive: the heartbeat plans again. A
+        // lease falls due half a visibility timeout after its receive was sent, which is later
+        // than any wake the heartbeat planned unless the answer took long: then it re-plans.
+        if !admissions.is_empty() {
             self.added.notify_one();
+            if sent_at.elapsed() > self.spacing() {
+                self.replan.notify_one();
+            }
         }
         admissions
     }
@@ -331,11 +435,12 @@ impl LeaseKeeper {
     /// is about to end.
     fn end(&self, ids: &[&str]) -> Ended {
         let mut table = self.table();
-        let mut ended = Ended { entries: Vec::with_capacity(ids.len()), visible_until: None };
+        let mut ended = Ended { entries: Vec::with_capacity(ids.len()), visible_until: None, rounds: Vec::new() };
         for (i, id) in ids.iter().enumerate() {
-            if let Some((rh, until)) = table.end_lease(id) {
+            if let Some((rh, until, round)) = table.end_lease(id) {
                 ended.entries.push((i, rh));
                 ended.visible_until = Some(ended.visible_until.map_or(until, |u: Instant| u.min(until)));
+                ended.rounds.extend(round.filter(|r| !ended.rounds.contains(r)));
             }
         }
         self.metrics.in_flight_messages.set(table.len() as f64);
@@ -354,41 +459,89 @@ impl LeaseKeeper {
         }
     }
 
-    /// Runs a settling call over `n` entries until each succeeded or the deadline (re-read each
-    /// round: a shutdown shortens it) has passed. `call` gets the positions still pending and
-    /// returns those (of the ones it got) that failed. Returns the positions that never succeeded.
+    /// Waits until no extension of the ended leases is in flight (a round takes at most
+    /// [`Self::round_limit`]), so that the settlement is the last call SQS sees for them.
+    async fn after_extensions(&self, ended: &Ended) {
+        if ended.rounds.is_empty() {
+            return;
+        }
+        loop {
+            let ended_round = self.round_ended.notified();
+            tokio::pin!(ended_round);
+            ended_round.as_mut().enable();
+            if !self.table().any_in_flight(&ended.rounds) {
+                return;
+            }
+            ended_round.await;
+        }
+    }
+
+    /// Counts and logs (once per call) entries SQS rejected for good.
+    fn rejected(&self, call: &'static str, rejections: &[EntryFailure]) {
+        if rejections.is_empty() {
+            return;
+        }
+        let mut by_code: Vec<(&'static str, usize)> = Vec::new();
+        for r in rejections {
+            let label = r.code_label();
+            match by_code.iter_mut().find(|(c, _)| *c == label) {
+                Some((_, n)) => *n += 1,
+                None => by_code.push((label, 1)),
+            }
+        }
+        for (code, n) in &by_code {
+            self.metrics.receipt_rejected(call, code, *n as u64);
+        }
+        let codes: Vec<String> = by_code.iter().map(|(c, n)| format!("{c}×{n}")).collect();
+        let first = &rejections[0].code;
+        tracing::warn!(pipeline = %self.pipeline, call, messages = rejections.len(), codes = %codes.join(","), first_code = %first, "SQS rejected receipt handles for good; not retried (the messages come back when their visibility timeout ends, if SQS still holds them)");
+    }
+
+    /// Runs a settling call over `n` entries until each succeeded, was rejected for good, or the
+    /// deadline (re-read each round: a shutdown shortens it) has passed. `call` gets the
+    /// positions still pending and returns the failures among them (indexes into what it got).
+    /// Returns the positions that never succeeded.
     async fn settle_with_retries<F, Fut>(
         &self,
         what: &'static str,
+        call_name: &'static str,
         n: usize,
         deadline: impl Fn() -> Instant,
         call: F,
     ) -> Vec<usize>
     where
         F: Fn(Vec<usize>) -> Fut,
-        Fut: std::future::Future<Output = Vec<usize>>,
+        Fut: std::future::Future<Output = Vec<EntryFailure>>,
     {
+        if n == 0 {
+            return Vec::new();
+        }
         let mut pending: Vec<usize> = (0..n).collect();
+        let mut given_up: Vec<usize> = Vec::new();
         let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         let mut first = true;
         loop {
             // the first call is made whatever the messages' visibility; only shutdown cuts it short
             let invisible_until = (!first).then(&deadline);
             first = false;
-            let failed = tokio::select! {
+            let all = || (0..pending.len()).map(|i| EntryFailure::retryable(i, "cut short")).collect();
+            let failed: Vec<EntryFailure> = tokio::select! {
                 failed = call(pending.clone()) => failed,
-                () = self.shutdown.settle_cutoff() => (0..pending.len()).collect(),
-                () = async { tokio::time::sleep_until(invisible_until.expect("checked")).await }, if invisible_until.is_some() => {
-                    (0..pending.len()).collect()
-                }
+                () = self.shutdown.settle_cutoff() => all(),
+                () = async { tokio::time::sleep_until(invisible_until.expect("checked")).await }, if invisible_until.is_some() => all(),
             };
-            pending = failed.into_iter().filter_map(|k| pending.get(k).copied()).collect();
+            let (rejections, retry): (Vec<EntryFailure>, Vec<EntryFailure>) =
+                failed.into_iter().filter(|f| f.index < pending.len()).partition(|f| f.permanent);
+            self.rejected(call_name, &rejections);
+            given_up.extend(rejections.iter().map(|f| pending[f.index]));
+            pending = retry.into_iter().map(|f| pending[f.index]).collect();
             if pending.is_empty() {
-                return pending;
+                return given_up;
             }
             let delay = backoff.next_delay();
             if Instant::now() + delay >= deadline() {
-                return pending;
+                given_up.extend(pending);
+                return given_up;
             }
             tracing::warn!(pipeline = %self.pipeline, messages = pending.len(), retry_in_ms = delay.as_millis() as u64, "could not {what}; trying again while the messages are still invisible");
             tokio::time::sleep(delay).await;
@@ -407,8 +560,10 @@ impl LeaseKeeper {
     /// answer was lost succeeds again with the same receipt handle.
     pub async fn delete(&self, ids: &[&str]) -> Vec<usize> {
         let ended = self.end(ids);
+        self.after_extensions(&ended).await;
         let failed = self
             .settle_with_retries(
+                "delete",
                 "delete",
                 ended.entries.len(),
                 || self.settle_deadline(&ended),
@@ -433,10 +588,12 @@ impl LeaseKeeper {
     pub async fn let_go(&self, entries: &[(&str, i32)]) -> usize {
         let ids: Vec<&str> = entries.iter().map(|(id, _)| *id).collect();
         let ended = self.end(&ids);
+        self.after_extensions(&ended).await;
         let changes: Vec<(&str, i32)> = ended.entries.iter().map(|(i, rh)| (rh.as_str(), entries[*i].1)).collect();
         let failed = self
             .settle_with_retries(
                 "change the visibility of messages being let go",
+                "let_go",
                 changes.len(),
                 || self.settle_deadline(&ended),
                 |pending| {
@@ -460,32 +617,27 @@ impl LeaseKeeper {
     }
 
     /// Keeps every lease invisible until `stop` is cancelled. Extensions go out when half a
-    /// visibility timeout is left; a failed one is a warning and a counter.
+    /// visibility timeout is left; a failed one is a warning and a counter. Rounds run side by
+    /// side (a lease is in at most one), each bounded by [`Self::round_limit`].
     pub async fn heartbeat(&self, stop: tokio_util::sync::CancellationToken) {
-        // rounds are at least this far apart, so that a busy pipeline (a receive every few ms,
-        // each lease due at its own instant) scans its leases a few times a second, not per receive
-        let spacing = (self.visibility() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        use futures_util::StreamExt as _;
+        let spacing = self.spacing();
         let mut last_round = Instant::now();
+        let mut rounds = futures_util::stream::FuturesUnordered::new();
         loop {
             let next = self.table().next_due(Instant::now());
-            match next {
-                Some(due) => tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep_until(due.max(last_round + spacing)) => {}
-                },
+            let planned = next.map(|due| due.max(last_round + spacing));
+            tokio::select! {
+                () = stop.cancelled() => return,
+                Some(()) = rounds.next(), if !rounds.is_empty() => continue,
                 // nothing leased: wait for the first lease (a lease is never due sooner than
                 // half a visibility timeout after it is taken, so a planned wake stays right)
-                None => tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = self.added.notified() => continue,
-                },
+                () = self.added.notified(), if planned.is_none() => continue,
+                () = self.replan.notified() => continue,
+                () = async { tokio::time::sleep_until(planned.expect("checked")).await }, if planned.is_some() => {}
             }
             last_round = Instant::now();
-            tokio::select! {
-                () = self.extend_due() => {}
-                // an extension SQS does not answer must not hold the pipeline's end
-                () = stop.cancelled() => return,
-            }
+            rounds.push(self.extend_due());
         }
     }
 
@@ -493,10 +645,24 @@ impl LeaseKeeper {
         self.table().visibility
     }
 
-    /// One round of extensions.
+    /// Heartbeat rounds are at least this far apart, so that a busy pipeline (a receive every few
+    /// ms, each lease due at its own instant) scans its leases a few times a second, not per
+    /// receive.
+    fn spacing(&self) -> Duration {
+        (self.visibility() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
+    /// The longest one round of extensions may take: a quarter of the visibility timeout (the
+    /// extensions went out with half of it left), at least a second, at most SQS's attempt time.
+    fn round_limit(&self) -> Duration {
+        (self.visibility() / 4).clamp(Duration::from_secs(1), crate::limits::SQS_ATTEMPT_TIMEOUT)
+    }
+
+    /// One round of extensions, within [`Self::round_limit`]; the extensions not answered by then
+    /// count as failed (tried again a moment later).
     pub async fn extend_due(&self) {
         let now = Instant::now();
-        let (due, lapsed) = self.table().due(now);
+        let (round, due, lapsed) = self.table().start_round(now);
         if !lapsed.is_empty() {
             self.metrics.leases_expired.increment(lapsed.len() as u64);
             tracing::warn!(pipeline = %self.pipeline, messages = lapsed.len(), "messages reached lease.max_lease_secs (or SQS's 12-hour limit): no longer extended, they become visible when their visibility timeout ends");
@@ -504,22 +670,49 @@ impl LeaseKeeper {
         if due.is_empty() {
             return;
         }
+        // whatever ends this round (an answer, the limit, the heartbeat's stop), its leases are
+        // free to be settled and extended again
+        let _done = RoundDone { keeper: self, round, due: &due };
         let entries: Vec<(&str, i32)> = due.iter().map(|e| (e.receipt_handle.as_str(), e.visibility_secs)).collect();
-        let failed = self.queue.change_visibility(&entries).await;
+        let failed = tokio::time::timeout(self.round_limit(), self.queue.change_visibility(&entries))
+            .await
+            .unwrap_or_else(|_| (0..due.len()).map(|i| EntryFailure::retryable(i, "round limit")).collect());
+        let (rejections, retry): (Vec<EntryFailure>, Vec<EntryFailure>) =
+            failed.into_iter().filter(|f| f.index < due.len()).partition(|f| f.permanent);
         let mut table = self.table();
         for (k, e) in due.iter().enumerate() {
-            if failed.contains(&k) {
+            if rejections.iter().any(|f| f.index == k) {
+                table.extension_rejected(e);
+            } else if retry.iter().any(|f| f.index == k) {
                 table.extension_failed(e, now);
             } else {
                 table.extended(e, now);
             }
         }
         drop(table);
-        self.metrics.lease_extensions.increment((due.len() - failed.len()) as u64);
-        if !failed.is_empty() {
-            self.metrics.lease_extensions_failed.increment(failed.len() as u64);
-            tracing::warn!(pipeline = %self.pipeline, messages = failed.len(), "could not extend the visibility of leased messages; they may be delivered again");
+        let not_extended = rejections.len() + retry.len();
+        self.metrics.lease_extensions.increment((due.len() - not_extended) as u64);
+        self.rejected("extend", &rejections);
+        if not_extended > 0 {
+            self.metrics.lease_extensions_failed.increment(not_extended as u64);
         }
+        if !retry.is_empty() {
+            tracing::warn!(pipeline = %self.pipeline, messages = retry.len(), "could not extend the visibility of leased messages; trying again in a moment");
+        }
+    }
+}
+
+/// Marks a heartbeat round done when dropped, and wakes the settlements waiting for it.
+struct RoundDone<'a> {
+    keeper: &'a LeaseKeeper,
+    round: u64,
+    due: &'a [Extension],
+}
+
+impl Drop for RoundDone<'_> {
+    fn drop(&mut self) {
+        self.keeper.table().round_done(self.round, self.due);
+        self.keeper.round_ended.notify_waiters();
     }
 }
 
@@ -542,6 +735,27 @@ mod tests {
         assert_eq!(t.end("m").as_deref(), Some("rh2"));
         assert!(t.is_empty());
         assert_eq!(t.admit("m", "rh3", t0 + secs(50)), Admission::New, "after the lease ended it is new again");
+    }
+
+    #[test]
+    fn a_lease_never_takes_a_handle_older_than_the_one_it_holds() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(secs(30), secs(3600));
+        assert_eq!(t.admit("m", "rh2", t0 + secs(40)), Admission::New);
+        // the answer of an earlier receive, slow to arrive (a slow long poll, a slow fetch)
+        assert_eq!(t.admit("m", "rh1", t0), Admission::Duplicate);
+        assert_eq!(t.receipt_handle("m"), Some("rh2"), "the newer handle stays");
+        assert_eq!(t.next_due(t0 + secs(40)), Some(t0 + secs(55)), "counted from the newer receive");
+    }
+
+    #[test]
+    fn a_lease_counts_from_when_its_receive_was_sent() {
+        let sent = Instant::now();
+        let mut t = LeaseTable::new(secs(30), secs(3600));
+        t.admit("m", "rh", sent);
+        // admitted 20 s after the receive was sent: already due
+        assert_eq!(t.next_due(sent + secs(20)), Some(sent + secs(20)));
+        assert_eq!(t.due(sent + secs(20)).0.len(), 1);
     }
 
     #[test]
@@ -639,7 +853,7 @@ mod tests {
         // a receive of three, one of them seen twice (as a duplicate delivery would be)
         let mut with_duplicate = pairs.clone();
         with_duplicate.push(pairs[0]);
-        let admitted = keeper.admit(keeper.reserve().await, with_duplicate);
+        let admitted = keeper.admit(keeper.reserve().await, with_duplicate, Instant::now());
         assert_eq!(admitted.iter().filter(|a| **a == Admission::New).count(), 3);
         assert_eq!(admitted[3], Admission::Duplicate);
         assert_eq!(keeper.outstanding(), 3);

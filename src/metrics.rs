@@ -32,6 +32,7 @@ pub const MAX_OUTSTANDING: &str = "sqs_poller_max_outstanding_messages";
 pub const DUPLICATE_RECEIVES: &str = "sqs_poller_duplicate_receives_total";
 pub const LEASE_EXTENSIONS: &str = "sqs_poller_lease_extensions_total";
 pub const LEASES_EXPIRED: &str = "sqs_poller_leases_expired_total";
+pub const RECEIPT_REJECTIONS: &str = "sqs_poller_receipt_rejections_total";
 pub const THROTTLE_RELEASES: &str = "sqs_poller_throttle_released_messages_total";
 pub const LARGE_PAYLOADS: &str = "sqs_poller_large_payloads_total";
 pub const BATCHES_BISECTED: &str = "sqs_poller_batches_bisected_total";
@@ -138,6 +139,11 @@ fn describe() {
         LEASES_EXPIRED,
         Unit::Count,
         "Leases that reached lease.max_lease_secs (or SQS's 12-hour limit) and were no longer extended."
+    );
+    describe_counter!(
+        RECEIPT_REJECTIONS,
+        Unit::Count,
+        "Receipt handles SQS rejected for good in a delete, extension or let-go (call), by code (ReceiptHandleIsInvalid, MessageNotInflight, InvalidParameterValue, ..., other); not retried."
     );
     describe_counter!(
         THROTTLE_RELEASES,
@@ -329,6 +335,13 @@ impl PipelineMetrics {
             sqs_counters: std::sync::Arc::new(sqs_counters),
             pipeline: p,
         }
+    }
+
+    /// Counts `n` receipt handles SQS rejected for good in `call` (`delete`, `extend`, `let_go`)
+    /// with `code` (one of [`crate::sqs::PERMANENT_CODES`] or `other`: bounded labels).
+    pub fn receipt_rejected(&self, call: &'static str, code: &'static str, n: u64) {
+        metrics::counter!(RECEIPT_REJECTIONS, "pipeline" => self.pipeline.clone(), "call" => call, "code" => code)
+            .increment(n);
     }
 
     /// Counts one SQS request: `error` is what went wrong, if anything.

@@ -23,7 +23,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use tokio::time::Instant;
 
-use crate::sqs::{sqs_allows, BoxFuture, Queue, SqsError};
+use crate::sqs::{sqs_allows, BoxFuture, EntryFailure, Queue, SqsError};
 
 const TWELVE_HOURS: Duration = Duration::from_secs(43_200);
 
@@ -76,6 +76,8 @@ pub struct SimLog {
     pub injected_errors: u64,
     /// Sends refused, with the reason.
     pub refused_sends: Vec<String>,
+    /// Visibility changes carried out: when, the receipt handle, the seconds.
+    pub visibility_changes: Vec<(Instant, String, i32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -362,17 +364,17 @@ impl Queue for SimQueue {
         })
     }
 
-    fn delete<'a>(&'a self, receipts: &'a [&'a str]) -> BoxFuture<'a, Vec<usize>> {
+    fn delete<'a>(&'a self, receipts: &'a [&'a str]) -> BoxFuture<'a, Vec<EntryFailure>> {
         Box::pin(async move {
             self.latency().await;
             let mut st = self.state();
             if self.injected(&mut st, self.config.error_rate) {
-                return (0..receipts.len()).collect();
+                return (0..receipts.len()).map(|i| EntryFailure::retryable(i, "InternalError")).collect();
             }
             let mut failed = Vec::new();
             for (i, handle) in receipts.iter().enumerate() {
                 if self.injected(&mut st, self.config.entry_error_rate) {
-                    failed.push(i);
+                    failed.push(EntryFailure::retryable(i, "InternalError"));
                     continue;
                 }
                 match Self::current(&st, handle) {
@@ -396,32 +398,44 @@ impl Queue for SimQueue {
         })
     }
 
-    fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<usize>> {
+    fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<EntryFailure>> {
         Box::pin(async move {
             self.latency().await;
             let mut st = self.state();
             if self.injected(&mut st, self.config.error_rate) {
-                return (0..entries.len()).collect();
+                return (0..entries.len()).map(|i| EntryFailure::retryable(i, "InternalError")).collect();
             }
             let now = Instant::now();
             let mut failed = Vec::new();
+            let rejected = |index, code: &str| EntryFailure { index, code: code.to_string(), permanent: true };
             for (i, (handle, secs)) in entries.iter().enumerate() {
                 if self.injected(&mut st, self.config.entry_error_rate) {
-                    failed.push(i);
+                    failed.push(EntryFailure::retryable(i, "InternalError"));
                     continue;
                 }
                 let Some(seq) = Self::current(&st, handle) else {
-                    failed.push(i); // ReceiptHandleIsInvalid
+                    failed.push(rejected(i, "ReceiptHandleIsInvalid"));
                     continue;
                 };
                 let m = st.messages.get_mut(&seq).expect("current");
                 let until = now + Duration::from_secs((*secs).max(0) as u64);
-                if !m.in_flight(now) || until > m.handle_received_at + TWELVE_HOURS {
-                    failed.push(i); // MessageNotInflight, or past the 12-hour limit
+                if !m.in_flight(now) {
+                    failed.push(rejected(i, "MessageNotInflight"));
+                    continue;
+                }
+                if until > m.handle_received_at + TWELVE_HOURS {
+                    failed.push(rejected(i, "InvalidParameterValue"));
                     continue;
                 }
                 m.visible_at = until;
             }
+            st.log.visibility_changes.extend(
+                entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !failed.iter().any(|f| f.index == *i))
+                    .map(|(_, (h, secs))| (now, h.to_string(), *secs)),
+            );
             failed
         })
     }
@@ -480,7 +494,14 @@ mod tests {
         assert_eq!(second[0].attributes().unwrap()[&MessageSystemAttributeName::ApproximateReceiveCount], "2");
         assert!(q.delete(&[first[0].receipt_handle().unwrap()]).await.is_empty(), "answered success");
         assert_eq!(q.len(), 1, "but nothing was deleted");
-        assert_eq!(q.change_visibility(&[(first[0].receipt_handle().unwrap(), 5)]).await, vec![0]);
+        assert_eq!(
+            q.change_visibility(&[(first[0].receipt_handle().unwrap(), 5)])
+                .await
+                .iter()
+                .map(|f| (f.index, f.code.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(0, "ReceiptHandleIsInvalid")]
+        );
         assert!(q.delete(&[second[0].receipt_handle().unwrap()]).await.is_empty());
         assert!(q.is_empty());
     }
@@ -516,9 +537,18 @@ mod tests {
         let h = m[0].receipt_handle().unwrap();
         assert!(q.change_visibility(&[(h, 43_000)]).await.is_empty());
         tokio::time::sleep(Duration::from_secs(3600)).await;
-        assert_eq!(q.change_visibility(&[(h, 40_000)]).await, vec![0], "past 12 h from the receive");
+        let codes = |f: Vec<EntryFailure>| f.into_iter().map(|f| (f.index, f.code, f.permanent)).collect::<Vec<_>>();
+        assert_eq!(
+            codes(q.change_visibility(&[(h, 40_000)]).await),
+            vec![(0, "InvalidParameterValue".to_string(), true)],
+            "past 12 h from the receive"
+        );
         assert!(q.change_visibility(&[(h, 0)]).await.is_empty());
-        assert_eq!(q.change_visibility(&[(h, 10)]).await, vec![0], "not in flight any more");
+        assert_eq!(
+            codes(q.change_visibility(&[(h, 10)]).await),
+            vec![(0, "MessageNotInflight".to_string(), true)],
+            "not in flight any more"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,8 +7,9 @@
 //!   here — the poller owns its backoff.
 //! - `delete` and `change_visibility` take any number of entries, send them in chunks of 10
 //!   (concurrently), read the `Failed` list of every answer and retry the entries that failed for
-//!   a retryable reason a few times; they return the indexes that still failed. A delete that
-//!   finally fails is not fatal: the message is delivered again (at-least-once).
+//!   a retryable reason a few times; they return the entries that still failed, each with its
+//!   code and whether trying again could help ([`EntryFailure`]). A delete that finally fails is
+//!   not fatal: the message is delivered again (at-least-once).
 //! - Every request is counted in `sqs_poller_sqs_requests_total{operation,outcome}`.
 //!
 //! The SDK's own retries are off so that each request is counted and each operation has its
@@ -34,6 +35,48 @@ pub fn sqs_allows(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
+/// An entry of a delete or visibility change that SQS did not carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryFailure {
+    /// Index into the entries asked for.
+    pub index: usize,
+    /// SQS's code (`ReceiptHandleIsInvalid`, …), or the kind of failure when SQS gave none.
+    pub code: String,
+    /// Trying again cannot succeed: the receipt handle is no longer valid, the message is no
+    /// longer in flight, or SQS rejects the parameters (a sender fault).
+    pub permanent: bool,
+}
+
+impl EntryFailure {
+    /// A retryable failure without a code of its own (the request failed as a whole).
+    pub fn retryable(index: usize, code: impl Into<String>) -> Self {
+        EntryFailure { index, code: code.into(), permanent: false }
+    }
+
+    /// The code as a bounded metric label: one of [`PERMANENT_CODES`] or `other`.
+    pub fn code_label(&self) -> &'static str {
+        let code = self.code.rsplit('.').next().unwrap_or("");
+        PERMANENT_CODES.iter().find(|c| **c == code).copied().unwrap_or("other")
+    }
+}
+
+/// The codes with which SQS rejects a receipt handle or its parameters for good; the values of
+/// the `code` label of [`crate::metrics::RECEIPT_REJECTIONS`] (besides `other`).
+pub const PERMANENT_CODES: [&str; 5] = [
+    "ReceiptHandleIsInvalid",
+    "MessageNotInflight",
+    "InvalidParameterValue",
+    "InvalidParameterCombination",
+    "InvalidIdFormat",
+];
+
+/// Whether `code` (also in its query-compatible form, `AWS.SimpleQueueService.MessageNotInflight`)
+/// is one trying again cannot cure.
+pub fn is_permanent_code(code: &str) -> bool {
+    let code = code.rsplit('.').next().unwrap_or("");
+    PERMANENT_CODES.contains(&code)
+}
+
 /// One SQS queue as the pipeline's stages use it. Object-safe (boxed futures), so stages hold an
 /// `Arc<dyn Queue>` and the simulation can stand in for SQS.
 pub trait Queue: Send + Sync {
@@ -48,10 +91,10 @@ pub trait Queue: Send + Sync {
         &'a self,
         names: &'a [QueueAttributeName],
     ) -> BoxFuture<'a, Result<HashMap<String, String>, SqsError>>;
-    /// Deletes by receipt handle; the indexes that could not be deleted.
-    fn delete<'a>(&'a self, receipts: &'a [&'a str]) -> BoxFuture<'a, Vec<usize>>;
-    /// Sets visibility timeouts; the indexes that could not be changed.
-    fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<usize>>;
+    /// Deletes by receipt handle; the entries that could not be deleted.
+    fn delete<'a>(&'a self, receipts: &'a [&'a str]) -> BoxFuture<'a, Vec<EntryFailure>>;
+    /// Sets visibility timeouts; the entries that could not be changed.
+    fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<EntryFailure>>;
     /// Sends one message (the dead-letter path).
     fn send<'a>(
         &'a self,
@@ -81,10 +124,10 @@ impl Queue for SqsQueue {
     ) -> BoxFuture<'a, Result<HashMap<String, String>, SqsError>> {
         Box::pin(SqsQueue::attributes(self, names))
     }
-    fn delete<'a>(&'a self, receipts: &'a [&'a str]) -> BoxFuture<'a, Vec<usize>> {
+    fn delete<'a>(&'a self, receipts: &'a [&'a str]) -> BoxFuture<'a, Vec<EntryFailure>> {
         Box::pin(SqsQueue::delete(self, receipts))
     }
-    fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<usize>> {
+    fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<EntryFailure>> {
         Box::pin(SqsQueue::change_visibility(self, entries))
     }
     fn send<'a>(
@@ -264,8 +307,8 @@ impl SqsQueue {
         r
     }
 
-    /// Deletes by receipt handle; returns the indexes (into `receipts`) that could not be deleted.
-    pub async fn delete(&self, receipts: &[&str]) -> Vec<usize> {
+    /// Deletes by receipt handle; returns the entries that could not be deleted.
+    pub async fn delete(&self, receipts: &[&str]) -> Vec<EntryFailure> {
         self.batched("DeleteMessageBatch", receipts.len(), |idx| async move {
             let entries: Vec<(String, &str)> = idx.iter().map(|&i| (i.to_string(), receipts[i])).collect();
             self.json.delete_batch(&self.url, &entries, ATTEMPT_TIMEOUT).await
@@ -280,9 +323,9 @@ impl SqsQueue {
         self.change_visibility(&entries).await.len()
     }
 
-    /// Sets the visibility timeout of each `(receipt handle, seconds)`; returns the indexes that
+    /// Sets the visibility timeout of each `(receipt handle, seconds)`; returns the entries that
     /// could not be changed.
-    pub async fn change_visibility(&self, entries: &[(&str, i32)]) -> Vec<usize> {
+    pub async fn change_visibility(&self, entries: &[(&str, i32)]) -> Vec<EntryFailure> {
         self.batched("ChangeMessageVisibilityBatch", entries.len(), |idx| async move {
             let batch: Vec<(String, &str, i32)> =
                 idx.iter().map(|&i| (i.to_string(), entries[i].0, entries[i].1)).collect();
@@ -330,7 +373,7 @@ impl SqsQueue {
 
     /// Runs a batch operation over `n` entries in chunks of 10, concurrently, retrying the
     /// entries SQS reported as failed (or whole chunks whose request failed) when retryable.
-    async fn batched<F, Fut>(&self, operation: &'static str, n: usize, call: F) -> Vec<usize>
+    async fn batched<F, Fut>(&self, operation: &'static str, n: usize, call: F) -> Vec<EntryFailure>
     where
         F: Fn(Vec<usize>) -> Fut,
         Fut: Future<Output = Result<Vec<aws_sdk_sqs::types::BatchResultErrorEntry>, SqsError>>,
@@ -352,9 +395,10 @@ impl SqsQueue {
                             for f in failed {
                                 let Ok(i) = f.id.parse::<usize>() else { continue };
                                 // sender faults (an expired receipt handle, say) will not get better
-                                if f.sender_fault || attempt == BATCH_ATTEMPTS {
-                                    tracing::warn!(operation, code = %f.code, message = f.message.as_deref().unwrap_or(""), "batch entry failed");
-                                    given_up.push(i);
+                                let permanent = f.sender_fault || is_permanent_code(&f.code);
+                                if permanent || attempt == BATCH_ATTEMPTS {
+                                    tracing::debug!(operation, code = %f.code, message = f.message.as_deref().unwrap_or(""), "batch entry failed");
+                                    given_up.push(EntryFailure { index: i, code: f.code, permanent });
                                 } else {
                                     retry.push(i);
                                 }
@@ -369,13 +413,15 @@ impl SqsQueue {
                         }
                         Err(e) => {
                             tracing::warn!(operation, error = %e, "batch request failed, giving up");
-                            given_up.extend(pending);
+                            let permanent = !e.is_retryable() && e.code.as_deref().is_some_and(is_permanent_code);
+                            let code = e.code.clone().unwrap_or_else(|| e.kind.as_str().to_string());
+                            given_up.extend(pending.into_iter().map(|index| EntryFailure { index, code: code.clone(), permanent }));
                             return given_up;
                         }
                     }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
-                given_up.extend(pending);
+                given_up.extend(pending.into_iter().map(|i| EntryFailure::retryable(i, "retries exhausted")));
                 given_up
             }
         }))

@@ -202,6 +202,8 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
         // take messages, which would stay hidden for their visibility timeout. Only the end of the
         // grace period gives it up (it returns within wait_time_secs, or fails after
         // wait_time_secs + 10 s, unless SQS does not answer at all).
+        // the messages' visibility timeout starts somewhere in the receive: count it from here
+        let sent_at = Instant::now();
         let result = tokio::select! {
             r = stage.queue.receive(cfg.wait_time, cfg.visibility_timeout) => r,
             () = stage.abandon.cancelled() => {
@@ -215,7 +217,7 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
                 let n = messages.len();
                 // a bug in the intake must not leave these leased (and extended) with nobody to settle them
                 let ids: Vec<String> = messages.iter().filter_map(|m| m.message_id.clone()).collect();
-                let taken = AssertUnwindSafe(stage.intake.take(reservation, messages)).catch_unwind().await;
+                let taken = AssertUnwindSafe(stage.intake.take(reservation, messages, sent_at)).catch_unwind().await;
                 let Ok((received, kept)) = taken else {
                     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                     stage.leases.release(&ids).await;
