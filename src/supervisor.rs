@@ -10,7 +10,13 @@
 //! `[server]` and `[shutdown]` take effect at the next restart (logged).
 //!
 //! Each pipeline runs under a [`Shutdown::child`] of the service's: SIGTERM drains them all; a
-//! reload drains one.
+//! reload drains one. A pipeline still draining when a later reload names it again (removed,
+//! then added back; changed twice) is started with the newest settings once its drain ends —
+//! never mistaken for one that runs.
+//!
+//! A pipeline task that panics is a bug: the service drains the others and exits with code 1,
+//! naming the pipeline, so that the orchestrator restarts it — never a queue that silently
+//! stops being consumed while `/readyz` keeps its last answer.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -81,6 +87,8 @@ pub struct Supervisor {
     /// New settings for pipelines whose previous run is still draining.
     waiting: HashMap<String, PipelineConfig>,
     tasks: JoinSet<(String, Result<(), SqsError>)>,
+    /// The pipeline each task runs, to name a task that panicked.
+    task_names: HashMap<tokio::task::Id, String>,
     /// Of the file last loaded, for `sqs_poller_config_info`.
     hash: Option<String>,
 }
@@ -112,6 +120,7 @@ impl Supervisor {
             running: HashMap::new(),
             waiting: HashMap::new(),
             tasks: JoinSet::new(),
+            task_names: HashMap::new(),
             hash,
         }
     }
@@ -142,11 +151,15 @@ impl Supervisor {
         loop {
             tokio::select! {
                 Some(path) = next_reload(&mut reloads), if !self.shutdown.drain.is_cancelled() => self.reload(&path).await,
-                Some(joined) = self.tasks.join_next() => {
+                Some(joined) = self.tasks.join_next_with_id() => {
                     let (name, result) = match joined {
-                        Ok(r) => r,
+                        Ok((id, r)) => {
+                            self.task_names.remove(&id);
+                            r
+                        }
                         Err(e) => {
-                            tracing::error!(error = %e, "a pipeline task failed");
+                            let name = self.task_names.remove(&e.id()).unwrap_or_default();
+                            errors.push(self.panicked(&name, &e));
                             continue;
                         }
                     };
@@ -169,6 +182,22 @@ impl Supervisor {
 
     async fn wait_all(&mut self) {
         while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// A pipeline task panicked: its entry goes, the service drains the others and exits with an
+    /// error that names it.
+    fn panicked(&mut self, name: &str, e: &tokio::task::JoinError) -> String {
+        let what = if e.is_panic() { "panicked" } else { "was cancelled" };
+        let message = format!(
+            "pipeline {name}: its task {what} (a bug; please report it); stopping the service so that it is restarted"
+        );
+        tracing::error!(pipeline = %name, error = %e, "{message}");
+        self.running.remove(name);
+        self.waiting.remove(name);
+        self.health.forget(name);
+        self.registry.remove(name);
+        self.shutdown.begin(self.config.grace_period);
+        message
     }
 
     /// Starts one pipeline under a child of the service's shutdown.
@@ -222,7 +251,18 @@ impl Supervisor {
             },
         );
         let name = p.name.clone();
-        self.tasks.spawn(async move { (name, pipeline::run(parts).await) });
+        #[cfg(debug_assertions)]
+        let panic_for_test = std::env::var("SQS_POLLER_TEST_PANIC_PIPELINE").is_ok_and(|n| n == name);
+        let handle = self.tasks.spawn(async move {
+            // a fault-injection point for tests of the panic path, in debug builds only
+            #[cfg(debug_assertions)]
+            if panic_for_test {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                panic!("SQS_POLLER_TEST_PANIC_PIPELINE names this pipeline");
+            }
+            (name, pipeline::run(parts).await)
+        });
+        self.task_names.insert(handle.id(), p.name.clone());
         self.running.insert(p.name.clone(), Running { config: p.clone(), shutdown, from_reload });
         Ok(())
     }
@@ -298,7 +338,19 @@ impl Supervisor {
         }
         for p in &new.pipelines {
             match self.running.get(&p.name) {
-                Some(run) if same(&run.config, p) && !self.waiting.contains_key(&p.name) => unchanged += 1,
+                Some(run)
+                    if same(&run.config, p)
+                        && !self.waiting.contains_key(&p.name)
+                        && !run.shutdown.drain.is_cancelled() =>
+                {
+                    unchanged += 1;
+                }
+                // still draining from an earlier reload that removed it: it starts again once drained
+                Some(run) if run.shutdown.drain.is_cancelled() => {
+                    tracing::info!(pipeline = %p.name, "pipeline named again by the reload while it drains: it starts with these settings once drained");
+                    self.waiting.insert(p.name.clone(), p.clone());
+                    changed += 1;
+                }
                 Some(run) => {
                     tracing::info!(pipeline = %p.name, "pipeline changed by the reload: draining it to start it again with the new settings");
                     run.shutdown.begin(grace);

@@ -115,3 +115,53 @@ fn config_hashes(text: &str) -> Vec<(String, f64)> {
         })
         .collect()
 }
+
+/// A pipeline removed by one SIGHUP and named again by the next while it still drains (a batch
+/// of 4 s in flight) runs again once drained. Before, the second reload counted it unchanged
+/// and the queue silently stopped being consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_removed_and_added_back_within_one_drain_runs_again() {
+    let sqs = sqs().await;
+    let (queue, other) = (sqs.queue("reload-readd", &[]).await, sqs.queue("reload-readd-other", &[]).await);
+    let worker = worker(|_| Reply { delay: Duration::from_secs(4), ..Reply::ok("") }).await;
+    let (a, kept) = (pipeline("a", &queue, &worker.url, 10), pipeline("other", &other, &worker.url, 10));
+    let poller = start_poller(&sqs, 30, &[a.as_str(), &kept].concat()).await;
+    sqs.send_bodies(&queue, &["first".to_string()]).await;
+    eventually("the first batch reaches the worker", Duration::from_secs(20), || async {
+        !worker.deliveries().is_empty()
+    })
+    .await;
+    poller.rewrite(&kept);
+    poller.sighup();
+    poller.wait_metric("sqs_poller_config_reloads_total{outcome=\"ok\"}", 1.0, Duration::from_secs(10)).await;
+    poller.rewrite(&[a.as_str(), &kept].concat());
+    poller.sighup();
+    poller.wait_metric("sqs_poller_config_reloads_total{outcome=\"ok\"}", 2.0, Duration::from_secs(10)).await;
+    sqs.send_bodies(&queue, &["second".to_string()]).await;
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"a\"}", 2.0, Duration::from_secs(40)).await;
+    let log = poller.log_text();
+    assert!(log.contains("pipeline named again by the reload while it drains"), "{log}");
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}
+
+/// A pipeline task that panics (a bug, injected here through the debug build's
+/// `SQS_POLLER_TEST_PANIC_PIPELINE`) stops the service with code 1 naming it, the other
+/// pipeline drained. Before, the panic was skipped: the service ran on with that queue unread
+/// and `/readyz` still ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_task_that_panics_stops_the_service_with_code_1() {
+    let sqs = sqs().await;
+    let (a, b) = (sqs.queue("panic-a", &[]).await, sqs.queue("panic-b", &[]).await);
+    let worker = worker(|_| Reply::ok("")).await;
+    let pipelines = [pipeline("a", &a, &worker.url, 10), pipeline("b", &b, &worker.url, 10)].concat();
+    let mut poller =
+        spawn_poller_with_env(&sqs.endpoint, 10, "", &pipelines, &[("SQS_POLLER_TEST_PANIC_PIPELINE", "b")]);
+    let status = tokio::time::timeout(Duration::from_secs(30), poller.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the service ran on after a pipeline panicked; log:\n{}", poller.log_text()))
+        .unwrap();
+    let log = poller.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("pipeline b: its task panicked"), "{log}");
+}
