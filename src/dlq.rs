@@ -155,7 +155,7 @@ pub async fn stats(clients: &SqsClients, url: &str, samples: usize) -> Result<Ta
     let mut empty = 0;
     let result = async {
         while empty < 2 {
-            let messages = queue.receive(Duration::from_secs(1), Some(SCAN_VISIBILITY)).await?;
+            let messages = queue.receive(Duration::from_secs(1), Some(SCAN_VISIBILITY), None).await?;
             let mut new = 0;
             for m in &messages {
                 receipts.extend(m.receipt_handle.clone());

@@ -69,7 +69,7 @@ pub async fn redrive(
     let mut empty_receives = 0;
     let result = async {
     while limit.is_none_or(|l| report.moved + report.failed < l) && empty_receives < 2 {
-        let received = source.receive(Duration::from_secs(1), Some(MOVE_VISIBILITY)).await?;
+        let received = source.receive(Duration::from_secs(1), Some(MOVE_VISIBILITY), None).await?;
         let mut messages = Vec::with_capacity(received.len());
         let mut new_skips = 0;
         for m in received {

@@ -86,6 +86,18 @@ pub trait Queue: Send + Sync {
     fn region(&self) -> String;
     /// One ReceiveMessage for up to 10 messages with every attribute.
     fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>>;
+    /// As [`Queue::receive`], with a FIFO queue's `ReceiveRequestAttemptId`: a retry with the
+    /// same id (within five minutes, nothing of it settled) gets the same messages and receipt
+    /// handles instead of leaving them hidden. Implementations that cannot send it ignore it.
+    fn receive_attempt<'a>(
+        &'a self,
+        wait: Duration,
+        visibility: Option<Duration>,
+        attempt_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Message>, SqsError>> {
+        let _ = attempt_id;
+        self.receive(wait, visibility)
+    }
     /// Queue attributes by name.
     fn attributes<'a>(
         &'a self,
@@ -116,7 +128,15 @@ impl Queue for SqsQueue {
         self.region.clone()
     }
     fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>> {
-        Box::pin(SqsQueue::receive(self, wait, visibility))
+        Box::pin(SqsQueue::receive(self, wait, visibility, None))
+    }
+    fn receive_attempt<'a>(
+        &'a self,
+        wait: Duration,
+        visibility: Option<Duration>,
+        attempt_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Message>, SqsError>> {
+        Box::pin(SqsQueue::receive(self, wait, visibility, attempt_id))
     }
     fn attributes<'a>(
         &'a self,
@@ -281,8 +301,13 @@ impl SqsQueue {
     ///
     /// # Errors
     /// [`SqsError`]; the caller backs off when it is retryable.
-    pub async fn receive(&self, wait: Duration, visibility: Option<Duration>) -> Result<Vec<Message>, SqsError> {
-        let r = self.json.receive(&self.url, wait, visibility, wait + ATTEMPT_TIMEOUT).await;
+    pub async fn receive(
+        &self,
+        wait: Duration,
+        visibility: Option<Duration>,
+        attempt_id: Option<&str>,
+    ) -> Result<Vec<Message>, SqsError> {
+        let r = self.json.receive(&self.url, wait, visibility, attempt_id, wait + ATTEMPT_TIMEOUT).await;
         self.count("ReceiveMessage", &r);
         r
     }

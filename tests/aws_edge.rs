@@ -176,6 +176,7 @@ fn kms(query_code: &str, type_name: &str, remaining: usize) -> Injection {
         query_code: query_code.into(),
         type_name: format!("com.amazonaws.sqs#{type_name}"),
         remaining,
+        lose_answer: false,
     }
 }
 
@@ -214,4 +215,63 @@ async fn kms_throttling_is_a_throttle_and_kms_access_denied_makes_the_pipeline_n
     })
     .await;
     p.stop().await;
+}
+
+/// A FIFO receive whose answer is lost (SQS took the messages, the connection broke) is retried
+/// with the same `ReceiveRequestAttemptId`, as the SQS reference asks, so that SQS hands the
+/// same messages back instead of keeping them and their group hidden for the visibility
+/// timeout; the receive after an answered one carries a new id. No emulator deduplicates by
+/// attempt id (LocalStack and fauxqs ignore it), so the witness is the proxy's record of what
+/// was sent; the messages still all arrive, once their visibility timeout (5 s) ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_receive_whose_answer_is_lost_is_retried_with_the_same_attempt_id() {
+    let sqs = sqs().await;
+    let queue = sqs
+        .queue(
+            "attempt-id",
+            &[
+                (aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true"),
+                (aws_sdk_sqs::types::QueueAttributeName::ContentBasedDeduplication, "true"),
+                (aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "5"),
+            ],
+        )
+        .await;
+    for i in 0..3 {
+        sqs.client
+            .send_message()
+            .queue_url(&queue)
+            .message_group_id("g")
+            .message_body(format!("m-{i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let proxy = StrictAws::start(&sqs.endpoint).await;
+    proxy.inject(Injection {
+        operation: "ReceiveMessage".into(),
+        status: 500,
+        query_code: "InternalError".into(),
+        type_name: "com.amazonaws.sqs#InternalError".into(),
+        remaining: 1,
+        lose_answer: true,
+    });
+    let w = worker(|_| Reply::ok("")).await;
+    let one_poller = format!(
+        "[[pipelines]]\nname = \"p\"\nqueue_url = \"{queue}\"\n[pipelines.pollers]\nmin = 1\nmax = 1\nwait_time_secs = 1\n[pipelines.target]\ntype = \"http\"\nurl = \"{}\"\n",
+        w.url
+    );
+    let mut p = spawn_poller_with_env(&proxy.url, 5, "", &one_poller, &[]);
+    p.wait_listening().await;
+    eventually("every message deleted", Duration::from_secs(30), || async {
+        p.metric("sqs_poller_messages_deleted_total{pipeline=\"p\"}").await >= 3.0
+    })
+    .await;
+    let log = p.log_text();
+    p.stop().await;
+    let ids = proxy.state.lock().unwrap().attempt_ids.clone();
+    assert!(ids.len() >= 3, "{ids:?}\nlog:\n{log}");
+    assert!(ids.iter().all(Option::is_some), "every FIFO receive carries an attempt id: {ids:?}");
+    assert_eq!(ids[1], ids[0], "the retry of the lost receive reuses its id: {ids:?}");
+    assert_ne!(ids[2], ids[1], "the receive after an answered one has a new id: {ids:?}");
+    assert_eq!(w.deliveries().iter().map(|d| d.records().len()).sum::<usize>(), 3, "each message once");
 }

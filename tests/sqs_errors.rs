@@ -143,7 +143,7 @@ async fn the_json_client_names_sqs_errors_by_their_code() {
         let json = sqs.json_client().await;
         let missing = format!("{}/000000000000/{}", sqs.endpoint, unique("missing"));
         let e = json
-            .receive(&missing, Duration::ZERO, None, Duration::from_secs(10))
+            .receive(&missing, Duration::ZERO, None, None, Duration::from_secs(10))
             .await
             .expect_err("a receive from a queue that does not exist");
         assert_eq!((e.kind, e.is_retryable()), (SqsErrorKind::Rejected, false), "{}: {e:?}", sqs.endpoint);
@@ -163,7 +163,7 @@ async fn the_json_client_names_sqs_errors_by_their_code() {
     let e = nowhere
         .json_client()
         .await
-        .receive(&format!("{}/000000000000/q", nowhere.endpoint), Duration::ZERO, None, Duration::from_secs(5))
+        .receive(&format!("{}/000000000000/q", nowhere.endpoint), Duration::ZERO, None, None, Duration::from_secs(5))
         .await
         .expect_err("nothing listens there");
     assert_eq!((e.kind, e.is_retryable()), (SqsErrorKind::Connection, true), "{e:?}");

@@ -90,6 +90,7 @@ impl JsonClient {
     }
 
     /// One ReceiveMessage for up to 10 messages with every attribute; at most `limit` to answer.
+    /// `attempt_id` is the FIFO `ReceiveRequestAttemptId`.
     ///
     /// # Errors
     /// [`SqsError`] of the request or the answer.
@@ -98,6 +99,7 @@ impl JsonClient {
         queue_url: &str,
         wait: Duration,
         visibility: Option<Duration>,
+        attempt_id: Option<&str>,
         limit: Duration,
     ) -> Result<Vec<Message>, SqsError> {
         let request = ReceiveRequest {
@@ -105,6 +107,7 @@ impl JsonClient {
             max_number_of_messages: 10,
             wait_time_seconds: wait.as_secs(),
             visibility_timeout: visibility.map(|v| v.as_secs()),
+            receive_request_attempt_id: attempt_id,
             message_system_attribute_names: ["All"],
             message_attribute_names: ["All"],
         };
@@ -284,6 +287,8 @@ struct ReceiveRequest<'a> {
     wait_time_seconds: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     visibility_timeout: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receive_request_attempt_id: Option<&'a str>,
     message_system_attribute_names: [&'static str; 1],
     message_attribute_names: [&'static str; 1],
 }
@@ -429,12 +434,18 @@ mod tests {
             max_number_of_messages: 10,
             wait_time_seconds: 20,
             visibility_timeout: None,
+            receive_request_attempt_id: None,
             message_system_attribute_names: ["All"],
             message_attribute_names: ["All"],
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"QueueUrl":"q","MaxNumberOfMessages":10,"WaitTimeSeconds":20,"MessageSystemAttributeNames":["All"],"MessageAttributeNames":["All"]}"#
+        );
+        let fifo = ReceiveRequest { visibility_timeout: Some(30), receive_request_attempt_id: Some("a1"), ..r };
+        assert_eq!(
+            serde_json::to_string(&fifo).unwrap(),
+            r#"{"QueueUrl":"q","MaxNumberOfMessages":10,"WaitTimeSeconds":20,"VisibilityTimeout":30,"ReceiveRequestAttemptId":"a1","MessageSystemAttributeNames":["All"],"MessageAttributeNames":["All"]}"#
         );
         let b = BatchRequest {
             queue_url: "q",

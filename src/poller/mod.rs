@@ -183,6 +183,7 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
     let _alive = Alive::new(&stage.metrics);
     let cfg = &stage.config;
     let mut backoff = Backoff::default();
+    let mut attempt = ReceiveAttempt::new(stage.queue.url().ends_with(".fifo"));
     loop {
         // paused (operator, health check): no receive at all
         tokio::select! {
@@ -204,13 +205,15 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
         // wait_time_secs + 10 s, unless SQS does not answer at all).
         // the messages' visibility timeout starts somewhere in the receive: count it from here
         let sent_at = Instant::now();
+        let attempt_id = attempt.id(sent_at);
         let result = tokio::select! {
-            r = stage.queue.receive(cfg.wait_time, cfg.visibility_timeout) => r,
+            r = stage.queue.receive_attempt(cfg.wait_time, cfg.visibility_timeout, attempt_id.as_deref()) => r,
             () = stage.abandon.cancelled() => {
                 tracing::warn!(pipeline = %stage.metrics.pipeline, "a receive had not returned by the end of the grace period; given up (any message it took comes back after its visibility timeout)");
                 break;
             }
         };
+        attempt.answered(result.as_ref().err());
         match result {
             Ok(messages) => {
                 backoff.reset();
@@ -244,6 +247,46 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
                 }
             }
         }
+    }
+}
+
+/// How long SQS honours a `ReceiveRequestAttemptId` (its deduplication interval).
+const ATTEMPT_ID_LIFE: Duration = Duration::from_secs(300);
+
+/// The `ReceiveRequestAttemptId` of a FIFO poller's receives: a new one for each receive, the
+/// same one again when the previous receive failed in a way that may have lost its answer
+/// (timeout, connection, 5xx, throttling), so that SQS returns the messages that receive took
+/// instead of keeping them (and their groups) hidden for the visibility timeout. Standard
+/// queues send none.
+struct ReceiveAttempt {
+    fifo: bool,
+    /// The id to use again, and when it was first sent.
+    retry: Option<(String, Instant)>,
+    current: Option<(String, Instant)>,
+}
+
+impl ReceiveAttempt {
+    fn new(fifo: bool) -> Self {
+        ReceiveAttempt { fifo, retry: None, current: None }
+    }
+
+    /// The id for a receive sent at `now`.
+    fn id(&mut self, now: Instant) -> Option<String> {
+        if !self.fifo {
+            return None;
+        }
+        let (id, first_sent) = match self.retry.take() {
+            Some((id, first)) if now.duration_since(first) < ATTEMPT_ID_LIFE => (id, first),
+            _ => (std::iter::repeat_with(fastrand::alphanumeric).take(32).collect(), now),
+        };
+        self.current = Some((id.clone(), first_sent));
+        Some(id)
+    }
+
+    /// The receive's outcome: a retryable error keeps its id for the next receive.
+    fn answered(&mut self, error: Option<&crate::sqs::SqsError>) {
+        let current = self.current.take();
+        self.retry = current.filter(|_| error.is_some_and(crate::sqs::SqsError::is_retryable));
     }
 }
 
@@ -325,4 +368,31 @@ async fn sample_queue(pipeline: &str, queue: &dyn Queue, gauges: &QueueGauges) -
     gauges.in_flight.set(get(&names[1]) as f64);
     gauges.delayed.set(get(&names[2]) as f64);
     Some(visible)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqs::{SqsError, SqsErrorKind};
+
+    #[test]
+    fn a_fifo_receive_whose_answer_may_be_lost_is_retried_with_the_same_attempt_id() {
+        let t0 = Instant::now();
+        let lost = SqsError::new("ReceiveMessage", None, "timed out".into(), SqsErrorKind::Timeout, true);
+        let refused = SqsError::coded("ReceiveMessage", "AccessDenied", "no", false);
+        let mut a = ReceiveAttempt::new(true);
+        let first = a.id(t0).expect("FIFO receives carry one");
+        a.answered(Some(&lost));
+        assert_eq!(a.id(t0 + Duration::from_secs(1)).as_deref(), Some(first.as_str()), "the retry reuses it");
+        a.answered(Some(&lost));
+        let after = t0 + ATTEMPT_ID_LIFE + Duration::from_secs(1);
+        let fresh = a.id(after).expect("FIFO");
+        assert_ne!(fresh, first, "not past SQS's five minutes");
+        a.answered(None);
+        let next = a.id(after).expect("FIFO");
+        assert_ne!(next, fresh, "an answered receive's id is not used again");
+        a.answered(Some(&refused));
+        assert_ne!(a.id(after), Some(next), "nor one SQS refused");
+        assert_eq!(ReceiveAttempt::new(false).id(t0), None, "standard queues send none");
+    }
 }

@@ -32,6 +32,9 @@ pub struct Injection {
     pub type_name: String,
     /// How many more requests get it (`usize::MAX`: until cleared).
     pub remaining: usize,
+    /// The request reaches SQS first and its answer is lost (replaced by the error), as when a
+    /// connection breaks after SQS acted.
+    pub lose_answer: bool,
 }
 
 #[derive(Default)]
@@ -50,6 +53,8 @@ pub struct State {
     pub expired: usize,
     /// Requests answered with an injected error.
     pub injected: usize,
+    /// The `ReceiveRequestAttemptId` of every ReceiveMessage, in order.
+    pub attempt_ids: Vec<Option<String>>,
 }
 
 pub struct StrictAws {
@@ -233,19 +238,32 @@ async fn handle(
             c => error_response(now, 403, c, &format!("com.amazon.coral.service#{c}"), &message),
         };
     }
+    if operation == "ReceiveMessage" {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let id = v["ReceiveRequestAttemptId"].as_str().map(str::to_string);
+        state.lock().unwrap().attempt_ids.push(id);
+    }
     // an injected error
-    {
+    let injected = {
         let mut guard = state.lock().unwrap();
         let s = &mut *guard;
-        if let Some(i) = s.inject.iter_mut().find(|i| i.operation == operation && i.remaining > 0) {
-            i.remaining = i.remaining.saturating_sub(1);
-            let r = error_response(now, i.status, &i.query_code, &i.type_name, "injected by the strict-AWS proxy");
-            s.injected += 1;
-            s.verified.push(format!("{what} (answered with {})", i.query_code));
-            return r;
+        match s.inject.iter_mut().find(|i| i.operation == operation && i.remaining > 0) {
+            Some(i) => {
+                i.remaining = i.remaining.saturating_sub(1);
+                let r = error_response(now, i.status, &i.query_code, &i.type_name, "injected by the strict-AWS proxy");
+                s.injected += 1;
+                s.verified.push(format!("{what} (answered with {})", i.query_code));
+                if !i.lose_answer {
+                    return r;
+                }
+                Some(r)
+            }
+            None => {
+                s.verified.push(what);
+                None
+            }
         }
-        s.verified.push(what);
-    }
+    };
     let mut forward = Request::builder().method(parts.method).uri(format!("{upstream}{}", parts.uri));
     for (k, v) in &parts.headers {
         if k != "host" {
@@ -256,6 +274,10 @@ async fn handle(
         Ok(r) => r,
         Err(e) => return error_response(now, 502, "InternalError", "InternalError", &e.to_string()),
     };
+    if let Some(lost) = injected {
+        let _ = res.into_body().collect().await;
+        return lost;
+    }
     let (mut parts, body) = res.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     parts.headers.insert("date", http_date(now).parse().unwrap());
