@@ -177,7 +177,8 @@ impl Acker {
             self.count_deleted(deleted.iter().map(|&k| &batch[plan.delete[k]]), true);
             // large payloads of processed, deleted messages: their objects go too, when asked
             if let Some(store) = self.payloads.as_ref().filter(|s| s.delete_after_success) {
-                let objects = deleted.iter().filter_map(|&k| batch[plan.delete[k]].s3_object.as_ref());
+                let objects =
+                    deleted.iter().filter_map(|&k| batch[plan.delete[k]].s3_object.as_ref().map(|o| &o.pointer));
                 futures_util::future::join_all(objects.map(|o| store.delete(o))).await;
             }
         };
@@ -243,7 +244,10 @@ impl Acker {
             add_dead_letter_attributes(&mut attributes, &self.pipeline, reason, m.receive_count);
             // SQS rejects a deduplication id on a standard queue; a group id it accepts (fair queues)
             let dedup = (dlq_fifo && m.group_id.is_some()).then_some(m.message_id.as_str());
-            let send = dlq.send(&record.body, attributes, m.group_id.as_deref(), dedup);
+            // an offloaded payload's copy carries its pointer (and, with the original attributes,
+            // its size attribute): it fits SQS, and extended clients read it as they read the original
+            let body = m.s3_object.as_ref().map_or(record.body.as_str(), |o| &o.pointer_body);
+            let send = dlq.send(body, attributes, m.group_id.as_deref(), dedup);
             let sent = tokio::select! {
                 r = send => r,
                 () = self.leases.settle_cutoff() => Err(crate::sqs::SqsError::coded(

@@ -68,8 +68,9 @@ pub struct ReceivedMessage {
     pub record_json: Box<str>,
     /// The `AWSTraceHeader` system attribute (X-Ray), when the sender set one.
     pub trace_header: Option<Box<str>>,
-    /// The S3 object its body was fetched from (SQS Extended Client pointer), if any.
-    pub s3_object: Option<crate::payload::S3Pointer>,
+    /// The S3 object its body was fetched from (SQS Extended Client pointer), if any, with the
+    /// pointer body SQS carried.
+    pub s3_object: Option<crate::payload::Offloaded>,
     /// Why its payload could not be fetched: it fails without being dispatched.
     pub unresolved: Option<String>,
 }

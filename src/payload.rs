@@ -125,7 +125,18 @@ impl PayloadStore {
 
 /// A received message after [`resolve`]: the message (its body the payload when fetched), the
 /// object it came from, and why it could not be fetched.
-pub type Resolved = (aws_sdk_sqs::types::Message, Option<S3Pointer>, Option<String>);
+/// A message whose body SQS carried was an extended client's pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offloaded {
+    pub pointer: S3Pointer,
+    /// The body as SQS carried it (the pointer, as the sender wrote it): a dead-letter copy
+    /// carries this, not the payload, so that it fits SQS and extended clients can read it.
+    pub pointer_body: Box<str>,
+}
+
+/// A received message with its payload in `body` when it was offloaded: the pointer, and why
+/// the payload could not be fetched, if it could not.
+pub type Resolved = (aws_sdk_sqs::types::Message, Option<Offloaded>, Option<String>);
 
 /// Fetches the payloads of the messages that are extended-client pointers (a pointer body and
 /// a size attribute), concurrently within the store's limits.
@@ -135,15 +146,16 @@ pub async fn resolve(store: &PayloadStore, messages: Vec<aws_sdk_sqs::types::Mes
         let Some(pointer) = marked.then(|| m.body.as_deref().and_then(S3Pointer::parse)).flatten() else {
             return (m, None, None);
         };
+        let pointer_body: Box<str> = m.body.as_deref().unwrap_or_default().into();
         match store.fetch(&pointer).await.and_then(|bytes| {
             String::from_utf8(bytes.to_vec())
                 .map_err(|_| format!("s3://{}/{}: the payload is not UTF-8 text", pointer.bucket, pointer.key))
         }) {
             Ok(body) => {
                 m.body = Some(body);
-                (m, Some(pointer), None)
+                (m, Some(Offloaded { pointer, pointer_body }), None)
             }
-            Err(reason) => (m, Some(pointer), Some(reason)),
+            Err(reason) => (m, Some(Offloaded { pointer, pointer_body }), Some(reason)),
         }
     }))
     .await

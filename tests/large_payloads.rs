@@ -94,3 +94,91 @@ async fn extended_client_payloads_reach_the_worker_intact() {
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
+
+const DLQ_PRODUCER: &str = r#"
+import os, sys
+import boto3, sqs_extended_client
+queue_url, bucket, out = sys.argv[1:4]
+session = boto3.session.Session()
+session.client("s3").create_bucket(Bucket=bucket)
+sqs = session.client("sqs")
+sqs.large_payload_support = bucket
+body = os.urandom(1024 * 1024).hex()
+with open(out, "w") as f:
+    f.write(body)
+sqs.send_message(QueueUrl=queue_url, MessageBody=body,
+                 MessageAttributes={"name": {"DataType": "String", "StringValue": "poison"}})
+"#;
+
+const DLQ_CONSUMER: &str = r#"
+import json, sys
+import boto3, sqs_extended_client  # receive_message resolves pointers
+dlq_url, out = sys.argv[1:3]
+sqs = boto3.session.Session().client("sqs")
+r = sqs.receive_message(QueueUrl=dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=5)
+m = r["Messages"][0]
+with open(out, "w") as f:
+    f.write(m["Body"])
+print(json.dumps({k: v.get("StringValue") for k, v in m.get("MessageAttributes", {}).items()}))
+"#;
+
+/// A 2 MB payload that fails for good is dead-lettered as its pointer (with its size
+/// attribute), and AWS's Python extended client reads the copy back as the payload; with
+/// `delete_after_success` its object stays (it was not processed). Before, the copy's body was
+/// the 2 MB payload: SendMessage refused it on every try and the message looped in the source
+/// queue, never dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_large_payload_is_read_back_by_the_extended_client() {
+    let python = python_with_awslambdaric();
+    let sqs = moto_sqs().await;
+    let (queue, dlq) = (sqs.queue("extended-src", &[]).await, sqs.queue("extended-dlq", &[]).await);
+    let bucket = unique("dlq-payloads");
+    let dir = tempfile::tempdir().unwrap();
+    let (sent, read) = (dir.path().join("sent"), dir.path().join("read"));
+    let run = |script: &str, args: &[&str]| {
+        let out = std::process::Command::new(&python)
+            .args(["-c", script])
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &sqs.endpoint)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the extended client failed (scripts/install-services.sh installs amazon-sqs-extended-client): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(DLQ_PRODUCER, &[&queue, &bucket, sent.to_str().unwrap()]);
+    let worker = worker(|_| Reply { status: 500, ..Reply::ok("down") }).await;
+    let pipeline = http_pipeline(
+        "extended-dlq",
+        &queue,
+        &worker.url,
+        &format!(
+            "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.large_payloads]\ndelete_after_success = true\n\
+             [pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 1\n"
+        ),
+    );
+    let poller = start_poller(&sqs, 10, &pipeline).await;
+    poller
+        .wait_metric("sqs_poller_messages_dead_lettered_total{pipeline=\"extended-dlq\"}", 1.0, Duration::from_secs(30))
+        .await;
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    assert_eq!(sqs.counts(&queue).await, (0, 0), "the source queue is empty");
+
+    let attributes = run(DLQ_CONSUMER, &[&dlq, read.to_str().unwrap()]);
+    let (expected, got) = (std::fs::read_to_string(&sent).unwrap(), std::fs::read_to_string(&read).unwrap());
+    assert_eq!(got.len(), expected.len(), "the payload's size, read back through the pointer");
+    assert!(got == expected, "the payload byte for byte");
+    let attributes: serde_json::Value = serde_json::from_str(attributes.trim()).unwrap();
+    assert_eq!(attributes["name"], "poison", "the sender's attributes: {attributes}");
+    assert_eq!(attributes["sqs-poller.pipeline"], "extended-dlq", "{attributes}");
+    // not processed: its object stays, for the copy (and a redrive) to point at
+    let (_, listing) = http_get(&format!("{}/{bucket}", sqs.endpoint)).await.expect("ListObjects");
+    assert!(listing.contains("<Key>"), "the object of a message that was not processed stays:\n{listing}");
+}
