@@ -38,7 +38,7 @@ impl Intake {
         Intake { source, filter, leases, metrics, payloads: None, oldest_age_ms: AtomicU64::new(0) }
     }
 
-    /// Takes one receive (sent at `sent_at`) on: leases its messages (with the room reserved for
+    /// Takes one receive (`stamp`: when it was sent, with what visibility timeout) on: leases its messages (with the room reserved for
     /// it) — before anything else, so the lease covers the large-payload fetch and a duplicate
     /// is not fetched at all —, resolves large payloads, settles what the filter rejects, and
     /// returns the messages that go on to the batcher, in receive order, with how many were kept
@@ -47,7 +47,7 @@ impl Intake {
         &self,
         reservation: Reservation,
         messages: Vec<Message>,
-        sent_at: tokio::time::Instant,
+        stamp: crate::lease::ReceiveStamp,
     ) -> (Vec<ReceivedMessage>, usize) {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         // without an id or a receipt handle a message cannot be leased, deleted or released
@@ -61,7 +61,7 @@ impl Intake {
         let admissions = self.leases.admit(
             reservation,
             leasable.iter().map(|m| (m.message_id.as_deref().unwrap_or(""), m.receipt_handle.as_deref().unwrap_or(""))),
-            sent_at,
+            stamp,
         );
         let new: Vec<Message> =
             leasable.into_iter().zip(admissions).filter(|(_, a)| *a == Admission::New).map(|(m, _)| m).collect();

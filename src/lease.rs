@@ -43,10 +43,20 @@ pub use crate::limits::RECEIVE_MAX;
 /// SQS's limit on how long a receipt handle can be kept invisible, counted from its receive.
 const SQS_LEASE_LIMIT: Duration = Duration::from_secs(MAX_VISIBILITY_SECS);
 
+/// What the lease of a received message counts from: when its receive was sent, and the
+/// visibility timeout that receive asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveStamp {
+    pub sent_at: Instant,
+    pub visibility: Duration,
+}
+
 /// One outstanding message.
 #[derive(Debug, Clone)]
 struct Lease {
     receipt_handle: String,
+    /// The visibility timeout of its receive: extensions fall due at half of it and ask for it.
+    visibility: Duration,
     /// The first receive of this lease: the maximum lease counts from here.
     leased_at: Instant,
     /// The receive of the current receipt handle: SQS's 12-hour limit counts from here.
@@ -113,6 +123,7 @@ pub struct Extension {
 /// The leases of one pipeline; pure (every clock reading is an argument).
 #[derive(Debug)]
 pub struct LeaseTable {
+    /// The visibility timeout new receives ask for.
     visibility: Duration,
     max_lease: Duration,
     leases: HashMap<String, Lease>,
@@ -137,6 +148,11 @@ impl LeaseTable {
         self.leases.len()
     }
 
+    /// The visibility timeout receives ask for from now on (leases taken before keep theirs).
+    pub fn set_visibility(&mut self, visibility: Duration) {
+        self.visibility = visibility;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.leases.is_empty()
     }
@@ -146,12 +162,14 @@ impl LeaseTable {
     /// message already leased keeps its lease; it takes the new receipt handle unless the lease
     /// holds one from a later receive (a slow receive must not put back a handle SQS no longer
     /// honours).
-    pub fn admit(&mut self, message_id: &str, receipt_handle: &str, sent_at: Instant) -> Admission {
-        let visible_until = sent_at + self.visibility;
+    pub fn admit(&mut self, message_id: &str, receipt_handle: &str, stamp: ReceiveStamp) -> Admission {
+        let ReceiveStamp { sent_at, visibility } = stamp;
+        let visible_until = sent_at + visibility;
         match self.leases.get_mut(message_id) {
             Some(lease) => {
                 if sent_at >= lease.handle_received_at {
                     lease.receipt_handle = receipt_handle.to_string();
+                    lease.visibility = visibility;
                     lease.handle_received_at = sent_at;
                     lease.visible_until = visible_until;
                     lease.retry_at = None;
@@ -164,6 +182,7 @@ impl LeaseTable {
                     message_id.to_string(),
                     Lease {
                         receipt_handle: receipt_handle.to_string(),
+                        visibility,
                         leased_at: sent_at,
                         handle_received_at: sent_at,
                         visible_until,
@@ -238,15 +257,14 @@ impl LeaseTable {
     pub fn due(&mut self, now: Instant) -> (Vec<Extension>, Vec<String>) {
         let mut extend = Vec::new();
         let mut lapsed = Vec::new();
-        let half = self.visibility / 2;
         for (id, lease) in &mut self.leases {
-            if !lease.extendable(now) || lease.visible_until.saturating_duration_since(now) > half {
+            if !lease.extendable(now) || lease.visible_until.saturating_duration_since(now) > lease.visibility / 2 {
                 continue;
             }
             let lease_end = (lease.leased_at + self.max_lease).min(lease.handle_received_at + SQS_LEASE_LIMIT);
             let room = lease_end.saturating_duration_since(now);
             // whole seconds only; less than one second left is no extension at all
-            let secs = room.min(self.visibility).as_secs();
+            let secs = room.min(lease.visibility).as_secs();
             if secs == 0 || now + Duration::from_secs(secs) <= lease.visible_until {
                 lease.lapsed = true;
                 lapsed.push(id.clone());
@@ -279,7 +297,7 @@ impl LeaseTable {
     pub fn extension_failed(&mut self, e: &Extension, now: Instant) {
         if let Some(lease) = self.leases.get_mut(&e.message_id) {
             if lease.receipt_handle == e.receipt_handle {
-                lease.retry_at = Some(now + EXTENSION_RETRY.min(self.visibility / 4));
+                lease.retry_at = Some(now + EXTENSION_RETRY.min(lease.visibility / 4));
             }
         }
     }
@@ -296,12 +314,11 @@ impl LeaseTable {
 
     /// When the next extension may be due (`now` or later).
     pub fn next_due(&self, now: Instant) -> Option<Instant> {
-        let half = self.visibility / 2;
         self.leases
             .values()
             .filter(|l| !l.lapsed && !l.lost && l.extending.is_none() && l.visible_until > now)
             .map(|l| {
-                let due = l.visible_until.checked_sub(half).unwrap_or(now);
+                let due = l.visible_until.checked_sub(l.visibility / 2).unwrap_or(now);
                 due.max(l.retry_at.unwrap_or(due)).max(now)
             })
             .min()
@@ -388,18 +405,20 @@ impl LeaseKeeper {
         self.table().leases.keys().cloned().collect()
     }
 
-    /// Puts what one receive (sent at `sent_at`) returned under lease: `(message id, receipt
-    /// handle)` pairs. Returns, per message, whether it is new (goes on) or a duplicate (stops
-    /// here). The reservation's room is kept for the new ones and the rest returned.
+    /// Puts what one receive (`stamp`: when it was sent, with what visibility timeout) returned
+    /// under lease: `(message id, receipt handle)` pairs. Returns, per message, whether it is new
+    /// (goes on) or a duplicate (stops here). The reservation's room is kept for the new ones
+    /// and the rest returned.
     pub fn admit<'a>(
         &self,
         reservation: Reservation,
         received: impl IntoIterator<Item = (&'a str, &'a str)>,
-        sent_at: Instant,
+        stamp: ReceiveStamp,
     ) -> Vec<Admission> {
+        let sent_at = stamp.sent_at;
         let admissions: Vec<Admission> = {
             let mut table = self.table();
-            let a = received.into_iter().map(|(id, rh)| table.admit(id, rh, sent_at)).collect();
+            let a = received.into_iter().map(|(id, rh)| table.admit(id, rh, stamp)).collect();
             self.metrics.in_flight_messages.set(table.len() as f64);
             self.metrics.status.in_flight.store(table.len(), std::sync::atomic::Ordering::Relaxed);
             a
@@ -641,8 +660,20 @@ impl LeaseKeeper {
         }
     }
 
-    fn visibility(&self) -> Duration {
+    /// The visibility timeout receives ask for (and new leases are kept for).
+    pub fn visibility(&self) -> Duration {
         self.table().visibility
+    }
+
+    /// Receives ask for `visibility` from now on (the queue's attribute changed); leases taken
+    /// before keep the timeout their receive asked for.
+    pub fn set_visibility(&self, visibility: Duration) {
+        self.table().set_visibility(visibility);
+    }
+
+    /// The stamp of a receive sent now.
+    pub fn stamp(&self) -> ReceiveStamp {
+        ReceiveStamp { sent_at: Instant::now(), visibility: self.visibility() }
     }
 
     /// Heartbeat rounds are at least this far apart, so that a busy pipeline (a receive every few
@@ -724,26 +755,31 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    /// A receive sent at `sent_at` with the table's visibility timeout.
+    fn at(sent_at: Instant, t: &LeaseTable) -> ReceiveStamp {
+        ReceiveStamp { sent_at, visibility: t.visibility }
+    }
+
     #[test]
     fn a_second_receive_replaces_the_handle_and_is_a_duplicate() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new(secs(30), secs(3600));
-        assert_eq!(t.admit("m", "rh1", t0), Admission::New);
-        assert_eq!(t.admit("m", "rh2", t0 + secs(40)), Admission::Duplicate);
+        assert_eq!(t.admit("m", "rh1", at(t0, &t)), Admission::New);
+        assert_eq!(t.admit("m", "rh2", at(t0 + secs(40), &t)), Admission::Duplicate);
         assert_eq!(t.len(), 1);
         assert_eq!(t.receipt_handle("m"), Some("rh2"));
         assert_eq!(t.end("m").as_deref(), Some("rh2"));
         assert!(t.is_empty());
-        assert_eq!(t.admit("m", "rh3", t0 + secs(50)), Admission::New, "after the lease ended it is new again");
+        assert_eq!(t.admit("m", "rh3", at(t0 + secs(50), &t)), Admission::New, "after the lease ended it is new again");
     }
 
     #[test]
     fn a_lease_never_takes_a_handle_older_than_the_one_it_holds() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new(secs(30), secs(3600));
-        assert_eq!(t.admit("m", "rh2", t0 + secs(40)), Admission::New);
+        assert_eq!(t.admit("m", "rh2", at(t0 + secs(40), &t)), Admission::New);
         // the answer of an earlier receive, slow to arrive (a slow long poll, a slow fetch)
-        assert_eq!(t.admit("m", "rh1", t0), Admission::Duplicate);
+        assert_eq!(t.admit("m", "rh1", at(t0, &t)), Admission::Duplicate);
         assert_eq!(t.receipt_handle("m"), Some("rh2"), "the newer handle stays");
         assert_eq!(t.next_due(t0 + secs(40)), Some(t0 + secs(55)), "counted from the newer receive");
     }
@@ -752,7 +788,7 @@ mod tests {
     fn a_lease_counts_from_when_its_receive_was_sent() {
         let sent = Instant::now();
         let mut t = LeaseTable::new(secs(30), secs(3600));
-        t.admit("m", "rh", sent);
+        t.admit("m", "rh", at(sent, &t));
         // admitted 20 s after the receive was sent: already due
         assert_eq!(t.next_due(sent + secs(20)), Some(sent + secs(20)));
         assert_eq!(t.due(sent + secs(20)).0.len(), 1);
@@ -762,7 +798,7 @@ mod tests {
     fn extensions_fall_due_at_half_the_visibility_timeout() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new(secs(30), secs(3600));
-        t.admit("m", "rh", t0);
+        t.admit("m", "rh", at(t0, &t));
         assert_eq!(t.next_due(t0), Some(t0 + secs(15)));
         assert!(t.due(t0 + secs(14)).0.is_empty());
         let (due, lapsed) = t.due(t0 + secs(15));
@@ -777,7 +813,7 @@ mod tests {
     fn the_maximum_lease_caps_extensions_then_lets_go() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new(secs(30), secs(40));
-        t.admit("m", "rh", t0);
+        t.admit("m", "rh", at(t0, &t));
         let (due, _) = t.due(t0 + secs(15));
         assert_eq!(due[0].visibility_secs, 25, "up to the 40 s maximum, not a whole timeout");
         t.extended(&due[0], t0 + secs(15));
@@ -792,7 +828,7 @@ mod tests {
     fn never_past_twelve_hours_from_the_receive() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new(secs(600), secs(1_000_000));
-        t.admit("m", "rh", t0);
+        t.admit("m", "rh", at(t0, &t));
         let mut now = t0;
         let mut total = secs(600);
         loop {
@@ -814,9 +850,9 @@ mod tests {
     fn a_stale_extension_does_not_touch_a_newer_handle() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new(secs(30), secs(3600));
-        t.admit("m", "rh1", t0);
+        t.admit("m", "rh1", at(t0, &t));
         let (due, _) = t.due(t0 + secs(15));
-        t.admit("m", "rh2", t0 + secs(16));
+        t.admit("m", "rh2", at(t0 + secs(16), &t));
         t.extension_failed(&due[0], t0 + secs(16));
         assert_eq!(t.next_due(t0 + secs(16)), Some(t0 + secs(31)), "the new handle is still extended");
     }
@@ -825,7 +861,7 @@ mod tests {
     fn a_failed_extension_is_tried_again_while_the_message_is_invisible() {
         let t0 = Instant::now();
         let mut t = LeaseTable::new(secs(30), secs(3600));
-        t.admit("m", "rh", t0);
+        t.admit("m", "rh", at(t0, &t));
         let (due, _) = t.due(t0 + secs(15));
         t.extension_failed(&due[0], t0 + secs(15));
         assert!(t.due(t0 + secs(15)).0.is_empty(), "not at once");
@@ -834,7 +870,7 @@ mod tests {
         // the visibility ran out: nothing to extend until the message is received again
         assert!(t.due(t0 + secs(31)).0.is_empty());
         assert_eq!(t.next_due(t0 + secs(31)), None);
-        t.admit("m", "rh2", t0 + secs(32));
+        t.admit("m", "rh2", at(t0 + secs(32), &t));
         assert_eq!(t.next_due(t0 + secs(32)), Some(t0 + secs(47)), "a new receive renews the lease");
     }
 
@@ -853,7 +889,7 @@ mod tests {
         // a receive of three, one of them seen twice (as a duplicate delivery would be)
         let mut with_duplicate = pairs.clone();
         with_duplicate.push(pairs[0]);
-        let admitted = keeper.admit(keeper.reserve().await, with_duplicate, Instant::now());
+        let admitted = keeper.admit(keeper.reserve().await, with_duplicate, keeper.stamp());
         assert_eq!(admitted.iter().filter(|a| **a == Admission::New).count(), 3);
         assert_eq!(admitted[3], Admission::Duplicate);
         assert_eq!(keeper.outstanding(), 3);

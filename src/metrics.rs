@@ -1,8 +1,8 @@
 //! Every metric name in one place, described at start-up, with the per-pipeline handles the
 //! stages use.
 //!
-//! Labels are bounded: `pipeline` (from the config), `outcome`, `operation`, `state`, `queue` —
-//! never message ids or error text. Handles are resolved once per pipeline ([`PipelineMetrics`])
+//! Labels are bounded: `pipeline` (from the config), `outcome`, `operation`, `state`, `queue`,
+//! `call`, `code` (a fixed list of SQS codes, else `other`) — never message ids or error text. Handles are resolved once per pipeline ([`PipelineMetrics`])
 //! so the hot path only touches atomics.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit};
@@ -48,6 +48,9 @@ pub const CONFIG_INFO: &str = "sqs_poller_config_info";
 
 /// Batch outcomes, the values of the `outcome` label of [`BATCHES`].
 pub const BATCH_OUTCOMES: [&str; 4] = ["success", "partial", "failure", "throttled"];
+
+/// The lease keeper's calls, the values of the `call` label of [`RECEIPT_REJECTIONS`].
+pub const RECEIPT_CALLS: [&str; 3] = ["delete", "extend", "let_go"];
 
 /// The SQS operations the service calls, the values of the `operation` label of [`SQS_REQUESTS`].
 pub const SQS_OPERATIONS: [&str; 5] =
@@ -293,6 +296,13 @@ impl PipelineMetrics {
                 }),
             }
         });
+        // rare, but alerted on: every series from start-up
+        for call in RECEIPT_CALLS {
+            for code in crate::sqs::PERMANENT_CODES.iter().chain(&["other"]) {
+                metrics::counter!(RECEIPT_REJECTIONS, "pipeline" => p.clone(), "call" => call, "code" => *code)
+                    .increment(0);
+            }
+        }
         gauge(POLLERS_MIN).set(min as f64);
         gauge(POLLERS_MAX).set(max as f64);
         gauge(MAX_CONCURRENCY).set(max_concurrency as f64);

@@ -140,6 +140,7 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
     let sampler = tokio::spawn(sample_depth(DepthSampler {
         interval: cfg.depth_interval,
         queue: queue.clone(),
+        follow_visibility: cfg.pollers.visibility_timeout.is_none().then(|| leases.clone()),
         dead_letter,
         intake: intake.clone(),
         scaling: scaling.clone(),
@@ -153,13 +154,8 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
     let fleet = tokio::spawn(
         Fleet {
             stage: Arc::new(PollerStage {
-                // every receive asks for the visibility timeout the lease keeper schedules its
-                // extensions for, so the queue's attribute (which may change while the service
-                // runs) never decides how long a received message stays hidden
-                config: crate::config::PollerConfig {
-                    visibility_timeout: Some(found.visibility),
-                    ..cfg.pollers.clone()
-                },
+                // (every receive asks for the lease keeper's visibility timeout, not this one's)
+                config: cfg.pollers.clone(),
                 queue: queue.clone(),
                 leases: leases.clone(),
                 intake,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, QueueAttributeName};
 use bytes::Bytes;
 use sqs_poller::dispatch::{Invocation, Target};
-use sqs_poller::lease::LeaseKeeper;
+use sqs_poller::lease::{LeaseKeeper, ReceiveStamp};
 use sqs_poller::metrics::PipelineMetrics;
 use sqs_poller::pipeline::{self, PipelineParts};
 use sqs_poller::shutdown::Shutdown;
@@ -128,7 +128,11 @@ fn keeper(queue: Arc<dyn Queue>, visibility: Duration) -> Arc<LeaseKeeper> {
 async fn lease_one(keeper: &LeaseKeeper, sim: &SimQueue, sent_at: Instant) -> (String, String) {
     let got = receive_one(sim).await;
     let (id, rh) = (got[0].message_id().unwrap().to_string(), got[0].receipt_handle().unwrap().to_string());
-    keeper.admit(keeper.reserve().await, [(id.as_str(), rh.as_str())], sent_at);
+    keeper.admit(
+        keeper.reserve().await,
+        [(id.as_str(), rh.as_str())],
+        ReceiveStamp { sent_at, visibility: keeper.visibility() },
+    );
     (id, rh)
 }
 
@@ -138,6 +142,11 @@ async fn receive_one(sim: &SimQueue) -> Vec<Message> {
     let got = sim.receive(Duration::from_secs(1), None).await.unwrap();
     assert_eq!(got.len(), 1, "one message received");
     got
+}
+
+/// The stamp of a receive sent at `at` with the keeper's visibility timeout.
+fn stamp_at(at: Instant, keeper: &LeaseKeeper) -> ReceiveStamp {
+    ReceiveStamp { sent_at: at, visibility: keeper.visibility() }
 }
 
 fn heartbeat(keeper: &Arc<LeaseKeeper>) -> tokio_util::sync::CancellationToken {
@@ -188,7 +197,7 @@ async fn a_rejected_settlement_is_not_retried() {
     let got = receive_one(&sim).await;
     let id = got[0].message_id().unwrap().to_string();
     // a handle SQS does not know (as after the message was received elsewhere)
-    keeper.admit(keeper.reserve().await, [(id.as_str(), "0:99")], Instant::now());
+    keeper.admit(keeper.reserve().await, [(id.as_str(), "0:99")], stamp_at(Instant::now(), &keeper));
     let started = Instant::now();
     assert_eq!(keeper.let_go(&[(id.as_str(), 0)]).await, 0, "SQS accepted none");
     assert_eq!(queue.changes_sent(), 1, "one call, no retries");
@@ -208,7 +217,7 @@ async fn a_rejected_extension_is_not_retried_and_a_new_receive_renews_the_lease(
     let got = receive_one(&sim).await;
     let id = got[0].message_id().unwrap().to_string();
     let t0 = Instant::now();
-    keeper.admit(keeper.reserve().await, [(id.as_str(), "0:99")], t0);
+    keeper.admit(keeper.reserve().await, [(id.as_str(), "0:99")], stamp_at(t0, &keeper));
     let stop = heartbeat(&keeper);
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(queue.changes_sent(), 1, "one extension, rejected, not tried again");
@@ -217,7 +226,8 @@ async fn a_rejected_extension_is_not_retried_and_a_new_receive_renews_the_lease(
     // of the lost lease, which takes the new handle and is extended again
     let again = receive_one(&sim).await;
     let rh = again[0].receipt_handle().unwrap().to_string();
-    let admitted = keeper.admit(keeper.reserve().await, [(id.as_str(), rh.as_str())], Instant::now());
+    let admitted =
+        keeper.admit(keeper.reserve().await, [(id.as_str(), rh.as_str())], stamp_at(Instant::now(), &keeper));
     assert_eq!(admitted, vec![sqs_poller::lease::Admission::Duplicate]);
     tokio::time::sleep(Duration::from_secs(6)).await;
     let sent = queue.sent.lock().unwrap().clone();

@@ -2,7 +2,9 @@
 //! lease keeper schedules its extensions for the visibility it found at start (300 s: the first
 //! extension at 150 s); receives used to send none, so SQS hid each message for the queue's new
 //! 6 s and a second instance took it again while the first was still working on it. Receives
-//! now always ask for the visibility the lease keeper schedules for.
+//! now always ask for the visibility the lease keeper schedules for, and the keeper adopts the
+//! queue's new attribute at the next depth sample (logged); leases taken before keep theirs.
+//! On fauxqs and on LocalStack (which keeps SQS's visibility rules).
 
 mod common;
 
@@ -13,12 +15,21 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_the_queues_visibility_timeout_while_running_delivers_nothing_twice() {
-    let sqs = sqs().await;
+    lower_the_visibility_while_running(sqs().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_the_queues_visibility_timeout_on_localstack_delivers_nothing_twice() {
+    lower_the_visibility_while_running(localstack().await).await;
+}
+
+async fn lower_the_visibility_while_running(sqs: Sqs) {
     let queue = sqs.queue("vis-change", &[(QueueAttributeName::VisibilityTimeout, "300")]).await;
     // batches that take 14 s, longer than the queue's new visibility timeout
     let w = worker(|_| Reply { delay: Duration::from_secs(14), ..Reply::ok("") }).await;
     let pipeline =
-        http_pipeline("vis", &queue, &w.url, "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.batch]\nsize = 5\n");
+        http_pipeline("vis", &queue, &w.url, "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.batch]\nsize = 5\n")
+            .replace("[pipelines.target]", "depth_interval_secs = 1\n[pipelines.target]");
     let a = start_poller(&sqs, 5, &pipeline).await;
     let b = start_poller(&sqs, 5, &pipeline).await;
     sqs.client
@@ -28,6 +39,12 @@ async fn lowering_the_queues_visibility_timeout_while_running_delivers_nothing_t
         .send()
         .await
         .unwrap();
+    for p in [&a, &b] {
+        eventually("the change is adopted at a depth sample", Duration::from_secs(15), || async {
+            p.log_text().contains("the queue's VisibilityTimeout changed")
+        })
+        .await;
+    }
     let bodies: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
     sqs.send_bodies(&queue, &bodies).await;
     eventually("all 20 deleted", Duration::from_secs(90), || async {
@@ -47,6 +64,7 @@ async fn lowering_the_queues_visibility_timeout_while_running_delivers_nothing_t
         .flat_map(|d| d.records().clone())
         .filter(|r| r["attributes"]["ApproximateReceiveCount"].as_str() != Some("1"))
         .count();
+    assert!(log_a.contains("from_secs=300 to_secs=6"), "{log_a}");
     assert_eq!(times.len(), 20, "every message processed");
     assert!(twice.is_empty(), "processed more than once: {twice:?}\nlog a:\n{log_a}\nlog b:\n{log_b}");
     assert_eq!(recounted, 0, "deliveries with a receive count above 1");

@@ -203,11 +203,13 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
         // take messages, which would stay hidden for their visibility timeout. Only the end of the
         // grace period gives it up (it returns within wait_time_secs, or fails after
         // wait_time_secs + 10 s, unless SQS does not answer at all).
-        // the messages' visibility timeout starts somewhere in the receive: count it from here
-        let sent_at = Instant::now();
-        let attempt_id = attempt.id(sent_at);
+        // the messages' visibility timeout starts somewhere in the receive: the lease counts it
+        // from here, and every receive asks for the timeout the lease keeper schedules for, so
+        // the queue's attribute (which may change while the service runs) never decides it
+        let stamp = stage.leases.stamp();
+        let attempt_id = attempt.id(stamp.sent_at);
         let result = tokio::select! {
-            r = stage.queue.receive_attempt(cfg.wait_time, cfg.visibility_timeout, attempt_id.as_deref()) => r,
+            r = stage.queue.receive_attempt(cfg.wait_time, Some(stamp.visibility), attempt_id.as_deref()) => r,
             () = stage.abandon.cancelled() => {
                 tracing::warn!(pipeline = %stage.metrics.pipeline, "a receive had not returned by the end of the grace period; given up (any message it took comes back after its visibility timeout)");
                 break;
@@ -220,7 +222,7 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
                 let n = messages.len();
                 // a bug in the intake must not leave these leased (and extended) with nobody to settle them
                 let ids: Vec<String> = messages.iter().filter_map(|m| m.message_id.clone()).collect();
-                let taken = AssertUnwindSafe(stage.intake.take(reservation, messages, sent_at)).catch_unwind().await;
+                let taken = AssertUnwindSafe(stage.intake.take(reservation, messages, stamp)).catch_unwind().await;
                 let Ok((received, kept)) = taken else {
                     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                     stage.leases.release(&ids).await;
@@ -299,6 +301,9 @@ const BURST_SAMPLE_SPACING: Duration = Duration::from_millis(200);
 pub struct DepthSampler {
     pub interval: Duration,
     pub queue: Arc<dyn Queue>,
+    /// Unless `pollers.visibility_timeout_secs` fixes it: the lease keeper that adopts a change
+    /// of the queue's `VisibilityTimeout` attribute, read with each sample.
+    pub follow_visibility: Option<Arc<LeaseKeeper>>,
     pub dead_letter: Option<Arc<dyn Queue>>,
     pub intake: Arc<Intake>,
     pub scaling: Arc<Scaling>,
@@ -323,11 +328,19 @@ pub async fn sample_depth(s: DepthSampler) {
         last = Instant::now();
         let dead_letter = async {
             if let Some(dlq) = &s.dead_letter {
-                sample_queue(&s.metrics.pipeline, dlq.as_ref(), &s.metrics.dead_letter_queue).await;
+                sample_queue(&s.metrics.pipeline, dlq.as_ref(), &s.metrics.dead_letter_queue, None).await;
             }
         };
         let samples = async {
-            tokio::join!(sample_queue(&s.metrics.pipeline, s.queue.as_ref(), &s.metrics.source_queue), dead_letter)
+            tokio::join!(
+                sample_queue(
+                    &s.metrics.pipeline,
+                    s.queue.as_ref(),
+                    &s.metrics.source_queue,
+                    s.follow_visibility.as_deref()
+                ),
+                dead_letter
+            )
         };
         // a sample SQS does not answer must not hold the drain
         let (visible, ()) = tokio::select! {
@@ -349,13 +362,21 @@ pub async fn sample_depth(s: DepthSampler) {
 }
 
 /// One GetQueueAttributes into `gauges`; the visible count, or `None` when the call failed.
-async fn sample_queue(pipeline: &str, queue: &dyn Queue, gauges: &QueueGauges) -> Option<u64> {
+/// With `leases`, the queue's `VisibilityTimeout` is read too and a change adopted (logged).
+async fn sample_queue(
+    pipeline: &str,
+    queue: &dyn Queue,
+    gauges: &QueueGauges,
+    leases: Option<&LeaseKeeper>,
+) -> Option<u64> {
     let names = [
         QueueAttributeName::ApproximateNumberOfMessages,
         QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
         QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        QueueAttributeName::VisibilityTimeout,
     ];
-    let attrs = match queue.attributes(&names).await {
+    let asked = if leases.is_some() { &names[..] } else { &names[..3] };
+    let attrs = match queue.attributes(asked).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(pipeline = %pipeline, queue = %queue.url(), error = %e, "queue depth sample failed");
@@ -367,6 +388,14 @@ async fn sample_queue(pipeline: &str, queue: &dyn Queue, gauges: &QueueGauges) -
     gauges.visible.set(visible as f64);
     gauges.in_flight.set(get(&names[1]) as f64);
     gauges.delayed.set(get(&names[2]) as f64);
+    let attribute = attrs.get(names[3].as_str()).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
+    if let (Some(leases), Some(now)) = (leases, attribute) {
+        let before = leases.visibility();
+        if now != before {
+            tracing::warn!(pipeline = %pipeline, from_secs = before.as_secs(), to_secs = now.as_secs(), "the queue's VisibilityTimeout changed: receives ask for the new timeout from now on (messages leased before keep theirs)");
+            leases.set_visibility(now);
+        }
+    }
     Some(visible)
 }
 

@@ -651,6 +651,8 @@ pub fn assert_bounded_labels(text: &str, pipelines: &[&str]) {
                 ["throttled", "server_error", "timeout", "connection", "bad_response", "rejected"].contains(&value)
             }
             "queue" => ["source", "dead_letter"].contains(&value),
+            "call" => sqs_poller::metrics::RECEIPT_CALLS.contains(&value),
+            "code" => value == "other" || sqs_poller::sqs::PERMANENT_CODES.contains(&value),
             "version" => value == env!("CARGO_PKG_VERSION"),
             // one per configuration file loaded (reloads are rare)
             "hash" => value.len() == 16 && value.chars().all(|c| c.is_ascii_hexdigit()),
