@@ -280,7 +280,6 @@ mod tests {
             receive_count: 1,
             sent_timestamp_ms: None,
             group_id: None,
-            received_at: tokio::time::Instant::now(),
             record_json: format!("{{\"body\":\"{}\"}}", "x".repeat(body_len)).into_boxed_str(),
             trace_header: None,
             s3_object: None,

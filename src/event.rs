@@ -62,8 +62,6 @@ pub struct ReceivedMessage {
     pub sent_timestamp_ms: Option<u64>,
     /// FIFO only: the message group, which fixes retry order.
     pub group_id: Option<String>,
-    /// When ReceiveMessage returned it: its visibility timeout runs from here.
-    pub received_at: tokio::time::Instant,
     /// The Lambda record, serialized.
     pub record_json: Box<str>,
     /// The `AWSTraceHeader` system attribute (X-Ray), when the sender set one.
@@ -108,7 +106,6 @@ impl ReceivedMessage {
             receive_count,
             sent_timestamp_ms,
             group_id,
-            received_at: tokio::time::Instant::now(),
             record_json,
             trace_header,
             s3_object: None,
@@ -358,7 +355,6 @@ mod tests {
             receive_count: 1,
             sent_timestamp_ms: None,
             group_id: None,
-            received_at: tokio::time::Instant::now(),
             record_json: serde_json::to_string(&record).unwrap().into_boxed_str(),
             trace_header: None,
             s3_object: None,

@@ -298,7 +298,7 @@ impl PipelineMetrics {
         });
         // rare, but alerted on: every series from start-up
         for call in RECEIPT_CALLS {
-            for code in crate::sqs::PERMANENT_CODES.iter().chain(&["other"]) {
+            for code in crate::aws::errors::PERMANENT_CODES.iter().chain(&["other"]) {
                 metrics::counter!(RECEIPT_REJECTIONS, "pipeline" => p.clone(), "call" => call, "code" => *code)
                     .increment(0);
             }
@@ -348,7 +348,7 @@ impl PipelineMetrics {
     }
 
     /// Counts `n` receipt handles SQS rejected for good in `call` (`delete`, `extend`, `let_go`)
-    /// with `code` (one of [`crate::sqs::PERMANENT_CODES`] or `other`: bounded labels).
+    /// with `code` (one of [`crate::aws::errors::PERMANENT_CODES`] or `other`: bounded labels).
     pub fn receipt_rejected(&self, call: &'static str, code: &'static str, n: u64) {
         metrics::counter!(RECEIPT_REJECTIONS, "pipeline" => self.pipeline.clone(), "call" => call, "code" => code)
             .increment(n);

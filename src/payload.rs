@@ -8,7 +8,9 @@
 //! Objects are fetched through `aws-sdk-s3` ([`crate::aws::s3`]: S3's signing and addressing
 //! rules, region redirects followed; path-style on an endpoint override such as moto or
 //! LocalStack), at most `concurrency` at once, at most `max_bytes` each, each within
-//! [`FETCH_TIMEOUT`]. A pointer that cannot be resolved (no such object, too
+//! `fetch_timeout_secs` (default 60 s, waiting for a slot included: a stalled S3 connection
+//! fails its message instead of holding a poller and a slot forever). The message is leased before its fetch
+//! starts, so a slow fetch is covered by the lease's extensions. A pointer that cannot be resolved (no such object, too
 //! large, S3 unreachable) fails only its own message, with the reason. With
 //! `delete_after_success`, the object is deleted once its message was processed and deleted.
 //!
@@ -21,10 +23,6 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::aws::s3::S3;
-
-/// How long one fetch may take, queueing for a slot included: a stalled S3 connection fails its
-/// message instead of holding a poller and a slot forever.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The pointer classes the extended clients write.
 const POINTER_CLASSES: [&str; 2] =
@@ -72,6 +70,7 @@ pub struct PayloadStore {
     s3: Arc<S3>,
     slots: Semaphore,
     max_bytes: usize,
+    timeout: Duration,
     pub delete_after_success: bool,
     fetched: metrics::Counter,
     failed: metrics::Counter,
@@ -80,22 +79,28 @@ pub struct PayloadStore {
 impl PayloadStore {
     pub fn new(
         s3: Arc<S3>,
-        concurrency: usize,
-        max_bytes: usize,
-        delete_after_success: bool,
+        config: &crate::config::LargePayloadConfig,
         fetched: metrics::Counter,
         failed: metrics::Counter,
     ) -> Self {
-        PayloadStore { s3, slots: Semaphore::new(concurrency.max(1)), max_bytes, delete_after_success, fetched, failed }
+        PayloadStore {
+            s3,
+            slots: Semaphore::new(config.concurrency.max(1)),
+            max_bytes: config.max_bytes,
+            timeout: config.fetch_timeout,
+            delete_after_success: config.delete_after_success,
+            fetched,
+            failed,
+        }
     }
 
-    /// The payload at `p`, at most `max_bytes`, within [`FETCH_TIMEOUT`].
+    /// The payload at `p`, at most `max_bytes`, within the fetch timeout.
     ///
     /// # Errors
     /// Why it could not be fetched (no such object, too large, S3 unreachable or too slow), for
     /// the message's failure reason.
     pub async fn fetch(&self, p: &S3Pointer) -> Result<Bytes, String> {
-        let result = tokio::time::timeout(FETCH_TIMEOUT, async {
+        let result = tokio::time::timeout(self.timeout, async {
             let _slot = self.slots.acquire().await.map_err(|_| "the payload store is closed".to_string())?;
             self.s3.get(&p.bucket, &p.key, self.max_bytes).await.map_err(|e| match e {
                 crate::aws::s3::FetchError::TooLarge { max_bytes } => {
@@ -106,7 +111,12 @@ impl PayloadStore {
         })
         .await
         .unwrap_or_else(|_| {
-            Err(format!("s3://{}/{}: not fetched within {} s", p.bucket, p.key, FETCH_TIMEOUT.as_secs()))
+            Err(format!(
+                "s3://{}/{}: not fetched within {} s (large_payloads.fetch_timeout_secs)",
+                p.bucket,
+                p.key,
+                self.timeout.as_secs()
+            ))
         });
         match &result {
             Ok(_) => self.fetched.increment(1),

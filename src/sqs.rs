@@ -24,7 +24,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, QueueAttributeName};
 use aws_sdk_sqs::Client;
 
-pub use crate::aws::errors::{SqsError, SqsErrorKind};
+pub use crate::aws::errors::{is_permanent_code, SqsError, SqsErrorKind, PERMANENT_CODES};
 use crate::backoff::Backoff;
 pub use crate::limits::SQS_ATTEMPT_TIMEOUT as ATTEMPT_TIMEOUT;
 use crate::metrics::PipelineMetrics;
@@ -58,23 +58,6 @@ impl EntryFailure {
         let code = self.code.rsplit('.').next().unwrap_or("");
         PERMANENT_CODES.iter().find(|c| **c == code).copied().unwrap_or("other")
     }
-}
-
-/// The codes with which SQS rejects a receipt handle or its parameters for good; the values of
-/// the `code` label of [`crate::metrics::RECEIPT_REJECTIONS`] (besides `other`).
-pub const PERMANENT_CODES: [&str; 5] = [
-    "ReceiptHandleIsInvalid",
-    "MessageNotInflight",
-    "InvalidParameterValue",
-    "InvalidParameterCombination",
-    "InvalidIdFormat",
-];
-
-/// Whether `code` (also in its query-compatible form, `AWS.SimpleQueueService.MessageNotInflight`)
-/// is one trying again cannot cure.
-pub fn is_permanent_code(code: &str) -> bool {
-    let code = code.rsplit('.').next().unwrap_or("");
-    PERMANENT_CODES.contains(&code)
 }
 
 /// One SQS queue as the pipeline's stages use it. Object-safe (boxed futures), so stages hold an

@@ -232,9 +232,7 @@ impl Supervisor {
             payloads: p.large_payloads.as_ref().map(|l| {
                 Arc::new(crate::payload::PayloadStore::new(
                     self.clients.s3.clone(),
-                    l.concurrency,
-                    l.max_bytes,
-                    l.delete_after_success,
+                    l,
                     m.payloads_fetched.clone(),
                     m.payloads_failed.clone(),
                 ))

@@ -182,3 +182,84 @@ async fn a_dead_lettered_large_payload_is_read_back_by_the_extended_client() {
     let (_, listing) = http_get(&format!("{}/{bucket}", sqs.endpoint)).await.expect("ListObjects");
     assert!(listing.contains("<Key>"), "the object of a message that was not processed stays:\n{listing}");
 }
+
+const ONE_POINTER: &str = r#"
+import os, sys
+import boto3, sqs_extended_client
+queue_url, bucket, out = sys.argv[1:4]
+session = boto3.session.Session()
+session.client("s3").create_bucket(Bucket=bucket)
+sqs = session.client("sqs")
+sqs.large_payload_support = bucket
+body = os.urandom(200 * 1024).hex()
+with open(out, "w") as f:
+    f.write(body)
+sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+"#;
+
+/// S3 stalls (the fault proxy accepts and never answers) while the queue's visibility timeout
+/// is 2 s: the message is leased from its receive, so the heartbeat keeps it hidden through the
+/// stall; the fetch gives up after `fetch_timeout_secs` (5 s) and fails only that attempt; once
+/// S3 answers again the message is processed once, on its second receive. Before, the lease
+/// started after the fetch (which had no bound): the message came back to another poller every
+/// 2 s while the first fetch hung (with the fetch before the lease, this test saw 3 receives
+/// and a duplicate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_s3_fetch_is_bounded_and_runs_under_the_lease() {
+    let python = python_with_awslambdaric();
+    let sqs = moto_sqs().await;
+    let queue = sqs.queue("extended-stall", &[(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "2")]).await;
+    let bucket = unique("stalled");
+    let dir = tempfile::tempdir().unwrap();
+    let sent = dir.path().join("sent");
+    let out = std::process::Command::new(&python)
+        .args(["-c", ONE_POINTER, &queue, &bucket, sent.to_str().unwrap()])
+        .env("AWS_ENDPOINT_URL", &sqs.endpoint)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the extended client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let s3 = common::proxy::FaultProxy::start(&sqs.endpoint).await;
+    s3.set(common::proxy::Fault::Hang);
+    let worker = worker(|_| Reply::ok("")).await;
+    let pipeline = http_pipeline(
+        "stall",
+        &queue,
+        &worker.url,
+        "[pipelines.pollers]\nmin = 3\nmax = 3\nwait_time_secs = 1\n[pipelines.retry]\ninitial_backoff_secs = 1\n\
+         [pipelines.large_payloads]\nfetch_timeout_secs = 5\n",
+    );
+    let poller = start_poller_with_aws(&sqs, 10, &format!("s3_endpoint_url = \"{}\"", s3.url), &pipeline).await;
+    poller
+        .wait_metric(
+            "sqs_poller_large_payloads_total{pipeline=\"stall\",outcome=\"failed\"}",
+            1.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    s3.set(common::proxy::Fault::Pass);
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"stall\"}", 1.0, Duration::from_secs(30)).await;
+    let text = poller.metrics_text().await;
+    let log = poller.log_text();
+    let (status, _, _) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("not fetched within 5 s"), "{log}");
+    let deliveries = worker.deliveries();
+    let records: Vec<serde_json::Value> = deliveries.iter().flat_map(|d| d.records().clone()).collect();
+    let counts: Vec<&serde_json::Value> = records.iter().map(|r| &r["attributes"]["ApproximateReceiveCount"]).collect();
+    assert_eq!(records.len(), 1, "processed once; receive counts of the deliveries: {counts:?}");
+    assert!(records[0]["body"].as_str() == Some(std::fs::read_to_string(&sent).unwrap().as_str()), "the payload");
+    assert_eq!(
+        records[0]["attributes"]["ApproximateReceiveCount"], "2",
+        "received twice in all: the stalled attempt, then the one that worked (the lease kept it hidden meanwhile)"
+    );
+    assert_eq!(metric_value(&text, "sqs_poller_large_payloads_total{pipeline=\"stall\",outcome=\"failed\"}"), 1.0);
+    assert_eq!(metric_value(&text, "sqs_poller_duplicate_receives_total{pipeline=\"stall\"}"), 0.0);
+    assert_eq!(
+        metric_value(&text, "sqs_poller_messages_received_total{pipeline=\"stall\"}"),
+        2.0,
+        "two receives: {log}"
+    );
+}

@@ -254,6 +254,23 @@ fn hint(code: &str) -> Option<&'static str> {
     })
 }
 
+/// The codes with which SQS rejects a receipt handle or its parameters for good; the values of
+/// the `code` label of `sqs_poller_receipt_rejections_total` (besides `other`).
+pub const PERMANENT_CODES: [&str; 5] = [
+    "ReceiptHandleIsInvalid",
+    "MessageNotInflight",
+    "InvalidParameterValue",
+    "InvalidParameterCombination",
+    "InvalidIdFormat",
+];
+
+/// Whether `code` (also in its query-compatible form, `AWS.SimpleQueueService.MessageNotInflight`)
+/// is one trying again cannot cure.
+pub fn is_permanent_code(code: &str) -> bool {
+    let code = code.rsplit('.').next().unwrap_or("");
+    PERMANENT_CODES.contains(&code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,7 +102,7 @@ impl S3 {
     }
 
     /// The object `bucket`/`key`, at most `max_bytes` (the caller bounds the time:
-    /// [`crate::payload::FETCH_TIMEOUT`]).
+    /// `large_payloads.fetch_timeout_secs`).
     ///
     /// # Errors
     /// [`FetchError`]: too large, or why S3 refused (code and message).

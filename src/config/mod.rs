@@ -67,12 +67,16 @@ pub struct LargePayloadConfig {
     pub max_bytes: usize,
     /// Fetches at once.
     pub concurrency: usize,
+    /// How long one fetch may take, waiting for a slot included.
+    pub fetch_timeout: std::time::Duration,
     /// Delete the S3 object once its message was processed and deleted.
     pub delete_after_success: bool,
 }
 
 /// Defaults of the keys that have no fixed default in the contract.
 pub mod defaults {
+    /// `large_payloads.fetch_timeout_secs`: one S3 fetch, waiting for a slot included.
+    pub const FETCH_TIMEOUT_SECS: u64 = 60;
     /// `lease.max_lease_secs`: SQS's own limit (12 hours from the receive).
     pub const MAX_LEASE_SECS: u64 = super::MAX_VISIBILITY_SECS;
     /// `target.max_throttled_secs`: how long a throttled batch is held before it is released.

@@ -71,6 +71,7 @@ struct RawPipeline {
 struct RawLargePayloads {
     max_bytes: Option<u64>,
     concurrency: Option<u64>,
+    fetch_timeout_secs: Option<u64>,
     delete_after_success: Option<bool>,
 }
 
@@ -436,6 +437,13 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
             2 * 1024 * 1024 * 1024,
         ) as usize,
         concurrency: c.ranged(&format!("{at}.large_payloads.concurrency"), l.concurrency, 8, 1, 256) as usize,
+        fetch_timeout: Duration::from_secs(c.ranged(
+            &format!("{at}.large_payloads.fetch_timeout_secs"),
+            l.fetch_timeout_secs,
+            defaults::FETCH_TIMEOUT_SECS,
+            1,
+            900,
+        )),
         delete_after_success: l.delete_after_success.unwrap_or(false),
     });
     PipelineConfig {

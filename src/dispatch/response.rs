@@ -103,7 +103,6 @@ mod tests {
                 receive_count: 1,
                 sent_timestamp_ms: None,
                 group_id: None,
-                received_at: tokio::time::Instant::now(),
                 record_json: "{}".into(),
                 trace_header: None,
                 s3_object: None,
