@@ -6,6 +6,11 @@ use std::time::Duration;
 /// SQS's largest visibility timeout (and so the longest a receive can hide a message): 12 h.
 pub const MAX_VISIBILITY_SECS: u64 = 43_200;
 
+/// AWS's bounds for provisioned SQS pollers of an event source mapping: `MaximumPollers` up to
+/// 10,000, `MinimumPollers` up to 200 (Lambda API reference, `ProvisionedPollerConfig`).
+pub const MAX_POLLERS: u64 = 10_000;
+pub const MAX_MIN_POLLERS: u64 = 200;
+
 /// The most messages one ReceiveMessage returns.
 pub const RECEIVE_MAX: usize = 10;
 

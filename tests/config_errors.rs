@@ -52,7 +52,7 @@ fn a_valid_file_passes_and_prints_the_resolved_pipeline() {
 
 #[test]
 fn the_shipped_configurations_are_valid() {
-    for file in ["config/poller.toml", "config/demo.toml"] {
+    for file in ["config/poller.toml", "config/demo.toml", "config/seed-provisioned.toml"] {
         let out = Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
             .args(["check", "--config", file])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -99,6 +99,55 @@ fn min_above_max() {
     rejects(
         &format!("{VALID}[pipelines.pollers]\nmin = 8\nmax = 4\n"),
         "pipelines[0].pollers.min: 8 is greater than pollers.max (4)",
+    );
+}
+
+#[test]
+fn the_seed_configuration_coming_from_an_esm_passes_as_written() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+        .args(["check", "--config", "config/seed-provisioned.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("pollers    min 20 max 2000"), "{stdout}");
+    assert!(stdout.contains("max_concurrency 5000"), "{stdout}");
+}
+
+#[test]
+fn aws_bounds_for_pollers() {
+    let (code, _, stderr, _) = run("check", &format!("{VALID}[pipelines.pollers]\nmin = 200\nmax = 10000\n"));
+    assert_eq!(code, 0, "{stderr}");
+    rejects(
+        &format!("{VALID}[pipelines.pollers]\nmax = 10001\n"),
+        "pipelines[0].pollers.max: 10001 is out of range: must be between 1 and 10000",
+    );
+    rejects(
+        &format!("{VALID}[pipelines.pollers]\nmin = 201\nmax = 300\n"),
+        "pipelines[0].pollers.min: 201 is out of range: must be between 0 and 200",
+    );
+}
+
+/// A rejected value is reported once: it is not replaced by the default and compared again.
+#[test]
+fn each_key_is_reported_once() {
+    let once = |text: String, key: &str| {
+        let (code, _, stderr, _) = run("check", &text);
+        assert_eq!(code, 2, "{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(": pipelines[0].")).collect();
+        assert_eq!(lines.len(), 1, "one problem expected, about {key}:\n{stderr}");
+        assert!(lines[0].contains(key), "{stderr}");
+    };
+    once(format!("{VALID}[pipelines.pollers]\nmin = 20\nmax = 20000\n"), "pollers.max: 20000 is out of range");
+    once(format!("{VALID}[pipelines.pollers]\nmin = 500\nmax = 4\n"), "pollers.min: 500 is out of range");
+    once(
+        format!("{VALID}[pipelines.retry]\ninitial_backoff_secs = 50\nmax_backoff_secs = 99999\n"),
+        "retry.max_backoff_secs",
+    );
+    once(
+        format!("[shutdown]\ngrace_period_secs = 10\n{VALID}[pipelines.pollers]\nwait_time_secs = 25\n"),
+        "pollers.wait_time_secs: 25 is out of range",
     );
 }
 

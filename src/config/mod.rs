@@ -22,6 +22,7 @@ use validate::{validate, RawConfig};
 
 pub use crate::limits::MAX_BATCH_BYTES;
 pub use crate::limits::MAX_VISIBILITY_SECS;
+pub use crate::limits::{MAX_MIN_POLLERS, MAX_POLLERS};
 
 /// The validated configuration the service runs on.
 #[derive(Debug, Clone)]

@@ -173,6 +173,12 @@ impl Checker {
         v
     }
 
+    /// Whether `path` was already rejected: a cross-key check on it would compare a stand-in
+    /// default, not what the user wrote, and report the key twice.
+    fn rejected(&self, path: &str) -> bool {
+        self.problems.iter().any(|p| p.path == path)
+    }
+
     fn required_string(&mut self, path: &str, value: Option<String>) -> String {
         match value {
             Some(v) if !v.trim().is_empty() => v,
@@ -275,9 +281,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
 
     // a long poll in flight at SIGTERM must be able to return inside the grace period
     for (i, p) in pipelines.iter().enumerate() {
-        if p.pollers.wait_time.as_secs() >= grace {
+        let wait_key = format!("pipelines[{i}].pollers.wait_time_secs");
+        if p.pollers.wait_time.as_secs() >= grace && !c.rejected(&wait_key) && !c.rejected("shutdown.grace_period_secs")
+        {
             c.fail(
-                format!("pipelines[{i}].pollers.wait_time_secs"),
+                wait_key,
                 format!(
                     "{} must be shorter than shutdown.grace_period_secs ({grace}): a long poll in flight at shutdown has to return within the grace period",
                     p.pollers.wait_time.as_secs()
@@ -306,9 +314,9 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
     let fifo = queue_url.ends_with(".fifo");
     let depth_interval = c.ranged(&format!("{at}.depth_interval_secs"), p.depth_interval_secs, 10, 1, 3600);
 
-    let min = c.ranged(&format!("{at}.pollers.min"), p.pollers.min, 1, 0, 1000);
-    let max = c.ranged(&format!("{at}.pollers.max"), p.pollers.max, 10, 1, 1000);
-    if min > max {
+    let min = c.ranged(&format!("{at}.pollers.min"), p.pollers.min, 1, 0, MAX_MIN_POLLERS);
+    let max = c.ranged(&format!("{at}.pollers.max"), p.pollers.max, 10, 1, MAX_POLLERS);
+    if min > max && !c.rejected(&format!("{at}.pollers.min")) && !c.rejected(&format!("{at}.pollers.max")) {
         c.fail(format!("{at}.pollers.min"), format!("{min} is greater than pollers.max ({max})"));
     }
     let wait = c.ranged(&format!("{at}.pollers.wait_time_secs"), p.pollers.wait_time_secs, 20, 0, 20);
@@ -343,7 +351,10 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         c.ranged(&format!("{at}.retry.initial_backoff_secs"), p.retry.initial_backoff_secs, 1, 0, MAX_VISIBILITY_SECS);
     let max_backoff =
         c.ranged(&format!("{at}.retry.max_backoff_secs"), p.retry.max_backoff_secs, 300, 0, MAX_VISIBILITY_SECS);
-    if initial > max_backoff {
+    if initial > max_backoff
+        && !c.rejected(&format!("{at}.retry.initial_backoff_secs"))
+        && !c.rejected(&format!("{at}.retry.max_backoff_secs"))
+    {
         c.fail(
             format!("{at}.retry.initial_backoff_secs"),
             format!("{initial} is greater than retry.max_backoff_secs ({max_backoff})"),
