@@ -182,6 +182,11 @@ impl SimQueue {
         self.state().messages.len()
     }
 
+    /// ReceiveMessage calls so far.
+    pub fn receives(&self) -> u64 {
+        u64::from(self.receives.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -443,3 +443,84 @@ fn panicking_pollers_are_replaced_and_a_panicking_batch_is_released() {
         assert_eq!(queue.log().deleted.len(), 50);
     });
 }
+
+/// The seed's fleet (min 20, max 2,000, 20 s long polls, batch 50, window 2 s): a 40,000-message
+/// burst takes it to max, and once the queue is empty it is back at min within about two
+/// minutes — a fraction of the fleet per cool-down, not one poller per long poll — and stays
+/// there, receiving only what 20 idle long polls cost.
+#[test]
+fn the_seed_fleet_goes_to_max_on_a_burst_and_back_to_min_within_two_minutes_of_idle() {
+    let seed = seed();
+    fastrand::seed(seed);
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+        let handle = recorder();
+        let name = "sim-seed-fleet";
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/000000000000/seed-fleet", VISIBILITY, seed)));
+        let dlq = Arc::new(SimQueue::new(SimConfig::new("http://sim/000000000000/seed-fleet-dlq", VISIBILITY, seed)));
+        for i in 0..40_000 {
+            queue.put(&format!("m-{i}"), None);
+        }
+        let target = Target::Function(Arc::new(|_event: Bytes| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Invocation::Response(Bytes::new())
+            })
+        }));
+        let config = format!(
+            "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\ndepth_interval_secs = 10\n\
+             [pipelines.pollers]\nmin = 20\nmax = 2000\nwait_time_secs = 20\nvisibility_timeout_secs = 60\n\
+             [pipelines.batch]\nsize = 50\nwindow_ms = 2000\n\
+             [pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\nmax_concurrency = 5000\n\
+             [pipelines.dead_letter]\nqueue_url = \"{}\"\nmax_receive_count = 3\n",
+            queue.url(),
+            dlq.url()
+        );
+        let cfg = sqs_poller::config::parse(&config, &|_| None).expect("valid").pipelines.remove(0);
+        let shutdown = Shutdown::default();
+        let metrics = PipelineMetrics::new(name, 20, 2000, cfg.target.max_concurrency);
+        let task = tokio::spawn(pipeline::run(PipelineParts {
+            config: cfg,
+            queue: queue.clone(),
+            dead_letter: Some(dlq.clone()),
+            target,
+            metrics,
+            shutdown: shutdown.clone(),
+            ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
+            control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
+            payloads: None,
+        }));
+        let pollers = || counter(&handle.render(), &format!("sqs_poller_pollers{{pipeline=\"{name}\"}}"));
+        let started = tokio::time::Instant::now();
+        let mut peak = 0.0f64;
+        while !queue.is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(600), "not drained: {} left", queue.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = peak.max(pollers());
+        }
+        let idle_from = tokio::time::Instant::now();
+        println!("40,000 drained in {:?}, peak {peak} pollers", idle_from - started);
+        assert_eq!(peak, 2000.0, "the burst took the fleet to max");
+        let mut seen = vec![pollers()];
+        while seen.last() != Some(&20.0) {
+            assert!(idle_from.elapsed() < Duration::from_secs(600), "the fleet went {seen:?} in 10 minutes of idle");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let n = pollers();
+            if seen.last() != Some(&n) {
+                seen.push(n);
+            }
+        }
+        let to_min = idle_from.elapsed();
+        println!("idle: 2000 -> 20 pollers in {to_min:?}, through {seen:?}");
+        assert!(to_min <= Duration::from_secs(130), "2000 -> 20 took {to_min:?}: {seen:?}");
+        // at rest: 20 long polls of 20 s, about 60 receives a minute (and no step back up)
+        let before = queue.receives();
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let per_minute = (queue.receives() - before) / 2;
+        println!("at rest: {per_minute} receives a minute");
+        assert_eq!(pollers(), 20.0);
+        assert!(per_minute <= 70, "{per_minute} receives a minute at rest");
+        shutdown.begin(Duration::from_secs(30));
+        task.await.expect("the pipeline task").expect("the pipeline ran");
+        assert_eq!(queue.log().deleted.len(), 40_000, "every message deleted");
+    });
+}
