@@ -131,6 +131,8 @@ pub struct LeaseTable {
     next_round: u64,
     /// Rounds whose extensions have not all been answered.
     rounds_in_flight: std::collections::BTreeSet<u64>,
+    /// The earliest extension the heartbeat plans for (none: nothing to extend).
+    planned_due: Option<Instant>,
 }
 
 impl LeaseTable {
@@ -141,6 +143,7 @@ impl LeaseTable {
             leases: HashMap::new(),
             next_round: 0,
             rounds_in_flight: std::collections::BTreeSet::new(),
+            planned_due: None,
         }
     }
 
@@ -337,10 +340,9 @@ pub struct LeaseKeeper {
     metrics: PipelineMetrics,
     room: Arc<Semaphore>,
     table: Mutex<LeaseTable>,
-    /// Woken when a lease is added, so the heartbeat plans its next tick.
-    added: tokio::sync::Notify,
-    /// Woken when a receive whose answer was slow brought leases due sooner than the heartbeat
-    /// planned for, so that it plans again.
+    /// Woken when a receive brought a lease due sooner than the heartbeat's planned wake (the
+    /// first lease, an answer that took long, a visibility timeout lowered since the other
+    /// leases were taken), so that it plans again.
     replan: tokio::sync::Notify,
     /// Woken when a heartbeat round ends, for settlements waiting on its extensions.
     round_ended: tokio::sync::Notify,
@@ -365,7 +367,6 @@ impl LeaseKeeper {
             metrics,
             room: Arc::new(Semaphore::new(max_outstanding)),
             table: Mutex::new(LeaseTable::new(visibility, max_lease)),
-            added: tokio::sync::Notify::new(),
             replan: tokio::sync::Notify::new(),
             round_ended: tokio::sync::Notify::new(),
             shutdown: crate::shutdown::Shutdown::default(),
@@ -435,14 +436,11 @@ impl LeaseKeeper {
             kept.forget();
         }
         drop(permit);
-        // a new lease, or a lost one renewed by this receive: the heartbeat plans again. A
-        // lease falls due half a visibility timeout after its receive was sent, which is later
-        // than any wake the heartbeat planned unless the answer took long: then it re-plans.
-        if !admissions.is_empty() {
-            self.added.notify_one();
-            if sent_at.elapsed() > self.spacing() {
-                self.replan.notify_one();
-            }
+        // a new lease, or a lost one renewed by this receive, falls due half its visibility
+        // timeout after its receive was sent: the heartbeat plans again when that is sooner
+        // than the extension it plans for (mostly not: a busy pipeline is no wake per receive)
+        if !admissions.is_empty() && self.table().planned_due.is_none_or(|due| sent_at + stamp.visibility / 2 < due) {
+            self.replan.notify_one();
         }
         admissions
     }
@@ -644,14 +642,19 @@ impl LeaseKeeper {
         let mut last_round = Instant::now();
         let mut rounds = futures_util::stream::FuturesUnordered::new();
         loop {
-            let next = self.table().next_due(Instant::now());
+            // found and published under one lock: a lease admitted after this sees it and asks
+            // for a new plan if it falls due sooner (the notification is kept until
+            // the select below takes it)
+            let next = {
+                let mut table = self.table();
+                let next = table.next_due(Instant::now());
+                table.planned_due = next;
+                next
+            };
             let planned = next.map(|due| due.max(last_round + spacing));
             tokio::select! {
                 () = stop.cancelled() => return,
                 Some(()) = rounds.next(), if !rounds.is_empty() => continue,
-                // nothing leased: wait for the first lease (a lease is never due sooner than
-                // half a visibility timeout after it is taken, so a planned wake stays right)
-                () = self.added.notified(), if planned.is_none() => continue,
                 () = self.replan.notified() => continue,
                 () = async { tokio::time::sleep_until(planned.expect("checked")).await }, if planned.is_some() => {}
             }
@@ -872,6 +875,48 @@ mod tests {
         assert_eq!(t.next_due(t0 + secs(31)), None);
         t.admit("m", "rh2", at(t0 + secs(32), &t));
         assert_eq!(t.next_due(t0 + secs(32)), Some(t0 + secs(47)), "a new receive renews the lease");
+    }
+
+    /// A lease taken after the queue's visibility timeout was lowered falls due long before the
+    /// wake the heartbeat planned for the leases taken before (300 s: due at 150 s); the heartbeat
+    /// must plan again, or the new lease's message reappears after 6 s while it is worked on
+    /// (seen in tests/visibility_change.rs on a loaded machine: ten messages processed twice).
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_due_sooner_than_the_planned_wake_is_extended_in_time() {
+        use crate::sim::{SimConfig, SimQueue};
+        use crate::sqs::Queue as _;
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(300), 1)));
+        queue.put("old", None);
+        let keeper =
+            Arc::new(LeaseKeeper::new(queue.clone(), secs(300), secs(3600), 20, PipelineMetrics::new("t", 1, 1, 1)));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let heartbeat = tokio::spawn({
+            let (keeper, stop) = (keeper.clone(), stop.clone());
+            async move { keeper.heartbeat(stop).await }
+        });
+        let admit_one = |stamp: ReceiveStamp| {
+            let (queue, keeper) = (queue.clone(), keeper.clone());
+            async move {
+                let got = queue.receive(Duration::ZERO, Some(stamp.visibility)).await.unwrap();
+                let pairs: Vec<(&str, &str)> =
+                    got.iter().map(|m| (m.message_id().unwrap(), m.receipt_handle().unwrap())).collect();
+                keeper.admit(keeper.reserve().await, pairs, stamp);
+            }
+        };
+        admit_one(keeper.stamp()).await;
+        tokio::time::sleep(secs(1)).await;
+        keeper.set_visibility(secs(6));
+        queue.put("new", None);
+        admit_one(keeper.stamp()).await;
+        tokio::time::sleep(secs(20)).await;
+        assert_eq!(
+            queue.receive(Duration::ZERO, None).await.unwrap().len(),
+            0,
+            "the new lease was extended: still hidden"
+        );
+        assert!(queue.log().visibility_changes.len() >= 6, "{:?}", queue.log().visibility_changes);
+        stop.cancel();
+        heartbeat.await.unwrap();
     }
 
     #[tokio::test]
