@@ -26,7 +26,7 @@
 //! serves `/metrics`, `/healthz` and `/readyz`, [`admin`] the admin API over [`control`] (pause,
 //! resume, the worker's health check), [`trace`] carries X-Ray/W3C trace context to the worker,
 //! [`shutdown`] drains in order on SIGTERM, [`supervisor`] starts the pipelines and applies
-//! reloads (SIGHUP), [`notify`] tells systemd, and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
+//! reloads (SIGHUP), [`notify`] tells systemd, [`descriptors`] checks the open-file limit a fleet needs, and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
 
 pub mod ack;
 pub mod admin;
@@ -35,6 +35,7 @@ pub mod backoff;
 pub mod batch;
 pub mod config;
 pub mod control;
+pub mod descriptors;
 pub mod dispatch;
 pub mod dlq;
 pub mod event;

@@ -326,6 +326,7 @@ fn run(config: Config, path: std::path::PathBuf) -> ExitCode {
         }
     };
     let grace = config.grace_period;
+    check_open_file_limit(&config);
     let result = runtime.block_on(async move {
         // SIGHUP reloads the configuration (its default action would end the process)
         let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -389,6 +390,29 @@ fn run(config: Config, path: std::path::PathBuf) -> ExitCode {
             eprintln!("sqs-poller: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one and warns when that is still below what the
+/// configuration may hold open (a connection per poller and per batch in flight).
+fn check_open_file_limit(config: &Config) {
+    use sqs_poller::descriptors;
+    let needed = descriptors::needed(config);
+    match descriptors::raise_to_hard_limit() {
+        Some(l) => {
+            if l.soft > l.soft_before {
+                tracing::info!(
+                    from = l.soft_before,
+                    to = l.soft,
+                    needed,
+                    "raised the open-file limit to its hard limit"
+                );
+            }
+            if let Some(warning) = descriptors::shortfall(l.soft, needed) {
+                tracing::warn!(limit = l.soft, needed, "{warning}");
+            }
+        }
+        None => tracing::warn!(needed, "cannot read the open-file limit (ulimit -n)"),
     }
 }
 
@@ -489,6 +513,16 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
             Some(d) => w!("  dead_letter {} after {} receives", d.queue_url, d.max_receive_count),
             None => w!("  dead_letter none (the queue's own redrive policy applies)"),
         }
+    }
+    let needed = sqs_poller::descriptors::needed(c);
+    match sqs_poller::descriptors::current() {
+        Some((soft, hard)) => {
+            w!("descriptors up to {needed} at full scale; open-file limit here: soft {soft}, hard {hard} (the soft limit is raised to the hard one at start)");
+            if let Some(warning) = sqs_poller::descriptors::shortfall(hard, needed) {
+                w!("warning: {warning}");
+            }
+        }
+        None => w!("descriptors up to {needed} at full scale; the open-file limit cannot be read here"),
     }
     // a closed pipe (`check | head`) is not an error worth a panic
     let _ = std::io::stdout().write_all(out.as_bytes());
