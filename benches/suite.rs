@@ -81,7 +81,7 @@ async fn run() {
         // bench/RESULTS.md again from bench/results.json (and bench/results-before.json), no measuring
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(env.root.join("bench/results.json")).unwrap()).unwrap();
-        std::fs::write(env.root.join("bench/RESULTS.md"), results_md(&v)).unwrap();
+        write_results_md(&env, &v);
         return;
     }
     if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("cost") {
@@ -188,7 +188,7 @@ async fn run() {
     results.insert("commit".into(), json!(commit));
     let value = serde_json::Value::Object(results);
     std::fs::write(env.root.join("bench/results.json"), serde_json::to_string_pretty(&value).unwrap() + "\n").unwrap();
-    std::fs::write(env.root.join("bench/RESULTS.md"), results_md(&value)).unwrap();
+    write_results_md(&env, &value);
     println!("wrote bench/RESULTS.md, bench/results.json, bench/burst.svg");
 }
 
@@ -591,6 +591,18 @@ fn machine_busy_seconds() -> f64 {
     let f: Vec<f64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
     let busy: f64 = f.iter().sum::<f64>() - f[3] - f[4];
     busy / clock_ticks()
+}
+
+/// Writes bench/RESULTS.md from `v`, keeping the seed scenario's section (benches/seed.rs) as it was.
+fn write_results_md(env: &Env, v: &serde_json::Value) {
+    const SEED_BEGIN: &str = "<!-- seed scenario: begin";
+    let path = env.root.join("bench/RESULTS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut md = results_md(v);
+    if let Some(at) = old.find(SEED_BEGIN) {
+        md = format!("{}\n\n{}", md.trim_end(), &old[at..]);
+    }
+    std::fs::write(path, md).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The benchmark suite (benches/suite.rs): starts a fresh emulator of its own, builds the release
-# binary and runs every measurement in one go; prints a table and writes bench/RESULTS.md,
-# bench/results.json and bench/burst.svg. Takes about three minutes.
+# The benchmarks, on a fresh emulator of their own, with the release binary:
+#   scripts/bench.sh        the suite, then the seed scenario (about thirteen minutes)
+#   scripts/bench.sh suite  benches/suite.rs: cost, sizes, burst, idle, hostile (about three
+#                           minutes); writes bench/RESULTS.md, bench/results.json, bench/burst.svg
+#   scripts/bench.sh seed   benches/seed.rs: config/seed-provisioned.toml at 50,000 messages a
+#                           minute, its descent to min, idle fleets of 2,000 and 10,000 pollers
+#                           (about ten minutes); writes bench/seed.json and the seed section of
+#                           bench/RESULTS.md (the suite keeps that section when it rewrites the file)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SQS_POLLER_SKIP_LOCALSTACK=1   # only the tests need it
@@ -11,4 +16,11 @@ scripts/services.sh stop
 trap 'scripts/services.sh stop' EXIT
 SQS_POLLER_BENCH_ENDPOINT="$(scripts/services.sh start)"
 export SQS_POLLER_BENCH_ENDPOINT
-cargo bench --locked --bench suite "$@"
+# the seed scenario reaches the emulator the way the tests do
+export SQS_POLLER_TEST_ENDPOINT="$SQS_POLLER_BENCH_ENDPOINT"
+case "${1:-all}" in
+    suite) cargo bench --locked --bench suite ;;
+    seed) cargo bench --locked --bench seed ;;
+    all) cargo bench --locked --bench suite && cargo bench --locked --bench seed ;;
+    *) echo "usage: scripts/bench.sh [suite|seed]" >&2; exit 2 ;;
+esac
