@@ -417,12 +417,12 @@ impl LeaseKeeper {
         stamp: ReceiveStamp,
     ) -> Vec<Admission> {
         let sent_at = stamp.sent_at;
-        let admissions: Vec<Admission> = {
+        let (admissions, planned_due): (Vec<Admission>, Option<Instant>) = {
             let mut table = self.table();
             let a = received.into_iter().map(|(id, rh)| table.admit(id, rh, stamp)).collect();
             self.metrics.in_flight_messages.set(table.len() as f64);
             self.metrics.status.in_flight.store(table.len(), std::sync::atomic::Ordering::Relaxed);
-            a
+            (a, table.planned_due)
         };
         let new = admissions.iter().filter(|a| **a == Admission::New).count();
         let duplicates = admissions.len() - new;
@@ -439,7 +439,7 @@ impl LeaseKeeper {
         // a new lease, or a lost one renewed by this receive, falls due half its visibility
         // timeout after its receive was sent: the heartbeat plans again when that is sooner
         // than the extension it plans for (mostly not: a busy pipeline is no wake per receive)
-        if !admissions.is_empty() && self.table().planned_due.is_none_or(|due| sent_at + stamp.visibility / 2 < due) {
+        if !admissions.is_empty() && planned_due.is_none_or(|due| sent_at + stamp.visibility / 2 < due) {
             self.replan.notify_one();
         }
         admissions
