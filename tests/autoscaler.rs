@@ -1,4 +1,5 @@
-//! The burst autoscaler against the emulator: `min = 1, max = 32`, idle, then 5,000 messages.
+//! The burst autoscaler against the emulator: `min = 1, max = 32`, idle, then a backlog of
+//! 5,000 messages; and a producer sending batches of 10 steadily, which is no backlog at all.
 
 mod common;
 
@@ -29,7 +30,18 @@ async fn a_burst_takes_the_fleet_from_min_to_max_within_two_seconds_and_back_dow
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(poller.metric(pollers).await, 1.0, "idle fleet at min");
 
-    // watch the gauge while the burst lands
+    // the backlog: 5,000 messages sent while the pipeline is paused (one poller on the emulator
+    // keeps up with a single sender, so messages sent while it polls are never a backlog)
+    let admin = poller.admin_url();
+    let (status, body) = http_post(&format!("{admin}/pipelines/burst/pause")).await.expect("POST pause");
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the long poll in flight returns
+    let bodies: Vec<String> = (0..5000).map(|i| format!("b{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    assert_eq!(sqs.counts(&queue).await, (5000, 0), "the backlog waits");
+    assert_eq!(poller.metric(pollers).await, 1.0, "nothing scaled while paused");
+
+    // watch the gauge while the backlog is taken
     let reached = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let watch = {
@@ -48,11 +60,10 @@ async fn a_burst_takes_the_fleet_from_min_to_max_within_two_seconds_and_back_dow
             None
         })
     };
-    let bodies: Vec<String> = (0..5000).map(|i| format!("b{i}")).collect();
-    sqs.send_bodies(&queue, &bodies).await;
-    let sent = t0.elapsed();
+    let (status, _) = http_post(&format!("{admin}/pipelines/burst/resume")).await.expect("POST resume");
+    assert_eq!(status, 200);
     let to_max = watch.await.unwrap();
-    println!("burst of 5,000 sent in {sent:?}; pollers 1 -> 32 after {to_max:?} from the first message");
+    println!("a backlog of 5,000: pollers 1 -> 32 after {to_max:?} from the resume");
     let to_max = to_max.unwrap_or_else(|| panic!("the fleet never reached 32 pollers; log:\n{}", poller.log_text()));
     assert!(to_max < Duration::from_secs(2), "took {to_max:?} to reach max");
     assert!(poller.log_text().contains("scaling pollers"), "each step is logged");
@@ -81,6 +92,69 @@ async fn a_burst_takes_the_fleet_from_min_to_max_within_two_seconds_and_back_dow
     assert!(seen.windows(2).all(|w| w[1] < w[0]), "only down: {seen:?}");
     let desired = poller.metric("sqs_poller_pollers_desired{pipeline=\"burst\"}").await;
     assert!((1.0..=30.0).contains(&desired), "desired {desired}");
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}
+
+/// A producer sending `SendMessageBatch` of 10 steadily (200 messages a second): each batch
+/// lands whole in a waiting long poll, a full receive every time. That is no backlog: the fleet
+/// stays near `min` (before, every full receive doubled it, and it sat at `max`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_producer_of_batches_of_ten_does_not_scale_the_fleet_up() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("batched", &[]).await;
+    let worker = worker(|_| Reply::ok("")).await;
+    let poller = start_poller(
+        &sqs,
+        10,
+        &http_pipeline(
+            "batched",
+            &queue,
+            &worker.url,
+            "max_concurrency = 64\n[pipelines.pollers]\nmin = 1\nmax = 64\nwait_time_secs = 5",
+        ),
+    )
+    .await;
+    let pollers = "sqs_poller_pollers_desired{pipeline=\"batched\"}";
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let peak = Arc::new(std::sync::Mutex::new(0.0f64));
+    let done = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let listen = poller.listen.clone();
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                if let Some((_, text)) = http_get(&format!("{listen}/metrics")).await {
+                    let n = metric_value(&text, pollers);
+                    let mut p = peak.lock().unwrap();
+                    *p = p.max(n);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut sent = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        tick.tick().await;
+        let bodies: Vec<String> = (sent..sent + 10).map(|i| format!("m{i}")).collect();
+        sqs.send_bodies(&queue, &bodies).await;
+        sent += 10;
+    }
+    poller
+        .wait_metric("sqs_poller_messages_deleted_total{pipeline=\"batched\"}", sent as f64, Duration::from_secs(30))
+        .await;
+    done.store(true, Ordering::SeqCst);
+    watch.await.unwrap();
+    let peak = *peak.lock().unwrap();
+    let log = poller.log_text();
+    let steps: Vec<&str> = log.lines().filter(|l| l.contains("scaling pollers")).collect();
+    println!("{sent} messages in batches of 10 over 20 s: peak {peak} pollers desired; steps: {steps:#?}");
+    assert!(peak <= 4.0, "a steady batched producer took the fleet to {peak}: {steps:#?}");
+    let delivered = worker.times_delivered();
+    assert_eq!(delivered.len(), sent, "every message reached the worker");
+    assert!(delivered.values().all(|&n| n == 1), "none twice");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }

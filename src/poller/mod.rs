@@ -60,16 +60,30 @@ impl Scaling {
         self.lock().desired()
     }
 
-    pub fn receive(&self, messages: usize) {
-        let decision = self.lock().observe_receive(messages, Instant::now());
+    /// A receive sent at `sent_at` returned `messages` messages.
+    pub fn receive(&self, messages: usize, sent_at: Instant) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(sent_at);
+        let decision = self.lock().observe_receive(messages, took, now);
         self.apply(decision.change);
         if decision.sample_depth {
             self.sample_now.notify_one();
         }
     }
 
-    pub fn backlog(&self, visible: u64) {
-        let change = self.lock().observe_backlog(visible, Instant::now());
+    /// A depth sample that took `took` found `visible` messages; `burst`: a quick full receive
+    /// asked for it.
+    pub fn backlog(&self, visible: u64, took: Duration, burst: bool) {
+        let now = Instant::now();
+        let change = {
+            let mut scaler = self.lock();
+            scaler.observe_round_trip(took);
+            if burst {
+                scaler.observe_burst_sample(visible, now)
+            } else {
+                scaler.observe_backlog(visible, now)
+            }
+        };
         self.apply(change);
     }
 
@@ -229,7 +243,7 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
                     panic!("the intake of a receive panicked; its messages were released");
                 };
                 // messages the filter keeps back are no demand
-                stage.scaling.receive(n - kept);
+                stage.scaling.receive(n - kept, stamp.sent_at);
                 if received.is_empty() {
                     continue;
                 }
@@ -317,13 +331,14 @@ pub async fn sample_depth(s: DepthSampler) {
     let mut last = Instant::now();
     let mut oldest_secs = 0.0;
     loop {
-        tokio::select! {
+        let burst = tokio::select! {
             () = s.drain.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick() => false,
             () = s.scaling.sample_now.notified() => {
                 tokio::time::sleep_until(last + BURST_SAMPLE_SPACING).await;
+                true
             }
-        }
+        };
         let since_last = last.elapsed().as_secs_f64();
         last = Instant::now();
         let dead_letter = async {
@@ -331,20 +346,21 @@ pub async fn sample_depth(s: DepthSampler) {
                 sample_queue(&s.metrics.pipeline, dlq.as_ref(), &s.metrics.dead_letter_queue, None).await;
             }
         };
-        let samples = async {
-            tokio::join!(
-                sample_queue(
-                    &s.metrics.pipeline,
-                    s.queue.as_ref(),
-                    &s.metrics.source_queue,
-                    s.follow_visibility.as_deref()
-                ),
-                dead_letter
+        let source = async {
+            let sent = Instant::now();
+            let visible = sample_queue(
+                &s.metrics.pipeline,
+                s.queue.as_ref(),
+                &s.metrics.source_queue,
+                s.follow_visibility.as_deref(),
             )
+            .await;
+            // the round trip to SQS, for the autoscaler's quick receives
+            (visible, sent.elapsed())
         };
         // a sample SQS does not answer must not hold the drain
-        let (visible, ()) = tokio::select! {
-            r = samples => r,
+        let ((visible, took), ()) = tokio::select! {
+            r = async { tokio::join!(source, dead_letter) } => r,
             () = s.drain.cancelled() => return,
         };
         let Some(visible) = visible else { continue };
@@ -357,7 +373,7 @@ pub async fn sample_depth(s: DepthSampler) {
             None => oldest_secs + since_last,
         };
         s.metrics.oldest_message_age.set(oldest_secs);
-        s.scaling.backlog(visible);
+        s.scaling.backlog(visible, took, burst);
     }
 }
 
