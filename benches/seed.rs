@@ -4,9 +4,11 @@
 //! 1. **Steady load**: 50,000 messages a minute (833/s, five in six matching the filter) sent at
 //!    an even pace for `SEED_SEND_SECS` (120): send→worker latency (p50, p99, max, share within
 //!    500 ms), what the sender reached, peak pollers, peak RSS, CPU per message.
-//! 2. **Idle**: from the last message on, the time until the fleet is back at `min` (20), then
+//! 2. **Burst**: `SEED_BURST` (40,000) messages sent as fast as 64 concurrent SendMessageBatch
+//!    go: the time until the fleet is at `max` (2,000), the drain.
+//! 3. **Idle**: from the last message on, the time until the fleet is back at `min` (20), then
 //!    the receives per minute at rest; then SIGTERM: the drain's length and exit status.
-//! 3. **Idle fleets** of 2,000 and 10,000 pollers (10 and 50 pipelines held at 200 each, AWS's
+//! 4. **Idle fleets** of 2,000 and 10,000 pollers (10 and 50 pipelines held at 200 each, AWS's
 //!    largest `pollers.min`), each long-polling an empty queue: RSS, CPU-s per minute,
 //!    descriptors, receives per minute, the drain on SIGTERM.
 //!
@@ -289,6 +291,58 @@ async fn steady_then_idle(sqs: &Sqs) -> serde_json::Value {
         cpu / sent as f64 * 1e6
     );
 
+    // a burst onto the steady fleet (as a producer catching up would send it): to max, drained
+    let burst = env_u64("SEED_BURST", 40_000);
+    let burst_start = Instant::now();
+    let sender = {
+        let (client, queue) = (sqs.client.clone(), queue.clone());
+        tokio::spawn(async move {
+            let gate = Arc::new(tokio::sync::Semaphore::new(64));
+            let mut tasks = Vec::new();
+            for k in 0..burst / 10 {
+                let permit = gate.clone().acquire_owned().await.unwrap();
+                let (client, queue) = (client.clone(), queue.clone());
+                tasks.push(tokio::spawn(async move {
+                    let sent_at = now_ms();
+                    let entries = (0..10)
+                        .map(|i| {
+                            let n = sent + k * 10 + i;
+                            let body = json!({"event_type": EVENT_TYPES[(n % 6) as usize], "transaction_id": n, "amount_cents": n % 100_000, "sent_ms": sent_at});
+                            SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body.to_string()).build().unwrap()
+                        })
+                        .collect();
+                    let out = client.send_message_batch().queue_url(&queue).set_entries(Some(entries)).send().await.expect("SendMessageBatch");
+                    assert!(out.failed.is_empty(), "{:?}", out.failed);
+                    drop(permit);
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            burst_start.elapsed().as_secs_f64()
+        })
+    };
+    let (mut burst_peak, mut burst_to_max) = (0.0f64, None);
+    loop {
+        let t = p.metrics_text().await;
+        let n = pollers(&t);
+        burst_peak = burst_peak.max(n);
+        if burst_to_max.is_none() && n >= 2000.0 {
+            burst_to_max = Some(burst_start.elapsed().as_secs_f64());
+        }
+        if sender.is_finished() && sum_series(&t, "sqs_poller_messages_deleted_total{") >= (sent + burst) as f64 {
+            break;
+        }
+        assert!(burst_start.elapsed() < Duration::from_secs(300), "the burst of {burst} not drained in 5 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let burst_sent_s = sender.await.unwrap();
+    let burst_drained_s = burst_start.elapsed().as_secs_f64();
+    println!(
+        "seed: burst of {burst} sent in {burst_sent_s:.1} s, fleet at max (2000) after {}, peak {burst_peak}, drained in {burst_drained_s:.1} s",
+        burst_to_max.map_or("never".to_string(), |s| format!("{s:.2} s"))
+    );
+
     // idle: from the last message the worker saw until the fleet is back at min
     let last = worker.last_arrival.lock().unwrap().unwrap();
     let mut steps: Vec<(f64, f64)> = Vec::new();
@@ -321,6 +375,8 @@ async fn steady_then_idle(sqs: &Sqs) -> serde_json::Value {
         "p50_ms": p50, "p99_ms": p99, "max_ms": max, "within_sla": within,
         "peak_pollers": peak_pollers, "peak_rss_mib": peak_rss, "cpu_us_per_message": cpu / sent as f64 * 1e6,
         "busy_s": busy, "queue_after": [counts.0, counts.1], "dlq_after": [dlq_counts.0, dlq_counts.1],
+        "burst": burst, "burst_sent_s": burst_sent_s, "burst_to_max_s": burst_to_max, "burst_peak_pollers": burst_peak,
+        "burst_drained_s": burst_drained_s,
         "seconds_to_min": to_min, "descent": steps, "receives_per_min_at_rest": receives_per_min,
         "cpu_s_per_min_at_rest": rest_cpu_per_min, "exit_ok": status.success(), "drain_s": drain.as_secs_f64(),
     })
@@ -403,13 +459,24 @@ fn seed_md(v: &serde_json::Value) -> String {
         ),
         ("send → worker latency", format!("p50 {} ms, p99 {} ms, max {} ms", s["p50_ms"], s["p99_ms"], s["max_ms"])),
         ("within the 500 ms SLA", format!("{:.2} %", f(&s["within_sla"]) * 100.0)),
-        ("peak pollers", format!("{}", s["peak_pollers"])),
+        ("peak pollers under the steady load", format!("{}", s["peak_pollers"])),
         ("peak RSS", format!("{:.0} MiB", f(&s["peak_rss_mib"]))),
         (
             "CPU per message (every message sent, filtered ones included)",
             format!("{:.0} µs", f(&s["cpu_us_per_message"])),
         ),
         ("after the run: queue (visible, hidden), DLQ", format!("{}, {}", s["queue_after"], s["dlq_after"])),
+        (
+            "then a burst, sent as fast as the sender can",
+            format!(
+                "{} messages in {:.1} s: the fleet at `max` (2,000) {} after its first message (peak {}), drained in {:.1} s",
+                s["burst"],
+                f(&s["burst_sent_s"]),
+                s["burst_to_max_s"].as_f64().map_or("never".to_string(), |x| format!("{x:.2} s")),
+                s["burst_peak_pollers"],
+                f(&s["burst_drained_s"])
+            ),
+        ),
         ("idle: last message → back at `min` (20)", format!("{:.0} s", f(&s["seconds_to_min"]))),
         (
             "the descent (s after the last message, pollers)",
