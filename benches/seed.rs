@@ -338,8 +338,9 @@ async fn steady_then_idle(sqs: &Sqs) -> serde_json::Value {
     }
     let burst_sent_s = sender.await.unwrap();
     let burst_drained_s = burst_start.elapsed().as_secs_f64();
+    let burst_peak_rss = p.peak_rss_mib();
     println!(
-        "seed: burst of {burst} sent in {burst_sent_s:.1} s, fleet at max (2000) after {}, peak {burst_peak}, drained in {burst_drained_s:.1} s",
+        "seed: burst of {burst} sent in {burst_sent_s:.1} s, fleet at max (2000) after {}, peak {burst_peak}, drained in {burst_drained_s:.1} s, peak RSS {burst_peak_rss:.0} MiB",
         burst_to_max.map_or("never".to_string(), |s| format!("{s:.2} s"))
     );
 
@@ -376,7 +377,7 @@ async fn steady_then_idle(sqs: &Sqs) -> serde_json::Value {
         "peak_pollers": peak_pollers, "peak_rss_mib": peak_rss, "cpu_us_per_message": cpu / sent as f64 * 1e6,
         "busy_s": busy, "queue_after": [counts.0, counts.1], "dlq_after": [dlq_counts.0, dlq_counts.1],
         "burst": burst, "burst_sent_s": burst_sent_s, "burst_to_max_s": burst_to_max, "burst_peak_pollers": burst_peak,
-        "burst_drained_s": burst_drained_s,
+        "burst_drained_s": burst_drained_s, "burst_peak_rss_mib": burst_peak_rss,
         "seconds_to_min": to_min, "descent": steps, "receives_per_min_at_rest": receives_per_min,
         "cpu_s_per_min_at_rest": rest_cpu_per_min, "exit_ok": status.success(), "drain_s": drain.as_secs_f64(),
     })
@@ -469,12 +470,13 @@ fn seed_md(v: &serde_json::Value) -> String {
         (
             "then a burst, sent as fast as the sender can",
             format!(
-                "{} messages in {:.1} s: the fleet at `max` (2,000) {} after its first message (peak {}), drained in {:.1} s",
+                "{} messages in {:.1} s: the fleet at `max` (2,000) {} after its first message (peak {}), drained in {:.1} s; peak RSS {:.0} MiB",
                 s["burst"],
                 f(&s["burst_sent_s"]),
                 s["burst_to_max_s"].as_f64().map_or("never".to_string(), |x| format!("{x:.2} s")),
                 s["burst_peak_pollers"],
-                f(&s["burst_drained_s"])
+                f(&s["burst_drained_s"]),
+                f(&s["burst_peak_rss_mib"])
             ),
         ),
         ("idle: last message → back at `min` (20)", format!("{:.0} s", f(&s["seconds_to_min"]))),
