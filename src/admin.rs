@@ -62,6 +62,9 @@ impl Entry {
         if pause.by_health {
             paused_by.push("health_check");
         }
+        if pause.by_breaker {
+            paused_by.push("breaker");
+        }
         json!({
             "name": name,
             "queue_url": self.queue_url,
@@ -69,6 +72,11 @@ impl Entry {
             "paused_by": paused_by,
             "pollers": self.status.pollers(),
             "in_flight_messages": self.status.in_flight(),
+            "concurrency": {
+                "mode": if self.status.adaptive.load(Ordering::Relaxed) { "adaptive" } else { "fixed" },
+                "limit": self.status.concurrency_limit.load(Ordering::Relaxed),
+            },
+            "breaker": self.status.breaker(),
             "last_error": self.status.last_error().map(|(at, e)| json!({"at_unix_secs": at, "message": e})),
         })
     }

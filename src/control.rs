@@ -1,7 +1,8 @@
 //! What an operator (the admin API) and the worker's health check can say to a running pipeline,
 //! and what it shows them.
 //!
-//! - [`Control`]: paused by the operator, paused because the worker's health check fails. While
+//! - [`Control`]: paused by the operator, because the worker's health check fails, or because the
+//!   target's circuit breaker is open. While
 //!   either holds, pollers send no `ReceiveMessage` (in-flight batches finish and are settled as
 //!   usual), so no receive count is spent while the worker is down.
 //! - [`Status`]: live figures for `GET /pipelines` (pollers, in-flight messages, the last error).
@@ -15,11 +16,13 @@ pub struct Pause {
     pub by_operator: bool,
     /// `target.health_url` does not answer 2xx (or has not answered yet).
     pub by_health: bool,
+    /// The target's circuit breaker is open or half-open ([`crate::dispatch::breaker`]).
+    pub by_breaker: bool,
 }
 
 impl Pause {
     pub fn paused(self) -> bool {
-        self.by_operator || self.by_health
+        self.by_operator || self.by_health || self.by_breaker
     }
 }
 
@@ -32,7 +35,7 @@ pub struct Control {
 impl Control {
     /// `health_gated`: the pipeline has a health check, and waits for its first pass.
     pub fn new(health_gated: bool, gauge: metrics::Gauge) -> Self {
-        let pause = Pause { by_operator: false, by_health: health_gated };
+        let pause = Pause { by_operator: false, by_health: health_gated, by_breaker: false };
         gauge.set(if pause.paused() { 1.0 } else { 0.0 });
         Control { state: watch::Sender::new(pause), gauge }
     }
@@ -58,6 +61,11 @@ impl Control {
         let before = self.pause().by_health;
         self.update(|p| p.by_health = failing);
         before != failing
+    }
+
+    /// The circuit breaker opened (`true`) or closed (`false`).
+    pub fn set_breaker_open(&self, open: bool) {
+        self.update(|p| p.by_breaker = open);
     }
 
     /// Returns at once when not paused, else when resumed.

@@ -339,6 +339,9 @@ pub struct LeaseKeeper {
     pipeline: String,
     metrics: PipelineMetrics,
     room: Arc<Semaphore>,
+    /// The room's size now ([`Self::set_room`]) and the permits it still owes: a shrink takes the
+    /// free permits at once and the rest as leases end.
+    room_size: Mutex<RoomSize>,
     table: Mutex<LeaseTable>,
     /// Woken when a receive brought a lease due sooner than the heartbeat's planned wake (the
     /// first lease, an answer that took long, a visibility timeout lowered since the other
@@ -348,6 +351,13 @@ pub struct LeaseKeeper {
     round_ended: tokio::sync::Notify,
     /// Its grace period bounds the settling calls' retries.
     shutdown: crate::shutdown::Shutdown,
+}
+
+/// See [`LeaseKeeper::set_room`].
+struct RoomSize {
+    max: usize,
+    size: usize,
+    owed: usize,
 }
 
 impl LeaseKeeper {
@@ -366,6 +376,7 @@ impl LeaseKeeper {
             pipeline: metrics.pipeline.clone(),
             metrics,
             room: Arc::new(Semaphore::new(max_outstanding)),
+            room_size: Mutex::new(RoomSize { max: max_outstanding, size: max_outstanding, owed: 0 }),
             table: Mutex::new(LeaseTable::new(visibility, max_lease)),
             replan: tokio::sync::Notify::new(),
             round_ended: tokio::sync::Notify::new(),
@@ -392,8 +403,23 @@ impl LeaseKeeper {
 
     /// Waits for room for one receive (up to [`RECEIVE_MAX`] messages).
     pub async fn reserve(&self) -> Reservation {
-        let permit = self.room.clone().acquire_many_owned(RECEIVE_MAX as u32).await.expect("the room is never closed");
-        Reservation { permit }
+        loop {
+            let mut permit =
+                self.room.clone().acquire_many_owned(RECEIVE_MAX as u32).await.expect("the room is never closed");
+            // a shrunk room takes what it is owed from here (see set_room)
+            let owed = {
+                let mut r = self.room_size.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let pay = r.owed.min(RECEIVE_MAX);
+                r.owed -= pay;
+                pay
+            };
+            if owed == 0 {
+                return Reservation { permit };
+            }
+            if let Some(paid) = permit.split(owed) {
+                paid.forget();
+            }
+        }
     }
 
     /// Messages outstanding now.
@@ -566,7 +592,31 @@ impl LeaseKeeper {
     }
 
     fn return_room(&self, n: usize) {
-        self.room.add_permits(n);
+        let mut r = self.room_size.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let paid = r.owed.min(n);
+        r.owed -= paid;
+        drop(r);
+        self.room.add_permits(n - paid);
+    }
+
+    /// Sets the room to `messages` (in whole receives, at least one, at most `max_outstanding`):
+    /// the adaptive concurrency limit keeps the pollers from receiving what could not be
+    /// dispatched.
+    pub fn set_room(&self, messages: usize) {
+        let mut r = self.room_size.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let size = messages.div_ceil(RECEIVE_MAX).max(1).saturating_mul(RECEIVE_MAX).min(r.max);
+        if size < r.size {
+            let shrink = r.size - size;
+            let taken = self.room.forget_permits(shrink);
+            r.owed += shrink - taken;
+        } else if size > r.size {
+            let grow = size - r.size;
+            let forgiven = r.owed.min(grow);
+            r.owed -= forgiven;
+            self.room.add_permits(grow - forgiven);
+        }
+        r.size = size;
+        self.metrics.max_outstanding.set(size as f64);
     }
 
     /// Deletes `ids` (processed, filtered out or dead-lettered) and ends their leases; returns the
@@ -917,6 +967,28 @@ mod tests {
         assert!(queue.log().visibility_changes.len() >= 6, "{:?}", queue.log().visibility_changes);
         stop.cancel();
         heartbeat.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_shrunk_room_takes_the_free_room_now_and_the_rest_as_it_comes_back() {
+        use crate::sim::{SimConfig, SimQueue};
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
+        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 40, PipelineMetrics::new("t", 1, 1, 1));
+        // two pollers hold a receive's room each (long polls out)
+        let (a, b) = (keeper.reserve().await, keeper.reserve().await);
+        keeper.set_room(10);
+        assert_eq!(keeper.room.available_permits(), 0, "the 20 free permits are taken at once");
+        drop((a, b));
+        // the 10 still owed are taken by the next reservation
+        let c = keeper.reserve().await;
+        assert_eq!(keeper.room.available_permits(), 0);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), keeper.reserve()).await.is_err(),
+            "room for one receive only"
+        );
+        drop(c);
+        keeper.set_room(35);
+        assert_eq!(keeper.room.available_permits(), 40, "in whole receives, up to max_outstanding");
     }
 
     #[tokio::test]

@@ -28,6 +28,9 @@ pub const POLLERS_MAX: &str = "sqs_poller_pollers_max";
 pub const IN_FLIGHT_MESSAGES: &str = "sqs_poller_in_flight_messages";
 pub const IN_FLIGHT_BATCHES: &str = "sqs_poller_in_flight_batches";
 pub const MAX_CONCURRENCY: &str = "sqs_poller_max_concurrency";
+pub const CONCURRENCY_LIMIT: &str = "sqs_poller_concurrency_limit";
+pub const BREAKER_STATE: &str = "sqs_poller_breaker_state";
+pub const BREAKER_TRANSITIONS: &str = "sqs_poller_breaker_transitions_total";
 pub const MAX_OUTSTANDING: &str = "sqs_poller_max_outstanding_messages";
 pub const DUPLICATE_RECEIVES: &str = "sqs_poller_duplicate_receives_total";
 pub const LEASE_EXTENSIONS: &str = "sqs_poller_lease_extensions_total";
@@ -123,6 +126,17 @@ fn describe() {
     describe_gauge!(IN_FLIGHT_MESSAGES, Unit::Count, "Messages received and not yet acknowledged.");
     describe_gauge!(IN_FLIGHT_BATCHES, Unit::Count, "Batches being dispatched or acknowledged now.");
     describe_gauge!(MAX_CONCURRENCY, Unit::Count, "Configured target.max_concurrency (batches in flight at most).");
+    describe_gauge!(
+        CONCURRENCY_LIMIT,
+        Unit::Count,
+        "Batches allowed in flight now: max_concurrency, or the adaptive limit (target.concurrency = \"adaptive\")."
+    );
+    describe_gauge!(BREAKER_STATE, "The target's circuit breaker: 0 closed, 1 open, 2 half-open (one probe batch).");
+    describe_counter!(
+        BREAKER_TRANSITIONS,
+        Unit::Count,
+        "Circuit breaker transitions, by the phase entered (`to`: open, half_open, closed)."
+    );
     describe_gauge!(
         MAX_OUTSTANDING,
         Unit::Count,
@@ -232,6 +246,8 @@ pub struct PipelineMetrics {
     pub oldest_message_age: Gauge,
     /// `sqs_poller_paused`.
     pub paused: Gauge,
+    pub concurrency_limit: Gauge,
+    pub breaker_state: Gauge,
     /// Live figures for the admin API.
     pub status: std::sync::Arc<Status>,
     /// `sqs_requests_total` and `sqs_errors_total` of each of [`SQS_OPERATIONS`], resolved once.
@@ -306,6 +322,9 @@ impl PipelineMetrics {
         gauge(POLLERS_MIN).set(min as f64);
         gauge(POLLERS_MAX).set(max as f64);
         gauge(MAX_CONCURRENCY).set(max_concurrency as f64);
+        for to in ["open", "half_open", "closed"] {
+            metrics::counter!(BREAKER_TRANSITIONS, "pipeline" => p.clone(), "to" => to).increment(0);
+        }
         PipelineMetrics {
             received: counter(MESSAGES_RECEIVED),
             filtered: counter(MESSAGES_FILTERED),
@@ -341,6 +360,8 @@ impl PipelineMetrics {
             dead_letter_queue: QueueGauges::new(&p, "dead_letter"),
             oldest_message_age: gauge(OLDEST_MESSAGE_AGE),
             paused: gauge(PAUSED),
+            concurrency_limit: gauge(CONCURRENCY_LIMIT),
+            breaker_state: gauge(BREAKER_STATE),
             status: std::sync::Arc::default(),
             sqs_counters: std::sync::Arc::new(sqs_counters),
             pipeline: p,
@@ -396,6 +417,11 @@ pub fn config_loaded(hash: &str, previous: Option<&str>) {
 pub struct Status {
     pub pollers: std::sync::atomic::AtomicUsize,
     pub in_flight: std::sync::atomic::AtomicUsize,
+    /// Batches allowed in flight now, and whether the limit is adaptive.
+    pub concurrency_limit: std::sync::atomic::AtomicUsize,
+    pub adaptive: std::sync::atomic::AtomicBool,
+    /// The breaker's phase name (`closed`, `open`, `half_open`); empty: none yet.
+    pub breaker: std::sync::Mutex<&'static str>,
     last_error: std::sync::Mutex<Option<(std::time::SystemTime, String)>>,
 }
 
@@ -416,6 +442,15 @@ impl Status {
 
     pub fn pollers(&self) -> usize {
         self.pollers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn breaker(&self) -> &'static str {
+        let b = *self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if b.is_empty() {
+            "closed"
+        } else {
+            b
+        }
     }
 
     pub fn in_flight(&self) -> usize {

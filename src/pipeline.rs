@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -24,6 +24,8 @@ use crate::ack::Acker;
 use crate::backoff::Backoff;
 use crate::batch::{Batch, BatchBuffer, BatchSink, Batcher, GroupGate, GroupsDone};
 use crate::config::PipelineConfig;
+use crate::dispatch::breaker::Breaker;
+use crate::dispatch::concurrency::Slots;
 use crate::dispatch::{Dispatcher, Outcome, Target};
 use crate::event::{arn_from_queue_url, EventSource, ReceivedMessage};
 use crate::intake::Intake;
@@ -126,9 +128,35 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
         retry: cfg.retry.clone(),
         metrics: metrics.clone(),
     };
+    // the batches in flight, at most the (adaptive) limit; the pollers' room follows it
+    let slots = Arc::new({
+        let slots = Slots::new(
+            cfg.target.max_concurrency,
+            cfg.target.adaptive,
+            cfg.batch.size,
+            metrics.concurrency_limit.clone(),
+            metrics.status.clone(),
+        );
+        if slots.is_adaptive() {
+            let leases = leases.clone();
+            let configured = cfg.lease.max_outstanding;
+            slots.with_room(move |messages| leases.set_room(messages.min(configured)))
+        } else {
+            slots
+        }
+    });
+    let breaker = Arc::new(Breaker::new(cfg.target.breaker.clone(), control.clone(), metrics.clone()));
     let mut dispatcher =
         Dispatcher::new(&cfg.target, cfg.batch.size, cfg.fifo, target, scaling.clone(), metrics.clone());
     dispatcher.bisect = cfg.retry.bisect;
+    dispatcher.slots = Some(slots.clone());
+    dispatcher.breaker = cfg.target.breaker.enabled.then(|| breaker.clone());
+    dispatcher.drain = shutdown.drain.clone();
+    let breaker_clock = tokio::spawn({
+        let breaker = breaker.clone();
+        let stop = shutdown.drain.clone();
+        async move { breaker.keep_time(stop).await }
+    });
 
     // the heartbeat outlives every other stage: it stops once every lease is settled
     let stop_heartbeat = CancellationToken::new();
@@ -172,8 +200,7 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let runner = BatchRunner {
         work: Arc::new(BatchWork { dispatcher, acker, abandon: shutdown.abandon.clone(), done: done_tx }),
-        slots: Arc::new(Semaphore::new(cfg.target.max_concurrency)),
-        max_concurrency: cfg.target.max_concurrency,
+        slots,
         scaling,
         tasks: TaskTracker::new(),
     };
@@ -193,6 +220,7 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
     if let Some(h) = health {
         let _ = h.await;
     }
+    let _ = breaker_clock.await;
     for (what, r) in [("pollers", fleet.await), ("depth sampler", sampler.await)] {
         if let Err(e) = r {
             tracing::error!(pipeline = %cfg.name, error = %e, "the {what} task failed");
@@ -224,34 +252,33 @@ struct BatchWork {
     done: mpsc::UnboundedSender<GroupsDone>,
 }
 
-/// Runs cut batches in their own tasks, at most `max_concurrency` at once.
+/// Runs cut batches in their own tasks, at most the concurrency limit at once.
 struct BatchRunner {
     work: Arc<BatchWork>,
-    slots: Arc<Semaphore>,
-    max_concurrency: usize,
+    slots: Arc<Slots>,
     scaling: Arc<Scaling>,
     tasks: TaskTracker,
 }
 
 impl BatchRunner {
-    /// Tells the autoscaler how many batches are in flight.
-    fn report_saturation(slots: &Semaphore, max: usize, scaling: &Scaling) {
-        scaling.saturation(max - slots.available_permits(), max);
+    /// Tells the autoscaler how many batches are in flight, of how many the limit allows.
+    fn report_saturation(slots: &Slots, scaling: &Scaling) {
+        scaling.saturation(slots.in_flight(), slots.limit());
     }
 }
 
 impl BatchSink for BatchRunner {
     async fn submit(&mut self, batch: Batch, groups: GroupsDone) {
         let slot = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            p = self.slots.acquire() => p,
             () = self.work.abandon.cancelled() => {
                 self.work.acker.release(&batch).await;
                 let _ = self.work.done.send(groups);
                 return;
             }
         };
-        Self::report_saturation(&self.slots, self.max_concurrency, &self.scaling);
-        let (slots, max, scaling) = (self.slots.clone(), self.max_concurrency, self.scaling.clone());
+        Self::report_saturation(&self.slots, &self.scaling);
+        let (slots, scaling) = (self.slots.clone(), self.scaling.clone());
         let work = self.work.clone();
         // the batch's log lines carry its trace id, when a message brought one
         let span = match crate::trace::Trace::of_batch(&batch) {
@@ -260,8 +287,9 @@ impl BatchSink for BatchRunner {
         };
         self.tasks.spawn(
             async move {
-                process_batch(&work, batch, groups, slot).await;
-                Self::report_saturation(&slots, max, &scaling);
+                process_batch(&work, batch, groups).await;
+                slots.release(slot);
+                Self::report_saturation(&slots, &scaling);
             }
             .instrument(span),
         );
@@ -277,7 +305,7 @@ impl BatchSink for BatchRunner {
 }
 
 /// Dispatches one batch and settles the outcome; releases it if shutdown abandons it.
-async fn process_batch(work: &BatchWork, batch: Batch, mut groups: GroupsDone, slot: OwnedSemaphorePermit) {
+async fn process_batch(work: &BatchWork, batch: Batch, mut groups: GroupsDone) {
     let n = batch.len();
     let metrics = &work.acker.metrics;
     metrics.in_flight_batches.increment(1.0);
@@ -287,7 +315,7 @@ async fn process_batch(work: &BatchWork, batch: Batch, mut groups: GroupsDone, s
             Outcome::Answered(verdict) => work.acker.settle(&batch, &verdict).await.failed_groups(&batch),
             Outcome::Throttled => work.acker.release_throttled(&batch).await.failed_groups(&batch),
             Outcome::Abandoned => {
-                tracing::info!(pipeline = %metrics.pipeline, messages = n, "grace period over: releasing an unfinished batch");
+                tracing::info!(pipeline = %metrics.pipeline, messages = n, "shutdown: releasing an unfinished batch (the grace period is over, or the open circuit breaker held it)");
                 work.acker.release(&batch).await;
                 groups.groups.iter().map(|g| (g.clone(), 0)).collect()
             }
@@ -308,5 +336,4 @@ async fn process_batch(work: &BatchWork, batch: Batch, mut groups: GroupsDone, s
     // the batcher is gone once shutdown has flushed it; nothing is held then
     let _ = work.done.send(groups);
     metrics.in_flight_batches.decrement(1.0);
-    drop(slot);
 }

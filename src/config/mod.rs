@@ -133,8 +133,35 @@ pub struct TargetConfig {
     pub max_throttled: Duration,
     /// While this URL does not answer 2xx, the pipeline's pollers do not receive.
     pub health_url: Option<String>,
+    /// `concurrency = "adaptive"`: the floor of the adaptive limit (`min_concurrency`); `None`:
+    /// fixed at `max_concurrency`.
+    pub adaptive: Option<usize>,
+    /// `[pipelines.target.breaker]`.
+    pub breaker: BreakerConfig,
     /// The `http` target's options for remote workers (headers, TLS, SigV4).
     pub http: HttpOptions,
+}
+
+/// `[pipelines.target.breaker]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    /// Consecutive unavailable calls that open it.
+    pub failures: u32,
+    /// The first cool-down; doubled after each failed probe.
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            failures: 5,
+            cooldown: Duration::from_secs(10),
+            max_cooldown: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Options of the `http` target for workers that are not on localhost.

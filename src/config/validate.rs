@@ -126,12 +126,24 @@ struct RawTarget {
     rate_limit_per_sec: Option<u64>,
     max_throttled_secs: Option<u64>,
     health_url: Option<String>,
+    concurrency: Option<String>,
+    min_concurrency: Option<u64>,
+    breaker: Option<RawBreaker>,
     headers: Option<std::collections::BTreeMap<String, String>>,
     ca_file: Option<String>,
     client_cert_file: Option<String>,
     client_key_file: Option<String>,
     sigv4_service: Option<String>,
     sigv4_region: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    enabled: Option<bool>,
+    failures: Option<u64>,
+    cooldown_secs: Option<u64>,
+    max_cooldown_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -494,6 +506,8 @@ fn placeholder_target() -> TargetConfig {
         rate_limit_per_sec: None,
         max_throttled: Duration::from_secs(defaults::MAX_THROTTLED_SECS),
         health_url: None,
+        adaptive: None,
+        breaker: BreakerConfig::default(),
         http: HttpOptions::default(),
     }
 }
@@ -586,6 +600,58 @@ fn validate_target(c: &mut Checker, at: &str, mut t: RawTarget) -> TargetConfig 
     if let Some(u) = &health_url {
         c.url(&format!("{at}.health_url"), u, &["http"]);
     }
+    let adaptive = match t.concurrency.as_deref() {
+        None | Some("fixed") => {
+            if t.min_concurrency.is_some() {
+                c.fail(format!("{at}.min_concurrency"), "applies to `concurrency = \"adaptive\"` only");
+            }
+            None
+        }
+        Some("adaptive") => {
+            let floor = c.ranged(&format!("{at}.min_concurrency"), t.min_concurrency, 1, 1, 10_000);
+            let rejected = c.rejected(&format!("{at}.max_concurrency")) || c.rejected(&format!("{at}.min_concurrency"));
+            if floor > max_concurrency && !rejected {
+                c.fail(
+                    format!("{at}.min_concurrency"),
+                    format!("{floor} is greater than max_concurrency ({max_concurrency})"),
+                );
+            }
+            Some(floor.min(max_concurrency) as usize)
+        }
+        Some(other) => {
+            c.fail(
+                format!("{at}.concurrency"),
+                format!("`{other}` is not a concurrency mode (expected fixed or adaptive)"),
+            );
+            None
+        }
+    };
+    let breaker = t.breaker.map_or_else(BreakerConfig::default, |b| {
+        let d = BreakerConfig::default();
+        let cooldown =
+            c.ranged(&format!("{at}.breaker.cooldown_secs"), b.cooldown_secs, d.cooldown.as_secs(), 1, 3_600);
+        let max_cooldown = c.ranged(
+            &format!("{at}.breaker.max_cooldown_secs"),
+            b.max_cooldown_secs,
+            d.max_cooldown.as_secs().max(cooldown),
+            1,
+            86_400,
+        );
+        let rejected = c.rejected(&format!("{at}.breaker.cooldown_secs"))
+            || c.rejected(&format!("{at}.breaker.max_cooldown_secs"));
+        if max_cooldown < cooldown && !rejected {
+            c.fail(
+                format!("{at}.breaker.max_cooldown_secs"),
+                format!("{max_cooldown} is less than breaker.cooldown_secs ({cooldown})"),
+            );
+        }
+        BreakerConfig {
+            enabled: b.enabled.unwrap_or(true),
+            failures: c.ranged(&format!("{at}.breaker.failures"), b.failures, u64::from(d.failures), 1, 1_000) as u32,
+            cooldown: Duration::from_secs(cooldown),
+            max_cooldown: Duration::from_secs(max_cooldown.max(cooldown)),
+        }
+    });
     TargetConfig {
         kind,
         timeout: Duration::from_secs(timeout),
@@ -593,6 +659,8 @@ fn validate_target(c: &mut Checker, at: &str, mut t: RawTarget) -> TargetConfig 
         rate_limit_per_sec,
         max_throttled: Duration::from_secs(max_throttled),
         health_url,
+        adaptive,
+        breaker,
         http,
     }
 }

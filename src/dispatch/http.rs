@@ -97,14 +97,13 @@ impl HttpTarget {
         let response = match self.client.request(request).await {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
-                return Invocation::Throttled(format!(
-                    "cannot connect to {}: {}",
-                    self.url,
-                    crate::net::error_chain(&e)
-                ))
+                return Invocation::Unavailable {
+                    reason: format!("cannot connect to {}: {}", self.url, crate::net::error_chain(&e)),
+                    connect: true,
+                }
             }
             Err(e) => {
-                return Invocation::FunctionError(format!(
+                return Invocation::unavailable(format!(
                     "request to {} failed: {}",
                     self.url,
                     crate::net::error_chain(&e)
@@ -121,14 +120,20 @@ impl HttpTarget {
                     self.url
                 ));
             }
-            Err(e) => return Invocation::FunctionError(format!("cannot read the response of {}: {e}", self.url)),
+            Err(e) => return Invocation::unavailable(format!("cannot read the response of {}: {e}", self.url)),
         };
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             return Invocation::Throttled(format!("HTTP {status}"));
         }
         if !status.is_success() {
             let excerpt = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Invocation::FunctionError(format!("HTTP {status}: {excerpt}"));
+            let reason = format!("HTTP {status}: {excerpt}");
+            // a 5xx is the worker (or what is in front of it) down; a 4xx is its answer
+            return if status.is_server_error() {
+                Invocation::unavailable(reason)
+            } else {
+                Invocation::FunctionError(reason)
+            };
         }
         Invocation::Response(body)
     }

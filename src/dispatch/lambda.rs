@@ -65,7 +65,14 @@ where
             return Invocation::Throttled(format!("Lambda {}", err.code().unwrap_or("throttled")));
         }
     }
-    Invocation::FunctionError(format!("cannot invoke {function}: {}", DisplayErrorContext(e)))
+    let reason = format!("cannot invoke {function}: {}", DisplayErrorContext(e));
+    match e {
+        // Lambda did not answer: the network, or its endpoint
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            Invocation::unavailable(reason)
+        }
+        _ => Invocation::FunctionError(reason),
+    }
 }
 
 #[cfg(test)]

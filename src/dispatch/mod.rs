@@ -10,7 +10,9 @@
 //! clock when the target starts the batch (for `runtime-api`, when a worker takes it). Targets
 //! only need to be cancel-safe (a dropped command is killed).
 
+pub mod breaker;
 pub mod command;
+pub mod concurrency;
 pub mod http;
 pub mod lambda;
 pub mod response;
@@ -45,6 +47,19 @@ pub enum Invocation {
     /// The target asked to slow down (HTTP 429/503): the batch is tried again later and its
     /// messages are not counted as failed.
     Throttled(String),
+    /// The target could not do the work: a timeout, a request that failed, an HTTP 5xx other
+    /// than 503, no connection at all (`connect`). Counts toward the circuit breaker and pushes
+    /// the adaptive limit down. Every message of the batch failed — unless the breaker is open,
+    /// which holds the batch under lease; a refused connection (nothing reached the worker) is
+    /// retried as a throttle is.
+    Unavailable { reason: String, connect: bool },
+}
+
+impl Invocation {
+    /// The target was unavailable (not a refused connection).
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Invocation::Unavailable { reason: reason.into(), connect: false }
+    }
 }
 
 /// A configured target. One per pipeline, so the size difference of the variants does not matter.
@@ -129,7 +144,7 @@ impl Target {
     /// Sends one event (`{"Records":[…]}`) to the target; the work may take `timeout`, counted
     /// from when the target starts it. `trace` is the batch's trace context ([`crate::trace`]).
     pub async fn invoke(&self, event: Bytes, timeout: Duration, trace: Option<&Trace>) -> Invocation {
-        let timed_out = || Invocation::FunctionError(format!("timed out after {} s", timeout.as_secs()));
+        let timed_out = || Invocation::unavailable(format!("timed out after {} s", timeout.as_secs()));
         match self {
             Target::Http(t) => {
                 tokio::time::timeout(timeout, t.invoke(event, trace)).await.unwrap_or_else(|_| timed_out())
@@ -155,7 +170,7 @@ pub enum Outcome {
     Abandoned,
 }
 
-/// Calls the target for batches: rate limit, timeout, throttle policy.
+/// Calls the target for batches: rate limit, timeout, throttle policy, circuit breaker.
 pub struct Dispatcher {
     pub target: Target,
     pub timeout: Duration,
@@ -166,6 +181,11 @@ pub struct Dispatcher {
     limiter: Option<DefaultDirectRateLimiter>,
     pub scaling: Arc<Scaling>,
     pub metrics: PipelineMetrics,
+    /// Told what each call said of the target's capacity (the adaptive limit).
+    pub slots: Option<Arc<concurrency::Slots>>,
+    pub breaker: Option<Arc<breaker::Breaker>>,
+    /// A batch the breaker holds is let go when this fires (the drain), not at the grace's end.
+    pub drain: CancellationToken,
 }
 
 impl Dispatcher {
@@ -191,6 +211,9 @@ impl Dispatcher {
             limiter,
             scaling,
             metrics,
+            slots: None,
+            breaker: None,
+            drain: CancellationToken::new(),
         }
     }
 
@@ -308,20 +331,76 @@ impl Dispatcher {
         self.metrics.batch_size.record(batch.len() as f64);
         let event = Bytes::from(encode_event(batch));
         let trace = Trace::of_batch(batch);
-        let first_try = Instant::now();
+        let mut first_try = Instant::now();
         let mut throttles = Backoff::default();
         loop {
+            let probe = match &self.breaker {
+                Some(b) => {
+                    let waited = Instant::now();
+                    // the drain lets a held batch go at once; a closed breaker admits at once
+                    let admitted = tokio::select! {
+                        biased;
+                        a = b.admit(&self.drain) => a,
+                        () = abandon.cancelled() => None,
+                    };
+                    let Some(probe) = admitted else { return Outcome::Abandoned };
+                    if waited.elapsed() > Duration::from_millis(1) {
+                        // time held by the breaker is not time throttled
+                        first_try = Instant::now();
+                    }
+                    probe
+                }
+                None => false,
+            };
             let started = Instant::now();
             let invocation = tokio::select! {
                 i = self.target.invoke(event.clone(), self.timeout, trace.as_ref()) => i,
-                () = abandon.cancelled() => return Outcome::Abandoned,
+                () = abandon.cancelled() => {
+                    if probe {
+                        if let Some(b) = &self.breaker {
+                            b.probe_dropped();
+                        }
+                    }
+                    return Outcome::Abandoned;
+                }
             };
-            self.metrics.dispatch_duration.record(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            self.metrics.dispatch_duration.record(took.as_secs_f64());
+            let signal = match &invocation {
+                Invocation::Response(_) | Invocation::FunctionError(_) => concurrency::Signal::Answered(took),
+                Invocation::Throttled(_) | Invocation::Unavailable { .. } => concurrency::Signal::Pushback,
+            };
+            if let Some(slots) = &self.slots {
+                slots.observe(signal);
+            }
             let reason = match invocation {
-                Invocation::Response(body) => return Outcome::Answered(response::interpret(&body, batch, self.fifo)),
+                Invocation::Response(body) => {
+                    if let Some(b) = &self.breaker {
+                        b.answered();
+                    }
+                    return Outcome::Answered(response::interpret(&body, batch, self.fifo));
+                }
                 Invocation::FunctionError(reason) => {
+                    if let Some(b) = &self.breaker {
+                        b.answered();
+                    }
                     self.metrics.status.set_last_error(format!("target: {reason}"));
                     return Outcome::Answered(Verdict::AllFailed(reason));
+                }
+                Invocation::Unavailable { reason, connect } => {
+                    self.metrics.status.set_last_error(format!("target: {reason}"));
+                    let holding = self.breaker.as_ref().is_some_and(|b| b.unavailable());
+                    // a failed probe is settled as a failure: a queue whose only messages make
+                    // the worker answer 5xx (poison) still reaches its dead-letter queue, one
+                    // probe batch per cool-down
+                    if holding && !probe {
+                        tracing::debug!(pipeline = %self.metrics.pipeline, messages = batch.len(), %reason, "circuit breaker open: the batch waits under lease");
+                        continue;
+                    }
+                    if !connect {
+                        return Outcome::Answered(Verdict::AllFailed(reason));
+                    }
+                    reason
                 }
                 Invocation::Throttled(reason) => reason,
             };

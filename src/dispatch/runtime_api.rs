@@ -209,7 +209,7 @@ impl RuntimeApiTarget {
             Ok(Ok(())) => {}
             Ok(Err(())) => {
                 guard.finished = true;
-                return Invocation::FunctionError("the runtime-api workers are gone".to_string());
+                return Invocation::unavailable("the runtime-api workers are gone");
             }
             // the guard marks the job abandoned, so no worker takes it later
             Err(_) => {
@@ -224,7 +224,7 @@ impl RuntimeApiTarget {
                 r.unwrap_or_else(|_| Invocation::FunctionError("the invocation was dropped by its worker".to_string()))
             }
             // dropping the guard kills the worker, as Lambda ends a timed-out function
-            Err(_) => return Invocation::FunctionError(format!("timed out after {} s", timeout.as_secs())),
+            Err(_) => return Invocation::unavailable(format!("timed out after {} s", timeout.as_secs())),
         };
         guard.finished = true;
         outcome

@@ -213,6 +213,11 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
         if retire.is_cancelled() {
             break;
         }
+        // paused while it waited for room (the circuit breaker opened): no receive
+        if stage.control.pause().paused() {
+            drop(reservation);
+            continue;
+        }
         // not cancelled by a drain or a retirement: a long poll abandoned by the client can still
         // take messages, which would stay hidden for their visibility timeout. Only the end of the
         // grace period gives it up (it returns within wait_time_secs, or fails after
