@@ -16,7 +16,7 @@ pub struct Pause {
     pub by_operator: bool,
     /// `target.health_url` does not answer 2xx (or has not answered yet).
     pub by_health: bool,
-    /// The target's circuit breaker is open or half-open ([`crate::dispatch::breaker`]).
+    /// The target's circuit breaker is open ([`crate::dispatch::breaker`]; half-open receives).
     pub by_breaker: bool,
 }
 

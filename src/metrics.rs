@@ -54,6 +54,9 @@ pub const BATCH_OUTCOMES: [&str; 4] = ["success", "partial", "failure", "throttl
 
 /// The lease keeper's calls, the values of the `call` label of [`RECEIPT_REJECTIONS`].
 pub const RECEIPT_CALLS: [&str; 3] = ["delete", "extend", "let_go"];
+/// The `to` label of `sqs_poller_breaker_transitions_total`: the breaker's phases
+/// (`dispatch::breaker::Phase::name`).
+pub const BREAKER_PHASES: [&str; 3] = ["closed", "open", "half_open"];
 
 /// The SQS operations the service calls, the values of the `operation` label of [`SQS_REQUESTS`].
 pub const SQS_OPERATIONS: [&str; 5] =
@@ -322,7 +325,7 @@ impl PipelineMetrics {
         gauge(POLLERS_MIN).set(min as f64);
         gauge(POLLERS_MAX).set(max as f64);
         gauge(MAX_CONCURRENCY).set(max_concurrency as f64);
-        for to in ["open", "half_open", "closed"] {
+        for to in BREAKER_PHASES {
             metrics::counter!(BREAKER_TRANSITIONS, "pipeline" => p.clone(), "to" => to).increment(0);
         }
         PipelineMetrics {

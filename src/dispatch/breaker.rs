@@ -5,7 +5,9 @@
 //! receiving (a pause reason beside the operator's and the health check's), and batches that
 //! find it open wait under lease instead of failing again, so their receive counts stop growing.
 //! After the cool-down one probe batch goes through (half-open): an answer closes the breaker,
-//! another unavailable call re-opens it with twice the cool-down (up to `max_cooldown`).
+//! another unavailable call re-opens it with twice the cool-down (up to `max_cooldown`). The
+//! pollers receive again while half-open, so that a probe exists even when no batch was held;
+//! the batches cut meanwhile wait under lease for the probe's answer.
 //!
 //! Any answer of the target closes it, whatever the answer says: a function error, an answer
 //! naming `batchItemFailures`, an unreadable body — the worker is working. Throttles (429/503)
@@ -205,7 +207,11 @@ impl Breaker {
         *self.metrics.status.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = phase.name();
         metrics::counter!(crate::metrics::BREAKER_TRANSITIONS, "pipeline" => self.metrics.pipeline.clone(), "to" => phase.name())
             .increment(1);
-        self.control.set_breaker_open(phase != Phase::Closed);
+        // half-open receives again: the probe may need a batch to be received, when no batch was
+        // held (a failed probe is settled, so the held batches run out one per cool-down; paused
+        // in half-open too, the queue would stop being consumed). What half-open receives waits
+        // under lease behind the probe.
+        self.control.set_breaker_open(phase == Phase::Open);
         match phase {
             Phase::Open => {
                 tracing::warn!(pipeline = %self.metrics.pipeline, from = from.name(), "circuit breaker open: the target is unavailable; pollers stop receiving and held batches wait under lease")
@@ -292,6 +298,12 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_phase_is_a_label_of_the_transitions_metric() {
+        let names = [Phase::Closed, Phase::Open, Phase::HalfOpen].map(Phase::name);
+        assert_eq!(names, crate::metrics::BREAKER_PHASES);
+    }
 
     fn state() -> (BreakerState, Instant) {
         let now = Instant::now();

@@ -40,16 +40,50 @@ pub struct AdaptiveLimit {
     max: usize,
     /// The pushback ceiling and when the last pushback came.
     ceiling: Option<(usize, Instant)>,
+    /// The samples since Vegas was last told.
+    window: Window,
+}
+
+/// The calls of one window: Vegas is told once per window, not once per call.
+///
+/// A batch's time is known only when it ends, one round trip after the limit it ran under was
+/// set: told per call, Vegas adds (or takes) a step for every batch of that round trip before
+/// the first batch run under the new limit comes back, and the limit swings from the floor to
+/// several times the worker's capacity and back (seen against a real worker: 4 → 44 → 4 every
+/// 1.7 s). As TCP Vegas adjusts once per round trip, and Netflix's `WindowedLimit` wraps its
+/// limiters, the window closes once it has lasted its own mean batch time (at least
+/// [`MIN_WINDOW`]) and Vegas gets its mean time and the most batches that were in flight.
+#[derive(Debug, Clone)]
+struct Window {
+    started: Instant,
+    answered: u32,
+    took: Duration,
+    in_flight: usize,
+    pushback: bool,
+}
+
+/// The shortest window.
+pub const MIN_WINDOW: Duration = Duration::from_millis(100);
+
+impl Window {
+    fn new(now: Instant) -> Self {
+        Window { started: now, answered: 0, took: Duration::ZERO, in_flight: 0, pushback: false }
+    }
+
+    fn mean(&self) -> Option<Duration> {
+        (self.answered > 0).then(|| self.took / self.answered)
+    }
 }
 
 /// Vegas's queue thresholds, in batches: grow while fewer than `alpha` wait at the worker, shrink
-/// past `beta`. Vegas's defaults (3 and 6 × log10 of the limit) suit limits in the hundreds; a
-/// worker of a few slots would carry a queue of half its size before they react.
+/// past `beta` (it settles one to three batches past the worker's capacity). Vegas's defaults
+/// (3 and 6 × log10 of the limit) suit limits in the hundreds; a worker of a few slots would carry
+/// a queue of half its size before they react.
 fn alpha(limit: usize) -> usize {
-    2 * log10(limit)
+    log10(limit)
 }
 fn beta(limit: usize) -> usize {
-    4 * log10(limit)
+    3 * log10(limit)
 }
 fn log10(limit: usize) -> usize {
     ((limit as f64).log10() as usize).max(1)
@@ -72,11 +106,11 @@ impl AdaptiveLimit {
             .beta(beta)
             .increase(grow)
             .decrease(shrink)
-            // the shortest time is learned again every ~1,000 × limit batches (Vegas's default
-            // of 30 × limit re-learns it under load, and the limit then creeps up each time)
-            .probe_multiplier(1000)
+            // the shortest time is learned again every ~100 × limit windows (Vegas's default of
+            // 30 × limit re-learns it under load too often, and the limit creeps up each time)
+            .probe_multiplier(100)
             .build();
-        AdaptiveLimit { vegas, floor, max, ceiling: None }
+        AdaptiveLimit { vegas, floor, max, ceiling: None, window: Window::new(Instant::now()) }
     }
 
     /// The limit now.
@@ -88,14 +122,22 @@ impl AdaptiveLimit {
         self.vegas.max_concurrency().min(ceiling).clamp(self.floor, self.max)
     }
 
-    /// One call's signal; `in_flight`: the batches in flight when it came back, itself included.
+    /// One call's signal. `in_flight`: for an answer, the calls in flight when it came back,
+    /// itself included; for a pushback, those of them that were sent before it (what the worker
+    /// had at most when it pushed back; [`Slots::observe`] counts them).
     pub fn observe(&mut self, signal: Signal, in_flight: usize, now: Instant) {
+        if self.window.answered == 0 && !self.window.pushback {
+            // the first call of a window starts it (an idle spell is not part of it)
+            self.window = Window::new(now);
+        }
+        self.window.in_flight = self.window.in_flight.max(in_flight);
         match signal {
             Signal::Answered(took) => {
-                // Vegas does not count batches queued behind our own limit: only ours in flight
-                self.vegas.update(took.max(Duration::from_micros(1)), in_flight, false, false);
+                self.window.answered += 1;
+                self.window.took += took.max(Duration::from_micros(1));
             }
             Signal::Pushback => {
+                // the ceiling acts at once; Vegas hears of it at the window's end
                 let current = self.limit(now);
                 let below = in_flight.saturating_sub(1).min(current).max(self.floor);
                 let ceiling = match self.ceiling {
@@ -103,9 +145,20 @@ impl AdaptiveLimit {
                     _ => below,
                 };
                 self.ceiling = Some((ceiling, now));
-                // rtt is not looked at on an error
-                self.vegas.update(Duration::from_secs(1), in_flight, true, false);
+                self.window.pushback = true;
             }
+        }
+        let Some(mean) = self.window.mean() else {
+            // pushback alone: nothing timed to tell Vegas (the ceiling holds the limit)
+            if now.saturating_duration_since(self.window.started) >= MIN_WINDOW {
+                self.window = Window::new(now);
+            }
+            return;
+        };
+        if now.saturating_duration_since(self.window.started) >= mean.max(MIN_WINDOW) {
+            // Vegas does not count batches queued behind our own limit: only ours in flight
+            self.vegas.update(mean, self.window.in_flight, self.window.pushback, false);
+            self.window = Window::new(now);
         }
     }
 }
@@ -123,6 +176,9 @@ pub struct Slots {
 
 struct SlotsInner {
     in_flight: usize,
+    /// When each call of the target now in flight was sent (a multiset): a pushback counts those
+    /// sent before it. Calls, not slots: a slot is also held while its batch is acknowledged.
+    calls: std::collections::BTreeMap<Instant, usize>,
     adaptive: Option<AdaptiveLimit>,
     fixed: usize,
     /// The limit last published.
@@ -130,9 +186,24 @@ struct SlotsInner {
 }
 
 impl SlotsInner {
+    fn end_call(&mut self, call: Call) {
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.calls.entry(call.sent) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
     fn limit(&self, now: Instant) -> usize {
         self.adaptive.as_ref().map_or(self.fixed, |a| a.limit(now))
     }
+}
+
+/// One call of the target in flight ([`Slots::call`]).
+#[must_use]
+pub struct Call {
+    sent: Instant,
 }
 
 /// One batch's slot; give it back with [`Slots::release`].
@@ -153,7 +224,7 @@ impl Slots {
         use std::sync::atomic::Ordering::Relaxed;
         let adaptive = adaptive.map(|floor| AdaptiveLimit::new(floor, max));
         status.adaptive.store(adaptive.is_some(), Relaxed);
-        let inner = SlotsInner { in_flight: 0, adaptive, fixed: max, published: 0 };
+        let inner = SlotsInner { in_flight: 0, calls: Default::default(), adaptive, fixed: max, published: 0 };
         let published = inner.limit(Instant::now());
         gauge.set(published as f64);
         status.concurrency_limit.store(published, Relaxed);
@@ -221,10 +292,27 @@ impl Slots {
         }
     }
 
-    /// Reports what the batch's calls said; each call of the target reports once.
-    pub fn observe(&self, signal: Signal) {
+    /// A call of the target is sent now; report what it said with [`Slots::observe`].
+    pub fn call(&self) -> Call {
+        let sent = Instant::now();
+        *self.inner().calls.entry(sent).or_default() += 1;
+        Call { sent }
+    }
+
+    /// A call that shutdown took before it answered.
+    pub fn abandoned(&self, call: Call) {
+        self.inner().end_call(call);
+    }
+
+    /// Reports what a call said; each call of the target reports once.
+    pub fn observe(&self, call: Call, signal: Signal) {
         let mut s = self.inner();
-        let in_flight = s.in_flight;
+        let in_flight = match signal {
+            Signal::Answered(_) => s.calls.values().sum(),
+            // calls sent after this one never reached the worker before it pushed back
+            Signal::Pushback => s.calls.range(..=call.sent).map(|(_, n)| n).sum(),
+        };
+        s.end_call(call);
         if let Some(a) = s.adaptive.as_mut() {
             a.observe(signal, in_flight, Instant::now());
         }
@@ -263,46 +351,59 @@ impl Slots {
 mod tests {
     use super::*;
 
-    /// A worker that serves `capacity` batches at once in `base`, and slower in proportion past
-    /// that; the limit's batches are all in flight (a backlog).
-    fn settle(capacity: usize, max: usize, rounds: usize) -> Vec<usize> {
-        let now = Instant::now();
+    /// A backlog against a worker that serves `capacity` batches at once in 100 ms, and slower in
+    /// proportion past that (a batch's time is set by the load it started under, and known only
+    /// when it ends, as with a real worker). Returns (seconds, limit) after each batch, for
+    /// `secs` of simulated time.
+    fn settle(capacity: usize, max: usize, secs: u64) -> Vec<(f64, usize)> {
+        let start = Instant::now();
         let mut a = AdaptiveLimit::new(1, max);
         let base = Duration::from_millis(100);
+        let mut now = start;
+        // (end, took) of the batches in flight
+        let mut running: Vec<(Instant, Duration)> = Vec::new();
         let mut seen = Vec::new();
-        for _ in 0..rounds {
-            let n = a.limit(now);
-            let took = if n <= capacity { base } else { base.mul_f64(n as f64 / capacity as f64) };
-            for _ in 0..n {
-                a.observe(Signal::Answered(took), n, now);
+        while now < start + Duration::from_secs(secs) {
+            while running.len() < a.limit(now) {
+                let n = running.len() + 1;
+                let took = if n <= capacity { base } else { base.mul_f64(n as f64 / capacity as f64) };
+                running.push((now + took, took));
             }
-            seen.push(a.limit(now));
+            running.sort_by_key(|r| r.0);
+            let (end, took) = running.remove(0);
+            now = end;
+            a.observe(Signal::Answered(took), running.len() + 1, now);
+            seen.push(((now - start).as_secs_f64(), a.limit(now)));
         }
         seen
     }
 
     #[tokio::test(start_paused = true)]
     async fn settles_near_a_slowing_workers_capacity() {
-        let seen = settle(8, 64, 300);
-        let tail = &seen[200..];
-        assert!(tail.iter().all(|&l| (6..=12).contains(&l)), "{seen:?}");
+        let seen = settle(8, 64, 60);
+        let tail: Vec<usize> = seen.iter().filter(|s| s.0 >= 20.0).map(|s| s.1).collect();
+        assert!(tail.iter().all(|l| (6..=12).contains(l)), "{seen:?}");
+        let early = seen.iter().find(|s| s.1 >= 6).expect("grew");
+        assert!(early.0 < 5.0, "found the capacity only after {} s", early.0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn grows_to_the_max_when_the_worker_does_not_slow_down() {
-        let seen = settle(1000, 40, 200);
-        assert_eq!(*seen.last().unwrap(), 40, "{seen:?}");
+        let seen = settle(1000, 40, 30);
+        assert_eq!(seen.last().unwrap().1, 40, "{seen:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn pushback_caps_one_below_what_was_in_flight_until_it_stops_for_the_hold() {
-        let now = Instant::now();
+        let start = Instant::now();
         let mut a = AdaptiveLimit::new(1, 64);
-        for _ in 0..200 {
-            let n = a.limit(now);
-            a.observe(Signal::Answered(Duration::from_millis(50)), n, now);
+        let ms = |i: u64| start + Duration::from_millis(i);
+        for i in 0..200 {
+            let n = a.limit(ms(i * 20));
+            a.observe(Signal::Answered(Duration::from_millis(50)), n, ms(i * 20));
         }
-        assert!(a.limit(now) > 5);
+        let now = ms(4000);
+        assert!(a.limit(now) > 5, "{}", a.limit(now));
         a.observe(Signal::Pushback, 5, now);
         assert_eq!(a.limit(now), 4);
         // answers keep coming: the ceiling holds
@@ -328,6 +429,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_pushback_counts_the_calls_sent_before_it() {
+        let slots = Slots::new(16, Some(1), 10, metrics::Gauge::noop(), std::sync::Arc::default());
+        // grow the limit: answers at a steady time, windows of 100 ms
+        for _ in 0..40 {
+            let calls: Vec<Call> = (0..slots.limit()).map(|_| slots.call()).collect();
+            tokio::time::advance(Duration::from_millis(100)).await;
+            for call in calls {
+                slots.observe(call, Signal::Answered(Duration::from_millis(100)));
+            }
+        }
+        assert!(slots.limit() >= 8, "{}", slots.limit());
+        let mut early: Vec<Call> = (0..3).map(|_| slots.call()).collect();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let late: Vec<Call> = (0..4).map(|_| slots.call()).collect();
+        // the 3 sent before the last early one reached the worker (itself among them), not the 7
+        slots.observe(early.pop().unwrap(), Signal::Pushback);
+        assert_eq!(slots.limit(), 2);
+        for call in early.into_iter().chain(late) {
+            slots.observe(call, Signal::Answered(Duration::from_millis(100)));
+        }
+        assert!(slots.inner().calls.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn slots_follow_the_limit_and_report_room() {
         let room = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let r = room.clone();
@@ -338,7 +463,7 @@ mod tests {
         let a = slots.acquire().await;
         let b = slots.acquire().await;
         assert!(tokio::time::timeout(Duration::from_millis(10), slots.acquire()).await.is_err(), "full at 2");
-        slots.observe(Signal::Answered(Duration::from_millis(5)));
+        slots.observe(slots.call(), Signal::Answered(Duration::from_millis(5)));
         slots.release(a);
         slots.release(b);
         let fixed = Slots::new(8, None, 10, metrics::Gauge::noop(), std::sync::Arc::default());

@@ -353,9 +353,13 @@ impl Dispatcher {
                 None => false,
             };
             let started = Instant::now();
+            let call = self.slots.as_ref().map(|s| s.call());
             let invocation = tokio::select! {
                 i = self.target.invoke(event.clone(), self.timeout, trace.as_ref()) => i,
                 () = abandon.cancelled() => {
+                    if let (Some(slots), Some(call)) = (&self.slots, call) {
+                        slots.abandoned(call);
+                    }
                     if probe {
                         if let Some(b) = &self.breaker {
                             b.probe_dropped();
@@ -370,8 +374,8 @@ impl Dispatcher {
                 Invocation::Response(_) | Invocation::FunctionError(_) => concurrency::Signal::Answered(took),
                 Invocation::Throttled(_) | Invocation::Unavailable { .. } => concurrency::Signal::Pushback,
             };
-            if let Some(slots) = &self.slots {
-                slots.observe(signal);
+            if let (Some(slots), Some(call)) = (&self.slots, call) {
+                slots.observe(call, signal);
             }
             let reason = match invocation {
                 Invocation::Response(body) => {

@@ -300,9 +300,27 @@ impl Delivery {
 pub struct Worker {
     pub url: String,
     pub deliveries: Arc<Mutex<Vec<Delivery>>>,
+    /// Events being worked on now (from the request's arrival to the answer), and the most at once.
+    pub load: Arc<Load>,
 }
 
-type Handler = dyn Fn(&Value) -> Reply + Send + Sync;
+/// A worker's concurrent events.
+#[derive(Default)]
+pub struct Load {
+    pub now: std::sync::atomic::AtomicUsize,
+    pub peak: std::sync::atomic::AtomicUsize,
+}
+
+impl Load {
+    pub fn now(&self) -> usize {
+        self.now.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+type Handler = dyn Fn(&Value, usize) -> Reply + Send + Sync;
 
 pub async fn worker(handler: impl Fn(&Value) -> Reply + Send + Sync + 'static) -> Worker {
     worker_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), handler).await
@@ -313,19 +331,37 @@ pub async fn worker_on(
     listener: tokio::net::TcpListener,
     handler: impl Fn(&Value) -> Reply + Send + Sync + 'static,
 ) -> Worker {
+    loaded_worker_on(listener, move |event, _| handler(event)).await
+}
+
+/// A worker whose answer depends on its load: `handler` gets the event and the number of events
+/// being worked on now, this one included (a worker that slows down or pushes back past its
+/// capacity).
+pub async fn loaded_worker(handler: impl Fn(&Value, usize) -> Reply + Send + Sync + 'static) -> Worker {
+    loaded_worker_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), handler).await
+}
+
+pub async fn loaded_worker_on(
+    listener: tokio::net::TcpListener,
+    handler: impl Fn(&Value, usize) -> Reply + Send + Sync + 'static,
+) -> Worker {
+    use std::sync::atomic::Ordering::SeqCst;
     let url = format!("http://{}/sqs", listener.local_addr().unwrap());
     let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    let load: Arc<Load> = Arc::default();
     let handler: Arc<Handler> = Arc::new(handler);
-    let log = deliveries.clone();
+    let (log, shared_load) = (deliveries.clone(), load.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             let handler = handler.clone();
             let log = log.clone();
+            let load = shared_load.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let handler = handler.clone();
                     let log = log.clone();
+                    let load = load.clone();
                     async move {
                         let headers: HashMap<String, String> = req
                             .headers()
@@ -334,7 +370,17 @@ pub async fn worker_on(
                             .collect();
                         let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                         let event: Value = serde_json::from_slice(&body).expect("the event is JSON");
-                        let reply = handler(&event);
+                        let n = load.now.fetch_add(1, SeqCst) + 1;
+                        load.peak.fetch_max(n, SeqCst);
+                        // counted down when the answer is sent, or when the poller hung up first
+                        struct Leave(Arc<Load>);
+                        impl Drop for Leave {
+                            fn drop(&mut self) {
+                                self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                        }
+                        let _leave = Leave(load.clone());
+                        let reply = handler(&event, n);
                         let index = {
                             let mut l = log.lock().unwrap();
                             l.push(Delivery { at: Instant::now(), bytes: body.len(), event, headers, answered: false });
@@ -357,7 +403,7 @@ pub async fn worker_on(
             });
         }
     });
-    Worker { url, deliveries }
+    Worker { url, deliveries, load }
 }
 
 impl Worker {
@@ -651,6 +697,7 @@ pub fn assert_bounded_labels(text: &str, pipelines: &[&str]) {
                 ["throttled", "server_error", "timeout", "connection", "bad_response", "rejected"].contains(&value)
             }
             "queue" => ["source", "dead_letter"].contains(&value),
+            "to" => sqs_poller::metrics::BREAKER_PHASES.contains(&value),
             "call" => sqs_poller::metrics::RECEIPT_CALLS.contains(&value),
             "code" => value == "other" || sqs_poller::sqs::PERMANENT_CODES.contains(&value),
             "version" => value == env!("CARGO_PKG_VERSION"),
