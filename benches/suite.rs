@@ -593,7 +593,8 @@ fn machine_busy_seconds() -> f64 {
     busy / clock_ticks()
 }
 
-/// Writes bench/RESULTS.md from `v`, keeping the seed scenario's section (benches/seed.rs) as it was.
+/// Writes bench/RESULTS.md from `v`, keeping the seed scenario's section (benches/seed.rs) and what
+/// follows it (the concurrency section of benches/protect.rs) as they were.
 fn write_results_md(env: &Env, v: &serde_json::Value) {
     const SEED_BEGIN: &str = "<!-- seed scenario: begin";
     let path = env.root.join("bench/RESULTS.md");

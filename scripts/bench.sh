@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The benchmarks, on a fresh emulator of their own, with the release binary:
-#   scripts/bench.sh        the suite, then the seed scenario (about thirteen minutes)
+#   scripts/bench.sh        the suite, the seed scenario, then protect (about sixteen minutes)
 #   scripts/bench.sh suite  benches/suite.rs: cost, sizes, burst, idle, hostile (about three
 #                           minutes); writes bench/RESULTS.md, bench/results.json, bench/burst.svg
 #   scripts/bench.sh seed   benches/seed.rs: config/seed-provisioned.toml at 50,000 messages a
 #                           minute, its descent to min, idle fleets of 2,000 and 10,000 pollers
 #                           (about ten minutes); writes bench/seed.json and the seed section of
 #                           bench/RESULTS.md (the suite keeps that section when it rewrites the file)
+#   scripts/bench.sh protect benches/protect.rs: static vs adaptive concurrency against a worker
+#                           whose capacity changes mid-run (about three minutes); writes the
+#                           concurrency section of bench/RESULTS.md (kept by the suite too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SQS_POLLER_SKIP_LOCALSTACK=1   # only the tests need it
@@ -21,6 +24,7 @@ export SQS_POLLER_TEST_ENDPOINT="$SQS_POLLER_BENCH_ENDPOINT"
 case "${1:-all}" in
     suite) cargo bench --locked --bench suite ;;
     seed) cargo bench --locked --bench seed ;;
-    all) cargo bench --locked --bench suite && cargo bench --locked --bench seed ;;
-    *) echo "usage: scripts/bench.sh [suite|seed]" >&2; exit 2 ;;
+    protect) cargo bench --locked --bench protect ;;
+    all) cargo bench --locked --bench suite && cargo bench --locked --bench seed && cargo bench --locked --bench protect ;;
+    *) echo "usage: scripts/bench.sh [suite|seed|protect]" >&2; exit 2 ;;
 esac

@@ -12,7 +12,9 @@
 //!    rejected messages are deleted (or kept).
 //! 5. [`batch`] — records are cut into batches by count, window and event bytes.
 //! 6. [`dispatch`] — one call of the target per batch (`http`, `command`, `lambda`, `runtime-api`), read with Lambda's
-//!    `batchItemFailures` rules ([`dispatch::response`]).
+//!    `batchItemFailures` rules ([`dispatch::response`]); at most the concurrency limit at once
+//!    ([`dispatch::concurrency`]: fixed, or adaptive to the worker's latency and pushback), held
+//!    under lease while the target's circuit breaker is open ([`dispatch::breaker`]).
 //! 7. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
 //! 8. [`sqs`] — the SQS queue every stage talks through, counting each request.
 //! 9. [`aws`] — the AWS edge at the bottom of the house: one credentials cache, one

@@ -59,7 +59,7 @@ fn promtool(args: &[&str], file: &str) -> (bool, String) {
 fn alert_rules_pass_promtool() {
     let (ok, text) = promtool(&["check", "rules"], "deploy/prometheus/alerts.yml");
     assert!(ok, "{text}");
-    assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 11 rules found"), "{text}");
 }
 
 #[test]
@@ -84,7 +84,19 @@ fn the_dashboard_has_the_expected_structure() {
 
     let panels = d["panels"].as_array().unwrap();
     let rows: Vec<&str> = panels.iter().filter(|p| p["type"] == "row").map(|p| p["title"].as_str().unwrap()).collect();
-    assert_eq!(rows, vec!["Throughput", "Queue", "Latency", "Scaling", "Leases", "Errors", "SQS requests and cost"]);
+    assert_eq!(
+        rows,
+        vec![
+            "Throughput",
+            "Queue",
+            "Latency",
+            "Scaling",
+            "Worker protection",
+            "Leases",
+            "Errors",
+            "SQS requests and cost"
+        ]
+    );
     let mut ids = HashSet::new();
     for p in panels {
         assert!(ids.insert(p["id"].as_u64().unwrap()), "panel ids are unique");
@@ -124,6 +136,9 @@ fn the_dashboard_has_the_expected_structure() {
         "sqs_requests_total",
         "sqs_errors_total",
         "worker_output_overflows_total",
+        "concurrency_limit",
+        "breaker_state",
+        "breaker_transitions_total",
     ] {
         assert!(all.contains(&format!("sqs_poller_{m}")), "no panel shows sqs_poller_{m}");
     }
@@ -275,7 +290,7 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
     let v: Value = serde_json::from_str(&rules).unwrap();
     let loaded: usize =
         v["data"]["groups"].as_array().unwrap().iter().map(|g| g["rules"].as_array().unwrap().len()).sum();
-    assert_eq!(loaded, 10, "{rules}");
+    assert_eq!(loaded, 11, "{rules}");
     for g in v["data"]["groups"].as_array().unwrap() {
         for r in g["rules"].as_array().unwrap() {
             assert_eq!(r["health"], "ok", "rule {} does not evaluate: {}", r["name"], r["lastError"]);
