@@ -3,11 +3,12 @@
 //! `target.concurrency = "fixed"` (the default): `max_concurrency`, always.
 //! `"adaptive"`: a limit between `min_concurrency` and `max_concurrency` that follows the
 //! worker. Its latency half is [`tower_acc::Vegas`] (TCP Vegas as in Netflix's
-//! concurrency-limits): the queue the worker builds is estimated from each batch's time against
-//! the shortest seen (`limit × (1 − shortest / this one)`); a short queue grows the limit, a long
-//! one shrinks it by a tenth. Its back-pressure half is ours: a throttle (429/503, a Lambda
-//! throttle), a timeout or a refused connection sets a *ceiling* one below the batches that were
-//! in flight when the worker pushed back, and shrinks the Vegas estimate by a tenth too. The
+//! concurrency-limits): the queue the worker builds is estimated from a window's mean batch time
+//! against the shortest seen (`limit × (1 − shortest / this one)`); a short queue grows the
+//! limit, a long one shrinks it by a tenth — once per window of about one batch time (see
+//! `Window`). Its back-pressure half is ours: a throttle (429/503, a Lambda throttle), a
+//! timeout or a refused connection sets a *ceiling* one below the calls that were sent before
+//! the one pushed back, and shrinks the Vegas estimate by a tenth too (at the window's end). The
 //! ceiling holds while pushback keeps coming and is lifted [`CEILING_HOLD`] after the last one,
 //! so a worker whose capacity came back is found again (one probe past the old ceiling then).
 //!
