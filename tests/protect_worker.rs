@@ -123,36 +123,65 @@ async fn adaptive_concurrency_stays_under_a_worker_that_pushes_back() {
     assert_eq!(metric_value(&text, "sqs_poller_messages_failed_total{pipeline=\"pushback\"}"), 0.0);
 }
 
-/// A worker that answers 502 (its load balancer with no healthy host) for 30 s, behind a queue
-/// with `max_receive_count = 3`: the breaker opens, the pollers stop receiving, the batches it
-/// holds wait under lease; once the worker is back every message is processed, none dead-lettered.
+/// How the worker is down.
+#[derive(Clone, Copy, PartialEq)]
+enum Outage {
+    /// Its load balancer answers 502 (no healthy host).
+    Answers502,
+    /// Nothing listens on its port: every connection is refused.
+    NotListening,
+}
+
+/// A worker that answers 502 for 30 s, behind a queue with `max_receive_count = 3`: the breaker
+/// opens, the pollers stop receiving, the batches it holds wait under lease; once the worker is
+/// back every message is processed, none dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_down_for_30_s_costs_no_message_and_no_receive_while_the_breaker_is_open() {
+    worker_down_for_30_s(Outage::Answers502).await;
+}
+
+/// The same with the worker's process gone (connections refused) for 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_refuses_connections_for_30_s_costs_no_message_and_no_receive() {
+    worker_down_for_30_s(Outage::NotListening).await;
+}
+
+async fn worker_down_for_30_s(outage: Outage) {
+    let name = match outage {
+        Outage::Answers502 => "down502",
+        Outage::NotListening => "refused",
+    };
     let sqs = sqs().await;
-    let queue = sqs.queue("breaker-down", &[]).await;
-    let dlq = sqs.queue("breaker-down-dlq", &[]).await;
+    let queue = sqs.queue(&format!("breaker-{name}"), &[]).await;
+    let dlq = sqs.queue(&format!("breaker-{name}-dlq"), &[]).await;
     let sent = bodies(200);
     sqs.send_bodies(&queue, &sent).await;
     let down = Arc::new(AtomicBool::new(true));
     let up_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
-    let worker = {
+    let handler = {
         let (down, up_at) = (down.clone(), up_at.clone());
-        loaded_worker(move |_, _| {
+        move |_: &serde_json::Value, _: usize| {
             if down.load(Ordering::SeqCst) {
                 Reply { status: 502, delay: Duration::from_millis(20), ..Reply::ok("no healthy upstream") }
             } else {
                 up_at.lock().unwrap().get_or_insert_with(Instant::now);
                 Reply { delay: Duration::from_millis(20), ..Reply::ok("") }
             }
-        })
-        .await
+        }
+    };
+    let (mut worker, url) = match outage {
+        Outage::Answers502 => {
+            let w = loaded_worker(handler.clone()).await;
+            let url = w.url.clone();
+            (Some(w), url)
+        }
+        Outage::NotListening => (None, format!("http://127.0.0.1:{}/sqs", free_port())),
     };
     let extra = format!(
         "[pipelines.batch]\nsize = 10\n[pipelines.pollers]\nmax = 4\nwait_time_secs = 1\n[pipelines.retry]\ninitial_backoff_secs = 0\n[pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 3"
     );
     let poller =
-        start_poller(&sqs, 10, &http_pipeline_with_target("down", &queue, &worker.url, "max_concurrency = 4", &extra))
-            .await;
+        start_poller(&sqs, 10, &http_pipeline_with_target(name, &queue, &url, "max_concurrency = 4", &extra)).await;
     let started = Instant::now();
     // (seconds since start, breaker state, receives so far) every 200 ms while the worker is down
     let mut samples = Vec::new();
@@ -160,12 +189,18 @@ async fn a_worker_down_for_30_s_costs_no_message_and_no_receive_while_the_breake
         let text = poller.metrics_text().await;
         samples.push((
             started.elapsed().as_secs_f64(),
-            metric_value(&text, "sqs_poller_breaker_state{pipeline=\"down\"}") as u8,
-            metric_value(&text, &receives_series("down")),
+            metric_value(&text, &format!("sqs_poller_breaker_state{{pipeline=\"{name}\"}}")) as u8,
+            metric_value(&text, &receives_series(name)),
         ));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     down.store(false, Ordering::SeqCst);
+    if outage == Outage::NotListening {
+        let addr = url.trim_start_matches("http://").trim_end_matches("/sqs").to_string();
+        let listener = tokio::net::TcpListener::bind(&addr).await.expect("the worker's port is free again");
+        worker = Some(loaded_worker_on(listener, handler).await);
+    }
+    let worker = worker.unwrap();
     eventually("every message processed once the worker is back", Duration::from_secs(90), || async {
         worker_processed(&worker, &up_at) >= sent.len()
     })
@@ -177,7 +212,7 @@ async fn a_worker_down_for_30_s_costs_no_message_and_no_receive_while_the_breake
 
     // the breaker opened while the worker was down, and its receives stopped
     let opened = samples.iter().position(|s| s.1 == 1).unwrap_or_else(|| panic!("never open: {samples:?}"));
-    println!("breaker open after {:.1} s; samples (s, state, receives): {samples:?}", samples[opened].0);
+    println!("{name}: breaker open after {:.1} s; samples (s, state, receives): {samples:?}", samples[opened].0);
     // every stretch of open samples: flat after the long polls out when it opened (1 s) returned
     let mut i = 0;
     let mut flat_seconds = 0.0;
@@ -195,12 +230,13 @@ async fn a_worker_down_for_30_s_costs_no_message_and_no_receive_while_the_breake
         i += run.len();
     }
     assert!(flat_seconds >= 10.0, "open and flat for only {flat_seconds:.1} s: {samples:?}");
+    let m = |series: &str| metric_value(&text, &series.replace("NAME", name));
     assert_eq!(sqs.counts(&dlq).await, (0, 0), "nothing dead-lettered");
-    assert_eq!(metric_value(&text, "sqs_poller_messages_dead_lettered_total{pipeline=\"down\"}"), 0.0);
-    assert!(metric_value(&text, "sqs_poller_breaker_transitions_total{pipeline=\"down\",to=\"open\"}") >= 1.0);
-    assert!(metric_value(&text, "sqs_poller_breaker_transitions_total{pipeline=\"down\",to=\"closed\"}") >= 1.0);
-    assert_eq!(metric_value(&text, "sqs_poller_breaker_state{pipeline=\"down\"}"), 0.0, "closed again");
-    assert_bounded_labels(&text, &["down"]);
+    assert_eq!(m("sqs_poller_messages_dead_lettered_total{pipeline=\"NAME\"}"), 0.0);
+    assert!(m("sqs_poller_breaker_transitions_total{pipeline=\"NAME\",to=\"open\"}") >= 1.0);
+    assert!(m("sqs_poller_breaker_transitions_total{pipeline=\"NAME\",to=\"closed\"}") >= 1.0);
+    assert_eq!(m("sqs_poller_breaker_state{pipeline=\"NAME\"}"), 0.0, "closed again");
+    assert_bounded_labels(&text, &[name]);
 }
 
 /// Distinct bodies the worker answered 200 for after it came back.
