@@ -61,9 +61,14 @@ async fn adaptive_concurrency_settles_near_a_slowing_workers_capacity() {
         }
     }
     let text = poller.metrics_text().await;
+    let (_, admin) = http_get(&format!("{}/pipelines/slow", poller.admin_url())).await.expect("the admin API answers");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
     println!("limit from 30 s to 45 s: {limits:?}\nworker's load: {loads:?}; peak {}", worker.load.peak());
+    let admin: serde_json::Value = serde_json::from_str(&admin).unwrap();
+    assert_eq!(admin["concurrency"]["mode"], "adaptive", "{admin}");
+    assert!((6..=12).contains(&admin["concurrency"]["limit"].as_u64().unwrap()), "{admin}");
+    assert_eq!(admin["breaker"], "closed", "{admin}");
     assert!(limits.iter().all(|l| (6..=12).contains(l)), "the limit left 6..=12 after 30 s: {limits:?}");
     let mean = loads.iter().sum::<usize>() as f64 / loads.len() as f64;
     assert!((5.0..=12.0).contains(&mean), "batches in flight at the worker averaged {mean:.1}: {loads:?}");
@@ -185,13 +190,15 @@ async fn worker_down_for_30_s(outage: Outage) {
     let started = Instant::now();
     // (seconds since start, breaker state, receives so far) every 200 ms while the worker is down
     let mut samples = Vec::new();
+    // what the admin API said of the pipeline while the breaker was open
+    let mut admin_open = None;
     while started.elapsed() < Duration::from_secs(30) {
         let text = poller.metrics_text().await;
-        samples.push((
-            started.elapsed().as_secs_f64(),
-            metric_value(&text, &format!("sqs_poller_breaker_state{{pipeline=\"{name}\"}}")) as u8,
-            metric_value(&text, &receives_series(name)),
-        ));
+        let state = metric_value(&text, &format!("sqs_poller_breaker_state{{pipeline=\"{name}\"}}")) as u8;
+        samples.push((started.elapsed().as_secs_f64(), state, metric_value(&text, &receives_series(name))));
+        if state == 1 && admin_open.is_none() {
+            admin_open = http_get(&format!("{}/pipelines/{name}", poller.admin_url())).await;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     down.store(false, Ordering::SeqCst);
@@ -230,6 +237,14 @@ async fn worker_down_for_30_s(outage: Outage) {
         i += run.len();
     }
     assert!(flat_seconds >= 10.0, "open and flat for only {flat_seconds:.1} s: {samples:?}");
+    let (code, body) = admin_open.expect("the admin API answered while the breaker was open");
+    assert_eq!(code, 200, "{body}");
+    // open, paused by it (or, sampled at the cool-down's end, half-open and receiving again)
+    let me: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let paused_by_breaker = me["paused_by"].as_array().is_some_and(|p| p.iter().any(|r| r == "breaker"));
+    assert!((me["breaker"] == "open" && paused_by_breaker) || me["breaker"] == "half_open", "{body}");
+    assert_eq!(me["concurrency"]["mode"], "fixed", "{body}");
+    assert_eq!(me["concurrency"]["limit"], 4, "{body}");
     let m = |series: &str| metric_value(&text, &series.replace("NAME", name));
     assert_eq!(sqs.counts(&dlq).await, (0, 0), "nothing dead-lettered");
     assert_eq!(m("sqs_poller_messages_dead_lettered_total{pipeline=\"NAME\"}"), 0.0);
