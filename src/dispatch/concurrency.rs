@@ -167,6 +167,8 @@ impl AdaptiveLimit {
 /// The concurrency slots of one pipeline: a permit per batch in flight, as many as the limit.
 pub struct Slots {
     inner: Mutex<SlotsInner>,
+    /// The limit is adaptive (fixed at construction).
+    adaptive: bool,
     freed: tokio::sync::Notify,
     gauge: metrics::Gauge,
     status: std::sync::Arc<crate::metrics::Status>,
@@ -180,6 +182,8 @@ struct SlotsInner {
     /// When each call of the target now in flight was sent (a multiset): a pushback counts those
     /// sent before it. Calls, not slots: a slot is also held while its batch is acknowledged.
     calls: std::collections::BTreeMap<Instant, usize>,
+    /// The calls in that multiset.
+    calls_in_flight: usize,
     adaptive: Option<AdaptiveLimit>,
     fixed: usize,
     /// The limit last published.
@@ -193,6 +197,7 @@ impl SlotsInner {
             if *e.get() == 0 {
                 e.remove();
             }
+            self.calls_in_flight -= 1;
         }
     }
 
@@ -225,11 +230,19 @@ impl Slots {
         use std::sync::atomic::Ordering::Relaxed;
         let adaptive = adaptive.map(|floor| AdaptiveLimit::new(floor, max));
         status.adaptive.store(adaptive.is_some(), Relaxed);
-        let inner = SlotsInner { in_flight: 0, calls: Default::default(), adaptive, fixed: max, published: 0 };
+        let inner = SlotsInner {
+            in_flight: 0,
+            calls: Default::default(),
+            calls_in_flight: 0,
+            adaptive,
+            fixed: max,
+            published: 0,
+        };
         let published = inner.limit(Instant::now());
         gauge.set(published as f64);
         status.concurrency_limit.store(published, Relaxed);
         Slots {
+            adaptive: inner.adaptive.is_some(),
             inner: Mutex::new(SlotsInner { published, ..inner }),
             freed: tokio::sync::Notify::new(),
             gauge,
@@ -268,7 +281,7 @@ impl Slots {
     }
 
     pub fn is_adaptive(&self) -> bool {
-        self.inner().adaptive.is_some()
+        self.adaptive
     }
 
     /// Waits for a slot.
@@ -296,7 +309,12 @@ impl Slots {
     /// A call of the target is sent now; report what it said with [`Slots::observe`].
     pub fn call(&self) -> Call {
         let sent = Instant::now();
-        *self.inner().calls.entry(sent).or_default() += 1;
+        // a fixed limit listens to nothing: no bookkeeping on its hot path
+        if self.adaptive {
+            let mut s = self.inner();
+            *s.calls.entry(sent).or_default() += 1;
+            s.calls_in_flight += 1;
+        }
         Call { sent }
     }
 
@@ -307,9 +325,12 @@ impl Slots {
 
     /// Reports what a call said; each call of the target reports once.
     pub fn observe(&self, call: Call, signal: Signal) {
+        if !self.adaptive {
+            return;
+        }
         let mut s = self.inner();
         let in_flight = match signal {
-            Signal::Answered(_) => s.calls.values().sum(),
+            Signal::Answered(_) => s.calls_in_flight,
             // calls sent after this one never reached the worker before it pushed back
             Signal::Pushback => s.calls.range(..=call.sent).map(|(_, n)| n).sum(),
         };
@@ -451,6 +472,7 @@ mod tests {
             slots.observe(call, Signal::Answered(Duration::from_millis(100)));
         }
         assert!(slots.inner().calls.is_empty());
+        assert_eq!(slots.inner().calls_in_flight, 0);
     }
 
     #[tokio::test(start_paused = true)]
