@@ -7,8 +7,8 @@
 //! against the shortest seen (`limit × (1 − shortest / this one)`); a short queue grows the
 //! limit, a long one shrinks it by a tenth — once per window of about one batch time (see
 //! `Window`). Its back-pressure half is ours: a throttle (429/503, a Lambda throttle), a
-//! timeout or a refused connection sets a *ceiling* one below the calls that were sent before
-//! the one pushed back, and shrinks the Vegas estimate by a tenth too (at the window's end). The
+//! timeout or a refused connection sets a *ceiling* one below the calls in flight when it came
+//! back (at most halving the limit; each refused call of a burst takes it one lower), and shrinks the Vegas estimate by a tenth too (at the window's end). The
 //! ceiling holds while pushback keeps coming and is lifted [`CEILING_HOLD`] after the last one,
 //! so a worker whose capacity came back is found again (one probe past the old ceiling then).
 //!
@@ -123,9 +123,8 @@ impl AdaptiveLimit {
         self.vegas.max_concurrency().min(ceiling).clamp(self.floor, self.max)
     }
 
-    /// One call's signal. `in_flight`: for an answer, the calls in flight when it came back,
-    /// itself included; for a pushback, those of them that were sent before it (what the worker
-    /// had at most when it pushed back; [`Slots::observe`] counts them).
+    /// One call's signal; `in_flight`: the calls of the target in flight when it came back,
+    /// itself included (calls, not slots: a slot is also held while its batch is acknowledged).
     pub fn observe(&mut self, signal: Signal, in_flight: usize, now: Instant) {
         if self.window.answered == 0 && !self.window.pushback {
             // the first call of a window starts it (an idle spell is not part of it)
@@ -140,7 +139,10 @@ impl AdaptiveLimit {
             Signal::Pushback => {
                 // the ceiling acts at once; Vegas hears of it at the window's end
                 let current = self.limit(now);
-                let below = in_flight.saturating_sub(1).min(current).max(self.floor);
+                // one pushback at most halves the limit: the count of calls at the worker is an
+                // estimate, and a ceiling set too low would hold for CEILING_HOLD (a pushback
+                // burst brings it down further, one refused call after another)
+                let below = in_flight.saturating_sub(1).min(current).max(current / 2).max(self.floor);
                 let ceiling = match self.ceiling {
                     Some((c, at)) if now.saturating_duration_since(at) < CEILING_HOLD => c.min(below),
                     _ => below,
@@ -179,10 +181,7 @@ pub struct Slots {
 
 struct SlotsInner {
     in_flight: usize,
-    /// When each call of the target now in flight was sent (a multiset): a pushback counts those
-    /// sent before it. Calls, not slots: a slot is also held while its batch is acknowledged.
-    calls: std::collections::BTreeMap<Instant, usize>,
-    /// The calls in that multiset.
+    /// Calls of the target in flight ([`Slots::call`] to [`Slots::observe`]).
     calls_in_flight: usize,
     adaptive: Option<AdaptiveLimit>,
     fixed: usize,
@@ -191,14 +190,8 @@ struct SlotsInner {
 }
 
 impl SlotsInner {
-    fn end_call(&mut self, call: Call) {
-        if let std::collections::btree_map::Entry::Occupied(mut e) = self.calls.entry(call.sent) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-            self.calls_in_flight -= 1;
-        }
+    fn end_call(&mut self, _call: Call) {
+        self.calls_in_flight = self.calls_in_flight.saturating_sub(1);
     }
 
     fn limit(&self, now: Instant) -> usize {
@@ -209,7 +202,7 @@ impl SlotsInner {
 /// One call of the target in flight ([`Slots::call`]).
 #[must_use]
 pub struct Call {
-    sent: Instant,
+    _counted: (),
 }
 
 /// One batch's slot; give it back with [`Slots::release`].
@@ -230,14 +223,7 @@ impl Slots {
         use std::sync::atomic::Ordering::Relaxed;
         let adaptive = adaptive.map(|floor| AdaptiveLimit::new(floor, max));
         status.adaptive.store(adaptive.is_some(), Relaxed);
-        let inner = SlotsInner {
-            in_flight: 0,
-            calls: Default::default(),
-            calls_in_flight: 0,
-            adaptive,
-            fixed: max,
-            published: 0,
-        };
+        let inner = SlotsInner { in_flight: 0, calls_in_flight: 0, adaptive, fixed: max, published: 0 };
         let published = inner.limit(Instant::now());
         gauge.set(published as f64);
         status.concurrency_limit.store(published, Relaxed);
@@ -308,14 +294,11 @@ impl Slots {
 
     /// A call of the target is sent now; report what it said with [`Slots::observe`].
     pub fn call(&self) -> Call {
-        let sent = Instant::now();
         // a fixed limit listens to nothing: no bookkeeping on its hot path
         if self.adaptive {
-            let mut s = self.inner();
-            *s.calls.entry(sent).or_default() += 1;
-            s.calls_in_flight += 1;
+            self.inner().calls_in_flight += 1;
         }
-        Call { sent }
+        Call { _counted: () }
     }
 
     /// A call that shutdown took before it answered.
@@ -329,11 +312,7 @@ impl Slots {
             return;
         }
         let mut s = self.inner();
-        let in_flight = match signal {
-            Signal::Answered(_) => s.calls_in_flight,
-            // calls sent after this one never reached the worker before it pushed back
-            Signal::Pushback => s.calls.range(..=call.sent).map(|(_, n)| n).sum(),
-        };
+        let in_flight = s.calls_in_flight;
         s.end_call(call);
         if let Some(a) = s.adaptive.as_mut() {
             a.observe(signal, in_flight, Instant::now());
@@ -425,7 +404,16 @@ mod tests {
             a.observe(Signal::Answered(Duration::from_millis(50)), n, ms(i * 20));
         }
         let now = ms(4000);
-        assert!(a.limit(now) > 5, "{}", a.limit(now));
+        let before = a.limit(now);
+        assert!(before > 10, "{before}");
+        // the first pushback at most halves the limit; the next ones of the burst take it to one
+        // below the calls at the worker
+        a.observe(Signal::Pushback, 5, now);
+        assert_eq!(a.limit(now), (before / 2).max(4));
+        a.observe(Signal::Pushback, 5, now);
+        a.observe(Signal::Pushback, 5, now);
+        a.observe(Signal::Pushback, 5, now);
+        a.observe(Signal::Pushback, 5, now);
         a.observe(Signal::Pushback, 5, now);
         assert_eq!(a.limit(now), 4);
         // answers keep coming: the ceiling holds
@@ -451,8 +439,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pushback_counts_the_calls_sent_before_it() {
-        let slots = Slots::new(16, Some(1), 10, metrics::Gauge::noop(), std::sync::Arc::default());
+    async fn a_pushback_burst_takes_the_limit_to_one_below_the_calls_still_at_the_worker() {
+        let slots = Slots::new(8, Some(1), 10, metrics::Gauge::noop(), std::sync::Arc::default());
         // grow the limit: answers at a steady time, windows of 100 ms
         for _ in 0..40 {
             let calls: Vec<Call> = (0..slots.limit()).map(|_| slots.call()).collect();
@@ -461,18 +449,19 @@ mod tests {
                 slots.observe(call, Signal::Answered(Duration::from_millis(100)));
             }
         }
-        assert!(slots.limit() >= 8, "{}", slots.limit());
-        let mut early: Vec<Call> = (0..3).map(|_| slots.call()).collect();
-        tokio::time::advance(Duration::from_millis(10)).await;
-        let late: Vec<Call> = (0..4).map(|_| slots.call()).collect();
-        // the 3 sent before the last early one reached the worker (itself among them), not the 7
-        slots.observe(early.pop().unwrap(), Signal::Pushback);
-        assert_eq!(slots.limit(), 2);
-        for call in early.into_iter().chain(late) {
+        assert_eq!(slots.limit(), 8);
+        // 8 calls to a worker that takes 5: 3 come back refused, one after another
+        let mut calls: Vec<Call> = (0..8).map(|_| slots.call()).collect();
+        slots.observe(calls.pop().unwrap(), Signal::Pushback);
+        assert_eq!(slots.limit(), 7, "one below the 8 in flight");
+        slots.observe(calls.pop().unwrap(), Signal::Pushback);
+        slots.observe(calls.pop().unwrap(), Signal::Pushback);
+        assert_eq!(slots.limit(), 5, "one below the 5 accepted and the last refused");
+        for call in calls {
             slots.observe(call, Signal::Answered(Duration::from_millis(100)));
         }
-        assert!(slots.inner().calls.is_empty());
         assert_eq!(slots.inner().calls_in_flight, 0);
+        assert_eq!(slots.limit(), 5, "the ceiling holds");
     }
 
     #[tokio::test(start_paused = true)]
