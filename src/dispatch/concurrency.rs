@@ -8,7 +8,8 @@
 //! limit, a long one shrinks it by a tenth — once per window of about one batch time (see
 //! `Window`). Its back-pressure half is ours: a throttle (429/503, a Lambda throttle), a
 //! timeout or a refused connection sets a *ceiling* one below the calls in flight when it came
-//! back (at most halving the limit; each refused call of a burst takes it one lower), and shrinks the Vegas estimate by a tenth too (at the window's end). The
+//! back (at most halving the limit; each refused call of a burst takes it one lower), and
+//! shrinks the Vegas estimate by a tenth too (at the window's end). The
 //! ceiling holds while pushback keeps coming and is lifted [`CEILING_HOLD`] after the last one,
 //! so a worker whose capacity came back is found again (one probe past the old ceiling then).
 //!
@@ -64,7 +65,7 @@ struct Window {
 }
 
 /// The shortest window.
-pub const MIN_WINDOW: Duration = Duration::from_millis(100);
+const MIN_WINDOW: Duration = Duration::from_millis(100);
 
 impl Window {
     fn new(now: Instant) -> Self {
@@ -208,7 +209,7 @@ pub struct Call {
 /// One batch's slot; give it back with [`Slots::release`].
 #[must_use]
 pub struct Slot {
-    taken: Instant,
+    _taken: (),
 }
 
 impl Slots {
@@ -281,7 +282,7 @@ impl Slots {
                 let now = Instant::now();
                 if s.in_flight < s.limit(now) {
                     s.in_flight += 1;
-                    return Slot { taken: now };
+                    return Slot { _taken: () };
                 }
             }
             // a ceiling lifts with time, not with a release: look again now and then
@@ -322,7 +323,7 @@ impl Slots {
 
     /// Gives a slot back.
     pub fn release(&self, slot: Slot) {
-        let _ = slot.taken;
+        let Slot { _taken: () } = slot;
         let mut s = self.inner();
         s.in_flight -= 1;
         self.publish(s);
