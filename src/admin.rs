@@ -75,7 +75,12 @@ impl Entry {
             "concurrency": {
                 "mode": if self.status.adaptive.load(Ordering::Relaxed) { "adaptive" } else { "fixed" },
                 "limit": self.status.concurrency_limit.load(Ordering::Relaxed),
+                "pool": self.status.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             },
+            // batch.max_in_flight_per_group: the busiest groups (never metric labels)
+            "noisiest_groups": self.status.noisiest_groups().into_iter().map(|(group, in_batches, waiting)| {
+                json!({"group": group, "in_batches": in_batches, "waiting": waiting})
+            }).collect::<Vec<_>>(),
             "breaker": self.status.breaker(),
             "last_error": self.status.last_error().map(|(at, e)| json!({"at_unix_secs": at, "message": e})),
         })

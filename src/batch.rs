@@ -3,8 +3,10 @@
 //!
 //! [`BatchBuffer`] is the pure cutting rule (time is an argument); [`GroupGate`] is the pure FIFO
 //! rule (a message group is in at most one running batch; its later messages wait, leased, until
-//! that batch is acknowledged); [`Batcher`] is the task that feeds them from the pollers'
-//! channel and hands each cut batch to the dispatcher.
+//! that batch is acknowledged); [`GroupCap`] is the pure fair-share rule of standard and fair
+//! queues (at most `batch.max_in_flight_per_group` messages of one group in batches at once);
+//! [`Batcher`] is the task that feeds them from the pollers' channel and hands each cut batch to
+//! the dispatcher.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -95,10 +97,164 @@ pub struct GroupGate {
 
 /// A running batch has been acknowledged: its groups, and those of them that failed with how
 /// long their failed messages stay back (their held messages go back as long, behind them).
+/// With a group cap: how many messages of each group it carried, and when it was cut.
 #[derive(Debug, Clone, Default)]
 pub struct GroupsDone {
     pub groups: Vec<String>,
     pub failed: Vec<(String, i32)>,
+    pub counted: Vec<(String, usize)>,
+    pub cut_at: Option<Instant>,
+}
+
+/// What [`GroupCap::admit`] decided for a message.
+#[derive(Debug)]
+pub enum Capped {
+    /// Its group is under the cap: on to the batch.
+    Pass(ReceivedMessage),
+    /// Its group is at the cap: it waits here, under lease.
+    Held,
+    /// Its group is at the cap and `max_held` messages wait already: back to the queue, invisible
+    /// for this many seconds (about the time its group needs for what waits ahead of it).
+    GiveBack(ReceivedMessage, i32),
+}
+
+/// Standard and fair queues (`batch.max_in_flight_per_group`): at most `cap` messages of one
+/// `MessageGroupId` in batches — being cut, waiting for a slot, or at the target — at once, so
+/// that one tenant's backlog cannot take every slot.
+///
+/// A message over the cap waits here, leased (it was received: SQS cannot be asked for the
+/// messages of some groups only), and goes on in arrival order as its group's batches finish; a
+/// group's new messages queue behind its waiting ones. The messages waiting take room in
+/// `lease.max_outstanding`, so at most `max_held` wait: past that a message over the cap goes
+/// back to the queue for about the time its group needs (spending a receive) rather than fill
+/// the room that the other groups' messages need to be received at all. On a fair queue SQS
+/// also sees the waiting messages as the noisy group's in flight, and favours the other groups.
+/// Messages without a group are not capped.
+#[derive(Debug)]
+pub struct GroupCap {
+    cap: usize,
+    max_held: usize,
+    /// Messages of each group in batches (cut or being cut); a group leaves at 0.
+    in_batches: HashMap<String, usize>,
+    /// The messages over the cap, with when they were held, per group in arrival order.
+    held: HashMap<String, VecDeque<(ReceivedMessage, Instant)>>,
+    held_total: usize,
+    /// A capped batch's time from cut to done (moving average), for the give-back delay.
+    batch_time: Duration,
+}
+
+/// One group's load, for the admin API's noisiest groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLoad {
+    pub group: String,
+    pub in_batches: usize,
+    pub held: usize,
+}
+
+impl GroupCap {
+    pub fn new(cap: usize, max_held: usize) -> Self {
+        GroupCap {
+            cap: cap.max(1),
+            max_held,
+            in_batches: HashMap::new(),
+            held: HashMap::new(),
+            held_total: 0,
+            batch_time: Duration::from_secs(1),
+        }
+    }
+
+    /// Lets a message through, holds it, or gives it back (see [`Capped`]).
+    pub fn admit(&mut self, m: ReceivedMessage, now: Instant) -> Capped {
+        let Some(group) = &m.group_id else { return Capped::Pass(m) };
+        let waiting = self.held.get(group).map_or(0, VecDeque::len);
+        let running = self.in_batches.get(group).copied().unwrap_or(0);
+        if waiting == 0 && running < self.cap {
+            *self.in_batches.entry(group.clone()).or_default() += 1;
+            return Capped::Pass(m);
+        }
+        if self.held_total >= self.max_held {
+            // the turns of the cap its group needs before this one could go
+            let turns = (waiting + running).div_ceil(self.cap).max(1) as u32;
+            let secs = (self.batch_time * turns).as_secs_f64().ceil().clamp(1.0, 60.0) as i32;
+            return Capped::GiveBack(m, secs);
+        }
+        self.held.entry(group.clone()).or_default().push_back((m, now));
+        self.held_total += 1;
+        Capped::Held
+    }
+
+    /// The groups of a cut batch and how many messages of each it carries.
+    pub fn count(batch: &Batch) -> Vec<(String, usize)> {
+        let mut counted: Vec<(String, usize)> = Vec::new();
+        for g in batch.iter().filter_map(|m| m.group_id.as_ref()) {
+            match counted.iter_mut().find(|(name, _)| name == g) {
+                Some((_, n)) => *n += 1,
+                None => counted.push((g.clone(), 1)),
+            }
+        }
+        counted
+    }
+
+    /// A batch is done: its groups have room again. Returns the held messages that go on now, in
+    /// their groups' order, each with how long it waited.
+    pub fn finish(&mut self, done: &GroupsDone, now: Instant) -> Vec<(ReceivedMessage, Duration)> {
+        if let Some(cut_at) = done.cut_at {
+            let took = now.saturating_duration_since(cut_at);
+            self.batch_time = (self.batch_time * 7 + took) / 8;
+        }
+        let mut resume = Vec::new();
+        for (group, n) in &done.counted {
+            let Some(running) = self.in_batches.get_mut(group) else { continue };
+            *running = running.saturating_sub(*n);
+            if let Some(waiting) = self.held.get_mut(group) {
+                while *running < self.cap {
+                    let Some((m, since)) = waiting.pop_front() else { break };
+                    *running += 1;
+                    self.held_total -= 1;
+                    resume.push((m, now.saturating_duration_since(since)));
+                }
+                if waiting.is_empty() {
+                    self.held.remove(group);
+                }
+            }
+            if *running == 0 {
+                self.in_batches.remove(group);
+            }
+        }
+        resume
+    }
+
+    /// Everything held (shutdown).
+    pub fn take_held(&mut self) -> Vec<ReceivedMessage> {
+        self.held_total = 0;
+        self.held.drain().flat_map(|(_, q)| q.into_iter().map(|(m, _)| m)).collect()
+    }
+
+    /// Messages waiting behind the cap.
+    pub fn held(&self) -> usize {
+        self.held_total
+    }
+
+    /// Groups with messages in batches.
+    pub fn groups_in_flight(&self) -> usize {
+        self.in_batches.len()
+    }
+
+    /// The `n` groups with the most messages in batches and waiting, most first.
+    pub fn noisiest(&self, n: usize) -> Vec<GroupLoad> {
+        let mut all: Vec<GroupLoad> = self
+            .in_batches
+            .iter()
+            .map(|(g, &running)| GroupLoad {
+                group: g.clone(),
+                in_batches: running,
+                held: self.held.get(g).map_or(0, VecDeque::len),
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| (b.in_batches + b.held, &a.group).cmp(&(a.in_batches + a.held, &b.group)));
+        all.truncate(n);
+        all
+    }
 }
 
 impl GroupGate {
@@ -121,7 +277,7 @@ impl GroupGate {
         for g in &groups {
             self.running.insert(g.clone());
         }
-        GroupsDone { groups, failed: Vec::new() }
+        GroupsDone { groups, ..GroupsDone::default() }
     }
 
     /// A batch was acknowledged: returns the held messages that may go on (in order) and those
@@ -170,31 +326,85 @@ pub struct Batcher<S> {
     pub receives: mpsc::Receiver<Vec<ReceivedMessage>>,
     /// FIFO queues: the group rule, fed back by `done`.
     pub gate: Option<GroupGate>,
+    /// Standard and fair queues: the per-group cap, fed back by `done` too.
+    pub cap: Option<CapStage>,
     pub done: mpsc::UnboundedReceiver<GroupsDone>,
     pub sink: S,
 }
 
+/// The group cap with the figures it reports.
+pub struct CapStage {
+    pub cap: GroupCap,
+    pub metrics: crate::metrics::PipelineMetrics,
+    /// When the noisiest groups were last published to the admin API.
+    published: Option<Instant>,
+}
+
+impl CapStage {
+    pub fn new(cap: GroupCap, metrics: crate::metrics::PipelineMetrics) -> Self {
+        CapStage { cap, metrics, published: None }
+    }
+
+    /// Publishes the gauges, and the noisiest groups at most once a second.
+    fn report(&mut self, now: Instant) {
+        self.metrics.group_held.set(self.cap.held() as f64);
+        self.metrics.groups_in_flight.set(self.cap.groups_in_flight() as f64);
+        if self.published.is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1)) {
+            self.published = Some(now);
+            self.metrics.status.set_noisiest_groups(
+                self.cap
+                    .noisiest(crate::metrics::NOISIEST_GROUPS)
+                    .into_iter()
+                    .map(|g| (g.group, g.in_batches, g.held))
+                    .collect(),
+            );
+        }
+    }
+}
+
 /// Batches cut and not yet submitted, with the groups each started.
 type Ready = Vec<(Batch, GroupsDone)>;
+
+/// Messages the group cap gives back, by delay.
+type GiveBack = Vec<(Vec<ReceivedMessage>, i32)>;
 
 impl<S: BatchSink + Send> Batcher<S> {
     /// A batch was cut: its FIFO groups count as running from now on, so that a later message of
     /// one of them is held rather than cut into a second batch.
     fn cut(&mut self, batch: Option<Batch>, ready: &mut Ready) {
         let Some(batch) = batch else { return };
-        let groups = match &mut self.gate {
+        let mut groups = match &mut self.gate {
             Some(gate) => gate.start(&batch),
             None => GroupsDone::default(),
         };
+        if self.cap.is_some() {
+            groups.counted = GroupCap::count(&batch);
+            groups.cut_at = Some(Instant::now());
+        }
         ready.push((batch, groups));
     }
 
-    fn push_all(&mut self, messages: Vec<ReceivedMessage>, now: Instant, ready: &mut Ready) {
+    /// Adds messages to the batch being filled (those the FIFO gate or the group cap let
+    /// through); returns those the cap gives back to the queue, with their delays.
+    #[must_use]
+    fn push_all(&mut self, messages: Vec<ReceivedMessage>, now: Instant, ready: &mut Ready) -> GiveBack {
         let mut cut = Vec::new();
+        let mut give_back = GiveBack::new();
         for m in messages {
-            let m = match &mut self.gate {
-                Some(gate) => gate.admit(m),
-                None => Some(m),
+            let m = match (&mut self.gate, &mut self.cap) {
+                (Some(gate), _) => gate.admit(m),
+                (None, Some(stage)) => match stage.cap.admit(m, now) {
+                    Capped::Pass(m) => Some(m),
+                    Capped::Held => None,
+                    Capped::GiveBack(m, secs) => {
+                        match give_back.iter_mut().find(|(_, s)| *s == secs) {
+                            Some((ms, _)) => ms.push(m),
+                            None => give_back.push((vec![m], secs)),
+                        }
+                        None
+                    }
+                },
+                (None, None) => Some(m),
             };
             if let Some(m) = m {
                 self.buffer.push(m, now, &mut cut);
@@ -202,6 +412,20 @@ impl<S: BatchSink + Send> Batcher<S> {
                     self.cut(Some(batch), ready);
                 }
             }
+        }
+        if let Some(stage) = &mut self.cap {
+            stage.report(now);
+        }
+        give_back
+    }
+
+    /// Gives messages over the group cap back to the queue.
+    async fn give_back(&mut self, give_back: GiveBack) {
+        for (messages, secs) in give_back {
+            if let Some(stage) = &self.cap {
+                stage.metrics.group_returned.increment(messages.len() as u64);
+            }
+            self.sink.send_back(messages, secs).await;
         }
     }
 
@@ -215,24 +439,51 @@ impl<S: BatchSink + Send> Batcher<S> {
                 chunk = self.receives.recv() => {
                     let Some(chunk) = chunk else { break };
                     let now = Instant::now();
-                    self.push_all(chunk, now, &mut ready);
+                    let mut give_back = self.push_all(chunk, now, &mut ready);
                     if self.buffer.window.is_zero() {
                         // no window: take what has already arrived, then cut
                         while self.buffer.len() < self.buffer.size {
                             let Ok(more) = self.receives.try_recv() else { break };
-                            self.push_all(more, now, &mut ready);
+                            give_back.extend(self.push_all(more, now, &mut ready));
                         }
                         let batch = self.buffer.take();
                         self.cut(batch, &mut ready);
                     }
+                    self.give_back(give_back).await;
                 }
                 Some(done) = self.done.recv() => {
-                    let Some(gate) = &mut self.gate else { continue };
-                    let (resume, back) = gate.finish(&done);
-                    for (messages, secs) in back {
-                        self.sink.send_back(messages, secs).await;
-                    }
-                    self.push_all(resume, Instant::now(), &mut ready);
+                    let now = Instant::now();
+                    let resume = match (&mut self.gate, &mut self.cap) {
+                        (Some(gate), _) => {
+                            let (resume, back) = gate.finish(&done);
+                            for (messages, secs) in back {
+                                self.sink.send_back(messages, secs).await;
+                            }
+                            resume
+                        }
+                        (None, Some(stage)) => {
+                            let resume = stage.cap.finish(&done, now);
+                            for (_, waited) in &resume {
+                                stage.metrics.group_cap_wait.record(waited.as_secs_f64());
+                            }
+                            // (already counted in by the cap: straight to the batch)
+                            let mut cut = Vec::new();
+                            for (m, _) in resume {
+                                self.buffer.push(m, now, &mut cut);
+                            }
+                            for batch in cut {
+                                self.cut(Some(batch), &mut ready);
+                            }
+                            if let Some(stage) = &mut self.cap {
+                                stage.report(now);
+                            }
+                            Vec::new()
+                        }
+                        (None, None) => continue,
+                    };
+                    // the FIFO gate's messages (it gives nothing back)
+                    let give_back = self.push_all(resume, now, &mut ready);
+                    self.give_back(give_back).await;
                     if self.buffer.window.is_zero() {
                         let batch = self.buffer.take();
                         self.cut(batch, &mut ready);
@@ -252,11 +503,13 @@ impl<S: BatchSink + Send> Batcher<S> {
         for (batch, groups) in ready.drain(..) {
             self.sink.submit(batch, groups).await;
         }
-        if let Some(gate) = &mut self.gate {
-            let held = gate.take_held();
-            if !held.is_empty() {
-                self.sink.send_back(held, 0).await;
-            }
+        let held = match (&mut self.gate, &mut self.cap) {
+            (Some(gate), _) => gate.take_held(),
+            (None, Some(stage)) => stage.cap.take_held(),
+            (None, None) => Vec::new(),
+        };
+        if !held.is_empty() {
+            self.sink.send_back(held, 0).await;
         }
     }
 }
@@ -288,7 +541,12 @@ mod tests {
     }
 
     fn buffer(size: usize, window_ms: u64, max_bytes: usize) -> BatchBuffer {
-        BatchBuffer::new(&BatchConfig { size, window: Duration::from_millis(window_ms), max_bytes })
+        BatchBuffer::new(&BatchConfig {
+            size,
+            window: Duration::from_millis(window_ms),
+            max_bytes,
+            max_in_flight_per_group: None,
+        })
     }
 
     fn ids(b: &Batch) -> Vec<String> {
@@ -401,5 +659,60 @@ mod tests {
         buf.push(msg(2, 10), now, &mut out);
         assert_eq!(out.iter().map(ids).collect::<Vec<_>>(), vec![vec!["0"], vec!["1"]]);
         assert_eq!(ids(&buf.take().unwrap()), vec!["2"]);
+    }
+
+    fn done(batch: &Batch, cut_at: Instant) -> GroupsDone {
+        GroupsDone { counted: GroupCap::count(batch), cut_at: Some(cut_at), ..GroupsDone::default() }
+    }
+
+    #[test]
+    fn the_group_cap_holds_a_groups_messages_past_the_cap_and_lets_them_on_in_order() {
+        let now = Instant::now();
+        let mut cap = GroupCap::new(2, 100);
+        let mut passed = Vec::new();
+        for (id, g) in [(1, "noisy"), (2, "noisy"), (3, "noisy"), (4, "quiet"), (5, "noisy")] {
+            match cap.admit(grouped(id, g), now) {
+                Capped::Pass(m) => passed.push(m),
+                Capped::Held => {}
+                Capped::GiveBack(..) => panic!("room to hold"),
+            }
+        }
+        assert_eq!(ids(&passed), ["1", "2", "4"], "noisy at its cap of 2; quiet is not held up");
+        assert_eq!(cap.held(), 2);
+        assert_eq!(cap.groups_in_flight(), 2);
+        // a batch with one noisy message ends: one of noisy's waiting messages goes on, the oldest
+        let first: Batch = vec![passed[0].clone(), passed[2].clone()];
+        let later = now + Duration::from_millis(300);
+        let resumed = cap.finish(&done(&first, now), later);
+        assert_eq!(resumed.iter().map(|(m, _)| m.message_id.as_str()).collect::<Vec<_>>(), ["3"]);
+        assert_eq!(resumed[0].1, Duration::from_millis(300), "how long it waited");
+        assert_eq!(cap.held(), 1);
+        // a new noisy message queues behind the one still waiting, even with room at the cap
+        assert!(matches!(cap.admit(grouped(6, "noisy"), later), Capped::Held));
+        assert_eq!(cap.noisiest(1), vec![GroupLoad { group: "noisy".into(), in_batches: 2, held: 2 }]);
+        let rest: Batch = vec![passed[1].clone(), resumed[0].0.clone()];
+        let resumed = cap.finish(&done(&rest, later), later);
+        assert_eq!(resumed.iter().map(|(m, _)| m.message_id.as_str()).collect::<Vec<_>>(), ["5", "6"]);
+        assert_eq!(cap.held(), 0);
+        assert!(matches!(cap.admit(msg(7, 1), later), Capped::Pass(_)), "no group: not capped");
+    }
+
+    #[test]
+    fn the_group_cap_gives_back_what_does_not_fit_the_room_for_a_time_its_group_needs() {
+        let now = Instant::now();
+        let mut cap = GroupCap::new(1, 2);
+        assert!(matches!(cap.admit(grouped(1, "a"), now), Capped::Pass(_)));
+        assert!(matches!(cap.admit(grouped(2, "a"), now), Capped::Held));
+        assert!(matches!(cap.admit(grouped(3, "a"), now), Capped::Held));
+        // the batch time learned so far is about 1 s: three turns of the cap are ahead of it
+        match cap.admit(grouped(4, "a"), now) {
+            Capped::GiveBack(m, secs) => {
+                assert_eq!(m.message_id, "4");
+                assert_eq!(secs, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cap.take_held().len(), 2);
+        assert_eq!(cap.held(), 0);
     }
 }

@@ -31,6 +31,11 @@ pub const MAX_CONCURRENCY: &str = "sqs_poller_max_concurrency";
 pub const CONCURRENCY_LIMIT: &str = "sqs_poller_concurrency_limit";
 pub const BREAKER_STATE: &str = "sqs_poller_breaker_state";
 pub const BREAKER_TRANSITIONS: &str = "sqs_poller_breaker_transitions_total";
+pub const GROUPS_IN_FLIGHT: &str = "sqs_poller_groups_in_flight";
+pub const GROUP_CAPPED: &str = "sqs_poller_group_capped_messages";
+pub const GROUP_CAP_RETURNED: &str = "sqs_poller_group_cap_returned_total";
+pub const GROUP_CAP_WAIT: &str = "sqs_poller_group_cap_wait_seconds";
+pub const SLOT_WAIT: &str = "sqs_poller_slot_wait_seconds";
 pub const MAX_OUTSTANDING: &str = "sqs_poller_max_outstanding_messages";
 pub const DUPLICATE_RECEIVES: &str = "sqs_poller_duplicate_receives_total";
 pub const LEASE_EXTENSIONS: &str = "sqs_poller_lease_extensions_total";
@@ -61,6 +66,9 @@ pub const BREAKER_PHASES: [&str; 3] = ["closed", "open", "half_open"];
 /// The SQS operations the service calls, the values of the `operation` label of [`SQS_REQUESTS`].
 pub const SQS_OPERATIONS: [&str; 5] =
     ["ReceiveMessage", "DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessage", "GetQueueAttributes"];
+
+/// How many of the busiest message groups the admin API lists (per-group figures are never labels).
+pub const NOISIEST_GROUPS: usize = 10;
 
 /// Installs the Prometheus recorder and describes every metric.
 ///
@@ -97,6 +105,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(MESSAGE_AGE.into()), &age_buckets)?
         .set_buckets_for_metric(Matcher::Full(END_TO_END.into()), &age_buckets)?
         .set_buckets_for_metric(Matcher::Full(DISPATCH_DURATION.into()), &dispatch_buckets)?
+        .set_buckets_for_metric(Matcher::Full(GROUP_CAP_WAIT.into()), &dispatch_buckets)?
+        .set_buckets_for_metric(Matcher::Full(SLOT_WAIT.into()), &dispatch_buckets)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &size_buckets)?
         .install_recorder()?;
     describe();
@@ -139,6 +149,31 @@ fn describe() {
         BREAKER_TRANSITIONS,
         Unit::Count,
         "Circuit breaker transitions, by the phase entered (`to`: open, half_open, closed)."
+    );
+    describe_gauge!(
+        GROUPS_IN_FLIGHT,
+        Unit::Count,
+        "Message groups with messages in batches now (batch.max_in_flight_per_group set; standard and fair queues)."
+    );
+    describe_gauge!(
+        GROUP_CAPPED,
+        Unit::Count,
+        "Messages waiting under lease because their group is at batch.max_in_flight_per_group."
+    );
+    describe_counter!(
+        GROUP_CAP_RETURNED,
+        Unit::Count,
+        "Messages over their group's cap given back to the queue because the room for waiting messages was full (each spends a receive)."
+    );
+    describe_histogram!(
+        GROUP_CAP_WAIT,
+        Unit::Seconds,
+        "Time messages waited behind their group's cap (batch.max_in_flight_per_group)."
+    );
+    describe_histogram!(
+        SLOT_WAIT,
+        Unit::Seconds,
+        "Time a cut batch waited for a concurrency slot (of the pipeline, or of its shared pool: by priority and weight)."
     );
     describe_gauge!(
         MAX_OUTSTANDING,
@@ -251,6 +286,11 @@ pub struct PipelineMetrics {
     pub paused: Gauge,
     pub concurrency_limit: Gauge,
     pub breaker_state: Gauge,
+    pub groups_in_flight: Gauge,
+    pub group_held: Gauge,
+    pub group_returned: Counter,
+    pub group_cap_wait: Histogram,
+    pub slot_wait: Histogram,
     /// Live figures for the admin API.
     pub status: std::sync::Arc<Status>,
     /// `sqs_requests_total` and `sqs_errors_total` of each of [`SQS_OPERATIONS`], resolved once.
@@ -365,6 +405,11 @@ impl PipelineMetrics {
             paused: gauge(PAUSED),
             concurrency_limit: gauge(CONCURRENCY_LIMIT),
             breaker_state: gauge(BREAKER_STATE),
+            groups_in_flight: gauge(GROUPS_IN_FLIGHT),
+            group_held: gauge(GROUP_CAPPED),
+            group_returned: counter(GROUP_CAP_RETURNED),
+            group_cap_wait: metrics::histogram!(GROUP_CAP_WAIT, "pipeline" => p.clone()),
+            slot_wait: metrics::histogram!(SLOT_WAIT, "pipeline" => p.clone()),
             status: std::sync::Arc::default(),
             sqs_counters: std::sync::Arc::new(sqs_counters),
             pipeline: p,
@@ -426,9 +471,21 @@ pub struct Status {
     /// The breaker's phase name (`closed`, `open`, `half_open`); empty: none yet.
     pub breaker: std::sync::Mutex<&'static str>,
     last_error: std::sync::Mutex<Option<(std::time::SystemTime, String)>>,
+    /// The busiest message groups: (group, messages in batches, messages waiting behind the cap).
+    noisiest_groups: std::sync::Mutex<Vec<(String, usize, usize)>>,
+    /// The shared pool the pipeline takes its slots from, if any.
+    pub pool: std::sync::Mutex<Option<String>>,
 }
 
 impl Status {
+    pub fn set_noisiest_groups(&self, groups: Vec<(String, usize, usize)>) {
+        *self.noisiest_groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = groups;
+    }
+
+    pub fn noisiest_groups(&self) -> Vec<(String, usize, usize)> {
+        self.noisiest_groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     pub fn set_last_error(&self, error: impl Into<String>) {
         *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((std::time::SystemTime::now(), error.into()));

@@ -22,10 +22,10 @@ use tracing::Instrument;
 
 use crate::ack::Acker;
 use crate::backoff::Backoff;
-use crate::batch::{Batch, BatchBuffer, BatchSink, Batcher, GroupGate, GroupsDone};
+use crate::batch::{Batch, BatchBuffer, BatchSink, Batcher, CapStage, GroupCap, GroupGate, GroupsDone};
 use crate::config::PipelineConfig;
 use crate::dispatch::breaker::Breaker;
-use crate::dispatch::concurrency::Slots;
+use crate::dispatch::concurrency::{Member, MemberSettings, Slots};
 use crate::dispatch::{Dispatcher, Outcome, Target};
 use crate::event::{arn_from_queue_url, EventSource, ReceivedMessage};
 use crate::intake::Intake;
@@ -51,6 +51,14 @@ pub struct PipelineParts {
     pub control: Arc<crate::control::Control>,
     /// `[pipelines.large_payloads]`: the S3 store payload pointers are resolved from.
     pub payloads: Option<Arc<crate::payload::PayloadStore>>,
+    /// `target.pool`: the shared pool's slots (`None`: the pipeline has its own).
+    pub pool: Option<Arc<Slots>>,
+}
+
+/// How many messages over their group's cap may wait under lease: the room
+/// (`lease.max_outstanding`) beyond what the batches in flight need.
+fn max_held(cfg: &PipelineConfig) -> usize {
+    cfg.lease.max_outstanding.saturating_sub(cfg.target.max_concurrency.saturating_mul(cfg.batch.size))
 }
 
 /// What discovery learns about the queue.
@@ -100,7 +108,8 @@ async fn discover(
 /// # Errors
 /// When the queue cannot be used at all (it does not exist, access is denied).
 pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
-    let PipelineParts { config: cfg, queue, dead_letter, target, metrics, shutdown, ready, control, payloads } = parts;
+    let PipelineParts { config: cfg, queue, dead_letter, target, metrics, shutdown, ready, control, payloads, pool } =
+        parts;
     let Some(found) = discover(&cfg, queue.as_ref(), &shutdown.drain).await? else { return Ok(()) };
     ready.found();
 
@@ -128,23 +137,28 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
         retry: cfg.retry.clone(),
         metrics: metrics.clone(),
     };
-    // the batches in flight, at most the (adaptive) limit; the pollers' room follows it
-    let slots = Arc::new({
-        let slots = Slots::new(
-            cfg.target.max_concurrency,
-            cfg.target.adaptive,
-            cfg.batch.size,
-            metrics.concurrency_limit.clone(),
-            metrics.status.clone(),
-        );
-        if slots.is_adaptive() {
+    // the batches in flight, at most the (adaptive) limit of the pipeline or of its pool; the
+    // pollers' room follows its share (the batches it may run, one being cut, and what the group
+    // cap may hold)
+    let configured_room = cfg.lease.max_outstanding;
+    let cap_room = cfg.batch.max_in_flight_per_group.map_or(0, |_| max_held(&cfg));
+    let slots = pool.unwrap_or_else(|| Arc::new(Slots::new(cfg.target.max_concurrency, cfg.target.adaptive)));
+    let follow_room = slots.is_adaptive() || cfg.target.pool.is_some();
+    let slots = Arc::new(slots.join(MemberSettings {
+        priority: cfg.target.pool.as_ref().map_or(0, |p| p.priority),
+        weight: cfg.target.pool.as_ref().map_or(1, |p| p.weight),
+        max: cfg.target.max_concurrency,
+        batch_size: cfg.batch.size,
+        gauge: metrics.concurrency_limit.clone(),
+        status: metrics.status.clone(),
+        room: follow_room.then(|| {
             let leases = leases.clone();
-            let configured = cfg.lease.max_outstanding;
-            slots.with_room(move |messages| leases.set_room(messages.min(configured)))
-        } else {
-            slots
-        }
-    });
+            Arc::new(move |messages: usize| leases.set_room((messages + cap_room).min(configured_room)))
+                as Arc<dyn Fn(usize) + Send + Sync>
+        }),
+    }));
+    *metrics.status.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        cfg.target.pool.as_ref().map(|p| p.name.clone());
     let breaker = Arc::new(Breaker::new(cfg.target.breaker.clone(), control.clone(), metrics.clone()));
     let mut dispatcher =
         Dispatcher::new(&cfg.target, cfg.batch.size, cfg.fifo, target, scaling.clone(), metrics.clone());
@@ -210,6 +224,10 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
         buffer: BatchBuffer::new(&cfg.batch),
         receives: rx,
         gate: cfg.fifo.then(GroupGate::default),
+        cap: cfg
+            .batch
+            .max_in_flight_per_group
+            .map(|cap| CapStage::new(GroupCap::new(cap, max_held(&cfg)), metrics.clone())),
         done: done_rx,
         sink: runner,
     }
@@ -255,20 +273,21 @@ struct BatchWork {
 /// Runs cut batches in their own tasks, at most the concurrency limit at once.
 struct BatchRunner {
     work: Arc<BatchWork>,
-    slots: Arc<Slots>,
+    slots: Arc<Member>,
     scaling: Arc<Scaling>,
     tasks: TaskTracker,
 }
 
 impl BatchRunner {
     /// Tells the autoscaler how many batches are in flight, of how many the limit allows.
-    fn report_saturation(slots: &Slots, scaling: &Scaling) {
+    fn report_saturation(slots: &Member, scaling: &Scaling) {
         scaling.saturation(slots.in_flight(), slots.limit());
     }
 }
 
 impl BatchSink for BatchRunner {
     async fn submit(&mut self, batch: Batch, groups: GroupsDone) {
+        let waiting = std::time::Instant::now();
         let slot = tokio::select! {
             p = self.slots.acquire() => p,
             () = self.work.abandon.cancelled() => {
@@ -277,6 +296,7 @@ impl BatchSink for BatchRunner {
                 return;
             }
         };
+        self.work.acker.metrics.slot_wait.record(waiting.elapsed().as_secs_f64());
         Self::report_saturation(&self.slots, &self.scaling);
         let (slots, scaling) = (self.slots.clone(), self.scaling.clone());
         let work = self.work.clone();

@@ -91,6 +91,10 @@ pub struct Supervisor {
     task_names: HashMap<tokio::task::Id, String>,
     /// Of the file last loaded, for `sqs_poller_config_info`.
     hash: Option<String>,
+    /// The shared pools (`[pools.NAME]`) by name, with the settings each was made with: a pipeline
+    /// started after a pool's settings changed gets a new pool (those still on the old one are
+    /// restarted by the same reload, their configuration having changed with it).
+    pools: HashMap<String, (crate::config::PoolConfig, Arc<crate::dispatch::concurrency::Slots>)>,
 }
 
 /// Whether two resolved pipeline configurations are the same. Every part is plain data (the
@@ -118,6 +122,7 @@ impl Supervisor {
             registry,
             shutdown,
             running: HashMap::new(),
+            pools: HashMap::new(),
             waiting: HashMap::new(),
             tasks: JoinSet::new(),
             task_names: HashMap::new(),
@@ -215,7 +220,23 @@ impl Supervisor {
             .await
             .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
         let shutdown = self.shutdown.child();
+        let pool = p.target.pool.as_ref().map(|member| {
+            let (settings, slots) = self.pools.entry(member.name.clone()).or_insert_with(|| {
+                let slots =
+                    crate::dispatch::concurrency::Slots::new(member.settings.max_concurrency, member.settings.adaptive);
+                (member.settings.clone(), Arc::new(slots))
+            });
+            if *settings != member.settings {
+                *settings = member.settings.clone();
+                *slots = Arc::new(crate::dispatch::concurrency::Slots::new(
+                    member.settings.max_concurrency,
+                    member.settings.adaptive,
+                ));
+            }
+            slots.clone()
+        });
         let parts = PipelineParts {
+            pool,
             config: p.clone(),
             queue: Arc::new(
                 sqs::SqsQueue::new(&self.clients.sqs, p.queue_url.clone(), m.clone())

@@ -310,6 +310,7 @@ fn a_slow_receive_answer_is_covered_by_the_lease() {
             ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
             control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
             payloads: None,
+            pool: None,
         }));
         let started = Instant::now();
         while !sim.is_empty() {

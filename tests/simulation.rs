@@ -189,6 +189,7 @@ fn start(
         ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
         control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
         payloads: None,
+        pool: None,
     }));
     Running { task, shutdown, witness }
 }
@@ -420,6 +421,7 @@ fn panicking_pollers_are_replaced_and_a_panicking_batch_is_released() {
             ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
             control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
             payloads: None,
+            pool: None,
         }));
         let started = tokio::time::Instant::now();
         while !queue.is_empty() {
@@ -488,6 +490,7 @@ fn the_seed_fleet_goes_to_max_on_a_burst_and_back_to_min_within_two_minutes_of_i
             ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
             control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
             payloads: None,
+            pool: None,
         }));
         let pollers = || counter(&handle.render(), &format!("sqs_poller_pollers{{pipeline=\"{name}\"}}"));
         let started = tokio::time::Instant::now();

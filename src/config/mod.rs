@@ -34,7 +34,29 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// How long a drain may take after SIGTERM before what is left is released.
     pub grace_period: Duration,
+    /// `[pools.NAME]`: worker pools that several pipelines share (`target.pool`).
+    pub pools: std::collections::BTreeMap<String, PoolConfig>,
     pub pipelines: Vec<PipelineConfig>,
+}
+
+/// `[pools.NAME]`: the batches in flight that the pipelines naming it share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub max_concurrency: usize,
+    /// `concurrency = "adaptive"`: the floor (`min_concurrency`); `None`: fixed.
+    pub adaptive: Option<usize>,
+}
+
+/// A pipeline's place in a shared pool (`target.pool`, `priority`, `weight`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolMembership {
+    pub name: String,
+    /// Higher first, strictly.
+    pub priority: u32,
+    /// Share among the pipelines of one priority.
+    pub weight: u32,
+    /// The pool's settings (a change restarts the pipelines that share it).
+    pub settings: PoolConfig,
 }
 
 /// `[aws]` (the edge's settings).
@@ -120,6 +142,8 @@ pub struct BatchConfig {
     pub size: usize,
     pub window: Duration,
     pub max_bytes: usize,
+    /// Standard and fair queues: messages of one `MessageGroupId` in batches at once, at most.
+    pub max_in_flight_per_group: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +164,8 @@ pub struct TargetConfig {
     pub breaker: BreakerConfig,
     /// The `http` target's options for remote workers (headers, TLS, SigV4).
     pub http: HttpOptions,
+    /// `target.pool`: the shared pool its batches take their slots from.
+    pub pool: Option<PoolMembership>,
 }
 
 /// `[pipelines.target.breaker]`.

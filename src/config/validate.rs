@@ -20,7 +20,17 @@ pub(super) struct RawConfig {
     #[serde(default)]
     shutdown: RawShutdown,
     #[serde(default)]
+    pools: std::collections::BTreeMap<String, RawPool>,
+    #[serde(default)]
     pipelines: Vec<RawPipeline>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    max_concurrency: Option<u64>,
+    concurrency: Option<String>,
+    min_concurrency: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +115,7 @@ struct RawBatch {
     size: Option<u64>,
     window_ms: Option<u64>,
     max_bytes: Option<u64>,
+    max_in_flight_per_group: Option<u64>,
 }
 
 /// All target keys in one flat table: which keys apply depends on `type`, checked in validation
@@ -129,6 +140,9 @@ struct RawTarget {
     concurrency: Option<String>,
     min_concurrency: Option<u64>,
     breaker: Option<RawBreaker>,
+    pool: Option<String>,
+    priority: Option<u64>,
+    weight: Option<u64>,
     headers: Option<std::collections::BTreeMap<String, String>>,
     ca_file: Option<String>,
     client_cert_file: Option<String>,
@@ -274,6 +288,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     };
     let grace = c.ranged("shutdown.grace_period_secs", raw.shutdown.grace_period_secs, 30, 1, 3600);
 
+    let mut pools = std::collections::BTreeMap::new();
+    for (name, p) in raw.pools {
+        let at = format!("pools.{name}");
+        if !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            c.fail(&at, format!("`{name}` may only contain letters, digits, `-` and `_`"));
+        }
+        let max_concurrency = c.ranged(&format!("{at}.max_concurrency"), p.max_concurrency, 10, 1, 10_000);
+        let adaptive = concurrency_mode(&mut c, &at, p.concurrency.as_deref(), p.min_concurrency, max_concurrency);
+        pools.insert(name, PoolConfig { max_concurrency: max_concurrency as usize, adaptive });
+    }
+
     if raw.pipelines.is_empty() {
         c.fail("pipelines", "at least one [[pipelines]] table is required");
     }
@@ -281,7 +306,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut pipelines = Vec::new();
     for (i, p) in raw.pipelines.into_iter().enumerate() {
         let at = format!("pipelines[{i}]");
-        let pipeline = validate_pipeline(&mut c, &at, p);
+        let pipeline = validate_pipeline(&mut c, &at, p, &pools);
         if !pipeline.name.is_empty() && !names.insert(pipeline.name.clone()) {
             c.fail(
                 format!("{at}.name"),
@@ -307,13 +332,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
 
     if c.problems.is_empty() {
-        Ok(Config { aws, listen, admin_listen, grace_period: Duration::from_secs(grace), pipelines })
+        Ok(Config { aws, listen, admin_listen, grace_period: Duration::from_secs(grace), pools, pipelines })
     } else {
         Err(c.problems)
     }
 }
 
-fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfig {
+fn validate_pipeline(
+    c: &mut Checker,
+    at: &str,
+    p: RawPipeline,
+    pools: &std::collections::BTreeMap<String, PoolConfig>,
+) -> PipelineConfig {
     let name = c.required_string(&format!("{at}.name"), p.name);
     if !name.is_empty() && !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
         c.fail(
@@ -351,8 +381,18 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         MAX_BATCH_BYTES as u64,
     );
 
+    let per_group = p.batch.max_in_flight_per_group.map(|n| {
+        let key = format!("{at}.batch.max_in_flight_per_group");
+        if fifo {
+            c.fail(
+                &key,
+                "applies to standard and fair queues; a FIFO queue already runs at most one batch per message group",
+            );
+        }
+        c.ranged(&key, Some(n), n, 1, 100_000) as usize
+    });
     let target = match p.target {
-        Some(t) => validate_target(c, &format!("{at}.target"), t),
+        Some(t) => validate_target(c, &format!("{at}.target"), t, pools),
         None => {
             c.fail(format!("{at}.target"), "is required ([pipelines.target] with a `type`)");
             placeholder_target()
@@ -435,7 +475,11 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
         }
     });
 
-    let default_outstanding = defaults::max_outstanding(target.max_concurrency, size as usize) as u64;
+    let mut default_outstanding = defaults::max_outstanding(target.max_concurrency, size as usize) as u64;
+    if per_group.is_some() {
+        // as much room again for messages waiting behind their group's cap
+        default_outstanding *= 2;
+    }
     let max_outstanding = c.ranged(
         &format!("{at}.lease.max_outstanding"),
         p.lease.max_outstanding,
@@ -486,6 +530,7 @@ fn validate_pipeline(c: &mut Checker, at: &str, p: RawPipeline) -> PipelineConfi
             size: size as usize,
             window: Duration::from_millis(window),
             max_bytes: max_bytes as usize,
+            max_in_flight_per_group: per_group,
         },
         target,
         retry: RetryConfig {
@@ -509,10 +554,53 @@ fn placeholder_target() -> TargetConfig {
         adaptive: None,
         breaker: BreakerConfig::default(),
         http: HttpOptions::default(),
+        pool: None,
     }
 }
 
-fn validate_target(c: &mut Checker, at: &str, mut t: RawTarget) -> TargetConfig {
+/// `concurrency` and `min_concurrency` of a target or a pool: the adaptive limit's floor, or
+/// `None` for a fixed limit.
+fn concurrency_mode(
+    c: &mut Checker,
+    at: &str,
+    mode: Option<&str>,
+    min_concurrency: Option<u64>,
+    max_concurrency: u64,
+) -> Option<usize> {
+    match mode {
+        None | Some("fixed") => {
+            if min_concurrency.is_some() {
+                c.fail(format!("{at}.min_concurrency"), "applies to `concurrency = \"adaptive\"` only");
+            }
+            None
+        }
+        Some("adaptive") => {
+            let floor = c.ranged(&format!("{at}.min_concurrency"), min_concurrency, 1, 1, 10_000);
+            let rejected = c.rejected(&format!("{at}.max_concurrency")) || c.rejected(&format!("{at}.min_concurrency"));
+            if floor > max_concurrency && !rejected {
+                c.fail(
+                    format!("{at}.min_concurrency"),
+                    format!("{floor} is greater than max_concurrency ({max_concurrency})"),
+                );
+            }
+            Some(floor.min(max_concurrency) as usize)
+        }
+        Some(other) => {
+            c.fail(
+                format!("{at}.concurrency"),
+                format!("`{other}` is not a concurrency mode (expected fixed or adaptive)"),
+            );
+            None
+        }
+    }
+}
+
+fn validate_target(
+    c: &mut Checker,
+    at: &str,
+    mut t: RawTarget,
+    pools: &std::collections::BTreeMap<String, PoolConfig>,
+) -> TargetConfig {
     let timeout = c.ranged(&format!("{at}.timeout_secs"), t.timeout_secs, 30, 1, 900);
     let max_throttled = c.ranged(
         &format!("{at}.max_throttled_secs"),
@@ -600,31 +688,64 @@ fn validate_target(c: &mut Checker, at: &str, mut t: RawTarget) -> TargetConfig 
     if let Some(u) = &health_url {
         c.url(&format!("{at}.health_url"), u, &["http"]);
     }
-    let adaptive = match t.concurrency.as_deref() {
-        None | Some("fixed") => {
-            if t.min_concurrency.is_some() {
-                c.fail(format!("{at}.min_concurrency"), "applies to `concurrency = \"adaptive\"` only");
+    let pool = match (t.pool.filter(|p| !p.is_empty()), pools) {
+        (Some(name), pools) => match pools.get(&name) {
+            Some(settings) => {
+                for (key, set) in
+                    [("concurrency", t.concurrency.is_some()), ("min_concurrency", t.min_concurrency.is_some())]
+                {
+                    if set {
+                        c.fail(
+                            format!("{at}.{key}"),
+                            format!("does not apply to a pipeline in a pool: set it on [pools.{name}], whose limit the pipelines share"),
+                        );
+                    }
+                }
+                if max_concurrency as usize > settings.max_concurrency && !c.rejected(&format!("{at}.max_concurrency"))
+                {
+                    c.fail(
+                        format!("{at}.max_concurrency"),
+                        format!("{max_concurrency} is more than its pool's max_concurrency ({}): in a pool it caps the pipeline's own share", settings.max_concurrency),
+                    );
+                }
+                Some(PoolMembership {
+                    priority: c.ranged(&format!("{at}.priority"), t.priority, 0, 0, 1_000) as u32,
+                    weight: c.ranged(&format!("{at}.weight"), t.weight, 1, 1, 1_000) as u32,
+                    settings: settings.clone(),
+                    name,
+                })
             }
-            None
-        }
-        Some("adaptive") => {
-            let floor = c.ranged(&format!("{at}.min_concurrency"), t.min_concurrency, 1, 1, 10_000);
-            let rejected = c.rejected(&format!("{at}.max_concurrency")) || c.rejected(&format!("{at}.min_concurrency"));
-            if floor > max_concurrency && !rejected {
+            None => {
+                let known = pools.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
                 c.fail(
-                    format!("{at}.min_concurrency"),
-                    format!("{floor} is greater than max_concurrency ({max_concurrency})"),
+                    format!("{at}.pool"),
+                    if known.is_empty() {
+                        format!("`{name}` names no [pools.{name}] table (none is defined)")
+                    } else {
+                        format!("`{name}` names no [pools.{name}] table (defined: {known})")
+                    },
                 );
+                None
             }
-            Some(floor.min(max_concurrency) as usize)
-        }
-        Some(other) => {
-            c.fail(
-                format!("{at}.concurrency"),
-                format!("`{other}` is not a concurrency mode (expected fixed or adaptive)"),
-            );
+        },
+        (None, _) => {
+            for (key, set) in [("priority", t.priority.is_some()), ("weight", t.weight.is_some())] {
+                if set {
+                    c.fail(format!("{at}.{key}"), "applies to a pipeline in a shared pool only (target.pool)");
+                }
+            }
             None
         }
+    };
+    // in a pool, the pipeline takes at most the pool's limit unless it says less
+    let max_concurrency = match (&pool, t.max_concurrency) {
+        (Some(p), None) => p.settings.max_concurrency as u64,
+        _ => max_concurrency,
+    };
+    let adaptive = if pool.is_some() {
+        None
+    } else {
+        concurrency_mode(c, at, t.concurrency.as_deref(), t.min_concurrency, max_concurrency)
     };
     let breaker = t.breaker.map_or_else(BreakerConfig::default, |b| {
         let d = BreakerConfig::default();
@@ -662,6 +783,7 @@ fn validate_target(c: &mut Checker, at: &str, mut t: RawTarget) -> TargetConfig 
         adaptive,
         breaker,
         http,
+        pool,
     }
 }
 

@@ -14,11 +14,15 @@
 //! so a worker whose capacity came back is found again (one probe past the old ceiling then).
 //!
 //! [`AdaptiveLimit`] is the pure decision (time is an argument); [`Slots`] is the semaphore
-//! whose size follows it, and tells the lease keeper the room the pollers may fill.
+//! whose size follows it — one pipeline's, or a pool's that several pipelines share by priority
+//! and weight ([`entitlements`] is that pure rule) — and tells each pipeline's lease keeper the
+//! room its pollers may fill.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_acc::Algorithm;
 
@@ -167,90 +171,233 @@ impl AdaptiveLimit {
     }
 }
 
-/// The concurrency slots of one pipeline: a permit per batch in flight, as many as the limit.
+/// The concurrency slots of one pipeline, or of a shared pool (`[pools.NAME]`): a permit per
+/// batch in flight, as many as the limit, handed to the pipelines that take part ([`Member`]) by
+/// priority and weight ([`Slots::grant`]).
 pub struct Slots {
     inner: Mutex<SlotsInner>,
     /// The limit is adaptive (fixed at construction).
     adaptive: bool,
-    freed: tokio::sync::Notify,
-    gauge: metrics::Gauge,
-    status: std::sync::Arc<crate::metrics::Status>,
-    /// Told the room for messages the limit leaves (batches × batch size).
-    room: Option<Box<dyn Fn(usize) + Send + Sync>>,
-    batch_size: usize,
+    /// Wakes waiting acquires when a slot is kept for a moment (they look again when it ends).
+    reserved: tokio::sync::Notify,
+}
+
+/// How a pipeline takes part in its slots ([`Slots::join`]).
+pub struct MemberSettings {
+    /// Strict: a member gets a slot only when no member of a higher priority waits for one.
+    pub priority: u32,
+    /// Among members of one priority that all wait, slots in flight in proportion to weight.
+    pub weight: u32,
+    /// The member's own most batches in flight (`target.max_concurrency` in a pool).
+    pub max: usize,
+    pub batch_size: usize,
+    /// The pipeline's `sqs_poller_concurrency_limit` and admin status, told the limit.
+    pub gauge: metrics::Gauge,
+    pub status: Arc<crate::metrics::Status>,
+    /// Told the room, in messages, that the member's share of the limit leaves the pollers
+    /// (`None`: the room stays as configured).
+    pub room: Option<Room>,
+}
+
+/// Told the room, in messages, the pollers of a member may fill.
+pub type Room = Arc<dyn Fn(usize) + Send + Sync>;
+
+struct MemberState {
+    settings: MemberSettings,
+    in_flight: usize,
+    /// Its acquires waiting for a slot, oldest first (a dropped one is skipped).
+    waiting: VecDeque<oneshot::Sender<()>>,
+    /// The room last told.
+    room: usize,
+    /// When it was last given a slot.
+    last_grant: Option<Instant>,
+}
+
+impl MemberState {
+    fn waits(&self) -> bool {
+        self.waiting.iter().any(|w| !w.is_closed())
+    }
 }
 
 struct SlotsInner {
     in_flight: usize,
-    /// Calls of the target in flight ([`Slots::call`] to [`Slots::observe`]).
+    /// Calls of the target in flight ([`Member::call`] to [`Member::observe`]).
     calls_in_flight: usize,
     adaptive: Option<AdaptiveLimit>,
     fixed: usize,
     /// The limit last published.
     published: usize,
+    /// By member id; a member that left is `None`.
+    members: Vec<Option<MemberState>>,
+    /// A slot is kept for a member served a moment ago until then ([`SlotsInner::grant`]).
+    reserved_until: Option<Instant>,
 }
 
 impl SlotsInner {
-    fn end_call(&mut self, _call: Call) {
-        self.calls_in_flight = self.calls_in_flight.saturating_sub(1);
-    }
-
     fn limit(&self, now: Instant) -> usize {
         self.adaptive.as_ref().map_or(self.fixed, |a| a.limit(now))
     }
+
+    /// Hands free slots to waiting members: the highest priority first; within it, the member
+    /// with the fewest in flight for its weight.
+    ///
+    /// A pipeline asks for one slot at a time (its batcher submits one batch, then cuts the next),
+    /// so a backlogged member does not wait in the instant after it was served. A member served
+    /// within [`REGRANT`] counts as waiting: when it would be chosen, the slot is kept for it
+    /// until then (`reserved_until`), so that slots freed together do not all go to a lower
+    /// priority or a smaller weight.
+    fn grant(&mut self, now: Instant) {
+        let limit = self.limit(now);
+        self.reserved_until = None;
+        while self.in_flight < limit {
+            let mut best: Option<usize> = None;
+            for (id, m) in self.members.iter().enumerate() {
+                let Some(m) = m else { continue };
+                let back_soon = m.last_grant.is_some_and(|at| now.saturating_duration_since(at) < REGRANT);
+                if m.in_flight >= m.settings.max || !(m.waits() || back_soon) {
+                    continue;
+                }
+                let better = match best.and_then(|b| self.members[b].as_ref()) {
+                    None => true,
+                    Some(b) => {
+                        let (mw, bw) = (m.settings.weight.max(1) as usize, b.settings.weight.max(1) as usize);
+                        m.settings.priority > b.settings.priority
+                            || (m.settings.priority == b.settings.priority && m.in_flight * bw < b.in_flight * mw)
+                    }
+                };
+                if better {
+                    best = Some(id);
+                }
+            }
+            let Some(id) = best else { return };
+            let m = self.members[id].as_mut().expect("chosen among the members");
+            let mut granted = false;
+            while let Some(w) = m.waiting.pop_front() {
+                if w.send(()).is_ok() {
+                    granted = true;
+                    break;
+                }
+            }
+            if !granted {
+                // kept for a member served a moment ago
+                self.reserved_until = m.last_grant.map(|at| at + REGRANT);
+                return;
+            }
+            m.in_flight += 1;
+            m.last_grant = Some(now);
+            self.in_flight += 1;
+        }
+    }
 }
 
-/// One call of the target in flight ([`Slots::call`]).
+/// How long a member just served counts as waiting for its next slot ([`SlotsInner::grant`]).
+const REGRANT: Duration = Duration::from_millis(5);
+
+/// A pipeline's place in its slots; it leaves them when dropped.
+pub struct Member {
+    slots: Arc<Slots>,
+    id: usize,
+}
+
+/// One call of the target in flight ([`Member::call`]).
 #[must_use]
 pub struct Call {
     _counted: (),
 }
 
-/// One batch's slot; give it back with [`Slots::release`].
+/// One batch's slot; give it back with [`Member::release`].
 #[must_use]
 pub struct Slot {
     _taken: (),
 }
 
+/// The share of `limit` each member is entitled to now, in batches: priority levels from the
+/// highest take what they use (in flight and waiting) and leave the rest to the next level;
+/// within a level, a member is entitled to its weight's part of what is left, counted among
+/// the members of the level that use slots and itself. `members`: (priority, weight, max,
+/// used). Pure, for the rooms the pollers may fill.
+pub fn entitlements(limit: usize, members: &[(u32, u32, usize, usize)]) -> Vec<usize> {
+    let mut out = vec![0; members.len()];
+    let mut levels: Vec<u32> = members.iter().map(|m| m.0).collect();
+    levels.sort_unstable_by(|a, b| b.cmp(a));
+    levels.dedup();
+    let mut left = limit;
+    for level in levels {
+        let at: Vec<usize> = (0..members.len()).filter(|&i| members[i].0 == level).collect();
+        let busy_weight: usize = at.iter().filter(|&&i| members[i].3 > 0).map(|&i| members[i].1.max(1) as usize).sum();
+        for &i in &at {
+            let (_, w, max, used) = members[i];
+            let w = w.max(1) as usize;
+            let among = if used > 0 { busy_weight } else { busy_weight + w };
+            out[i] = (left * w / among.max(1)).min(max);
+        }
+        // what the level uses, shared by weight and capped by each one's use (water-filling)
+        let mut open: Vec<usize> = at.iter().copied().filter(|&i| members[i].3 > 0).collect();
+        let mut budget = left;
+        let mut used_total = 0;
+        loop {
+            let weight: usize = open.iter().map(|&i| members[i].1.max(1) as usize).sum();
+            if open.is_empty() || budget == 0 {
+                break;
+            }
+            let (done, rest): (Vec<usize>, Vec<usize>) = open.iter().partition(|&&i| {
+                let (_, w, max, used) = members[i];
+                used.min(max) <= budget * w.max(1) as usize / weight
+            });
+            if done.is_empty() {
+                // every one wants more than its part: they take the budget between them
+                used_total += budget;
+                break;
+            }
+            for i in done {
+                let (_, _, max, used) = members[i];
+                budget -= used.min(max).min(budget);
+                used_total += used.min(max);
+            }
+            open = rest;
+        }
+        left = left.saturating_sub(used_total);
+    }
+    out
+}
+
 impl Slots {
-    /// `adaptive`: `Some((floor, max))`; else fixed at `max`.
-    pub fn new(
-        max: usize,
-        adaptive: Option<usize>,
-        batch_size: usize,
-        gauge: metrics::Gauge,
-        status: std::sync::Arc<crate::metrics::Status>,
-    ) -> Self {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// `adaptive`: `Some(floor)`; else fixed at `max`.
+    pub fn new(max: usize, adaptive: Option<usize>) -> Self {
         let adaptive = adaptive.map(|floor| AdaptiveLimit::new(floor, max));
-        status.adaptive.store(adaptive.is_some(), Relaxed);
-        let inner = SlotsInner { in_flight: 0, calls_in_flight: 0, adaptive, fixed: max, published: 0 };
+        let inner = SlotsInner {
+            in_flight: 0,
+            calls_in_flight: 0,
+            published: 0,
+            fixed: max,
+            members: Vec::new(),
+            reserved_until: None,
+            adaptive,
+        };
         let published = inner.limit(Instant::now());
-        gauge.set(published as f64);
-        status.concurrency_limit.store(published, Relaxed);
         Slots {
             adaptive: inner.adaptive.is_some(),
             inner: Mutex::new(SlotsInner { published, ..inner }),
-            freed: tokio::sync::Notify::new(),
-            gauge,
-            status,
-            room: None,
-            batch_size,
+            reserved: tokio::sync::Notify::new(),
         }
     }
 
-    /// Tells `room` the number of messages the limit leaves room for, now and at each change.
-    #[must_use]
-    pub fn with_room(mut self, room: impl Fn(usize) + Send + Sync + 'static) -> Self {
-        let limit = self.inner().published;
-        room(self.room_for(limit));
-        self.room = Some(Box::new(room));
-        self
-    }
-
-    /// Room for every batch the limit lets run and one being cut.
-    fn room_for(&self, limit: usize) -> usize {
-        (limit + 1).saturating_mul(self.batch_size)
+    /// A pipeline joins: it is told the limit (and its room) now and at each change.
+    pub fn join(self: &Arc<Self>, settings: MemberSettings) -> Member {
+        let mut s = self.inner();
+        let id = s.members.len();
+        settings.status.adaptive.store(self.adaptive, std::sync::atomic::Ordering::Relaxed);
+        s.members.push(Some(MemberState {
+            settings,
+            in_flight: 0,
+            waiting: VecDeque::new(),
+            room: usize::MAX,
+            last_grant: None,
+        }));
+        // every member hears the limit and its room from the start
+        s.published = usize::MAX;
+        self.publish(s);
+        Member { slots: self.clone(), id }
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, SlotsInner> {
@@ -262,7 +409,7 @@ impl Slots {
         self.inner().limit(Instant::now())
     }
 
-    /// Batches in flight now.
+    /// Batches in flight now, of every member.
     pub fn in_flight(&self) -> usize {
         self.inner().in_flight
     }
@@ -271,87 +418,185 @@ impl Slots {
         self.adaptive
     }
 
+    /// Publishes the limit to every member when it changed, and each member's room when its
+    /// entitlement changed; hands out the slots that are free.
+    fn publish(&self, mut s: std::sync::MutexGuard<'_, SlotsInner>) {
+        let now = Instant::now();
+        s.grant(now);
+        if s.reserved_until.is_some() {
+            self.reserved.notify_waiters();
+        }
+        let limit = s.limit(now);
+        if limit != s.published {
+            s.published = limit;
+            for m in s.members.iter().flatten() {
+                m.settings.gauge.set(limit as f64);
+                m.settings.status.concurrency_limit.store(limit, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if s.members.iter().flatten().all(|m| m.settings.room.is_none()) {
+            return;
+        }
+        let shares: Vec<(u32, u32, usize, usize)> = s
+            .members
+            .iter()
+            .flatten()
+            .map(|m| (m.settings.priority, m.settings.weight, m.settings.max, m.in_flight + usize::from(m.waits())))
+            .collect();
+        let shares = entitlements(limit, &shares);
+        let mut tell: Vec<(Room, usize)> = Vec::new();
+        for (m, share) in s.members.iter_mut().flatten().zip(shares) {
+            let Some(room) = &m.settings.room else { continue };
+            // room for the batches of its share and one being cut
+            let messages = (share + 1).saturating_mul(m.settings.batch_size);
+            if messages != m.room {
+                m.room = messages;
+                tell.push((room.clone(), messages));
+            }
+        }
+        drop(s);
+        for (room, messages) in tell {
+            room(messages);
+        }
+    }
+}
+
+impl Member {
+    /// The limit now (of the pool, when shared).
+    pub fn limit(&self) -> usize {
+        self.slots.limit()
+    }
+
+    /// Batches in flight now (of the pool, when shared: the worker's load).
+    pub fn in_flight(&self) -> usize {
+        self.slots.in_flight()
+    }
+
+    pub fn is_adaptive(&self) -> bool {
+        self.slots.adaptive
+    }
+
     /// Waits for a slot.
     pub async fn acquire(&self) -> Slot {
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            {
-                let mut s = self.inner();
-                let now = Instant::now();
-                if s.in_flight < s.limit(now) {
-                    s.in_flight += 1;
-                    return Slot { _taken: () };
+        /// Gives back a slot granted to an acquire that was dropped before it saw it.
+        struct Pending<'a> {
+            rx: Option<oneshot::Receiver<()>>,
+            member: &'a Member,
+        }
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                if let Some(mut rx) = self.rx.take() {
+                    rx.close();
+                    if rx.try_recv().is_ok() {
+                        self.member.release(Slot { _taken: () });
+                    }
                 }
             }
-            // a ceiling lifts with time, not with a release: look again now and then
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.slots.inner();
+            s.members[self.id].as_mut().expect("a member in its slots").waiting.push_back(tx);
+            self.slots.publish(s);
+        }
+        let mut pending = Pending { rx: Some(rx), member: self };
+        loop {
+            let reserved = self.slots.reserved.notified();
+            tokio::pin!(reserved);
+            reserved.as_mut().enable();
+            // a ceiling lifts with time, not with a release: look again now and then, and when a
+            // slot kept for another member is free again
+            let look_again =
+                self.slots.inner().reserved_until.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let rx = pending.rx.as_mut().expect("taken only here and on drop");
             tokio::select! {
-                () = &mut freed => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = &mut reserved => continue,
+                granted = rx => {
+                    pending.rx = None;
+                    if granted.is_ok() {
+                        return Slot { _taken: () };
+                    }
+                    // (never: a waiter is only dropped after its receiver was)
+                    let (tx, rx) = oneshot::channel();
+                    self.slots.inner().members[self.id].as_mut().expect("a member").waiting.push_back(tx);
+                    pending.rx = Some(rx);
+                }
+                () = tokio::time::sleep_until(look_again) => self.slots.publish(self.slots.inner()),
             }
         }
     }
 
-    /// A call of the target is sent now; report what it said with [`Slots::observe`].
+    /// Gives a slot back.
+    pub fn release(&self, slot: Slot) {
+        let Slot { _taken: () } = slot;
+        let mut s = self.slots.inner();
+        s.in_flight -= 1;
+        if let Some(m) = s.members[self.id].as_mut() {
+            m.in_flight -= 1;
+        }
+        self.slots.publish(s);
+    }
+
+    /// A call of the target is sent now; report what it said with [`Member::observe`].
     pub fn call(&self) -> Call {
         // a fixed limit listens to nothing: no bookkeeping on its hot path
-        if self.adaptive {
-            self.inner().calls_in_flight += 1;
+        if self.slots.adaptive {
+            self.slots.inner().calls_in_flight += 1;
         }
         Call { _counted: () }
     }
 
     /// A call that shutdown took before it answered.
     pub fn abandoned(&self, call: Call) {
-        self.inner().end_call(call);
+        let Call { _counted: () } = call;
+        if self.slots.adaptive {
+            let mut s = self.slots.inner();
+            s.calls_in_flight = s.calls_in_flight.saturating_sub(1);
+        }
     }
 
     /// Reports what a call said; each call of the target reports once.
     pub fn observe(&self, call: Call, signal: Signal) {
-        if !self.adaptive {
+        let Call { _counted: () } = call;
+        if !self.slots.adaptive {
             return;
         }
-        let mut s = self.inner();
+        let mut s = self.slots.inner();
         let in_flight = s.calls_in_flight;
-        s.end_call(call);
+        s.calls_in_flight = s.calls_in_flight.saturating_sub(1);
         if let Some(a) = s.adaptive.as_mut() {
             a.observe(signal, in_flight, Instant::now());
         }
-        self.publish(s);
+        self.slots.publish(s);
     }
+}
 
-    /// Gives a slot back.
-    pub fn release(&self, slot: Slot) {
-        let Slot { _taken: () } = slot;
-        let mut s = self.inner();
-        s.in_flight -= 1;
-        self.publish(s);
-        self.freed.notify_waiters();
-    }
-
-    fn publish(&self, mut s: std::sync::MutexGuard<'_, SlotsInner>) {
-        let limit = s.limit(Instant::now());
-        if limit == s.published {
-            return;
+impl Drop for Member {
+    fn drop(&mut self) {
+        let mut s = self.slots.inner();
+        if let Some(m) = s.members[self.id].take() {
+            s.in_flight -= m.in_flight;
         }
-        let grew = limit > s.published;
-        s.published = limit;
-        drop(s);
-        self.gauge.set(limit as f64);
-        self.status.concurrency_limit.store(limit, std::sync::atomic::Ordering::Relaxed);
-        if let Some(room) = &self.room {
-            room(self.room_for(limit));
-        }
-        if grew {
-            self.freed.notify_waiters();
-        }
+        self.slots.publish(s);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One pipeline's own slots (batches of 10).
+    fn alone(max: usize, adaptive: Option<usize>, room: Option<Arc<dyn Fn(usize) + Send + Sync>>) -> Member {
+        Arc::new(Slots::new(max, adaptive)).join(MemberSettings {
+            priority: 0,
+            weight: 1,
+            max,
+            batch_size: 10,
+            gauge: metrics::Gauge::noop(),
+            status: Arc::default(),
+            room,
+        })
+    }
 
     /// A backlog against a worker that serves `capacity` batches at once in 100 ms, and slower in
     /// proportion past that (a batch's time is set by the load it started under, and known only
@@ -441,7 +686,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pushback_burst_takes_the_limit_to_one_below_the_calls_still_at_the_worker() {
-        let slots = Slots::new(8, Some(1), 10, metrics::Gauge::noop(), std::sync::Arc::default());
+        let slots = alone(8, Some(1), None);
         // grow the limit: answers at a steady time, windows of 100 ms
         for _ in 0..40 {
             let calls: Vec<Call> = (0..slots.limit()).map(|_| slots.call()).collect();
@@ -461,7 +706,7 @@ mod tests {
         for call in calls {
             slots.observe(call, Signal::Answered(Duration::from_millis(100)));
         }
-        assert_eq!(slots.inner().calls_in_flight, 0);
+        assert_eq!(slots.slots.inner().calls_in_flight, 0);
         assert_eq!(slots.limit(), 5, "the ceiling holds");
     }
 
@@ -469,8 +714,7 @@ mod tests {
     async fn slots_follow_the_limit_and_report_room() {
         let room = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let r = room.clone();
-        let slots = Slots::new(8, Some(2), 10, metrics::Gauge::noop(), std::sync::Arc::default())
-            .with_room(move |n| r.store(n, std::sync::atomic::Ordering::Relaxed));
+        let slots = alone(8, Some(2), Some(Arc::new(move |n| r.store(n, std::sync::atomic::Ordering::Relaxed))));
         assert_eq!(slots.limit(), 2);
         assert_eq!(room.load(std::sync::atomic::Ordering::Relaxed), 30);
         let a = slots.acquire().await;
@@ -479,7 +723,76 @@ mod tests {
         slots.observe(slots.call(), Signal::Answered(Duration::from_millis(5)));
         slots.release(a);
         slots.release(b);
-        let fixed = Slots::new(8, None, 10, metrics::Gauge::noop(), std::sync::Arc::default());
+        let fixed = alone(8, None, None);
         assert_eq!(fixed.limit(), 8);
+    }
+
+    #[test]
+    fn entitlements_follow_priority_then_weight() {
+        // strict: the high priority uses 6 (its own cap), the low one is entitled to the rest
+        assert_eq!(entitlements(10, &[(1, 1, 6, 6), (0, 1, 10, 9)]), vec![6, 4]);
+        // a higher priority that uses nothing leaves everything to the next
+        assert_eq!(entitlements(10, &[(1, 1, 10, 0), (0, 1, 10, 5)]), vec![10, 10]);
+        // weights 3:1, both busy
+        assert_eq!(entitlements(8, &[(0, 3, 8, 8), (0, 1, 8, 8)]), vec![6, 2]);
+        // the idle one of a level is entitled to what it would get if it started
+        assert_eq!(entitlements(8, &[(0, 3, 8, 8), (0, 1, 8, 0)]), vec![8, 2]);
+        // a busy member that uses less than its weight's part leaves the rest to the next level
+        assert_eq!(entitlements(12, &[(2, 1, 12, 2), (2, 1, 12, 3), (0, 1, 12, 4)]), vec![6, 6, 7]);
+    }
+
+    /// Members of one pool, each holding `hold` slots and always waiting for more.
+    async fn pool_run(members: &[(u32, u32, usize)], limit: usize, rounds: usize) -> Vec<usize> {
+        let slots = Arc::new(Slots::new(limit, None));
+        let joined: Vec<Arc<Member>> = members
+            .iter()
+            .map(|&(priority, weight, max)| {
+                Arc::new(slots.join(MemberSettings {
+                    priority,
+                    weight,
+                    max,
+                    batch_size: 1,
+                    gauge: metrics::Gauge::noop(),
+                    status: Arc::default(),
+                    room: None,
+                }))
+            })
+            .collect();
+        let got: Arc<Vec<std::sync::atomic::AtomicUsize>> =
+            Arc::new(members.iter().map(|_| std::sync::atomic::AtomicUsize::new(0)).collect());
+        let mut tasks = Vec::new();
+        for (i, m) in joined.iter().enumerate() {
+            let (m, got) = (m.clone(), got.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let slot = m.acquire().await;
+                    got[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let m = m.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        m.release(slot);
+                    });
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(100 * rounds as u64)).await;
+        for t in tasks {
+            t.abort();
+        }
+        got.iter().map(|g| g.load(std::sync::atomic::Ordering::Relaxed)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_hands_slots_by_strict_priority_and_by_weight() {
+        // strict: the high priority takes the 6 it can use, the low one the other 4
+        let got = pool_run(&[(1, 1, 6), (0, 1, 10)], 10, 100).await;
+        assert!((590..=610).contains(&got[0]) && (390..=410).contains(&got[1]), "{got:?}");
+        // unbounded high priority: the low one starves (strict)
+        let got = pool_run(&[(1, 1, 10), (0, 1, 10)], 10, 100).await;
+        assert!(got[1] <= 10, "{got:?}");
+        // weights 3:1
+        let got = pool_run(&[(0, 3, 8), (0, 1, 8)], 8, 100).await;
+        let share = got[0] as f64 / (got[0] + got[1]) as f64;
+        assert!((0.72..=0.78).contains(&share), "{got:?}");
     }
 }

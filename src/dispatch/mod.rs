@@ -182,7 +182,7 @@ pub struct Dispatcher {
     pub scaling: Arc<Scaling>,
     pub metrics: PipelineMetrics,
     /// Told what each call said of the target's capacity (the adaptive limit).
-    pub slots: Option<Arc<concurrency::Slots>>,
+    pub slots: Option<Arc<concurrency::Member>>,
     pub breaker: Option<Arc<breaker::Breaker>>,
     /// A batch the breaker holds is let go when this fires (the drain), not at the grace's end.
     pub drain: CancellationToken,
