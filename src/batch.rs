@@ -126,8 +126,9 @@ pub enum Capped {
 /// messages of some groups only), and goes on in arrival order as its group's batches finish; a
 /// group's new messages queue behind its waiting ones. The messages waiting take room in
 /// `lease.max_outstanding`, so at most `max_held` wait: past that a message over the cap goes
-/// back to the queue for about the time its group needs (spending a receive) rather than fill
-/// the room that the other groups' messages need to be received at all. On a fair queue SQS
+/// back to the queue (spending a receive) rather than fill the room that the other groups'
+/// messages need to be received at all — invisible until its group could take it, at the pace
+/// the cap lets the group go, so that a group's backlog comes back spread out, not all at once. On a fair queue SQS
 /// also sees the waiting messages as the noisy group's in flight, and favours the other groups.
 /// Messages without a group are not capped.
 #[derive(Debug)]
@@ -141,7 +142,12 @@ pub struct GroupCap {
     held_total: usize,
     /// A capped batch's time from cut to done (moving average), for the give-back delay.
     batch_time: Duration,
+    /// When the last message given back of each group comes back (a group leaves once passed).
+    returning: HashMap<String, Instant>,
 }
+
+/// The longest a message over the cap is given back for.
+const MAX_GIVE_BACK_SECS: f64 = 900.0;
 
 /// One group's load, for the admin API's noisiest groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +166,7 @@ impl GroupCap {
             held: HashMap::new(),
             held_total: 0,
             batch_time: Duration::from_secs(1),
+            returning: HashMap::new(),
         }
     }
 
@@ -173,9 +180,13 @@ impl GroupCap {
             return Capped::Pass(m);
         }
         if self.held_total >= self.max_held {
-            // the turns of the cap its group needs before this one could go
-            let turns = (waiting + running).div_ceil(self.cap).max(1) as u32;
-            let secs = (self.batch_time * turns).as_secs_f64().ceil().clamp(1.0, 60.0) as i32;
+            // back when its group could take it: after what waits here and what was given back
+            // before it, at the pace the cap lets the group go (cap messages per batch time)
+            let each = self.batch_time / self.cap as u32;
+            let here = now + each * (waiting + running) as u32;
+            let at = self.returning.get(group).map_or(here, |&t| t.max(here)) + each;
+            self.returning.insert(group.clone(), at);
+            let secs = at.saturating_duration_since(now).as_secs_f64().ceil().clamp(1.0, MAX_GIVE_BACK_SECS) as i32;
             return Capped::GiveBack(m, secs);
         }
         self.held.entry(group.clone()).or_default().push_back((m, now));
@@ -202,6 +213,7 @@ impl GroupCap {
             let took = now.saturating_duration_since(cut_at);
             self.batch_time = (self.batch_time * 7 + took) / 8;
         }
+        self.returning.retain(|_, at| *at > now);
         let mut resume = Vec::new();
         for (group, n) in &done.counted {
             let Some(running) = self.in_batches.get_mut(group) else { continue };
@@ -317,6 +329,10 @@ pub trait BatchSink {
 
     /// Makes messages visible again after `secs` (held messages behind a failure; 0 at shutdown).
     fn send_back(&mut self, messages: Vec<ReceivedMessage>, secs: i32) -> impl std::future::Future<Output = ()> + Send;
+
+    /// Gives messages over their group's cap back to the queue for `secs`, without holding up
+    /// the batcher.
+    fn give_back(&mut self, messages: Vec<ReceivedMessage>, secs: i32) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// The batching task of one pipeline.
@@ -425,7 +441,7 @@ impl<S: BatchSink + Send> Batcher<S> {
             if let Some(stage) = &self.cap {
                 stage.metrics.group_returned.increment(messages.len() as u64);
             }
-            self.sink.send_back(messages, secs).await;
+            self.sink.give_back(messages, secs).await;
         }
     }
 
@@ -704,13 +720,16 @@ mod tests {
         assert!(matches!(cap.admit(grouped(1, "a"), now), Capped::Pass(_)));
         assert!(matches!(cap.admit(grouped(2, "a"), now), Capped::Held));
         assert!(matches!(cap.admit(grouped(3, "a"), now), Capped::Held));
-        // the batch time learned so far is about 1 s: three turns of the cap are ahead of it
-        match cap.admit(grouped(4, "a"), now) {
-            Capped::GiveBack(m, secs) => {
-                assert_eq!(m.message_id, "4");
-                assert_eq!(secs, 3);
+        // the batch time learned so far is about 1 s, a message per second at a cap of 1: three
+        // are ahead of it, the next one given back comes a second later
+        for (id, want) in [(4, 4), (5, 5), (6, 6)] {
+            match cap.admit(grouped(id, "a"), now) {
+                Capped::GiveBack(m, secs) => {
+                    assert_eq!(m.message_id, id.to_string());
+                    assert_eq!(secs, want);
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
         assert_eq!(cap.take_held().len(), 2);
         assert_eq!(cap.held(), 0);

@@ -56,9 +56,13 @@ pub struct PipelineParts {
 }
 
 /// How many messages over their group's cap may wait under lease: the room
-/// (`lease.max_outstanding`) beyond what the batches in flight need.
+/// (`lease.max_outstanding`) beyond what the batches in flight need and one receive (so that the
+/// pollers can always receive the other groups' messages).
 fn max_held(cfg: &PipelineConfig) -> usize {
-    cfg.lease.max_outstanding.saturating_sub(cfg.target.max_concurrency.saturating_mul(cfg.batch.size))
+    cfg.lease
+        .max_outstanding
+        .saturating_sub(cfg.target.max_concurrency.saturating_mul(cfg.batch.size))
+        .saturating_sub(crate::limits::RECEIVE_MAX)
 }
 
 /// What discovery learns about the queue.
@@ -321,6 +325,12 @@ impl BatchSink for BatchRunner {
         } else {
             self.work.acker.hold_back(&messages, secs).await;
         }
+    }
+
+    async fn give_back(&mut self, messages: Vec<ReceivedMessage>, secs: i32) {
+        // in its own task: the batcher goes on cutting while SQS answers (the drain waits for it)
+        let work = self.work.clone();
+        self.tasks.spawn(async move { work.acker.hold_back(&messages, secs).await });
     }
 }
 

@@ -111,10 +111,12 @@ pub mod defaults {
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9465";
 
     /// `lease.max_outstanding`: room for every batch that may be in flight
-    /// (`max_concurrency × batch.size`), in whole receives of 10, at least one receive.
+    /// (`max_concurrency × batch.size`, in whole receives of 10) and one receive more — a poller
+    /// reserves room for a whole receive, so without it the pollers of a pipeline whose batches
+    /// fill the room would receive only once every batch has ended.
     pub fn max_outstanding(max_concurrency: usize, batch_size: usize) -> usize {
-        let n = max_concurrency.saturating_mul(batch_size).max(crate::limits::RECEIVE_MAX);
-        n.div_ceil(crate::limits::RECEIVE_MAX) * crate::limits::RECEIVE_MAX
+        let n = max_concurrency.saturating_mul(batch_size);
+        n.div_ceil(crate::limits::RECEIVE_MAX) * crate::limits::RECEIVE_MAX + crate::limits::RECEIVE_MAX
     }
 }
 

@@ -478,7 +478,8 @@ fn validate_pipeline(
     let mut default_outstanding = defaults::max_outstanding(target.max_concurrency, size as usize) as u64;
     if per_group.is_some() {
         // as much room again for messages waiting behind their group's cap
-        default_outstanding *= 2;
+        default_outstanding +=
+            defaults::max_outstanding(target.max_concurrency, size as usize) as u64 - crate::limits::RECEIVE_MAX as u64;
     }
     let max_outstanding = c.ranged(
         &format!("{at}.lease.max_outstanding"),
@@ -701,7 +702,9 @@ fn validate_target(
                         );
                     }
                 }
-                if max_concurrency as usize > settings.max_concurrency && !c.rejected(&format!("{at}.max_concurrency"))
+                if t.max_concurrency.is_some()
+                    && max_concurrency as usize > settings.max_concurrency
+                    && !c.rejected(&format!("{at}.max_concurrency"))
                 {
                     c.fail(
                         format!("{at}.max_concurrency"),

@@ -291,7 +291,7 @@ impl SlotsInner {
 }
 
 /// How long a member just served counts as waiting for its next slot ([`SlotsInner::grant`]).
-const REGRANT: Duration = Duration::from_millis(5);
+const REGRANT: Duration = Duration::from_millis(20);
 
 /// A pipeline's place in its slots; it leaves them when dropped.
 pub struct Member {
@@ -445,10 +445,15 @@ impl Slots {
             .collect();
         let shares = entitlements(limit, &shares);
         let mut tell: Vec<(Room, usize)> = Vec::new();
+        let shared = s.members.iter().flatten().count() > 1;
         for (m, share) in s.members.iter_mut().flatten().zip(shares) {
             let Some(room) = &m.settings.room else { continue };
-            // room for the batches of its share and one being cut
-            let messages = (share + 1).saturating_mul(m.settings.batch_size);
+            // room for the batches of its share and one receive (a poller reserves room for a
+            // whole receive); in a shared pool as many batches again,
+            // received for when they end (a backlogged member has its next batches ready when its
+            // slots come free, or they go to another member)
+            let batches = if shared { 2 * share } else { share };
+            let messages = batches.saturating_mul(m.settings.batch_size) + crate::limits::RECEIVE_MAX;
             if messages != m.room {
                 m.room = messages;
                 tell.push((room.clone(), messages));

@@ -1,0 +1,272 @@
+//! Fair share (issue 22): a per-group cap keeps one tenant of a fair queue from taking every
+//! slot, and pipelines that share a worker pool get its slots by strict priority or by weight.
+//! The real binary against real emulators and real HTTP workers. The group cap runs on
+//! LocalStack: fauxqs drops `MessageGroupId` from the messages of standard queues (fair queues),
+//! LocalStack returns it as SQS does.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use common::*;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Sends `noisy` messages of tenant `noisy` and `quiet` of tenant `quiet` to a standard queue,
+/// spread evenly over `over`: batches of ten noisy messages, one quiet message every
+/// `noisy / quiet` of them. Each body carries its send time. Returns how long sending took.
+async fn send_tenants(sqs: &Sqs, queue: &str, noisy: usize, quiet: usize, over: Duration) -> Duration {
+    let start = Instant::now();
+    let every = noisy / quiet;
+    let (mut n, mut q) = (0, 0);
+    let sends = (noisy + quiet).div_ceil(10) as u32;
+    let mut k = 0;
+    while n < noisy {
+        tokio::time::sleep_until((start + over / sends * k).into()).await;
+        k += 1;
+        let mut entries = Vec::new();
+        for _ in 0..10 {
+            if n >= noisy {
+                break;
+            }
+            let (tenant, i) = if q < quiet
+                && n % every == 0
+                && entries.iter().all(|e: &SendMessageBatchRequestEntry| e.id() != "q")
+            {
+                q += 1;
+                ("quiet", q)
+            } else {
+                n += 1;
+                ("noisy", n)
+            };
+            let id = if tenant == "quiet" { "q".to_string() } else { entries.len().to_string() };
+            entries.push(
+                SendMessageBatchRequestEntry::builder()
+                    .id(id)
+                    .message_body(format!("{{\"tenant\":\"{tenant}\",\"i\":{i},\"sent_ms\":{}}}", now_ms()))
+                    .message_group_id(tenant)
+                    .build()
+                    .unwrap(),
+            );
+        }
+        let out = sqs.client.send_message_batch().queue_url(queue).set_entries(Some(entries)).send().await.unwrap();
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+    }
+    start.elapsed()
+}
+
+struct TenantRun {
+    /// The quiet tenant's send → worker times, sorted.
+    quiet: Vec<Duration>,
+    noisy_peak_in_flight: usize,
+    sent_in: Duration,
+}
+
+impl TenantRun {
+    fn p99(&self) -> Duration {
+        self.quiet[(self.quiet.len() * 99).div_ceil(100) - 1]
+    }
+}
+
+/// The noisy-neighbour scenario on a fresh fair queue: 5,000 noisy and 100 quiet messages,
+/// a worker taking 50 ms per batch, `max_concurrency` 10, batches of one; `cap`: the group cap.
+async fn noisy_neighbour(cap: Option<usize>) -> TenantRun {
+    let sqs = localstack().await;
+    let queue = sqs.queue("fair", &[]).await;
+    let worker = loaded_worker(|_, _| Reply { delay: Duration::from_millis(50), ..Reply::ok("") }).await;
+    let cap_key = cap.map_or(String::new(), |c| format!("max_in_flight_per_group = {c}"));
+    let poller = start_poller(
+        &sqs,
+        5,
+        &http_pipeline_with_target(
+            "fair",
+            &queue,
+            &worker.url,
+            "max_concurrency = 10",
+            &format!(
+                "[pipelines.batch]\nsize = 1\n{cap_key}\n[pipelines.pollers]\nmin = 5\nmax = 10\nwait_time_secs = 1"
+            ),
+        ),
+    )
+    .await;
+    let sent_in = send_tenants(&sqs, &queue, 5_000, 100, Duration::from_secs(20)).await;
+    eventually("every message delivered", Duration::from_secs(240), || async {
+        worker.times_delivered().len() >= 5_100
+    })
+    .await;
+    // the worker answers 200 and nothing else: settled once the queue is empty
+    eventually("the queue empty", Duration::from_secs(60), || async { sqs.counts(&queue).await == (0, 0) }).await;
+    let text = poller.metrics_text().await;
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    let times = worker.times_delivered();
+    assert_eq!(times.len(), 5_100, "every message processed");
+    assert!(times.values().all(|&n| n == 1), "none twice: {:?}", times.values().filter(|&&n| n > 1).count());
+    assert_eq!(metric_value(&text, "sqs_poller_messages_failed_total{pipeline=\"fair\"}"), 0.0);
+    // the quiet tenant's times, and the most noisy messages at the worker at once
+    let mut quiet = Vec::new();
+    let mut noisy_at: Vec<(Instant, i32)> = Vec::new();
+    for d in worker.deliveries() {
+        for r in d.records() {
+            let body: serde_json::Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+            assert_eq!(r["attributes"]["MessageGroupId"], body["tenant"], "the record carries its group");
+            if body["tenant"] == "quiet" {
+                let sent = UNIX_EPOCH + Duration::from_millis(body["sent_ms"].as_u64().unwrap());
+                let seen = SystemTime::now() - d.at.elapsed();
+                quiet.push(seen.duration_since(sent).unwrap_or_default());
+            } else {
+                noisy_at.push((d.at, 1));
+                noisy_at.push((d.at + Duration::from_millis(50), -1));
+            }
+        }
+    }
+    noisy_at.sort();
+    let (mut now, mut peak) = (0, 0);
+    for (_, step) in noisy_at {
+        now += step;
+        peak = peak.max(now);
+    }
+    quiet.sort();
+    assert_eq!(quiet.len(), 100);
+    TenantRun { quiet, noisy_peak_in_flight: peak as usize, sent_in }
+}
+
+/// A noisy tenant sends 5,000 messages and a quiet one 100 over the same 20 s, into one fair
+/// queue; the worker takes 50 ms a batch and 10 batches at once (200 messages a second, less than
+/// the 250 a second the noisy tenant sends). Without a cap the quiet tenant's messages wait behind the noisy
+/// backlog; with `max_in_flight_per_group = 4` the noisy tenant has at most 4 at the worker and
+/// the quiet one is served within 2 s (p99). Nothing is lost or processed twice in either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_tenant_does_not_hold_up_a_quiet_one_with_a_group_cap() {
+    let without = noisy_neighbour(None).await;
+    let with = noisy_neighbour(Some(4)).await;
+    println!(
+        "quiet tenant's send → worker time: p50 {:?}, p99 {:?}, max {:?} without the cap; p50 {:?}, p99 {:?}, max {:?} with a cap of 4 \
+         (noisy in flight at most {} / {}; sent in {:?} / {:?})",
+        without.quiet[49],
+        without.p99(),
+        without.quiet[99],
+        with.quiet[49],
+        with.p99(),
+        with.quiet[99],
+        without.noisy_peak_in_flight,
+        with.noisy_peak_in_flight,
+        without.sent_in,
+        with.sent_in,
+    );
+    assert!(with.p99() < Duration::from_secs(2), "the quiet tenant's p99 with the cap: {:?}", with.p99());
+    assert!(with.noisy_peak_in_flight <= 4, "the noisy tenant passed its cap: {}", with.noisy_peak_in_flight);
+    // the scenario is a noisy neighbour at all: without the cap the quiet tenant waits
+    assert!(without.p99() > with.p99() * 2, "without the cap {:?}, with {:?}", without.p99(), with.p99());
+}
+
+/// Two pipelines, each with its own backlogged queue and worker, sharing one pool.
+struct PoolRun {
+    /// Messages each pipeline's worker got in the measured window.
+    processed: HashMap<&'static str, usize>,
+    /// Batches at each worker, sampled every 100 ms in the window.
+    loads: HashMap<&'static str, Vec<usize>>,
+    total_peak: usize,
+}
+
+async fn shared_pool(pool: &str, a: (&'static str, &str), b: (&'static str, &str), secs: u64) -> PoolRun {
+    let sqs = sqs().await;
+    let mut pipelines = format!("{pool}\n");
+    let mut workers = Vec::new();
+    let mut queues = Vec::new();
+    for (name, target_keys) in [a, b] {
+        let queue = sqs.queue(name, &[]).await;
+        sqs.send_bodies(&queue, &(0..3_000).map(|i| format!("{{\"i\":{i}}}")).collect::<Vec<_>>()).await;
+        let worker = loaded_worker(|_, _| Reply { delay: Duration::from_millis(100), ..Reply::ok("") }).await;
+        pipelines.push_str(&http_pipeline_with_target(
+            name,
+            &queue,
+            &worker.url,
+            target_keys,
+            "[pipelines.batch]\nsize = 1\n[pipelines.pollers]\nmin = 2\nmax = 10\nwait_time_secs = 1",
+        ));
+        workers.push((name, worker));
+        queues.push(queue);
+    }
+    let poller = start_poller(&sqs, 5, &pipelines).await;
+    // the pools fill first
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before: Vec<usize> = workers.iter().map(|(_, w)| w.deliveries().len()).collect();
+    let mut loads: HashMap<&'static str, Vec<usize>> = HashMap::new();
+    let mut total_peak = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut total = 0;
+        for (name, w) in &workers {
+            let n = w.load.now();
+            loads.entry(name).or_default().push(n);
+            total += n;
+        }
+        total_peak = total_peak.max(total);
+    }
+    let processed = workers.iter().zip(&before).map(|((name, w), b)| (*name, w.deliveries().len() - b)).collect();
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    // nothing lost or twice: what was not processed is back in its queue
+    for ((name, w), queue) in workers.iter().zip(&queues) {
+        let times = w.times_delivered();
+        assert!(times.values().all(|&n| n == 1), "{name}: a message was processed twice");
+        let (visible, in_flight) = sqs.counts(queue).await;
+        assert_eq!((visible + in_flight) as usize + times.len(), 3_000, "{name}: processed + left = sent");
+    }
+    PoolRun { processed, loads, total_peak }
+}
+
+fn mean(v: &[usize]) -> f64 {
+    v.iter().sum::<usize>() as f64 / v.len() as f64
+}
+
+/// Strict priority: a pool of 10, the high-priority pipeline may use 6 of it; both backlogged.
+/// The high one holds its 6, the low one gets the other 4, never more than 10 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_priority_gives_the_high_pipeline_every_slot_it_can_use_and_the_low_one_the_rest() {
+    let run = shared_pool(
+        "[pools.shared]\nmax_concurrency = 10",
+        ("high", "pool = \"shared\"\npriority = 10\nmax_concurrency = 6"),
+        ("low", "pool = \"shared\"\npriority = 1"),
+        15,
+    )
+    .await;
+    let (high, low) = (mean(&run.loads["high"]), mean(&run.loads["low"]));
+    println!(
+        "batches at the workers: high {high:.2}, low {low:.2} (peak together {}); processed {:?}",
+        run.total_peak, run.processed
+    );
+    assert!(run.total_peak <= 10, "the pool's 10 were exceeded: {}", run.total_peak);
+    assert!(high >= 5.5, "the high priority did not get its 6: {high:.2} {:?}", run.loads["high"]);
+    assert!((3.0..=4.5).contains(&low), "the low priority did not get the other 4: {low:.2} {:?}", run.loads["low"]);
+}
+
+/// Weights 3:1 in a pool of 8, both backlogged: over 30 s the messages processed split 75 % / 25 %
+/// within ±10 % (of each share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_share_a_pool_in_proportion() {
+    let run = shared_pool(
+        "[pools.shared]\nmax_concurrency = 8",
+        ("heavy", "pool = \"shared\"\nweight = 3"),
+        ("light", "pool = \"shared\"\nweight = 1"),
+        30,
+    )
+    .await;
+    let (heavy, light) = (run.processed["heavy"] as f64, run.processed["light"] as f64);
+    let share = light / (heavy + light);
+    println!(
+        "processed in 30 s: heavy {heavy}, light {light} (light's share {:.1} %); mean batches at the workers {:.2} / {:.2}",
+        share * 100.0,
+        mean(&run.loads["heavy"]),
+        mean(&run.loads["light"])
+    );
+    assert!(run.total_peak <= 8, "the pool's 8 were exceeded: {}", run.total_peak);
+    assert!(heavy + light > 1_000.0, "the pool ran: {heavy} + {light}");
+    assert!((0.225..=0.275).contains(&share), "light's share {:.1} % is not 25 % ± 10 %", share * 100.0);
+}
