@@ -147,7 +147,7 @@ pub struct GroupCap {
 }
 
 /// The longest a message over the cap is given back for.
-const MAX_GIVE_BACK_SECS: f64 = 900.0;
+const MAX_GIVE_BACK_SECS: f64 = 120.0;
 
 /// One group's load, for the admin API's noisiest groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
