@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::BatchConfig;
 use crate::event::{event_size, ReceivedMessage};
+use crate::limits::RECEIVE_MAX;
 
 /// Messages cut together, in receive order.
 pub type Batch = Vec<ReceivedMessage>;
@@ -128,7 +129,9 @@ pub enum Capped {
 /// `lease.max_outstanding`, so at most `max_held` wait: past that a message over the cap goes
 /// back to the queue (spending a receive) rather than fill the room that the other groups'
 /// messages need to be received at all — invisible until its group could take it, at the pace
-/// the cap lets the group go, so that a group's backlog comes back spread out, not all at once. On a fair queue SQS
+/// the cap lets the group go, so that a group's backlog comes back spread out, not all at once;
+/// when it comes back it waits here ahead of the group's newer messages (so a message is given
+/// back about once, not at every receive). On a fair queue SQS
 /// also sees the waiting messages as the noisy group's in flight, and favours the other groups.
 /// Messages without a group are not capped.
 #[derive(Debug)]
@@ -144,7 +147,12 @@ pub struct GroupCap {
     batch_time: Duration,
     /// When the last message given back of each group comes back (a group leaves once passed).
     returning: HashMap<String, Instant>,
+    /// The messages given back, by id, until they come back.
+    given_back: HashSet<String>,
 }
+
+/// The most given-back message ids remembered (about 100 bytes each).
+const MAX_REMEMBERED: usize = 100_000;
 
 /// The longest a message over the cap is given back for.
 const MAX_GIVE_BACK_SECS: f64 = 120.0;
@@ -167,6 +175,7 @@ impl GroupCap {
             held_total: 0,
             batch_time: Duration::from_secs(1),
             returning: HashMap::new(),
+            given_back: HashSet::new(),
         }
     }
 
@@ -179,13 +188,19 @@ impl GroupCap {
             *self.in_batches.entry(group.clone()).or_default() += 1;
             return Capped::Pass(m);
         }
-        if self.held_total >= self.max_held {
+        // a message given back before comes back at its turn: it waits here, ahead of new ones
+        // (a receive's worth past the room at most)
+        let returning = self.given_back.remove(&m.message_id);
+        if self.held_total >= self.max_held && !(returning && self.held_total < self.max_held + RECEIVE_MAX) {
             // back when its group could take it: after what waits here and what was given back
             // before it, at the pace the cap lets the group go (cap messages per batch time)
             let each = self.batch_time / self.cap as u32;
             let here = now + each * (waiting + running) as u32;
             let at = self.returning.get(group).map_or(here, |&t| t.max(here)) + each;
             self.returning.insert(group.clone(), at);
+            if self.given_back.len() < MAX_REMEMBERED {
+                self.given_back.insert(m.message_id.clone());
+            }
             let secs = at.saturating_duration_since(now).as_secs_f64().ceil().clamp(1.0, MAX_GIVE_BACK_SECS) as i32;
             return Capped::GiveBack(m, secs);
         }
@@ -731,7 +746,13 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(cap.take_held().len(), 2);
+        // a message given back comes back at its turn: it waits even though the room is full
+        assert!(matches!(cap.admit(grouped(4, "a"), now + Duration::from_secs(4)), Capped::Held));
+        assert!(
+            matches!(cap.admit(grouped(7, "a"), now + Duration::from_secs(4)), Capped::GiveBack(..)),
+            "a new one does not"
+        );
+        assert_eq!(cap.take_held().len(), 3);
         assert_eq!(cap.held(), 0);
     }
 }

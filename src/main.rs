@@ -468,6 +468,19 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
             p.target.rate_limit_per_sec.map_or("none".to_string(), |r| format!("{r}/s")),
             p.target.max_throttled.as_secs()
         );
+        if let Some(pool) = &p.target.pool {
+            w!(
+                "  pool       {} (max_concurrency {}{}) priority {} weight {}",
+                pool.name,
+                pool.settings.max_concurrency,
+                pool.settings.adaptive.map_or(String::new(), |floor| format!(", adaptive from {floor}")),
+                pool.priority,
+                pool.weight
+            );
+        }
+        if let Some(cap) = p.batch.max_in_flight_per_group {
+            w!("  fair share at most {cap} messages of one message group in batches at once");
+        }
         let http = &p.target.http;
         if !http.headers.is_empty() {
             let names: Vec<&str> = http.headers.iter().map(|(n, _)| n.as_str()).collect();

@@ -487,6 +487,48 @@ url = "http://127.0.0.1:8080/"
     }
 
     #[test]
+    fn pools_and_group_caps_are_checked() {
+        let pool = |keys: &str| {
+            format!(
+                "[pools.workers]\nmax_concurrency = 8\n{}",
+                MINIMAL.replace("type = \"http\"", &format!("type = \"http\"\npool = \"workers\"\n{keys}"))
+            )
+        };
+        let c = parse(&pool("priority = 5\nweight = 3"), &env).unwrap();
+        let member = c.pipelines[0].target.pool.as_ref().unwrap();
+        assert_eq!((member.name.as_str(), member.priority, member.weight), ("workers", 5, 3));
+        assert_eq!(c.pipelines[0].target.max_concurrency, 8, "a member may take the whole pool");
+        assert_eq!(c.pools["workers"], PoolConfig { max_concurrency: 8, adaptive: None });
+        let p = problems(&pool("max_concurrency = 9\nconcurrency = \"adaptive\""));
+        assert!(
+            p.iter().any(|p| p.starts_with("pipelines[0].target.max_concurrency: 9 is more than its pool's")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|p| p.starts_with("pipelines[0].target.concurrency: does not apply to a pipeline in a pool")),
+            "{p:?}"
+        );
+        let p = problems(&pool("").replace("pool = \"workers\"", "pool = \"other\""));
+        assert_eq!(p, ["pipelines[0].target.pool: `other` names no [pools.other] table (defined: workers)"]);
+        let p = problems(&MINIMAL.replace("type = \"http\"", "type = \"http\"\nweight = 2"));
+        assert_eq!(p, ["pipelines[0].target.weight: applies to a pipeline in a shared pool only (target.pool)"]);
+        let p = problems(&format!("[pools.w]\nconcurrency = \"adaptive\"\nmin_concurrency = 20\n{MINIMAL}"));
+        assert_eq!(p, ["pools.w.min_concurrency: 20 is greater than max_concurrency (10)"]);
+
+        let capped = MINIMAL.to_string() + "[pipelines.batch]\nmax_in_flight_per_group = 4\n";
+        let c = parse(&capped, &env).unwrap();
+        assert_eq!(c.pipelines[0].batch.max_in_flight_per_group, Some(4));
+        // the batches' room (100) and one receive, and four times the batches' room for waiting
+        assert_eq!(c.pipelines[0].lease.max_outstanding, 110 + 400);
+        assert_eq!(parse(MINIMAL, &env).unwrap().pipelines[0].lease.max_outstanding, 110);
+        let p = problems(&capped.replace("/q\"", "/q.fifo\""));
+        assert!(
+            p[0].starts_with("pipelines[0].batch.max_in_flight_per_group: applies to standard and fair queues"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn target_keys_must_fit_the_type() {
         let text = MINIMAL.replace("url = \"http://127.0.0.1:8080/\"", "program = \"./w\"");
         let p = problems(&text);
