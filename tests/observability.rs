@@ -92,6 +92,7 @@ fn the_dashboard_has_the_expected_structure() {
             "Latency",
             "Scaling",
             "Worker protection",
+            "Fair share",
             "Leases",
             "Errors",
             "SQS requests and cost"
@@ -139,6 +140,11 @@ fn the_dashboard_has_the_expected_structure() {
         "concurrency_limit",
         "breaker_state",
         "breaker_transitions_total",
+        "groups_in_flight",
+        "group_capped_messages",
+        "group_cap_returned_total",
+        "group_cap_wait_seconds",
+        "slot_wait_seconds",
     ] {
         assert!(all.contains(&format!("sqs_poller_{m}")), "no panel shows sqs_poller_{m}");
     }
