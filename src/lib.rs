@@ -10,10 +10,13 @@
 //!    pointer).
 //! 4. [`filter`] — EventBridge patterns on the record (only the parts they name are parsed);
 //!    rejected messages are deleted (or kept).
-//! 5. [`batch`] — records are cut into batches by count, window and event bytes.
+//! 5. [`batch`] — records are cut into batches by count, window and event bytes; FIFO groups run
+//!    one batch at a time, and on standard and fair queues a group cap keeps one tenant from
+//!    taking every slot ([`batch::GroupCap`]).
 //! 6. [`dispatch`] — one call of the target per batch (`http`, `command`, `lambda`, `runtime-api`), read with Lambda's
 //!    `batchItemFailures` rules ([`dispatch::response`]); at most the concurrency limit at once
-//!    ([`dispatch::concurrency`]: fixed, or adaptive to the worker's latency and pushback), held
+//!    ([`dispatch::concurrency`]: fixed, or adaptive to the worker's latency and pushback; a
+//!    pipeline's own, or a pool's that pipelines share by priority and weight), held
 //!    under lease while the target's circuit breaker is open ([`dispatch::breaker`]).
 //! 7. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
 //! 8. [`sqs`] — the SQS queue every stage talks through, counting each request.

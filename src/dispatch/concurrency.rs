@@ -800,4 +800,42 @@ mod tests {
         let share = got[0] as f64 / (got[0] + got[1]) as f64;
         assert!((0.72..=0.78).contains(&share), "{got:?}");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pools_adaptive_limit_is_shared_and_told_to_every_member() {
+        let slots = Arc::new(Slots::new(16, Some(1)));
+        let statuses: Vec<Arc<crate::metrics::Status>> = (0..2).map(|_| Arc::default()).collect();
+        let members: Vec<Member> = statuses
+            .iter()
+            .map(|status| {
+                slots.join(MemberSettings {
+                    priority: 0,
+                    weight: 1,
+                    max: 16,
+                    batch_size: 1,
+                    gauge: metrics::Gauge::noop(),
+                    status: status.clone(),
+                    room: None,
+                })
+            })
+            .collect();
+        let limit_of = |s: &Arc<crate::metrics::Status>| s.concurrency_limit.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(limit_of(&statuses[1]), 1, "both start at the floor");
+        // the calls of the first member grow the pool's limit; the second sees it
+        for _ in 0..40 {
+            let calls: Vec<Call> = (0..slots.limit()).map(|_| members[0].call()).collect();
+            tokio::time::advance(Duration::from_millis(100)).await;
+            for call in calls {
+                members[0].observe(call, Signal::Answered(Duration::from_millis(100)));
+            }
+        }
+        let grown = slots.limit();
+        assert!(grown > 8, "{grown}");
+        assert_eq!(limit_of(&statuses[1]), grown);
+        assert!(statuses.iter().all(|s| s.adaptive.load(std::sync::atomic::Ordering::Relaxed)));
+        // a pushback seen by the second member caps the pool for both
+        members[1].observe(members[1].call(), Signal::Pushback);
+        assert!(slots.limit() < grown);
+        assert_eq!(limit_of(&statuses[0]), slots.limit());
+    }
 }
