@@ -285,7 +285,8 @@ struct BatchRunner {
 impl BatchRunner {
     /// Tells the autoscaler how many batches are in flight, of how many the limit allows.
     fn report_saturation(slots: &Member, scaling: &Scaling) {
-        scaling.saturation(slots.in_flight(), slots.limit());
+        let (in_flight, limit) = slots.saturation();
+        scaling.saturation(in_flight, limit);
     }
 }
 

@@ -66,7 +66,7 @@ fn the_shipped_configurations_are_valid() {
 fn unknown_key() {
     rejects(
         &format!("{VALID}[pipelines.batch]\nsise = 5\n"),
-        "pipelines[0].batch.sise: unknown field `sise`, expected one of `size`, `window_ms`, `max_bytes` (line 9)",
+        "pipelines[0].batch.sise: unknown field `sise`, expected one of `size`, `window_ms`, `max_bytes`, `max_in_flight_per_group` (line 9)",
     );
 }
 
@@ -74,7 +74,7 @@ fn unknown_key() {
 fn unknown_top_level_table() {
     rejects(
         &format!("[metrics]\nport = 1\n{VALID}"),
-        "metrics: unknown field `metrics`, expected one of `aws`, `server`, `shutdown`, `pipelines` (line 1)",
+        "metrics: unknown field `metrics`, expected one of `aws`, `server`, `shutdown`, `pools`, `pipelines` (line 1)",
     );
 }
 

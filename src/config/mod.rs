@@ -111,12 +111,14 @@ pub mod defaults {
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9465";
 
     /// `lease.max_outstanding`: room for every batch that may be in flight
-    /// (`max_concurrency × batch.size`, in whole receives of 10) and one receive more — a poller
-    /// reserves room for a whole receive, so without it the pollers of a pipeline whose batches
-    /// fill the room would receive only once every batch has ended.
+    /// (`max_concurrency × batch.size`, in whole receives of 10), and with batches of fewer than
+    /// 10 messages one receive more: a poller reserves room for a whole receive, so with small
+    /// batches filling the room the pollers would receive only once ten messages' batches had
+    /// ended (with batches of one, once every batch had ended: the pipeline ran in bursts).
     pub fn max_outstanding(max_concurrency: usize, batch_size: usize) -> usize {
-        let n = max_concurrency.saturating_mul(batch_size);
-        n.div_ceil(crate::limits::RECEIVE_MAX) * crate::limits::RECEIVE_MAX + crate::limits::RECEIVE_MAX
+        let n = max_concurrency.saturating_mul(batch_size).max(1);
+        let slack = if batch_size < crate::limits::RECEIVE_MAX { crate::limits::RECEIVE_MAX } else { 0 };
+        n.div_ceil(crate::limits::RECEIVE_MAX) * crate::limits::RECEIVE_MAX + slack
     }
 }
 
@@ -518,9 +520,12 @@ url = "http://127.0.0.1:8080/"
         let capped = MINIMAL.to_string() + "[pipelines.batch]\nmax_in_flight_per_group = 4\n";
         let c = parse(&capped, &env).unwrap();
         assert_eq!(c.pipelines[0].batch.max_in_flight_per_group, Some(4));
-        // the batches' room (100) and one receive, and four times the batches' room for waiting
-        assert_eq!(c.pipelines[0].lease.max_outstanding, 110 + 400);
-        assert_eq!(parse(MINIMAL, &env).unwrap().pipelines[0].lease.max_outstanding, 110);
+        // the batches' room (100), and four times as much for waiting messages
+        assert_eq!(c.pipelines[0].lease.max_outstanding, 100 + 400);
+        assert_eq!(parse(MINIMAL, &env).unwrap().pipelines[0].lease.max_outstanding, 100);
+        // batches of one: a receive's room more, so that pollers receive while the batches run
+        let small = MINIMAL.to_string() + "[pipelines.batch]\nsize = 1\n";
+        assert_eq!(parse(&small, &env).unwrap().pipelines[0].lease.max_outstanding, 20);
         let p = problems(&capped.replace("/q\"", "/q.fifo\""));
         assert!(
             p[0].starts_with("pipelines[0].batch.max_in_flight_per_group: applies to standard and fair queues"),

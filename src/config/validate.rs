@@ -477,10 +477,8 @@ fn validate_pipeline(
 
     let mut default_outstanding = defaults::max_outstanding(target.max_concurrency, size as usize) as u64;
     if per_group.is_some() {
-        // four times as much room again for messages waiting behind their groups' caps
-        default_outstanding += 4
-            * (defaults::max_outstanding(target.max_concurrency, size as usize) as u64
-                - crate::limits::RECEIVE_MAX as u64);
+        // four times the batches' room again for messages waiting behind their groups' caps
+        default_outstanding += 4 * (target.max_concurrency.saturating_mul(size as usize).div_ceil(10) * 10) as u64;
     }
     let max_outstanding = c.ranged(
         &format!("{at}.lease.max_outstanding"),

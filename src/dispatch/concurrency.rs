@@ -477,6 +477,17 @@ impl Member {
         self.slots.in_flight()
     }
 
+    /// (batches in flight, the most allowed) for the autoscaler: the member's own when it is at
+    /// its own most (`target.max_concurrency` in a pool), else the pool's.
+    pub fn saturation(&self) -> (usize, usize) {
+        let s = self.slots.inner();
+        let limit = s.limit(Instant::now());
+        match s.members[self.id].as_ref() {
+            Some(m) if m.in_flight >= m.settings.max => (m.in_flight, m.settings.max),
+            _ => (s.in_flight, limit),
+        }
+    }
+
     pub fn is_adaptive(&self) -> bool {
         self.slots.adaptive
     }
