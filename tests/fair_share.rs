@@ -12,6 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use common::*;
 
+/// The tests of this file measure latency and shares against emulators on a two-core machine:
+/// one at a time, so that none is measured while another loads LocalStack or the workers.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
@@ -173,6 +177,7 @@ async fn noisy_neighbour(cap: Option<usize>, room: Option<usize>) -> TenantRun {
 /// the quiet one is served within 2 s (p99). Nothing is lost or processed twice in either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_tenant_does_not_hold_up_a_quiet_one_with_a_group_cap() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let without = noisy_neighbour(None, Some(6_000)).await;
     // room for the noisy burst to wait under lease behind its cap: none given back
     let with = noisy_neighbour(Some(4), Some(6_000)).await;
@@ -264,6 +269,7 @@ fn mean(v: &[usize]) -> f64 {
 /// The high one holds its 6, the low one gets the other 4, never more than 10 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_priority_gives_the_high_pipeline_every_slot_it_can_use_and_the_low_one_the_rest() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let run = shared_pool(
         "[pools.shared]\nmax_concurrency = 10",
         ("high", "pool = \"shared\"\npriority = 10\nmax_concurrency = 6"),
@@ -285,6 +291,7 @@ async fn strict_priority_gives_the_high_pipeline_every_slot_it_can_use_and_the_l
 /// within ±10 % (of each share).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_share_a_pool_in_proportion() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let run = shared_pool(
         "[pools.shared]\nmax_concurrency = 8",
         ("heavy", "pool = \"shared\"\nweight = 3"),
@@ -312,6 +319,7 @@ async fn weights_share_a_pool_in_proportion() {
 /// given-back message is given back about once (receives stay within about twice the messages).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_past_the_room_is_given_back_paced_and_nothing_is_lost() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let run = noisy_neighbour(Some(4), None).await;
     println!(
         "default room: quiet p50 {:?}, p99 {:?}, max {:?}; {} given back, {} received for 5,100 messages (sent in {:?})",
