@@ -360,6 +360,7 @@ mod tests {
                 group_id: None,
                 record_json: "{}".into(),
                 trace_header: None,
+                traceparent: None,
                 s3_object: None,
                 unresolved: None,
             })

@@ -566,6 +566,7 @@ mod tests {
             group_id: None,
             record_json: format!("{{\"body\":\"{}\"}}", "x".repeat(body_len)).into_boxed_str(),
             trace_header: None,
+            traceparent: None,
             s3_object: None,
             unresolved: None,
         }

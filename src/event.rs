@@ -66,6 +66,8 @@ pub struct ReceivedMessage {
     pub record_json: Box<str>,
     /// The `AWSTraceHeader` system attribute (X-Ray), when the sender set one.
     pub trace_header: Option<Box<str>>,
+    /// The `traceparent` message attribute (W3C trace context), when the producer set one.
+    pub traceparent: Option<Box<str>>,
     /// The S3 object its body was fetched from (SQS Extended Client pointer), if any, with the
     /// pointer body SQS carried.
     pub s3_object: Option<crate::payload::Offloaded>,
@@ -100,6 +102,12 @@ impl ReceivedMessage {
         let sent_timestamp_ms = attr(MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok());
         let group_id = attr(MessageSystemAttributeName::MessageGroupId).cloned();
         let trace_header = attr(MessageSystemAttributeName::AwsTraceHeader).map(|t| t.as_str().into());
+        let traceparent = msg
+            .message_attributes
+            .as_ref()
+            .and_then(|a| a.get("traceparent"))
+            .and_then(|v| v.string_value.as_deref())
+            .map(Into::into);
         Ok(ReceivedMessage {
             message_id: msg.message_id.expect("checked above"),
             receipt_handle: msg.receipt_handle.expect("checked above"),
@@ -108,6 +116,7 @@ impl ReceivedMessage {
             group_id,
             record_json,
             trace_header,
+            traceparent,
             s3_object: None,
             unresolved: None,
         })
@@ -357,6 +366,7 @@ mod tests {
             group_id: None,
             record_json: serde_json::to_string(&record).unwrap().into_boxed_str(),
             trace_header: None,
+            traceparent: None,
             s3_object: None,
             unresolved: None,
         };

@@ -351,6 +351,8 @@ pub struct LeaseKeeper {
     round_ended: tokio::sync::Notify,
     /// Its grace period bounds the settling calls' retries.
     shutdown: crate::shutdown::Shutdown,
+    /// `[telemetry]`: the batch spans of leased messages, told of their extensions.
+    spans: Option<Arc<crate::telemetry::LeaseSpans>>,
 }
 
 /// See [`LeaseKeeper::set_room`].
@@ -381,7 +383,14 @@ impl LeaseKeeper {
             replan: tokio::sync::Notify::new(),
             round_ended: tokio::sync::Notify::new(),
             shutdown: crate::shutdown::Shutdown::default(),
+            spans: None,
         }
+    }
+
+    /// Tells `spans` of every extension of a message in a traced batch.
+    pub fn tracing_to(mut self, spans: Option<Arc<crate::telemetry::LeaseSpans>>) -> Self {
+        self.spans = spans;
+        self
     }
 
     /// Resolves once shutdown's settle deadline has passed: other settling work (a dead-letter
@@ -774,6 +783,14 @@ impl LeaseKeeper {
             }
         }
         drop(table);
+        if let Some(spans) = &self.spans {
+            let extended = due
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| !rejections.iter().chain(&retry).any(|f| f.index == *k))
+                .map(|(_, e)| e.message_id.as_str());
+            spans.extended(extended, due[0].visibility_secs);
+        }
         let not_extended = rejections.len() + retry.len();
         self.metrics.lease_extensions.increment((due.len() - not_extended) as u64);
         self.rejected("extend", &rejections);

@@ -60,6 +60,7 @@ pub mod shutdown;
 pub mod sim;
 pub mod sqs;
 pub mod supervisor;
+pub mod telemetry;
 pub mod trace;
 
 use std::time::Duration;
@@ -84,7 +85,11 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
     // the bound address, which differs from the configured one for port 0
     let listen = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
-    let clients = supervisor::Clients::new(aws::Aws::load(&config.aws).await?).await?;
+    let mut clients = supervisor::Clients::new(aws::Aws::load(&config.aws).await?).await?;
+    if let Some(t) = &config.telemetry {
+        clients.telemetry = Some(std::sync::Arc::new(telemetry::Telemetry::start(t).await?));
+    }
+    let telemetry = clients.telemetry.clone();
     let health = server::Health::new(shutdown.drain.clone());
     let registry = admin::Registry::default();
     let admin = match config.admin_listen {
@@ -149,6 +154,10 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
         if let Err(e) = task.await {
             tracing::error!(error = %e, "the {what} task failed");
         }
+    }
+    // the last batches' spans go out before the process ends
+    if let Some(t) = telemetry {
+        t.shutdown(Duration::from_secs(5)).await;
     }
     result
 }

@@ -53,6 +53,11 @@ pub const BUILD_INFO: &str = "sqs_poller_build_info";
 pub const PAUSED: &str = "sqs_poller_paused";
 pub const CONFIG_RELOADS: &str = "sqs_poller_config_reloads_total";
 pub const CONFIG_INFO: &str = "sqs_poller_config_info";
+pub const TELEMETRY_SPANS: &str = "sqs_poller_telemetry_spans_total";
+
+/// The `outcome` label of [`TELEMETRY_SPANS`]: spans the collector took, and spans lost (the
+/// export failed or timed out; the messages are not affected).
+pub const TELEMETRY_OUTCOMES: [&str; 2] = ["exported", "failed"];
 
 /// Batch outcomes, the values of the `outcome` label of [`BATCHES`].
 pub const BATCH_OUTCOMES: [&str; 4] = ["success", "partial", "failure", "throttled"];
@@ -116,6 +121,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     describe_counter!(MESSAGES_RECEIVED, Unit::Count, "Messages returned by ReceiveMessage.");
+    describe_counter!(
+        TELEMETRY_SPANS,
+        Unit::Count,
+        "Spans sent to the OTLP collector, by outcome: exported, failed (the collector did not take them)."
+    );
     describe_counter!(MESSAGES_FILTERED, Unit::Count, "Messages rejected by the filter (and deleted).");
     describe_counter!(MESSAGES_DISPATCHED, Unit::Count, "Messages handed to the target.");
     describe_counter!(MESSAGES_SUCCEEDED, Unit::Count, "Messages the target processed successfully.");
@@ -448,6 +458,12 @@ impl PipelineMetrics {
 }
 
 /// Counts one configuration reload.
+/// Counts spans the OTLP exporter sent (`exported`) or lost (`failed`).
+pub fn telemetry_spans(exported: bool, n: u64) {
+    let outcome = TELEMETRY_OUTCOMES[usize::from(!exported)];
+    metrics::counter!(TELEMETRY_SPANS, "outcome" => outcome).increment(n);
+}
+
 pub fn config_reload(ok: bool) {
     metrics::counter!(CONFIG_RELOADS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
 }

@@ -53,6 +53,8 @@ pub struct PipelineParts {
     pub payloads: Option<Arc<crate::payload::PayloadStore>>,
     /// `target.pool`: the shared pool's slots (`None`: the pipeline has its own).
     pub pool: Option<Arc<Slots>>,
+    /// `[telemetry]`: the pipeline's spans (`None`: off).
+    pub telemetry: Option<crate::telemetry::PipelineTracer>,
 }
 
 /// How many messages over their group's cap may wait under lease: the room
@@ -112,8 +114,20 @@ async fn discover(
 /// # Errors
 /// When the queue cannot be used at all (it does not exist, access is denied).
 pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
-    let PipelineParts { config: cfg, queue, dead_letter, target, metrics, shutdown, ready, control, payloads, pool } =
-        parts;
+    let PipelineParts {
+        config: cfg,
+        queue,
+        dead_letter,
+        target,
+        metrics,
+        shutdown,
+        ready,
+        control,
+        payloads,
+        pool,
+        telemetry,
+    } = parts;
+    let lease_spans = telemetry.as_ref().map(|_| Arc::new(crate::telemetry::LeaseSpans::default()));
     let Some(found) = discover(&cfg, queue.as_ref(), &shutdown.drain).await? else { return Ok(()) };
     ready.found();
 
@@ -125,7 +139,8 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
             cfg.lease.max_outstanding,
             metrics.clone(),
         )
-        .stopping_with(shutdown.clone()),
+        .stopping_with(shutdown.clone())
+        .tracing_to(lease_spans.clone()),
     );
     let scaling = Arc::new(Scaling::new(&cfg.name, cfg.pollers.min, cfg.pollers.max, metrics.pollers_desired.clone()));
     let mut intake = Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.clone());
@@ -209,6 +224,7 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
                 metrics: metrics.clone(),
                 abandon: shutdown.abandon.clone(),
                 control: control.clone(),
+                tracer: telemetry.clone(),
             }),
             receives: tx,
             drain: shutdown.drain.clone(),
@@ -217,7 +233,14 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
     );
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let runner = BatchRunner {
-        work: Arc::new(BatchWork { dispatcher, acker, abandon: shutdown.abandon.clone(), done: done_tx }),
+        work: Arc::new(BatchWork {
+            dispatcher,
+            acker,
+            abandon: shutdown.abandon.clone(),
+            done: done_tx,
+            tracer: telemetry,
+            lease_spans,
+        }),
         slots,
         scaling,
         tasks: TaskTracker::new(),
@@ -272,6 +295,9 @@ struct BatchWork {
     abandon: CancellationToken,
     /// FIFO: tells the batcher which groups a finished batch ran.
     done: mpsc::UnboundedSender<GroupsDone>,
+    /// `[telemetry]`: the batch spans, and the lease keeper's view of them.
+    tracer: Option<crate::telemetry::PipelineTracer>,
+    lease_spans: Option<Arc<crate::telemetry::LeaseSpans>>,
 }
 
 /// Runs cut batches in their own tasks, at most the concurrency limit at once.
@@ -340,20 +366,56 @@ async fn process_batch(work: &BatchWork, batch: Batch, mut groups: GroupsDone) {
     let n = batch.len();
     let metrics = &work.acker.metrics;
     metrics.in_flight_batches.increment(1.0);
+    // [telemetry]: the batch's span, when it is sampled; its extensions are told to it
+    let span = work.tracer.as_ref().and_then(|t| t.batch(&batch));
+    if let (Some(spans), Some(s)) = (&work.lease_spans, &span) {
+        spans.attach(&batch, s);
+    }
     // FIFO: which groups failed, and how long their messages stay back
     let outcome = AssertUnwindSafe(async {
-        match work.dispatcher.dispatch(&batch, &work.abandon).await {
-            Outcome::Answered(verdict) => work.acker.settle(&batch, &verdict).await.failed_groups(&batch),
-            Outcome::Throttled => work.acker.release_throttled(&batch).await.failed_groups(&batch),
+        let traceparent = span.as_ref().map(crate::telemetry::BatchSpan::traceparent);
+        let dispatching = span.as_ref().map(|s| s.child("dispatch", None));
+        let outcome = work.dispatcher.dispatch(&batch, &work.abandon, traceparent.as_deref()).await;
+        if let Some(child) = dispatching {
+            child.dispatched(&outcome);
+        }
+        let settling = span.as_ref().map(|s| s.child("settle", Some("settle")));
+        let (plan, failed) = match outcome {
+            Outcome::Answered(ref verdict) => {
+                let plan = work.acker.settle(&batch, verdict).await;
+                let failed = plan.failed_groups(&batch);
+                (Some(plan), failed)
+            }
+            Outcome::Throttled => {
+                let plan = work.acker.release_throttled(&batch).await;
+                let failed = plan.failed_groups(&batch);
+                (Some(plan), failed)
+            }
             Outcome::Abandoned => {
                 tracing::info!(pipeline = %metrics.pipeline, messages = n, "shutdown: releasing an unfinished batch (the grace period is over, or the open circuit breaker held it)");
                 work.acker.release(&batch).await;
-                groups.groups.iter().map(|g| (g.clone(), 0)).collect()
+                (None, groups.groups.iter().map(|g| (g.clone(), 0)).collect())
             }
+        };
+        if let Some(child) = settling {
+            child.end();
         }
+        if let Some(s) = &span {
+            s.settled(&batch, &outcome, plan.as_ref());
+        }
+        failed
     })
     .catch_unwind()
     .await;
+    if let Some(s) = &span {
+        if let Some(spans) = &work.lease_spans {
+            spans.detach(&batch);
+        }
+        if outcome.is_err() {
+            s.error("the batch task panicked; its messages were released");
+        }
+        s.end();
+    }
     groups.failed = match &outcome {
         Ok(failed) => failed.clone(),
         Err(_) => groups.groups.iter().map(|g| (g.clone(), 0)).collect(),

@@ -51,6 +51,8 @@ pub struct Clients {
     pub lambda: aws_sdk_lambda::Client,
     /// Large payloads.
     pub s3: Arc<crate::aws::s3::S3>,
+    /// `[telemetry]`, when on.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Clients {
@@ -63,6 +65,7 @@ impl Clients {
             sqs: sqs::SqsClients::new(&aws).await?,
             lambda: aws.lambda_client(),
             s3: Arc::new(crate::aws::s3::S3::new(&aws)),
+            telemetry: None,
             aws,
         })
     }
@@ -237,6 +240,7 @@ impl Supervisor {
         });
         let parts = PipelineParts {
             pool,
+            telemetry: self.clients.telemetry.as_ref().map(|t| t.pipeline(&p.name, &p.queue_url)),
             config: p.clone(),
             queue: Arc::new(
                 sqs::SqsQueue::new(&self.clients.sqs, p.queue_url.clone(), m.clone())

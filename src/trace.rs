@@ -70,6 +70,27 @@ impl Trace {
     }
 }
 
+/// What goes to the worker with a batch: the X-Ray header of its first traced message and the
+/// W3C `traceparent` — the batch span's when the service traces the batch itself
+/// ([`crate::telemetry`]), else one derived from the X-Ray header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    pub xray: Option<Trace>,
+    pub traceparent: Option<String>,
+}
+
+impl TraceContext {
+    /// The context of a batch; `batch_span` is the `traceparent` of the batch's own span.
+    pub fn of_batch(batch: &[ReceivedMessage], batch_span: Option<&str>) -> TraceContext {
+        let xray = Trace::of_batch(batch);
+        let traceparent = match batch_span {
+            Some(t) => Some(t.to_string()),
+            None => xray.as_ref().map(|t| t.traceparent(&random_span_id())),
+        };
+        TraceContext { xray, traceparent }
+    }
+}
+
 /// A random non-zero span id of 16 hex digits.
 pub fn random_span_id() -> String {
     format!("{:016x}", fastrand::u64(1..))

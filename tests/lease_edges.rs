@@ -301,6 +301,7 @@ fn a_slow_receive_answer_is_covered_by_the_lease() {
         let shutdown = Shutdown::default();
         let metrics = PipelineMetrics::new(name, 2, 2, cfg.target.max_concurrency);
         let task = tokio::spawn(pipeline::run(PipelineParts {
+            telemetry: None,
             config: cfg,
             queue: queue.clone(),
             dead_letter: None,

@@ -180,6 +180,7 @@ fn start(
     let shutdown = Shutdown::default();
     let metrics = PipelineMetrics::new(name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
     let task = tokio::spawn(pipeline::run(PipelineParts {
+        telemetry: None,
         config: cfg,
         queue: queue.clone(),
         dead_letter: Some(dlq.clone()),
@@ -412,6 +413,7 @@ fn panicking_pollers_are_replaced_and_a_panicking_batch_is_released() {
         let shutdown = Shutdown::default();
         let metrics = PipelineMetrics::new(name, 2, 2, cfg.target.max_concurrency);
         let task = tokio::spawn(pipeline::run(PipelineParts {
+            telemetry: None,
             config: cfg,
             queue: queue.clone(),
             dead_letter: Some(dlq.clone()),
@@ -481,6 +483,7 @@ fn the_seed_fleet_goes_to_max_on_a_burst_and_back_to_min_within_two_minutes_of_i
         let shutdown = Shutdown::default();
         let metrics = PipelineMetrics::new(name, 20, 2000, cfg.target.max_concurrency);
         let task = tokio::spawn(pipeline::run(PipelineParts {
+            telemetry: None,
             config: cfg,
             queue: queue.clone(),
             dead_letter: Some(dlq.clone()),

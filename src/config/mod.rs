@@ -36,7 +36,29 @@ pub struct Config {
     pub grace_period: Duration,
     /// `[pools.NAME]`: worker pools that several pipelines share (`target.pool`).
     pub pools: std::collections::BTreeMap<String, PoolConfig>,
+    /// `[telemetry]` with an `otlp_endpoint`: spans exported over OTLP; `None`: off.
+    pub telemetry: Option<TelemetryConfig>,
     pub pipelines: Vec<PipelineConfig>,
+}
+
+/// `[telemetry]`: OpenTelemetry spans of receives and batches, exported over OTLP/HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Where spans go: the collector's OTLP/HTTP traces URL (`…/v1/traces`; a URL without a
+    /// path gets it appended).
+    pub traces_url: String,
+    /// The share of batches (and receives) traced, `0.0..=1.0`.
+    pub sample_ratio: f64,
+    /// Headers sent with every export (authorization of a hosted collector): secrets.
+    pub headers: Vec<(String, Secret)>,
+    /// `service.name` of the resource.
+    pub service_name: String,
+    /// More resource attributes.
+    pub resource_attributes: Vec<(String, String)>,
+    /// Read the ECS task metadata endpoint or EC2's instance metadata at start.
+    pub detect_resources: bool,
+    /// Bound of one export request.
+    pub export_timeout: Duration,
 }
 
 /// `[pools.NAME]`: the batches in flight that the pipelines naming it share.

@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pools: std::collections::BTreeMap<String, RawPool>,
     #[serde(default)]
+    telemetry: RawTelemetry,
+    #[serde(default)]
     pipelines: Vec<RawPipeline>,
 }
 
@@ -31,6 +33,19 @@ struct RawPool {
     max_concurrency: Option<u64>,
     concurrency: Option<String>,
     min_concurrency: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: Option<String>,
+    protocol: Option<String>,
+    sample_ratio: Option<f64>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    service_name: Option<String>,
+    resource_attributes: Option<std::collections::BTreeMap<String, String>>,
+    detect_resources: Option<bool>,
+    export_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,6 +314,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         pools.insert(name, PoolConfig { max_concurrency: max_concurrency as usize, adaptive });
     }
 
+    let telemetry = validate_telemetry(&mut c, raw.telemetry);
+
     if raw.pipelines.is_empty() {
         c.fail("pipelines", "at least one [[pipelines]] table is required");
     }
@@ -332,7 +349,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
 
     if c.problems.is_empty() {
-        Ok(Config { aws, listen, admin_listen, grace_period: Duration::from_secs(grace), pools, pipelines })
+        Ok(Config { aws, listen, admin_listen, grace_period: Duration::from_secs(grace), pools, telemetry, pipelines })
     } else {
         Err(c.problems)
     }
@@ -786,6 +803,73 @@ fn validate_target(
         breaker,
         http,
         pool,
+    }
+}
+
+/// `[telemetry]`: on with an `otlp_endpoint`; its other keys are checked either way.
+fn validate_telemetry(c: &mut Checker, t: RawTelemetry) -> Option<TelemetryConfig> {
+    let endpoint = t.otlp_endpoint.filter(|e| !e.is_empty());
+    if let Some(e) = &endpoint {
+        c.url("telemetry.otlp_endpoint", e, &["http", "https"]);
+    }
+    match t.protocol.as_deref() {
+        None | Some("http/protobuf") => {}
+        Some("grpc") => c.fail(
+            "telemetry.protocol",
+            "`grpc` is not supported: use \"http/protobuf\" (OTLP/HTTP, port 4318 on a collector)",
+        ),
+        Some(other) => c.fail("telemetry.protocol", format!("`{other}` is not one of \"http/protobuf\"")),
+    }
+    let sample_ratio = t.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        c.fail("telemetry.sample_ratio", format!("{sample_ratio} is out of range: must be between 0.0 and 1.0"));
+    }
+    let mut headers = Vec::new();
+    for (name, value) in t.headers.unwrap_or_default() {
+        let path = format!("telemetry.headers.{name}");
+        if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            c.fail(&path, "is not a valid HTTP header name");
+        } else if hyper::header::HeaderValue::from_str(&value).is_err() {
+            // the value may be a secret: never repeat it in a message
+            c.fail(&path, "the value is not a valid HTTP header value (visible ASCII only; not shown)");
+        } else {
+            headers.push((name, Secret(value)));
+        }
+    }
+    let service_name = t.service_name.unwrap_or_else(|| "sqs-poller".to_string());
+    if service_name.is_empty() {
+        c.fail("telemetry.service_name", "must not be empty (the default is \"sqs-poller\")");
+    }
+    let mut resource_attributes = Vec::new();
+    for (key, value) in t.resource_attributes.unwrap_or_default() {
+        if key.is_empty() || key == "service.name" {
+            c.fail(
+                format!("telemetry.resource_attributes.{key}"),
+                "is set by telemetry.service_name; name another attribute",
+            );
+        } else {
+            resource_attributes.push((key, value));
+        }
+    }
+    let export_timeout = c.ranged("telemetry.export_timeout_secs", t.export_timeout_secs, 10, 1, 60);
+    let traces_url = endpoint.map(|e| otlp_traces_url(&e))?;
+    Some(TelemetryConfig {
+        traces_url,
+        sample_ratio,
+        headers,
+        service_name,
+        resource_attributes,
+        detect_resources: t.detect_resources.unwrap_or(true),
+        export_timeout: Duration::from_secs(export_timeout),
+    })
+}
+
+/// A collector's base URL (no path) gets OTLP's traces path, as `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// does; a URL with a path is used as it is.
+pub(super) fn otlp_traces_url(endpoint: &str) -> String {
+    match endpoint.parse::<hyper::Uri>() {
+        Ok(u) if u.path() == "/" && u.query().is_none() => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+        _ => endpoint.to_string(),
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::process::Command;
 
 use super::worker_process::{read_capped, WorkerProcess, MAX_OUTPUT};
 use super::Invocation;
-use crate::trace::Trace;
+use crate::trace::TraceContext;
 
 pub struct CommandTarget {
     program: String,
@@ -30,13 +30,14 @@ impl CommandTarget {
     }
 
     /// Runs the command for one event; a trace goes in `_X_AMZN_TRACE_ID` and `TRACEPARENT`.
-    pub async fn invoke(&self, event: Bytes, trace: Option<&Trace>) -> Invocation {
+    pub async fn invoke(&self, event: Bytes, trace: &TraceContext) -> Invocation {
         let mut command = Command::new(&self.program);
         command.args(&self.args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        if let Some(t) = trace {
-            command
-                .env("_X_AMZN_TRACE_ID", &t.header)
-                .env("TRACEPARENT", t.traceparent(&crate::trace::random_span_id()));
+        if let Some(t) = &trace.xray {
+            command.env("_X_AMZN_TRACE_ID", &t.header);
+        }
+        if let Some(t) = &trace.traceparent {
+            command.env("TRACEPARENT", t);
         }
         // dropped with this future (timeout, shutdown): SIGTERM, then SIGKILL, to its whole group
         let mut process = match WorkerProcess::spawn(&mut command) {

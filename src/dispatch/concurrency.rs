@@ -129,8 +129,9 @@ impl AdaptiveLimit {
     }
 
     /// One call's signal; `in_flight`: the calls of the target in flight when it came back,
-    /// itself included (calls, not slots: a slot is also held while its batch is acknowledged).
-    pub fn observe(&mut self, signal: Signal, in_flight: usize, now: Instant) {
+    /// itself included (calls, not slots: a slot is also held while its batch is acknowledged);
+    /// `sent_with`: the calls in flight when it was sent, itself included.
+    pub fn observe(&mut self, signal: Signal, in_flight: usize, sent_with: usize, now: Instant) {
         if self.window.answered == 0 && !self.window.pushback {
             // the first call of a window starts it (an idle spell is not part of it)
             self.window = Window::new(now);
@@ -144,6 +145,18 @@ impl AdaptiveLimit {
             Signal::Pushback => {
                 // the ceiling acts at once; Vegas hears of it at the window's end
                 let current = self.limit(now);
+                if let Some((c, at)) = self.ceiling.filter(|(_, at)| now.saturating_duration_since(*at) < CEILING_HOLD)
+                {
+                    if sent_with > current {
+                        // sent when more calls were out than the ceiling now allows: the ceiling
+                        // already answers it (a late refusal of an earlier burst must not take
+                        // the limit below what the worker takes; it keeps the ceiling held)
+                        let _ = at;
+                        self.ceiling = Some((c, now));
+                        self.window.pushback = true;
+                        return;
+                    }
+                }
                 // one pushback at most halves the limit: the count of calls at the worker is an
                 // estimate, and a ceiling set too low would hold for CEILING_HOLD (a pushback
                 // burst brings it down further, one refused call after another)
@@ -302,7 +315,8 @@ pub struct Member {
 /// One call of the target in flight ([`Member::call`]).
 #[must_use]
 pub struct Call {
-    _counted: (),
+    /// The calls in flight when it was sent, itself included (adaptive limits only).
+    sent_with: usize,
 }
 
 /// One batch's slot; give it back with [`Member::release`].
@@ -556,15 +570,18 @@ impl Member {
     /// A call of the target is sent now; report what it said with [`Member::observe`].
     pub fn call(&self) -> Call {
         // a fixed limit listens to nothing: no bookkeeping on its hot path
+        let mut sent_with = 0;
         if self.slots.adaptive {
-            self.slots.inner().calls_in_flight += 1;
+            let mut s = self.slots.inner();
+            s.calls_in_flight += 1;
+            sent_with = s.calls_in_flight;
         }
-        Call { _counted: () }
+        Call { sent_with }
     }
 
     /// A call that shutdown took before it answered.
     pub fn abandoned(&self, call: Call) {
-        let Call { _counted: () } = call;
+        let Call { sent_with: _ } = call;
         if self.slots.adaptive {
             let mut s = self.slots.inner();
             s.calls_in_flight = s.calls_in_flight.saturating_sub(1);
@@ -573,7 +590,7 @@ impl Member {
 
     /// Reports what a call said; each call of the target reports once.
     pub fn observe(&self, call: Call, signal: Signal) {
-        let Call { _counted: () } = call;
+        let Call { sent_with } = call;
         if !self.slots.adaptive {
             return;
         }
@@ -581,7 +598,7 @@ impl Member {
         let in_flight = s.calls_in_flight;
         s.calls_in_flight = s.calls_in_flight.saturating_sub(1);
         if let Some(a) = s.adaptive.as_mut() {
-            a.observe(signal, in_flight, Instant::now());
+            a.observe(signal, in_flight, sent_with, Instant::now());
         }
         self.slots.publish(s);
     }
@@ -635,7 +652,7 @@ mod tests {
             running.sort_by_key(|r| r.0);
             let (end, took) = running.remove(0);
             now = end;
-            a.observe(Signal::Answered(took), running.len() + 1, now);
+            a.observe(Signal::Answered(took), running.len() + 1, running.len() + 1, now);
             seen.push(((now - start).as_secs_f64(), a.limit(now)));
         }
         seen
@@ -663,28 +680,31 @@ mod tests {
         let ms = |i: u64| start + Duration::from_millis(i);
         for i in 0..200 {
             let n = a.limit(ms(i * 20));
-            a.observe(Signal::Answered(Duration::from_millis(50)), n, ms(i * 20));
+            a.observe(Signal::Answered(Duration::from_millis(50)), n, n, ms(i * 20));
         }
         let now = ms(4000);
         let before = a.limit(now);
         assert!(before > 10, "{before}");
         // the first pushback at most halves the limit; the next ones of the burst take it to one
         // below the calls at the worker
-        a.observe(Signal::Pushback, 5, now);
+        a.observe(Signal::Pushback, 5, 5, now);
         assert_eq!(a.limit(now), (before / 2).max(4));
-        a.observe(Signal::Pushback, 5, now);
-        a.observe(Signal::Pushback, 5, now);
-        a.observe(Signal::Pushback, 5, now);
-        a.observe(Signal::Pushback, 5, now);
-        a.observe(Signal::Pushback, 5, now);
+        a.observe(Signal::Pushback, 5, 5, now);
+        a.observe(Signal::Pushback, 5, 5, now);
+        a.observe(Signal::Pushback, 5, 5, now);
+        a.observe(Signal::Pushback, 5, 5, now);
+        a.observe(Signal::Pushback, 5, 5, now);
         assert_eq!(a.limit(now), 4);
         // answers keep coming: the ceiling holds
         for i in 0..1000 {
-            a.observe(Signal::Answered(Duration::from_millis(50)), 4, now + Duration::from_millis(i * 20));
+            a.observe(Signal::Answered(Duration::from_millis(50)), 4, 4, now + Duration::from_millis(i * 20));
         }
         assert_eq!(a.limit(now + Duration::from_secs(20)), 4);
-        // a later pushback never raises it
-        a.observe(Signal::Pushback, 9, now + Duration::from_secs(20));
+        // a late refusal of a call sent while more were out (an earlier burst's) neither lowers
+        // it nor raises it, and keeps it held
+        a.observe(Signal::Pushback, 3, 6, now + Duration::from_secs(20));
+        assert_eq!(a.limit(now + Duration::from_secs(20)), 4);
+        a.observe(Signal::Pushback, 9, 9, now + Duration::from_secs(20));
         assert_eq!(a.limit(now + Duration::from_secs(49)), 4);
         // quiet for the hold: lifted
         assert!(a.limit(now + Duration::from_secs(51)) > 4);
@@ -695,7 +715,7 @@ mod tests {
         let now = Instant::now();
         let mut a = AdaptiveLimit::new(3, 10);
         for _ in 0..50 {
-            a.observe(Signal::Pushback, 1, now);
+            a.observe(Signal::Pushback, 1, 1, now);
         }
         assert_eq!(a.limit(now), 3);
     }

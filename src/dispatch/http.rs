@@ -24,7 +24,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::Invocation;
 use crate::config::HttpOptions;
-use crate::trace::Trace;
+use crate::trace::TraceContext;
 
 pub struct HttpTarget {
     url: String,
@@ -69,7 +69,7 @@ impl HttpTarget {
     }
 
     /// POSTs the event; with a trace, `X-Amzn-Trace-Id` and the W3C `traceparent` go with it.
-    pub async fn invoke(&self, event: Bytes, trace: Option<&Trace>) -> Invocation {
+    pub async fn invoke(&self, event: Bytes, trace: &TraceContext) -> Invocation {
         let mut request =
             match Request::post(&self.url).header(CONTENT_TYPE, "application/json").body(Full::new(event.clone())) {
                 Ok(r) => r,
@@ -79,14 +79,11 @@ impl HttpTarget {
         for (name, value) in &self.headers {
             headers.insert(name.clone(), value.clone());
         }
-        if let Some(t) = trace {
-            if let (Ok(xray), Ok(w3c)) = (
-                HeaderValue::from_str(&t.header),
-                HeaderValue::from_str(&t.traceparent(&crate::trace::random_span_id())),
-            ) {
-                headers.insert("x-amzn-trace-id", xray);
-                headers.insert("traceparent", w3c);
-            }
+        if let Some(Ok(xray)) = trace.xray.as_ref().map(|t| HeaderValue::from_str(&t.header)) {
+            headers.insert("x-amzn-trace-id", xray);
+        }
+        if let Some(Ok(w3c)) = trace.traceparent.as_deref().map(HeaderValue::from_str) {
+            headers.insert("traceparent", w3c);
         }
         if let Some(signer) = &self.signer {
             if let Err(reason) = signer.sign(&mut request, &event).await {

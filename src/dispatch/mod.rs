@@ -33,7 +33,7 @@ use crate::config::{TargetConfig, TargetKind};
 use crate::event::{encode_event, ReceivedMessage};
 use crate::metrics::PipelineMetrics;
 use crate::poller::Scaling;
-use crate::trace::Trace;
+use crate::trace::TraceContext;
 use response::Verdict;
 
 /// What a target did with an event, before its body is read.
@@ -143,7 +143,7 @@ impl Target {
 
     /// Sends one event (`{"Records":[…]}`) to the target; the work may take `timeout`, counted
     /// from when the target starts it. `trace` is the batch's trace context ([`crate::trace`]).
-    pub async fn invoke(&self, event: Bytes, timeout: Duration, trace: Option<&Trace>) -> Invocation {
+    pub async fn invoke(&self, event: Bytes, timeout: Duration, trace: &TraceContext) -> Invocation {
         let timed_out = || Invocation::unavailable(format!("timed out after {} s", timeout.as_secs()));
         match self {
             Target::Http(t) => {
@@ -153,7 +153,7 @@ impl Target {
                 tokio::time::timeout(timeout, t.invoke(event, trace)).await.unwrap_or_else(|_| timed_out())
             }
             Target::Lambda(t) => tokio::time::timeout(timeout, t.invoke(event)).await.unwrap_or_else(|_| timed_out()),
-            Target::RuntimeApi(t) => t.invoke(event, timeout, trace).await,
+            Target::RuntimeApi(t) => t.invoke(event, timeout, trace.xray.as_ref()).await,
             Target::Function(f) => tokio::time::timeout(timeout, f(event)).await.unwrap_or_else(|_| timed_out()),
         }
     }
@@ -227,9 +227,16 @@ impl Dispatcher {
     ///
     /// A message whose large payload could not be fetched is not dispatched: it fails on its own
     /// (and, on FIFO queues, holds its group's later messages behind it).
-    pub async fn dispatch(&self, batch: &[ReceivedMessage], abandon: &CancellationToken) -> Outcome {
+    ///
+    /// `span` is the `traceparent` of the batch's span ([`crate::telemetry`]), given to the target.
+    pub async fn dispatch(
+        &self,
+        batch: &[ReceivedMessage],
+        abandon: &CancellationToken,
+        span: Option<&str>,
+    ) -> Outcome {
         if batch.iter().all(|m| m.unresolved.is_none()) {
-            return self.dispatch_resolved(batch, abandon).await;
+            return self.dispatch_resolved(batch, abandon, span).await;
         }
         let mut failed: Vec<usize> = Vec::new();
         let mut go: Vec<usize> = Vec::new();
@@ -246,7 +253,7 @@ impl Dispatcher {
             return Outcome::Answered(Verdict::AllFailed(reason));
         }
         let part: Vec<ReceivedMessage> = go.iter().map(|&i| batch[i].clone()).collect();
-        match self.dispatch_resolved(&part, abandon).await {
+        match self.dispatch_resolved(&part, abandon, span).await {
             Outcome::Answered(Verdict::AllSucceeded) => {}
             Outcome::Answered(Verdict::Partial(f)) => failed.extend(f.into_iter().map(|k| go[k])),
             Outcome::Answered(Verdict::AllFailed(reason)) => return Outcome::Answered(Verdict::AllFailed(reason)),
@@ -257,12 +264,17 @@ impl Dispatcher {
     }
 
     /// [`Dispatcher::dispatch`] for a batch whose payloads are all there.
-    async fn dispatch_resolved(&self, batch: &[ReceivedMessage], abandon: &CancellationToken) -> Outcome {
-        match self.call(batch, abandon).await {
+    async fn dispatch_resolved(
+        &self,
+        batch: &[ReceivedMessage],
+        abandon: &CancellationToken,
+        span: Option<&str>,
+    ) -> Outcome {
+        match self.call(batch, abandon, span).await {
             Outcome::Answered(Verdict::AllFailed(reason)) if self.bisect && batch.len() > 1 => {
                 self.metrics.batches_bisected.increment(1);
                 tracing::warn!(pipeline = %self.metrics.pipeline, messages = batch.len(), %reason, "the batch failed as a whole: splitting it to find the messages that fail on their own");
-                match self.bisect(batch, (0..batch.len()).collect(), abandon).await {
+                match self.bisect(batch, (0..batch.len()).collect(), abandon, span).await {
                     None => Outcome::Abandoned,
                     Some(failed) if failed.is_empty() => Outcome::Answered(Verdict::AllSucceeded),
                     Some(failed) if failed.len() == batch.len() => Outcome::Answered(Verdict::AllFailed(reason)),
@@ -283,6 +295,7 @@ impl Dispatcher {
         batch: &'a [ReceivedMessage],
         indexes: Vec<usize>,
         abandon: &'a CancellationToken,
+        span: Option<&'a str>,
     ) -> crate::sqs::BoxFuture<'a, Option<Vec<usize>>> {
         Box::pin(async move {
             let (first, second) = indexes.split_at(indexes.len() / 2);
@@ -299,11 +312,11 @@ impl Dispatcher {
                     continue;
                 }
                 let part: Vec<ReceivedMessage> = go.iter().map(|&i| batch[i].clone()).collect();
-                match self.call(&part, abandon).await {
+                match self.call(&part, abandon, span).await {
                     Outcome::Answered(Verdict::AllSucceeded) => {}
                     Outcome::Answered(Verdict::Partial(f)) => failed.extend(f.into_iter().map(|k| go[k])),
                     Outcome::Answered(Verdict::AllFailed(_)) if go.len() > 1 => {
-                        failed.extend(self.bisect(batch, go, abandon).await?);
+                        failed.extend(self.bisect(batch, go, abandon, span).await?);
                     }
                     Outcome::Answered(Verdict::AllFailed(reason)) => {
                         tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %batch[go[0]].message_id, %reason, "the message fails on its own");
@@ -319,7 +332,7 @@ impl Dispatcher {
     }
 
     /// Calls the target until it answers, throttles for too long, or `abandon` fires.
-    pub async fn call(&self, batch: &[ReceivedMessage], abandon: &CancellationToken) -> Outcome {
+    pub async fn call(&self, batch: &[ReceivedMessage], abandon: &CancellationToken, span: Option<&str>) -> Outcome {
         if let Some(limiter) = &self.limiter {
             let n = NonZeroU32::new(batch.len() as u32).expect("batches are never empty");
             tokio::select! {
@@ -330,7 +343,7 @@ impl Dispatcher {
         self.metrics.dispatched.increment(batch.len() as u64);
         self.metrics.batch_size.record(batch.len() as f64);
         let event = Bytes::from(encode_event(batch));
-        let trace = Trace::of_batch(batch);
+        let trace = TraceContext::of_batch(batch, span);
         let mut first_try = Instant::now();
         let mut throttles = Backoff::default();
         loop {
@@ -355,7 +368,7 @@ impl Dispatcher {
             let started = Instant::now();
             let call = self.slots.as_ref().map(|s| s.call());
             let invocation = tokio::select! {
-                i = self.target.invoke(event.clone(), self.timeout, trace.as_ref()) => i,
+                i = self.target.invoke(event.clone(), self.timeout, &trace) => i,
                 () = abandon.cancelled() => {
                     if let (Some(slots), Some(call)) = (&self.slots, call) {
                         slots.abandoned(call);

@@ -117,6 +117,8 @@ pub struct PollerStage {
     pub abandon: CancellationToken,
     /// Paused pollers do not receive.
     pub control: Arc<crate::control::Control>,
+    /// `[telemetry]`: a span for each receive that returned messages.
+    pub tracer: Option<crate::telemetry::PipelineTracer>,
 }
 
 /// The pollers of one pipeline.
@@ -239,6 +241,9 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
             Ok(messages) => {
                 backoff.reset();
                 let n = messages.len();
+                if let (Some(tracer), true) = (&stage.tracer, n > 0) {
+                    tracer.received(std::time::SystemTime::now() - stamp.sent_at.elapsed(), n);
+                }
                 // a bug in the intake must not leave these leased (and extended) with nobody to settle them
                 let ids: Vec<String> = messages.iter().filter_map(|m| m.message_id.clone()).collect();
                 let taken = AssertUnwindSafe(stage.intake.take(reservation, messages, stamp)).catch_unwind().await;
