@@ -433,6 +433,22 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
     if let Some(e) = &c.aws.sqs_endpoint_url {
         w!("sqs endpoint {e}");
     }
+    match &c.telemetry {
+        // header values are secrets: their names only
+        Some(t) => w!(
+            "telemetry  OTLP/HTTP {} sample_ratio {} service.name {}{}{}",
+            t.traces_url,
+            t.sample_ratio,
+            t.service_name,
+            if t.headers.is_empty() {
+                String::new()
+            } else {
+                format!(" headers {}", t.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(","))
+            },
+            if t.detect_resources { " (ECS/EC2 resource detection)" } else { "" }
+        ),
+        None => w!("telemetry  off (no [telemetry] otlp_endpoint)"),
+    }
     for p in &c.pipelines {
         w!("pipeline {}", p.name);
         w!("  queue      {}{}", p.queue_url, if p.fifo { " (FIFO)" } else { "" });

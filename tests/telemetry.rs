@@ -165,17 +165,22 @@ async fn a_process_span_per_batch_linked_to_its_producers_with_dispatch_and_sett
         .await
         .unwrap();
     let w3c_id = sqs.send_with_attribute(&queue, "w3c", "traceparent", W3C).await;
-    sqs.send_bodies(&queue, &["plain".to_string()]).await;
-    // the W3C message fails once: a retry event, then a second batch
+    sqs.send_bodies(&queue, &["plain".to_string(), "poison".to_string()]).await;
+    let dead_letters = sqs.queue("otel-dlq", &[]).await;
+    // the W3C message fails once and the poison one for good: retry events, then a second batch
+    // where the poison message is dead-lettered; the first batch outlasts half the visibility
+    // timeout (an extension event)
     let worker = worker(move |event| {
-        let failing: Vec<&str> = event["Records"]
-            .as_array()
-            .unwrap()
+        let records = event["Records"].as_array().unwrap();
+        let failing: Vec<&str> = records
             .iter()
-            .filter(|r| r["body"] == "w3c" && r["attributes"]["ApproximateReceiveCount"] == "1")
+            .filter(|r| {
+                r["body"] == "poison" || (r["body"] == "w3c" && r["attributes"]["ApproximateReceiveCount"] == "1")
+            })
             .map(|r| r["messageId"].as_str().unwrap())
             .collect();
-        Reply::failures(&failing)
+        let delay = if records.len() == 4 { Duration::from_millis(2500) } else { Duration::ZERO };
+        Reply { delay, ..Reply::failures(&failing) }
     })
     .await;
     let ecs = ecs_metadata().await;
@@ -184,8 +189,10 @@ async fn a_process_span_per_batch_linked_to_its_producers_with_dispatch_and_sett
         &queue,
         &worker.url,
         &format!(
-            "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.batch]\nsize = 3\nwindow_ms = 3000\n\
+            "[pipelines.pollers]\nwait_time_secs = 1\nvisibility_timeout_secs = 2\n\
+             [pipelines.batch]\nsize = 4\nwindow_ms = 3000\n\
              [pipelines.retry]\ninitial_backoff_secs = 0\n\
+             [pipelines.dead_letter]\nqueue_url = \"{dead_letters}\"\nmax_receive_count = 2\n\
              [telemetry]\notlp_endpoint = \"{}\"\nheaders = {{ authorization = \"Bearer s3cr3t-t0ken\" }}\n\
              resource_attributes = {{ \"deployment.environment.name\" = \"test\" }}\n",
             collector.url
@@ -194,7 +201,7 @@ async fn a_process_span_per_batch_linked_to_its_producers_with_dispatch_and_sett
     let mut poller =
         spawn_poller_with_env(&sqs.endpoint, 10, "", &pipeline, &[("ECS_CONTAINER_METADATA_URI_V4", ecs.as_str())]);
     poller.wait_listening().await;
-    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"otel\"}", 3.0, Duration::from_secs(60)).await;
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"otel\"}", 4.0, Duration::from_secs(60)).await;
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
     assert!(!log.contains("s3cr3t"), "the header's value is a secret:\n{log}");
@@ -216,11 +223,11 @@ async fn a_process_span_per_batch_linked_to_its_producers_with_dispatch_and_sett
     let process: Vec<&Span> = spans.iter().filter(|s| s.name == format!("process {queue_name}")).collect();
     let deliveries = worker.deliveries();
     assert_eq!(process.len(), deliveries.len(), "one process span per batch: {spans:#?}");
-    assert_eq!(deliveries.len(), 2, "the batch of three, then the retried message");
+    assert_eq!(deliveries.len(), 2, "the batch of four, then the two retried messages");
 
-    // the first batch: three messages, two producers linked, one retry
-    let first = process.iter().find(|s| text(&s.attributes, "messaging.batch.message_count").as_deref() == Some("3"));
-    let first = first.expect("the batch of three");
+    // the first batch: four messages, two producers linked, two retries, extensions
+    let first = process.iter().find(|s| text(&s.attributes, "messaging.batch.message_count").as_deref() == Some("4"));
+    let first = first.expect("the batch of four");
     assert_eq!(first.kind, SpanKind::Consumer as i32);
     assert!(first.parent_span_id.is_empty(), "a batch span is a root; its producers are links");
     assert_eq!(text(&first.attributes, "messaging.system").as_deref(), Some("aws_sqs"));
@@ -229,7 +236,7 @@ async fn a_process_span_per_batch_linked_to_its_producers_with_dispatch_and_sett
     assert_eq!(text(&first.attributes, "aws.sqs.queue.url").as_deref(), Some(queue.as_str()));
     assert_eq!(text(&first.attributes, "sqs_poller.outcome").as_deref(), Some("partial"));
     assert_eq!(text(&first.attributes, "sqs_poller.messages.succeeded").as_deref(), Some("2"));
-    assert_eq!(text(&first.attributes, "sqs_poller.messages.retried").as_deref(), Some("1"));
+    assert_eq!(text(&first.attributes, "sqs_poller.messages.retried").as_deref(), Some("2"));
     let mut links: Vec<(String, String, Option<String>)> = first
         .links
         .iter()
@@ -242,11 +249,20 @@ async fn a_process_span_per_batch_linked_to_its_producers_with_dispatch_and_sett
     assert_eq!(links[0].2.as_deref(), Some(w3c_id.as_str()));
     assert_eq!(links[1].0, "5759e988bd862e3fe1be46a994272793");
     assert_eq!(links[1].1, "53995c3f42cd8ad8");
-    let retry = first.events.iter().find(|e| e.name == "retry").expect("a retry event");
-    assert_eq!(text(&retry.attributes, "messaging.message.id").as_deref(), Some(w3c_id.as_str()));
+    let retried: Vec<String> = first
+        .events
+        .iter()
+        .filter(|e| e.name == "retry")
+        .filter_map(|e| text(&e.attributes, "messaging.message.id"))
+        .collect();
+    assert_eq!(retried.len(), 2);
+    assert!(retried.contains(&w3c_id), "{retried:?}");
+    let extended = first.events.iter().find(|e| e.name == "lease extended").expect("a lease extension event");
+    assert_eq!(text(&extended.attributes, "messaging.batch.message_count").as_deref(), Some("4"));
+    assert_eq!(text(&extended.attributes, "aws.sqs.visibility_timeout").as_deref(), Some("2"));
 
     // the worker's context is the batch span's: its spans are the batch's children
-    let first_delivery = deliveries.iter().find(|d| d.records().len() == 3).unwrap();
+    let first_delivery = deliveries.iter().find(|d| d.records().len() == 4).unwrap();
     assert_eq!(
         first_delivery.headers.get("traceparent"),
         Some(&format!("00-{}-{}-01", hex(&first.trace_id), hex(&first.span_id)))
@@ -266,7 +282,10 @@ async fn a_process_span_per_batch_linked_to_its_producers_with_dispatch_and_sett
         }
     }
     let second = process.iter().find(|s| s.span_id != first.span_id).unwrap();
-    assert_eq!(text(&second.attributes, "sqs_poller.outcome").as_deref(), Some("success"));
+    assert_eq!(text(&second.attributes, "sqs_poller.outcome").as_deref(), Some("partial"));
+    assert_eq!(text(&second.attributes, "sqs_poller.messages.dead_lettered").as_deref(), Some("1"));
+    let dead = second.events.iter().find(|e| e.name == "dead_letter").expect("a dead-letter event");
+    assert_eq!(text(&dead.attributes, "sqs_poller.receive_count").as_deref(), Some("2"));
 
     // the receives that returned messages
     let receives: Vec<&Span> = spans.iter().filter(|s| s.name == format!("receive {queue_name}")).collect();
@@ -275,7 +294,7 @@ async fn a_process_span_per_batch_linked_to_its_producers_with_dispatch_and_sett
         .iter()
         .map(|s| text(&s.attributes, "messaging.batch.message_count").unwrap().parse::<i64>().unwrap())
         .sum();
-    assert_eq!(received, 4, "3 messages, one of them received twice");
+    assert_eq!(received, 6, "4 messages, two of them received twice");
     assert!(receives.iter().all(|s| s.kind == SpanKind::Client as i32));
 }
 

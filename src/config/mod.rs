@@ -448,6 +448,52 @@ url = "http://127.0.0.1:8080/"
     }
 
     #[test]
+    fn telemetry_is_off_by_default_and_checked_key_by_key() {
+        assert!(parse(MINIMAL, &env).unwrap().telemetry.is_none());
+        let on = format!(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nheaders = {{ authorization = \"Bearer x\" }}\n{MINIMAL}"
+        );
+        let t = parse(&on, &env).unwrap().telemetry.unwrap();
+        assert_eq!(t.traces_url, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!((t.sample_ratio, t.service_name.as_str(), t.detect_resources), (1.0, "sqs-poller", true));
+        assert_eq!(t.export_timeout, Duration::from_secs(10));
+        assert!(!format!("{t:?}").contains("Bearer"), "header values are secrets");
+        // keys without an endpoint: off, but still checked
+        let off = format!("[telemetry]\nsample_ratio = 0.5\n{MINIMAL}");
+        assert!(parse(&off, &env).unwrap().telemetry.is_none());
+        let bad = format!(
+            "[telemetry]\notlp_endpoint = \"127.0.0.1:4318\"\nsample_ratio = 1.5\nprotocol = \"grpc\"\n\
+             headers = {{ \"bad header\" = \"x\", ok = \"v\\u0001\" }}\nresource_attributes = {{ \"service.name\" = \"x\" }}\n\
+             export_timeout_secs = 0\n{MINIMAL}"
+        );
+        let p = problems(&bad);
+        for key in [
+            "telemetry.otlp_endpoint",
+            "telemetry.sample_ratio",
+            "telemetry.protocol",
+            "telemetry.headers.bad header",
+            "telemetry.headers.ok",
+            "telemetry.resource_attributes.service.name",
+            "telemetry.export_timeout_secs",
+        ] {
+            assert!(p.iter().any(|l| l.starts_with(key)), "{key} in {p:#?}");
+        }
+        assert!(!p.iter().any(|l| l.contains("v\u{1}")), "a header value is never repeated: {p:#?}");
+        assert!(p.iter().any(|l| l.contains("grpc") && l.contains("http/protobuf")), "{p:#?}");
+        let unknown = problems(&format!("[telemetry]\nendpoint = \"x\"\n{MINIMAL}"));
+        assert!(unknown[0].contains("endpoint"), "{unknown:?}");
+    }
+
+    #[test]
+    fn otlp_base_urls_get_the_traces_path() {
+        use validate::otlp_traces_url as url;
+        assert_eq!(url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(url("https://otlp.example.com/v1/traces"), "https://otlp.example.com/v1/traces");
+        assert_eq!(url("https://gw.example.com/otlp/v1/traces"), "https://gw.example.com/otlp/v1/traces");
+    }
+
+    #[test]
     fn interpolation_substitutes_values_and_defaults_but_not_comments() {
         let text = MINIMAL.replace(
             "queue_url = \"http://127.0.0.1:4566/000000000000/q\"",
