@@ -89,6 +89,10 @@ async fn run() {
         cost_rounds(&env, BODY_BYTES, BACKLOG).await;
         return;
     }
+    if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("telemetry") {
+        telemetry_rounds(&env).await;
+        return;
+    }
     if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("hostile") {
         let quiet = drain_timed_by_queue(&env, HOSTILE_MESSAGES, 0).await;
         let hostile = drain_timed_by_queue(&env, HOSTILE_MESSAGES, IDLE_CONNECTIONS).await;
@@ -485,15 +489,29 @@ fn last_json_line(stdout: &[u8]) -> serde_json::Value {
 /// request counters are read, then the health check passes and the drain is timed from when the
 /// admin API reports the pipeline running to the last delete.
 async fn poller_sample(env: &Env, queue: &str, batch: usize, window_ms: u64, total: usize) -> Sample {
+    poller_sample_with(env, queue, batch, window_ms, total, "", None).await
+}
+
+/// [`poller_sample`] with a `[telemetry]` table (`telemetry`, TOML after the pipeline) and,
+/// optionally, another binary.
+async fn poller_sample_with(
+    env: &Env,
+    queue: &str,
+    batch: usize,
+    window_ms: u64,
+    total: usize,
+    telemetry: &str,
+    bin: Option<&str>,
+) -> Sample {
     let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health = health_switch(up.clone()).await;
     let extra = format!(
         "[pipelines.pollers]\nmin = 1\nmax = 16\nwait_time_secs = 1\n[pipelines.batch]\nsize = {batch}\nwindow_ms = {window_ms}\n\
-         [pipelines.target]\ntype = \"http\"\nurl = \"{}\"\nmax_concurrency = 32\nhealth_url = \"{health}\"\n",
+         [pipelines.target]\ntype = \"http\"\nurl = \"{}\"\nmax_concurrency = 32\nhealth_url = \"{health}\"\n{telemetry}",
         env.worker_url
     );
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let p = spawn_poller_with_admin(env, queue, &extra, &format!("127.0.0.1:{admin_port}"));
+    let p = spawn_poller_bin(env, queue, &extra, &format!("127.0.0.1:{admin_port}"), bin);
     let admin = format!("http://127.0.0.1:{admin_port}/pipelines/bench");
     while !get(&admin).await.is_some_and(|s| s.contains("\"state\":\"paused\"")) {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -517,6 +535,56 @@ async fn poller_sample(env: &Env, queue: &str, batch: usize, window_ms: u64, tot
     let peak_rss_mb = p.peak_rss_mb();
     p.stop().await;
     Sample { messages: total, body_bytes: 0, seconds, cpu_s, peak_rss_mb, requests: sqs_requests(&text) - req0 }
+}
+
+/// `SQS_POLLER_BENCH_ONLY=telemetry`: the batch-10 drain of the cost rounds with telemetry off,
+/// with every batch traced (sample ratio 1.0, spans exported to a local OTLP/HTTP sink that takes
+/// everything), and with the binary in `SQS_POLLER_BENCH_BIN_BEFORE` (an earlier build, telemetry
+/// off) when set; [`ROUNDS`] interleaved rounds, medians and ranges printed.
+async fn telemetry_rounds(env: &Env) {
+    let sink = noop_worker().await;
+    let traced = format!("[telemetry]\notlp_endpoint = \"{sink}\"\nsample_ratio = 1.0\ndetect_resources = false\n");
+    let before = std::env::var("SQS_POLLER_BENCH_BIN_BEFORE").ok();
+    let mut modes: Vec<(&str, String, Option<&str>)> =
+        vec![("telemetry off", String::new(), None), ("sample_ratio 1.0", traced, None)];
+    if let Some(bin) = before.as_deref() {
+        modes.insert(0, ("before (SQS_POLLER_BENCH_BIN_BEFORE)", String::new(), Some(bin)));
+    }
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut rate: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for round in 1..=ROUNDS {
+        for (i, (label, telemetry, bin)) in modes.iter().enumerate() {
+            let queue = queue(env, "otel").await;
+            load_sized(env, &queue, BACKLOG, BODY_BYTES).await;
+            let s = poller_sample_with(env, &queue, 10, 0, BACKLOG, telemetry, *bin).await;
+            let j = Sample { body_bytes: BODY_BYTES, ..s }.json();
+            let (r, c) = (j["msg_per_s"].as_f64().unwrap(), j["cpu_us_per_msg"].as_f64().unwrap());
+            println!("telemetry round {round}: {label:<40} {r:>7.0} msg/s {c:>6.1} CPU-µs/msg");
+            cpu[i].push(c);
+            rate[i].push(r);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    println!("\n| sqs-poller, batch 10, {BACKLOG} messages of {BODY_BYTES} bytes | msg/s | CPU-µs per message |\n|---|---|---|");
+    let mut medians = Vec::new();
+    for (i, (label, _, _)) in modes.iter().enumerate() {
+        let (r, rl, rh) = med(&mut rate[i]);
+        let (c, cl, ch) = med(&mut cpu[i]);
+        medians.push(c);
+        println!("| {label} | {r:.0} ({rl:.0}–{rh:.0}) | {c:.1} ({cl:.1}–{ch:.1}) |");
+    }
+    let (off, traced) = (medians[medians.len() - 2], medians[medians.len() - 1]);
+    println!(
+        "\nsample_ratio 1.0 adds {:.1} CPU-µs per message ({:.2}× telemetry off; medians)",
+        traced - off,
+        traced / off
+    );
+    if before.is_some() {
+        println!("telemetry off is {:.2}× the earlier build (medians)", off / medians[0]);
+    }
 }
 
 async fn consumer_sample(env: &Env, queue: &str, total: usize) -> Sample {
@@ -621,12 +689,21 @@ fn spawn_poller(env: &Env, queue: &str, pipeline_extra: &str) -> Proc {
 
 /// As [`spawn_poller`], with the admin API on `admin` (`""`: off).
 fn spawn_poller_with_admin(env: &Env, queue: &str, pipeline_extra: &str, admin: &str) -> Proc {
+    spawn_poller_bin(env, queue, pipeline_extra, admin, None)
+}
+
+/// [`spawn_poller_with_admin`] running `bin` instead of this build, when given.
+fn spawn_poller_bin(env: &Env, queue: &str, pipeline_extra: &str, admin: &str, bin: Option<&str>) -> Proc {
     let pipelines = format!("[[pipelines]]\nname = \"bench\"\nqueue_url = \"{queue}\"\n{pipeline_extra}\n");
-    spawn_poller_config(env, &pipelines, admin)
+    spawn_poller_config_bin(env, &pipelines, admin, bin)
 }
 
 /// sqs-poller with the given `[[pipelines]]` tables.
 fn spawn_poller_config(env: &Env, pipelines: &str, admin: &str) -> Proc {
+    spawn_poller_config_bin(env, pipelines, admin, None)
+}
+
+fn spawn_poller_config_bin(env: &Env, pipelines: &str, admin: &str, bin: Option<&str>) -> Proc {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let text = format!(
         "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"{admin}\"\n{pipelines}",
@@ -638,7 +715,9 @@ fn spawn_poller_config(env: &Env, pipelines: &str, admin: &str) -> Proc {
     // SQS_POLLER_BENCH_BIN runs another build of it (scripts/flamegraph.sh: one with frame pointers)
     let wrap = std::env::var("SQS_POLLER_BENCH_WRAP").unwrap_or_default();
     let mut argv: Vec<String> = wrap.split_whitespace().map(str::to_string).collect();
-    argv.push(std::env::var("SQS_POLLER_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sqs-poller").to_string()));
+    argv.push(bin.map(str::to_string).unwrap_or_else(|| {
+        std::env::var("SQS_POLLER_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sqs-poller").to_string())
+    }));
     let child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .args(["run", "--config"])

@@ -29,7 +29,7 @@
 //! Around them: [`pipeline`] wires the stages of one queue together, [`lease`] keeps every
 //! received message invisible until it is settled, [`metrics`] names every metric, [`server`]
 //! serves `/metrics`, `/healthz` and `/readyz`, [`admin`] the admin API over [`control`] (pause,
-//! resume, the worker's health check), [`trace`] carries X-Ray/W3C trace context to the worker,
+//! resume, the worker's health check), [`trace`] carries X-Ray/W3C trace context to the worker, [`telemetry`] records OpenTelemetry spans of receives and batches (linked to their producers) and exports them over OTLP,
 //! [`shutdown`] drains in order on SIGTERM, [`supervisor`] starts the pipelines and applies
 //! reloads (SIGHUP), [`notify`] tells systemd, [`descriptors`] checks the open-file limit a fleet needs, and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
 

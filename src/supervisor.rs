@@ -346,8 +346,9 @@ impl Supervisor {
         if new.listen != self.config.listen
             || new.grace_period != self.config.grace_period
             || format!("{:?}", new.aws) != format!("{:?}", self.config.aws)
+            || new.telemetry != self.config.telemetry
         {
-            tracing::warn!("[aws], [server] and [shutdown] changes take effect at the next restart");
+            tracing::warn!("[aws], [server], [shutdown] and [telemetry] changes take effect at the next restart");
         }
         let grace = self.config.grace_period;
         let (mut added, mut changed, mut removed, mut unchanged) = (0, 0, 0, 0);

@@ -82,6 +82,16 @@ fn the_dashboard_has_the_expected_structure() {
     assert_eq!(pipeline["type"], "query");
     assert!(pipeline["definition"].as_str().unwrap().contains("label_values("));
 
+    // the latency panels open their time range's batches in Tempo (the [telemetry] spans)
+    let traces = vars.iter().find(|v| v["name"] == "traces").expect("a traces variable");
+    assert_eq!((&traces["type"], &traces["query"]), (&serde_json::json!("datasource"), &serde_json::json!("tempo")));
+    for id in [9, 10, 12] {
+        let panel = d["panels"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap();
+        let url = panel["links"][0]["url"].as_str().unwrap_or_default();
+        assert!(url.starts_with("/explore?") && url.contains("${traces}") && url.contains("${__from}"), "{url}");
+        assert!(url.contains("sqs_poller.pipeline"), "the link keeps the pipeline filter: {url}");
+    }
+
     let panels = d["panels"].as_array().unwrap();
     let rows: Vec<&str> = panels.iter().filter(|p| p["type"] == "row").map(|p| p["title"].as_str().unwrap()).collect();
     assert_eq!(
