@@ -319,6 +319,7 @@ impl BatchRunner {
 impl BatchSink for BatchRunner {
     async fn submit(&mut self, batch: Batch, groups: GroupsDone) {
         let waiting = std::time::Instant::now();
+        let cut = std::time::SystemTime::now();
         let slot = tokio::select! {
             p = self.slots.acquire() => p,
             () = self.work.abandon.cancelled() => {
@@ -327,7 +328,8 @@ impl BatchSink for BatchRunner {
                 return;
             }
         };
-        self.work.acker.metrics.slot_wait.record(waiting.elapsed().as_secs_f64());
+        let slot_wait = waiting.elapsed();
+        self.work.acker.metrics.slot_wait.record(slot_wait.as_secs_f64());
         Self::report_saturation(&self.slots, &self.scaling);
         let (slots, scaling) = (self.slots.clone(), self.scaling.clone());
         let work = self.work.clone();
@@ -338,7 +340,7 @@ impl BatchSink for BatchRunner {
         };
         self.tasks.spawn(
             async move {
-                process_batch(&work, batch, groups).await;
+                process_batch(&work, batch, groups, cut, slot_wait).await;
                 slots.release(slot);
                 Self::report_saturation(&slots, &scaling);
             }
@@ -362,12 +364,19 @@ impl BatchSink for BatchRunner {
 }
 
 /// Dispatches one batch and settles the outcome; releases it if shutdown abandons it.
-async fn process_batch(work: &BatchWork, batch: Batch, mut groups: GroupsDone) {
+/// `cut`: when the batch was handed over; `slot_wait`: how long it waited for its slot.
+async fn process_batch(
+    work: &BatchWork,
+    batch: Batch,
+    mut groups: GroupsDone,
+    cut: std::time::SystemTime,
+    slot_wait: Duration,
+) {
     let n = batch.len();
     let metrics = &work.acker.metrics;
     metrics.in_flight_batches.increment(1.0);
     // [telemetry]: the batch's span, when it is sampled; its extensions are told to it
-    let span = work.tracer.as_ref().and_then(|t| t.batch(&batch));
+    let span = work.tracer.as_ref().and_then(|t| t.batch(&batch, cut, slot_wait));
     if let (Some(spans), Some(s)) = (&work.lease_spans, &span) {
         spans.attach(&batch, s);
     }

@@ -208,23 +208,36 @@ impl PipelineTracer {
         span.end();
     }
 
-    /// Starts the span of a batch; `None` when it is not sampled (then nothing is recorded).
-    pub fn batch(&self, batch: &[ReceivedMessage]) -> Option<BatchSpan> {
+    /// Starts the span of a batch cut at `cut` (it then waited `slot_wait` for a concurrency
+    /// slot); `None` when it is not sampled (then nothing is recorded).
+    pub fn batch(&self, batch: &[ReceivedMessage], cut: SystemTime, slot_wait: Duration) -> Option<BatchSpan> {
+        let cut_ms = cut.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        // time from the producer's send to the batch's cut: in the queue, then in the batch
+        let age_ms = |m: &ReceivedMessage| m.sent_timestamp_ms.map(|sent| cut_ms.saturating_sub(sent) as i64);
         let links: Vec<Link> = batch
             .iter()
             .filter_map(|m| {
                 let producer = producer_context(m)?;
-                Some(Link::new(producer, vec![KeyValue::new("messaging.message.id", m.message_id.clone())], 0))
+                let mut attributes = vec![KeyValue::new("messaging.message.id", m.message_id.clone())];
+                if let Some(age) = age_ms(m) {
+                    attributes.push(KeyValue::new("sqs_poller.message.age_ms", age));
+                }
+                Some(Link::new(producer, attributes, 0))
             })
             .collect();
-        let mut attributes = self.attributes("process", Some("process"), 1);
+        let mut attributes = self.attributes("process", Some("process"), 3);
         attributes.push(KeyValue::new("messaging.batch.message_count", batch.len() as i64));
+        if let Some(oldest) = batch.iter().filter_map(age_ms).max() {
+            attributes.push(KeyValue::new("sqs_poller.oldest_message.age_ms", oldest));
+        }
+        attributes.push(KeyValue::new("sqs_poller.slot_wait_ms", slot_wait.as_millis() as i64));
         let span = self
             .tracer
             .span_builder(format!("process {}", self.queue))
             .with_kind(SpanKind::Consumer)
             .with_attributes(attributes)
             .with_links(links)
+            .with_start_time(cut)
             // a root: the producers are linked, not parents (a batch has many)
             .start_with_context(&self.tracer, &Context::new());
         if !span.span_context().is_sampled() {

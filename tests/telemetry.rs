@@ -244,6 +244,12 @@ async fn a_process_span_per_batch_linked_to_its_producers_with_dispatch_and_sett
         .collect();
     links.sort();
     assert_eq!(links.len(), 2, "one link per message with a producer context: {links:?}");
+    for l in &first.links {
+        let age: i64 = text(&l.attributes, "sqs_poller.message.age_ms").unwrap().parse().unwrap();
+        assert!((0..60_000).contains(&age), "time from send to the batch's cut: {age} ms");
+    }
+    assert!(text(&first.attributes, "sqs_poller.slot_wait_ms").is_some());
+    assert!(text(&first.attributes, "sqs_poller.oldest_message.age_ms").is_some());
     assert_eq!(links[0].0, "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(links[0].1, "00f067aa0ba902b7");
     assert_eq!(links[0].2.as_deref(), Some(w3c_id.as_str()));
