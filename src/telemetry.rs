@@ -390,19 +390,16 @@ impl LeaseSpans {
 
     /// One `lease extended` event on each batch span whose messages were just extended.
     pub fn extended<'a>(&self, message_ids: impl Iterator<Item = &'a str>, visibility_secs: i32) {
-        let mut per_span: Vec<(BatchSpan, i64)> = Vec::new();
+        let mut per_span: HashMap<SpanId, (BatchSpan, i64)> = HashMap::new();
         {
             let map = self.by_message.lock().unwrap_or_else(PoisonError::into_inner);
             for id in message_ids {
                 let Some(span) = map.get(id) else { continue };
                 let span_id = span.cx.span().span_context().span_id();
-                match per_span.iter_mut().find(|(s, _)| s.cx.span().span_context().span_id() == span_id) {
-                    Some((_, n)) => *n += 1,
-                    None => per_span.push((span.clone(), 1)),
-                }
+                per_span.entry(span_id).or_insert_with(|| (span.clone(), 0)).1 += 1;
             }
         }
-        for (span, n) in per_span {
+        for (span, n) in per_span.into_values() {
             span.event(
                 "lease extended",
                 vec![
