@@ -509,29 +509,22 @@ async fn ecs_resource(base: &str) -> anyhow::Result<Vec<KeyValue>> {
         }
         a.push(KeyValue::new("aws.ecs.task.arn", arn));
     }
-    if let Some(cluster) = text(&task, "Cluster") {
-        a.push(KeyValue::new("aws.ecs.cluster.arn", cluster));
-    }
-    if let Some(family) = text(&task, "Family") {
-        a.push(KeyValue::new("aws.ecs.task.family", family));
-    }
-    if let Some(revision) = text(&task, "Revision") {
-        a.push(KeyValue::new("aws.ecs.task.revision", revision));
+    for (document, key, attribute) in [
+        (&task, "Cluster", "aws.ecs.cluster.arn"),
+        (&task, "Family", "aws.ecs.task.family"),
+        (&task, "Revision", "aws.ecs.task.revision"),
+        (&task, "AvailabilityZone", "cloud.availability_zone"),
+        (&container, "ContainerARN", "aws.ecs.container.arn"),
+        (&container, "DockerId", "container.id"),
+        (&container, "Name", "container.name"),
+    ] {
+        if let Some(v) = text(document, key) {
+            a.push(KeyValue::new(attribute, v));
+        }
     }
     if let Some(launch) = text(&task, "LaunchType") {
+        // the convention's values are lower case (ec2, fargate)
         a.push(KeyValue::new("aws.ecs.launchtype", launch.to_ascii_lowercase()));
-    }
-    if let Some(zone) = text(&task, "AvailabilityZone") {
-        a.push(KeyValue::new("cloud.availability_zone", zone));
-    }
-    if let Some(arn) = text(&container, "ContainerARN") {
-        a.push(KeyValue::new("aws.ecs.container.arn", arn));
-    }
-    if let Some(id) = text(&container, "DockerId") {
-        a.push(KeyValue::new("container.id", id));
-    }
-    if let Some(name) = text(&container, "Name") {
-        a.push(KeyValue::new("container.name", name));
     }
     Ok(a)
 }

@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeNameForSends, MessageSystemAttributeValue};
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
@@ -153,17 +152,7 @@ async fn a_process_span_per_batch_linked_to_its_producers_with_dispatch_and_sett
     let collector = Collector::start().await;
     let queue = sqs.queue("otel", &[]).await;
     // three messages in one batch: an X-Ray producer, a W3C producer, none
-    sqs.client
-        .send_message()
-        .queue_url(&queue)
-        .message_body("xray")
-        .message_system_attributes(
-            MessageSystemAttributeNameForSends::AwsTraceHeader,
-            MessageSystemAttributeValue::builder().data_type("String").string_value(XRAY).build().unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    sqs.send_with_trace_header(&queue, "xray", XRAY).await;
     let w3c_id = sqs.send_with_attribute(&queue, "w3c", "traceparent", W3C).await;
     sqs.send_bodies(&queue, &["plain".to_string(), "poison".to_string()]).await;
     let dead_letters = sqs.queue("otel-dlq", &[]).await;

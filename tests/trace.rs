@@ -7,23 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeNameForSends, MessageSystemAttributeValue};
 use common::*;
 
 const HEADER: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
 
 async fn send_traced(sqs: &Sqs, queue: &str, body: &str) {
-    sqs.client
-        .send_message()
-        .queue_url(queue)
-        .message_body(body)
-        .message_system_attributes(
-            MessageSystemAttributeNameForSends::AwsTraceHeader,
-            MessageSystemAttributeValue::builder().data_type("String").string_value(HEADER).build().unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    sqs.send_with_trace_header(queue, body, HEADER).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,23 @@ impl Sqs {
         }
     }
 
+    /// One message with an X-Ray `AWSTraceHeader` system attribute (LocalStack returns it; fauxqs
+    /// does not).
+    pub async fn send_with_trace_header(&self, url: &str, body: &str, header: &str) {
+        use aws_sdk_sqs::types::{MessageSystemAttributeNameForSends, MessageSystemAttributeValue};
+        self.client
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .message_system_attributes(
+                MessageSystemAttributeNameForSends::AwsTraceHeader,
+                MessageSystemAttributeValue::builder().data_type("String").string_value(header).build().unwrap(),
+            )
+            .send()
+            .await
+            .expect("SendMessage");
+    }
+
     pub async fn send_with_attribute(&self, url: &str, body: &str, name: &str, value: &str) -> String {
         self.client
             .send_message()
