@@ -386,7 +386,8 @@ async fn process_batch(
         let dispatching = span.as_ref().map(|s| s.child("dispatch", None));
         let outcome = work.dispatcher.dispatch(&batch, &work.abandon, traceparent.as_deref()).await;
         if let Some(child) = dispatching {
-            child.dispatched(&outcome);
+            let (name, error) = outcome_of(&outcome);
+            child.dispatched(name, error);
         }
         let settling = span.as_ref().map(|s| s.child("settle", Some("settle")));
         let (plan, failed) = match outcome {
@@ -410,7 +411,9 @@ async fn process_batch(
             child.end();
         }
         if let Some(s) = &span {
-            s.settled(&batch, &outcome, plan.as_ref());
+            let (name, error) = outcome_of(&outcome);
+            let settled = plan.as_ref().map(|p| (&p.delete[..], &p.retry[..], &p.dead_letter[..]));
+            s.settled(&batch, name, error, settled);
         }
         failed
     })
@@ -438,4 +441,17 @@ async fn process_batch(
     // the batcher is gone once shutdown has flushed it; nothing is held then
     let _ = work.done.send(groups);
     metrics.in_flight_batches.decrement(1.0);
+}
+
+/// The `sqs_poller.outcome` of a batch, and its error description when it failed.
+fn outcome_of(outcome: &Outcome) -> (&'static str, Option<String>) {
+    match outcome {
+        Outcome::Answered(crate::dispatch::response::Verdict::AllSucceeded) => ("success", None),
+        Outcome::Answered(crate::dispatch::response::Verdict::Partial(f)) => {
+            ("partial", Some(format!("{} messages failed", f.len())))
+        }
+        Outcome::Answered(crate::dispatch::response::Verdict::AllFailed(reason)) => ("failure", Some(reason.clone())),
+        Outcome::Throttled => ("throttled", Some("the target throttled the batch past max_throttled_secs".into())),
+        Outcome::Abandoned => ("abandoned", Some("released at shutdown".into())),
+    }
 }

@@ -32,10 +32,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 
-use crate::ack::AckPlan;
 use crate::config::TelemetryConfig;
-use crate::dispatch::response::Verdict;
-use crate::dispatch::Outcome;
 use crate::event::ReceivedMessage;
 
 /// The largest batch: every message of one may have its link.
@@ -272,25 +269,13 @@ impl Child {
         self.cx.span().end();
     }
 
-    /// Ends a `dispatch` span with what the target did.
-    pub fn dispatched(self, outcome: &Outcome) {
-        let (name, error) = outcome_of(outcome);
+    /// Ends a `dispatch` span with what the target did (`sqs_poller.outcome`, and why it failed).
+    pub fn dispatched(self, name: &'static str, error: Option<String>) {
         self.set(vec![KeyValue::new("sqs_poller.outcome", name)]);
         if let Some(e) = error {
             self.error(e);
         }
         self.end();
-    }
-}
-
-/// The `sqs_poller.outcome` of a batch, and its error description when it failed.
-fn outcome_of(outcome: &Outcome) -> (&'static str, Option<String>) {
-    match outcome {
-        Outcome::Answered(Verdict::AllSucceeded) => ("success", None),
-        Outcome::Answered(Verdict::Partial(f)) => ("partial", Some(format!("{} messages failed", f.len()))),
-        Outcome::Answered(Verdict::AllFailed(reason)) => ("failure", Some(reason.clone())),
-        Outcome::Throttled => ("throttled", Some("the target throttled the batch past max_throttled_secs".into())),
-        Outcome::Abandoned => ("abandoned", Some("released at shutdown".into())),
     }
 }
 
@@ -315,15 +300,21 @@ impl BatchSpan {
 
     /// Records how the batch ended: its outcome, what was deleted, retried and dead-lettered,
     /// with an event for each retry and each dead-letter.
-    pub fn settled(&self, batch: &[ReceivedMessage], outcome: &Outcome, plan: Option<&AckPlan>) {
-        let (name, error) = outcome_of(outcome);
+    /// `settled`: (deleted, retried with their delay, dead-lettered) as indexes into the batch.
+    pub fn settled(
+        &self,
+        batch: &[ReceivedMessage],
+        name: &'static str,
+        error: Option<String>,
+        settled: Option<(&[usize], &[(usize, i32)], &[usize])>,
+    ) {
         let mut attributes = vec![KeyValue::new("sqs_poller.outcome", name)];
-        if let Some(plan) = plan {
-            attributes.push(KeyValue::new("sqs_poller.messages.succeeded", plan.delete.len() as i64));
-            attributes.push(KeyValue::new("sqs_poller.messages.retried", plan.retry.len() as i64));
-            attributes.push(KeyValue::new("sqs_poller.messages.dead_lettered", plan.dead_letter.len() as i64));
+        if let Some((deleted, retried, dead_lettered)) = settled {
+            attributes.push(KeyValue::new("sqs_poller.messages.succeeded", deleted.len() as i64));
+            attributes.push(KeyValue::new("sqs_poller.messages.retried", retried.len() as i64));
+            attributes.push(KeyValue::new("sqs_poller.messages.dead_lettered", dead_lettered.len() as i64));
             let span = self.cx.span();
-            for &(i, delay) in plan.retry.iter().take(MAX_EVENTS as usize / 2) {
+            for &(i, delay) in retried.iter().take(MAX_EVENTS as usize / 2) {
                 span.add_event(
                     "retry",
                     vec![
@@ -333,7 +324,7 @@ impl BatchSpan {
                     ],
                 );
             }
-            for &i in plan.dead_letter.iter().take(MAX_EVENTS as usize / 2) {
+            for &i in dead_lettered.iter().take(MAX_EVENTS as usize / 2) {
                 span.add_event(
                     "dead_letter",
                     vec![
