@@ -52,7 +52,7 @@ impl BatchBuffer {
     /// message larger than `max_bytes` on its own still travels, alone.
     pub fn push(&mut self, m: ReceivedMessage, now: Instant, out: &mut Vec<Batch>) {
         let bytes = m.event_bytes();
-        if !self.messages.is_empty() && event_size(self.record_bytes + bytes) > self.max_bytes {
+        if !self.fits(&m) {
             out.extend(self.take());
         }
         if self.messages.is_empty() {
@@ -63,6 +63,12 @@ impl BatchBuffer {
         if self.messages.len() >= self.size || event_size(self.record_bytes) >= self.max_bytes {
             out.extend(self.take());
         }
+    }
+
+    /// Whether `m` joins the batch being filled without closing it first: it is empty, or the
+    /// event stays within `max_bytes` with `m` in it.
+    pub fn fits(&self, m: &ReceivedMessage) -> bool {
+        self.messages.is_empty() || event_size(self.record_bytes + m.event_bytes()) <= self.max_bytes
     }
 
     /// When the window of the current batch ends (`None` while empty).
@@ -437,11 +443,22 @@ impl<S: BatchSink + Send> Batcher<S> {
                 },
                 (None, None) => Some(m),
             };
-            if let Some(m) = m {
-                self.buffer.push(m, now, &mut cut);
-                for batch in cut.drain(..) {
-                    self.cut(Some(batch), ready);
+            let Some(m) = m else { continue };
+            // FIFO: a message that does not fit closes the batch being filled first; that batch
+            // runs from now on, so the message is held when its group is in it (else the group
+            // would be in two running batches)
+            let m = match &self.gate {
+                Some(_) if !self.buffer.fits(&m) => {
+                    let batch = self.buffer.take();
+                    self.cut(batch, ready);
+                    let Some(m) = self.gate.as_mut().and_then(|gate| gate.admit(m)) else { continue };
+                    m
                 }
+                _ => m,
+            };
+            self.buffer.push(m, now, &mut cut);
+            for batch in cut.drain(..) {
+                self.cut(Some(batch), ready);
             }
         }
         if let Some(stage) = &mut self.cap {
@@ -691,6 +708,69 @@ mod tests {
         buf.push(msg(2, 10), now, &mut out);
         assert_eq!(out.iter().map(ids).collect::<Vec<_>>(), vec![vec!["0"], vec!["1"]]);
         assert_eq!(ids(&buf.take().unwrap()), vec!["2"]);
+    }
+
+    /// A sink that keeps what it is given.
+    #[derive(Default, Clone)]
+    struct Recorder {
+        submitted: std::sync::Arc<std::sync::Mutex<Vec<(Batch, GroupsDone)>>>,
+        sent_back: std::sync::Arc<std::sync::Mutex<Vec<ReceivedMessage>>>,
+    }
+
+    impl BatchSink for Recorder {
+        async fn submit(&mut self, batch: Batch, groups: GroupsDone) {
+            self.submitted.lock().unwrap().push((batch, groups));
+        }
+        async fn send_back(&mut self, messages: Vec<ReceivedMessage>, _secs: i32) {
+            self.sent_back.lock().unwrap().extend(messages);
+        }
+        async fn give_back(&mut self, messages: Vec<ReceivedMessage>, _secs: i32) {
+            self.sent_back.lock().unwrap().extend(messages);
+        }
+    }
+
+    /// Issue 30: a FIFO group of messages that do not fit one batch's `max_bytes` (and one larger
+    /// than `max_bytes` on its own) ran in several batches at once — the message that closed a
+    /// batch started the next one before its group was marked running.
+    #[tokio::test(start_paused = true)]
+    async fn a_fifo_group_larger_than_max_bytes_is_in_one_running_batch_at_a_time() {
+        let (tx, rx) = mpsc::channel(4);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let sink = Recorder::default();
+        let batcher = Batcher {
+            buffer: buffer(10, 1000, 250),
+            receives: rx,
+            gate: Some(GroupGate::default()),
+            cap: None,
+            done: done_rx,
+            sink: sink.clone(),
+        };
+        let task = tokio::spawn(batcher.run());
+        // about 100 bytes each: two fit a batch; the sixth is larger than max_bytes alone
+        let mut chunk: Vec<ReceivedMessage> = (1..=8).map(|i| grouped(i, "g")).collect();
+        for m in &mut chunk {
+            m.record_json = format!("{{\"body\":\"{}\"}}", "x".repeat(90)).into_boxed_str();
+        }
+        chunk[5].record_json = format!("{{\"body\":\"{}\"}}", "x".repeat(400)).into_boxed_str();
+        tx.send(chunk).await.unwrap();
+        let mut order = Vec::new();
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let running: Vec<(Batch, GroupsDone)> = std::mem::take(&mut *sink.submitted.lock().unwrap());
+            assert!(
+                running.len() <= 1,
+                "group g in {} running batches at once: {:?}",
+                running.len(),
+                running.iter().map(|(b, _)| ids(b)).collect::<Vec<_>>()
+            );
+            let Some((batch, groups)) = running.into_iter().next() else { break };
+            order.extend(ids(&batch));
+            done_tx.send(groups).unwrap();
+        }
+        assert_eq!(order, ["1", "2", "3", "4", "5", "6", "7", "8"], "in order, each once");
+        drop(tx);
+        task.await.unwrap();
+        assert!(sink.sent_back.lock().unwrap().is_empty());
     }
 
     fn done(batch: &Batch, cut_at: Instant) -> GroupsDone {

@@ -175,24 +175,37 @@ fn start(
         queue.url(),
         dlq.url()
     );
-    let cfg = sqs_poller::config::parse(&config, &|_| None).expect("valid").pipelines.remove(0);
     let witness: Arc<Mutex<Witness>> = Arc::default();
+    let target = worker(seed, witness.clone());
+    let (task, shutdown) = start_with(&config, queue, Some(dlq), target);
+    Running { task, shutdown, witness }
+}
+
+/// Starts the pipeline of `config` (one `[[pipelines]]` table) with `target`.
+fn start_with(
+    config: &str,
+    queue: &Arc<SimQueue>,
+    dlq: Option<&Arc<SimQueue>>,
+    target: Target,
+) -> (tokio::task::JoinHandle<Result<(), sqs_poller::sqs::SqsError>>, Shutdown) {
+    let cfg = sqs_poller::config::parse(config, &|_| None).expect("valid").pipelines.remove(0);
+    let name = cfg.name.clone();
     let shutdown = Shutdown::default();
-    let metrics = PipelineMetrics::new(name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
+    let metrics = PipelineMetrics::new(&name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
     let task = tokio::spawn(pipeline::run(PipelineParts {
         telemetry: None,
         config: cfg,
         queue: queue.clone(),
-        dead_letter: Some(dlq.clone()),
-        target: worker(seed, witness.clone()),
+        dead_letter: dlq.map(|d| d.clone() as Arc<dyn Queue>),
+        target,
         metrics,
         shutdown: shutdown.clone(),
-        ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
+        ready: Arc::new(sqs_poller::sqs::Reachability::new(&name, Arc::new(AtomicBool::new(false)))),
         control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
         payloads: None,
         pool: None,
     }));
-    Running { task, shutdown, witness }
+    (task, shutdown)
 }
 
 async fn run(name: &str, fifo: bool, seed: u64) {
@@ -528,5 +541,65 @@ fn the_seed_fleet_goes_to_max_on_a_burst_and_back_to_min_within_two_minutes_of_i
         shutdown.begin(Duration::from_secs(30));
         task.await.expect("the pipeline task").expect("the pipeline ran");
         assert_eq!(queue.log().deleted.len(), 40_000, "every message deleted");
+    });
+}
+
+/// Issue 30: the worker answers 502 for 6 s (the breaker opens after 5), then 503 for 34 s (a
+/// load balancer whose targets are still unhealthy), then 200. The half-open probe was throttled,
+/// went back to the breaker's `admit` and waited for the probe that was itself: nothing was
+/// processed after the worker recovered. Now the probe keeps its turn through the throttles, and
+/// the breaker closes on the first answer.
+#[test]
+fn a_probe_the_target_throttles_keeps_its_turn_and_the_breaker_closes_when_the_target_answers() {
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+        let handle = recorder();
+        let name = "sim-breaker-throttled-probe";
+        let queue = Arc::new(SimQueue::new(SimConfig::new(&format!("http://sim/000000000000/{name}"), VISIBILITY, 1)));
+        for i in 0..50 {
+            queue.put(&format!("m-{i}"), None);
+        }
+        let start = tokio::time::Instant::now();
+        let answered: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let seen = answered.clone();
+        let target = Target::Function(Arc::new(move |event: Bytes| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                let t = start.elapsed();
+                if t < Duration::from_secs(6) {
+                    return Invocation::unavailable("HTTP 502");
+                }
+                if t < Duration::from_secs(40) {
+                    return Invocation::Throttled("HTTP 503".into());
+                }
+                let event: Value = serde_json::from_slice(&event).unwrap();
+                for r in event["Records"].as_array().unwrap() {
+                    seen.lock().unwrap().insert(r["body"].as_str().unwrap().to_string());
+                }
+                Invocation::Response(Bytes::new())
+            })
+        }));
+        let config = format!(
+            "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n[pipelines.pollers]\nmin = 1\nmax = 4\nwait_time_secs = 5\n\
+             [pipelines.batch]\nsize = 5\nwindow_ms = 100\n\
+             [pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\nmax_concurrency = 4\nmax_throttled_secs = 300\n",
+            queue.url()
+        );
+        let (task, shutdown) = start_with(&config, &queue, None, target);
+        let recovered = start + Duration::from_secs(40);
+        while !queue.is_empty() {
+            let now = tokio::time::Instant::now();
+            assert!(
+                now < recovered + Duration::from_secs(100),
+                "{} of 50 messages processed 100 s after the worker recovered; breaker state {}",
+                answered.lock().unwrap().len(),
+                counter(&handle.render(), &format!("sqs_poller_breaker_state{{pipeline=\"{name}\"}}"))
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(answered.lock().unwrap().len(), 50);
+        let text = handle.render();
+        assert_eq!(counter(&text, &format!("sqs_poller_breaker_state{{pipeline=\"{name}\"}}")), 0.0, "closed");
+        shutdown.begin(Duration::from_secs(30));
+        task.await.unwrap().unwrap();
     });
 }

@@ -346,9 +346,15 @@ impl Dispatcher {
         let trace = TraceContext::of_batch(batch, span);
         let mut first_try = Instant::now();
         let mut throttles = Backoff::default();
+        // half-open: this batch is the breaker's one probe until the target's answer (or its
+        // unavailability) is told to the breaker; a probe that ends otherwise (throttled past
+        // max_throttled_secs, abandoned) hands the turn on when the guard drops
+        let mut probe = ProbeTurn(None);
         loop {
-            let probe = match &self.breaker {
-                Some(b) => {
+            // a probe the target throttled keeps its turn: back to `admit` it would wait for the
+            // probe that is itself (issue 30: the breaker never closed)
+            if probe.0.is_none() {
+                if let Some(b) = &self.breaker {
                     let waited = Instant::now();
                     // the drain lets a held batch go at once; a closed breaker admits at once
                     let admitted = tokio::select! {
@@ -356,15 +362,16 @@ impl Dispatcher {
                         a = b.admit(&self.drain) => a,
                         () = abandon.cancelled() => None,
                     };
-                    let Some(probe) = admitted else { return Outcome::Abandoned };
+                    let Some(admitted) = admitted else { return Outcome::Abandoned };
                     if waited.elapsed() > Duration::from_millis(1) {
                         // time held by the breaker is not time throttled
                         first_try = Instant::now();
                     }
-                    probe
+                    if admitted {
+                        probe = ProbeTurn(Some(b.as_ref()));
+                    }
                 }
-                None => false,
-            };
+            }
             let started = Instant::now();
             let call = self.slots.as_ref().map(|s| s.call());
             let invocation = tokio::select! {
@@ -372,11 +379,6 @@ impl Dispatcher {
                 () = abandon.cancelled() => {
                     if let (Some(slots), Some(call)) = (&self.slots, call) {
                         slots.abandoned(call);
-                    }
-                    if probe {
-                        if let Some(b) = &self.breaker {
-                            b.probe_dropped();
-                        }
                     }
                     return Outcome::Abandoned;
                 }
@@ -392,12 +394,14 @@ impl Dispatcher {
             }
             let reason = match invocation {
                 Invocation::Response(body) => {
+                    probe.told();
                     if let Some(b) = &self.breaker {
                         b.answered();
                     }
                     return Outcome::Answered(response::interpret(&body, batch, self.fifo));
                 }
                 Invocation::FunctionError(reason) => {
+                    probe.told();
                     if let Some(b) = &self.breaker {
                         b.answered();
                     }
@@ -409,8 +413,10 @@ impl Dispatcher {
                     let holding = self.breaker.as_ref().is_some_and(|b| b.unavailable());
                     // a failed probe is settled as a failure: a queue whose only messages make
                     // the worker answer 5xx (poison) still reaches its dead-letter queue, one
-                    // probe batch per cool-down
-                    if holding && !probe {
+                    // probe batch per cool-down (a refused connection is retried, and waits
+                    // for the next half-open as any held batch does)
+                    let was_probe = probe.told();
+                    if holding && !was_probe {
                         tracing::debug!(pipeline = %self.metrics.pipeline, messages = batch.len(), %reason, "circuit breaker open: the batch waits under lease");
                         continue;
                     }
@@ -435,6 +441,25 @@ impl Dispatcher {
                 () = tokio::time::sleep(delay) => {}
                 () = abandon.cancelled() => return Outcome::Abandoned,
             }
+        }
+    }
+}
+
+/// The breaker's probe turn held by a call: handed on ([`breaker::Breaker::probe_dropped`]) when
+/// the call ends without telling the breaker what the target did.
+struct ProbeTurn<'a>(Option<&'a breaker::Breaker>);
+
+impl ProbeTurn<'_> {
+    /// The breaker was told the probe's result: the turn is over. Whether this call was the probe.
+    fn told(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+}
+
+impl Drop for ProbeTurn<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.probe_dropped();
         }
     }
 }

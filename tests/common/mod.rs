@@ -305,12 +305,35 @@ pub struct Delivery {
     pub headers: HashMap<String, String>,
     /// Whether the worker's answer was written completely (false if the poller hung up first).
     pub answered: bool,
+    /// When the worker finished the event and began its answer (`None`: not yet, or the poller
+    /// hung up first). [`Delivery::at`] to here lies within the time the poller had it out.
+    pub done: Option<Instant>,
 }
 
 impl Delivery {
     pub fn records(&self) -> &Vec<Value> {
         self.event["Records"].as_array().expect("Records")
     }
+}
+
+/// The most of `deliveries` that were being worked on at once (each from its arrival at the
+/// worker to its answer), counted from the workers' own record rather than sampled.
+pub fn peak_at_once<'a>(deliveries: impl IntoIterator<Item = &'a Delivery>) -> usize {
+    let mut steps: Vec<(Instant, i32)> = Vec::new();
+    for d in deliveries {
+        steps.push((d.at, 1));
+        // a delivery not answered yet is being worked on now (count before the poller stops: one
+        // it hung up on is never answered)
+        steps.push((d.done.unwrap_or_else(Instant::now), -1));
+    }
+    // an end before a start at the same instant: touching is not overlapping
+    steps.sort_by_key(|&(at, step)| (at, step));
+    let (mut now, mut peak) = (0i32, 0i32);
+    for (_, step) in steps {
+        now += step;
+        peak = peak.max(now);
+    }
+    peak as usize
 }
 
 /// A real HTTP worker on a loopback port.
@@ -362,10 +385,26 @@ pub async fn loaded_worker_on(
     listener: tokio::net::TcpListener,
     handler: impl Fn(&Value, usize) -> Reply + Send + Sync + 'static,
 ) -> Worker {
+    counted_worker_on(listener, Arc::default(), handler).await
+}
+
+/// A worker whose events are counted in `load`, which several workers may share (the batches at
+/// all the workers of a pool at once, counted where they are worked on rather than sampled).
+pub async fn counted_worker(
+    load: Arc<Load>,
+    handler: impl Fn(&Value, usize) -> Reply + Send + Sync + 'static,
+) -> Worker {
+    counted_worker_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), load, handler).await
+}
+
+pub async fn counted_worker_on(
+    listener: tokio::net::TcpListener,
+    load: Arc<Load>,
+    handler: impl Fn(&Value, usize) -> Reply + Send + Sync + 'static,
+) -> Worker {
     use std::sync::atomic::Ordering::SeqCst;
     let url = format!("http://{}/sqs", listener.local_addr().unwrap());
     let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let load: Arc<Load> = Arc::default();
     let handler: Arc<Handler> = Arc::new(handler);
     let (log, shared_load) = (deliveries.clone(), load.clone());
     tokio::spawn(async move {
@@ -400,12 +439,23 @@ pub async fn loaded_worker_on(
                         let reply = handler(&event, n);
                         let index = {
                             let mut l = log.lock().unwrap();
-                            l.push(Delivery { at: Instant::now(), bytes: body.len(), event, headers, answered: false });
+                            l.push(Delivery {
+                                at: Instant::now(),
+                                bytes: body.len(),
+                                event,
+                                headers,
+                                answered: false,
+                                done: None,
+                            });
                             l.len() - 1
                         };
                         tokio::time::sleep(reply.delay).await;
                         // reached only if the poller still waits: the answer is about to be sent
-                        log.lock().unwrap()[index].answered = true;
+                        {
+                            let mut l = log.lock().unwrap();
+                            l[index].answered = true;
+                            l[index].done = Some(Instant::now());
+                        }
                         Ok::<_, Infallible>(
                             Response::builder()
                                 .status(reply.status)
