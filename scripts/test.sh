@@ -10,4 +10,5 @@ scripts/services.sh start >/dev/null   # idempotent: installs, and starts what i
 SQS_POLLER_TEST_ENDPOINT="$(scripts/services.sh url)"
 export SQS_POLLER_TEST_ENDPOINT
 echo "SQS emulator: $SQS_POLLER_TEST_ENDPOINT" >&2
-cargo test --locked "$@"
+# every failing test binary is reported, not only the first
+cargo test --locked --no-fail-fast "$@"

@@ -153,9 +153,16 @@ pub struct GroupCap {
     batch_time: Duration,
     /// When the last message given back of each group comes back (a group leaves once passed).
     returning: HashMap<String, Instant>,
-    /// The messages given back, by id, until they come back.
-    given_back: HashSet<String>,
+    /// The messages given back, by id, with when they are due back: forgotten when they come
+    /// back (capped or not), or [`FORGET_AFTER`] past their due time (another instance received
+    /// them, or they were deleted).
+    given_back: HashMap<String, Instant>,
+    /// When `given_back` was last swept of the overdue.
+    swept: Option<Instant>,
 }
+
+/// A given-back message not back this long after it was due is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// The most given-back message ids remembered (about 100 bytes each).
 const MAX_REMEMBERED: usize = 100_000;
@@ -181,13 +188,17 @@ impl GroupCap {
             held_total: 0,
             batch_time: Duration::from_secs(1),
             returning: HashMap::new(),
-            given_back: HashSet::new(),
+            given_back: HashMap::new(),
+            swept: None,
         }
     }
 
     /// Lets a message through, holds it, or gives it back (see [`Capped`]).
     pub fn admit(&mut self, m: ReceivedMessage, now: Instant) -> Capped {
         let Some(group) = &m.group_id else { return Capped::Pass(m) };
+        self.sweep(now);
+        // a message given back before is back: forgotten whether or not its group is capped now
+        let returning = self.given_back.remove(&m.message_id).is_some();
         let waiting = self.held.get(group).map_or(0, VecDeque::len);
         let running = self.in_batches.get(group).copied().unwrap_or(0);
         if waiting == 0 && running < self.cap {
@@ -196,7 +207,6 @@ impl GroupCap {
         }
         // a message given back before comes back at its turn: it waits here, ahead of new ones
         // (a receive's worth past the room at most)
-        let returning = self.given_back.remove(&m.message_id);
         if self.held_total >= self.max_held && !(returning && self.held_total < self.max_held + RECEIVE_MAX) {
             // back when its group could take it: after what waits here and what was given back
             // before it, at the pace the cap lets the group go (cap messages per batch time)
@@ -205,7 +215,7 @@ impl GroupCap {
             let at = self.returning.get(group).map_or(here, |&t| t.max(here)) + each;
             self.returning.insert(group.clone(), at);
             if self.given_back.len() < MAX_REMEMBERED {
-                self.given_back.insert(m.message_id.clone());
+                self.given_back.insert(m.message_id.clone(), at);
             }
             let secs = at.saturating_duration_since(now).as_secs_f64().ceil().clamp(1.0, MAX_GIVE_BACK_SECS) as i32;
             return Capped::GiveBack(m, secs);
@@ -213,6 +223,22 @@ impl GroupCap {
         self.held.entry(group.clone()).or_default().push_back((m, now));
         self.held_total += 1;
         Capped::Held
+    }
+
+    /// Forgets, at most once a second, the given-back messages long overdue, and the groups whose
+    /// given-back messages are all due.
+    fn sweep(&mut self, now: Instant) {
+        if self.swept.is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1)) {
+            return;
+        }
+        self.swept = Some(now);
+        self.given_back.retain(|_, due| *due + FORGET_AFTER > now);
+        self.returning.retain(|_, at| *at > now);
+    }
+
+    /// Given-back messages remembered (until they come back, or long overdue).
+    pub fn remembered(&self) -> usize {
+        self.given_back.len()
     }
 
     /// The groups of a cut batch and how many messages of each it carries.
@@ -835,5 +861,33 @@ mod tests {
         );
         assert_eq!(cap.take_held().len(), 3);
         assert_eq!(cap.held(), 0);
+    }
+
+    /// Issue 30: the ids given back were forgotten only when they came back to a group still
+    /// capped; the set filled to its limit and the "ahead of newer messages" rule switched off.
+    #[test]
+    fn given_back_ids_are_forgotten_when_they_come_back_or_long_overdue() {
+        let now = Instant::now();
+        let mut cap = GroupCap::new(1, 0);
+        let first = match cap.admit(grouped(1, "a"), now) {
+            Capped::Pass(m) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(cap.admit(grouped(2, "a"), now), Capped::GiveBack(..)));
+        assert!(matches!(cap.admit(grouped(3, "a"), now), Capped::GiveBack(..)));
+        assert_eq!(cap.remembered(), 2);
+        // the group's batch ends: "a" is not capped when message 2 comes back
+        assert!(cap.finish(&done(&vec![first], now), now).is_empty());
+        let later = now + Duration::from_secs(3);
+        let back = match cap.admit(grouped(2, "a"), later) {
+            Capped::Pass(m) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(cap.remembered(), 1, "message 2 is back: forgotten");
+        assert!(cap.finish(&done(&vec![back], later), later).is_empty());
+        // message 3 never comes back (another instance took it): forgotten once long overdue
+        let much_later = later + MAX_GIVE_BACK_SECS as u32 * Duration::from_secs(1) + FORGET_AFTER;
+        assert!(matches!(cap.admit(grouped(4, "b"), much_later), Capped::Pass(_)));
+        assert_eq!(cap.remembered(), 0);
     }
 }

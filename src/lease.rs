@@ -91,11 +91,23 @@ impl Lease {
 struct Ended {
     /// (index into the ids asked for, last receipt handle)
     entries: Vec<(usize, String)>,
+    /// When each entry's receipt handle was received (SQS's 12-hour limit counts from there).
+    received: Vec<Instant>,
     /// The earliest visibility end among them.
     visible_until: Option<Instant>,
     /// Heartbeat rounds with an extension of one of them in flight: the call waits for them.
     rounds: Vec<u64>,
 }
+
+/// The longest visibility timeout SQS accepts for a handle received `since` ago: what is left of
+/// its 12 hours, less a margin for the time between the receive's send and SQS's own receive.
+fn visibility_allowed(since: Duration) -> i32 {
+    let left = Duration::from_secs(crate::limits::MAX_VISIBILITY_SECS).saturating_sub(since + VISIBILITY_LIMIT_MARGIN);
+    left.as_secs() as i32
+}
+
+/// Kept short of SQS's 12-hour limit.
+const VISIBILITY_LIMIT_MARGIN: Duration = Duration::from_secs(5);
 
 /// A settling call is not retried in the last second of the messages' invisibility.
 const SETTLE_MARGIN: Duration = Duration::from_secs(1);
@@ -207,15 +219,15 @@ impl LeaseTable {
 
     /// Ends a lease; returns its last receipt handle.
     pub fn end(&mut self, message_id: &str) -> Option<String> {
-        self.end_lease(message_id).map(|(rh, _, _)| rh)
+        self.end_lease(message_id).map(|(rh, ..)| rh)
     }
 
     /// Ends a lease: its last receipt handle, until when the message stays invisible, and the
     /// heartbeat round with an extension of it in flight, if any.
-    fn end_lease(&mut self, message_id: &str) -> Option<(String, Instant, Option<u64>)> {
+    fn end_lease(&mut self, message_id: &str) -> Option<(String, Instant, Option<u64>, Instant)> {
         let l = self.leases.remove(message_id)?;
         let round = l.extending.filter(|r| self.rounds_in_flight.contains(r));
-        Some((l.receipt_handle, l.visible_until, round))
+        Some((l.receipt_handle, l.visible_until, round, l.handle_received_at))
     }
 
     /// Whether any of `rounds` still has extensions in flight.
@@ -465,12 +477,26 @@ impl LeaseKeeper {
             self.metrics.duplicates.increment(duplicates as u64);
             tracing::info!(pipeline = %self.pipeline, duplicates, "received messages that are already leased; their receipt handles were replaced");
         }
-        // the room of each new message now belongs to its lease; the rest goes back
+        // the room of each new message now belongs to its lease; the rest goes back. An answer
+        // of more than a receive's room (SQS never sends more than 10; a server that does is
+        // not trusted) keeps every permit and owes the rest, paid as room comes back (issue
+        // 30: the whole reservation went back, and max_outstanding stopped holding)
         let mut permit = reservation.permit;
-        if let Some(kept) = permit.split(new) {
-            kept.forget();
+        let held = permit.num_permits();
+        if new >= held {
+            permit.forget();
+            if new > held {
+                let mut r = self.room_size.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                r.owed += new - held;
+                drop(r);
+                tracing::warn!(pipeline = %self.pipeline, messages = new, "a receive returned more messages than it asked for; they are leased, and the room is paid back as leases end");
+            }
+        } else {
+            if let Some(kept) = permit.split(new) {
+                kept.forget();
+            }
+            drop(permit);
         }
-        drop(permit);
         // a new lease, or a lost one renewed by this receive, falls due half its visibility
         // timeout after its receive was sent: the heartbeat plans again when that is sooner
         // than the extension it plans for (mostly not: a busy pipeline is no wake per receive)
@@ -487,10 +513,16 @@ impl LeaseKeeper {
     /// is about to end.
     fn end(&self, ids: &[&str]) -> Ended {
         let mut table = self.table();
-        let mut ended = Ended { entries: Vec::with_capacity(ids.len()), visible_until: None, rounds: Vec::new() };
+        let mut ended = Ended {
+            entries: Vec::with_capacity(ids.len()),
+            received: Vec::with_capacity(ids.len()),
+            visible_until: None,
+            rounds: Vec::new(),
+        };
         for (i, id) in ids.iter().enumerate() {
-            if let Some((rh, until, round)) = table.end_lease(id) {
+            if let Some((rh, until, round, received)) = table.end_lease(id) {
                 ended.entries.push((i, rh));
+                ended.received.push(received);
                 ended.visible_until = Some(ended.visible_until.map_or(until, |u: Instant| u.min(until)));
                 ended.rounds.extend(round.filter(|r| !ended.rounds.contains(r)));
             }
@@ -665,7 +697,27 @@ impl LeaseKeeper {
         let ids: Vec<&str> = entries.iter().map(|(id, _)| *id).collect();
         let ended = self.end(&ids);
         self.after_extensions(&ended).await;
-        let changes: Vec<(&str, i32)> = ended.entries.iter().map(|(i, rh)| (rh.as_str(), entries[*i].1)).collect();
+        // SQS refuses a visibility that ends more than 12 hours after the handle's receive: such
+        // a delay is shortened to the most SQS allows (refused, the message would come back
+        // after its current visibility instead — issue 30)
+        let now = Instant::now();
+        let mut shortened = 0;
+        let changes: Vec<(&str, i32)> = ended
+            .entries
+            .iter()
+            .zip(&ended.received)
+            .map(|((i, rh), received)| {
+                let asked = entries[*i].1;
+                let most = visibility_allowed(now.saturating_duration_since(*received));
+                if asked > most {
+                    shortened += 1;
+                }
+                (rh.as_str(), asked.min(most))
+            })
+            .collect();
+        if shortened > 0 {
+            tracing::warn!(pipeline = %self.pipeline, messages = shortened, "a delay ran past SQS's 12-hour visibility limit: shortened to the limit (the messages come back then)");
+        }
         let failed = self
             .settle_with_retries(
                 "change the visibility of messages being let go",
@@ -1034,5 +1086,46 @@ mod tests {
         keeper.release(&[pairs[2].0]).await;
         assert_eq!((keeper.outstanding(), keeper.room.available_permits()), (0, 20));
         assert_eq!(queue.len(), 1, "the released one is back in the queue");
+    }
+
+    /// Issue 30: a receive answered with more than 10 messages put the whole reservation back;
+    /// the room then allowed more than `max_outstanding`.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_larger_than_its_reservation_owes_the_difference() {
+        use crate::sim::{SimConfig, SimQueue};
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
+        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 20, PipelineMetrics::new("t", 1, 1, 1));
+        let ids: Vec<String> = (0..11).map(|i| format!("m{i}")).collect();
+        let pairs: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "rh")).collect();
+        let admitted = keeper.admit(keeper.reserve().await, pairs, keeper.stamp());
+        assert_eq!(admitted.iter().filter(|a| **a == Admission::New).count(), 11);
+        assert_eq!(keeper.room.available_permits(), 10, "the reservation's 10 are kept");
+        // 11 leased of 20: no room for another whole receive (the 10 free pay the one owed first)
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), keeper.reserve()).await.is_err(),
+            "room for a receive with 11 of 20 leased"
+        );
+    }
+
+    /// Issue 30: a delay past SQS's 12-hour visibility limit was refused for good, and the
+    /// message came back after its current visibility timeout; now it is shortened to the limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_past_twelve_hours_is_shortened_to_what_sqs_allows() {
+        use crate::sim::{SimConfig, SimQueue};
+        use crate::sqs::Queue as _;
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
+        queue.put("a", None);
+        let keeper = LeaseKeeper::new(queue.clone(), secs(30), secs(3600), 20, PipelineMetrics::new("t", 1, 1, 1));
+        let stamp = keeper.stamp();
+        let got = queue.receive(Duration::ZERO, None).await.unwrap();
+        let id = got[0].message_id().unwrap().to_string();
+        keeper.admit(keeper.reserve().await, [(id.as_str(), got[0].receipt_handle().unwrap())], stamp);
+        // (still in flight: no heartbeat here)
+        tokio::time::sleep(secs(20)).await;
+        assert_eq!(keeper.let_go(&[(id.as_str(), 50_000)]).await, 1, "SQS took the change");
+        let (_, _, asked) = *queue.log().visibility_changes.last().unwrap();
+        assert!((43_150..=43_180).contains(&asked), "{asked} s: the 12 hours less the 20 s since the receive");
+        tokio::time::sleep(secs(43_000)).await;
+        assert!(queue.receive(Duration::ZERO, None).await.unwrap().is_empty(), "still hidden near 12 hours");
     }
 }

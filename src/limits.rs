@@ -13,6 +13,10 @@ pub const MAX_MIN_POLLERS: u64 = 200;
 
 /// The most messages one ReceiveMessage returns.
 pub const RECEIVE_MAX: usize = 10;
+/// The largest answer read from SQS's JSON protocol: a receive of 10 messages of 1 MiB (body and
+/// attributes) is about 10 MiB, twice that with every character escaped, plus Base64 binary
+/// attributes; past this the answer is refused, not read.
+pub const MAX_SQS_ANSWER_BYTES: usize = 32 << 20;
 
 /// The largest batch event (Lambda's 6 MB payload limit for a synchronous invocation).
 pub const MAX_BATCH_BYTES: usize = 6_291_456;

@@ -125,10 +125,21 @@ impl PayloadStore {
         result
     }
 
-    /// Deletes the object at `p` (its message was processed); failures are logged.
+    /// Deletes the object at `p` (its message was processed); failures are logged. Bounded by
+    /// `fetch_timeout_secs` as a fetch is: the batch's task (its slot, its FIFO or capped groups,
+    /// the drain) waits for it (issue 30: a stalled S3 held them for good).
     pub async fn delete(&self, p: &S3Pointer) {
-        if let Err(e) = self.s3.delete(&p.bucket, &p.key).await {
-            tracing::warn!(bucket = %p.bucket, key = %p.key, error = %e, "could not delete a large payload's object");
+        match tokio::time::timeout(self.timeout, self.s3.delete(&p.bucket, &p.key)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(bucket = %p.bucket, key = %p.key, error = %e, "could not delete a large payload's object")
+            }
+            Err(_) => tracing::warn!(
+                bucket = %p.bucket,
+                key = %p.key,
+                "a large payload's object was not deleted within {} s (large_payloads.fetch_timeout_secs); it stays in the bucket",
+                self.timeout.as_secs()
+            ),
         }
     }
 }

@@ -263,3 +263,56 @@ async fn a_stalled_s3_fetch_is_bounded_and_runs_under_the_lease() {
         "two receives: {log}"
     );
 }
+
+/// Issue 30: the S3 delete after success had no time bound. S3 stalls after the fetch (the
+/// proxy accepts and never answers) while `delete_after_success` deletes the processed message's
+/// object: the batch's task (its slot, its groups, the drain) waited for it for good. Now the
+/// delete gives up after `fetch_timeout_secs`, says so, and the batch ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_s3_delete_after_success_is_bounded() {
+    let python = python_with_awslambdaric();
+    let sqs = moto_sqs().await;
+    let queue = sqs.queue("extended-delete-stall", &[]).await;
+    let bucket = unique("delete-stall");
+    let dir = tempfile::tempdir().unwrap();
+    let sent = dir.path().join("sent");
+    let out = std::process::Command::new(&python)
+        .args(["-c", ONE_POINTER, &queue, &bucket, sent.to_str().unwrap()])
+        .env("AWS_ENDPOINT_URL", &sqs.endpoint)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the extended client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let s3 = common::proxy::FaultProxy::start(&sqs.endpoint).await;
+    // the worker holds the batch until S3 has stalled
+    let worker = worker(|_| Reply { delay: Duration::from_secs(2), ..Reply::ok("") }).await;
+    let pipeline = http_pipeline(
+        "delete-stall",
+        &queue,
+        &worker.url,
+        "[pipelines.pollers]\nwait_time_secs = 1\n\
+         [pipelines.large_payloads]\nfetch_timeout_secs = 3\ndelete_after_success = true\n",
+    );
+    let poller = start_poller_with_aws(&sqs, 30, &format!("s3_endpoint_url = \"{}\"", s3.url), &pipeline).await;
+    eventually("the batch at the worker", Duration::from_secs(30), || async { !worker.deliveries().is_empty() }).await;
+    s3.set(common::proxy::Fault::Hang);
+    poller
+        .wait_metric("sqs_poller_messages_deleted_total{pipeline=\"delete-stall\"}", 1.0, Duration::from_secs(30))
+        .await;
+    eventually("the S3 delete given up", Duration::from_secs(30), || async {
+        poller.log_text().contains("not deleted within 3 s")
+    })
+    .await;
+    // the batch ended: its slot is free and nothing is in flight
+    eventually("no batch in flight", Duration::from_secs(10), || async {
+        poller.metric("sqs_poller_in_flight_batches{pipeline=\"delete-stall\"}").await == 0.0
+    })
+    .await;
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("drain did not finish"), "the stalled delete held the drain:\n{log}");
+    assert_eq!(worker.times_delivered().len(), 1);
+    assert_eq!(sqs.counts(&queue).await, (0, 0), "the message itself was deleted");
+}

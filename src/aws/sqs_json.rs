@@ -219,8 +219,14 @@ impl JsonClient {
                 )
             })?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(|e| {
-                SqsError::new(operation, None, format!("the answer broke off: {e}"), SqsErrorKind::Connection, true)
+            // a server that sends more than SQS's largest answer is not read to its end
+            let max = crate::limits::MAX_SQS_ANSWER_BYTES;
+            let body = http_body_util::Limited::new(body, max).collect().await.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    bad_response(operation, &format!("longer than {} MiB, more than SQS ever answers", max >> 20))
+                } else {
+                    SqsError::new(operation, None, format!("the answer broke off: {e}"), SqsErrorKind::Connection, true)
+                }
             })?;
             Ok::<_, SqsError>((parts, body.to_bytes()))
         };

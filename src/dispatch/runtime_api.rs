@@ -57,16 +57,18 @@ struct Job {
     /// Told the deadline when a worker takes the job.
     taken: oneshot::Sender<()>,
     done: oneshot::Sender<Invocation>,
+    /// Set (under the jobs' lock) when its caller gave up before a worker took it: skipped by
+    /// `next`. A flag on the job, not a set of ids, so that nothing outlives the job (issue 30: the
+    /// ids of jobs never queued, or skipped before their caller gave up, stayed in the set).
+    given_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Which jobs workers run, and which their callers gave up before a worker took them; one lock,
-/// so that taking a job and giving it up cannot cross.
+/// Which jobs workers run; its lock also orders taking a job and giving it up, so that they
+/// cannot cross.
 #[derive(Default)]
 struct Jobs {
     /// Jobs handed to a worker and not answered yet, by request id: (worker slot, reply).
     running: HashMap<String, (usize, oneshot::Sender<Invocation>)>,
-    /// Jobs given up before a worker took them: skipped by `next`.
-    abandoned: std::collections::HashSet<String>,
 }
 
 /// Shared between the listeners of all workers.
@@ -93,6 +95,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct InvocationGuard {
     request_id: String,
     shared: Arc<Shared>,
+    given_up: Arc<std::sync::atomic::AtomicBool>,
     finished: bool,
 }
 
@@ -104,9 +107,7 @@ impl Drop for InvocationGuard {
         let mut jobs = lock(&self.shared.jobs);
         match jobs.running.remove(&self.request_id) {
             Some((slot, _)) => self.shared.kill[slot].notify_one(),
-            None => {
-                jobs.abandoned.insert(self.request_id.clone());
-            }
+            None => self.given_up.store(true, std::sync::atomic::Ordering::SeqCst),
         }
     }
 }
@@ -199,8 +200,14 @@ impl RuntimeApiTarget {
         let (done, result) = oneshot::channel();
         let (taken, was_taken) = oneshot::channel();
         let id = request_id();
-        let mut guard = InvocationGuard { request_id: id.clone(), shared: self.shared.clone(), finished: false };
-        let job = Job { request_id: id, event, timeout, trace: trace.map(|t| t.header.clone()), taken, done };
+        let given_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut guard = InvocationGuard {
+            request_id: id.clone(),
+            shared: self.shared.clone(),
+            given_up: given_up.clone(),
+            finished: false,
+        };
+        let job = Job { request_id: id, event, timeout, trace: trace.map(|t| t.header.clone()), taken, done, given_up };
         let queued = async {
             self.jobs.send(job).await.map_err(|_| ())?;
             was_taken.await.map_err(|_| ())
@@ -356,10 +363,10 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
                     };
                     let mut jobs = lock(&shared.jobs);
                     // given up on while it waited (by its caller, under this lock): skip it
-                    if jobs.abandoned.remove(&job.request_id) {
+                    if job.given_up.load(std::sync::atomic::Ordering::SeqCst) {
                         continue;
                     }
-                    let Job { request_id, event, timeout, trace, taken, done } = job;
+                    let Job { request_id, event, timeout, trace, taken, done, .. } = job;
                     if taken.send(()).is_err() {
                         continue;
                     }
