@@ -72,6 +72,9 @@ struct Lease {
     retry_at: Option<Instant>,
     /// The heartbeat round whose extension of this lease is in flight.
     extending: Option<u64>,
+    /// A round that gave up waiting for its extension of this lease (the round limit) while the
+    /// call may still reach SQS: a settlement waits for it too.
+    late: Option<u64>,
 }
 
 impl Lease {
@@ -108,6 +111,10 @@ fn visibility_allowed(since: Duration) -> i32 {
 
 /// Kept short of SQS's 12-hour limit.
 const VISIBILITY_LIMIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// The longest a settlement waits for an extension still in flight (the SQS client gives up on
+/// its attempts well before; a call that never returns does not hold a settlement for good).
+const LATE_EXTENSION_WAIT: Duration = Duration::from_secs(60);
 
 /// A settling call is not retried in the last second of the messages' invisibility.
 const SETTLE_MARGIN: Duration = Duration::from_secs(1);
@@ -205,6 +212,7 @@ impl LeaseTable {
                         lost: false,
                         retry_at: None,
                         extending: None,
+                        late: None,
                     },
                 );
                 Admission::New
@@ -224,10 +232,10 @@ impl LeaseTable {
 
     /// Ends a lease: its last receipt handle, until when the message stays invisible, and the
     /// heartbeat round with an extension of it in flight, if any.
-    fn end_lease(&mut self, message_id: &str) -> Option<(String, Instant, Option<u64>, Instant)> {
+    fn end_lease(&mut self, message_id: &str) -> Option<(String, Instant, Vec<u64>, Instant)> {
         let l = self.leases.remove(message_id)?;
-        let round = l.extending.filter(|r| self.rounds_in_flight.contains(r));
-        Some((l.receipt_handle, l.visible_until, round, l.handle_received_at))
+        let rounds = [l.extending, l.late].into_iter().flatten().filter(|r| self.rounds_in_flight.contains(r));
+        Some((l.receipt_handle, l.visible_until, rounds.collect(), l.handle_received_at))
     }
 
     /// Whether any of `rounds` still has extensions in flight.
@@ -261,6 +269,24 @@ impl LeaseTable {
             if let Some(l) = self.leases.get_mut(&e.message_id) {
                 if l.extending == Some(round) {
                     l.extending = None;
+                }
+                if l.late == Some(round) {
+                    l.late = None;
+                }
+            }
+        }
+    }
+
+    /// A round reached its limit with its call unanswered: its extensions count as failed (tried
+    /// again by a later round), but the round stays in flight until the call returns, since it
+    /// may still reach SQS.
+    pub fn round_late(&mut self, round: u64, extensions: &[Extension], now: Instant) {
+        for e in extensions {
+            self.extension_failed(e, now);
+            if let Some(l) = self.leases.get_mut(&e.message_id) {
+                if l.extending == Some(round) {
+                    l.extending = None;
+                    l.late = Some(round);
                 }
             }
         }
@@ -524,7 +550,11 @@ impl LeaseKeeper {
                 ended.entries.push((i, rh));
                 ended.received.push(received);
                 ended.visible_until = Some(ended.visible_until.map_or(until, |u: Instant| u.min(until)));
-                ended.rounds.extend(round.filter(|r| !ended.rounds.contains(r)));
+                for r in round {
+                    if !ended.rounds.contains(&r) {
+                        ended.rounds.push(r);
+                    }
+                }
             }
         }
         self.metrics.in_flight_messages.set(table.len() as f64);
@@ -543,21 +573,28 @@ impl LeaseKeeper {
         }
     }
 
-    /// Waits until no extension of the ended leases is in flight (a round takes at most
-    /// [`Self::round_limit`]), so that the settlement is the last call SQS sees for them.
+    /// Waits until no extension of the ended leases is in flight (a call SQS has not answered
+    /// stays in flight past its round's limit, bounded by the client's attempts), so that the
+    /// settlement is the last call SQS sees for them; at most [`LATE_EXTENSION_WAIT`], and not
+    /// past the shutdown's grace.
     async fn after_extensions(&self, ended: &Ended) {
         if ended.rounds.is_empty() {
             return;
         }
-        loop {
-            let ended_round = self.round_ended.notified();
-            tokio::pin!(ended_round);
-            ended_round.as_mut().enable();
-            if !self.table().any_in_flight(&ended.rounds) {
-                return;
+        let wait = async {
+            loop {
+                let ended_round = self.round_ended.notified();
+                tokio::pin!(ended_round);
+                ended_round.as_mut().enable();
+                if !self.table().any_in_flight(&ended.rounds) {
+                    return;
+                }
+                ended_round.await;
             }
-            ended_round.await;
-        }
+        };
+        let most = Instant::now() + LATE_EXTENSION_WAIT;
+        let until = self.shutdown.settle_deadline().map_or(most, |d| d.min(most));
+        let _ = tokio::time::timeout_at(until, wait).await;
     }
 
     /// Counts and logs (once per call) entries SQS rejected for good.
@@ -819,9 +856,22 @@ impl LeaseKeeper {
         // free to be settled and extended again
         let _done = RoundDone { keeper: self, round, due: &due };
         let entries: Vec<(&str, i32)> = due.iter().map(|e| (e.receipt_handle.as_str(), e.visibility_secs)).collect();
-        let failed = tokio::time::timeout(self.round_limit(), self.queue.change_visibility(&entries))
-            .await
-            .unwrap_or_else(|_| (0..due.len()).map(|i| EntryFailure::retryable(i, "round limit")).collect());
+        let call = self.queue.change_visibility(&entries);
+        tokio::pin!(call);
+        let failed = match tokio::time::timeout(self.round_limit(), &mut call).await {
+            Ok(failed) => failed,
+            Err(_) => {
+                // past the limit: a later round tries again; the call is not dropped, since it
+                // may still land, and a settlement of these leases must land after it (issue 30:
+                // a release went first and the late extension hid the message again)
+                self.table().round_late(round, &due, now);
+                self.metrics.lease_extensions_failed.increment(due.len() as u64);
+                tracing::warn!(pipeline = %self.pipeline, messages = due.len(), "an extension of leased messages was not answered within the round's limit; trying again in a moment");
+                self.replan.notify_one();
+                let _ = call.await;
+                return;
+            }
+        };
         let (rejections, retry): (Vec<EntryFailure>, Vec<EntryFailure>) =
             failed.into_iter().filter(|f| f.index < due.len()).partition(|f| f.permanent);
         let mut table = self.table();

@@ -185,6 +185,37 @@ async fn an_extension_in_flight_never_lands_after_the_settlement() {
     assert_eq!(again.len(), 1, "the message is visible again after its backoff");
 }
 
+/// Issue 30: an extension still on the wire when its round reached the round limit (a quarter of
+/// the visibility timeout, 2.5 s here) was forgotten: a let-go right after went first, and the
+/// extension landed after it, hiding the message for another visibility timeout. Now the
+/// settlement waits for the call itself, however late it answers.
+#[tokio::test(start_paused = true)]
+async fn an_extension_past_its_round_limit_never_lands_after_the_settlement() {
+    let vis = Duration::from_secs(10);
+    let sim = sim("late-extension", vis);
+    sim.put("a", None);
+    let mut witnessed = Witnessed::new(sim.clone());
+    witnessed.extension_delay = Duration::from_secs(4);
+    let queue = Arc::new(witnessed);
+    let keeper = keeper(queue.clone(), vis);
+    let t0 = Instant::now();
+    let (id, _) = lease_one(&keeper, &sim, t0).await;
+    let stop = heartbeat(&keeper);
+    // the extension goes out at 5 s, its round gives up on it at 7.5 s (and tries again, as
+    // late), it lands at 9 s
+    tokio::time::sleep_until(t0 + Duration::from_millis(8000)).await;
+    keeper.let_go(&[(id.as_str(), 0)]).await;
+    stop.cancel();
+    let sent = queue.sent.lock().unwrap().clone();
+    let release = sent.iter().position(|(_, e)| e.iter().any(|(_, s)| *s == 0)).expect("the release");
+    let last_landing = sent[..release].iter().map(|(at, _)| *at + Duration::from_secs(4)).max().unwrap();
+    assert!(sent[release].0 >= last_landing, "the let-go went before an extension landed: {sent:?}");
+    // visible at once after the release, not a visibility timeout after a late extension
+    tokio::time::sleep_until(sent[release].0 + Duration::from_secs(1)).await;
+    let again = sim.receive(Duration::ZERO, None).await.unwrap();
+    assert_eq!(again.len(), 1, "the released message is visible: {sent:?}");
+}
+
 /// A let-go whose receipt handle SQS rejects for good is sent once, not every backoff until the
 /// message's visibility ends (before: 5 calls in 9 s here).
 #[tokio::test(start_paused = true)]
