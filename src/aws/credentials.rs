@@ -56,8 +56,11 @@ pub struct State {
     pub refresh_at: Option<SystemTime>,
     /// No refresh is tried before this (backoff after a failure).
     pub retry_at: Option<SystemTime>,
-    /// Failed refreshes in a row.
+    /// Failed refreshes in a row (a load whose credentials looked expired counts as failed).
     pub failures: u32,
+    /// `current` looked expired on AWS's clock when it was loaded: it is used anyway until
+    /// `retry_at` (AWS judges; the host's and AWS's clocks may disagree), not loaded per request.
+    pub stale: bool,
 }
 
 /// The refresh buffer for credentials living `life`: a quarter of it, at most [`MAX_BUFFER`].
@@ -81,10 +84,20 @@ pub fn usable(creds: &Credentials, now: SystemTime) -> bool {
     creds.expiry().is_none_or(|e| e > now + EXPIRY_MARGIN)
 }
 
+/// Whether the next load waits: the last one failed, or brought credentials that looked expired,
+/// moments ago.
+fn backing_off(state: &State, now: SystemTime) -> bool {
+    state.retry_at.is_some_and(|t| now < t)
+}
+
 /// The decision for a request at `now`.
 pub fn decide(state: &State, now: SystemTime) -> Decision {
     let Some(creds) = &state.current else { return Decision::Load };
     if !usable(creds, now) {
+        // freshly loaded yet expired on AWS's clock: used until the next load is due
+        if state.stale && backing_off(state, now) {
+            return Decision::Use;
+        }
         return Decision::Load;
     }
     let due = state.refresh_at.is_some_and(|t| now >= t);
@@ -98,15 +111,22 @@ pub fn decide(state: &State, now: SystemTime) -> Decision {
 
 /// The state after a load at `now`: the new credentials, or the old ones kept with a backoff.
 pub fn after_load(state: &State, now: SystemTime, loaded: Result<Credentials, ()>) -> State {
+    let failures = state.failures.saturating_add(1);
+    let delay = RETRY_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(6)).min(RETRY_MAX);
     match loaded {
-        Ok(creds) => {
-            State { refresh_at: Some(refresh_time(&creds, now)), current: Some(creds), retry_at: None, failures: 0 }
+        // expired on arrival, by AWS's clock (issue 30: a load per request): used, and the next
+        // load backs off as after a failure
+        Ok(creds) if !usable(&creds, now) => {
+            State { refresh_at: Some(now), current: Some(creds), retry_at: Some(now + delay), failures, stale: true }
         }
-        Err(()) => {
-            let failures = state.failures.saturating_add(1);
-            let delay = RETRY_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(6)).min(RETRY_MAX);
-            State { retry_at: Some(now + delay), failures, ..state.clone() }
-        }
+        Ok(creds) => State {
+            refresh_at: Some(refresh_time(&creds, now)),
+            current: Some(creds),
+            retry_at: None,
+            failures: 0,
+            stale: false,
+        },
+        Err(()) => State { retry_at: Some(now + delay), failures, ..state.clone() },
     }
 }
 
@@ -187,7 +207,9 @@ impl CredentialsCache {
                 let now = self.inner.clock.now();
                 {
                     let state = self.inner.state.read().expect("credentials state");
-                    if let Some(c) = state.current.as_ref().filter(|c| usable(c, now)) {
+                    if let Some(c) =
+                        state.current.as_ref().filter(|c| usable(c, now) || (state.stale && backing_off(&state, now)))
+                    {
                         return Ok(c.clone());
                     }
                     // the last load failed moments ago: fail fast instead of a load per request
@@ -221,7 +243,16 @@ impl CredentialsCache {
         match loaded {
             Ok(creds) => {
                 let next = after_load(&state, now, Ok(creds.clone()));
-                tracing::debug!(expires = ?creds.expiry(), refresh_at = ?next.refresh_at, "AWS credentials loaded");
+                if next.stale {
+                    tracing::warn!(
+                        expires = ?creds.expiry(),
+                        aws_clock_skew_ms = self.inner.clock.skew_ms(),
+                        next_load_in_secs = next.retry_at.and_then(|t| t.duration_since(now).ok()).map(|d| d.as_secs()),
+                        "the AWS credentials just loaded have expired by AWS's clock; they are used anyway, and loaded again with backoff (is the host's clock right?)"
+                    );
+                } else {
+                    tracing::debug!(expires = ?creds.expiry(), refresh_at = ?next.refresh_at, "AWS credentials loaded");
+                }
                 *state = next;
                 Ok(creds)
             }
@@ -391,5 +422,41 @@ mod tests {
         assert!(
             e.to_string().contains("no AWS credentials") || crate::net::error_chain(&e).contains("no AWS credentials")
         );
+    }
+
+    /// Issue 30: keys living 40 s by the host's clock while AWS's clock is 10 minutes ahead look
+    /// expired the moment they arrive; they were loaded again for every request (128 loads for
+    /// 128 requests). Now they are used, and the next load waits with backoff.
+    #[tokio::test]
+    async fn keys_expired_on_arrival_by_aws_clock_are_used_and_loaded_again_with_backoff() {
+        let host = Clock::default();
+        let p = Rotating { calls: Arc::default(), failing: Arc::default(), clock: host, life: Duration::from_secs(40) };
+        let aws = Clock::default();
+        aws.advance_for_test(Duration::from_secs(600));
+        let cache = CredentialsCache::new(Some(SharedCredentialsProvider::new(p.clone())), aws.clone());
+        for _ in 0..128 {
+            assert_eq!(cache.get().await.unwrap().access_key_id(), "AKID0");
+        }
+        assert_eq!(p.calls.load(Ordering::SeqCst), 1, "one load, not one per request");
+        // the backoff over: one load again (its keys look expired too), then 2 s of backoff
+        aws.advance_for_test(Duration::from_secs(1));
+        for _ in 0..128 {
+            cache.get().await.unwrap();
+        }
+        assert_eq!(p.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn keys_expired_on_arrival_back_off_as_a_failed_load_does() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let s = |secs| t0 + Duration::from_secs(secs);
+        let stale = after_load(&State::default(), s(600), Ok(creds(Some(s(40)))));
+        assert_eq!((stale.stale, stale.failures, stale.retry_at), (true, 1, Some(s(601))));
+        assert_eq!(decide(&stale, s(600)), Decision::Use);
+        assert_eq!(decide(&stale, s(601)), Decision::Load);
+        let again = after_load(&stale, s(601), Ok(creds(Some(s(41)))));
+        assert_eq!(again.retry_at, Some(s(603)), "doubling");
+        let healed = after_load(&again, s(603), Ok(creds(Some(s(1000)))));
+        assert_eq!((healed.stale, healed.failures, decide(&healed, s(604))), (false, 0, Decision::Use));
     }
 }
