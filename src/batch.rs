@@ -283,10 +283,16 @@ impl GroupCap {
         resume
     }
 
-    /// Everything held (shutdown).
+    /// Everything held, and the rest forgotten (shutdown: the batcher stops counting; batches
+    /// still running end without it).
     pub fn take_held(&mut self) -> Vec<ReceivedMessage> {
         self.held_total = 0;
-        self.held.drain().flat_map(|(_, q)| q.into_iter().map(|(m, _)| m)).collect()
+        self.in_batches.clear();
+        self.returning.clear();
+        self.given_back.clear();
+        let mut held: Vec<_> = self.held.drain().collect();
+        held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        held.into_iter().flat_map(|(_, q)| q.into_iter().map(|(m, _)| m)).collect()
     }
 
     /// Messages waiting behind the cap.
@@ -357,9 +363,12 @@ impl GroupGate {
         (resume, back)
     }
 
-    /// Everything held (shutdown).
+    /// Everything held (shutdown), by group.
     pub fn take_held(&mut self) -> Vec<ReceivedMessage> {
-        self.held.drain().flat_map(|(_, q)| q).collect()
+        self.running.clear();
+        let mut held: Vec<_> = self.held.drain().collect();
+        held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        held.into_iter().flat_map(|(_, q)| q).collect()
     }
 
     pub fn held(&self) -> usize {
@@ -579,7 +588,12 @@ impl<S: BatchSink + Send> Batcher<S> {
         }
         let held = match (&mut self.gate, &mut self.cap) {
             (Some(gate), _) => gate.take_held(),
-            (None, Some(stage)) => stage.cap.take_held(),
+            (None, Some(stage)) => {
+                let held = stage.cap.take_held();
+                stage.published = None;
+                stage.report(Instant::now());
+                held
+            }
             (None, None) => Vec::new(),
         };
         if !held.is_empty() {

@@ -320,6 +320,10 @@ impl LeaseTable {
         // in id order, not the map's: the same leases make the same calls
         extend.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
         lapsed.sort_unstable();
+        // in a fixed order (the map's is per process): the same leases make the same calls, so
+        // that a simulation's seed replays
+        extend.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
+        lapsed.sort_unstable();
         (extend, lapsed)
     }
 
@@ -476,7 +480,9 @@ impl LeaseKeeper {
 
     /// Ids of the messages outstanding now.
     pub fn outstanding_ids(&self) -> Vec<String> {
-        self.table().leases.keys().cloned().collect()
+        let mut ids: Vec<String> = self.table().leases.keys().cloned().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Puts what one receive (`stamp`: when it was sent, with what visibility timeout) returned

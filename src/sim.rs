@@ -112,6 +112,9 @@ struct State {
 
 pub struct SimQueue {
     config: SimConfig,
+    /// The queue's `VisibilityTimeout` attribute now (seconds): starts at `config.visibility`,
+    /// changed by [`SimQueue::set_visibility`] as an operator would.
+    visibility_secs: std::sync::atomic::AtomicU64,
     fifo: bool,
     receives: std::sync::atomic::AtomicU32,
     state: Mutex<State>,
@@ -122,6 +125,7 @@ impl SimQueue {
         let fifo = config.url.ends_with(".fifo");
         let rng = fastrand::Rng::with_seed(config.seed);
         SimQueue {
+            visibility_secs: std::sync::atomic::AtomicU64::new(config.visibility.as_secs()),
             config,
             fifo,
             receives: std::sync::atomic::AtomicU32::new(0),
@@ -180,6 +184,32 @@ impl SimQueue {
     /// Messages still in the queue (visible or not).
     pub fn len(&self) -> usize {
         self.state().messages.len()
+    }
+
+    /// The id and body of the message a receipt handle was given for (any of its handles), while
+    /// it is in the queue: for checks of what a delete or a visibility change was meant for.
+    pub fn message_of(&self, handle: &str) -> Option<(String, String)> {
+        let seq: u64 = handle.split_once(':')?.0.parse().ok()?;
+        self.state().messages.get(&seq).map(|m| (m.id.clone(), m.body.clone()))
+    }
+
+    /// Messages in flight now (received, invisible); and visible now.
+    pub fn counts(&self) -> (usize, usize) {
+        let now = Instant::now();
+        let st = self.state();
+        let in_flight = st.messages.values().filter(|m| m.in_flight(now)).count();
+        (in_flight, st.messages.values().filter(|m| m.visible_at <= now).count())
+    }
+
+    /// The queue's `VisibilityTimeout` attribute now.
+    pub fn visibility(&self) -> Duration {
+        Duration::from_secs(self.visibility_secs.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Changes the queue's `VisibilityTimeout` attribute (`SetQueueAttributes`): receives that do
+    /// not ask for their own use it, messages in flight keep theirs.
+    pub fn set_visibility(&self, visibility: Duration) {
+        self.visibility_secs.store(visibility.as_secs(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// ReceiveMessage calls so far.
@@ -325,7 +355,7 @@ impl Queue for SimQueue {
             if self.injected(&mut self.state(), self.config.error_rate) {
                 return Err(SqsError::coded("ReceiveMessage", "InternalError", "injected", true));
             }
-            let visibility = visibility.unwrap_or(self.config.visibility);
+            let visibility = visibility.unwrap_or_else(|| self.visibility());
             let deadline = Instant::now() + wait;
             loop {
                 let got = self.take(visibility);
@@ -356,7 +386,7 @@ impl Queue for SimQueue {
                     QueueAttributeName::ApproximateNumberOfMessages => visible.to_string(),
                     QueueAttributeName::ApproximateNumberOfMessagesNotVisible => hidden.to_string(),
                     QueueAttributeName::ApproximateNumberOfMessagesDelayed => "0".to_string(),
-                    QueueAttributeName::VisibilityTimeout => self.config.visibility.as_secs().to_string(),
+                    QueueAttributeName::VisibilityTimeout => self.visibility().as_secs().to_string(),
                     QueueAttributeName::QueueArn => {
                         let name = self.config.url.rsplit('/').next().unwrap_or("sim");
                         format!("arn:aws:sqs:us-east-1:000000000000:{name}")

@@ -30,6 +30,10 @@ use sqs_poller::shutdown::Shutdown;
 use sqs_poller::sim::{SimConfig, SimQueue};
 use sqs_poller::sqs::Queue;
 
+/// Every seed a drawn configuration and fault schedule: where the features meet.
+#[path = "simulation/explore.rs"]
+mod explore;
+
 const MESSAGES: usize = 10_000;
 const VISIBILITY: Duration = Duration::from_secs(30);
 
@@ -601,5 +605,32 @@ fn a_probe_the_target_throttles_keeps_its_turn_and_the_breaker_closes_when_the_t
         assert_eq!(counter(&text, &format!("sqs_poller_breaker_state{{pipeline=\"{name}\"}}")), 0.0, "closed");
         shutdown.begin(Duration::from_secs(30));
         task.await.unwrap().unwrap();
+    });
+}
+
+/// Found by the exploration: short polling (`wait_time_secs = 0`) of an empty queue asked again
+/// at once, a receive per round trip per poller (a hot loop on an emulator that answers at once;
+/// on SQS, hundreds of billed requests a second). Now an empty answer that came back at once
+/// is followed by the next receive a second after it was sent.
+#[test]
+fn short_polling_an_empty_queue_receives_at_most_once_a_second_per_poller() {
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+        let name = "sim-short-poll";
+        let mut config = SimConfig::new(&format!("http://sim/000000000000/{name}"), VISIBILITY, 1);
+        config.max_latency = Duration::from_millis(2);
+        let queue = Arc::new(SimQueue::new(config));
+        let target = Target::Function(Arc::new(|_event: Bytes| Box::pin(async { Invocation::Response(Bytes::new()) })));
+        let config = format!(
+            "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n[pipelines.pollers]\nmin = 3\nmax = 3\nwait_time_secs = 0\n\
+             [pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\n",
+            queue.url()
+        );
+        let (task, shutdown) = start_with(&config, &queue, None, target);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let receives = queue.receives();
+        shutdown.begin(Duration::from_secs(30));
+        task.await.unwrap().unwrap();
+        assert!(receives <= 3 * 61, "{receives} receives by 3 short-polling pollers in 60 s");
+        assert!(receives >= 3 * 50, "the pollers kept polling: {receives} receives");
     });
 }

@@ -254,6 +254,16 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
                 };
                 // messages the filter keeps back are no demand
                 stage.scaling.receive(n - kept, stamp.sent_at);
+                if n == 0 {
+                    // an empty answer that came back at once (short polling, `wait_time_secs =
+                    // 0`, or a server that ignores the wait) is not asked again at once: a
+                    // poller's receives of an empty queue stay at most one a second, not one per
+                    // round trip (the simulation found the hot loop)
+                    tokio::select! {
+                        () = retire.cancelled() => break,
+                        () = tokio::time::sleep_until(stamp.sent_at + EMPTY_RECEIVE_SPACING) => {}
+                    }
+                }
                 if received.is_empty() {
                     continue;
                 }
@@ -275,6 +285,9 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
         }
     }
 }
+
+/// The shortest time from one empty receive's start to the next receive of the same poller.
+pub const EMPTY_RECEIVE_SPACING: Duration = Duration::from_secs(1);
 
 /// How long SQS honours a `ReceiveRequestAttemptId` (its deduplication interval).
 const ATTEMPT_ID_LIFE: Duration = Duration::from_secs(300);
