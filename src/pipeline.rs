@@ -340,8 +340,11 @@ impl BatchSink for BatchRunner {
         };
         self.tasks.spawn(
             async move {
-                process_batch(&work, batch, groups, cut, slot_wait).await;
-                slots.release(slot);
+                let mut hold = Some(crate::dispatch::concurrency::SlotHold::new(&slots, slot));
+                process_batch(&work, batch, groups, cut, slot_wait, &mut hold).await;
+                if let Some(hold) = hold {
+                    hold.release();
+                }
                 Self::report_saturation(&slots, &scaling);
             }
             .instrument(span),
@@ -371,6 +374,7 @@ async fn process_batch(
     mut groups: GroupsDone,
     cut: std::time::SystemTime,
     slot_wait: Duration,
+    slot: &mut Option<crate::dispatch::concurrency::SlotHold<'_>>,
 ) {
     let n = batch.len();
     let metrics = &work.acker.metrics;
@@ -384,7 +388,7 @@ async fn process_batch(
     let outcome = AssertUnwindSafe(async {
         let traceparent = span.as_ref().map(crate::telemetry::BatchSpan::traceparent);
         let dispatching = span.as_ref().map(|s| s.child("dispatch", None));
-        let outcome = work.dispatcher.dispatch(&batch, &work.abandon, traceparent.as_deref()).await;
+        let outcome = work.dispatcher.dispatch(&batch, &work.abandon, traceparent.as_deref(), slot).await;
         if let Some(child) = dispatching {
             let (name, error) = outcome_of(&outcome);
             child.dispatched(name, error);

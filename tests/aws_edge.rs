@@ -275,3 +275,116 @@ async fn a_fifo_receive_whose_answer_is_lost_is_retried_with_the_same_attempt_id
     assert_ne!(ids[2], ids[1], "the receive after an answered one has a new id: {ids:?}");
     assert_eq!(w.deliveries().iter().map(|d| d.records().len()).sum::<usize>(), 3, "each message once");
 }
+
+/// A client of `service` ("sqs" or "lambda") signing as `key` (`secret`, `token`) for `region`.
+fn signed_as(url: &str, region: &str, key: &str, secret: &str, token: Option<&str>) -> aws_sdk_sqs::Client {
+    let credentials = aws_sdk_sqs::config::Credentials::new(key, secret, token.map(str::to_string), None, "test");
+    aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new(region.to_string()))
+            .credentials_provider(credentials)
+            .endpoint_url(url)
+            .build(),
+    )
+}
+
+/// The error code of a refused call, as the SDK read it.
+async fn refusal(client: &aws_sdk_sqs::Client, queue: &str) -> String {
+    use aws_sdk_sqs::error::ProvideErrorMetadata;
+    match client.get_queue_attributes().queue_url(queue).send().await {
+        Ok(_) => "accepted".into(),
+        Err(e) => e.code().unwrap_or("no code").to_string(),
+    }
+}
+
+/// Negative controls of the witness: the strict-AWS proxy refuses what real AWS refuses — a
+/// wrong secret, a session token of another key, a key expired by AWS's clock (though not by the
+/// date the request claims), a key whose expiry cannot be read, a scope of another region or
+/// service — and lets the right key through. Without these, a proxy that checked nothing would
+/// pass every other test of this file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_strict_aws_proxy_refuses_what_aws_refuses() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("witness", &[]).await;
+    let proxy = StrictAws::start(&sqs.endpoint).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.jsonl");
+    let at = |secs: i64| {
+        let t = if secs >= 0 {
+            std::time::SystemTime::now() + Duration::from_secs(secs as u64)
+        } else {
+            std::time::SystemTime::now() - Duration::from_secs(secs.unsigned_abs())
+        };
+        aws_smithy_types::DateTime::from(t).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap()
+    };
+    let key = |id: &str, expiration: &str| {
+        format!(
+            "{{\"AccessKeyId\": \"{id}\", \"SecretAccessKey\": \"secret-{id}\", \"SessionToken\": \"token-{id}\", \"Expiration\": \"{expiration}\"}}\n"
+        )
+    };
+    std::fs::write(
+        &keys,
+        [
+            key("ASIAVALID", &at(3600)),
+            key("ASIAEXPIRED", &at(-60)),
+            key("ASIASOON", &at(60)),
+            key("ASIABROKEN", "tomorrow"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    proxy.set_keys_file(keys);
+    let q = queue.replace(&sqs.endpoint, &proxy.url);
+    let url = &proxy.url;
+    // the positive controls
+    assert_eq!(refusal(&signed_as(url, "us-east-1", "test", "test", None), &q).await, "accepted");
+    let valid = signed_as(url, "us-east-1", "ASIAVALID", "secret-ASIAVALID", Some("token-ASIAVALID"));
+    assert_eq!(refusal(&valid, &q).await, "accepted");
+    // the refusals
+    let cases = [
+        ("a wrong secret", signed_as(url, "us-east-1", "test", "not-the-secret", None), "SignatureDoesNotMatch"),
+        (
+            "another key's session token",
+            signed_as(url, "us-east-1", "ASIAVALID", "secret-ASIAVALID", Some("token-ASIASOON")),
+            "InvalidClientTokenId",
+        ),
+        (
+            "an expired key",
+            signed_as(url, "us-east-1", "ASIAEXPIRED", "secret-ASIAEXPIRED", Some("token-ASIAEXPIRED")),
+            "ExpiredToken",
+        ),
+        (
+            "an Expiration that does not parse",
+            signed_as(url, "us-east-1", "ASIABROKEN", "secret-ASIABROKEN", Some("token-ASIABROKEN")),
+            "InvalidClientTokenId",
+        ),
+        ("an unknown key", signed_as(url, "us-east-1", "AKIAUNKNOWN", "x", None), "InvalidClientTokenId"),
+        ("another region's scope", signed_as(url, "eu-west-1", "test", "test", None), "SignatureDoesNotMatch"),
+    ];
+    for (what, client, code) in &cases {
+        assert_eq!(refusal(client, &q).await, *code, "{what}: {:?}", proxy.state.lock().unwrap().rejected.last());
+    }
+    // expired by AWS's clock two minutes ahead, though not by the request's own date
+    let soon = signed_as(url, "us-east-1", "ASIASOON", "secret-ASIASOON", Some("token-ASIASOON"));
+    assert_eq!(refusal(&soon, &q).await, "accepted");
+    proxy.set_skew(120);
+    assert_eq!(refusal(&soon, &q).await, "ExpiredToken", "expiry is AWS's clock's, not the request's date");
+    proxy.set_skew(0);
+    // another service's scope: a Lambda client signs for "lambda"
+    let lambda = aws_sdk_lambda::Client::from_conf(
+        aws_sdk_lambda::Config::builder()
+            .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+            .region(aws_sdk_lambda::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_lambda::config::Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(url)
+            .build(),
+    );
+    assert!(lambda.list_functions().send().await.is_err(), "a request scoped to lambda");
+    let rejected = proxy.state.lock().unwrap().rejected.clone();
+    assert!(
+        rejected.last().is_some_and(|r| r.contains("scoped to us-east-1/sqs, not us-east-1/lambda")),
+        "{rejected:?}"
+    );
+    assert_eq!(rejected.len(), cases.len() + 2, "every refusal recorded: {rejected:?}");
+}

@@ -634,3 +634,79 @@ fn short_polling_an_empty_queue_receives_at_most_once_a_second_per_poller() {
         assert!(receives >= 3 * 50, "the pollers kept polling: {receives} receives");
     });
 }
+
+/// Issue 30: batches the open breaker held kept their concurrency slots, so a pool's other
+/// pipelines starved. Pipelines `down` and `up` share a pool of 2; `down`'s worker answers 502
+/// (the breaker opens at the first, cool-down 300 s), `up`'s works. Now a held batch lends its
+/// slot back: `up` drains long before `down`'s first probe.
+#[test]
+fn batches_the_breaker_holds_lend_their_pool_slots_to_the_other_pipelines() {
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+        let queues: Vec<Arc<SimQueue>> = ["down", "up"]
+            .iter()
+            .map(|n| Arc::new(SimQueue::new(SimConfig::new(&format!("http://sim/000000000000/pool-{n}"), VISIBILITY, 1))))
+            .collect();
+        for q in &queues {
+            for i in 0..40 {
+                q.put(&format!("m-{i}"), None);
+            }
+        }
+        let mut text = "[pools.shared]\nmax_concurrency = 2\n".to_string();
+        for (name, q) in ["down", "up"].iter().zip(&queues) {
+            text += &format!(
+                "[[pipelines]]\nname = \"pool-{name}\"\nqueue_url = \"{}\"\n[pipelines.pollers]\nmin = 1\nmax = 2\nwait_time_secs = 5\n\
+                 [pipelines.batch]\nsize = 2\n\
+                 [pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\npool = \"shared\"\nmax_concurrency = 2\n\
+                 [pipelines.target.breaker]\nfailures = 1\ncooldown_secs = 300\n",
+                q.url()
+            );
+        }
+        let mut cfg = sqs_poller::config::parse(&text, &|_| None).expect("valid");
+        let pool = Arc::new(sqs_poller::dispatch::concurrency::Slots::new(2, None));
+        let mut running = Vec::new();
+        for (k, q) in queues.iter().enumerate() {
+            let config = cfg.pipelines.remove(0);
+            let name = config.name.clone();
+            let target = Target::Function(Arc::new(move |_event: Bytes| {
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if k == 0 {
+                        Invocation::unavailable("HTTP 502")
+                    } else {
+                        Invocation::Response(Bytes::new())
+                    }
+                })
+            }));
+            let shutdown = Shutdown::default();
+            let metrics = PipelineMetrics::new(&name, 1, 2, 2);
+            let task = tokio::spawn(pipeline::run(PipelineParts {
+                telemetry: None,
+                config,
+                queue: q.clone(),
+                dead_letter: None,
+                target,
+                metrics,
+                shutdown: shutdown.clone(),
+                ready: Arc::new(sqs_poller::sqs::Reachability::new(&name, Arc::new(AtomicBool::new(false)))),
+                control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
+                payloads: None,
+                pool: Some(pool.clone()),
+            }));
+            running.push((task, shutdown));
+        }
+        let start = tokio::time::Instant::now();
+        while !queues[1].is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(250),
+                "`up` has {} of 40 left after 250 s: the held batches of `down` kept the pool's slots",
+                queues[1].len()
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(queues[0].len(), 40, "`down` processed nothing (its worker is down)");
+        for (task, shutdown) in running {
+            shutdown.begin(Duration::from_secs(10));
+            task.await.unwrap().unwrap();
+        }
+    });
+}

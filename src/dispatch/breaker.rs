@@ -226,6 +226,23 @@ impl Breaker {
         self.changed.notify_waiters();
     }
 
+    /// Whether a call may go now, without waiting: `Some(true)` as the probe, `Some(false)`
+    /// closed, `None` when it would wait.
+    pub fn try_admit(&self) -> Option<bool> {
+        let (admit, phase) = {
+            let mut s = self.state();
+            let now = Instant::now();
+            let admit = s.admit(now);
+            (admit, s.phase(now))
+        };
+        self.report(phase);
+        match admit {
+            Admit::Go => Some(false),
+            Admit::Probe => Some(true),
+            Admit::Wait(_) => None,
+        }
+    }
+
     /// Waits until a call may go: `Some(true)` when it goes as the probe, `None` when `stop`
     /// fired first.
     pub async fn admit(&self, stop: &CancellationToken) -> Option<bool> {

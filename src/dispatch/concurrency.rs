@@ -325,6 +325,44 @@ pub struct Slot {
     _taken: (),
 }
 
+/// A batch's slot while it is dispatched: lent back to the pipeline (or its pool) while the
+/// circuit breaker holds the batch, taken again before the target is called, so that held
+/// batches do not starve the pool's other pipelines.
+pub struct SlotHold<'a> {
+    member: &'a Member,
+    slot: Option<Slot>,
+}
+
+impl<'a> SlotHold<'a> {
+    pub fn new(member: &'a Member, slot: Slot) -> Self {
+        SlotHold { member, slot: Some(slot) }
+    }
+
+    /// Gives the slot back for a while (no-op when already lent).
+    pub fn lend(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.member.release(slot);
+        }
+    }
+
+    /// Takes a slot again (at once when it was not lent).
+    pub async fn reclaim(&mut self) {
+        if self.slot.is_none() {
+            self.slot = Some(self.member.acquire().await);
+        }
+    }
+
+    /// Whether it holds its slot now.
+    pub fn holds(&self) -> bool {
+        self.slot.is_some()
+    }
+
+    /// The batch ended: the slot goes back, if it holds one.
+    pub fn release(mut self) {
+        self.lend();
+    }
+}
+
 /// The share of `limit` each member is entitled to now, in batches: priority levels from the
 /// highest take what they use (in flight and waiting) and leave the rest to the next level;
 /// within a level, a member is entitled to its weight's part of what is left, counted among

@@ -234,9 +234,10 @@ impl Dispatcher {
         batch: &[ReceivedMessage],
         abandon: &CancellationToken,
         span: Option<&str>,
+        slot: &mut Option<concurrency::SlotHold<'_>>,
     ) -> Outcome {
         if batch.iter().all(|m| m.unresolved.is_none()) {
-            return self.dispatch_resolved(batch, abandon, span).await;
+            return self.dispatch_resolved(batch, abandon, span, slot).await;
         }
         let mut failed: Vec<usize> = Vec::new();
         let mut go: Vec<usize> = Vec::new();
@@ -253,7 +254,7 @@ impl Dispatcher {
             return Outcome::Answered(Verdict::AllFailed(reason));
         }
         let part: Vec<ReceivedMessage> = go.iter().map(|&i| batch[i].clone()).collect();
-        match self.dispatch_resolved(&part, abandon, span).await {
+        match self.dispatch_resolved(&part, abandon, span, slot).await {
             Outcome::Answered(Verdict::AllSucceeded) => {}
             Outcome::Answered(Verdict::Partial(f)) => failed.extend(f.into_iter().map(|k| go[k])),
             Outcome::Answered(Verdict::AllFailed(reason)) => return Outcome::Answered(Verdict::AllFailed(reason)),
@@ -269,12 +270,13 @@ impl Dispatcher {
         batch: &[ReceivedMessage],
         abandon: &CancellationToken,
         span: Option<&str>,
+        slot: &mut Option<concurrency::SlotHold<'_>>,
     ) -> Outcome {
-        match self.call(batch, abandon, span).await {
+        match self.call(batch, abandon, span, slot).await {
             Outcome::Answered(Verdict::AllFailed(reason)) if self.bisect && batch.len() > 1 => {
                 self.metrics.batches_bisected.increment(1);
                 tracing::warn!(pipeline = %self.metrics.pipeline, messages = batch.len(), %reason, "the batch failed as a whole: splitting it to find the messages that fail on their own");
-                match self.bisect(batch, (0..batch.len()).collect(), abandon, span).await {
+                match self.bisect(batch, (0..batch.len()).collect(), abandon, span, slot).await {
                     None => Outcome::Abandoned,
                     Some(failed) if failed.is_empty() => Outcome::Answered(Verdict::AllSucceeded),
                     Some(failed) if failed.len() == batch.len() => Outcome::Answered(Verdict::AllFailed(reason)),
@@ -290,13 +292,17 @@ impl Dispatcher {
 
     /// Dispatches the messages at `indexes` of `batch` in two halves, splitting again what fails
     /// as a whole; the indexes that failed on their own, or `None` when shutdown gave up.
-    fn bisect<'a>(
+    fn bisect<'a, 'h>(
         &'a self,
         batch: &'a [ReceivedMessage],
         indexes: Vec<usize>,
         abandon: &'a CancellationToken,
         span: Option<&'a str>,
-    ) -> crate::sqs::BoxFuture<'a, Option<Vec<usize>>> {
+        slot: &'a mut Option<concurrency::SlotHold<'h>>,
+    ) -> crate::sqs::BoxFuture<'a, Option<Vec<usize>>>
+    where
+        'h: 'a,
+    {
         Box::pin(async move {
             let (first, second) = indexes.split_at(indexes.len() / 2);
             let mut failed: Vec<usize> = Vec::new();
@@ -312,11 +318,11 @@ impl Dispatcher {
                     continue;
                 }
                 let part: Vec<ReceivedMessage> = go.iter().map(|&i| batch[i].clone()).collect();
-                match self.call(&part, abandon, span).await {
+                match self.call(&part, abandon, span, slot).await {
                     Outcome::Answered(Verdict::AllSucceeded) => {}
                     Outcome::Answered(Verdict::Partial(f)) => failed.extend(f.into_iter().map(|k| go[k])),
                     Outcome::Answered(Verdict::AllFailed(_)) if go.len() > 1 => {
-                        failed.extend(self.bisect(batch, go, abandon, span).await?);
+                        failed.extend(self.bisect(batch, go, abandon, span, &mut *slot).await?);
                     }
                     Outcome::Answered(Verdict::AllFailed(reason)) => {
                         tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %batch[go[0]].message_id, %reason, "the message fails on its own");
@@ -331,8 +337,15 @@ impl Dispatcher {
         })
     }
 
-    /// Calls the target until it answers, throttles for too long, or `abandon` fires.
-    pub async fn call(&self, batch: &[ReceivedMessage], abandon: &CancellationToken, span: Option<&str>) -> Outcome {
+    /// Calls the target until it answers, throttles for too long, or `abandon` fires. While the
+    /// breaker holds the batch its `slot` is lent back, and taken again before the call.
+    pub async fn call(
+        &self,
+        batch: &[ReceivedMessage],
+        abandon: &CancellationToken,
+        span: Option<&str>,
+        slot: &mut Option<concurrency::SlotHold<'_>>,
+    ) -> Outcome {
         if let Some(limiter) = &self.limiter {
             let n = NonZeroU32::new(batch.len() as u32).expect("batches are never empty");
             tokio::select! {
@@ -355,20 +368,34 @@ impl Dispatcher {
             // probe that is itself (issue 30: the breaker never closed)
             if probe.0.is_none() {
                 if let Some(b) = &self.breaker {
-                    let waited = Instant::now();
-                    // the drain lets a held batch go at once; a closed breaker admits at once
-                    let admitted = tokio::select! {
-                        biased;
-                        a = b.admit(&self.drain) => a,
-                        () = abandon.cancelled() => None,
-                    };
-                    let Some(admitted) = admitted else { return Outcome::Abandoned };
-                    if waited.elapsed() > Duration::from_millis(1) {
-                        // time held by the breaker is not time throttled
-                        first_try = Instant::now();
-                    }
-                    if admitted {
-                        probe = ProbeTurn(Some(b.as_ref()));
+                    match b.try_admit() {
+                        Some(true) => probe = ProbeTurn(Some(b.as_ref())),
+                        Some(false) => {}
+                        None => {
+                            // held: the slot goes back to the pipeline (or its pool) meanwhile;
+                            // the drain lets a held batch go at once
+                            if let Some(hold) = slot.as_mut() {
+                                hold.lend();
+                            }
+                            let admitted = tokio::select! {
+                                biased;
+                                a = b.admit(&self.drain) => a,
+                                () = abandon.cancelled() => None,
+                            };
+                            let Some(admitted) = admitted else { return Outcome::Abandoned };
+                            if admitted {
+                                probe = ProbeTurn(Some(b.as_ref()));
+                            }
+                            if let Some(hold) = slot.as_mut() {
+                                tokio::select! {
+                                    biased;
+                                    () = hold.reclaim() => {}
+                                    () = abandon.cancelled() => return Outcome::Abandoned,
+                                }
+                            }
+                            // time held by the breaker is not time throttled
+                            first_try = Instant::now();
+                        }
                     }
                 }
             }

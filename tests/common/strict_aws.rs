@@ -21,6 +21,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+/// The region and service every request must be scoped to.
+pub const REGION: &str = "us-east-1";
+pub const SERVICE: &str = "sqs";
+
 /// An error to answer instead of forwarding.
 #[derive(Clone, Debug)]
 pub struct Injection {
@@ -66,24 +70,28 @@ pub struct StrictAws {
 struct Key {
     secret: String,
     token: Option<String>,
-    expiry: Option<SystemTime>,
+    /// `Err`: an `Expiration` that does not parse (real AWS would not have issued it: refused).
+    expiry: Result<Option<SystemTime>, String>,
 }
 
 /// The keys the proxy knows: `test`, and those of `keys_file`.
 fn lookup(state: &State, access_key: &str) -> Option<Key> {
     if access_key == "test" {
-        return Some(Key { secret: "test".into(), token: None, expiry: None });
+        return Some(Key { secret: "test".into(), token: None, expiry: Ok(None) });
     }
     let text = std::fs::read_to_string(state.keys_file.as_ref()?).ok()?;
     text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|v| {
         (v["AccessKeyId"].as_str()? == access_key).then(|| Key {
             secret: v["SecretAccessKey"].as_str().unwrap_or_default().to_string(),
             token: v["SessionToken"].as_str().map(str::to_string),
-            expiry: v["Expiration"].as_str().and_then(|e| {
-                aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::DateTime)
+            expiry: match v["Expiration"].as_str() {
+                None => Ok(None),
+                Some(e) => aws_smithy_types::DateTime::from_str(e, aws_smithy_types::date_time::Format::DateTime)
                     .ok()
                     .and_then(|d| SystemTime::try_from(d).ok())
-            }),
+                    .map(Some)
+                    .ok_or_else(|| format!("the Expiration {e:?} of the key does not parse")),
+            },
         })
     })
 }
@@ -199,11 +207,21 @@ async fn handle(
         if key.token.is_some() && !auth.signed_headers.iter().any(|h| h == "x-amz-security-token") {
             return Err(("IncompleteSignature", "the session token is not signed".into()));
         }
-        let date = headers.get("x-amz-date").ok_or(("MissingAuthenticationToken", "no x-amz-date".to_string()))?;
-        let signed_at = super::sigv4::parse_amz_date(date);
-        if key.expiry.is_some_and(|expiry| signed_at >= expiry) {
-            return Err(("ExpiredToken", format!("the key {} expired before the request was signed", auth.access_key)));
+        // the scope names this region and this service (AWS: "Credential should be scoped to a
+        // valid region" / "to correct service")
+        if auth.region != REGION || auth.service != SERVICE {
+            return Err((
+                "SignatureDoesNotMatch",
+                format!("Credential should be scoped to {REGION}/{SERVICE}, not {}/{}", auth.region, auth.service),
+            ));
         }
+        let date = headers.get("x-amz-date").ok_or(("MissingAuthenticationToken", "no x-amz-date".to_string()))?;
+        // expiry by AWS's clock when the request arrives, not by the date the request claims
+        let expiry = key.expiry.map_err(|e| ("InvalidClientTokenId", e))?;
+        if expiry.is_some_and(|expiry| now >= expiry) {
+            return Err(("ExpiredToken", format!("the key {} has expired", auth.access_key)));
+        }
+        let signed_at = super::sigv4::parse_amz_date(date);
         let off = match now.duration_since(signed_at) {
             Ok(d) => d,
             Err(e) => e.duration(),

@@ -50,6 +50,9 @@ use sqs_poller::sim::{SimConfig, SimQueue};
 use sqs_poller::sqs::{BoxFuture, EntryFailure, Queue, SqsError};
 use tokio::time::Instant;
 
+/// The most real time one seed may take (a few seconds at most when healthy, on a loaded machine).
+const WALL_LIMIT: Duration = Duration::from_secs(120);
+
 /// How long the backlog may take to drain once the target answers again (simulated).
 const LIVENESS: Duration = Duration::from_secs(3 * 3600);
 
@@ -239,9 +242,11 @@ fn pipeline_toml(name: &str, queue: &str, d: &Drawn, dlq: Option<&str>, pool: Op
         t += &format!("pool = \"shared\"\npriority = {priority}\nweight = {weight}\n");
     }
     match d.breaker {
-        Some((failures, cooldown)) => t += &format!(
+        Some((failures, cooldown)) => {
+            t += &format!(
             "[pipelines.target.breaker]\nfailures = {failures}\ncooldown_secs = {cooldown}\nmax_cooldown_secs = 60\n"
-        ),
+        )
+        }
         None => t += "[pipelines.target.breaker]\nenabled = false\n",
     }
     if let Some(m) = d.max_outstanding {
@@ -807,15 +812,40 @@ fn every_feature_together_under_drawn_configurations_and_faults() {
         None => (fastrand::u64(..u64::MAX / 2), env("SQS_POLLER_SIM_SEEDS").unwrap_or(200), 1),
     };
     let threads = 2.min(count * repeat);
+    eprintln!("{count} seeds from {first} on {threads} threads");
     let failures: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    // a seed whose simulated time stops (a task that never yields to the timer) would hang the
+    // suite: past WALL_LIMIT of real time the run is ended, naming the seed
+    let running: Arc<Mutex<Vec<Option<(u64, std::time::Instant)>>>> =
+        Arc::new(Mutex::new(vec![None; threads as usize]));
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (running, done) = (running.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                let stuck = running.lock().unwrap().iter().flatten().find(|(_, t)| t.elapsed() > WALL_LIMIT).copied();
+                if let Some((seed, _)) = stuck {
+                    eprintln!(
+                        "seed {seed} ran past {} s of real time (its simulated clock stopped: a task that never yields?); \
+                         replay with SQS_POLLER_SIM_SEED={seed} cargo test --test simulation every_feature_together -- --nocapture",
+                        WALL_LIMIT.as_secs()
+                    );
+                    std::process::exit(101);
+                }
+            }
+        })
+    };
     let handles: Vec<_> = (0..threads)
         .map(|k| {
-            let failures = failures.clone();
+            let (failures, running) = (failures.clone(), running.clone());
             std::thread::spawn(move || {
                 let mut run = k;
                 while run < count * repeat {
                     let seed = first + run % count;
+                    running.lock().unwrap()[k as usize] = Some((seed, std::time::Instant::now()));
                     let one = one_seed(seed);
+                    running.lock().unwrap()[k as usize] = None;
                     if let Err(e) = &one {
                         eprintln!("seed {seed} failed: replay with SQS_POLLER_SIM_SEED={seed} SQS_POLLER_SIM_REPEAT=20 cargo test --test simulation every_feature_together -- --nocapture\n  {e}");
                         failures.lock().unwrap().push((seed, e.clone()));
@@ -830,6 +860,8 @@ fn every_feature_together_under_drawn_configurations_and_faults() {
     for h in handles {
         h.join().expect("a seed thread");
     }
+    done.store(true, Ordering::SeqCst);
+    watchdog.join().expect("the watchdog");
     let failures = failures.lock().unwrap();
     println!("{} runs of {count} seeds from {first}: {} failed", count * repeat, failures.len());
     assert!(
