@@ -22,7 +22,7 @@
 //!   behind a group's cap once idle;
 //! - **shutdown within its grace**: every pipeline has returned by the end of the grace period.
 //!
-//! `SQS_POLLER_SIM_SEEDS=N` runs N seeds (default 200, on two threads); a failure prints the
+//! `SQS_POLLER_SIM_SEEDS=N` runs N seeds (default 400, on two threads: about 35 s); a failure prints the
 //! configuration, the schedule and the command that replays that seed alone
 //! (`SQS_POLLER_SIM_SEED=S`). The simulated worker, queue and the service's own jitter all draw
 //! from the seed, on one thread under paused time: a seed replays exactly.
@@ -809,7 +809,7 @@ fn every_feature_together_under_drawn_configurations_and_faults() {
     // N times
     let (first, count, repeat) = match env("SQS_POLLER_SIM_SEED") {
         Some(seed) => (seed, 1, env("SQS_POLLER_SIM_REPEAT").unwrap_or(1).max(1)),
-        None => (fastrand::u64(..u64::MAX / 2), env("SQS_POLLER_SIM_SEEDS").unwrap_or(200), 1),
+        None => (fastrand::u64(..u64::MAX / 2), env("SQS_POLLER_SIM_SEEDS").unwrap_or(400), 1),
     };
     let threads = 2.min(count * repeat);
     eprintln!("{count} seeds from {first} on {threads} threads");
