@@ -11,6 +11,7 @@ mod common;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
+use common::strict_aws::StrictAws;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,8 +31,16 @@ async fn lower_the_visibility_while_running(sqs: Sqs) {
     let pipeline =
         http_pipeline("vis", &queue, &w.url, "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.batch]\nsize = 5\n")
             .replace("[pipelines.target]", "depth_interval_secs = 1\n[pipelines.target]");
-    let a = start_poller(&sqs, 5, &pipeline).await;
-    let b = start_poller(&sqs, 5, &pipeline).await;
+    // both instances reach SQS through the strict-AWS proxy, which records what they asked for
+    let proxy = StrictAws::start(&sqs.endpoint).await;
+    let mut a = spawn_poller(&proxy.url, 5, &pipeline);
+    let mut b = spawn_poller(&proxy.url, 5, &pipeline);
+    a.wait_listening().await;
+    b.wait_listening().await;
+    eventually("both receive", Duration::from_secs(15), || async {
+        proxy.state.lock().unwrap().receive_visibility.len() >= 2
+    })
+    .await;
     sqs.client
         .set_queue_attributes()
         .queue_url(&queue)
@@ -45,6 +54,11 @@ async fn lower_the_visibility_while_running(sqs: Sqs) {
         })
         .await;
     }
+    // what SQS is asked for from here on
+    let (receives_before, changes_before) = {
+        let s = proxy.state.lock().unwrap();
+        (s.receive_visibility.len(), s.visibility_changes.len())
+    };
     let bodies: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
     sqs.send_bodies(&queue, &bodies).await;
     eventually("all 20 deleted", Duration::from_secs(90), || async {
@@ -54,6 +68,19 @@ async fn lower_the_visibility_while_running(sqs: Sqs) {
     })
     .await;
     let (log_a, log_b) = (a.log_text(), b.log_text());
+    // what SQS saw: every receive asked for a visibility, 300 s before the change was adopted and
+    // 6 s after; the 14 s batches were extended, each time for 6 s
+    let (receives, changes) = {
+        let s = proxy.state.lock().unwrap();
+        (s.receive_visibility.clone(), s.visibility_changes.clone())
+    };
+    assert!(receives.iter().all(Option::is_some), "a receive asked for no visibility: {receives:?}");
+    assert!(receives[..2].iter().all(|v| *v == Some(300)), "before the change: {receives:?}");
+    let after: Vec<Option<u64>> = receives[receives_before..].to_vec();
+    assert!(!after.is_empty() && after.iter().all(|v| *v == Some(6)), "after the change: {after:?}");
+    let extensions: Vec<u64> = changes[changes_before..].iter().copied().filter(|&v| v > 0).collect();
+    assert!(extensions.len() >= 20, "each 14 s batch extended at least once: {extensions:?}");
+    assert!(extensions.iter().all(|&v| v == 6), "extensions of 6 s: {extensions:?}");
     a.stop().await;
     b.stop().await;
     let times = w.times_delivered();

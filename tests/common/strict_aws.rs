@@ -59,6 +59,10 @@ pub struct State {
     pub injected: usize,
     /// The `ReceiveRequestAttemptId` of every ReceiveMessage, in order.
     pub attempt_ids: Vec<Option<String>>,
+    /// The `VisibilityTimeout` every ReceiveMessage asked for, in order.
+    pub receive_visibility: Vec<Option<u64>>,
+    /// The `VisibilityTimeout` of every `ChangeMessageVisibilityBatch` entry, in order.
+    pub visibility_changes: Vec<u64>,
 }
 
 pub struct StrictAws {
@@ -259,7 +263,14 @@ async fn handle(
     if operation == "ReceiveMessage" {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let id = v["ReceiveRequestAttemptId"].as_str().map(str::to_string);
-        state.lock().unwrap().attempt_ids.push(id);
+        let mut s = state.lock().unwrap();
+        s.attempt_ids.push(id);
+        s.receive_visibility.push(v["VisibilityTimeout"].as_u64());
+    }
+    if operation == "ChangeMessageVisibilityBatch" {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let entries = v["Entries"].as_array().cloned().unwrap_or_default();
+        state.lock().unwrap().visibility_changes.extend(entries.iter().filter_map(|e| e["VisibilityTimeout"].as_u64()));
     }
     // an injected error
     let injected = {
