@@ -126,6 +126,9 @@ struct Faults {
     visibility_change: Option<(u64, u64)>,
     /// (at s, grace s)
     sigterm: Option<(u64, u64)>,
+    /// A reload (SIGHUP with a changed pipeline: drained, started again) at s, with a new batch
+    /// size and window.
+    reload: Option<(u64, usize, u64)>,
 }
 
 fn pick<T: Copy>(rng: &mut fastrand::Rng, choices: &[T]) -> T {
@@ -190,7 +193,9 @@ fn draw_faults(rng: &mut fastrand::Rng, d: &Drawn) -> Faults {
         sqs_error_rate,
         entry_error_rate,
         duplicate_rate: if d.fifo { 0.0 } else { duplicate_rate },
-        sqs_latency_ms: pick(rng, &[0, 20, 200]),
+        // (every answer takes some time, as on a network: with none, a loop of instant failures
+        // and instant retries would stop the simulated clock)
+        sqs_latency_ms: pick(rng, &[2, 20, 200]),
         item_failure,
         function_error,
         unavailable,
@@ -208,6 +213,13 @@ fn draw_faults(rng: &mut fastrand::Rng, d: &Drawn) -> Faults {
         visibility_change: (d.visibility_override.is_none() && chance(rng, 0.3))
             .then(|| (rng.u64(1..=60), pick(rng, &[3, 6, 120, 300]))),
         sigterm: chance(rng, 0.25).then(|| (rng.u64(1..=120), pick(rng, &[1, 5, 30]))),
+        reload: chance(rng, 0.2).then(|| {
+            (
+                rng.u64(1..=90),
+                if d.fifo { rng.usize(1..=10) } else { pick(rng, &[1, 5, 10, 40]) },
+                pick(rng, &[0, 100, 500]),
+            )
+        }),
     }
 }
 
@@ -366,6 +378,8 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                 ids: ids.clone(),
                 groups: if fifo { groups } else { Vec::new() },
             };
+            // a round trip, whatever the answer
+            tokio::time::sleep(Duration::from_millis(1)).await;
             let f = &run.faults;
             // the outage first: unavailable, then throttled
             if let Some(o) = f.outage {
@@ -514,6 +528,58 @@ struct Lane {
     max_outstanding: usize,
     task: Option<tokio::task::JoinHandle<Result<(), SqsError>>>,
     shutdown: Shutdown,
+    /// Its configuration file, and the pool it shares: what a reload starts it again with.
+    text: String,
+    pool: Option<Arc<Slots>>,
+}
+
+impl Lane {
+    /// Starts the pipeline of `text` (the lane's first start, or a reload's).
+    fn launch(&mut self, text: &str, run: &Arc<Run>, d: &Drawn) -> Result<(), String> {
+        let cfg = match sqs_poller::config::parse(text, &|_| None) {
+            Ok(mut c) => c.pipelines.remove(0),
+            Err(e) => return Err(format!("the drawn configuration is refused: {e:?}\n{text}")),
+        };
+        self.max_outstanding = cfg.lease.max_outstanding;
+        let visibility = cfg.pollers.visibility_timeout.unwrap_or(Duration::from_secs(d.queue_visibility));
+        let target = worker(self.world.clone(), run.clone(), d, visibility);
+        let checked = Arc::new(Checked {
+            inner: self.queue.clone(),
+            world: self.world.clone(),
+            dead_letter: self.dead_letter.clone(),
+            start: run.start,
+        });
+        let shutdown = Shutdown::default();
+        let metrics = PipelineMetrics::new(&self.name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
+        self.task = Some(tokio::spawn(pipeline::run(PipelineParts {
+            telemetry: None,
+            config: cfg,
+            queue: checked,
+            dead_letter: self.dead_letter.clone().map(|q| q as Arc<dyn Queue>),
+            target,
+            metrics,
+            shutdown: shutdown.clone(),
+            ready: Arc::new(sqs_poller::sqs::Reachability::new(&self.name, Arc::new(AtomicBool::new(false)))),
+            control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
+            payloads: None,
+            pool: self.pool.clone(),
+        })));
+        self.shutdown = shutdown;
+        self.text = text.to_string();
+        Ok(())
+    }
+
+    /// Drains the running pipeline (`grace` from now) and waits for it; what went wrong.
+    async fn drain(&mut self, grace: Duration, from: Instant) -> Option<String> {
+        self.shutdown.begin(grace);
+        let task = self.task.take().expect("started");
+        match tokio::time::timeout_at(from + grace, task).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(format!("{}: the pipeline failed: {e}", self.name)),
+            Ok(Err(e)) => Some(format!("{}: the pipeline task panicked: {e}", self.name)),
+            Err(_) => Some(format!("{}: shutdown ran past its {} s grace", self.name, grace.as_secs())),
+        }
+    }
 }
 
 /// Runs one seed; `Err` describes what broke.
@@ -581,52 +647,33 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
             }
         }
         text += &pipeline_toml(name, queue.url(), &d, dead_letter.as_ref().map(|q| q.url()), pool);
-        let cfg = match sqs_poller::config::parse(&text, &|_| None) {
-            Ok(mut c) => c.pipelines.remove(0),
-            Err(e) => return Err(format!("the drawn configuration is refused: {e:?}\n{text}")),
-        };
-        let world: Arc<Mutex<World>> = Arc::default();
-        let max_outstanding = cfg.lease.max_outstanding;
-        let visibility = cfg.pollers.visibility_timeout.unwrap_or(Duration::from_secs(d.queue_visibility));
-        let target = worker(world.clone(), run.clone(), &d, visibility);
-        let checked =
-            Arc::new(Checked { inner: queue.clone(), world: world.clone(), dead_letter: dead_letter.clone(), start });
-        let shutdown = Shutdown::default();
-        let metrics = PipelineMetrics::new(name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
-        let task = tokio::spawn(pipeline::run(PipelineParts {
-            telemetry: None,
-            config: cfg,
-            queue: checked,
-            dead_letter: dead_letter.clone().map(|q| q as Arc<dyn Queue>),
-            target,
-            metrics,
-            shutdown: shutdown.clone(),
-            ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
-            control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
-            payloads: None,
-            pool: pool_slots.clone(),
-        }));
-        lanes.push(Lane {
+        let mut lane = Lane {
             name: name.clone(),
             queue,
             dead_letter,
-            world,
+            world: Arc::default(),
             messages: d.messages,
-            max_outstanding,
-            task: Some(task),
-            shutdown,
-        });
+            max_outstanding: 0,
+            task: None,
+            shutdown: Shutdown::default(),
+            text: String::new(),
+            pool: pool_slots.clone(),
+        };
+        lane.launch(&text, &run, &d)?;
+        lanes.push(lane);
     }
 
     let mut broken: Vec<String> = Vec::new();
     let outage_end = f.outage.map_or(0, |o| o.end());
     let mut stopped_at: Option<(Instant, u64)> = None;
     let mut seconds = 0u64;
+    let (mut changed, mut reloaded) = (false, false);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         seconds += 1;
         if let Some((at, secs)) = f.visibility_change {
-            if seconds == at {
+            if seconds >= at && !changed {
+                changed = true;
                 for lane in &lanes {
                     lane.queue.set_visibility(Duration::from_secs(secs));
                 }
@@ -646,8 +693,26 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
                 }
             }
         }
+        // a reload: the changed pipeline is drained (its grace 30 s), then started again with
+        // its new batching; its messages wait in the queue meanwhile
+        if let Some((at, size, window)) = f.reload {
+            if seconds >= at && !reloaded && f.sigterm.is_none_or(|(s, _)| s > at) {
+                reloaded = true;
+                for lane in &mut lanes {
+                    if let Some(e) = lane.drain(Duration::from_secs(30), Instant::now()).await {
+                        broken.push(format!("reload: {e}"));
+                    }
+                    let text = lane.text.replace(
+                        &format!("size = {}\nwindow_ms = {}", d.batch_size, d.window_ms),
+                        &format!("size = {size}\nwindow_ms = {window}"),
+                    );
+                    lane.launch(&text, &run, &d)?;
+                }
+                seconds = start.elapsed().as_secs();
+            }
+        }
         if let Some((at, grace)) = f.sigterm {
-            if seconds == at {
+            if seconds >= at {
                 for lane in &lanes {
                     lane.shutdown.begin(Duration::from_secs(grace));
                 }
@@ -702,12 +767,9 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         }
     };
     for lane in &mut lanes {
-        let task = lane.task.take().expect("started");
-        match tokio::time::timeout_at(stop_from + Duration::from_secs(grace), task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => broken.push(format!("{}: the pipeline failed: {e}", lane.name)),
-            Ok(Err(e)) => broken.push(format!("{}: the pipeline task panicked: {e}", lane.name)),
-            Err(_) => broken.push(format!("{}: shutdown ran past its {grace} s grace", lane.name)),
+        // (begun above, all lanes at once: begin again is a no-op)
+        if let Some(e) = lane.drain(Duration::from_secs(grace), stop_from).await {
+            broken.push(e);
         }
     }
     // settled as the rules say, nothing lost, nothing left leased or held
