@@ -15,6 +15,7 @@
 //! - **FIFO order**: each group's messages succeed first in send order;
 //! - **in-flight and room within their bounds**: batches at the worker never above
 //!   `max_concurrency` (and a shared pool's), leased messages never above `lease.max_outstanding`;
+//! - **no lease lapses while held** (`sqs_poller_leases_expired_total` stays 0);
 //! - **liveness**: once the target answers again, the breaker closes and the backlog drains (within
 //!   three simulated hours of the outage's end);
 //! - **settled as the rules say**: every message ends deleted (succeeded, or dead-lettered), or,
@@ -813,6 +814,11 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
                     }
                 }
             }
+        }
+        // no lease lapsed while held (the maximum lease, 12 hours, is never reached here)
+        let lapsed = metric(handle, &format!("sqs_poller_leases_expired_total{{pipeline=\"{}\"}}", lane.name));
+        if lapsed.is_some_and(|n| n > 0.0) {
+            broken.push(format!("{}: {lapsed:?} leases lapsed while held", lane.name));
         }
         for (series, what) in [
             ("sqs_poller_in_flight_messages", "messages still leased"),
