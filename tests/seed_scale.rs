@@ -63,7 +63,13 @@ async fn a_fleet_of_2000_pollers_long_polls_at_once_and_drains_on_sigterm_within
         .await;
     let (status, took, log) = p.stop().await;
     assert!(status.success(), "exit {status:?}\n{log}");
-    assert!(took < Duration::from_secs(grace), "the drain took {took:?}, past the {grace} s grace period\n{log}");
+    // the drain finished on its own, not cut off at the end of the grace period (the wall-clock
+    // figure is printed: on a loaded machine it moves)
+    println!("2,000 pollers drained in {took:?} (grace {grace} s)");
+    assert!(
+        !log.contains("drain did not finish"),
+        "the drain ran into the {grace} s grace period's end ({took:?})\n{log}"
+    );
     assert!(!log.contains("given up"), "a long poll was abandoned at shutdown:\n{log}");
     let times: HashMap<String, usize> = w.times_delivered();
     let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();

@@ -348,7 +348,11 @@ async fn an_unreachable_collector_costs_no_message_and_is_counted() {
     assert_eq!(metric_value(&metrics, "sqs_poller_telemetry_spans_total{outcome=\"exported\"}"), 0.0);
     let (status, took, log) = poller.stop().await;
     assert!(status.success(), "{log}");
-    assert!(took < Duration::from_secs(10), "the shutdown waits at most a bounded flush: {took:?}");
+    // the flush is bounded: the drain finished on its own, not cut off at the grace period's end
+    assert!(
+        !log.contains("drain did not finish"),
+        "the shutdown waited past the 10 s grace for the flush ({took:?}):\n{log}"
+    );
     assert!(log.contains("spans could not be exported"), "{log}");
     let times = worker.times_delivered();
     assert_eq!(times.len(), 50, "every message processed");
