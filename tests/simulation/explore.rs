@@ -3,7 +3,7 @@
 //! pipeline, the circuit breaker, fixed or adaptive concurrency, bisect, a dead-letter queue,
 //! visibility, the fleet's size) and a fault schedule (SQS errors, entry errors, latency and
 //! duplicates; the target's item failures, function errors, 5xx, 429/503, timeouts, refused
-//! connections, slow and unreadable answers; an outage of 5xx or refused connections followed by
+//! connections, slow, unreadable and huge answers; an outage of 5xx or refused connections followed by
 //! a stretch of 503s; a change of the queue's visibility timeout; a SIGTERM at a random moment),
 //! runs the real stages over [`SimQueue`] under paused time, and checks the invariants as it runs
 //! and at the end:
@@ -121,6 +121,8 @@ struct Faults {
     refused: f64,
     timeout: f64,
     garbage: f64,
+    /// A valid answer padded to 2 MiB.
+    huge: f64,
     slow: f64,
     outage: Option<Outage>,
     /// (at s, the queue's new visibility timeout s)
@@ -189,7 +191,7 @@ fn draw_faults(rng: &mut fastrand::Rng, d: &Drawn) -> Faults {
     let mut rate = |most: f64| if chance(rng, 0.5) { rng.f64() * most } else { 0.0 };
     let (sqs_error_rate, entry_error_rate, duplicate_rate) = (rate(0.03), rate(0.03), rate(0.05));
     let (item_failure, function_error, unavailable, throttle) = (rate(0.1), rate(0.05), rate(0.05), rate(0.05));
-    let (refused, timeout, garbage, slow) = (rate(0.03), rate(0.02), rate(0.02), rate(0.1));
+    let (refused, timeout, garbage, slow, huge) = (rate(0.03), rate(0.02), rate(0.02), rate(0.1), rate(0.02));
     Faults {
         sqs_error_rate,
         entry_error_rate,
@@ -204,6 +206,7 @@ fn draw_faults(rng: &mut fastrand::Rng, d: &Drawn) -> Faults {
         refused,
         timeout,
         garbage,
+        huge,
         slow,
         outage: chance(rng, 0.35).then(|| Outage {
             from: rng.u64(0..=20),
@@ -452,7 +455,12 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                     w.success_order.push((g, n));
                 }
             }
-            Invocation::Response(Bytes::from(serde_json::json!({ "batchItemFailures": failures }).to_string()))
+            let answer = serde_json::json!({ "batchItemFailures": failures }).to_string();
+            if hit(f.huge) {
+                let padded = format!("{}{}}}", &answer[..answer.len() - 1], " ".repeat(2 << 20));
+                return Invocation::Response(Bytes::from(padded));
+            }
+            Invocation::Response(Bytes::from(answer))
         })
     }))
 }
