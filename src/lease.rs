@@ -72,9 +72,9 @@ struct Lease {
     retry_at: Option<Instant>,
     /// The heartbeat round whose extension of this lease is in flight.
     extending: Option<u64>,
-    /// A round that gave up waiting for its extension of this lease (the round limit) while the
-    /// call may still reach SQS: a settlement waits for it too.
-    late: Option<u64>,
+    /// Rounds that gave up waiting for their extension of this lease (the round limit) while the
+    /// call may still reach SQS: a settlement waits for them too.
+    late: Vec<u64>,
 }
 
 impl Lease {
@@ -212,7 +212,7 @@ impl LeaseTable {
                         lost: false,
                         retry_at: None,
                         extending: None,
-                        late: None,
+                        late: Vec::new(),
                     },
                 );
                 Admission::New
@@ -234,7 +234,7 @@ impl LeaseTable {
     /// heartbeat round with an extension of it in flight, if any.
     fn end_lease(&mut self, message_id: &str) -> Option<(String, Instant, Vec<u64>, Instant)> {
         let l = self.leases.remove(message_id)?;
-        let rounds = [l.extending, l.late].into_iter().flatten().filter(|r| self.rounds_in_flight.contains(r));
+        let rounds = l.extending.into_iter().chain(l.late).filter(|r| self.rounds_in_flight.contains(r));
         Some((l.receipt_handle, l.visible_until, rounds.collect(), l.handle_received_at))
     }
 
@@ -270,9 +270,7 @@ impl LeaseTable {
                 if l.extending == Some(round) {
                     l.extending = None;
                 }
-                if l.late == Some(round) {
-                    l.late = None;
-                }
+                l.late.retain(|&r| r != round);
             }
         }
     }
@@ -286,7 +284,7 @@ impl LeaseTable {
             if let Some(l) = self.leases.get_mut(&e.message_id) {
                 if l.extending == Some(round) {
                     l.extending = None;
-                    l.late = Some(round);
+                    l.late.push(round);
                 }
             }
         }
