@@ -51,6 +51,9 @@ use sqs_poller::sim::{SimConfig, SimQueue};
 use sqs_poller::sqs::{BoxFuture, EntryFailure, Queue, SqsError};
 use tokio::time::Instant;
 
+/// The seed a thread runs, since when (real time).
+type Running = Option<(u64, std::time::Instant)>;
+
 /// The most real time one seed may take (a few seconds at most when healthy, on a loaded machine).
 const WALL_LIMIT: Duration = Duration::from_secs(120);
 
@@ -86,9 +89,17 @@ struct Drawn {
     backoff: (u64, u64),
     max_outstanding: Option<usize>,
     depth_interval: u64,
-    /// A second pipeline on its own queue shares a pool with this one: (pool size, adaptive,
-    /// priorities, weights).
-    pool: Option<(usize, bool, (u32, u32), (u32, u32))>,
+    /// A second pipeline on its own queue shares a pool with this one.
+    pool: Option<PoolDraw>,
+}
+
+/// A pool shared by the seed's two pipelines.
+#[derive(Debug, Clone, Copy)]
+struct PoolDraw {
+    max: usize,
+    adaptive: bool,
+    priorities: (u32, u32),
+    weights: (u32, u32),
 }
 
 /// A stretch when the target is down: unavailable (5xx, or refused connections) from `from` for
@@ -177,12 +188,12 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
         depth_interval: pick(rng, &[1, 5, 10]),
         pool: chance(rng, 0.25).then(|| {
             // at least each member's own max_concurrency, less than theirs together
-            (
-                rng.usize(max_concurrency..=2 * max_concurrency),
-                chance(rng, 0.3),
-                (pick(rng, &[0, 1, 5]), pick(rng, &[0, 1])),
-                (rng.u32(1..=3), 1),
-            )
+            PoolDraw {
+                max: rng.usize(max_concurrency..=2 * max_concurrency),
+                adaptive: chance(rng, 0.3),
+                priorities: (pick(rng, &[0, 1, 5]), pick(rng, &[0, 1])),
+                weights: (rng.u32(1..=3), 1),
+            }
         }),
     }
 }
@@ -605,14 +616,14 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         start,
         rng: Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)),
         pool_load: AtomicUsize::new(0),
-        pool_max: d.pool.map(|p| p.0),
+        pool_max: d.pool.map(|p| p.max),
     });
     let suffix = if d.fifo { ".fifo" } else { "" };
     let names: Vec<String> = match d.pool {
         Some(_) => vec![format!("s{seed}-a"), format!("s{seed}-b")],
         None => vec![format!("s{seed}")],
     };
-    let pool_slots = d.pool.map(|(max, adaptive, ..)| Arc::new(Slots::new(max, adaptive.then_some(1))));
+    let pool_slots = d.pool.map(|p| Arc::new(Slots::new(p.max, p.adaptive.then_some(1))));
     let mut lanes = Vec::new();
     for (k, name) in names.iter().enumerate() {
         let mut source = SimConfig::new(
@@ -639,19 +650,11 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
             let group = d.groups.map(|g| format!("g{}", body_rng.usize(0..g)));
             queue.put(&format!("{kind}-{i}-{pad}"), group.as_deref());
         }
-        let pool = d.pool.map(
-            |(_, _, priorities, weights)| {
-                if k == 0 {
-                    (priorities.0, weights.0)
-                } else {
-                    (priorities.1, weights.1)
-                }
-            },
-        );
+        let pool = d.pool.map(|p| if k == 0 { (p.priorities.0, p.weights.0) } else { (p.priorities.1, p.weights.1) });
         let mut text = String::new();
-        if let Some((max, adaptive, ..)) = d.pool {
-            text += &format!("[pools.shared]\nmax_concurrency = {max}\n");
-            if adaptive {
+        if let Some(p) = d.pool {
+            text += &format!("[pools.shared]\nmax_concurrency = {}\n", p.max);
+            if p.adaptive {
                 text += "concurrency = \"adaptive\"\n";
             }
         }
@@ -892,8 +895,7 @@ fn every_feature_together_under_drawn_configurations_and_faults() {
     let failures: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
     // a seed whose simulated time stops (a task that never yields to the timer) would hang the
     // suite: past WALL_LIMIT of real time the run is ended, naming the seed
-    let running: Arc<Mutex<Vec<Option<(u64, std::time::Instant)>>>> =
-        Arc::new(Mutex::new(vec![None; threads as usize]));
+    let running: Arc<Mutex<Vec<Running>>> = Arc::new(Mutex::new(vec![None; threads as usize]));
     let done = Arc::new(AtomicBool::new(false));
     let watchdog = {
         let (running, done) = (running.clone(), done.clone());
