@@ -183,6 +183,22 @@ async fn a_dead_lettered_large_payload_is_read_back_by_the_extended_client() {
     assert!(listing.contains("<Key>"), "the object of a message that was not processed stays:\n{listing}");
 }
 
+/// Sends one 200 KiB payload to `queue` through AWS's Python extended client, into a new bucket
+/// named after `bucket`; returns the file in `dir` holding the payload sent.
+fn send_one_pointer(sqs: &Sqs, queue: &str, bucket: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let sent = dir.join("sent");
+    let out = std::process::Command::new(python_with_awslambdaric())
+        .args(["-c", ONE_POINTER, queue, &unique(bucket), sent.to_str().unwrap()])
+        .env("AWS_ENDPOINT_URL", &sqs.endpoint)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the extended client failed: {}", String::from_utf8_lossy(&out.stderr));
+    sent
+}
+
 const ONE_POINTER: &str = r#"
 import os, sys
 import boto3, sqs_extended_client
@@ -206,21 +222,10 @@ sqs.send_message(QueueUrl=queue_url, MessageBody=body)
 /// and a duplicate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_s3_fetch_is_bounded_and_runs_under_the_lease() {
-    let python = python_with_awslambdaric();
     let sqs = moto_sqs().await;
     let queue = sqs.queue("extended-stall", &[(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "2")]).await;
-    let bucket = unique("stalled");
     let dir = tempfile::tempdir().unwrap();
-    let sent = dir.path().join("sent");
-    let out = std::process::Command::new(&python)
-        .args(["-c", ONE_POINTER, &queue, &bucket, sent.to_str().unwrap()])
-        .env("AWS_ENDPOINT_URL", &sqs.endpoint)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "the extended client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sent = send_one_pointer(&sqs, &queue, "stalled", dir.path());
     let s3 = common::proxy::FaultProxy::start(&sqs.endpoint).await;
     s3.set(common::proxy::Fault::Hang);
     let worker = worker(|_| Reply::ok("")).await;
@@ -270,21 +275,10 @@ async fn a_stalled_s3_fetch_is_bounded_and_runs_under_the_lease() {
 /// delete gives up after `fetch_timeout_secs`, says so, and the batch ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_s3_delete_after_success_is_bounded() {
-    let python = python_with_awslambdaric();
     let sqs = moto_sqs().await;
     let queue = sqs.queue("extended-delete-stall", &[]).await;
-    let bucket = unique("delete-stall");
     let dir = tempfile::tempdir().unwrap();
-    let sent = dir.path().join("sent");
-    let out = std::process::Command::new(&python)
-        .args(["-c", ONE_POINTER, &queue, &bucket, sent.to_str().unwrap()])
-        .env("AWS_ENDPOINT_URL", &sqs.endpoint)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "the extended client failed: {}", String::from_utf8_lossy(&out.stderr));
+    send_one_pointer(&sqs, &queue, "delete-stall", dir.path());
     let s3 = common::proxy::FaultProxy::start(&sqs.endpoint).await;
     // the worker holds the batch until S3 has stalled
     let worker = worker(|_| Reply { delay: Duration::from_secs(2), ..Reply::ok("") }).await;

@@ -52,6 +52,11 @@ fn counter(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("the series {series} is absent"))
 }
 
+/// A current-thread runtime under paused time: one thread, a deterministic clock.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
+}
+
 fn seed() -> u64 {
     std::env::var("SQS_POLLER_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..))
 }
@@ -193,21 +198,33 @@ fn start_with(
     target: Target,
 ) -> (tokio::task::JoinHandle<Result<(), sqs_poller::sqs::SqsError>>, Shutdown) {
     let cfg = sqs_poller::config::parse(config, &|_| None).expect("valid").pipelines.remove(0);
+    spawn_pipeline(cfg, queue.clone(), dlq.map(|d| d.clone() as Arc<dyn Queue>), target, None)
+}
+
+/// Runs the pipeline of `cfg` in a task of its own, with its own metrics and no telemetry or
+/// large payloads; `pool`: the shared pool it takes part in.
+fn spawn_pipeline(
+    cfg: sqs_poller::config::PipelineConfig,
+    queue: Arc<dyn Queue>,
+    dead_letter: Option<Arc<dyn Queue>>,
+    target: Target,
+    pool: Option<Arc<sqs_poller::dispatch::concurrency::Slots>>,
+) -> (tokio::task::JoinHandle<Result<(), sqs_poller::sqs::SqsError>>, Shutdown) {
     let name = cfg.name.clone();
     let shutdown = Shutdown::default();
     let metrics = PipelineMetrics::new(&name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
     let task = tokio::spawn(pipeline::run(PipelineParts {
         telemetry: None,
         config: cfg,
-        queue: queue.clone(),
-        dead_letter: dlq.map(|d| d.clone() as Arc<dyn Queue>),
+        queue,
+        dead_letter,
         target,
         metrics,
         shutdown: shutdown.clone(),
         ready: Arc::new(sqs_poller::sqs::Reachability::new(&name, Arc::new(AtomicBool::new(false)))),
         control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
         payloads: None,
-        pool: None,
+        pool,
     }));
     (task, shutdown)
 }
@@ -323,12 +340,7 @@ fn scenario(name: &'static str, fifo: bool) {
     let result = std::panic::catch_unwind(|| {
         // the service's own jitter (backoffs) draws from this thread's generator
         fastrand::seed(seed);
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-            .block_on(run(name, fifo, seed))
+        paused_runtime().block_on(run(name, fifo, seed))
     });
     if let Err(e) = result {
         eprintln!("simulation `{name}` failed with seed {seed}: replay with SQS_POLLER_SIM_SEED={seed}");
@@ -352,7 +364,7 @@ fn fifo_queue_ten_thousand_messages_under_faults() {
 fn a_dead_letter_queue_that_refuses_every_copy_loses_nothing() {
     let seed = seed();
     fastrand::seed(seed);
-    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+    paused_runtime().block_on(async {
         let handle = recorder();
         let name = "sim-dlq-down";
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/000000000000/dlq-down", VISIBILITY, seed)));
@@ -391,7 +403,7 @@ fn a_dead_letter_queue_that_refuses_every_copy_loses_nothing() {
 fn panicking_pollers_are_replaced_and_a_panicking_batch_is_released() {
     let seed = seed();
     fastrand::seed(seed);
-    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+    paused_runtime().block_on(async {
         let handle = recorder();
         let name = "sim-panics";
         let mut config = SimConfig::new("http://sim/000000000000/panics", VISIBILITY, seed);
@@ -427,21 +439,7 @@ fn panicking_pollers_are_replaced_and_a_panicking_batch_is_released() {
             dlq.url()
         );
         let cfg = sqs_poller::config::parse(&config, &|_| None).expect("valid").pipelines.remove(0);
-        let shutdown = Shutdown::default();
-        let metrics = PipelineMetrics::new(name, 2, 2, cfg.target.max_concurrency);
-        let task = tokio::spawn(pipeline::run(PipelineParts {
-            telemetry: None,
-            config: cfg,
-            queue: queue.clone(),
-            dead_letter: Some(dlq.clone()),
-            target,
-            metrics,
-            shutdown: shutdown.clone(),
-            ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
-            control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
-            payloads: None,
-            pool: None,
-        }));
+        let (task, shutdown) = spawn_pipeline(cfg, queue.clone(), Some(dlq.clone()), target, None);
         let started = tokio::time::Instant::now();
         while !queue.is_empty() {
             assert!(started.elapsed() < Duration::from_secs(600), "not drained: {} left", queue.len());
@@ -473,7 +471,7 @@ fn panicking_pollers_are_replaced_and_a_panicking_batch_is_released() {
 fn the_seed_fleet_goes_to_max_on_a_burst_and_back_to_min_within_two_minutes_of_idle() {
     let seed = seed();
     fastrand::seed(seed);
-    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+    paused_runtime().block_on(async {
         let handle = recorder();
         let name = "sim-seed-fleet";
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/000000000000/seed-fleet", VISIBILITY, seed)));
@@ -497,21 +495,7 @@ fn the_seed_fleet_goes_to_max_on_a_burst_and_back_to_min_within_two_minutes_of_i
             dlq.url()
         );
         let cfg = sqs_poller::config::parse(&config, &|_| None).expect("valid").pipelines.remove(0);
-        let shutdown = Shutdown::default();
-        let metrics = PipelineMetrics::new(name, 20, 2000, cfg.target.max_concurrency);
-        let task = tokio::spawn(pipeline::run(PipelineParts {
-            telemetry: None,
-            config: cfg,
-            queue: queue.clone(),
-            dead_letter: Some(dlq.clone()),
-            target,
-            metrics,
-            shutdown: shutdown.clone(),
-            ready: Arc::new(sqs_poller::sqs::Reachability::new(name, Arc::new(AtomicBool::new(false)))),
-            control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
-            payloads: None,
-            pool: None,
-        }));
+        let (task, shutdown) = spawn_pipeline(cfg, queue.clone(), Some(dlq.clone()), target, None);
         let pollers = || counter(&handle.render(), &format!("sqs_poller_pollers{{pipeline=\"{name}\"}}"));
         let started = tokio::time::Instant::now();
         let mut peak = 0.0f64;
@@ -555,7 +539,7 @@ fn the_seed_fleet_goes_to_max_on_a_burst_and_back_to_min_within_two_minutes_of_i
 /// the breaker closes on the first answer.
 #[test]
 fn a_probe_the_target_throttles_keeps_its_turn_and_the_breaker_closes_when_the_target_answers() {
-    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+    paused_runtime().block_on(async {
         let handle = recorder();
         let name = "sim-breaker-throttled-probe";
         let queue = Arc::new(SimQueue::new(SimConfig::new(&format!("http://sim/000000000000/{name}"), VISIBILITY, 1)));
@@ -614,7 +598,7 @@ fn a_probe_the_target_throttles_keeps_its_turn_and_the_breaker_closes_when_the_t
 /// is followed by the next receive a second after it was sent.
 #[test]
 fn short_polling_an_empty_queue_receives_at_most_once_a_second_per_poller() {
-    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+    paused_runtime().block_on(async {
         let name = "sim-short-poll";
         let mut config = SimConfig::new(&format!("http://sim/000000000000/{name}"), VISIBILITY, 1);
         config.max_latency = Duration::from_millis(2);
@@ -641,7 +625,7 @@ fn short_polling_an_empty_queue_receives_at_most_once_a_second_per_poller() {
 /// slot back: `up` drains long before `down`'s first probe.
 #[test]
 fn batches_the_breaker_holds_lend_their_pool_slots_to_the_other_pipelines() {
-    tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+    paused_runtime().block_on(async {
         let queues: Vec<Arc<SimQueue>> = ["down", "up"]
             .iter()
             .map(|n| Arc::new(SimQueue::new(SimConfig::new(&format!("http://sim/000000000000/pool-{n}"), VISIBILITY, 1))))
@@ -666,7 +650,6 @@ fn batches_the_breaker_holds_lend_their_pool_slots_to_the_other_pipelines() {
         let mut running = Vec::new();
         for (k, q) in queues.iter().enumerate() {
             let config = cfg.pipelines.remove(0);
-            let name = config.name.clone();
             let target = Target::Function(Arc::new(move |_event: Bytes| {
                 Box::pin(async move {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -677,21 +660,7 @@ fn batches_the_breaker_holds_lend_their_pool_slots_to_the_other_pipelines() {
                     }
                 })
             }));
-            let shutdown = Shutdown::default();
-            let metrics = PipelineMetrics::new(&name, 1, 2, 2);
-            let task = tokio::spawn(pipeline::run(PipelineParts {
-                telemetry: None,
-                config,
-                queue: q.clone(),
-                dead_letter: None,
-                target,
-                metrics,
-                shutdown: shutdown.clone(),
-                ready: Arc::new(sqs_poller::sqs::Reachability::new(&name, Arc::new(AtomicBool::new(false)))),
-                control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
-                payloads: None,
-                pool: Some(pool.clone()),
-            }));
+            let (task, shutdown) = spawn_pipeline(config, q.clone(), None, target, Some(pool.clone()));
             running.push((task, shutdown));
         }
         let start = tokio::time::Instant::now();

@@ -226,9 +226,8 @@ impl Breaker {
         self.changed.notify_waiters();
     }
 
-    /// Whether a call may go now, without waiting: `Some(true)` as the probe, `Some(false)`
-    /// closed, `None` when it would wait.
-    pub fn try_admit(&self) -> Option<bool> {
+    /// The state machine's answer now, its phase published.
+    fn admit_now(&self) -> Admit {
         let (admit, phase) = {
             let mut s = self.state();
             let now = Instant::now();
@@ -236,7 +235,13 @@ impl Breaker {
             (admit, s.phase(now))
         };
         self.report(phase);
-        match admit {
+        admit
+    }
+
+    /// Whether a call may go now, without waiting: `Some(true)` as the probe, `Some(false)`
+    /// closed, `None` when it would wait.
+    pub fn try_admit(&self) -> Option<bool> {
+        match self.admit_now() {
             Admit::Go => Some(false),
             Admit::Probe => Some(true),
             Admit::Wait(_) => None,
@@ -250,14 +255,7 @@ impl Breaker {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (admit, phase) = {
-                let mut s = self.state();
-                let now = Instant::now();
-                let admit = s.admit(now);
-                (admit, s.phase(now))
-            };
-            self.report(phase);
-            let wake = match admit {
+            let wake = match self.admit_now() {
                 Admit::Go => return Some(false),
                 Admit::Probe => return Some(true),
                 Admit::Wait(until) => until,

@@ -44,8 +44,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::Value;
 use sqs_poller::dispatch::concurrency::Slots;
 use sqs_poller::dispatch::{Invocation, Target};
-use sqs_poller::metrics::PipelineMetrics;
-use sqs_poller::pipeline::{self, PipelineParts};
 use sqs_poller::shutdown::Shutdown;
 use sqs_poller::sim::{SimConfig, SimQueue};
 use sqs_poller::sqs::{BoxFuture, EntryFailure, Queue, SqsError};
@@ -569,21 +567,14 @@ impl Lane {
             dead_letter: self.dead_letter.clone(),
             start: run.start,
         });
-        let shutdown = Shutdown::default();
-        let metrics = PipelineMetrics::new(&self.name, cfg.pollers.min, cfg.pollers.max, cfg.target.max_concurrency);
-        self.task = Some(tokio::spawn(pipeline::run(PipelineParts {
-            telemetry: None,
-            config: cfg,
-            queue: checked,
-            dead_letter: self.dead_letter.clone().map(|q| q as Arc<dyn Queue>),
+        let (task, shutdown) = super::spawn_pipeline(
+            cfg,
+            checked,
+            self.dead_letter.clone().map(|q| q as Arc<dyn Queue>),
             target,
-            metrics,
-            shutdown: shutdown.clone(),
-            ready: Arc::new(sqs_poller::sqs::Reachability::new(&self.name, Arc::new(AtomicBool::new(false)))),
-            control: Arc::new(sqs_poller::control::Control::new(false, metrics::Gauge::noop())),
-            payloads: None,
-            pool: self.pool.clone(),
-        })));
+            self.pool.clone(),
+        );
+        self.task = Some(task);
         self.shutdown = shutdown;
         self.text = text.to_string();
         Ok(())
@@ -860,12 +851,7 @@ fn one_seed(seed: u64) -> Result<String, String> {
         metrics::with_local_recorder(&recorder, || {
             // the service's own jitter draws from this thread's generator
             fastrand::seed(seed);
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .unwrap()
-                .block_on(run_seed(seed, &handle))
+            super::paused_runtime().block_on(run_seed(seed, &handle))
         })
     });
     match result {
