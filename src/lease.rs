@@ -92,10 +92,9 @@ impl Lease {
 
 /// Leases ended for one settling call.
 struct Ended {
-    /// (index into the ids asked for, last receipt handle)
-    entries: Vec<(usize, String)>,
-    /// When each entry's receipt handle was received (SQS's 12-hour limit counts from there).
-    received: Vec<Instant>,
+    /// (index into the ids asked for, last receipt handle, when that handle was received: SQS's
+    /// 12-hour limit counts from there)
+    entries: Vec<(usize, String, Instant)>,
     /// The earliest visibility end among them.
     visible_until: Option<Instant>,
     /// Heartbeat rounds with an extension of one of them in flight: the call waits for them.
@@ -105,7 +104,7 @@ struct Ended {
 /// The longest visibility timeout SQS accepts for a handle received `since` ago: what is left of
 /// its 12 hours, less a margin for the time between the receive's send and SQS's own receive.
 fn visibility_allowed(since: Duration) -> i32 {
-    let left = Duration::from_secs(crate::limits::MAX_VISIBILITY_SECS).saturating_sub(since + VISIBILITY_LIMIT_MARGIN);
+    let left = SQS_LEASE_LIMIT.saturating_sub(since + VISIBILITY_LIMIT_MARGIN);
     left.as_secs() as i32
 }
 
@@ -543,16 +542,10 @@ impl LeaseKeeper {
     /// is about to end.
     fn end(&self, ids: &[&str]) -> Ended {
         let mut table = self.table();
-        let mut ended = Ended {
-            entries: Vec::with_capacity(ids.len()),
-            received: Vec::with_capacity(ids.len()),
-            visible_until: None,
-            rounds: Vec::new(),
-        };
+        let mut ended = Ended { entries: Vec::with_capacity(ids.len()), visible_until: None, rounds: Vec::new() };
         for (i, id) in ids.iter().enumerate() {
             if let Some((rh, until, round, received)) = table.end_lease(id) {
-                ended.entries.push((i, rh));
-                ended.received.push(received);
+                ended.entries.push((i, rh, received));
                 ended.visible_until = Some(ended.visible_until.map_or(until, |u: Instant| u.min(until)));
                 for r in round {
                     if !ended.rounds.contains(&r) {
@@ -729,7 +722,7 @@ impl LeaseKeeper {
         if !failed.is_empty() {
             tracing::error!(pipeline = %self.pipeline, messages = failed.len(), "could not delete processed messages before their visibility timeout ran out; they will be delivered again");
         }
-        ended.entries.iter().enumerate().filter(|(k, _)| !failed.contains(k)).map(|(_, (i, _))| *i).collect()
+        ended.entries.iter().enumerate().filter(|(k, _)| !failed.contains(k)).map(|(_, (i, ..))| *i).collect()
     }
 
     /// Makes `ids` visible again after the given seconds (a retry backoff, or 0 to release) and
@@ -746,8 +739,7 @@ impl LeaseKeeper {
         let changes: Vec<(&str, i32)> = ended
             .entries
             .iter()
-            .zip(&ended.received)
-            .map(|((i, rh), received)| {
+            .map(|(i, rh, received)| {
                 let asked = entries[*i].1;
                 let most = visibility_allowed(now.saturating_duration_since(*received));
                 if asked > most {
