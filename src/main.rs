@@ -265,9 +265,9 @@ fn test_pattern(patterns: &[String]) -> ExitCode {
             continue;
         }
         let verdict = match serde_json::from_str::<serde_json::Value>(&line) {
-            Ok(mut record @ serde_json::Value::Object(_)) => {
-                sqs_poller::filter::parse_body(&mut record);
-                if filter.matches(&record) {
+            // the service's own path: only what the patterns name is built
+            Ok(serde_json::Value::Object(_)) => {
+                if filter.matches_json(&line).unwrap_or(false) {
                     "match"
                 } else {
                     "no-match"

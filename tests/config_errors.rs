@@ -159,6 +159,25 @@ fn missing_environment_variable() {
     );
 }
 
+/// A pattern EventBridge refuses is refused by `check` (and so by `run` and a reload), naming
+/// the pattern and the key inside it.
+#[test]
+fn a_filter_pattern_eventbridge_refuses() {
+    for (pattern, reason) in [
+        (r#"{"body": {"s": [{"anything-but": {"prefix": ""}}]}}"#, "body.s[0]: anything-but prefix must not be empty"),
+        (
+            r#"{"body": {"s": [{"anything-but": ["a", 1]}]}}"#,
+            "body.s[0]: anything-but lists strings or numbers, not both",
+        ),
+        (r#"{"body": {"arn": [{"wildcard": "*:*:*:*:*:event-bus/*"}]}}"#, "body.arn: the rule is too complex"),
+    ] {
+        rejects(
+            &format!("{VALID}[pipelines.filter]\npatterns = ['{pattern}']\n"),
+            &format!("pipelines[0].filter.patterns[0]: invalid pattern of pipeline `orders`: {reason}"),
+        );
+    }
+}
+
 #[test]
 fn missing_target() {
     let text = VALID.split("[pipelines.target]").next().unwrap().to_string();

@@ -3,9 +3,13 @@
 //! operators for use in event patterns", "Content filtering") and the Lambda developer guide
 //! ("Lambda event filtering", SQS section), plus the edge cases those pages name (numbers as
 //! strings, null vs missing, empty arrays, nested arrays, unicode, deep nesting).
+//!
+//! `SUITES` holds cases taken from public EventBridge suites nobody here wrote, each naming its
+//! source: LocalStack's event-pattern templates (results recorded against real AWS), the tests of
+//! aws/event-ruler (the library EventBridge matches with) and the cases issue 31 quotes from them.
 
 use serde_json::Value;
-use sqs_poller::filter::{match_value, Filter, Pattern};
+use sqs_poller::filter::{join_dotted, match_value, Filter, Pattern};
 
 /// (pattern, event, matches)
 const CASES: &[(&str, &str, bool)] = &[
@@ -163,7 +167,9 @@ const CASES: &[(&str, &str, bool)] = &[
     (r#"{"x-limit": [{"anything-but": [100, 200, 300]}]}"#, r#"{"x-limit": 250}"#, true),
     (r#"{"state": [{"anything-but": {"prefix": "init"}}]}"#, r#"{"state": "running"}"#, true),
     (r#"{"state": [{"anything-but": {"prefix": "init"}}]}"#, r#"{"state": "initializing"}"#, false),
-    (r#"{"state": [{"anything-but": {"prefix": "init"}}]}"#, r#"{"state": 5}"#, false),
+    // a number is no string, so no string it starts with (EventBridge, LocalStack's
+    // content_anything_prefix_int_value; this row said `false` before issue 31)
+    (r#"{"state": [{"anything-but": {"prefix": "init"}}]}"#, r#"{"state": 5}"#, true),
     (r#"{"FileName": [{"anything-but": {"suffix": ".txt"}}]}"#, r#"{"FileName": "notes.md"}"#, true),
     (r#"{"FileName": [{"anything-but": {"suffix": ".txt"}}]}"#, r#"{"FileName": "notes.txt"}"#, false),
     (
@@ -354,6 +360,94 @@ const RECORD_FIELD_CASES: &[(&str, bool)] = &[
     (r#"{"messageId": [{"exists": true}]}"#, true),
 ];
 
+/// What EventBridge does with a pattern and an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Match,
+    NoMatch,
+    /// `PutRule`/`TestEventPattern` refuse the pattern (`InvalidEventPatternException`).
+    Refused,
+}
+use Verdict::{Match, NoMatch, Refused};
+
+/// LocalStack's templates: `tests/aws/services/events/event_pattern_templates/<name>.json5` in
+/// localstack/localstack, whose verdicts (`_NEG`: no match, `_EXC`: refused, else a match) its
+/// `test_events_patterns.py` records against AWS. The templates' envelope fields (`id`,
+/// `source`, `account`…) are left out: no pattern here names them.
+const LOCALSTACK: &str = "localstack";
+/// aws/event-ruler's README: "Ruler… flattens… `{"a": {"b": 1}}` and `{"a.b": 1}` are the same".
+const EVENT_RULER: &str = "event-ruler";
+/// The cases issue 31 quotes from its run of the suites.
+const ISSUE_31: &str = "issue 31";
+
+/// (source, case name, pattern, event, verdict)
+#[rustfmt::skip]
+const SUITES: &[(&str, &str, &str, &str, Verdict)] = &[
+    // --- anything-but with a matcher, against null and numbers (family 1) ---
+    (LOCALSTACK, "content_anything_prefix_null", r#"{"detail": {"state": [{"anything-but": {"prefix": "init"}}]}}"#, r#"{"detail": {"state": null}}"#, Match),
+    (LOCALSTACK, "content_anything_prefix_int_value", r#"{"detail": {"state": [{"anything-but": {"prefix": "init"}}]}}"#, r#"{"detail": {"state": 12}}"#, Match),
+    (LOCALSTACK, "content_anything_prefix_missing_NEG", r#"{"detail": {"state": [{"anything-but": {"prefix": "init"}}]}}"#, r#"{"detail": {}}"#, NoMatch),
+    (LOCALSTACK, "content_anything_suffix_null", r#"{"detail": {"FileName": [{"anything-but": {"suffix": ".txt"}}]}}"#, r#"{"detail": {"FileName": null}}"#, Match),
+    (LOCALSTACK, "content_anything_wildcard_null", r#"{"detail": {"FilePath": [{"anything-but": {"wildcard": "*/dir/*"}}]}}"#, r#"{"detail": {"FilePath": null}}"#, Match),
+    (LOCALSTACK, "content_anything_wildcard_int", r#"{"detail": {"FilePath": [{"anything-but": {"wildcard": "*/dir/*"}}]}}"#, r#"{"detail": {"FilePath": 123}}"#, Match),
+    (LOCALSTACK, "content_anything_wildcard_NEG", r#"{"detail": {"FilePath": [{"anything-but": {"wildcard": "*/init/*"}}]}}"#, r#"{"detail": {"FilePath": "dir/init/file"}}"#, NoMatch),
+    (LOCALSTACK, "content_anything_wildcard_empty", r#"{"detail": {"FilePath": [{"anything-but": {"wildcard": ""}}]}}"#, r#"{"detail": {"FilePath": "dir/init/file"}}"#, Match),
+    (LOCALSTACK, "content_anything_wildcard_list", r#"{"detail": {"state": [{"anything-but": {"wildcard": ["*/init/*", "*/dir/*"]}}]}}"#, r#"{"detail": {"state": "dir/post/dir"}}"#, Match),
+    (LOCALSTACK, "content_anything_wildcard_list_NEG", r#"{"detail": {"state": [{"anything-but": {"wildcard": ["*/init/*", "*/dir/*"]}}]}}"#, r#"{"detail": {"state": "dir/init/dir"}}"#, NoMatch),
+    (LOCALSTACK, "content_anything_wildcard_list_null", r#"{"detail": {"state": [{"anything-but": {"wildcard": ["*/init/*", "*/dir/*"]}}]}}"#, r#"{"detail": {"state": null}}"#, Match),
+    (LOCALSTACK, "content_anything_but_ignorecase_null", r#"{"detail": {"state": [{"anything-but": {"equals-ignore-case": "initializing"}}]}}"#, r#"{"detail": {"state": null}}"#, Match),
+    (LOCALSTACK, "content_anything_but_ignorecase_list_null", r#"{"detail": {"state": [{"anything-but": {"equals-ignore-case": ["initializing", "stopped"]}}]}}"#, r#"{"detail": {"state": null}}"#, Match),
+    (LOCALSTACK, "content_anything_but_ignorecase_list_NEG", r#"{"detail": {"state": [{"anything-but": {"equals-ignore-case": ["initializing", "stopped"]}}]}}"#, r#"{"detail": {"state": "Stopped"}}"#, NoMatch),
+    (ISSUE_31, "anything-but equals-ignore-case, a number", r#"{"state": [{"anything-but": {"equals-ignore-case": ["a", "b"]}}]}"#, r#"{"state": 12}"#, Match),
+    (ISSUE_31, "anything-but suffix, a number", r#"{"state": [{"anything-but": {"suffix": "init"}}]}"#, r#"{"state": 12}"#, Match),
+    // plain anything-but lists already matched null (the inconsistency family 1 names)
+    (LOCALSTACK, "content_anything_but_string_list_null", r#"{"detail": {"state": [{"anything-but": ["stopped", "running"]}]}}"#, r#"{"detail": {"state": null}}"#, Match),
+    (LOCALSTACK, "content_anything_but_string_list_missing_NEG", r#"{"detail": {"state": [{"anything-but": ["stopped", "overloaded"]}]}}"#, r#"{"detail": {}}"#, NoMatch),
+    (LOCALSTACK, "content_anything_but_number_list", r#"{"detail": {"x-limit": [{"anything-but": [100, 200, 300]}]}}"#, r#"{"detail": {"x-limit": 999}}"#, Match),
+    (LOCALSTACK, "content_anything_but_number_list_NEG", r#"{"detail": {"x-limit": [{"anything-but": [100, 200, 300]}]}}"#, r#"{"detail": {"x-limit": 100}}"#, NoMatch),
+    (LOCALSTACK, "content_anything_but_number_zero", r#"{"detail": {"x-limit": [{"anything-but": 0}]}}"#, r#"{"detail": {"x-limit": 789}}"#, Match),
+    // --- anything-but with a list of prefixes or suffixes (family 2) ---
+    (LOCALSTACK, "content_anything_prefix_list", r#"{"detail": {"state": [{"anything-but": {"prefix": ["init", "test"]}}]}}"#, r#"{"detail": {"state": "post-init"}}"#, Match),
+    (LOCALSTACK, "content_anything_prefix_list_NEG", r#"{"detail": {"state": [{"anything-but": {"prefix": ["init", "post"]}}]}}"#, r#"{"detail": {"state": "post-init"}}"#, NoMatch),
+    (LOCALSTACK, "content_anything_prefix_list_int", r#"{"detail": {"state": [{"anything-but": {"prefix": ["init", "test"]}}]}}"#, r#"{"detail": {"state": 12}}"#, Match),
+    (LOCALSTACK, "content_anything_prefix_list_null", r#"{"detail": {"state": [{"anything-but": {"prefix": ["init", "test"]}}]}}"#, r#"{"detail": {"state": null}}"#, Match),
+    (ISSUE_31, "anything-but prefix list, init-x", r#"{"a": [{"anything-but": {"prefix": ["init", "test"]}}]}"#, r#"{"a": "init-x"}"#, NoMatch),
+    (ISSUE_31, "anything-but prefix list, missing", r#"{"a": [{"anything-but": {"prefix": ["init", "test"]}}]}"#, r#"{}"#, NoMatch),
+    (LOCALSTACK, "content_anything_suffix_list", r#"{"detail": {"FileName": [{"anything-but": {"suffix": [".txt", ".jpg"]}}]}}"#, r#"{"detail": {"FileName": "file.txt.bak"}}"#, Match),
+    (LOCALSTACK, "content_anything_suffix_list_NEG", r#"{"detail": {"FileName": [{"anything-but": {"suffix": [".txt", ".jpg"]}}]}}"#, r#"{"detail": {"FileName": "file.jpg"}}"#, NoMatch),
+    (LOCALSTACK, "content_anything_suffix_list_missing_NEG", r#"{"detail": {"FileName": [{"anything-but": {"suffix": [".txt", ".jpg"]}}]}}"#, r#"{"detail": {}}"#, NoMatch),
+    // --- patterns EventBridge refuses (family 3) ---
+    (LOCALSTACK, "content_anything_prefix_empty_EXC", r#"{"detail": {"FileName": [{"anything-but": {"prefix": ""}}]}}"#, r#"{"detail": {"FileName": "file.txt.bak"}}"#, Refused),
+    (LOCALSTACK, "content_anything_suffix_empty_EXC", r#"{"detail": {"FileName": [{"anything-but": {"suffix": ""}}]}}"#, r#"{"detail": {"FileName": "file.txt.bak"}}"#, Refused),
+    (ISSUE_31, "anything-but prefix list with an empty prefix", r#"{"a": [{"anything-but": {"prefix": ["init", ""]}}]}"#, r#"{"a": "x"}"#, Refused),
+    (ISSUE_31, "anything-but list of strings and numbers", r#"{"a": [{"anything-but": ["child0", 111, "child2"]}]}"#, r#"{"a": "x"}"#, Refused),
+    (LOCALSTACK, "content_wildcard_complex_EXC", r#"{"EventBusArn": [{"wildcard": "*:*:*:*:*:event-bus/*"}]}"#, r#"{"EventBusArn": "arn:aws:events:us-east-1:123456789012:event-bus/myEventBus"}"#, Refused),
+    (LOCALSTACK, "content_anything_prefix_list_type_EXC", r#"{"detail": {"state": [{"anything-but": {"prefix": [123, "test"]}}]}}"#, r#"{"detail": {"state": "post-init"}}"#, Refused),
+    (LOCALSTACK, "content_anything_suffix_list_null_type_EXC", r#"{"detail": {"FileName": [{"anything-but": {"suffix": [null, ".txt"]}}]}}"#, r#"{"detail": {"FileName": "file.txt.bak"}}"#, Refused),
+    (LOCALSTACK, "content_anything_suffix_int_EXC", r#"{"detail": {"FileName": [{"anything-but": {"suffix": 123}}]}}"#, r#"{"detail": {"FileName": "file.txt.bak"}}"#, Refused),
+    (LOCALSTACK, "content_anything_suffix_ignorecase_EXC", r#"{"detail": {"FileName": [{"anything-but": {"suffix": {"equals-ignore-case": ".png"}}}]}}"#, r#"{"detail": {"FileName": "file.txt.bak"}}"#, Refused),
+    (LOCALSTACK, "content_anything_wildcard_list_type_EXC", r#"{"detail": {"state": [{"anything-but": {"wildcard": [123, "*/dir/*"]}}]}}"#, r#"{"detail": {"state": "dir/post/dir"}}"#, Refused),
+    (LOCALSTACK, "content_anything_wildcard_type_EXC", r#"{"detail": {"FilePath": [{"anything-but": {"wildcard": 123}}]}}"#, r#"{"detail": {"FilePath": "dir/init/file"}}"#, Refused),
+    (LOCALSTACK, "content_anything_but_ignorecase_EXC", r#"{"detail": {"state": [{"anything-but": {"equals-ignore-case": 123}}]}}"#, r#"{"detail": {"state": "pending"}}"#, Refused),
+    (LOCALSTACK, "content_anything_but_ignorecase_list_EXC", r#"{"detail": {"state": [{"anything-but": {"equals-ignore-case": [123, 456]}}]}}"#, r#"{"detail": {"state": "pending"}}"#, Refused),
+    (LOCALSTACK, "content_anything_but_string_null_type_EXC", r#"{"detail": {"state": [{"anything-but": null}]}}"#, r#"{"detail": {"state": null}}"#, Refused),
+    (LOCALSTACK, "content_anything_but_string_list_null_type_EXC", r#"{"detail": {"state": [{"anything-but": ["stopped", null]}]}}"#, r#"{"detail": {"state": "pending"}}"#, Refused),
+    // wildcards EventBridge accepts, one with repeating sequences after the *
+    (LOCALSTACK, "content_wildcard_repeating", r#"{"FileName": [{"wildcard": "/Users/*/dir/dir/dir/dir/dir/doc.txt"}]}"#, r#"{"FileName": "/Users/ls_user/dir/dir/dir/dir/dir/doc.txt"}"#, Match),
+    (LOCALSTACK, "content_wildcard_nonrepeating", r#"{"FileName": [{"wildcard": "/Users/*/doc.txt"}]}"#, r#"{"FileName": "/Users/ls_user/dir/dir/dir/dir/dir/doc.txt"}"#, Match),
+    (LOCALSTACK, "content_wildcard_simplified", r#"{"EventBusArn": [{"wildcard": "arn:aws:events:us-east-1:*:event-bus/*"}]}"#, r#"{"EventBusArn": "arn:aws:events:us-east-1:123456789012:event-bus/myEventBus"}"#, Match),
+    // --- keys with dots ---
+    (LOCALSTACK, "dot_joining_pattern", r#"{"detail": {"state.status": ["running"]}}"#, r#"{"detail": {"state": {"status": "running"}}}"#, Match),
+    (LOCALSTACK, "dot_joining_pattern_NEG", r#"{"detail": {"state.status": {"status": ["running"]}}}"#, r#"{"detail": {"state": {"status": "running"}}}"#, NoMatch),
+    (LOCALSTACK, "dot_joining_event_NEG", r#"{"detail": {"state": {"status": ["running"]}}}"#, r#"{"detail": {"state.status": {"status": "running"}}}"#, NoMatch),
+    // LocalStack's positive `dot_joining_event` names the key "state:" (a typo) and is left out
+    (EVENT_RULER, "dotted event key, nested pattern", r#"{"detail": {"state": {"status": ["running"]}}}"#, r#"{"detail": {"state.status": "running"}}"#, Match),
+    (EVENT_RULER, "dotted key on both sides", r#"{"detail": {"state.status": ["running"]}}"#, r#"{"detail": {"state.status": "running"}}"#, Match),
+    (EVENT_RULER, "dotted and nested spell one field", r#"{"a": {"b": ["2"]}}"#, r#"{"a": {"b": "1"}, "a.b": "2"}"#, Match),
+    (EVENT_RULER, "a dotted path that is not there", r#"{"a.b": [{"exists": false}]}"#, r#"{"a": {"c": 1}}"#, Match),
+    (EVENT_RULER, "exists through a dotted event key", r#"{"a": {"b": [{"exists": true}]}}"#, r#"{"a.b": null}"#, Match),
+];
+
 /// Invalid patterns and a piece of the message each must give.
 const INVALID: &[(&str, &str)] = &[
     ("not json", "not valid JSON"),
@@ -377,6 +471,15 @@ const INVALID: &[(&str, &str)] = &[
     (r#"{"a": [{"anything-but": [true]}]}"#, "lists strings or numbers"),
     (r#"{"a": [{"anything-but": {"numeric": [">", 1]}}]}"#, "anything-but does not take `numeric`"),
     (r#"{"a": [{"anything-but": null}]}"#, "anything-but takes"),
+    (r#"{"a": [{"anything-but": {"prefix": ""}}]}"#, "a[0]: anything-but prefix must not be empty"),
+    (r#"{"a": [{"anything-but": {"suffix": ["x", ""]}}]}"#, "anything-but suffix must not be empty"),
+    (r#"{"a": [{"anything-but": {"prefix": []}}]}"#, "anything-but prefix takes a string or a non-empty list"),
+    (r#"{"a": [{"anything-but": ["x", 1]}]}"#, "strings or numbers, not both"),
+    (r#"{"a": {"b": [{"wildcard": "*:*:*:*:*:*"}]}}"#, "a.b: the rule is too complex"),
+    (
+        r#"{"$or": [{"a": [{"wildcard": "*x*x*x"}]}, {"a": [{"anything-but": {"wildcard": "*x*x*x*"}}]}]}"#,
+        "a: the rule is too complex",
+    ),
     (r#"{"a": [{"numeric": [">", "5"]}]}"#, "needs a number"),
     (r#"{"a": [{"numeric": ["!=", 5]}]}"#, "unknown operator `!=`"),
     (r#"{"a": [{"numeric": ["<", 5, ">", 1]}]}"#, "lower bound"),
@@ -432,6 +535,39 @@ fn the_operator_table() {
         }
     }
     assert!(wrong.is_empty(), "{} of {} cases wrong:\n{}", wrong.len(), CASES.len(), wrong.join("\n"));
+}
+
+/// The suites' cases, through both matching paths: the compiled pattern on the event as the
+/// service reads it, and what the service runs (`matches_json`, only the named fields built).
+#[test]
+fn the_public_suites_agree() {
+    let mut wrong = Vec::new();
+    for (source, name, pattern, event, verdict) in SUITES {
+        let case = format!("{source} {name}: {pattern} on {event}");
+        let compiled = Pattern::compile(pattern);
+        let got = match &compiled {
+            Err(_) => Refused,
+            Ok(p) => {
+                let mut e: Value = serde_json::from_str(event).unwrap_or_else(|e| panic!("{case}: {e}"));
+                join_dotted(&mut e);
+                let direct = if p.matches(&e) { Match } else { NoMatch };
+                let service =
+                    if Filter::compile(&[pattern]).unwrap().matches_json(event).unwrap() { Match } else { NoMatch };
+                if direct != service {
+                    wrong.push(format!("{case}: {direct:?} matched directly, {service:?} through matches_json"));
+                }
+                direct
+            }
+        };
+        if got != *verdict {
+            let said = compiled.err().map(|e| format!(" ({e})")).unwrap_or_default();
+            wrong.push(format!("{case}: expected {verdict:?}, got {got:?}{said}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} suite cases wrong:\n{}", wrong.len(), SUITES.len(), wrong.join("\n"));
+    for source in [LOCALSTACK, EVENT_RULER, ISSUE_31] {
+        assert!(SUITES.iter().any(|c| c.0 == source), "no case from {source}");
+    }
 }
 
 #[test]
@@ -499,6 +635,6 @@ fn a_filter_passes_when_any_pattern_matches() {
 
 #[test]
 fn the_table_is_large_enough() {
-    let total = CASES.len() + RECORD_CASES.len() + RECORD_FIELD_CASES.len() + INVALID.len();
+    let total = CASES.len() + RECORD_CASES.len() + RECORD_FIELD_CASES.len() + INVALID.len() + SUITES.len();
     assert!(total >= 200, "{total} cases");
 }

@@ -127,6 +127,39 @@ fn test_pattern_rejects_an_invalid_pattern_with_exit_2() {
     assert!(stderr.starts_with("--pattern #2: invalid pattern: body.n[0]: numeric: `>` needs a number"), "{stderr}");
 }
 
+/// The patterns EventBridge refuses (issue 31's third family) are refused here too, and the
+/// ones it evaluates differently from before answer as it does, dotted keys included.
+#[test]
+fn test_pattern_decides_as_eventbridge() {
+    for refused in [
+        r#"{"body": {"s": [{"anything-but": {"suffix": ""}}]}}"#,
+        r#"{"body": {"s": [{"anything-but": ["child0", 111, "child2"]}]}}"#,
+        r#"{"body": {"arn": [{"wildcard": "*:*:*:*:*:event-bus/*"}]}}"#,
+    ] {
+        let (code, stdout, stderr) = test_pattern(&[refused], "");
+        assert_eq!((code, stdout.as_str()), (2, ""), "{refused}: {stderr}");
+        assert!(stderr.starts_with("--pattern #1: invalid pattern: body."), "{stderr}");
+    }
+    let records = [
+        r#"{"body": "{\"s\": null}"}"#,
+        r#"{"body": "{\"s\": 12}"}"#,
+        r#"{"body": "{\"s\": \"init-x\"}"}"#,
+        r#"{"body": "{\"s\": \"post-init\"}"}"#,
+        r#"{"body": "{}"}"#,
+    ]
+    .join("\n");
+    let (code, stdout, stderr) =
+        test_pattern(&[r#"{"body": {"s": [{"anything-but": {"prefix": ["init", "test"]}}]}}"#], &records);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "match\nmatch\nno-match\nmatch\nno-match\n");
+    let records =
+        [r#"{"body": "{\"state\": {\"status\": \"running\"}}"}"#, r#"{"body": "{\"state.status\": \"running\"}"}"#]
+            .join("\n");
+    let (code, stdout, stderr) = test_pattern(&[r#"{"body": {"state.status": ["running"]}}"#], &records);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "match\nmatch\n");
+}
+
 #[test]
 fn test_pattern_reports_unreadable_lines() {
     let (code, stdout, stderr) = test_pattern(&[r#"{"body": ["x"]}"#], "{\"body\": \"x\"}\nnot json\n[1]\n");

@@ -101,6 +101,25 @@ async fn a_broken_file_is_rejected_and_everything_keeps_running() {
     assert_eq!(poller.metric("sqs_poller_config_reloads_total{outcome=\"ok\"}").await, 0.0);
     assert_eq!(log.matches("queue found pipeline=kept ").count(), 1, "the pipeline was not restarted:\n{log}");
     assert_eq!(http_get(&format!("{}/readyz", poller.listen)).await.map(|r| r.0), Some(200));
+
+    // a filter pattern EventBridge refuses is a configuration error too, not a filter that
+    // silently passes nothing
+    let refused =
+        "[pipelines.filter]\npatterns = ['{\"body\": {\"arn\": [{\"wildcard\": \"*:*:*:*:*:event-bus/*\"}]}}']\n";
+    poller.rewrite(&[pipeline("kept", &queue, &worker.url, 10), refused.to_string()].concat());
+    poller.sighup();
+    poller.wait_metric("sqs_poller_config_reloads_total{outcome=\"error\"}", 2.0, Duration::from_secs(10)).await;
+    let log = poller.log_text();
+    assert!(
+        log.contains(
+            "pipelines[0].filter.patterns[0]: invalid pattern of pipeline `kept`: body.arn: the rule is too complex"
+        ),
+        "{log}"
+    );
+    sqs.send_bodies(&queue, &["unfiltered".to_string()]).await;
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"kept\"}", 6.0, Duration::from_secs(20)).await;
+    assert_eq!(poller.metric("sqs_poller_messages_filtered_total{pipeline=\"kept\"}").await, 0.0);
+
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }

@@ -9,6 +9,7 @@
 //! body is a JSON object or array ([`match_value`]); a plain-text body stays a string, so only a
 //! plain-string pattern on `body` can match it, as in Lambda's table.
 
+mod complexity;
 mod pattern;
 
 use serde_json::Value;
@@ -76,6 +77,61 @@ pub fn match_value(record_json: &str) -> Result<Value, serde_json::Error> {
     Ok(record)
 }
 
+/// Rewrites every key holding dots as the nested objects it names — `{"a.b": 1}` as
+/// `{"a": {"b": 1}}` — as EventBridge flattens an event into dotted paths, where the two are one
+/// field. Where both spell the same field, its values are kept together as an array's are
+/// (`{"a": {"b": 1}, "a.b": 2}`: `a.b` holds 1 and 2); a dotted key under a key whose value is
+/// not an object is dropped (`{"a": 1, "a.b": 2}` keeps `a`).
+pub fn join_dotted(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('.')) {
+                let entries = std::mem::take(map);
+                for (key, v) in entries {
+                    insert_dotted(map, &key, v);
+                }
+            }
+            map.values_mut().for_each(join_dotted);
+        }
+        Value::Array(items) => items.iter_mut().for_each(join_dotted),
+        _ => {}
+    }
+}
+
+/// Puts `value` at the dotted path `key` of `map`, merging with what is there.
+fn insert_dotted(map: &mut serde_json::Map<String, Value>, key: &str, value: Value) {
+    match key.split_once('.') {
+        None => merge_field(map, key, value),
+        Some((first, rest)) => {
+            let mut below = serde_json::Map::new();
+            insert_dotted(&mut below, rest, value);
+            merge_field(map, first, Value::Object(below));
+        }
+    }
+}
+
+/// `map[key]` with `value` joined in: objects merge field by field, other values collect into an
+/// array (a field with two values); an object under a key holding a plain value is dropped.
+fn merge_field(map: &mut serde_json::Map<String, Value>, key: &str, value: Value) {
+    let Some(existing) = map.get_mut(key) else {
+        map.insert(key.to_string(), value);
+        return;
+    };
+    match (existing, value) {
+        (Value::Object(have), Value::Object(add)) => {
+            for (k, v) in add {
+                merge_field(have, &k, v);
+            }
+        }
+        (Value::Array(items), add) => items.push(add),
+        (_, Value::Object(_)) => {}
+        (have, add) => {
+            let first = std::mem::take(have);
+            *have = Value::Array(vec![first, add]);
+        }
+    }
+}
+
 /// The parts of an event patterns look at: at each object level, the fields named, each either
 /// whole (`None`: a leaf matcher looks at it) or with the parts below it. Arrays are looked into
 /// element by element with the same projection, as patterns match arrays.
@@ -101,21 +157,43 @@ impl Projection {
 fn project(json: &str, projection: &Projection) -> Result<Value, serde_json::Error> {
     use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-    /// A key: the field it names in the projection, if any (`Some(None)`: needed whole).
+    /// What a key is to the projection.
+    enum Found<'p> {
+        /// A field it names (`None`: needed whole).
+        Named(&'p String, &'p Option<Projection>),
+        /// A dotted key (`a.b`) whose path the projection names: its value goes to that path.
+        Dotted(String, Option<&'p Projection>),
+        Skip,
+    }
     struct Key<'p>(&'p Projection);
     impl<'de, 'p> DeserializeSeed<'de> for Key<'p> {
-        type Value = Option<(&'p String, &'p Option<Projection>)>;
+        type Value = Found<'p>;
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_str(self)
         }
     }
     impl<'p> Visitor<'_> for Key<'p> {
-        type Value = Option<(&'p String, &'p Option<Projection>)>;
+        type Value = Found<'p>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a field name")
         }
         fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
-            Ok(self.0.fields.get_key_value(key))
+            if let Some((name, below)) = self.0.fields.get_key_value(key) {
+                return Ok(Found::Named(name, below));
+            }
+            if !key.contains('.') {
+                return Ok(Found::Skip);
+            }
+            // the projection below the dotted path, as far as it names it
+            let mut at = self.0;
+            for segment in key.split('.') {
+                match at.fields.get(segment) {
+                    None => return Ok(Found::Skip),
+                    Some(None) => return Ok(Found::Dotted(key.to_string(), None)),
+                    Some(Some(below)) => at = below,
+                }
+            }
+            Ok(Found::Dotted(key.to_string(), Some(at)))
         }
     }
 
@@ -133,20 +211,33 @@ fn project(json: &str, projection: &Projection) -> Result<Value, serde_json::Err
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
             let mut out = serde_json::Map::new();
+            let mut dotted = false;
             while let Some(found) = map.next_key_seed(Key(self.0))? {
                 match found {
-                    Some((name, Some(below))) => {
+                    Found::Named(name, Some(below)) => {
                         out.insert(name.clone(), map.next_value_seed(Project(below))?);
                     }
-                    Some((name, None)) => {
+                    Found::Named(name, None) => {
                         out.insert(name.clone(), map.next_value::<Value>()?);
                     }
-                    None => {
+                    Found::Dotted(key, below) => {
+                        let value = match below {
+                            Some(below) => map.next_value_seed(Project(below))?,
+                            None => map.next_value::<Value>()?,
+                        };
+                        out.insert(key, value);
+                        dotted = true;
+                    }
+                    Found::Skip => {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
             }
-            Ok(Value::Object(out))
+            let mut out = Value::Object(out);
+            if dotted {
+                join_dotted(&mut out);
+            }
+            Ok(out)
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
             let mut out = Vec::new();
@@ -184,8 +275,10 @@ fn project(json: &str, projection: &Projection) -> Result<Value, serde_json::Err
     Ok(out)
 }
 
-/// Replaces a string `body` that holds a JSON object or array with the parsed JSON.
+/// Replaces a string `body` that holds a JSON object or array with the parsed JSON, and joins
+/// dotted keys ([`join_dotted`]) in the record and the body.
 pub fn parse_body(record: &mut Value) {
+    join_dotted(record);
     parse_body_projected(record, None);
 }
 
@@ -197,7 +290,10 @@ fn parse_body_projected(record: &mut Value, projection: Option<&Projection>) {
             if t.starts_with('{') || t.starts_with('[') {
                 let parsed = match projection {
                     Some(p) => project(text, p),
-                    None => serde_json::from_str::<Value>(text),
+                    None => serde_json::from_str::<Value>(text).map(|mut v| {
+                        join_dotted(&mut v);
+                        v
+                    }),
                 };
                 if let Ok(parsed) = parsed {
                     *body = parsed;

@@ -8,9 +8,19 @@
 //! - Exact values match by JSON type and value: `"5"` is not `5`; exact matching is
 //!   case-sensitive. Numbers compare by numeric value (`5` matches `5.0`).
 //! - Operators: `prefix`, `suffix` (each also with `equals-ignore-case`), `equals-ignore-case`,
-//!   `wildcard` (`*`, escape `\*` and `\\`), `anything-but` (a value, a list, `prefix`,
-//!   `suffix`, `wildcard`, `equals-ignore-case`), `numeric` (`=`, `<`, `<=`, `>`, `>=`, a range
-//!   of a lower and an upper bound), `exists`, `cidr` (IPv4 and IPv6).
+//!   `wildcard` (`*`, escape `\*` and `\\`), `anything-but` (a value, a list of strings or of
+//!   numbers, `prefix`, `suffix`, `wildcard`, `equals-ignore-case`, each of the four with a
+//!   string or a list of them), `numeric` (`=`, `<`, `<=`, `>`, `>=`, a range of a lower and an
+//!   upper bound), `exists`, `cidr` (IPv4 and IPv6).
+//! - `anything-but` matches a present value that is not one it names: `null`, numbers and
+//!   booleans are not strings, so they match every string form of it (`prefix`, `suffix`,
+//!   `wildcard`, `equals-ignore-case`) as they match a list of strings. A missing field does not.
+//! - Keys join with dots, as EventBridge flattens events and patterns: `{"a.b": [..]}` names the
+//!   same field as `{"a": {"b": [..]}}`, in the pattern and in the event alike (the event's side
+//!   is in `super::join_dotted`).
+//! - Refused as EventBridge refuses them: an empty `prefix`/`suffix` inside `anything-but`, an
+//!   `anything-but` list mixing strings and numbers, a field whose wildcards are too complex
+//!   ([`super::complexity`]).
 //! - `exists` applies to leaves: `{"exists": true}` matches a present non-object value (`null`
 //!   included, an empty array not), `{"exists": false}` a missing key.
 
@@ -18,6 +28,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use serde_json::{Map, Value};
+
+use super::complexity::{self, Token};
 
 /// Deepest nesting of objects a pattern may have.
 const MAX_DEPTH: usize = 64;
@@ -80,8 +92,9 @@ enum Matcher {
 enum AnythingBut {
     /// None of these exact values.
     Values(Vec<Matcher>),
-    Prefix(String),
-    Suffix(String),
+    /// A string starting with none of these; any value that is not a string.
+    Prefixes(Vec<String>),
+    Suffixes(Vec<String>),
     Wildcards(Vec<Wildcard>),
     /// Lowercased.
     EqualsIgnoreCase(Vec<String>),
@@ -135,7 +148,9 @@ impl Pattern {
         if map.is_empty() {
             return Err(err("", "a pattern must name at least one field"));
         }
-        Ok(Pattern { root: compile_node(map, "", 0)? })
+        let root = compile_node(map, "", 0)?;
+        check_wildcard_complexity(&root)?;
+        Ok(Pattern { root })
     }
 
     /// Whether `event` matches.
@@ -211,9 +226,69 @@ fn compile_node(map: &Map<String, Value>, path: &str, depth: usize) -> Result<No
                 return Err(err(&here, format!("values must be in an array: write [{other}] instead of {other}")));
             }
         };
-        node.fields.push((key.clone(), field));
+        node.fields.push(dotted_field(key, field));
     }
     Ok(node)
+}
+
+/// `("a.b.c", f)` as `("a", {"b": {"c": f}})`: EventBridge joins keys with dots, so the two
+/// name one field.
+fn dotted_field(key: &str, field: Field) -> (String, Field) {
+    let mut segments = key.rsplit('.');
+    let mut name = segments.next().expect("split yields one piece").to_string();
+    let mut field = field;
+    for parent in segments {
+        field = Field::Nested(Node { fields: vec![(name, field)], ors: Vec::new() });
+        name = parent.to_string();
+    }
+    (name, field)
+}
+
+/// Refuses a pattern any of whose fields has wildcards EventBridge would find too complex
+/// (fields joined by name across `$or` alternatives, as one field of the event).
+fn check_wildcard_complexity(root: &Node) -> Result<(), PatternError> {
+    use std::collections::BTreeMap;
+    fn collect(node: &Node, path: &str, into: &mut BTreeMap<String, Vec<Vec<Token>>>) {
+        for (name, field) in &node.fields {
+            let here = join(path, name);
+            match field {
+                Field::Nested(child) => collect(child, &here, into),
+                Field::Leaf(matchers) => {
+                    for m in matchers {
+                        let wildcards: &[Wildcard] = match m {
+                            Matcher::Wildcard(w) => std::slice::from_ref(w),
+                            Matcher::AnythingBut(AnythingBut::Wildcards(ws)) => ws,
+                            _ => &[],
+                        };
+                        let list = into.entry(here.clone()).or_default();
+                        for w in wildcards {
+                            let tokens = w.tokens();
+                            if !list.contains(&tokens) {
+                                list.push(tokens);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for alternative in node.ors.iter().flatten() {
+            collect(alternative, path, into);
+        }
+    }
+    let mut fields = BTreeMap::new();
+    collect(root, "", &mut fields);
+    for (path, wildcards) in fields {
+        if !wildcards.is_empty() && complexity::measure(&wildcards).is_none() {
+            return Err(err(
+                &path,
+                format!(
+                    "the rule is too complex: EventBridge refuses it (more than {} wildcard prefixes can match one value) - use fewer wildcard characters or fewer repeating character sequences after a wildcard character",
+                    complexity::MAX_COMPLEXITY
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn literal(v: &Value, path: &str) -> Result<Matcher, PatternError> {
@@ -280,14 +355,23 @@ fn compile_matcher(item: &Value, path: &str) -> Result<Matcher, PatternError> {
 fn compile_anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternError> {
     match arg {
         Value::Array(items) if items.is_empty() => Err(err(path, "anything-but takes a non-empty list")),
-        Value::Array(items) => items
-            .iter()
-            .map(|v| match v {
-                Value::String(_) | Value::Number(_) => literal(v, path),
-                _ => Err(err(path, format!("anything-but lists strings or numbers, got {v}"))),
-            })
-            .collect::<Result<_, _>>()
-            .map(AnythingBut::Values),
+        Value::Array(items) => {
+            let values = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(_) | Value::Number(_) => literal(v, path),
+                    _ => Err(err(path, format!("anything-but lists strings or numbers, got {v}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let strings = values.iter().filter(|m| matches!(m, Matcher::String(_))).count();
+            if strings != 0 && strings != values.len() {
+                return Err(err(
+                    path,
+                    format!("anything-but lists strings or numbers, not both (EventBridge refuses the mix), got {arg}"),
+                ));
+            }
+            Ok(AnythingBut::Values(values))
+        }
         Value::String(_) | Value::Number(_) => Ok(AnythingBut::Values(vec![literal(arg, path)?])),
         Value::Object(o) if o.len() == 1 => {
             let (name, v) = o.iter().next().expect("one entry");
@@ -303,9 +387,19 @@ fn compile_anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternE
                     )),
                 }
             };
+            // EventBridge refuses an empty prefix or suffix here: it would exclude every string
+            let not_empty = |list: Vec<String>| -> Result<Vec<String>, PatternError> {
+                if list.iter().any(String::is_empty) {
+                    return Err(err(
+                        path,
+                        format!("anything-but {name} must not be empty (it would exclude every string), got {v}"),
+                    ));
+                }
+                Ok(list)
+            };
             match name.as_str() {
-                "prefix" => Ok(AnythingBut::Prefix(string(v, path, "anything-but prefix")?.to_string())),
-                "suffix" => Ok(AnythingBut::Suffix(string(v, path, "anything-but suffix")?.to_string())),
+                "prefix" => Ok(AnythingBut::Prefixes(not_empty(strings(v)?)?)),
+                "suffix" => Ok(AnythingBut::Suffixes(not_empty(strings(v)?)?)),
                 "wildcard" => strings(v)?
                     .iter()
                     .map(|w| Wildcard::compile(w, path))
@@ -430,6 +524,18 @@ impl Wildcard {
         Ok(Wildcard { pieces })
     }
 
+    /// The pattern as characters and stars, for [`complexity::measure`].
+    fn tokens(&self) -> Vec<Token> {
+        let mut tokens = Vec::new();
+        for (i, piece) in self.pieces.iter().enumerate() {
+            if i > 0 {
+                tokens.push(Token::Star);
+            }
+            tokens.extend(piece.chars().map(Token::Char));
+        }
+        tokens
+    }
+
     fn matches(&self, s: &str) -> bool {
         let n = self.pieces.len();
         if n == 1 {
@@ -546,15 +652,19 @@ fn match_scalar(m: &Matcher, v: &Value) -> bool {
     }
 }
 
+/// Whether `v` (a present scalar) is none of what `a` names. A value that is not a string
+/// (null, a number, a boolean) is none of the strings a string form names.
 fn anything_but(a: &AnythingBut, v: &Value) -> bool {
+    if let AnythingBut::Values(values) = a {
+        return !values.iter().any(|m| match_scalar(m, v));
+    }
+    let Some(s) = v.as_str() else { return true };
     match a {
-        AnythingBut::Values(values) => !values.iter().any(|m| match_scalar(m, v)),
-        AnythingBut::Prefix(p) => v.as_str().is_some_and(|s| !s.starts_with(p.as_str())),
-        AnythingBut::Suffix(p) => v.as_str().is_some_and(|s| !s.ends_with(p.as_str())),
-        AnythingBut::Wildcards(ws) => v.as_str().is_some_and(|s| !ws.iter().any(|w| w.matches(s))),
-        AnythingBut::EqualsIgnoreCase(list) => {
-            v.as_str().is_some_and(|s| !list.iter().any(|p| equals_ignore_case(s, p)))
-        }
+        AnythingBut::Values(_) => unreachable!("handled above"),
+        AnythingBut::Prefixes(list) => !list.iter().any(|p| s.starts_with(p.as_str())),
+        AnythingBut::Suffixes(list) => !list.iter().any(|p| s.ends_with(p.as_str())),
+        AnythingBut::Wildcards(ws) => !ws.iter().any(|w| w.matches(s)),
+        AnythingBut::EqualsIgnoreCase(list) => !list.iter().any(|p| equals_ignore_case(s, p)),
     }
 }
 
