@@ -85,7 +85,7 @@ pub fn match_value(record_json: &str) -> Result<Value, serde_json::Error> {
 pub fn join_dotted(value: &mut Value) {
     match value {
         Value::Object(map) => {
-            if map.keys().any(|k| k.contains('.')) {
+            if map.keys().any(|k| has_dot(k)) {
                 let entries = std::mem::take(map);
                 for (key, v) in entries {
                     insert_dotted(map, &key, v);
@@ -96,6 +96,12 @@ pub fn join_dotted(value: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(join_dotted),
         _ => {}
     }
+}
+
+/// Whether `key` holds a dot: a plain loop, as field names are short (faster there than the
+/// `memchr` behind `str::contains`, measured by `cargo bench --bench filter`).
+fn has_dot(key: &str) -> bool {
+    key.bytes().any(|b| b == b'.')
 }
 
 /// Puts `value` at the dotted path `key` of `map`, merging with what is there.
@@ -181,7 +187,7 @@ fn project(json: &str, projection: &Projection) -> Result<Value, serde_json::Err
             if let Some((name, below)) = self.0.fields.get_key_value(key) {
                 return Ok(Found::Named(name, below));
             }
-            if !key.contains('.') {
+            if !has_dot(key) {
                 return Ok(Found::Skip);
             }
             // the projection below the dotted path, as far as it names it
