@@ -1,7 +1,7 @@
 //! Where the features meet: every seed draws a configuration (standard or FIFO queue, batch size,
 //! window and `max_bytes` down to below one message, a group cap, a shared pool with a second
 //! pipeline, the circuit breaker, fixed or adaptive concurrency, bisect, a dead-letter queue,
-//! visibility, the fleet's size) and a fault schedule (SQS errors, entry errors, latency and
+//! visibility, the fleet's size, a filter that deletes or keeps what it rejects) and a fault schedule (SQS errors, entry errors, latency and
 //! duplicates; the target's item failures, function errors, 5xx, 429/503, timeouts, refused
 //! connections, slow, unreadable and huge answers; an outage of 5xx or refused connections followed by
 //! a stretch of 503s; a change of the queue's visibility timeout; a SIGTERM at a random moment),
@@ -9,7 +9,9 @@
 //! and at the end:
 //!
 //! - **no delete before success**: every delete names a message that succeeded at the worker or
-//!   whose copy is in the dead-letter queue (checked at the delete call);
+//!   whose copy is in the dead-letter queue, or one the filter rejected with `on_filtered =
+//!   "delete"` (checked at the delete call); a message the filter keeps is never deleted;
+//! - **the filter decides**: no message it rejects reaches the worker;
 //! - **no message dispatched while an earlier copy runs**, and **a FIFO group in at most one
 //!   running batch** (checked at the worker as each batch starts);
 //! - **FIFO order**: each group's messages succeed first in send order;
@@ -18,8 +20,9 @@
 //! - **no lease lapses while held** (`sqs_poller_leases_expired_total` stays 0);
 //! - **liveness**: once the target answers again, the breaker closes and the backlog drains (within
 //!   three simulated hours of the outage's end);
-//! - **settled as the rules say**: every message ends deleted (succeeded, or dead-lettered), or,
-//!   after a SIGTERM, deleted or still in the queue — none lost; nothing leased, in flight or held
+//! - **settled as the rules say**: every message ends deleted (succeeded, dead-lettered or
+//!   filtered out) or kept in the queue by the filter, or, after a SIGTERM, deleted or still in
+//!   the queue — none lost; nothing leased, in flight or held
 //!   behind a group's cap once idle;
 //! - **shutdown within its grace**: every pipeline has returned by the end of the grace period.
 //!
@@ -89,6 +92,33 @@ struct Drawn {
     depth_interval: u64,
     /// A second pipeline on its own queue shares a pool with this one.
     pool: Option<PoolDraw>,
+    filter: Option<FilterDraw>,
+}
+
+/// A filter passing the bodies that start with none of `prefixes` (`anything-but` a list of
+/// prefixes); what it rejects is deleted, or with `keep` made visible again after that delay.
+#[derive(Debug, Clone)]
+struct FilterDraw {
+    prefixes: &'static [&'static str],
+    keep: Option<u64>,
+}
+
+impl FilterDraw {
+    fn rejects(&self, body: &str) -> bool {
+        self.prefixes.iter().any(|p| body.starts_with(p))
+    }
+
+    fn toml(&self) -> String {
+        let list: Vec<String> = self.prefixes.iter().map(|p| format!("\"{p}\"")).collect();
+        let mut t = format!(
+            "[pipelines.filter]\npatterns = ['{{\"body\": [{{\"anything-but\": {{\"prefix\": [{}]}}}}]}}']\n",
+            list.join(", ")
+        );
+        if let Some(delay) = self.keep {
+            t += &format!("on_filtered = \"keep\"\nkeep_delay_secs = {delay}\n");
+        }
+        t
+    }
 }
 
 /// A pool shared by the seed's two pipelines.
@@ -184,6 +214,12 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
         max_outstanding: chance(rng, 0.3)
             .then(|| (max_concurrency * batch_size).div_ceil(10).max(1) * 10 + pick(rng, &[0, 10, 40])),
         depth_interval: pick(rng, &[1, 5, 10]),
+        // (keep only on standard queues: a kept message heads its FIFO group, which then waits
+        // for another consumer to take it)
+        filter: chance(rng, 0.3).then(|| FilterDraw {
+            prefixes: pick(rng, &[&["m-1"][..], &["m-2", "poison-"], &["m-3", "m-5", "m-7"]]),
+            keep: (!fifo && chance(rng, 0.4)).then(|| pick(rng, &[1, 5, 30])),
+        }),
         pool: chance(rng, 0.25).then(|| {
             // at least each member's own max_concurrency, less than theirs together
             PoolDraw {
@@ -284,6 +320,9 @@ fn pipeline_toml(name: &str, queue: &str, d: &Drawn, dlq: Option<&str>, pool: Op
     if let (Some(url), Some(n)) = (dlq, d.dead_letter) {
         t += &format!("[pipelines.dead_letter]\nqueue_url = \"{url}\"\nmax_receive_count = {n}\n");
     }
+    if let Some(f) = &d.filter {
+        t += &f.toml();
+    }
     t
 }
 
@@ -345,8 +384,9 @@ impl Drop for Working {
 /// The simulated worker of one pipeline.
 fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Duration) -> Target {
     let (fifo, max_concurrency, timeout) = (d.fifo, d.max_concurrency, Duration::from_secs(d.timeout_secs));
+    let filter = d.filter.clone();
     Target::Function(Arc::new(move |event: Bytes| {
-        let (world, run) = (world.clone(), run.clone());
+        let (world, run, filter) = (world.clone(), run.clone(), filter.clone());
         Box::pin(async move {
             let event: Value = serde_json::from_slice(&event).expect("the event is JSON");
             let records = event["Records"].as_array().expect("Records").clone();
@@ -361,6 +401,12 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
             {
                 let mut w = world.lock().unwrap();
                 w.invocations += 1;
+                for r in &records {
+                    let body = r["body"].as_str().unwrap_or_default();
+                    if filter.as_ref().is_some_and(|f| f.rejects(body)) {
+                        w.violation(format!("{t} s: {body:.20} reached the worker, though the filter rejects it"));
+                    }
+                }
                 for id in &ids {
                     if !w.running.insert(id.clone()) {
                         w.violation(format!("{t} s: {id} dispatched while an earlier copy of it runs"));
@@ -479,6 +525,7 @@ struct Checked {
     inner: Arc<SimQueue>,
     world: Arc<Mutex<World>>,
     dead_letter: Option<Arc<SimQueue>>,
+    filter: Option<FilterDraw>,
     start: Instant,
 }
 
@@ -505,9 +552,18 @@ impl Queue for Checked {
             let mut w = self.world.lock().unwrap();
             for h in receipts {
                 if let Some((id, body)) = self.inner.message_of(h) {
-                    if !w.succeeded.contains(&id) && !dead.contains(&body) {
-                        let t = self.start.elapsed().as_secs();
-                        w.violation(format!("{t} s: {id} ({body}) deleted without success or a dead-letter copy"));
+                    let t = self.start.elapsed().as_secs();
+                    match &self.filter {
+                        Some(f) if f.rejects(&body) && f.keep.is_some() => {
+                            w.violation(format!("{t} s: {id} ({body:.20}) deleted, though the filter keeps it"));
+                        }
+                        Some(f) if f.rejects(&body) => {} // filtered out: deleted, as Lambda does
+                        _ if !w.succeeded.contains(&id) && !dead.contains(&body) => {
+                            w.violation(format!(
+                                "{t} s: {id} ({body:.20}) deleted without success or a dead-letter copy"
+                            ));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -543,6 +599,8 @@ struct Lane {
     dead_letter: Option<Arc<SimQueue>>,
     world: Arc<Mutex<World>>,
     messages: usize,
+    /// Of them, the ones the filter rejects.
+    rejected: usize,
     max_outstanding: usize,
     task: Option<tokio::task::JoinHandle<Result<(), SqsError>>>,
     shutdown: Shutdown,
@@ -552,6 +610,14 @@ struct Lane {
 }
 
 impl Lane {
+    /// Nothing left to do: the queue is empty but for what the filter keeps there.
+    fn settled(&self, d: &Drawn) -> bool {
+        match &d.filter {
+            Some(f) if f.keep.is_some() => self.queue.bodies().iter().all(|b| f.rejects(b)),
+            _ => self.queue.is_empty(),
+        }
+    }
+
     /// Starts the pipeline of `text` (the lane's first start, or a reload's).
     fn launch(&mut self, text: &str, run: &Arc<Run>, d: &Drawn) -> Result<(), String> {
         let cfg = match sqs_poller::config::parse(text, &|_| None) {
@@ -565,6 +631,7 @@ impl Lane {
             inner: self.queue.clone(),
             world: self.world.clone(),
             dead_letter: self.dead_letter.clone(),
+            filter: d.filter.clone(),
             start: run.start,
         });
         let (task, shutdown) = super::spawn_pipeline(
@@ -635,11 +702,14 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
             )))
         });
         let mut body_rng = fastrand::Rng::with_seed(seed.wrapping_mul(31).wrapping_add(k as u64));
+        let mut rejected = 0;
         for i in 0..d.messages {
             let kind = if body_rng.f64() < d.poison { "poison" } else { "m" };
             let pad = "x".repeat(body_rng.usize(0..=d.body_max));
             let group = d.groups.map(|g| format!("g{}", body_rng.usize(0..g)));
-            queue.put(&format!("{kind}-{i}-{pad}"), group.as_deref());
+            let body = format!("{kind}-{i}-{pad}");
+            rejected += usize::from(d.filter.as_ref().is_some_and(|f| f.rejects(&body)));
+            queue.put(&body, group.as_deref());
         }
         let pool = d.pool.map(|p| if k == 0 { (p.priorities.0, p.weights.0) } else { (p.priorities.1, p.weights.1) });
         let mut text = String::new();
@@ -656,6 +726,7 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
             dead_letter,
             world: Arc::default(),
             messages: d.messages,
+            rejected,
             max_outstanding: 0,
             task: None,
             shutdown: Shutdown::default(),
@@ -723,7 +794,7 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
                 break;
             }
         }
-        if lanes.iter().all(|l| l.queue.is_empty()) {
+        if lanes.iter().all(|l| l.settled(&d)) {
             break;
         }
         if start.elapsed() > Duration::from_secs(outage_end) + LIVENESS {
@@ -795,14 +866,24 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         }
         let dead = lane.dead_letter.as_ref().map(|q| q.bodies()).unwrap_or_default();
         if stopped_at.is_none() && !broken.iter().any(|b| b.starts_with("liveness")) {
-            let dead_ok = dead.len() + w.succeeded.len() >= lane.messages;
+            let dead_ok = dead.len() + w.succeeded.len() >= lane.messages - lane.rejected;
             if !dead_ok {
                 broken.push(format!(
-                    "{}: {} succeeded + {} dead-lettered of {} sent",
+                    "{}: {} succeeded + {} dead-lettered of {} sent ({} filtered out)",
                     lane.name,
                     w.succeeded.len(),
                     dead.len(),
-                    lane.messages
+                    lane.messages,
+                    lane.rejected
+                ));
+            }
+            let kept = d.filter.as_ref().is_some_and(|f| f.keep.is_some());
+            if kept && lane.queue.len() != lane.rejected {
+                broken.push(format!(
+                    "{}: {} in the queue, the filter keeps {}",
+                    lane.name,
+                    lane.queue.len(),
+                    lane.rejected
                 ));
             }
         }
