@@ -98,8 +98,7 @@ pub fn join_dotted(value: &mut Value) {
     }
 }
 
-/// Whether `key` holds a dot: a plain loop, as field names are short (faster there than the
-/// `memchr` behind `str::contains`, measured by `cargo bench --bench filter`).
+/// Whether `key` holds a dot (a plain loop: field names are short).
 fn has_dot(key: &str) -> bool {
     key.bytes().any(|b| b == b'.')
 }
@@ -144,18 +143,36 @@ fn merge_field(map: &mut serde_json::Map<String, Value>, key: &str, value: Value
 #[derive(Debug, Clone, Default)]
 pub struct Projection {
     fields: std::collections::BTreeMap<String, Option<Projection>>,
+    /// The first bytes of the field names, as a set: a key starting with none of them cannot be
+    /// a dotted path into a field (`a.b`), so most keys a message has and no pattern names are
+    /// skipped without looking for a dot (which cost 4 % of the filter, `cargo bench --bench filter`).
+    first_bytes: [u64; 4],
 }
 
 impl Projection {
     /// `name` is needed whole.
     fn whole(&mut self, name: &str) {
+        self.note_first_byte(name);
         self.fields.insert(name.to_string(), None);
     }
 
     /// The projection below `name`; `None` when `name` is needed whole already (which keeps
     /// everything below it).
     fn below(&mut self, name: &str) -> Option<&mut Projection> {
+        self.note_first_byte(name);
         self.fields.entry(name.to_string()).or_insert_with(|| Some(Projection::default())).as_mut()
+    }
+
+    fn note_first_byte(&mut self, name: &str) {
+        if let Some(&b) = name.as_bytes().first() {
+            self.first_bytes[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+    }
+
+    /// Whether `key` may be a dotted path into one of the fields (`a.b` for a field `a`).
+    fn may_be_dotted_path(&self, key: &str) -> bool {
+        key.as_bytes().first().is_some_and(|&b| self.first_bytes[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
+            && has_dot(key)
     }
 }
 
@@ -163,22 +180,25 @@ impl Projection {
 fn project(json: &str, projection: &Projection) -> Result<Value, serde_json::Error> {
     use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-    /// What a key is to the projection.
+    /// What a key is to the projection (`Copy`: the per-key path carries nothing to drop).
+    #[derive(Clone, Copy)]
     enum Found<'p> {
         /// A field it names (`None`: needed whole).
         Named(&'p String, &'p Option<Projection>),
-        /// A dotted key (`a.b`) whose path the projection names: its value goes to that path.
-        Dotted(String, Option<&'p Projection>),
+        /// A dotted key (`a.b`) whose path the projection names, put in the seed's slot: its
+        /// value goes to that path.
+        Dotted(Option<&'p Projection>),
         Skip,
     }
-    struct Key<'p>(&'p Projection);
-    impl<'de, 'p> DeserializeSeed<'de> for Key<'p> {
+    /// A key's seed: the projection, and where a dotted key is put.
+    struct Key<'p, 's>(&'p Projection, &'s mut Option<String>);
+    impl<'de, 'p> DeserializeSeed<'de> for Key<'p, '_> {
         type Value = Found<'p>;
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_str(self)
         }
     }
-    impl<'p> Visitor<'_> for Key<'p> {
+    impl<'p> Visitor<'_> for Key<'p, '_> {
         type Value = Found<'p>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a field name")
@@ -187,20 +207,48 @@ fn project(json: &str, projection: &Projection) -> Result<Value, serde_json::Err
             if let Some((name, below)) = self.0.fields.get_key_value(key) {
                 return Ok(Found::Named(name, below));
             }
-            if !has_dot(key) {
+            if !self.0.may_be_dotted_path(key) {
                 return Ok(Found::Skip);
             }
-            // the projection below the dotted path, as far as it names it
-            let mut at = self.0;
-            for segment in key.split('.') {
-                match at.fields.get(segment) {
-                    None => return Ok(Found::Skip),
-                    Some(None) => return Ok(Found::Dotted(key.to_string(), None)),
-                    Some(Some(below)) => at = below,
-                }
-            }
-            Ok(Found::Dotted(key.to_string(), Some(at)))
+            Ok(dotted_key(self.0, key, self.1))
         }
+    }
+
+    /// A dotted key: the projection below its path, as far as the projection names it. Out of
+    /// line and cold: the check every key of a message goes through stays small.
+    #[cold]
+    #[inline(never)]
+    fn dotted_key<'p>(projection: &'p Projection, key: &str, slot: &mut Option<String>) -> Found<'p> {
+        let mut at = projection;
+        for segment in key.split('.') {
+            match at.fields.get(segment) {
+                None => return Found::Skip,
+                Some(None) => {
+                    *slot = Some(key.to_string());
+                    return Found::Dotted(None);
+                }
+                Some(Some(below)) => at = below,
+            }
+        }
+        *slot = Some(key.to_string());
+        Found::Dotted(Some(at))
+    }
+
+    /// Builds a dotted key's value into `out` under the key as written (joined after the object).
+    #[cold]
+    #[inline(never)]
+    fn take_dotted<'de, A: MapAccess<'de>>(
+        map: &mut A,
+        out: &mut serde_json::Map<String, Value>,
+        key: String,
+        below: Option<&Projection>,
+    ) -> Result<(), A::Error> {
+        let value = match below {
+            Some(below) => map.next_value_seed(Project(below))?,
+            None => map.next_value::<Value>()?,
+        };
+        out.insert(key, value);
+        Ok(())
     }
 
     struct Project<'p>(&'p Projection);
@@ -218,7 +266,8 @@ fn project(json: &str, projection: &Projection) -> Result<Value, serde_json::Err
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
             let mut out = serde_json::Map::new();
             let mut dotted = false;
-            while let Some(found) = map.next_key_seed(Key(self.0))? {
+            let mut dotted_key: Option<String> = None;
+            while let Some(found) = map.next_key_seed(Key(self.0, &mut dotted_key))? {
                 match found {
                     Found::Named(name, Some(below)) => {
                         out.insert(name.clone(), map.next_value_seed(Project(below))?);
@@ -226,12 +275,9 @@ fn project(json: &str, projection: &Projection) -> Result<Value, serde_json::Err
                     Found::Named(name, None) => {
                         out.insert(name.clone(), map.next_value::<Value>()?);
                     }
-                    Found::Dotted(key, below) => {
-                        let value = match below {
-                            Some(below) => map.next_value_seed(Project(below))?,
-                            None => map.next_value::<Value>()?,
-                        };
-                        out.insert(key, value);
+                    Found::Dotted(below) => {
+                        let key = dotted_key.take().expect("a dotted key fills the slot");
+                        take_dotted(&mut map, &mut out, key, below)?;
                         dotted = true;
                     }
                     Found::Skip => {
