@@ -58,9 +58,11 @@ impl Intake {
             tracing::error!(pipeline = %self.metrics.pipeline, missing, "skipping a message SQS returned without its {missing}");
         }
         self.metrics.received.increment(leasable.len() as u64);
-        let admissions = self.leases.admit(
+        let admissions = self.leases.admit_sized(
             reservation,
-            leasable.iter().map(|m| (m.message_id.as_deref().unwrap_or(""), m.receipt_handle.as_deref().unwrap_or(""))),
+            leasable.iter().map(|m| {
+                (m.message_id.as_deref().unwrap_or(""), m.receipt_handle.as_deref().unwrap_or(""), message_bytes(m))
+            }),
             stamp,
         );
         let new: Vec<Message> =
@@ -130,4 +132,21 @@ impl Intake {
     pub fn take_oldest_age_ms(&self) -> Option<u64> {
         Some(self.oldest_age_ms.swap(0, Ordering::Relaxed)).filter(|&ms| ms > 0)
     }
+}
+
+/// A message's size as SQS counts it against `MaximumMessageSize`: its body and its message
+/// attributes (names, types and values).
+pub fn message_bytes(m: &Message) -> usize {
+    let attributes: usize = m
+        .message_attributes
+        .iter()
+        .flatten()
+        .map(|(name, v)| {
+            name.len()
+                + v.data_type.len()
+                + v.string_value.as_deref().map_or(0, str::len)
+                + v.binary_value.as_ref().map_or(0, |b| b.as_ref().len())
+        })
+        .sum();
+    m.body.as_deref().map_or(0, str::len) + attributes
 }

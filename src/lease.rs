@@ -55,6 +55,8 @@ pub struct ReceiveStamp {
 #[derive(Debug, Clone)]
 struct Lease {
     receipt_handle: String,
+    /// What it takes of the byte budget, KiB (its receive's bytes for it).
+    kib: u32,
     /// The visibility timeout of its receive: extensions fall due at half of it and ask for it.
     visibility: Duration,
     /// The first receive of this lease: the maximum lease counts from here.
@@ -99,6 +101,8 @@ struct Ended {
     visible_until: Option<Instant>,
     /// Heartbeat rounds with an extension of one of them in flight: the call waits for them.
     rounds: Vec<u64>,
+    /// What they took of the byte budget, KiB: given back with their room.
+    kib: usize,
 }
 
 /// The longest visibility timeout SQS accepts for a handle received `since` ago: what is left of
@@ -184,6 +188,12 @@ impl LeaseTable {
     /// holds one from a later receive (a slow receive must not put back a handle SQS no longer
     /// honours).
     pub fn admit(&mut self, message_id: &str, receipt_handle: &str, stamp: ReceiveStamp) -> Admission {
+        self.admit_sized(message_id, receipt_handle, stamp, 0)
+    }
+
+    /// [`Self::admit`], the message taking `kib` of the byte budget while its lease lasts (a
+    /// duplicate keeps its lease's own).
+    pub fn admit_sized(&mut self, message_id: &str, receipt_handle: &str, stamp: ReceiveStamp, kib: u32) -> Admission {
         let ReceiveStamp { sent_at, visibility } = stamp;
         let visible_until = sent_at + visibility;
         match self.leases.get_mut(message_id) {
@@ -203,6 +213,7 @@ impl LeaseTable {
                     message_id.to_string(),
                     Lease {
                         receipt_handle: receipt_handle.to_string(),
+                        kib,
                         visibility,
                         leased_at: sent_at,
                         handle_received_at: sent_at,
@@ -226,15 +237,21 @@ impl LeaseTable {
 
     /// Ends a lease; returns its last receipt handle.
     pub fn end(&mut self, message_id: &str) -> Option<String> {
-        self.end_lease(message_id).map(|(rh, ..)| rh)
+        self.end_lease(message_id).map(|l| l.receipt_handle)
     }
 
     /// Ends a lease: its last receipt handle, until when the message stays invisible, and the
     /// heartbeat round with an extension of it in flight, if any.
-    fn end_lease(&mut self, message_id: &str) -> Option<(String, Instant, Vec<u64>, Instant)> {
+    fn end_lease(&mut self, message_id: &str) -> Option<EndedLease> {
         let l = self.leases.remove(message_id)?;
         let rounds = l.extending.into_iter().chain(l.late).filter(|r| self.rounds_in_flight.contains(r));
-        Some((l.receipt_handle, l.visible_until, rounds.collect(), l.handle_received_at))
+        Some(EndedLease {
+            receipt_handle: l.receipt_handle,
+            visible_until: l.visible_until,
+            rounds: rounds.collect(),
+            received: l.handle_received_at,
+            kib: l.kib,
+        })
     }
 
     /// Whether any of `rounds` still has extensions in flight.
@@ -367,9 +384,74 @@ impl LeaseTable {
     }
 }
 
-/// Room for up to [`RECEIVE_MAX`] messages, taken before a receive.
+/// What [`LeaseTable::end_lease`] hands back of a lease.
+struct EndedLease {
+    receipt_handle: String,
+    visible_until: Instant,
+    /// Heartbeat rounds with an extension of it in flight.
+    rounds: Vec<u64>,
+    /// The receive of its receipt handle.
+    received: Instant,
+    kib: u32,
+}
+
+/// Room for up to [`RECEIVE_MAX`] messages, and the bytes they may bring, taken before a receive.
 pub struct Reservation {
     permit: OwnedSemaphorePermit,
+    bytes: HeldBytes,
+}
+
+/// A receive's bytes: given back when dropped unused (a receive that failed or was cut short),
+/// and the gauge told.
+struct HeldBytes {
+    permit: Option<OwnedSemaphorePermit>,
+    room: Arc<ByteRoom>,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        if self.permit.take().is_some() {
+            self.room.note();
+        }
+    }
+}
+
+/// The byte budget (`lease.max_outstanding_bytes`), in KiB: a receive reserves ten of the
+/// queue's largest messages before it is sent; what its messages take stays with their leases
+/// and the rest goes back at once.
+struct ByteRoom {
+    kib: Arc<Semaphore>,
+    /// What one receive reserves.
+    per_receive: u32,
+    /// KiB taken beyond the budget (a message over the queue's largest size, which SQS does not
+    /// send): paid back from the next leases to end before their KiB are free again.
+    owed: Mutex<usize>,
+    /// The budget's size, for the in-flight gauge.
+    total: usize,
+    /// `sqs_poller_in_flight_bytes`.
+    gauge: metrics::Gauge,
+}
+
+impl ByteRoom {
+    /// No budget: room for any number of receives.
+    fn unlimited() -> Self {
+        ByteRoom {
+            kib: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            per_receive: 0,
+            owed: Mutex::new(0),
+            total: 0,
+            gauge: metrics::Gauge::noop(),
+        }
+    }
+
+    /// Sets the gauge to what is taken now (reserved, leased and owed).
+    fn note(&self) {
+        if self.per_receive > 0 {
+            let used = self.total.saturating_sub(self.kib.available_permits());
+            let owed = *self.owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.gauge.set(((used + owed) * 1024) as f64);
+        }
+    }
 }
 
 /// The lease keeper of one pipeline.
@@ -381,6 +463,7 @@ pub struct LeaseKeeper {
     /// The room's size now ([`Self::set_room`]) and the permits it still owes: a shrink takes the
     /// free permits at once and the rest as leases end.
     room_size: Mutex<RoomSize>,
+    bytes: Arc<ByteRoom>,
     table: Mutex<LeaseTable>,
     /// Woken when a receive brought a lease due sooner than the heartbeat's planned wake (the
     /// first lease, an answer that took long, a visibility timeout lowered since the other
@@ -418,12 +501,59 @@ impl LeaseKeeper {
             metrics,
             room: Arc::new(Semaphore::new(max_outstanding)),
             room_size: Mutex::new(RoomSize { max: max_outstanding, size: max_outstanding, owed: 0 }),
+            bytes: Arc::new(ByteRoom::unlimited()),
             table: Mutex::new(LeaseTable::new(visibility, max_lease)),
             replan: tokio::sync::Notify::new(),
             round_ended: tokio::sync::Notify::new(),
             shutdown: crate::shutdown::Shutdown::default(),
             spans: None,
         }
+    }
+
+    /// A byte budget of `max_bytes` for a queue whose messages are at most `max_message_bytes`
+    /// (body and attributes): each receive reserves ten of them, plus the fixed overhead each.
+    /// A budget under one receive's worth is raised to it (logged).
+    #[must_use]
+    pub fn with_byte_budget(mut self, max_bytes: usize, max_message_bytes: usize) -> Self {
+        let per_receive = RECEIVE_MAX * (max_message_bytes + crate::limits::MESSAGE_OVERHEAD_BYTES);
+        let per_receive_kib = per_receive.div_ceil(1024);
+        let mut total = max_bytes / 1024;
+        if total < per_receive_kib {
+            tracing::warn!(pipeline = %self.pipeline, max_outstanding_bytes = max_bytes, receive_bytes = per_receive, "lease.max_outstanding_bytes is less than one receive can bring (ten of the queue's largest messages): raised to that");
+            total = per_receive_kib;
+        }
+        self.metrics.max_outstanding_bytes.set((total * 1024) as f64);
+        self.metrics.in_flight_bytes.set(0.0);
+        self.bytes = Arc::new(ByteRoom {
+            kib: Arc::new(Semaphore::new(total)),
+            per_receive: u32::try_from(per_receive_kib).unwrap_or(u32::MAX),
+            owed: Mutex::new(0),
+            total,
+            gauge: self.metrics.in_flight_bytes.clone(),
+        });
+        self
+    }
+
+    /// How many receives the byte budget lets run at once.
+    pub fn receives_in_budget(&self) -> Option<usize> {
+        (self.bytes.per_receive > 0).then(|| self.bytes.total / self.bytes.per_receive as usize)
+    }
+
+    fn note_bytes(&self) {
+        self.bytes.note();
+    }
+
+    /// Gives back `kib` of the byte budget, paying what is owed first.
+    fn return_bytes(&self, kib: usize) {
+        if kib == 0 {
+            return;
+        }
+        let mut owed = self.bytes.owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let paid = (*owed).min(kib);
+        *owed -= paid;
+        drop(owed);
+        self.bytes.kib.add_permits(kib - paid);
+        self.note_bytes();
     }
 
     /// Tells `spans` of every extension of a message in a traced batch.
@@ -462,7 +592,16 @@ impl LeaseKeeper {
                 pay
             };
             if owed == 0 {
-                return Reservation { permit };
+                // then the bytes (always in this order, so two pollers never hold one each)
+                let bytes = self
+                    .bytes
+                    .kib
+                    .clone()
+                    .acquire_many_owned(self.bytes.per_receive)
+                    .await
+                    .expect("the byte room is never closed");
+                self.note_bytes();
+                return Reservation { permit, bytes: HeldBytes { permit: Some(bytes), room: self.bytes.clone() } };
             }
             if let Some(paid) = permit.split(owed) {
                 paid.forget();
@@ -492,10 +631,35 @@ impl LeaseKeeper {
         received: impl IntoIterator<Item = (&'a str, &'a str)>,
         stamp: ReceiveStamp,
     ) -> Vec<Admission> {
+        self.admit_sized(reservation, received.into_iter().map(|(id, rh)| (id, rh, 0)), stamp)
+    }
+
+    /// [`Self::admit`] with each message's bytes (body, attributes): a new lease keeps them of
+    /// the byte budget (with the fixed overhead) until it ends; the rest of the receive's
+    /// reservation goes back.
+    pub fn admit_sized<'a>(
+        &self,
+        reservation: Reservation,
+        received: impl IntoIterator<Item = (&'a str, &'a str, usize)>,
+        stamp: ReceiveStamp,
+    ) -> Vec<Admission> {
         let sent_at = stamp.sent_at;
+        let metered = self.bytes.per_receive > 0;
+        let mut kept_kib = 0usize;
         let (admissions, planned_due): (Vec<Admission>, Option<Instant>) = {
             let mut table = self.table();
-            let a = received.into_iter().map(|(id, rh)| table.admit(id, rh, stamp)).collect();
+            let a = received
+                .into_iter()
+                .map(|(id, rh, bytes)| {
+                    let kib = if metered { (bytes + crate::limits::MESSAGE_OVERHEAD_BYTES).div_ceil(1024) } else { 0 };
+                    let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+                    let admission = table.admit_sized(id, rh, stamp, kib);
+                    if admission == Admission::New {
+                        kept_kib += kib as usize;
+                    }
+                    admission
+                })
+                .collect();
             self.metrics.in_flight_messages.set(table.len() as f64);
             self.metrics.status.in_flight.store(table.len(), std::sync::atomic::Ordering::Relaxed);
             (a, table.planned_due)
@@ -510,6 +674,22 @@ impl LeaseKeeper {
         // of more than a receive's room (SQS never sends more than 10; a server that does is
         // not trusted) keeps every permit and owes the rest, paid as room comes back (issue
         // 30: the whole reservation went back, and max_outstanding stopped holding)
+        let mut held = reservation.bytes;
+        let mut bytes = held.permit.take().expect("a reservation holds its bytes until admitted");
+        let reserved_kib = bytes.num_permits();
+        if kept_kib >= reserved_kib {
+            bytes.forget();
+            if kept_kib > reserved_kib {
+                *self.bytes.owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += kept_kib - reserved_kib;
+                tracing::warn!(pipeline = %self.pipeline, bytes = kept_kib * 1024, "a receive brought more bytes than ten of the queue's largest messages; they are leased, and the byte budget is paid back as leases end");
+            }
+        } else {
+            if let Some(kept) = bytes.split(kept_kib) {
+                kept.forget();
+            }
+            drop(bytes);
+        }
+        self.note_bytes();
         let mut permit = reservation.permit;
         let held = permit.num_permits();
         if new >= held {
@@ -542,12 +722,15 @@ impl LeaseKeeper {
     /// is about to end.
     fn end(&self, ids: &[&str]) -> Ended {
         let mut table = self.table();
-        let mut ended = Ended { entries: Vec::with_capacity(ids.len()), visible_until: None, rounds: Vec::new() };
+        let mut ended =
+            Ended { entries: Vec::with_capacity(ids.len()), visible_until: None, rounds: Vec::new(), kib: 0 };
         for (i, id) in ids.iter().enumerate() {
-            if let Some((rh, until, round, received)) = table.end_lease(id) {
-                ended.entries.push((i, rh, received));
+            if let Some(l) = table.end_lease(id) {
+                let until = l.visible_until;
+                ended.entries.push((i, l.receipt_handle, l.received));
+                ended.kib += l.kib as usize;
                 ended.visible_until = Some(ended.visible_until.map_or(until, |u: Instant| u.min(until)));
-                for r in round {
+                for r in l.rounds {
                     if !ended.rounds.contains(&r) {
                         ended.rounds.push(r);
                     }
@@ -719,6 +902,7 @@ impl LeaseKeeper {
             )
             .await;
         self.return_room(ended.entries.len());
+        self.return_bytes(ended.kib);
         if !failed.is_empty() {
             tracing::error!(pipeline = %self.pipeline, messages = failed.len(), "could not delete processed messages before their visibility timeout ran out; they will be delivered again");
         }
@@ -764,6 +948,7 @@ impl LeaseKeeper {
             )
             .await;
         self.return_room(ended.entries.len());
+        self.return_bytes(ended.kib);
         if !failed.is_empty() {
             tracing::warn!(pipeline = %self.pipeline, messages = failed.len(), "could not change the visibility of messages being let go; they come back after their visibility timeout");
         }
@@ -1173,5 +1358,63 @@ mod tests {
         assert!((43_150..=43_180).contains(&asked), "{asked} s: the 12 hours less the 20 s since the receive");
         tokio::time::sleep(secs(43_000)).await;
         assert!(queue.receive(Duration::ZERO, None).await.unwrap().is_empty(), "still hidden near 12 hours");
+    }
+
+    /// Issue 32: the byte budget. A receive reserves ten of the queue's largest messages; the
+    /// messages it brought keep their own bytes and the rest goes back at once; a poller waits
+    /// while the budget cannot cover another receive; bytes come back as the leases end.
+    #[tokio::test(start_paused = true)]
+    async fn the_byte_budget_reserves_a_receives_worth_and_keeps_what_the_messages_take() {
+        use crate::sim::{SimConfig, SimQueue};
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
+        // messages of at most 100 KiB: a receive reserves 10 × (100 + 2) KiB = 1,020 KiB; a
+        // budget of 2,500 KiB holds two receives at once
+        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 1000, PipelineMetrics::new("t", 1, 1, 1))
+            .with_byte_budget(2500 * 1024, 100 * 1024);
+        assert_eq!(keeper.receives_in_budget(), Some(2));
+        let first = keeper.reserve().await;
+        let second = keeper.reserve().await;
+        assert_eq!(keeper.bytes.kib.available_permits(), 2500 - 2 * 1020);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), keeper.reserve()).await.is_err(),
+            "a third receive while two reserve the budget"
+        );
+        // the first brought three messages of 50 KiB (52 KiB each with the overhead) and a
+        // duplicate of one of them: 156 KiB stay with the leases, the rest comes back
+        let ids: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
+        let mut received: Vec<(&str, &str, usize)> = ids.iter().map(|id| (id.as_str(), "rh", 50 * 1024)).collect();
+        received.push((ids[0].as_str(), "rh2", 50 * 1024));
+        keeper.admit_sized(first, received, keeper.stamp());
+        assert_eq!(keeper.bytes.kib.available_permits(), 2500 - 1020 - 156);
+        // the second brought nothing: all of it back; now a third receive fits
+        keeper.admit_sized(second, Vec::<(&str, &str, usize)>::new(), keeper.stamp());
+        let third = tokio::time::timeout(Duration::from_secs(1), keeper.reserve()).await.expect("room for a receive");
+        keeper.admit_sized(third, Vec::<(&str, &str, usize)>::new(), keeper.stamp());
+        assert_eq!(keeper.bytes.kib.available_permits(), 2500 - 156);
+        // the leases end: their bytes come back
+        keeper.delete(&[ids[0].as_str(), ids[1].as_str()]).await;
+        keeper.release(&[ids[2].as_str()]).await;
+        assert_eq!(keeper.bytes.kib.available_permits(), 2500);
+    }
+
+    /// A budget under one receive's worth is raised to it, and a receive that brings more than
+    /// it reserved (SQS does not) owes the rest: the budget holds from the next receive on.
+    #[tokio::test(start_paused = true)]
+    async fn a_receive_over_its_byte_reservation_owes_the_difference() {
+        use crate::sim::{SimConfig, SimQueue};
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
+        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 1000, PipelineMetrics::new("t", 1, 1, 1))
+            .with_byte_budget(1024, 10 * 1024);
+        assert_eq!(keeper.receives_in_budget(), Some(1), "raised to one receive's worth (120 KiB)");
+        let ids: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        let received: Vec<(&str, &str, usize)> = ids.iter().map(|id| (id.as_str(), "rh", 20 * 1024)).collect();
+        keeper.admit_sized(keeper.reserve().await, received, keeper.stamp());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), keeper.reserve()).await.is_err(),
+            "room for a receive while 220 KiB of a 120 KiB budget are leased"
+        );
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        keeper.release(&all).await;
+        assert_eq!(keeper.bytes.kib.available_permits(), 120, "the debt paid, the budget whole again");
     }
 }

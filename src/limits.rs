@@ -13,6 +13,14 @@ pub const MAX_MIN_POLLERS: u64 = 200;
 
 /// The most messages one ReceiveMessage returns.
 pub const RECEIVE_MAX: usize = 10;
+/// SQS's largest message (body and attributes): 1 MiB (`MaximumMessageSize`'s upper bound).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// What the byte budget counts for a message beyond its body and attributes: its ids, receipt
+/// handle (up to about 1 KB), record and bookkeeping.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 2048;
+/// The most bytes one receive can bring: ten of SQS's largest messages.
+pub const RECEIVE_MAX_BYTES: usize = RECEIVE_MAX * (MAX_MESSAGE_BYTES + MESSAGE_OVERHEAD_BYTES);
+
 /// The largest answer read from SQS's JSON protocol: a receive of 10 messages of 1 MiB (body and
 /// attributes) is about 10 MiB, twice that with every character escaped, plus Base64 binary
 /// attributes; past this the answer is refused, not read.

@@ -522,7 +522,13 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
         if let Some(url) = &p.target.health_url {
             w!("  health     {url} (pollers pause while it fails)");
         }
-        w!("  lease      max_outstanding {} max_lease {}s", p.lease.max_outstanding, p.lease.max_lease.as_secs());
+        w!(
+            "  lease      max_outstanding {} max_outstanding_bytes {} ({} MiB) max_lease {}s",
+            p.lease.max_outstanding,
+            p.lease.max_outstanding_bytes,
+            p.lease.max_outstanding_bytes >> 20,
+            p.lease.max_lease.as_secs()
+        );
         match &p.filter {
             Some(f) if f.on_filtered == config::OnFiltered::Keep => w!(
                 "  filter     {} pattern(s), on_filtered keep (back after {}s)",

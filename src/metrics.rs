@@ -37,6 +37,8 @@ pub const GROUP_CAP_RETURNED: &str = "sqs_poller_group_cap_returned_total";
 pub const GROUP_CAP_WAIT: &str = "sqs_poller_group_cap_wait_seconds";
 pub const SLOT_WAIT: &str = "sqs_poller_slot_wait_seconds";
 pub const MAX_OUTSTANDING: &str = "sqs_poller_max_outstanding_messages";
+pub const IN_FLIGHT_BYTES: &str = "sqs_poller_in_flight_bytes";
+pub const MAX_OUTSTANDING_BYTES: &str = "sqs_poller_max_outstanding_bytes";
 pub const DUPLICATE_RECEIVES: &str = "sqs_poller_duplicate_receives_total";
 pub const LEASE_EXTENSIONS: &str = "sqs_poller_lease_extensions_total";
 pub const LEASES_EXPIRED: &str = "sqs_poller_leases_expired_total";
@@ -147,6 +149,16 @@ fn describe() {
     describe_gauge!(POLLERS_MIN, Unit::Count, "Configured pollers.min.");
     describe_gauge!(POLLERS_MAX, Unit::Count, "Configured pollers.max.");
     describe_gauge!(IN_FLIGHT_MESSAGES, Unit::Count, "Messages received and not yet acknowledged.");
+    describe_gauge!(
+        IN_FLIGHT_BYTES,
+        Unit::Bytes,
+        "Bytes of the byte budget taken: the leased messages (body, attributes and a fixed overhead each) and the receives in flight (ten of the queue's largest messages each)."
+    );
+    describe_gauge!(
+        MAX_OUTSTANDING_BYTES,
+        Unit::Bytes,
+        "Configured lease.max_outstanding_bytes (raised to one receive's worth when lower)."
+    );
     describe_gauge!(IN_FLIGHT_BATCHES, Unit::Count, "Batches being dispatched or acknowledged now.");
     describe_gauge!(MAX_CONCURRENCY, Unit::Count, "Configured target.max_concurrency (batches in flight at most).");
     describe_gauge!(
@@ -280,6 +292,8 @@ pub struct PipelineMetrics {
     pub in_flight_messages: Gauge,
     pub in_flight_batches: Gauge,
     pub max_outstanding: Gauge,
+    pub in_flight_bytes: Gauge,
+    pub max_outstanding_bytes: Gauge,
     pub duplicates: Counter,
     pub lease_extensions: Counter,
     pub lease_extensions_failed: Counter,
@@ -400,6 +414,8 @@ impl PipelineMetrics {
             in_flight_messages: gauge(IN_FLIGHT_MESSAGES),
             in_flight_batches: gauge(IN_FLIGHT_BATCHES),
             max_outstanding: gauge(MAX_OUTSTANDING),
+            in_flight_bytes: gauge(IN_FLIGHT_BYTES),
+            max_outstanding_bytes: gauge(MAX_OUTSTANDING_BYTES),
             duplicates: counter(DUPLICATE_RECEIVES),
             lease_extensions: extensions("ok"),
             lease_extensions_failed: extensions("error"),

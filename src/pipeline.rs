@@ -71,6 +71,9 @@ fn max_held(cfg: &PipelineConfig) -> usize {
 struct Discovered {
     source: EventSource,
     visibility: Duration,
+    /// The queue's `MaximumMessageSize` (SQS refuses larger messages): what the byte budget
+    /// reserves for each message a receive may bring.
+    max_message_bytes: usize,
 }
 
 /// Asks the queue for its ARN and visibility timeout, retrying while it is unreachable; `None`
@@ -85,7 +88,14 @@ async fn discover(
 ) -> Result<Option<Discovered>, SqsError> {
     let mut backoff = Backoff::default();
     let attrs = loop {
-        match queue.attributes(&[QueueAttributeName::QueueArn, QueueAttributeName::VisibilityTimeout]).await {
+        match queue
+            .attributes(&[
+                QueueAttributeName::QueueArn,
+                QueueAttributeName::VisibilityTimeout,
+                QueueAttributeName::MaximumMessageSize,
+            ])
+            .await
+        {
             Ok(a) => break a,
             Err(e) if e.is_retryable() => {
                 let delay = backoff.next_delay();
@@ -102,11 +112,22 @@ async fn discover(
     let queue_arn = attrs.get("QueueArn").cloned().unwrap_or_else(|| arn_from_queue_url(&cfg.queue_url, &region));
     let queue_visibility = attrs.get("VisibilityTimeout").and_then(|v| v.parse().ok()).unwrap_or(30);
     let visibility = cfg.pollers.visibility_timeout.unwrap_or(Duration::from_secs(queue_visibility));
-    tracing::info!(pipeline = %cfg.name, queue = %cfg.queue_url, visibility_timeout_secs = visibility.as_secs(), max_outstanding = cfg.lease.max_outstanding, "queue found");
+    // (an emulator that does not say: SQS's own upper bound)
+    let max_message_bytes = attrs
+        .get("MaximumMessageSize")
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .map_or(crate::limits::MAX_MESSAGE_BYTES, |n| n.min(crate::limits::MAX_MESSAGE_BYTES));
+    let receives = cfg.lease.max_outstanding_bytes
+        / (crate::limits::RECEIVE_MAX * (max_message_bytes + crate::limits::MESSAGE_OVERHEAD_BYTES));
+    tracing::info!(pipeline = %cfg.name, queue = %cfg.queue_url, visibility_timeout_secs = visibility.as_secs(), max_outstanding = cfg.lease.max_outstanding, max_outstanding_bytes = cfg.lease.max_outstanding_bytes, max_message_bytes, receives_at_once = receives.max(1), "queue found");
+    if receives < cfg.pollers.max {
+        tracing::warn!(pipeline = %cfg.name, pollers_max = cfg.pollers.max, receives_at_once = receives.max(1), max_message_bytes, max_outstanding_bytes = cfg.lease.max_outstanding_bytes, "the byte budget covers fewer receives at once than pollers.max: the fleet stops there; raise lease.max_outstanding_bytes, or lower the queue's MaximumMessageSize to what producers send, for more");
+    }
     if visibility < Duration::from_secs(2) {
         tracing::warn!(pipeline = %cfg.name, visibility_timeout_secs = visibility.as_secs(), "a visibility timeout under 2 s leaves the lease keeper no time to extend it: messages may be delivered again while they wait or run");
     }
-    Ok(Some(Discovered { source: EventSource { queue_arn, region }, visibility }))
+    Ok(Some(Discovered { source: EventSource { queue_arn, region }, visibility, max_message_bytes }))
 }
 
 /// Runs one pipeline until shutdown has drained it.
@@ -139,10 +160,14 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
             cfg.lease.max_outstanding,
             metrics.clone(),
         )
+        .with_byte_budget(cfg.lease.max_outstanding_bytes, found.max_message_bytes)
         .stopping_with(shutdown.clone())
         .tracing_to(lease_spans.clone()),
     );
-    let scaling = Arc::new(Scaling::new(&cfg.name, cfg.pollers.min, cfg.pollers.max, metrics.pollers_desired.clone()));
+    // a poller the byte budget cannot cover only waits for room: the fleet stops at what it covers
+    let fleet_max =
+        leases.receives_in_budget().map_or(cfg.pollers.max, |r| cfg.pollers.max.min(r.max(cfg.pollers.min)));
+    let scaling = Arc::new(Scaling::new(&cfg.name, cfg.pollers.min, fleet_max, metrics.pollers_desired.clone()));
     let mut intake = Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.clone());
     intake.payloads = payloads.clone();
     let intake = Arc::new(intake);

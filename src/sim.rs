@@ -43,6 +43,9 @@ pub struct SimConfig {
     pub max_latency: Duration,
     /// The first this many receives panic (a bug in the caller's path, for tests of recovery).
     pub receive_panics: u32,
+    /// The queue's `MaximumMessageSize` (reported, not enforced): what the byte budget reserves
+    /// per message. SQS's default, 1 MiB, unless a test sets it.
+    pub max_message_bytes: usize,
 }
 
 impl SimConfig {
@@ -57,6 +60,7 @@ impl SimConfig {
             duplicate_rate: 0.0,
             max_latency: Duration::ZERO,
             receive_panics: 0,
+            max_message_bytes: crate::limits::MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -387,6 +391,7 @@ impl Queue for SimQueue {
                     QueueAttributeName::ApproximateNumberOfMessagesNotVisible => hidden.to_string(),
                     QueueAttributeName::ApproximateNumberOfMessagesDelayed => "0".to_string(),
                     QueueAttributeName::VisibilityTimeout => self.visibility().as_secs().to_string(),
+                    QueueAttributeName::MaximumMessageSize => self.config.max_message_bytes.to_string(),
                     QueueAttributeName::QueueArn => {
                         let name = self.config.url.rsplit('/').next().unwrap_or("sim");
                         format!("arn:aws:sqs:us-east-1:000000000000:{name}")

@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_sdk_sqs::types::QueueAttributeName;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_takes_the_fleet_from_min_to_max_in_one_step_and_back_to_min() {
     let sqs = sqs().await;
-    let queue = sqs.queue("burst", &[]).await;
+    // small messages: the queue says so (as a user of a wide fleet would set it), and the byte
+    // budget covers the 32 pollers
+    let queue = sqs.queue("burst", &[(QueueAttributeName::MaximumMessageSize, "16384")]).await;
     let worker = worker(|_| Reply::ok("")).await;
     let poller = start_poller(
         &sqs,

@@ -154,3 +154,78 @@ async fn one_mebibyte_messages_with_ten_attributes_pass_intact() {
 async fn one_mebibyte_messages_pass_intact_on_localstack() {
     large_messages_pass_intact(&localstack().await, "large-ls").await;
 }
+
+/// Issue 32: the byte budget bounds what is leased in bytes, end to end. 96 messages of 512 KiB
+/// (48 MiB) on a queue whose messages may be 1 MiB, a budget of 24 MiB (two receives' worth: a
+/// receive reserves ten of the largest messages) and a worker that takes 400 ms per batch of 4:
+/// the worker never has more than the budget's worth (47) of messages at once — without it, 10
+/// pollers and 24 batches in flight reach 96 — and every message is processed once.
+/// The in-flight bytes gauge, sampled, never passes the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_budget_bounds_what_is_leased_in_bytes() {
+    const BODY: usize = 512 * 1024;
+    const BUDGET: usize = 24 << 20;
+    let sqs = sqs().await;
+    let queue = sqs.queue("budget", &[]).await;
+    for i in 0..96 {
+        let mut b = format!("{i:03}-");
+        b.push_str(&"x".repeat(BODY - b.len()));
+        sqs.client.send_message().queue_url(&queue).message_body(b).send().await.expect("SendMessage");
+    }
+    let worker = worker(|_| Reply { delay: Duration::from_millis(400), ..Reply::ok("") }).await;
+    let name = "budget";
+    let pipeline = http_pipeline(
+        name,
+        &queue,
+        &worker.url,
+        &format!(
+            "[pipelines.pollers]\nmin = 10\nmax = 10\nwait_time_secs = 1\n[pipelines.batch]\nsize = 4\nwindow_ms = 0\n\
+             [pipelines.lease]\nmax_outstanding_bytes = {BUDGET}\n"
+        ),
+    )
+    .replace("[pipelines.target]\n", "[pipelines.target]\nmax_concurrency = 24\n");
+    let poller = start_poller(&sqs, 10, &pipeline).await;
+    let gauge = format!("sqs_poller_in_flight_bytes{{pipeline=\"{name}\"}}");
+    let deleted = format!("sqs_poller_messages_deleted_total{{pipeline=\"{name}\"}}");
+    let mut most_bytes = 0.0f64;
+    let started = std::time::Instant::now();
+    while poller.metric(&deleted).await < 96.0 {
+        assert!(started.elapsed() < Duration::from_secs(120), "not drained: {} deleted", poller.metric(&deleted).await);
+        most_bytes = most_bytes.max(poller.metric(&gauge).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(most_bytes > 0.0, "the gauge was sampled while messages were leased");
+    assert!(most_bytes <= BUDGET as f64, "{most_bytes} bytes taken of a {BUDGET}-byte budget");
+    assert_eq!(poller.metric(&format!("sqs_poller_max_outstanding_bytes{{pipeline=\"{name}\"}}")).await, BUDGET as f64);
+
+    // what the worker held at once, in messages: at most the budget's worth (each message takes
+    // its 512 KiB and 2 KiB of overhead), and more than one receive's (the budget is used)
+    let deliveries = worker.deliveries();
+    let mut steps: Vec<(std::time::Instant, i64)> = Vec::new();
+    for d in &deliveries {
+        let n = d.records().len() as i64;
+        steps.push((d.at, n));
+        steps.push((d.done.unwrap_or_else(std::time::Instant::now), -n));
+    }
+    steps.sort_by_key(|&(at, step)| (at, step));
+    let (mut now, mut peak) = (0i64, 0i64);
+    for (_, step) in steps {
+        now += step;
+        peak = peak.max(now);
+    }
+    let fits = BUDGET / (BODY + 2048);
+    assert!(peak as usize <= fits, "{peak} messages at the worker at once; the budget holds {fits}");
+    assert!(peak >= 8, "{peak} messages at the worker at once: the budget was not used");
+    let mut seen: Vec<String> = deliveries
+        .iter()
+        .flat_map(|d| d.records().iter().map(|r| r["body"].as_str().unwrap()[..3].to_string()).collect::<Vec<_>>())
+        .collect();
+    seen.sort();
+    let total = seen.len();
+    seen.dedup();
+    assert_eq!((seen.len(), total), (96, 96), "every message processed once");
+    assert_eq!(sqs.counts(&queue).await, (0, 0));
+    println!("byte budget {BUDGET}: at most {most_bytes} bytes taken, {peak} messages at the worker at once");
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}

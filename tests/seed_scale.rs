@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 
+use aws_sdk_sqs::types::QueueAttributeName;
 use common::*;
 
 const PIPELINES: usize = 10;
@@ -24,7 +25,8 @@ async fn a_fleet_of_2000_pollers_long_polls_at_once_and_drains_on_sigterm_within
     let mut queues = Vec::new();
     let mut pipelines = String::new();
     for i in 0..PIPELINES {
-        let queue = sqs.queue(&format!("fleet{i}"), &[]).await;
+        // small messages, as the seed's: the byte budget then covers 200 receives per pipeline
+        let queue = sqs.queue(&format!("fleet{i}"), &[(QueueAttributeName::MaximumMessageSize, "16384")]).await;
         // room for every poller's receive (200 × 10 messages): none waits for room
         pipelines += &http_pipeline_with_target(
             &format!("fleet{i}"),

@@ -474,7 +474,11 @@ fn the_seed_fleet_goes_to_max_on_a_burst_and_back_to_min_within_two_minutes_of_i
     paused_runtime().block_on(async {
         let handle = recorder();
         let name = "sim-seed-fleet";
-        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/000000000000/seed-fleet", VISIBILITY, seed)));
+        // the seed's events are small: its queue's MaximumMessageSize says so (4 KiB), and the
+        // default byte budget (256 MiB) then covers 4,369 receives at once, past the 2,000 pollers
+        let mut source = SimConfig::new("http://sim/000000000000/seed-fleet", VISIBILITY, seed);
+        source.max_message_bytes = 4096;
+        let queue = Arc::new(SimQueue::new(source));
         let dlq = Arc::new(SimQueue::new(SimConfig::new("http://sim/000000000000/seed-fleet-dlq", VISIBILITY, seed)));
         for i in 0..40_000 {
             queue.put(&format!("m-{i}"), None);

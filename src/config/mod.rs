@@ -122,6 +122,9 @@ pub struct LargePayloadConfig {
 pub mod defaults {
     /// `large_payloads.fetch_timeout_secs`: one S3 fetch, waiting for a slot included.
     pub const FETCH_TIMEOUT_SECS: u64 = 60;
+    /// `lease.max_outstanding_bytes`: 256 MiB, for a sidecar in a task of 512 MiB to a few GiB.
+    /// With the queues' default `MaximumMessageSize` (1 MiB) that is 25 receives at once.
+    pub const MAX_OUTSTANDING_BYTES: u64 = 256 << 20;
     /// `lease.max_lease_secs`: SQS's own limit (12 hours from the receive).
     pub const MAX_LEASE_SECS: u64 = super::MAX_VISIBILITY_SECS;
     /// `target.max_throttled_secs`: how long a throttled batch is held before it is released.
@@ -149,6 +152,10 @@ pub mod defaults {
 pub struct LeaseConfig {
     /// Messages received and not yet acknowledged, at most; pollers wait for room before receiving.
     pub max_outstanding: usize,
+    /// Bytes of those messages (as SQS counts a message: body and attributes, plus
+    /// [`crate::limits::MESSAGE_OVERHEAD_BYTES`] each), at most; a poller reserves what its
+    /// receive can bring (ten of the queue's largest messages) before receiving.
+    pub max_outstanding_bytes: usize,
     /// Longest time the lease keeper keeps a message invisible; then it lets it go.
     pub max_lease: Duration,
 }

@@ -104,6 +104,7 @@ struct RawLargePayloads {
 #[serde(deny_unknown_fields)]
 struct RawLease {
     max_outstanding: Option<u64>,
+    max_outstanding_bytes: Option<u64>,
     max_lease_secs: Option<u64>,
 }
 
@@ -504,6 +505,14 @@ fn validate_pipeline(
         crate::limits::RECEIVE_MAX as u64,
         1_000_000,
     );
+    let max_outstanding_bytes = c.ranged(
+        &format!("{at}.lease.max_outstanding_bytes"),
+        p.lease.max_outstanding_bytes,
+        defaults::MAX_OUTSTANDING_BYTES,
+        // (under one receive's worth for the queue it is raised to that, at start)
+        1 << 10,
+        1 << 40,
+    );
     let max_lease = c.ranged(
         &format!("{at}.lease.max_lease_secs"),
         p.lease.max_lease_secs,
@@ -532,7 +541,11 @@ fn validate_pipeline(
     });
     PipelineConfig {
         large_payloads,
-        lease: LeaseConfig { max_outstanding: max_outstanding as usize, max_lease: Duration::from_secs(max_lease) },
+        lease: LeaseConfig {
+            max_outstanding: max_outstanding as usize,
+            max_outstanding_bytes: max_outstanding_bytes as usize,
+            max_lease: Duration::from_secs(max_lease),
+        },
         name,
         queue_url,
         fifo,

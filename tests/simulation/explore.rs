@@ -1,7 +1,8 @@
 //! Where the features meet: every seed draws a configuration (standard or FIFO queue, batch size,
 //! window and `max_bytes` down to below one message, a group cap, a shared pool with a second
 //! pipeline, the circuit breaker, fixed or adaptive concurrency, bisect, a dead-letter queue,
-//! visibility, the fleet's size, a filter that deletes or keeps what it rejects) and a fault schedule (SQS errors, entry errors, latency and
+//! visibility, the fleet's size, a filter that deletes or keeps what it rejects, the queue's largest
+//! message size and a byte budget of one to three receives) and a fault schedule (SQS errors, entry errors, latency and
 //! duplicates; the target's item failures, function errors, 5xx, 429/503, timeouts, refused
 //! connections, slow, unreadable and huge answers; an outage of 5xx or refused connections followed by
 //! a stretch of 503s; a change of the queue's visibility timeout; a SIGTERM at a random moment),
@@ -16,7 +17,8 @@
 //!   running batch** (checked at the worker as each batch starts);
 //! - **FIFO order**: each group's messages succeed first in send order;
 //! - **in-flight and room within their bounds**: batches at the worker never above
-//!   `max_concurrency` (and a shared pool's), leased messages never above `lease.max_outstanding`;
+//!   `max_concurrency` (and a shared pool's), leased messages never above `lease.max_outstanding`,
+//!   their bytes and the receives' reservations never above `lease.max_outstanding_bytes`;
 //! - **no lease lapses while held** (`sqs_poller_leases_expired_total` stays 0);
 //! - **liveness**: once the target answers again, the breaker closes and the backlog drains (within
 //!   three simulated hours of the outage's end);
@@ -93,6 +95,10 @@ struct Drawn {
     /// A second pipeline on its own queue shares a pool with this one.
     pool: Option<PoolDraw>,
     filter: Option<FilterDraw>,
+    /// The queue's `MaximumMessageSize`.
+    max_message_bytes: usize,
+    /// `lease.max_outstanding_bytes`, in receives' worth (`None`: the default, 256 MiB).
+    byte_budget: Option<usize>,
 }
 
 /// A filter passing the bodies that start with none of `prefixes` (`anything-but` a list of
@@ -220,6 +226,8 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
             prefixes: pick(rng, &[&["m-1"][..], &["m-2", "poison-"], &["m-3", "m-5", "m-7"]]),
             keep: (!fifo && chance(rng, 0.4)).then(|| pick(rng, &[1, 5, 30])),
         }),
+        max_message_bytes: pick(rng, &[1 << 20, 64 << 10, 2 << 10]),
+        byte_budget: chance(rng, 0.4).then(|| rng.usize(1..=3)),
         pool: chance(rng, 0.25).then(|| {
             // at least each member's own max_concurrency, less than theirs together
             PoolDraw {
@@ -310,8 +318,14 @@ fn pipeline_toml(name: &str, queue: &str, d: &Drawn, dlq: Option<&str>, pool: Op
         }
         None => t += "[pipelines.target.breaker]\nenabled = false\n",
     }
+    t += "[pipelines.lease]\n";
     if let Some(m) = d.max_outstanding {
-        t += &format!("[pipelines.lease]\nmax_outstanding = {m}\n");
+        t += &format!("max_outstanding = {m}\n");
+    }
+    if let Some(receives) = d.byte_budget {
+        let per_receive =
+            sqs_poller::limits::RECEIVE_MAX * (d.max_message_bytes + sqs_poller::limits::MESSAGE_OVERHEAD_BYTES);
+        t += &format!("max_outstanding_bytes = {}\n", receives * per_receive.div_ceil(1024) * 1024);
     }
     t += &format!("[pipelines.retry]\ninitial_backoff_secs = {}\nmax_backoff_secs = {}\n", d.backoff.0, d.backoff.1);
     if d.bisect {
@@ -693,6 +707,7 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         source.entry_error_rate = f.entry_error_rate;
         source.duplicate_rate = f.duplicate_rate;
         source.max_latency = Duration::from_millis(f.sqs_latency_ms);
+        source.max_message_bytes = d.max_message_bytes;
         let queue = Arc::new(SimQueue::new(source));
         let dead_letter = d.dead_letter.map(|_| {
             Arc::new(SimQueue::new(SimConfig::new(
@@ -764,6 +779,17 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
                         lane.name,
                         lane.max_outstanding
                     ));
+                }
+                // and the bytes within the byte budget
+                let bytes = metric(handle, &format!("sqs_poller_in_flight_bytes{{pipeline=\"{}\"}}", lane.name));
+                let budget = metric(handle, &format!("sqs_poller_max_outstanding_bytes{{pipeline=\"{}\"}}", lane.name));
+                if let (Some(bytes), Some(budget)) = (bytes, budget) {
+                    if bytes > budget {
+                        broken.push(format!(
+                            "{seconds} s: {bytes} bytes taken in {}, the byte budget {budget}",
+                            lane.name
+                        ));
+                    }
                 }
             }
         }
@@ -908,6 +934,7 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
             ("sqs_poller_in_flight_batches", "batches still in flight"),
             ("sqs_poller_group_capped_messages", "messages still held behind a group's cap"),
             ("sqs_poller_groups_in_flight", "groups still counted in flight"),
+            ("sqs_poller_in_flight_bytes", "bytes of the budget still taken"),
         ] {
             let v = metric(handle, &format!("{series}{{pipeline=\"{}\"}}", lane.name));
             if v.is_some_and(|v| v != 0.0) {
