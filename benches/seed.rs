@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt as _, Full};
@@ -199,7 +199,9 @@ fn with_seed_section(md: &str, section: &str) -> String {
 
 async fn steady_then_idle(sqs: &Sqs) -> serde_json::Value {
     let send_secs = env_u64("SEED_SEND_SECS", 120);
-    let queue = sqs.queue("transactions", &[]).await;
+    // the seed's events are small: its queue says so (16 KiB), and the default byte budget then
+    // covers 1,456 receives at once (with the default 1 MiB it would stop the fleet at 25)
+    let queue = sqs.queue("transactions", &[(QueueAttributeName::MaximumMessageSize, "16384")]).await;
     let dlq = sqs.queue("transactions-dlq", &[]).await;
     let worker = latency_worker().await;
     let text = seed_config(sqs, &worker.url);
@@ -392,7 +394,7 @@ async fn idle_fleet(sqs: &Sqs, total: usize) -> serde_json::Value {
         sqs.endpoint
     );
     for i in 0..total / EACH {
-        let queue = sqs.queue(&format!("idle{i}"), &[]).await;
+        let queue = sqs.queue(&format!("idle{i}"), &[(QueueAttributeName::MaximumMessageSize, "16384")]).await;
         // the seed's batch and room for every poller's receive (200 × 10 messages)
         let _ = write!(
             text,
