@@ -68,6 +68,11 @@ ROWS = [
             (f'sum by (pipeline) (sqs_poller_in_flight_messages{{{SEL}}})', "messages {{pipeline}}"),
             (f'sum by (pipeline) (sqs_poller_max_outstanding_messages{{{SEL}}})', "max_outstanding {{pipeline}}"),
         ], "Batches being dispatched against max_concurrency, and leased messages against lease.max_outstanding: pollers receive only when there is room."),
+        ("Memory", "bytes", [
+            (f'max by (instance) (process_resident_memory_bytes and on (instance, job) max by (instance, job) (sqs_poller_in_flight_bytes{{{SEL}}}))', "resident {{instance}}"),
+            (f'sum by (pipeline) (sqs_poller_in_flight_bytes{{{SEL}}})', "budget taken {{pipeline}}"),
+            (f'sum by (pipeline) (sqs_poller_max_outstanding_bytes{{{SEL}}})', "max_outstanding_bytes {{pipeline}}"),
+        ], "The process's resident memory against each pipeline's byte budget: leased messages and receives in flight, bounded by lease.max_outstanding_bytes. Resident memory far above the budgets taken = copies and buffers the budget does not count."),
     ]),
     ("Leases", [
         ("Visibility extensions", "ops", [

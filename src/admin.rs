@@ -72,6 +72,12 @@ impl Entry {
             "paused_by": paused_by,
             "pollers": self.status.pollers(),
             "in_flight_messages": self.status.in_flight(),
+            // the byte budget, and what the whole process holds (every pipeline's share of it)
+            "memory": {
+                "in_flight_bytes": self.status.in_flight_bytes.load(Ordering::Relaxed),
+                "max_outstanding_bytes": self.status.max_outstanding_bytes.load(Ordering::Relaxed),
+                "process_resident_bytes": crate::metrics::resident_memory_bytes(),
+            },
             "concurrency": {
                 "mode": if self.status.adaptive.load(Ordering::Relaxed) { "adaptive" } else { "fixed" },
                 "limit": self.status.concurrency_limit.load(Ordering::Relaxed),

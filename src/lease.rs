@@ -428,8 +428,9 @@ struct ByteRoom {
     owed: Mutex<usize>,
     /// The budget's size, for the in-flight gauge.
     total: usize,
-    /// `sqs_poller_in_flight_bytes`.
+    /// `sqs_poller_in_flight_bytes`, and the admin API's figure.
     gauge: metrics::Gauge,
+    status: Option<Arc<crate::metrics::Status>>,
 }
 
 impl ByteRoom {
@@ -441,6 +442,7 @@ impl ByteRoom {
             owed: Mutex::new(0),
             total: 0,
             gauge: metrics::Gauge::noop(),
+            status: None,
         }
     }
 
@@ -449,7 +451,11 @@ impl ByteRoom {
         if self.per_receive > 0 {
             let used = self.total.saturating_sub(self.kib.available_permits());
             let owed = *self.owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.gauge.set(((used + owed) * 1024) as f64);
+            let bytes = (used + owed) * 1024;
+            self.gauge.set(bytes as f64);
+            if let Some(status) = &self.status {
+                status.in_flight_bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }
@@ -530,7 +536,9 @@ impl LeaseKeeper {
             owed: Mutex::new(0),
             total,
             gauge: self.metrics.in_flight_bytes.clone(),
+            status: Some(self.metrics.status.clone()),
         });
+        self.metrics.status.max_outstanding_bytes.store(total * 1024, std::sync::atomic::Ordering::Relaxed);
         self
     }
 

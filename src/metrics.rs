@@ -38,6 +38,8 @@ pub const GROUP_CAP_WAIT: &str = "sqs_poller_group_cap_wait_seconds";
 pub const SLOT_WAIT: &str = "sqs_poller_slot_wait_seconds";
 pub const MAX_OUTSTANDING: &str = "sqs_poller_max_outstanding_messages";
 pub const IN_FLIGHT_BYTES: &str = "sqs_poller_in_flight_bytes";
+/// The process's resident memory (the Prometheus client libraries' standard name).
+pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
 pub const MAX_OUTSTANDING_BYTES: &str = "sqs_poller_max_outstanding_bytes";
 pub const DUPLICATE_RECEIVES: &str = "sqs_poller_duplicate_receives_total";
 pub const LEASE_EXTENSIONS: &str = "sqs_poller_lease_extensions_total";
@@ -153,6 +155,11 @@ fn describe() {
         IN_FLIGHT_BYTES,
         Unit::Bytes,
         "Bytes of the byte budget taken: the leased messages (body, attributes and a fixed overhead each) and the receives in flight (ten of the queue's largest messages each)."
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY,
+        Unit::Bytes,
+        "Resident memory of the process (VmRSS), read at each scrape."
     );
     describe_gauge!(
         MAX_OUTSTANDING_BYTES,
@@ -497,6 +504,9 @@ pub fn config_loaded(hash: &str, previous: Option<&str>) {
 pub struct Status {
     pub pollers: std::sync::atomic::AtomicUsize,
     pub in_flight: std::sync::atomic::AtomicUsize,
+    /// Bytes of the byte budget taken, and the budget (0: none).
+    pub in_flight_bytes: std::sync::atomic::AtomicUsize,
+    pub max_outstanding_bytes: std::sync::atomic::AtomicUsize,
     /// Batches allowed in flight now, and whether the limit is adaptive.
     pub concurrency_limit: std::sync::atomic::AtomicUsize,
     pub adaptive: std::sync::atomic::AtomicBool,
@@ -547,5 +557,21 @@ impl Status {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The process's resident memory in bytes (`VmRSS` of `/proc/self/status`); `None` where there
+/// is no such file.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Sets `process_resident_memory_bytes` to what the process holds now (before a scrape).
+pub fn note_resident_memory() {
+    if let Some(bytes) = resident_memory_bytes() {
+        metrics::gauge!(PROCESS_RESIDENT_MEMORY).set(bytes as f64);
     }
 }

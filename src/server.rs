@@ -193,10 +193,13 @@ fn route(req: &Request<Incoming>, metrics: &PrometheusHandle, health: &Health) -
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_string());
     }
     match req.uri().path() {
-        "/metrics" => Response::builder()
-            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(metrics.render())))
-            .expect("static response"),
+        "/metrics" => {
+            crate::metrics::note_resident_memory();
+            Response::builder()
+                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                .body(Full::new(Bytes::from(metrics.render())))
+                .expect("static response")
+        }
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
         "/readyz" => {
             if health.draining.is_cancelled() {

@@ -73,6 +73,11 @@ async fn a_paused_pipeline_sends_no_receive_and_resumes_at_full_speed() {
     let list: Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list["pipelines"][0]["name"], "paced", "{list}");
     assert!(list["pipelines"][0]["pollers"].as_u64().unwrap() >= 1, "{list}");
+    // resident memory next to the byte budget (issue 32)
+    let memory = &list["pipelines"][0]["memory"];
+    assert_eq!(memory["max_outstanding_bytes"], 256 << 20, "{list}");
+    assert!(memory["in_flight_bytes"].as_u64().is_some(), "{list}");
+    assert!(memory["process_resident_bytes"].as_u64().unwrap() > 1 << 20, "{list}");
     assert_eq!(http_post(&format!("{admin}/pipelines/nope/pause")).await.unwrap().0, 404);
     assert_eq!(http_get(&format!("{admin}/pipelines/paced/pause")).await.unwrap().0, 405);
     let (status, _, log) = poller.stop().await;
