@@ -69,7 +69,7 @@ impl Intake {
             leasable.into_iter().zip(admissions).filter(|(_, a)| *a == Admission::New).map(|(m, _)| m).collect();
         // large payloads: the record carries the real body
         let resolved: Vec<crate::payload::Resolved> = match &self.payloads {
-            Some(store) => crate::payload::resolve(store, new).await,
+            Some(store) => crate::payload::resolve(store, &self.leases, new).await,
             None => new.into_iter().map(|m| (m, None, None)).collect(),
         };
         let mut pass = Vec::with_capacity(resolved.len());

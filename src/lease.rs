@@ -230,6 +230,17 @@ impl LeaseTable {
         }
     }
 
+    /// Adds `kib` to what a lease takes of the byte budget; `false` when it is not leased.
+    fn add_kib(&mut self, message_id: &str, kib: u32) -> bool {
+        match self.leases.get_mut(message_id) {
+            Some(l) => {
+                l.kib = l.kib.saturating_add(kib);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The current receipt handle of a leased message.
     pub fn receipt_handle(&self, message_id: &str) -> Option<&str> {
         self.leases.get(message_id).map(|l| l.receipt_handle.as_str())
@@ -540,6 +551,27 @@ impl LeaseKeeper {
         });
         self.metrics.status.max_outstanding_bytes.store(total * 1024, std::sync::atomic::Ordering::Relaxed);
         self
+    }
+
+    /// A large payload fetched for `message_id` (`bytes` long) takes its size of the byte budget
+    /// with the message's lease, until the lease ends: what is free is taken now and the rest
+    /// owed, so pollers wait for room until the payloads are settled. The fetch does not wait
+    /// for room (a message waiting for bytes that only its own settlement frees would never be
+    /// settled); the fetches in progress are bounded apart, by `large_payloads.concurrency`
+    /// fetches of at most `large_payloads.max_bytes`.
+    pub fn charge_payload(&self, message_id: &str, bytes: usize) {
+        if self.bytes.per_receive == 0 {
+            return;
+        }
+        let kib = bytes.div_ceil(1024);
+        if !self.table().add_kib(message_id, u32::try_from(kib).unwrap_or(u32::MAX)) {
+            return;
+        }
+        let taken = self.bytes.kib.forget_permits(kib);
+        if taken < kib {
+            *self.bytes.owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += kib - taken;
+        }
+        self.note_bytes();
     }
 
     /// How many receives the byte budget lets run at once.
@@ -1424,5 +1456,33 @@ mod tests {
         let all: Vec<&str> = ids.iter().map(String::as_str).collect();
         keeper.release(&all).await;
         assert_eq!(keeper.bytes.kib.available_permits(), 120, "the debt paid, the budget whole again");
+    }
+
+    /// Issue 32: a fetched large payload takes its size of the byte budget with its lease: what
+    /// is free now and owed beyond, so no receive is sent until it is settled; it all comes back
+    /// with the lease.
+    #[tokio::test(start_paused = true)]
+    async fn a_large_payload_takes_its_size_of_the_byte_budget_with_its_lease() {
+        use crate::sim::{SimConfig, SimQueue};
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
+        // a receive reserves 10 × (2 + 2) KiB = 40 KiB; the budget is 1,000 KiB
+        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 1000, PipelineMetrics::new("t", 1, 1, 1))
+            .with_byte_budget(1000 * 1024, 2 * 1024);
+        keeper.admit_sized(keeper.reserve().await, [("p1", "rh", 300), ("p2", "rh", 300)], keeper.stamp());
+        assert_eq!(keeper.bytes.kib.available_permits(), 1000 - 6);
+        keeper.charge_payload("p1", 100 * 1024);
+        assert_eq!(keeper.bytes.kib.available_permits(), 1000 - 6 - 100);
+        // a payload past what is free: all of it taken, the rest owed; no receive fits meanwhile
+        keeper.charge_payload("p2", 2000 * 1024);
+        assert_eq!(keeper.bytes.kib.available_permits(), 0);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), keeper.reserve()).await.is_err(),
+            "a receive while the payloads hold more than the budget"
+        );
+        keeper.charge_payload("gone", 50 * 1024); // not leased: nothing taken
+        keeper.release(&["p1"]).await;
+        assert_eq!(keeper.bytes.kib.available_permits(), 0, "p1's bytes pay p2's debt first");
+        keeper.release(&["p2"]).await;
+        assert_eq!(keeper.bytes.kib.available_permits(), 1000, "every byte back, the debt paid");
     }
 }
