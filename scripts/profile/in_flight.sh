@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Memory of a pipeline holding MESSAGES in flight (issue 32): fills a queue on the test
+# emulator (scripts/services.sh start), runs BIN against a worker that holds every batch 60 s,
+# waits until MESSAGES are leased, and prints the resident memory (VmHWM/VmRSS). With
+# PROFILER="heaptrack -o FILE" it runs under heaptrack (Debian's heaptrack), for
+# `heaptrack_print -f FILE.zst --print-peaks 1`.
+#   scripts/profile/in_flight.sh target/release/sqs-poller inflight 10000 25 1000 10
+# usage: in_flight.sh BIN LABEL MESSAGES POLLERS CONCURRENCY BATCH [more [pipelines.lease] keys]
+set -e
+HERE="$(cd "$(dirname "$0")" && pwd)"
+OUT="${OUT:-$(mktemp -d)}"
+BIN=$1; LABEL=$2; N=$3; POLLERS=$4; CONC=$5; BATCH=$6; EXTRA=${7:-}
+cd "$HERE/../.."
+EP=$(scripts/services.sh url)
+PORT=$((20000 + RANDOM % 20000))
+.local/venv/bin/python "$HERE/slow_worker.py" $PORT 60 & WPID=$!
+URL=$(.local/venv/bin/python "$HERE/fill_queue.py" $EP prof-$LABEL-$RANDOM $N)
+MPORT=$((40000 + RANDOM % 20000))
+cat > $OUT/$LABEL.toml <<TOML
+[aws]
+region = "us-east-1"
+endpoint_url = "$EP"
+[server]
+listen = "127.0.0.1:$MPORT"
+admin_listen = ""
+[shutdown]
+grace_period_secs = 5
+[[pipelines]]
+name = "prof"
+queue_url = "$URL"
+[pipelines.pollers]
+min = $POLLERS
+max = $POLLERS
+wait_time_secs = 1
+[pipelines.batch]
+size = $BATCH
+window_ms = 0
+[pipelines.target]
+type = "http"
+url = "http://127.0.0.1:$PORT/sqs"
+max_concurrency = $CONC
+timeout_secs = 300
+[pipelines.lease]
+max_outstanding = $N
+$EXTRA
+TOML
+AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test $PROFILER $BIN run --config $OUT/$LABEL.toml > $OUT/$LABEL.log 2>&1 & PID=$!
+for i in $(seq 1 90); do
+  sleep 1
+  V=$(curl -s 127.0.0.1:$MPORT/metrics | grep '^sqs_poller_in_flight_messages' | awk '{print $2}')
+  [ "${V:-0}" = "$N" ] && break
+done
+sleep 5
+P=$(pgrep -f "run --config $OUT/$LABEL.toml" | tail -1)
+echo "$LABEL: in flight ${V:-?} after ${i}s; $(grep -E 'VmHWM|VmRSS' /proc/$P/status | tr -s ' ' | tr '\n' ' ')"
+kill -TERM $P 2>/dev/null; for k in $(seq 1 60); do kill -0 $PID 2>/dev/null || break; sleep 1; done; kill -KILL $PID $P 2>/dev/null || true
+kill $WPID 2>/dev/null || true
+wait 2>/dev/null || true
