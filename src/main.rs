@@ -538,6 +538,9 @@ fn print_resolved(path: &std::path::Path, c: &Config) {
             Some(f) => w!("  filter     {} pattern(s), on_filtered delete", f.filter.len()),
             None => w!("  filter     none (every message passes)"),
         }
+        if let Some(warning) = sqs_poller::config::kept_fifo_warning(p) {
+            w!("warning: {warning}");
+        }
         w!(
             "  retry      backoff {}s..{}s{}",
             p.retry.initial_backoff.as_secs(),

@@ -124,6 +124,9 @@ async fn discover(
     if receives < cfg.pollers.max {
         tracing::warn!(pipeline = %cfg.name, pollers_max = cfg.pollers.max, receives_at_once = receives.max(1), max_message_bytes, max_outstanding_bytes = cfg.lease.max_outstanding_bytes, "the byte budget covers fewer receives at once than pollers.max: the fleet stops there; raise lease.max_outstanding_bytes, or lower the queue's MaximumMessageSize to what producers send, for more");
     }
+    if let Some(warning) = crate::config::kept_fifo_warning(cfg) {
+        tracing::warn!(pipeline = %cfg.name, "{warning}");
+    }
     if visibility < Duration::from_secs(2) {
         tracing::warn!(pipeline = %cfg.name, visibility_timeout_secs = visibility.as_secs(), "a visibility timeout under 2 s leaves the lease keeper no time to extend it: messages may be delivered again while they wait or run");
     }

@@ -178,6 +178,23 @@ fn a_filter_pattern_eventbridge_refuses() {
     }
 }
 
+/// A kept message heads its FIFO group again: `check` warns (the file is still valid).
+#[test]
+fn check_warns_of_a_kept_filter_on_a_fifo_queue() {
+    let fifo = VALID.replace("orders\"\n[pipelines.target]", "orders.fifo\"\n[pipelines.target]");
+    let (code, stdout, stderr, _) = run(
+        "check",
+        &format!("{fifo}[pipelines.filter]\npatterns = ['{{\"body\": [\"x\"]}}']\non_filtered = \"keep\"\n"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("warning: pipeline `orders`: on_filtered = \"keep\" on a FIFO queue"), "{stdout}");
+    let (_, stdout, _, _) = run(
+        "check",
+        &format!("{VALID}[pipelines.filter]\npatterns = ['{{\"body\": [\"x\"]}}']\non_filtered = \"keep\"\n"),
+    );
+    assert!(!stdout.contains("on a FIFO queue"), "a standard queue: no warning\n{stdout}");
+}
+
 #[test]
 fn missing_target() {
     let text = VALID.split("[pipelines.target]").next().unwrap().to_string();

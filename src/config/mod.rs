@@ -411,6 +411,19 @@ fn line_of(text: &str, byte: usize) -> usize {
     text[..byte.min(text.len())].matches('\n').count() + 1
 }
 
+/// `on_filtered = "keep"` on a FIFO queue: a kept message heads its group again (SQS delivers a
+/// group in order), so the group waits until another consumer takes it — the shared-queue use
+/// keep is for, a stall for a queue this service alone reads.
+pub fn kept_fifo_warning(p: &PipelineConfig) -> Option<String> {
+    let kept = p.filter.as_ref().is_some_and(|f| f.on_filtered == OnFiltered::Keep);
+    (kept && p.fifo).then(|| {
+        format!(
+            "pipeline `{}`: on_filtered = \"keep\" on a FIFO queue: a kept message is the head of its group again, so the rest of that group waits until another consumer takes it",
+            p.name
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
