@@ -69,7 +69,19 @@ impl Intake {
             leasable.into_iter().zip(admissions).filter(|(_, a)| *a == Admission::New).map(|(m, _)| m).collect();
         // large payloads: the record carries the real body
         let resolved: Vec<crate::payload::Resolved> = match &self.payloads {
-            Some(store) => crate::payload::resolve(store, &self.leases, new).await,
+            Some(store) => {
+                let resolved = crate::payload::resolve(store, new).await;
+                // a fetched payload takes its size of the byte budget with its message's lease
+                for (m, offloaded, unresolved) in &resolved {
+                    if offloaded.is_some() && unresolved.is_none() {
+                        self.leases.charge_payload(
+                            m.message_id.as_deref().unwrap_or_default(),
+                            m.body.as_deref().map_or(0, str::len),
+                        );
+                    }
+                }
+                resolved
+            }
             None => new.into_iter().map(|m| (m, None, None)).collect(),
         };
         let mut pass = Vec::with_capacity(resolved.len());

@@ -161,13 +161,7 @@ pub type Resolved = (aws_sdk_sqs::types::Message, Option<Offloaded>, Option<Stri
 
 /// Fetches the payloads of the messages that are extended-client pointers (a pointer body and
 /// a size attribute), concurrently within the store's limits.
-///
-/// A payload fetched takes its size of the lease keeper's byte budget with its message's lease.
-pub async fn resolve(
-    store: &PayloadStore,
-    leases: &crate::lease::LeaseKeeper,
-    messages: Vec<aws_sdk_sqs::types::Message>,
-) -> Vec<Resolved> {
+pub async fn resolve(store: &PayloadStore, messages: Vec<aws_sdk_sqs::types::Message>) -> Vec<Resolved> {
     futures_util::future::join_all(messages.into_iter().map(|mut m| async move {
         let marked = m.message_attributes.as_ref().is_some_and(|a| SIZE_ATTRIBUTES.iter().any(|k| a.contains_key(*k)));
         let Some(pointer) = marked.then(|| m.body.as_deref().and_then(S3Pointer::parse)).flatten() else {
@@ -179,7 +173,6 @@ pub async fn resolve(
                 .map_err(|_| format!("s3://{}/{}: the payload is not UTF-8 text", pointer.bucket, pointer.key))
         }) {
             Ok(body) => {
-                leases.charge_payload(m.message_id.as_deref().unwrap_or_default(), body.len());
                 m.body = Some(body);
                 (m, Some(Offloaded { pointer, pointer_body }), None)
             }
