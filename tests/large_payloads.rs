@@ -36,24 +36,11 @@ for o in s3.list_objects_v2(Bucket=bucket)["Contents"]:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_client_payloads_reach_the_worker_intact() {
-    let python = python_with_awslambdaric();
     let sqs = moto_sqs().await;
     let queue = sqs.queue("extended", &[]).await;
     let bucket = unique("payloads");
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(&python)
-        .args(["-c", PRODUCER, &queue, &bucket, dir.path().to_str().unwrap()])
-        .env("AWS_ENDPOINT_URL", &sqs.endpoint)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the extended client's producer failed (scripts/install-services.sh installs amazon-sqs-extended-client): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    extended_client(&sqs, PRODUCER, &[&queue, &bucket, dir.path().to_str().unwrap()]);
     let worker = worker(|_| Reply::ok("")).await;
     let pipeline = http_pipeline(
         "extended",
@@ -129,29 +116,12 @@ print(json.dumps({k: v.get("StringValue") for k, v in m.get("MessageAttributes",
 /// queue, never dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lettered_large_payload_is_read_back_by_the_extended_client() {
-    let python = python_with_awslambdaric();
     let sqs = moto_sqs().await;
     let (queue, dlq) = (sqs.queue("extended-src", &[]).await, sqs.queue("extended-dlq", &[]).await);
     let bucket = unique("dlq-payloads");
     let dir = tempfile::tempdir().unwrap();
     let (sent, read) = (dir.path().join("sent"), dir.path().join("read"));
-    let run = |script: &str, args: &[&str]| {
-        let out = std::process::Command::new(&python)
-            .args(["-c", script])
-            .args(args)
-            .env("AWS_ENDPOINT_URL", &sqs.endpoint)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "the extended client failed (scripts/install-services.sh installs amazon-sqs-extended-client): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |script: &str, args: &[&str]| extended_client(&sqs, script, args);
     run(DLQ_PRODUCER, &[&queue, &bucket, sent.to_str().unwrap()]);
     let worker = worker(|_| Reply { status: 500, ..Reply::ok("down") }).await;
     let pipeline = http_pipeline(
@@ -183,19 +153,31 @@ async fn a_dead_lettered_large_payload_is_read_back_by_the_extended_client() {
     assert!(listing.contains("<Key>"), "the object of a message that was not processed stays:\n{listing}");
 }
 
-/// Sends one 200 KiB payload to `queue` through AWS's Python extended client, into a new bucket
-/// named after `bucket`; returns the file in `dir` holding the payload sent.
-fn send_one_pointer(sqs: &Sqs, queue: &str, bucket: &str, dir: &std::path::Path) -> std::path::PathBuf {
-    let sent = dir.join("sent");
+/// Runs `script` with AWS's Python extended client against the emulator of `sqs`; fails the
+/// test with its stderr when the script fails; its stdout.
+fn extended_client(sqs: &Sqs, script: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(python_with_awslambdaric())
-        .args(["-c", ONE_POINTER, queue, &unique(bucket), sent.to_str().unwrap()])
+        .args(["-c", script])
+        .args(args)
         .env("AWS_ENDPOINT_URL", &sqs.endpoint)
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .output()
         .unwrap();
-    assert!(out.status.success(), "the extended client failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the extended client failed (scripts/install-services.sh installs amazon-sqs-extended-client): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sends one 200 KiB payload to `queue` through AWS's Python extended client, into a new bucket
+/// named after `bucket`; returns the file in `dir` holding the payload sent.
+fn send_one_pointer(sqs: &Sqs, queue: &str, bucket: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let sent = dir.join("sent");
+    extended_client(sqs, ONE_POINTER, &[queue, &unique(bucket), sent.to_str().unwrap()]);
     sent
 }
 
