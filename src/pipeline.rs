@@ -118,12 +118,7 @@ async fn discover(
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .map_or(crate::limits::MAX_MESSAGE_BYTES, |n| n.min(crate::limits::MAX_MESSAGE_BYTES));
-    let receives = cfg.lease.max_outstanding_bytes
-        / (crate::limits::RECEIVE_MAX * (max_message_bytes + crate::limits::MESSAGE_OVERHEAD_BYTES));
-    tracing::info!(pipeline = %cfg.name, queue = %cfg.queue_url, visibility_timeout_secs = visibility.as_secs(), max_outstanding = cfg.lease.max_outstanding, max_outstanding_bytes = cfg.lease.max_outstanding_bytes, max_message_bytes, receives_at_once = receives.max(1), "queue found");
-    if receives < cfg.pollers.max {
-        tracing::warn!(pipeline = %cfg.name, pollers_max = cfg.pollers.max, receives_at_once = receives.max(1), max_message_bytes, max_outstanding_bytes = cfg.lease.max_outstanding_bytes, "the byte budget covers fewer receives at once than pollers.max: the fleet stops there; raise lease.max_outstanding_bytes, or lower the queue's MaximumMessageSize to what producers send, for more");
-    }
+    tracing::info!(pipeline = %cfg.name, queue = %cfg.queue_url, visibility_timeout_secs = visibility.as_secs(), max_outstanding = cfg.lease.max_outstanding, max_outstanding_bytes = cfg.lease.max_outstanding_bytes, max_message_bytes, "queue found");
     if let Some(warning) = crate::config::kept_fifo_warning(cfg) {
         tracing::warn!(pipeline = %cfg.name, "{warning}");
     }
@@ -168,8 +163,11 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
         .tracing_to(lease_spans.clone()),
     );
     // a poller the byte budget cannot cover only waits for room: the fleet stops at what it covers
-    let fleet_max =
-        leases.receives_in_budget().map_or(cfg.pollers.max, |r| cfg.pollers.max.min(r.max(cfg.pollers.min)));
+    let receives = leases.receives_in_budget().unwrap_or(usize::MAX);
+    if receives < cfg.pollers.max {
+        tracing::warn!(pipeline = %cfg.name, pollers_max = cfg.pollers.max, receives_at_once = receives, max_message_bytes = found.max_message_bytes, max_outstanding_bytes = cfg.lease.max_outstanding_bytes, "the byte budget covers fewer receives at once than pollers.max: the fleet stops there; raise lease.max_outstanding_bytes, or lower the queue's MaximumMessageSize to what producers send, for more");
+    }
+    let fleet_max = cfg.pollers.max.min(receives.max(cfg.pollers.min));
     let scaling = Arc::new(Scaling::new(&cfg.name, cfg.pollers.min, fleet_max, metrics.pollers_desired.clone()));
     let mut intake = Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.clone());
     intake.payloads = payloads.clone();
