@@ -421,7 +421,9 @@ struct HeldBytes {
 
 impl Drop for HeldBytes {
     fn drop(&mut self) {
-        if self.permit.take().is_some() {
+        if let Some(permit) = self.permit.take() {
+            self.room.untake(permit.num_permits());
+            drop(permit);
             self.room.note();
         }
     }
@@ -437,6 +439,10 @@ struct ByteRoom {
     /// KiB taken beyond the budget (a message over the queue's largest size, which SQS does not
     /// send): paid back from the next leases to end before their KiB are free again.
     owed: Mutex<usize>,
+    /// KiB held by reservations and leases now. The gauge counts these, not the semaphore's
+    /// free permits: those also lack what the semaphore has lent a receive still waiting for the
+    /// rest of its bytes, which it gives back unseen if the wait is given up.
+    taken: std::sync::atomic::AtomicUsize,
     /// The budget's size, for the in-flight gauge.
     total: usize,
     /// `sqs_poller_in_flight_bytes`, and the admin API's figure.
@@ -451,16 +457,25 @@ impl ByteRoom {
             kib: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             per_receive: 0,
             owed: Mutex::new(0),
+            taken: std::sync::atomic::AtomicUsize::new(0),
             total: 0,
             gauge: metrics::Gauge::noop(),
             status: None,
         }
     }
 
+    fn take(&self, kib: usize) {
+        self.taken.fetch_add(kib, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn untake(&self, kib: usize) {
+        self.taken.fetch_sub(kib, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Sets the gauge to what is taken now (reserved, leased and owed).
     fn note(&self) {
         if self.per_receive > 0 {
-            let used = self.total.saturating_sub(self.kib.available_permits());
+            let used = self.taken.load(std::sync::atomic::Ordering::Relaxed);
             let owed = *self.owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let bytes = (used + owed) * 1024;
             self.gauge.set(bytes as f64);
@@ -545,6 +560,7 @@ impl LeaseKeeper {
             kib: Arc::new(Semaphore::new(total)),
             per_receive: u32::try_from(per_receive_kib).unwrap_or(u32::MAX),
             owed: Mutex::new(0),
+            taken: std::sync::atomic::AtomicUsize::new(0),
             total,
             gauge: self.metrics.in_flight_bytes.clone(),
             status: Some(self.metrics.status.clone()),
@@ -568,6 +584,7 @@ impl LeaseKeeper {
             return;
         }
         let taken = self.bytes.kib.forget_permits(kib);
+        self.bytes.take(taken);
         if taken < kib {
             *self.bytes.owed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += kib - taken;
         }
@@ -592,6 +609,7 @@ impl LeaseKeeper {
         let paid = (*owed).min(kib);
         *owed -= paid;
         drop(owed);
+        self.bytes.untake(kib - paid);
         self.bytes.kib.add_permits(kib - paid);
         self.note_bytes();
     }
@@ -640,6 +658,7 @@ impl LeaseKeeper {
                     .acquire_many_owned(self.bytes.per_receive)
                     .await
                     .expect("the byte room is never closed");
+                self.bytes.take(bytes.num_permits());
                 self.note_bytes();
                 return Reservation { permit, bytes: HeldBytes { permit: Some(bytes), room: self.bytes.clone() } };
             }
@@ -727,6 +746,7 @@ impl LeaseKeeper {
             if let Some(kept) = bytes.split(kept_kib) {
                 kept.forget();
             }
+            self.bytes.untake(bytes.num_permits());
             drop(bytes);
         }
         self.note_bytes();
@@ -1484,5 +1504,40 @@ mod tests {
         assert_eq!(keeper.bytes.kib.available_permits(), 0, "p1's bytes pay p2's debt first");
         keeper.release(&["p2"]).await;
         assert_eq!(keeper.bytes.kib.available_permits(), 1000, "every byte back, the debt paid");
+    }
+
+    /// The gauge counts what reservations and leases hold, not what the semaphore has lent to a
+    /// receive still waiting for its bytes: a waiter given up (a poller retired, a drain) must
+    /// leave the gauge where it was (the simulation found `sqs_poller_in_flight_bytes` stuck at
+    /// the whole budget after a drain).
+    #[tokio::test(start_paused = true)]
+    async fn the_bytes_gauge_ignores_a_receive_that_gave_up_waiting() {
+        use crate::sim::{SimConfig, SimQueue};
+        use std::sync::atomic::Ordering::Relaxed;
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
+        let status = Arc::new(crate::metrics::Status::default());
+        let mut metrics = PipelineMetrics::new("t", 1, 1, 1);
+        metrics.status = status.clone();
+        // a receive reserves 10 × (2 + 2) KiB = 40 KiB; the budget is one receive
+        let keeper = Arc::new(
+            LeaseKeeper::new(queue, secs(30), secs(3600), 1000, metrics).with_byte_budget(40 * 1024, 2 * 1024),
+        );
+        let first = keeper.reserve().await;
+        assert_eq!(status.in_flight_bytes.load(Relaxed), 40 * 1024);
+        // a second poller waits for bytes
+        let waiting = tokio::spawn({
+            let keeper = keeper.clone();
+            async move { keeper.reserve().await }
+        });
+        tokio::time::sleep(secs(1)).await;
+        // the first receive brought one message (3 KiB with the overhead): 37 KiB come back and
+        // go to the waiter, who still lacks 3
+        keeper.admit_sized(first, [("m", "rh", 100)], keeper.stamp());
+        assert_eq!(status.in_flight_bytes.load(Relaxed), 3 * 1024, "the lease's bytes, not the waiter's share");
+        waiting.abort();
+        assert!(waiting.await.is_err_and(|e| e.is_cancelled()));
+        keeper.release(&["m"]).await;
+        assert_eq!(status.in_flight_bytes.load(Relaxed), 0, "nothing taken once the lease ended");
+        assert_eq!(keeper.bytes.kib.available_permits(), 40);
     }
 }
