@@ -15,7 +15,7 @@ EP=$(scripts/services.sh url)
 PORT=$((20000 + RANDOM % 20000))
 .local/venv/bin/python "$HERE/slow_worker.py" $PORT 60 & WPID=$!
 URL=$(.local/venv/bin/python "$HERE/fill_queue.py" $EP prof-$LABEL-$RANDOM $N)
-MPORT=$((40000 + RANDOM % 20000))
+MPORT=$((20000 + RANDOM % 10000))
 cat > $OUT/$LABEL.toml <<TOML
 [aws]
 region = "us-east-1"

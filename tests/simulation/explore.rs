@@ -220,13 +220,11 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
         max_outstanding: chance(rng, 0.3)
             .then(|| (max_concurrency * batch_size).div_ceil(10).max(1) * 10 + pick(rng, &[0, 10, 40])),
         depth_interval: pick(rng, &[1, 5, 10]),
-        // (standard queues only, for now: on a FIFO queue a filter lets a group's later message
-        // succeed before an earlier one that failed — an open defect this draw found, README
-        // "Filtering", replay seed 3942684634031152061 with the FIFO draw back in; and a
-        // kept message heads its FIFO group, which then waits for another consumer)
-        filter: (!fifo && chance(rng, 0.3)).then(|| FilterDraw {
+        // (keep on standard queues only: a kept message heads its FIFO group, which then waits
+        // for another consumer — by design, and `check` warns of it)
+        filter: chance(rng, 0.3).then(|| FilterDraw {
             prefixes: pick(rng, &[&["m-1"][..], &["m-2", "poison-"], &["m-3", "m-5", "m-7"]]),
-            keep: chance(rng, 0.4).then(|| pick(rng, &[1, 5, 30])),
+            keep: (!fifo && chance(rng, 0.4)).then(|| pick(rng, &[1, 5, 30])),
         }),
         max_message_bytes: pick(rng, &[1 << 20, 64 << 10, 2 << 10]),
         byte_budget: chance(rng, 0.4).then(|| rng.usize(1..=3)),
