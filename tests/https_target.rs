@@ -221,3 +221,29 @@ async fn a_worker_whose_certificate_is_not_trusted_gets_nothing() {
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
+
+/// The SQS client's lean HTTP/1.1 connections (`src/aws/wire.rs`) over TLS: the service's rustls
+/// settings (an extra CA, a client certificate), two requests, both answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqs_clients_connections_speak_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let (url, seen) = tls_worker(dir.path()).await;
+    let tls = sqs_poller::net::tls_config(
+        Some(&dir.path().join("ca.pem")),
+        Some((&dir.path().join("client.pem"), &dir.path().join("client.key"))),
+    )
+    .unwrap();
+    let wire = sqs_poller::aws::wire::Wire::new(&url, tls).unwrap();
+    for _ in 0..2 {
+        let answer = wire.post(&[("content-type", "application/x-amz-json-1.0")], b"{}", 1024).await.unwrap();
+        assert_eq!((answer.status.as_u16(), &answer.body[..]), (200, &b"{}"[..]));
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|s| s.client_cert
+                && s.headers.get("host").map(String::as_str) == Some(url[8..].trim_end_matches("/sqs")))
+    );
+}

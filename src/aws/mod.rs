@@ -12,6 +12,7 @@ pub mod s3;
 pub mod sign;
 pub mod sigv4;
 pub mod sqs_json;
+pub mod wire;
 
 use std::time::{Duration, SystemTime};
 
