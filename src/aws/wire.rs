@@ -133,6 +133,8 @@ pub struct Wire {
     path: String,
     tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
     idle: Mutex<Vec<(Conn, Instant)>>,
+    /// Whether a request a pooled connection closed on unanswered goes again on a new one.
+    resend_unanswered: bool,
 }
 
 impl Wire {
@@ -168,7 +170,18 @@ impl Wire {
             path: if path.is_empty() { "/".into() } else { path.to_string() },
             tls,
             idle: Mutex::new(Vec::new()),
+            resend_unanswered: true,
         })
+    }
+
+    /// A request is never sent twice, not even when a pooled connection closes without a word
+    /// (the worker's batches: a worker that read the batch and then died must not get it again
+    /// at once; the dispatcher's retry decides). Pooled connections the peer has closed are
+    /// still dropped before use.
+    #[must_use]
+    pub fn sent_once(mut self) -> Self {
+        self.resend_unanswered = false;
+        self
     }
 
     /// POSTs `body` with `headers` (besides `host` and `content-length`); the answer's body may
@@ -177,7 +190,8 @@ impl Wire {
     /// # Errors
     /// [`WireError`]: no connection, a broken or malformed answer, or one too long.
     pub async fn post(&self, headers: &[(&str, &str)], body: &[u8], max_body: usize) -> Result<Answer, WireError> {
-        let request = self.request_bytes(headers, body);
+        // the head and the body go out as they are: a large body is not copied behind a head
+        let head = self.head_bytes(headers, body.len());
         let mut pooled = self.take_idle();
         loop {
             let reused = pooled.is_some();
@@ -185,7 +199,7 @@ impl Wire {
                 Some(c) => c,
                 None => self.connect().await?,
             };
-            match exchange(&mut conn, &request, max_body).await {
+            match exchange(&mut conn, &head, body, max_body).await {
                 Ok((answer, keep)) => {
                     if keep {
                         self.put_idle(conn);
@@ -194,21 +208,21 @@ impl Wire {
                 }
                 // a pooled connection the peer closed before it read the request: once more on
                 // a new one (hyper's client does the same)
-                Err(Failure::Unanswered(_)) if reused => {}
+                Err(Failure::Unanswered(_)) if reused && self.resend_unanswered => {}
                 Err(Failure::Unanswered(e) | Failure::Other(e)) => return Err(e),
             }
         }
     }
 
-    fn request_bytes(&self, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    fn head_bytes(&self, headers: &[(&str, &str)], body_len: usize) -> Vec<u8> {
         let head_len: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
-        let mut out = Vec::with_capacity(64 + self.path.len() + self.authority.len() + head_len + body.len());
+        let mut out = Vec::with_capacity(64 + self.path.len() + self.authority.len() + head_len);
         out.extend_from_slice(b"POST ");
         out.extend_from_slice(self.path.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         out.extend_from_slice(self.authority.as_bytes());
         out.extend_from_slice(b"\r\ncontent-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(body_len.to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
         for (name, value) in headers {
             out.extend_from_slice(name.as_bytes());
@@ -217,7 +231,6 @@ impl Wire {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body);
         out
     }
 
@@ -276,10 +289,20 @@ enum Failure {
     Other(WireError),
 }
 
-/// Writes `request`, reads the answer; returns it and whether the connection may carry another.
-async fn exchange(conn: &mut Conn, request: &[u8], max_body: usize) -> Result<(Answer, bool), Failure> {
+/// Writes the request (`head`, then `body`), reads the answer; returns it and whether the
+/// connection may carry another.
+async fn exchange(conn: &mut Conn, head: &[u8], body: &[u8], max_body: usize) -> Result<(Answer, bool), Failure> {
     let unanswered = |e: io::Error| Failure::Unanswered(WireError::Broken(format!("the connection failed: {e}")));
-    conn.write_all(request).await.map_err(unanswered)?;
+    if body.len() <= 4096 {
+        // one write, one packet
+        let mut request = Vec::with_capacity(head.len() + body.len());
+        request.extend_from_slice(head);
+        request.extend_from_slice(body);
+        conn.write_all(&request).await.map_err(unanswered)?;
+    } else {
+        conn.write_all(head).await.map_err(unanswered)?;
+        conn.write_all(body).await.map_err(unanswered)?;
+    }
     conn.flush().await.map_err(unanswered)?;
     // a long poll waits here holding its socket and nothing else (with TLS too: nothing of this
     // answer can be in rustls's buffers before its bytes reach the socket)
@@ -707,6 +730,13 @@ mod tests {
         let e = wire(&url).post(&HEADERS, b"{}", 100).await.unwrap_err();
         assert!(matches!(e, WireError::Broken(_)), "{e}");
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "a new connection is not tried again");
+
+        // sent once: the same pooled connection closed unanswered is an error
+        let (url, accepted) = server(vec![vec![Then::Answer(OK), Then::Close], vec![Then::Answer(OK)]]).await;
+        let w = wire(&url).sent_once();
+        w.post(&HEADERS, b"{}", 100).await.unwrap();
+        assert!(matches!(w.post(&HEADERS, b"{}", 100).await, Err(WireError::Broken(_))));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "not sent again");
     }
 
     /// The caller's limit holds whatever frames the body, before it is read.

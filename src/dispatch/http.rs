@@ -14,13 +14,9 @@
 //! for IAM-protected endpoints such as API Gateway or Lambda function URLs.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, StatusCode};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use super::Invocation;
 use crate::config::HttpOptions;
@@ -28,8 +24,9 @@ use crate::trace::TraceContext;
 
 pub struct HttpTarget {
     url: String,
-    /// Keeps connections to the worker open between batches.
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Keeps connections to the worker open between batches (lean ones: a batch waiting for its
+    /// answer holds its socket and no buffer, `crate::aws::wire`).
+    wire: crate::aws::wire::Wire,
     headers: Vec<(HeaderName, HeaderValue)>,
     signer: Option<crate::aws::RequestSigner>,
     overflows: metrics::Counter,
@@ -44,7 +41,7 @@ impl HttpTarget {
         signer: Option<crate::aws::RequestSigner>,
         overflows: metrics::Counter,
     ) -> Result<Self, String> {
-        let https = crate::net::https_connector(
+        let tls = crate::net::tls_config(
             options.ca_file.as_deref(),
             options.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
         )?;
@@ -61,7 +58,7 @@ impl HttpTarget {
             .collect();
         Ok(HttpTarget {
             url: url.to_string(),
-            client: Client::builder(TokioExecutor::new()).build(https),
+            wire: crate::aws::wire::Wire::new(url, tls)?.sent_once(),
             headers,
             signer,
             overflows,
@@ -91,34 +88,24 @@ impl HttpTarget {
                 return Invocation::Throttled(reason);
             }
         }
-        let response = match self.client.request(request).await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                return Invocation::Unavailable {
-                    reason: format!("cannot connect to {}: {}", self.url, crate::net::error_chain(&e)),
-                    connect: true,
-                }
-            }
-            Err(e) => {
-                return Invocation::unavailable(format!(
-                    "request to {} failed: {}",
-                    self.url,
-                    crate::net::error_chain(&e)
-                ))
-            }
-        };
-        let status = response.status();
-        let body = match Limited::new(response.into_body(), super::worker_process::MAX_OUTPUT).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+        let (parts, _) = request.into_parts();
+        let headers: Vec<(&str, &str)> =
+            parts.headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))).collect();
+        let answer = match self.wire.post(&headers, &event, super::worker_process::MAX_OUTPUT).await {
+            Ok(a) => a,
+            Err(crate::aws::wire::WireError::TooLong(_)) => {
                 self.overflows.increment(1);
                 return Invocation::FunctionError(format!(
                     "the response of {} is more than 6 MiB (Lambda's response limit)",
                     self.url
                 ));
             }
-            Err(e) => return Invocation::unavailable(format!("cannot read the response of {}: {e}", self.url)),
+            Err(e @ crate::aws::wire::WireError::Connect(_)) => {
+                return Invocation::Unavailable { reason: format!("{e} ({})", self.url), connect: true }
+            }
+            Err(e) => return Invocation::unavailable(format!("request to {} failed: {e}", self.url)),
         };
+        let (status, body) = (answer.status, answer.body);
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             return Invocation::Throttled(format!("HTTP {status}"));
         }
