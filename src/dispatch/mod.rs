@@ -145,15 +145,20 @@ impl Target {
     /// from when the target starts it. `trace` is the batch's trace context ([`crate::trace`]).
     pub async fn invoke(&self, event: Bytes, timeout: Duration, trace: &TraceContext) -> Invocation {
         let timed_out = || Invocation::unavailable(format!("timed out after {} s", timeout.as_secs()));
+        // the targets' futures differ in size (the Lambda SDK's is several KiB): each but the
+        // HTTP target's is boxed, so a batch waiting for its worker carries only its own target's
+        // state (issue 32: a thousand batches in flight)
         match self {
             Target::Http(t) => {
                 tokio::time::timeout(timeout, t.invoke(event, trace)).await.unwrap_or_else(|_| timed_out())
             }
             Target::Command(t) => {
-                tokio::time::timeout(timeout, t.invoke(event, trace)).await.unwrap_or_else(|_| timed_out())
+                tokio::time::timeout(timeout, Box::pin(t.invoke(event, trace))).await.unwrap_or_else(|_| timed_out())
             }
-            Target::Lambda(t) => tokio::time::timeout(timeout, t.invoke(event)).await.unwrap_or_else(|_| timed_out()),
-            Target::RuntimeApi(t) => t.invoke(event, timeout, trace.xray.as_ref()).await,
+            Target::Lambda(t) => {
+                tokio::time::timeout(timeout, Box::pin(t.invoke(event))).await.unwrap_or_else(|_| timed_out())
+            }
+            Target::RuntimeApi(t) => Box::pin(t.invoke(event, timeout, trace.xray.as_ref())).await,
             Target::Function(f) => tokio::time::timeout(timeout, f(event)).await.unwrap_or_else(|_| timed_out()),
         }
     }
