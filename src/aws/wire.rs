@@ -793,6 +793,46 @@ mod tests {
         assert!(std::mem::size_of_val(&request) < 1024, "{} bytes", std::mem::size_of_val(&request));
     }
 
+    /// Hostile answers: random bytes and mutations of good answers through the head parser and
+    /// the chunked decoder never panic, and the decoder never yields more than its limit.
+    #[test]
+    fn hostile_bytes_are_refused_or_read_within_the_limit() {
+        let good: [&[u8]; 2] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ];
+        let mut rng = fastrand::Rng::with_seed(32);
+        for round in 0..20_000 {
+            let mut bytes: Vec<u8> = if round % 2 == 0 {
+                (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect()
+            } else {
+                good[round % 4 / 2].to_vec()
+            };
+            for _ in 0..rng.usize(0..4) {
+                if !bytes.is_empty() {
+                    let at = rng.usize(..bytes.len());
+                    bytes[at] = *rng.choice(b"0123456789abcdefxz\r\n:; \t,".iter()).unwrap();
+                }
+            }
+            let _ = parse_head(&bytes);
+            if let Ok(Head::Complete((status, headers, _, len))) = parse_head(&bytes) {
+                let _ = framing(&headers, status);
+                let mut decoder = Chunked::default();
+                let mut out = Vec::new();
+                // fed in pieces, as reads bring them
+                let rest = &bytes[len..];
+                let mut at = 0;
+                for cut in [rest.len() / 3, rest.len() / 2, rest.len()] {
+                    match decoder.feed(&rest[at..cut.max(at)], &mut out, 8) {
+                        Ok(used) => at += used,
+                        Err(_) => break,
+                    }
+                }
+                assert!(out.len() <= 8);
+            }
+        }
+    }
+
     #[test]
     fn the_host_header_and_path_follow_the_url() {
         let w = wire("http://localhost:80/queue/");
