@@ -968,8 +968,12 @@ async fn burst(env: &Env) -> Burst {
     let queue = queue(env, "burst").await;
     let max = 32;
     let extra = format!(
-        "[pipelines.pollers]\nmin = 1\nmax = {max}\nwait_time_secs = 20\n[pipelines.target]\ntype = \"http\"\nurl = \"{}\"\nmax_concurrency = 64\n",
-        env.worker_url
+        "[pipelines.pollers]\nmin = 1\nmax = {max}\nwait_time_secs = 20\n[pipelines.target]\ntype = \"http\"\nurl = \"{}\"\nmax_concurrency = 64\n\
+         [pipelines.lease]\nmax_outstanding_bytes = {}\n",
+        env.worker_url,
+        // a byte budget for every poller's receive of the queue's 1 MiB messages (the default
+        // 256 MiB covers 25, and the fleet would stop there)
+        max * 10 * ((1 << 20) + 2048)
     );
     let p = spawn_poller(env, &queue, &extra);
     while get(&format!("{}/readyz", p.listen)).await.is_none_or(|t| !t.starts_with("ready")) {
