@@ -621,7 +621,7 @@ mod tests {
             receive_count: 1,
             sent_timestamp_ms: None,
             group_id: None,
-            record_json: format!("{{\"body\":\"{}\"}}", "x".repeat(body_len)).into_boxed_str(),
+            record_json: format!("{{\"body\":\"{}\"}}", "x".repeat(body_len)).into(),
             trace_header: None,
             traceparent: None,
             s3_object: None,
@@ -789,9 +789,9 @@ mod tests {
         // about 100 bytes each: two fit a batch; the sixth is larger than max_bytes alone
         let mut chunk: Vec<ReceivedMessage> = (1..=8).map(|i| grouped(i, "g")).collect();
         for m in &mut chunk {
-            m.record_json = format!("{{\"body\":\"{}\"}}", "x".repeat(90)).into_boxed_str();
+            m.record_json = format!("{{\"body\":\"{}\"}}", "x".repeat(90)).into();
         }
-        chunk[5].record_json = format!("{{\"body\":\"{}\"}}", "x".repeat(400)).into_boxed_str();
+        chunk[5].record_json = format!("{{\"body\":\"{}\"}}", "x".repeat(400)).into();
         tx.send(chunk).await.unwrap();
         let mut order = Vec::new();
         for _ in 0..8 {

@@ -62,8 +62,8 @@ pub struct ReceivedMessage {
     pub sent_timestamp_ms: Option<u64>,
     /// FIFO only: the message group, which fixes retry order.
     pub group_id: Option<String>,
-    /// The Lambda record, serialized.
-    pub record_json: Box<str>,
+    /// The Lambda record, serialized; shared with the events that carry it (the body held once).
+    pub record_json: std::sync::Arc<str>,
     /// The `AWSTraceHeader` system attribute (X-Ray), when the sender set one.
     pub trace_header: Option<Box<str>>,
     /// The `traceparent` message attribute (W3C trace context), when the producer set one.
@@ -95,7 +95,7 @@ impl ReceivedMessage {
         // serialized straight from the SDK's message: no intermediate record, no copies
         let record_json = serde_json::to_string(&RecordRef { msg: &msg, source })
             .expect("a record of strings always serializes")
-            .into_boxed_str();
+            .into();
         let attr = |name: MessageSystemAttributeName| msg.attributes.as_ref().and_then(|a| a.get(&name));
         let receive_count =
             attr(MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1);
@@ -223,6 +223,62 @@ pub fn encode_event(messages: &[ReceivedMessage]) -> Vec<u8> {
     }
     out.extend_from_slice(EVENT_TAIL.as_bytes());
     out
+}
+
+/// Lambda's event for a batch, made of its records' own bytes: nothing of a message is copied to
+/// send it (issue 32: each batch at the worker held a second copy of its bodies). Targets that
+/// need it whole ([`Event::to_bytes`]: Lambda, a command, the Runtime API) copy it then.
+pub struct Event {
+    parts: Vec<bytes::Bytes>,
+    len: usize,
+}
+
+/// A record's bytes, shared with its message.
+struct SharedRecord(std::sync::Arc<str>);
+
+impl AsRef<[u8]> for SharedRecord {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl Event {
+    /// The event of `messages`, in order.
+    pub fn of(messages: &[ReceivedMessage]) -> Event {
+        let mut parts = Vec::with_capacity(2 * messages.len() + 1);
+        parts.push(bytes::Bytes::from_static(EVENT_HEAD.as_bytes()));
+        for (i, m) in messages.iter().enumerate() {
+            if i > 0 {
+                parts.push(bytes::Bytes::from_static(b","));
+            }
+            parts.push(bytes::Bytes::from_owner(SharedRecord(m.record_json.clone())));
+        }
+        parts.push(bytes::Bytes::from_static(EVENT_TAIL.as_bytes()));
+        let len = parts.iter().map(bytes::Bytes::len).sum();
+        Event { parts, len }
+    }
+
+    /// Its bytes, in pieces.
+    pub fn parts(&self) -> &[bytes::Bytes] {
+        &self.parts
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The event in one piece (a copy).
+    pub fn to_bytes(&self) -> bytes::Bytes {
+        let mut out = Vec::with_capacity(self.len);
+        for p in &self.parts {
+            out.extend_from_slice(p);
+        }
+        bytes::Bytes::from(out)
+    }
 }
 
 const EVENT_HEAD: &str = "{\"Records\":[";
@@ -364,7 +420,7 @@ mod tests {
             receive_count: 1,
             sent_timestamp_ms: None,
             group_id: None,
-            record_json: serde_json::to_string(&record).unwrap().into_boxed_str(),
+            record_json: serde_json::to_string(&record).unwrap().into(),
             trace_header: None,
             traceparent: None,
             s3_object: None,
@@ -385,5 +441,34 @@ mod tests {
             arn_from_queue_url("https://sqs.us-east-2.amazonaws.com/123456789012/my-queue", "us-east-2"),
             "arn:aws:sqs:us-east-2:123456789012:my-queue"
         );
+    }
+
+    /// Issue 32, each body held once: the event a batch sends is made of its records' own bytes
+    /// (the same memory, not a copy), and put together it is the event `encode_event` writes.
+    #[test]
+    fn an_event_shares_its_records_bytes() {
+        let source =
+            EventSource { queue_arn: "arn:aws:sqs:eu-west-1:123456789012:q".into(), region: "eu-west-1".into() };
+        let messages: Vec<ReceivedMessage> = (0..3)
+            .map(|i| {
+                let msg = Message::builder()
+                    .message_id(format!("m{i}"))
+                    .receipt_handle(format!("rh{i}"))
+                    .body(format!("body {i}"))
+                    .build();
+                ReceivedMessage::from_sqs(msg, &source).unwrap()
+            })
+            .collect();
+        let event = Event::of(&messages);
+        assert_eq!(event.to_bytes()[..], encode_event(&messages)[..]);
+        assert_eq!(event.len(), encode_event(&messages).len());
+        for m in &messages {
+            assert!(
+                event.parts().iter().any(|p| p.as_ptr() == m.record_json.as_ptr() && p.len() == m.record_json.len()),
+                "the record of {} is not in the event as itself",
+                m.message_id
+            );
+        }
+        assert_eq!(Event::of(&[]).to_bytes()[..], encode_event(&[])[..]);
     }
 }

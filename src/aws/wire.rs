@@ -41,6 +41,8 @@ const FIRST_READ: usize = 4096;
 /// Reads after the first reserve up to this much at a time.
 const READ_CHUNK: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most a request's small pieces are gathered into before they are written.
+const WRITE_CHUNK: usize = 16 * 1024;
 
 /// An answer: its status, headers and whole body.
 #[derive(Debug)]
@@ -190,8 +192,21 @@ impl Wire {
     /// # Errors
     /// [`WireError`]: no connection, a broken or malformed answer, or one too long.
     pub async fn post(&self, headers: &[(&str, &str)], body: &[u8], max_body: usize) -> Result<Answer, WireError> {
-        // the head and the body go out as they are: a large body is not copied behind a head
-        let head = self.head_bytes(headers, body.len());
+        self.post_parts(headers, &[body], max_body).await
+    }
+
+    /// [`Self::post`] with a body in pieces (an event made of its records' own bytes): sent
+    /// without being put together first.
+    ///
+    /// # Errors
+    /// [`WireError`]: no connection, a broken or malformed answer, or one too long.
+    pub async fn post_parts(
+        &self,
+        headers: &[(&str, &str)],
+        body: &[&[u8]],
+        max_body: usize,
+    ) -> Result<Answer, WireError> {
+        let head = self.head_bytes(headers, body.iter().map(|p| p.len()).sum());
         let mut pooled = self.take_idle();
         loop {
             let reused = pooled.is_some();
@@ -291,19 +306,9 @@ enum Failure {
 
 /// Writes the request (`head`, then `body`), reads the answer; returns it and whether the
 /// connection may carry another.
-async fn exchange(conn: &mut Conn, head: &[u8], body: &[u8], max_body: usize) -> Result<(Answer, bool), Failure> {
+async fn exchange(conn: &mut Conn, head: &[u8], body: &[&[u8]], max_body: usize) -> Result<(Answer, bool), Failure> {
     let unanswered = |e: io::Error| Failure::Unanswered(WireError::Broken(format!("the connection failed: {e}")));
-    if body.len() <= 4096 {
-        // one write, one packet
-        let mut request = Vec::with_capacity(head.len() + body.len());
-        request.extend_from_slice(head);
-        request.extend_from_slice(body);
-        conn.write_all(&request).await.map_err(unanswered)?;
-    } else {
-        conn.write_all(head).await.map_err(unanswered)?;
-        conn.write_all(body).await.map_err(unanswered)?;
-    }
-    conn.flush().await.map_err(unanswered)?;
+    write_request(conn, head, body).await.map_err(unanswered)?;
     // a long poll waits here holding its socket and nothing else (with TLS too: nothing of this
     // answer can be in rustls's buffers before its bytes reach the socket)
     conn.tcp().readable().await.map_err(unanswered)?;
@@ -394,6 +399,29 @@ async fn exchange(conn: &mut Conn, head: &[u8], body: &[u8], max_body: usize) ->
     };
     let keep = keep_alive && clean_end && !matches!(framing, Framing::Close);
     Ok((Answer { status, headers, body: Bytes::from(body) }, keep))
+}
+
+/// Writes the head and the body's pieces: small pieces gathered into writes of up to
+/// [`WRITE_CHUNK`] (a transient buffer, gone before the answer is awaited), large ones as they are.
+async fn write_request(conn: &mut Conn, head: &[u8], body: &[&[u8]]) -> io::Result<()> {
+    let total = head.len() + body.iter().map(|p| p.len()).sum::<usize>();
+    let mut gathered: Vec<u8> = Vec::with_capacity(total.min(WRITE_CHUNK));
+    gathered.extend_from_slice(head);
+    for part in body {
+        if gathered.len() + part.len() > WRITE_CHUNK {
+            conn.write_all(&gathered).await?;
+            gathered.clear();
+            if part.len() > WRITE_CHUNK {
+                conn.write_all(part).await?;
+                continue;
+            }
+        }
+        gathered.extend_from_slice(part);
+    }
+    if !gathered.is_empty() {
+        conn.write_all(&gathered).await?;
+    }
+    conn.flush().await
 }
 
 /// What the bytes of an answer so far hold.
@@ -592,6 +620,8 @@ mod tests {
         AnswerClose(&'static [u8]),
         /// Reads the request and closes without a word.
         Close,
+        /// Answers with the request's body.
+        Echo,
     }
 
     /// A loopback server whose n-th connection plays `script[n]` (the last one for the rest);
@@ -632,6 +662,11 @@ mod tests {
                                 return;
                             }
                             Then::Close => return,
+                            Then::Echo => {
+                                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                                stream.get_mut().write_all(head.as_bytes()).await.unwrap();
+                                stream.get_mut().write_all(&body).await.unwrap();
+                            }
                         }
                     }
                     // keep the connection open until the client closes it
@@ -732,6 +767,29 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         w.post(&HEADERS, b"{}", 100).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A body in pieces arrives as the pieces put together: small ones gathered, large ones
+    /// written as they are, the content-length their sum.
+    #[tokio::test]
+    async fn a_body_in_pieces_arrives_whole() {
+        let (url, _) = server(vec![vec![Then::Echo, Then::Echo]]).await;
+        let w = wire(&url);
+        let big = vec![b'x'; 40 * 1024];
+        let small: Vec<Vec<u8>> = (0..30).map(|i| format!("{{\"record\":{i}}}").into_bytes()).collect();
+        let mut parts: Vec<&[u8]> = vec![b"{\"Records\":["];
+        for (i, r) in small.iter().enumerate() {
+            if i == 10 {
+                parts.push(&big);
+            }
+            parts.push(r);
+        }
+        parts.push(b"]}");
+        let whole: Vec<u8> = parts.concat();
+        let answer = w.post_parts(&HEADERS, &parts, 1 << 20).await.unwrap();
+        assert_eq!(answer.body.len(), whole.len());
+        assert!(answer.body[..] == whole[..]);
+        assert_eq!(&w.post(&HEADERS, b"one piece", 100).await.unwrap().body[..], b"one piece");
     }
 
     /// A pooled connection the peer closes without answering: the request goes once more on a

@@ -66,9 +66,9 @@ impl HttpTarget {
     }
 
     /// POSTs the event; with a trace, `X-Amzn-Trace-Id` and the W3C `traceparent` go with it.
-    pub async fn invoke(&self, event: Bytes, trace: &TraceContext) -> Invocation {
+    pub async fn invoke(&self, event: &crate::event::Event, trace: &TraceContext) -> Invocation {
         let mut request =
-            match Request::post(&self.url).header(CONTENT_TYPE, "application/json").body(Full::new(event.clone())) {
+            match Request::post(&self.url).header(CONTENT_TYPE, "application/json").body(Full::new(Bytes::new())) {
                 Ok(r) => r,
                 Err(e) => return Invocation::FunctionError(format!("cannot build a request to {}: {e}", self.url)),
             };
@@ -83,7 +83,8 @@ impl HttpTarget {
             headers.insert("traceparent", w3c);
         }
         if let Some(signer) = &self.signer {
-            if let Err(reason) = signer.sign(&mut request, &event).await {
+            // the signature covers the body: put together once for it
+            if let Err(reason) = signer.sign(&mut request, &event.to_bytes()).await {
                 // nothing the worker did: the batch waits and is tried again
                 return Invocation::Throttled(reason);
             }
@@ -91,7 +92,8 @@ impl HttpTarget {
         let (parts, _) = request.into_parts();
         let headers: Vec<(&str, &str)> =
             parts.headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))).collect();
-        let answer = match self.wire.post(&headers, &event, super::worker_process::MAX_OUTPUT).await {
+        let body: Vec<&[u8]> = event.parts().iter().map(|p| &p[..]).collect();
+        let answer = match self.wire.post_parts(&headers, &body, super::worker_process::MAX_OUTPUT).await {
             Ok(a) => a,
             Err(crate::aws::wire::WireError::TooLong(_)) => {
                 self.overflows.increment(1);

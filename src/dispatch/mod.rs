@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{TargetConfig, TargetKind};
-use crate::event::{encode_event, ReceivedMessage};
+use crate::event::{Event, ReceivedMessage};
 use crate::metrics::PipelineMetrics;
 use crate::poller::Scaling;
 use crate::trace::TraceContext;
@@ -143,7 +143,7 @@ impl Target {
 
     /// Sends one event (`{"Records":[…]}`) to the target; the work may take `timeout`, counted
     /// from when the target starts it. `trace` is the batch's trace context ([`crate::trace`]).
-    pub async fn invoke(&self, event: Bytes, timeout: Duration, trace: &TraceContext) -> Invocation {
+    pub async fn invoke(&self, event: &Event, timeout: Duration, trace: &TraceContext) -> Invocation {
         let timed_out = || Invocation::unavailable(format!("timed out after {} s", timeout.as_secs()));
         // the targets' futures differ in size (the Lambda SDK's is several KiB): each but the
         // HTTP target's is boxed, so a batch waiting for its worker carries only its own target's
@@ -152,14 +152,16 @@ impl Target {
             Target::Http(t) => {
                 tokio::time::timeout(timeout, t.invoke(event, trace)).await.unwrap_or_else(|_| timed_out())
             }
-            Target::Command(t) => {
-                tokio::time::timeout(timeout, Box::pin(t.invoke(event, trace))).await.unwrap_or_else(|_| timed_out())
+            Target::Command(t) => tokio::time::timeout(timeout, Box::pin(t.invoke(event.to_bytes(), trace)))
+                .await
+                .unwrap_or_else(|_| timed_out()),
+            Target::Lambda(t) => tokio::time::timeout(timeout, Box::pin(t.invoke(event.to_bytes())))
+                .await
+                .unwrap_or_else(|_| timed_out()),
+            Target::RuntimeApi(t) => Box::pin(t.invoke(event.to_bytes(), timeout, trace.xray.as_ref())).await,
+            Target::Function(f) => {
+                tokio::time::timeout(timeout, f(event.to_bytes())).await.unwrap_or_else(|_| timed_out())
             }
-            Target::Lambda(t) => {
-                tokio::time::timeout(timeout, Box::pin(t.invoke(event))).await.unwrap_or_else(|_| timed_out())
-            }
-            Target::RuntimeApi(t) => Box::pin(t.invoke(event, timeout, trace.xray.as_ref())).await,
-            Target::Function(f) => tokio::time::timeout(timeout, f(event)).await.unwrap_or_else(|_| timed_out()),
         }
     }
 }
@@ -360,7 +362,7 @@ impl Dispatcher {
         }
         self.metrics.dispatched.increment(batch.len() as u64);
         self.metrics.batch_size.record(batch.len() as f64);
-        let event = Bytes::from(encode_event(batch));
+        let event = Event::of(batch);
         let trace = TraceContext::of_batch(batch, span);
         let mut first_try = Instant::now();
         let mut throttles = Backoff::default();
@@ -407,7 +409,7 @@ impl Dispatcher {
             let started = Instant::now();
             let call = self.slots.as_ref().map(|s| s.call());
             let invocation = tokio::select! {
-                i = self.target.invoke(event.clone(), self.timeout, &trace) => i,
+                i = self.target.invoke(&event, self.timeout, &trace) => i,
                 () = abandon.cancelled() => {
                     if let (Some(slots), Some(call)) = (&self.slots, call) {
                         slots.abandoned(call);
