@@ -57,6 +57,9 @@ impl BatchBuffer {
         }
         if self.messages.is_empty() {
             self.opened_at = Some(now);
+            // room for the whole batch at once (up to 256): a vector grown by doubling holds up
+            // to twice its messages' room while the batch is at the worker (issue 32)
+            self.messages.reserve_exact(self.size.min(256));
         }
         self.record_bytes += bytes;
         self.messages.push(m);
@@ -636,6 +639,23 @@ mod tests {
             max_bytes,
             max_in_flight_per_group: None,
         })
+    }
+
+    /// A batch's vector is sized for the batch when it opens (up to 256), not grown by doubling
+    /// (which left up to twice its messages' room held while the batch was at the worker).
+    #[test]
+    fn a_batch_has_room_for_its_size_from_its_first_message() {
+        let mut out = Vec::new();
+        let mut b = buffer(10, 1000, 1 << 20);
+        b.push(msg(0, 10), Instant::now(), &mut out);
+        assert_eq!(b.messages.capacity(), 10);
+        for i in 1..10 {
+            b.push(msg(i, 10), Instant::now(), &mut out);
+        }
+        assert_eq!(out[0].capacity(), 10, "the cut batch, full, without spare room");
+        let mut big = buffer(10_000, 1000, 1 << 20);
+        big.push(msg(0, 10), Instant::now(), &mut out);
+        assert_eq!(big.messages.capacity(), 256, "a large batch starts at 256");
     }
 
     fn ids(b: &Batch) -> Vec<String> {
