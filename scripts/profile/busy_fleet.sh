@@ -12,18 +12,13 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-$(mktemp -d)}"
 BIN=$1; LABEL=$2; N=$3
 cd "$HERE/../.."
+. "$HERE/common.sh"
 EP=$(scripts/services.sh url)
 PORT=$((20000 + RANDOM % 10000))
 .local/venv/bin/python "$HERE/slow_worker.py" $PORT 0.02 & WPID=$!
 URL=$(MAX_MESSAGE_SIZE=${MAX_MESSAGE_SIZE:-16384} .local/venv/bin/python "$HERE/fill_queue.py" $EP busy-$LABEL-$RANDOM $N)
 MPORT=$((20000 + RANDOM % 10000))
-cat > $OUT/$LABEL.toml <<TOML
-[aws]
-region = "us-east-1"
-endpoint_url = "$EP"
-[server]
-listen = "127.0.0.1:$MPORT"
-admin_listen = ""
+{ service_toml 30; cat <<TOML; } > $OUT/$LABEL.toml
 [[pipelines]]
 name = "busy"
 queue_url = "$URL"
@@ -53,7 +48,7 @@ for i in $(seq 1 600); do
 done
 END=$(date +%s.%N)
 P=$(pgrep -f "^$BIN run --config $OUT/$LABEL.toml" | tail -1)
-echo "$LABEL: $N messages deleted ${DONE:-?} in $(echo "$END - $START" | bc) s, peak pollers $PEAK; $(grep -E 'VmHWM|VmRSS' /proc/$P/status | tr -s ' ' | tr '\n' ' ')"
+echo "$LABEL: $N messages deleted ${DONE:-?} in $(echo "$END - $START" | bc) s, peak pollers $PEAK; $(memory_of $P)"
 kill -TERM $P 2>/dev/null; for k in $(seq 1 60); do kill -0 $PID 2>/dev/null || break; sleep 1; done; kill -KILL $PID $P 2>/dev/null || true
 kill $WPID 2>/dev/null || true
 wait 2>/dev/null || true

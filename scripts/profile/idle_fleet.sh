@@ -11,18 +11,10 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-$(mktemp -d)}"
 BIN=$1; LABEL=$2; NP=$3
 cd "$HERE/../.."
+. "$HERE/common.sh"
 EP=$(scripts/services.sh url)
 MPORT=$((20000 + RANDOM % 10000))
-cat > $OUT/$LABEL.toml <<TOML
-[aws]
-region = "us-east-1"
-endpoint_url = "$EP"
-[server]
-listen = "127.0.0.1:$MPORT"
-admin_listen = ""
-[shutdown]
-grace_period_secs = 30
-TOML
+service_toml 30 > $OUT/$LABEL.toml
 for i in $(seq 1 $NP); do
   URL=$(MAX_MESSAGE_SIZE=16384 .local/venv/bin/python "$HERE/fill_queue.py" $EP idle-$LABEL-$i-$RANDOM 0)
   cat >> $OUT/$LABEL.toml <<TOML
@@ -52,6 +44,6 @@ for i in $(seq 1 120); do
 done
 sleep 15
 FDS=$(ls /proc/$P/fd | wc -l)
-echo "$LABEL: ${V:-?} pollers after ${i}s, $FDS descriptors; $(grep -E 'VmHWM|VmRSS' /proc/$P/status | tr -s ' ' | tr '\n' ' ')"
+echo "$LABEL: ${V:-?} pollers after ${i}s, $FDS descriptors; $(memory_of $P)"
 kill -TERM $P 2>/dev/null; for k in $(seq 1 60); do kill -0 $PID 2>/dev/null || break; sleep 1; done; kill -KILL $PID 2>/dev/null || true
 wait 2>/dev/null || true

@@ -11,20 +11,13 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-$(mktemp -d)}"
 BIN=$1; LABEL=$2; N=$3; POLLERS=$4; CONC=$5; BATCH=$6; EXTRA=${7:-}
 cd "$HERE/../.."
+. "$HERE/common.sh"
 EP=$(scripts/services.sh url)
 PORT=$((20000 + RANDOM % 20000))
 .local/venv/bin/python "$HERE/slow_worker.py" $PORT 60 & WPID=$!
 URL=$(.local/venv/bin/python "$HERE/fill_queue.py" $EP prof-$LABEL-$RANDOM $N)
 MPORT=$((20000 + RANDOM % 10000))
-cat > $OUT/$LABEL.toml <<TOML
-[aws]
-region = "us-east-1"
-endpoint_url = "$EP"
-[server]
-listen = "127.0.0.1:$MPORT"
-admin_listen = ""
-[shutdown]
-grace_period_secs = 5
+{ service_toml 5; cat <<TOML; } > $OUT/$LABEL.toml
 [[pipelines]]
 name = "prof"
 queue_url = "$URL"
@@ -52,7 +45,7 @@ for i in $(seq 1 90); do
 done
 sleep 5
 P=$(pgrep -f "run --config $OUT/$LABEL.toml" | tail -1)
-echo "$LABEL: in flight ${V:-?} after ${i}s; $(grep -E 'VmHWM|VmRSS' /proc/$P/status | tr -s ' ' | tr '\n' ' ')"
+echo "$LABEL: in flight ${V:-?} after ${i}s; $(memory_of $P)"
 kill -TERM $P 2>/dev/null; for k in $(seq 1 60); do kill -0 $PID 2>/dev/null || break; sleep 1; done; kill -KILL $PID $P 2>/dev/null || true
 kill $WPID 2>/dev/null || true
 wait 2>/dev/null || true
