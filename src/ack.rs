@@ -354,7 +354,6 @@ mod tests {
             .enumerate()
             .map(|(i, &c)| ReceivedMessage {
                 message_id: format!("m{i}"),
-                receipt_handle: format!("rh{i}"),
                 receive_count: c,
                 sent_timestamp_ms: None,
                 group_id: None,

@@ -620,7 +620,6 @@ mod tests {
     fn msg(id: usize, body_len: usize) -> ReceivedMessage {
         ReceivedMessage {
             message_id: id.to_string(),
-            receipt_handle: format!("rh-{id}"),
             receive_count: 1,
             sent_timestamp_ms: None,
             group_id: None,

@@ -51,11 +51,12 @@ pub struct EventSource {
 }
 
 /// A received message on its way through the pipeline: what the acker needs, plus the
-/// serialized record the target receives.
+/// serialized record the target receives. Its receipt handle is kept by its lease (the newest one
+/// SQS honours; `lease::LeaseKeeper`) and inside the record (the one the worker sees), not a third
+/// time here (issue 32: ~400 bytes per message on real SQS).
 #[derive(Debug, Clone)]
 pub struct ReceivedMessage {
     pub message_id: String,
-    pub receipt_handle: String,
     /// `ApproximateReceiveCount` at this receive (1 on the first delivery).
     pub receive_count: u32,
     /// `SentTimestamp` in milliseconds since the epoch.
@@ -110,7 +111,6 @@ impl ReceivedMessage {
             .map(Into::into);
         Ok(ReceivedMessage {
             message_id: msg.message_id.expect("checked above"),
-            receipt_handle: msg.receipt_handle.expect("checked above"),
             receive_count,
             sent_timestamp_ms,
             group_id,
@@ -416,7 +416,6 @@ mod tests {
         let record: SqsRecord = serde_json::from_str(AWS_DOC_RECORD).unwrap();
         let message = ReceivedMessage {
             message_id: record.message_id.clone(),
-            receipt_handle: record.receipt_handle.clone(),
             receive_count: 1,
             sent_timestamp_ms: None,
             group_id: None,

@@ -574,7 +574,6 @@ mod tests {
     fn message(traceparent: Option<&str>, xray: Option<&str>) -> ReceivedMessage {
         ReceivedMessage {
             message_id: "m".into(),
-            receipt_handle: "r".into(),
             receive_count: 1,
             sent_timestamp_ms: None,
             group_id: None,

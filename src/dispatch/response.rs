@@ -99,7 +99,6 @@ mod tests {
         ids.iter()
             .map(|id| ReceivedMessage {
                 message_id: id.to_string(),
-                receipt_handle: format!("rh-{id}"),
                 receive_count: 1,
                 sent_timestamp_ms: None,
                 group_id: None,
