@@ -222,10 +222,10 @@ async fn a_worker_whose_certificate_is_not_trusted_gets_nothing() {
     assert!(status.success(), "{log}");
 }
 
-/// The SQS client's lean HTTP/1.1 connections (`src/aws/wire.rs`) over TLS: the service's rustls
-/// settings (an extra CA, a client certificate), two requests, both answered.
+/// The lean HTTP/1.1 client's connections (`src/aws/wire.rs`, the `http` target's) over TLS: the
+/// service's rustls settings (an extra CA, a client certificate), two requests, both answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sqs_clients_connections_speak_tls() {
+async fn the_lean_clients_connections_speak_tls() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
     let (url, seen) = tls_worker(dir.path()).await;
