@@ -231,6 +231,8 @@ pub fn encode_event(messages: &[ReceivedMessage]) -> Vec<u8> {
 pub struct Event {
     parts: Vec<bytes::Bytes>,
     len: usize,
+    /// The event in one piece, put together once on first need (a retried call reuses it).
+    whole: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// A record's bytes, shared with its message.
@@ -255,7 +257,7 @@ impl Event {
         }
         parts.push(bytes::Bytes::from_static(EVENT_TAIL.as_bytes()));
         let len = parts.iter().map(bytes::Bytes::len).sum();
-        Event { parts, len }
+        Event { parts, len, whole: std::sync::OnceLock::new() }
     }
 
     /// Its bytes, in pieces.
@@ -271,13 +273,18 @@ impl Event {
         self.len == 0
     }
 
-    /// The event in one piece (a copy).
+    /// The event in one piece: a copy, made on the first call and shared by the later ones (the
+    /// calls of a retried batch).
     pub fn to_bytes(&self) -> bytes::Bytes {
-        let mut out = Vec::with_capacity(self.len);
-        for p in &self.parts {
-            out.extend_from_slice(p);
-        }
-        bytes::Bytes::from(out)
+        self.whole
+            .get_or_init(|| {
+                let mut out = Vec::with_capacity(self.len);
+                for p in &self.parts {
+                    out.extend_from_slice(p);
+                }
+                bytes::Bytes::from(out)
+            })
+            .clone()
     }
 }
 
@@ -460,6 +467,7 @@ mod tests {
             .collect();
         let event = Event::of(&messages);
         assert_eq!(event.to_bytes()[..], encode_event(&messages)[..]);
+        assert_eq!(event.to_bytes().as_ptr(), event.to_bytes().as_ptr(), "put together once");
         assert_eq!(event.len(), encode_event(&messages).len());
         for m in &messages {
             assert!(
