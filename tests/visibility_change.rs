@@ -54,6 +54,12 @@ async fn lower_the_visibility_while_running(sqs: Sqs) {
         })
         .await;
     }
+    // a long poll that asked for 300 s before the change can still bring the messages sent next
+    // (they would be leased for 300 s and never need an extension): wait until none is open
+    eventually("no receive asking for 300 s is open", Duration::from_secs(15), || async {
+        proxy.state.lock().unwrap().open_receives.get(&Some(300)).copied().unwrap_or(0) == 0
+    })
+    .await;
     // what SQS is asked for from here on
     let (receives_before, changes_before) = {
         let s = proxy.state.lock().unwrap();

@@ -63,6 +63,25 @@ pub struct State {
     pub receive_visibility: Vec<Option<u64>>,
     /// The `VisibilityTimeout` of every `ChangeMessageVisibilityBatch` entry, in order.
     pub visibility_changes: Vec<u64>,
+    /// ReceiveMessage calls not answered yet, by the `VisibilityTimeout` they asked for: a long
+    /// poll that asked for the old timeout can still bring messages after a change.
+    pub open_receives: HashMap<Option<u64>, usize>,
+}
+
+/// Counts a ReceiveMessage as open in [`State::open_receives`] until it is answered (or its
+/// connection is dropped).
+struct OpenReceive<'a> {
+    state: &'a Mutex<State>,
+    visibility: Option<u64>,
+}
+
+impl Drop for OpenReceive<'_> {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = s.open_receives.get_mut(&self.visibility) {
+            *n -= 1;
+        }
+    }
 }
 
 pub struct StrictAws {
@@ -260,13 +279,16 @@ async fn handle(
             c => error_response(now, 403, c, &format!("com.amazon.coral.service#{c}"), &message),
         };
     }
-    if operation == "ReceiveMessage" {
+    let _open = (operation == "ReceiveMessage").then(|| {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let id = v["ReceiveRequestAttemptId"].as_str().map(str::to_string);
+        let visibility = v["VisibilityTimeout"].as_u64();
         let mut s = state.lock().unwrap();
         s.attempt_ids.push(id);
-        s.receive_visibility.push(v["VisibilityTimeout"].as_u64());
-    }
+        s.receive_visibility.push(visibility);
+        *s.open_receives.entry(visibility).or_default() += 1;
+        OpenReceive { state, visibility }
+    });
     if operation == "ChangeMessageVisibilityBatch" {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let entries = v["Entries"].as_array().cloned().unwrap_or_default();
