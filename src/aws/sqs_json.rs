@@ -1,6 +1,7 @@
 //! The three SQS calls on every message's path — ReceiveMessage, DeleteMessageBatch and
-//! ChangeMessageVisibilityBatch — sent as AWS JSON 1.0 requests straight over a hyper connection
-//! pool, signed by [`super::sigv4::CachedSigner`].
+//! ChangeMessageVisibilityBatch — sent as AWS JSON 1.0 requests over [`super::wire`]'s lean
+//! HTTP/1.1 connections (a waiting long poll holds its socket and no buffer: issue 32), signed by
+//! [`super::sigv4::CachedSigner`].
 //!
 //! Why not the SDK for these: its orchestrator (interceptors, layered configuration, type-erased
 //! request state, response deserializers building every field) cost more CPU per request than
@@ -21,9 +22,6 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use aws_sdk_sqs::types::{BatchResultErrorEntry, Message, MessageAttributeValue, MessageSystemAttributeName};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde::{Deserialize, Serialize};
 
 use super::errors::{parse_json_error, SqsError, SqsErrorKind};
@@ -32,7 +30,7 @@ use super::{Clock, CredentialsCache};
 
 /// Sends the hot SQS calls of every queue of the service.
 pub struct JsonClient {
-    http: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    wire: super::wire::Wire,
     /// Where requests go: `https://sqs.REGION.amazonaws.com/`, or `[aws] endpoint_url` with `/`.
     uri: String,
     signer: CachedSigner,
@@ -67,15 +65,12 @@ impl JsonClient {
             .resolve_endpoint(&params)
             .await
             .map_err(|e| anyhow::anyhow!("cannot resolve the SQS endpoint for {region}: {e}"))?;
-        let connector =
-            crate::net::https_connector(None, None).map_err(|e| anyhow::anyhow!("cannot set up TLS for SQS: {e}"))?;
-        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         let uri = format!("{}/", endpoint.url().trim_end_matches('/'));
         tracing::debug!(endpoint = %uri, "SQS endpoint");
+        let tls = crate::net::tls_config(None, None).map_err(|e| anyhow::anyhow!("cannot set up TLS for SQS: {e}"))?;
+        let wire = super::wire::Wire::new(&uri, tls).map_err(|e| anyhow::anyhow!("the SQS endpoint {e}"))?;
         Ok(Arc::new(JsonClient {
-            http,
+            wire,
             uri,
             signer: CachedSigner::new(region, "sqs", aws.clock.clone()),
             credentials: aws.credentials.clone(),
@@ -197,40 +192,36 @@ impl JsonClient {
                     false,
                 )
             })?;
-        let mut builder = hyper::Request::post(&self.uri).header("user-agent", &self.user_agent);
-        for (name, value) in headers {
-            builder = builder.header(name, value);
-        }
-        for (name, value) in signature {
-            builder = builder.header(name, value);
-        }
-        let http_request = builder.body(Full::new(Bytes::from(body))).map_err(|e| {
-            SqsError::new(operation, None, format!("cannot build the request: {e}"), SqsErrorKind::Rejected, false)
-        })?;
-        let sent = SystemTime::now();
+        let mut sent: Vec<(&str, &str)> = Vec::with_capacity(headers.len() + signature.len() + 1);
+        sent.push(("user-agent", &self.user_agent));
+        sent.extend(headers);
+        sent.extend(signature.iter().map(|(name, value)| (*name, value.as_str())));
+        let sent_at = SystemTime::now();
+        // a server that sends more than SQS's largest answer is not read to its end
+        let max = crate::limits::MAX_SQS_ANSWER_BYTES;
         let exchange = async {
-            let response = self.http.request(http_request).await.map_err(|e| {
-                SqsError::new(
+            self.wire.post(&sent, &body, max).await.map_err(|e| match e {
+                super::wire::WireError::TooLong(_) => {
+                    bad_response(operation, &format!("longer than {} MiB, more than SQS ever answers", max >> 20))
+                }
+                super::wire::WireError::Malformed(what) => bad_response(operation, &what),
+                e @ super::wire::WireError::Connect(_) => SqsError::new(
                     operation,
                     None,
-                    format!("cannot reach SQS at {}: {}", self.uri, crate::net::error_chain(&e)),
+                    format!("cannot reach SQS at {}: {e}", self.uri),
                     SqsErrorKind::Connection,
                     true,
-                )
-            })?;
-            let (parts, body) = response.into_parts();
-            // a server that sends more than SQS's largest answer is not read to its end
-            let max = crate::limits::MAX_SQS_ANSWER_BYTES;
-            let body = http_body_util::Limited::new(body, max).collect().await.map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    bad_response(operation, &format!("longer than {} MiB, more than SQS ever answers", max >> 20))
-                } else {
-                    SqsError::new(operation, None, format!("the answer broke off: {e}"), SqsErrorKind::Connection, true)
-                }
-            })?;
-            Ok::<_, SqsError>((parts, body.to_bytes()))
+                ),
+                super::wire::WireError::Broken(e) => SqsError::new(
+                    operation,
+                    None,
+                    format!("cannot reach SQS at {}: {e}", self.uri),
+                    SqsErrorKind::Connection,
+                    true,
+                ),
+            })
         };
-        let (parts, body) = match tokio::time::timeout(limit, exchange).await {
+        let answer = match tokio::time::timeout(limit, exchange).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(SqsError::new(
@@ -242,12 +233,12 @@ impl JsonClient {
                 ))
             }
         };
-        let date = parts.headers.get("date").and_then(|v| v.to_str().ok());
-        self.clock.observe(sent, SystemTime::now(), date, parts.headers.contains_key("age"));
-        if parts.status.is_success() {
-            return Ok(body);
+        let date = answer.headers.get("date").and_then(|v| v.to_str().ok());
+        self.clock.observe(sent_at, SystemTime::now(), date, answer.headers.contains_key("age"));
+        if answer.status.is_success() {
+            return Ok(answer.body);
         }
-        Err(service_error(operation, parts.status, &parts.headers, &body, self.clock.skew_ms()))
+        Err(service_error(operation, answer.status, &answer.headers, &answer.body, self.clock.skew_ms()))
     }
 }
 

