@@ -144,6 +144,12 @@ impl Queue for SqsQueue {
     }
 }
 
+/// Requests of one batch operation in flight at once. A heartbeat round over 10,000 leases is
+/// 1,000 ChangeMessageVisibilityBatch requests: all at once they opened 1,000 connections (TLS
+/// handshakes on real SQS) and held a request's state each; 32 at a time send them in a few round
+/// trips.
+pub const BATCH_CALLS_AT_ONCE: usize = 32;
+
 /// Attempts for each chunk of a batch call (first try included).
 const BATCH_ATTEMPTS: u32 = 3;
 
@@ -379,15 +385,17 @@ impl SqsQueue {
         }
     }
 
-    /// Runs a batch operation over `n` entries in chunks of 10, concurrently, retrying the
-    /// entries SQS reported as failed (or whole chunks whose request failed) when retryable.
+    /// Runs a batch operation over `n` entries in chunks of 10, at most
+    /// [`BATCH_CALLS_AT_ONCE`] chunks at a time, retrying the entries SQS reported as failed (or
+    /// whole chunks whose request failed) when retryable.
     async fn batched<F, Fut>(&self, operation: &'static str, n: usize, call: F) -> Vec<EntryFailure>
     where
         F: Fn(Vec<usize>) -> Fut,
         Fut: Future<Output = Result<Vec<aws_sdk_sqs::types::BatchResultErrorEntry>, SqsError>>,
     {
-        let chunks: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(10).map(<[usize]>::to_vec).collect();
-        let results = futures_util::future::join_all(chunks.into_iter().map(|chunk| {
+        use futures_util::StreamExt as _;
+        let chunks = (0..n).step_by(10).map(|start| (start..n.min(start + 10)).collect::<Vec<usize>>());
+        let results = futures_util::stream::iter(chunks.map(|chunk| {
             let call = &call;
             async move {
                 let mut pending = chunk;
@@ -433,6 +441,8 @@ impl SqsQueue {
                 given_up
             }
         }))
+        .buffer_unordered(BATCH_CALLS_AT_ONCE)
+        .collect::<Vec<_>>()
         .await;
         results.into_iter().flatten().collect()
     }

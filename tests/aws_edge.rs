@@ -388,3 +388,48 @@ async fn the_strict_aws_proxy_refuses_what_aws_refuses() {
     );
     assert_eq!(rejected.len(), cases.len() + 2, "every refusal recorded: {rejected:?}");
 }
+
+/// A batch call over many entries (a heartbeat round over 1,000 leases, the deletes of a batch of
+/// 1,000) sends its requests of ten at most `BATCH_CALLS_AT_ONCE` at a time: all at once, a
+/// round opened a connection per ten leases (100 here, a TLS handshake each on real SQS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_call_over_a_thousand_entries_keeps_its_requests_in_flight_bounded() {
+    use sqs_poller::sqs::{Queue, SqsClients, SqsQueue, BATCH_CALLS_AT_ONCE};
+    let sqs = sqs().await;
+    let url = sqs.queue("many", &[]).await;
+    let bodies: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    sqs.send_bodies(&url, &bodies).await;
+    let proxy = StrictAws::start(&sqs.endpoint).await;
+    let through = Sqs { endpoint: proxy.url.clone(), client: sqs.client.clone() };
+    let clients = SqsClients {
+        sdk: sqs.client.clone(),
+        json: through.json_client().await,
+        clock: sqs_poller::aws::Clock::default(),
+        region: "us-east-1".into(),
+    };
+    let queue = SqsQueue::new(&clients, url.clone(), sqs_poller::metrics::PipelineMetrics::new("many", 1, 1, 1));
+    let mut handles = Vec::new();
+    for _ in 0..1000 {
+        if handles.len() == 1000 {
+            break;
+        }
+        let got = Queue::receive(&queue, Duration::from_secs(1), Some(Duration::from_secs(300))).await.unwrap();
+        handles.extend(got.iter().map(|m| m.receipt_handle().unwrap().to_string()));
+    }
+    assert_eq!(handles.len(), 1000, "all received");
+    let entries: Vec<(&str, i32)> = handles.iter().map(|h| (h.as_str(), 600)).collect();
+    assert!(queue.change_visibility(&entries).await.is_empty(), "every extension succeeds");
+    let receipts: Vec<&str> = handles.iter().map(String::as_str).collect();
+    assert!(queue.delete(&receipts).await.is_empty(), "every delete succeeds");
+    {
+        let s = proxy.state.lock().unwrap();
+        assert!(s.rejected.is_empty(), "{:?}", s.rejected);
+        for operation in ["ChangeMessageVisibilityBatch", "DeleteMessageBatch"] {
+            let sent = s.verified.iter().filter(|v| v.starts_with(&format!("{operation} by"))).count();
+            assert_eq!(sent, 100, "{operation}: requests of ten");
+            let most = s.most_open[operation];
+            assert!(most <= BATCH_CALLS_AT_ONCE, "{operation}: {most} requests at once");
+        }
+    }
+    assert_eq!(sqs.counts(&url).await, (0, 0));
+}

@@ -66,6 +66,37 @@ pub struct State {
     /// ReceiveMessage calls not answered yet, by the `VisibilityTimeout` they asked for: a long
     /// poll that asked for the old timeout can still bring messages after a change.
     pub open_receives: HashMap<Option<u64>, usize>,
+    /// Requests not answered yet, by operation, and the most there were at once.
+    pub open: HashMap<String, usize>,
+    pub most_open: HashMap<String, usize>,
+}
+
+/// Counts a request as open in [`State::open`] until it is answered (or its connection is
+/// dropped).
+struct Open<'a> {
+    state: &'a Mutex<State>,
+    operation: String,
+}
+
+impl<'a> Open<'a> {
+    fn new(state: &'a Mutex<State>, operation: &str) -> Self {
+        let mut s = state.lock().unwrap();
+        let open = s.open.entry(operation.to_string()).or_default();
+        *open += 1;
+        let now = *open;
+        let most = s.most_open.entry(operation.to_string()).or_default();
+        *most = (*most).max(now);
+        Open { state, operation: operation.to_string() }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = s.open.get_mut(&self.operation) {
+            *n -= 1;
+        }
+    }
 }
 
 /// Counts a ReceiveMessage as open in [`State::open_receives`] until it is answered (or its
@@ -217,6 +248,7 @@ async fn handle(
     let agent = headers.get("user-agent").map_or("", |a| a.split(' ').next().unwrap_or(""));
     let operation = headers.get("x-amz-target").map_or("", |t| t.trim_start_matches("AmazonSQS.")).to_string();
     let what = format!("{operation} by {agent}");
+    let _open = Open::new(state, &operation);
     let now = state.lock().unwrap().now();
 
     // the signature, the key, its token and its expiry
@@ -279,7 +311,7 @@ async fn handle(
             c => error_response(now, 403, c, &format!("com.amazon.coral.service#{c}"), &message),
         };
     }
-    let _open = (operation == "ReceiveMessage").then(|| {
+    let _open_receive = (operation == "ReceiveMessage").then(|| {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let id = v["ReceiveRequestAttemptId"].as_str().map(str::to_string);
         let visibility = v["VisibilityTimeout"].as_u64();
