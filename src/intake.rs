@@ -89,6 +89,7 @@ impl Intake {
         let mut oldest_ms = 0;
         for (m, s3_object, unresolved) in resolved {
             let mut m = ReceivedMessage::from_sqs(m, &self.source).expect("id and receipt handle checked above");
+            self.leases.hold_at_least(&m.message_id, m.record_json.len());
             if let Some(reason) = &unresolved {
                 tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload could not be fetched; the message fails");
             }
@@ -161,4 +162,47 @@ pub fn message_bytes(m: &Message) -> usize {
         })
         .sum();
     m.body.as_deref().map_or(0, str::len) + attributes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sim::{SimConfig, SimQueue};
+
+    /// A body that JSON escaping doubles (quotes and backslashes) makes a record twice what SQS
+    /// counts of the message: its lease takes the record's size of the byte budget, and gives
+    /// it all back when it is settled.
+    #[tokio::test]
+    async fn a_message_holds_at_least_its_records_size_of_the_byte_budget() {
+        let secs = Duration::from_secs;
+        let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
+        let status = Arc::new(crate::metrics::Status::default());
+        let mut metrics = PipelineMetrics::new("t", 1, 1, 1);
+        metrics.status = status.clone();
+        let leases = Arc::new(
+            LeaseKeeper::new(queue, secs(30), secs(3600), 1000, metrics.clone())
+                .with_byte_budget(100 << 20, 256 * 1024),
+        );
+        let source =
+            EventSource { queue_arn: "arn:aws:sqs:us-east-1:000000000000:q".into(), region: "us-east-1".into() };
+        let intake = Intake::new(source, None, leases.clone(), metrics);
+        let body = "\"\\".repeat(32 * 1024);
+        let plain = "x".repeat(64 * 1024);
+        let messages = vec![
+            Message::builder().message_id("escaped").receipt_handle("rh1").body(&body).build(),
+            Message::builder().message_id("plain").receipt_handle("rh2").body(&plain).build(),
+        ];
+        let (pass, _) = intake.take(leases.reserve().await, messages, leases.stamp()).await;
+        let escaped = pass[0].record_json.len();
+        assert!(escaped > 2 * body.len(), "the record escapes every byte: {escaped}");
+        let held = status.in_flight_bytes.load(Relaxed) as usize;
+        // the plain one as SQS counts it (64 KiB and the 2 KiB overhead), the escaped one its record
+        let expected = (escaped.div_ceil(1024) + 64 + 2) * 1024;
+        assert_eq!(held, expected, "held {held}, records {escaped} + {}", pass[1].record_json.len());
+        leases.release(&["escaped", "plain"]).await;
+        assert_eq!(status.in_flight_bytes.load(Relaxed), 0, "every byte given back");
+    }
 }

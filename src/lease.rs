@@ -241,6 +241,15 @@ impl LeaseTable {
         }
     }
 
+    /// Raises what a lease takes of the byte budget to `kib`; returns by how much (0 when it
+    /// took that much already or is not leased).
+    fn raise_kib(&mut self, message_id: &str, kib: u32) -> u32 {
+        match self.leases.get_mut(message_id) {
+            Some(l) if l.kib < kib => std::mem::replace(&mut l.kib, kib).abs_diff(kib),
+            _ => 0,
+        }
+    }
+
     /// The current receipt handle of a leased message.
     pub fn receipt_handle(&self, message_id: &str) -> Option<&str> {
         self.leases.get(message_id).map(|l| l.receipt_handle.as_str())
@@ -583,6 +592,29 @@ impl LeaseKeeper {
         if !self.table().add_kib(message_id, u32::try_from(kib).unwrap_or(u32::MAX)) {
             return;
         }
+        self.take_beyond_reservation(kib);
+    }
+
+    /// The message's record (`bytes` long) is what the service holds of it while it is leased:
+    /// its lease takes at least that much of the byte budget. SQS's count (body and attributes,
+    /// plus the per-message overhead) covers an ordinary record; escaping can make one twice
+    /// its body (quotes, backslashes, line breaks; the control characters that would escape six
+    /// times, `\u00XX`, are not allowed in SQS messages).
+    /// What is missing is taken as [`Self::charge_payload`] takes it.
+    pub fn hold_at_least(&self, message_id: &str, bytes: usize) {
+        if self.bytes.per_receive == 0 {
+            return;
+        }
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        let more = self.table().raise_kib(message_id, kib);
+        if more > 0 {
+            self.take_beyond_reservation(more as usize);
+        }
+    }
+
+    /// Takes `kib` more of the budget for a lease already admitted: what is free now, the rest
+    /// owed (paid back first by what settlements give back).
+    fn take_beyond_reservation(&self, kib: usize) {
         let taken = self.bytes.kib.forget_permits(kib);
         self.bytes.take(taken);
         if taken < kib {

@@ -1,6 +1,8 @@
-# A worker for scripts/profile/in_flight.sh: answers every batch after DELAY seconds (argv[2]), keeping the connection.
-import asyncio, sys
+# A worker for scripts/profile/*.sh: answers every batch after DELAY seconds (argv[2]), keeping the connection.
+# With IDS_FILE set, it appends the messageId of every record it was given to that file, one per line.
+import asyncio, json, os, sys
 DELAY = float(sys.argv[2]) if len(sys.argv) > 2 else 60
+IDS_FILE = os.environ.get("IDS_FILE")
 async def handle(reader, writer):
     try:
         while True:
@@ -9,7 +11,10 @@ async def handle(reader, writer):
             for line in head.split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
-            await reader.readexactly(length)
+            request = await reader.readexactly(length)
+            if IDS_FILE:
+                with open(IDS_FILE, "a") as f:
+                    f.writelines(r["messageId"] + "\n" for r in json.loads(request)["Records"])
             await asyncio.sleep(DELAY)
             body = b'{"batchItemFailures": []}'
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body)

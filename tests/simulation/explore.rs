@@ -1,7 +1,7 @@
 //! Where the features meet: every seed draws a configuration (standard or FIFO queue, batch size,
 //! window and `max_bytes` down to below one message, a group cap, a shared pool with a second
 //! pipeline, the circuit breaker, fixed or adaptive concurrency, bisect, a dead-letter queue,
-//! visibility, the fleet's size, a filter that deletes or keeps what it rejects (standard queues), the queue's largest
+//! visibility, the fleet's size, bodies padded with characters JSON escaping doubles, a filter that deletes or keeps what it rejects (standard queues), the queue's largest
 //! message size and a byte budget of one to three receives) and a fault schedule (SQS errors, entry errors, latency and
 //! duplicates; the target's item failures, function errors, 5xx, 429/503, timeouts, refused
 //! connections, slow, unreadable and huge answers; an outage of 5xx or refused connections followed by
@@ -71,6 +71,9 @@ struct Drawn {
     /// `MessageGroupId`s: `None` sends none (standard queues only).
     groups: Option<usize>,
     body_max: usize,
+    /// What bodies are padded with: `x`, or a character JSON escaping doubles in the record
+    /// (`"`, `\\`, a newline), so that records outgrow what SQS counts of their messages.
+    pad: char,
     /// Share of poison messages (only with a dead-letter queue: without one they never end).
     poison: f64,
     batch_size: usize,
@@ -200,6 +203,7 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
         messages: rng.usize(40..=200),
         groups,
         body_max: pick(rng, &[20, 200, 1500]),
+        pad: pick(rng, &['x', 'x', '"', '\\', '\n']),
         poison: if dead_letter.is_some() { pick(rng, &[0.0, 0.02, 0.05]) } else { 0.0 },
         batch_size,
         window_ms: pick(rng, &[0, 0, 50, 200, 1000]),
@@ -720,7 +724,7 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         let mut rejected = 0;
         for i in 0..d.messages {
             let kind = if body_rng.f64() < d.poison { "poison" } else { "m" };
-            let pad = "x".repeat(body_rng.usize(0..=d.body_max));
+            let pad = d.pad.to_string().repeat(body_rng.usize(0..=d.body_max));
             let group = d.groups.map(|g| format!("g{}", body_rng.usize(0..g)));
             let body = format!("{kind}-{i}-{pad}");
             rejected += usize::from(d.filter.as_ref().is_some_and(|f| f.rejects(&body)));
