@@ -16,6 +16,7 @@ cd "$HERE/../.."
 . "$HERE/common.sh"
 EP=$(scripts/services.sh url)
 PORT=$((20000 + RANDOM % 10000))
+: > $OUT/$LABEL.ids
 IDS_FILE=$OUT/$LABEL.ids .local/venv/bin/python "$HERE/slow_worker.py" $PORT $DELAY & WPID=$!
 URL=$(.local/venv/bin/python "$HERE/fill_queue.py" $EP large-$LABEL-$RANDOM $N $SIZE)
 MPORT=$((20000 + RANDOM % 10000))
