@@ -93,8 +93,9 @@ impl Intake {
             if let Some(reason) = &unresolved {
                 tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload could not be fetched; the message fails");
             }
-            m.s3_object = s3_object;
-            m.unresolved = unresolved;
+            // boxed: most messages have neither, and every message in flight carries the fields
+            m.s3_object = s3_object.map(Box::new);
+            m.unresolved = unresolved.map(String::into_boxed_str);
             if let Some(sent) = m.sent_timestamp_ms {
                 let age_ms = now_ms.saturating_sub(sent);
                 oldest_ms = oldest_ms.max(age_ms);

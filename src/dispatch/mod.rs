@@ -257,7 +257,7 @@ impl Dispatcher {
             }
         }
         if go.is_empty() {
-            let reason = batch.iter().find_map(|m| m.unresolved.clone()).unwrap_or_default();
+            let reason = batch.iter().find_map(|m| m.unresolved.as_deref()).unwrap_or_default().to_string();
             return Outcome::Answered(Verdict::AllFailed(reason));
         }
         let part: Vec<ReceivedMessage> = go.iter().map(|&i| batch[i].clone()).collect();
