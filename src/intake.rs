@@ -89,7 +89,7 @@ impl Intake {
         let mut oldest_ms = 0;
         for (m, s3_object, unresolved) in resolved {
             let mut m = ReceivedMessage::from_sqs(m, &self.source).expect("id and receipt handle checked above");
-            self.leases.hold_at_least(&m.message_id, m.record_json.len());
+            self.leases.hold_record(&m.message_id, &m.record_json);
             if let Some(reason) = &unresolved {
                 tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload could not be fetched; the message fails");
             }

@@ -51,10 +51,68 @@ pub struct ReceiveStamp {
     pub visibility: Duration,
 }
 
+/// A receipt handle as a lease keeps it: a copy of its own from the receive until the message's
+/// record is made, then the record's own bytes (the handle is in it verbatim), so a leased
+/// message holds its handle once (issue 32: receipt handles are ~400 bytes on real SQS).
+#[derive(Clone)]
+pub struct Handle(HandleBytes);
+
+#[derive(Clone)]
+enum HandleBytes {
+    Own(Box<str>),
+    /// `record[start..end]`
+    InRecord {
+        record: Arc<str>,
+        start: u32,
+        end: u32,
+    },
+}
+
+impl Handle {
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            HandleBytes::Own(s) => s,
+            HandleBytes::InRecord { record, start, end } => &record[*start as usize..*end as usize],
+        }
+    }
+
+    /// The same handle read from `record`, when the record carries it verbatim as its
+    /// `receiptHandle` (a record made from another receive of the message carries another).
+    fn within(&self, record: &Arc<str>) -> Option<Handle> {
+        // a `"` inside a JSON string is escaped: this is the key, never a value's bytes
+        const KEY: &str = "\"receiptHandle\":\"";
+        let start = record.find(KEY)? + KEY.len();
+        let end = start + self.as_str().len();
+        let verbatim = record.get(start..end)? == self.as_str() && record[end..].starts_with('"');
+        let (start, end) = (u32::try_from(start).ok()?, u32::try_from(end).ok()?);
+        verbatim.then(|| Handle(HandleBytes::InRecord { record: record.clone(), start, end }))
+    }
+}
+
+impl From<&str> for Handle {
+    fn from(s: &str) -> Self {
+        Handle(HandleBytes::Own(s.into()))
+    }
+}
+
+impl PartialEq for Handle {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Handle {}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
 /// One outstanding message.
 #[derive(Debug, Clone)]
 struct Lease {
-    receipt_handle: String,
+    receipt_handle: Handle,
     /// What it takes of the byte budget, KiB (its receive's bytes for it).
     kib: u32,
     /// The visibility timeout of its receive: extensions fall due at half of it and ask for it.
@@ -96,7 +154,7 @@ impl Lease {
 struct Ended {
     /// (index into the ids asked for, last receipt handle, when that handle was received: SQS's
     /// 12-hour limit counts from there)
-    entries: Vec<(usize, String, Instant)>,
+    entries: Vec<(usize, Handle, Instant)>,
     /// The earliest visibility end among them.
     visible_until: Option<Instant>,
     /// Heartbeat rounds with an extension of one of them in flight: the call waits for them.
@@ -138,7 +196,7 @@ pub enum Admission {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extension {
     pub message_id: String,
-    pub receipt_handle: String,
+    pub receipt_handle: Handle,
     pub visibility_secs: i32,
 }
 
@@ -199,7 +257,7 @@ impl LeaseTable {
         match self.leases.get_mut(message_id) {
             Some(lease) => {
                 if sent_at >= lease.handle_received_at {
-                    lease.receipt_handle = receipt_handle.to_string();
+                    lease.receipt_handle = receipt_handle.into();
                     lease.visibility = visibility;
                     lease.handle_received_at = sent_at;
                     lease.visible_until = visible_until;
@@ -212,7 +270,7 @@ impl LeaseTable {
                 self.leases.insert(
                     message_id.to_string(),
                     Lease {
-                        receipt_handle: receipt_handle.to_string(),
+                        receipt_handle: receipt_handle.into(),
                         kib,
                         visibility,
                         leased_at: sent_at,
@@ -241,12 +299,18 @@ impl LeaseTable {
         }
     }
 
-    /// Raises what a lease takes of the byte budget to `kib`; returns by how much (0 when it
-    /// took that much already or is not leased).
-    fn raise_kib(&mut self, message_id: &str, kib: u32) -> u32 {
-        match self.leases.get_mut(message_id) {
-            Some(l) if l.kib < kib => std::mem::replace(&mut l.kib, kib).abs_diff(kib),
-            _ => 0,
+    /// The message's record is made: its lease reads the receipt handle from it from now on
+    /// (when it carries the lease's) and takes at least `kib` of the byte budget; returns how
+    /// many KiB more it takes (0 when it took that much already or is not leased).
+    fn take_record(&mut self, message_id: &str, record: &Arc<str>, kib: u32) -> u32 {
+        let Some(l) = self.leases.get_mut(message_id) else { return 0 };
+        if let Some(shared) = l.receipt_handle.within(record) {
+            l.receipt_handle = shared;
+        }
+        if l.kib < kib {
+            std::mem::replace(&mut l.kib, kib).abs_diff(kib)
+        } else {
+            0
         }
     }
 
@@ -257,7 +321,7 @@ impl LeaseTable {
 
     /// Ends a lease; returns its last receipt handle.
     pub fn end(&mut self, message_id: &str) -> Option<String> {
-        self.end_lease(message_id).map(|l| l.receipt_handle)
+        self.end_lease(message_id).map(|l| l.receipt_handle.as_str().to_string())
     }
 
     /// Ends a lease: its last receipt handle, until when the message stays invisible, and the
@@ -406,7 +470,7 @@ impl LeaseTable {
 
 /// What [`LeaseTable::end_lease`] hands back of a lease.
 struct EndedLease {
-    receipt_handle: String,
+    receipt_handle: Handle,
     visible_until: Instant,
     /// Heartbeat rounds with an extension of it in flight.
     rounds: Vec<u64>,
@@ -595,18 +659,20 @@ impl LeaseKeeper {
         self.take_beyond_reservation(kib);
     }
 
-    /// The message's record (`bytes` long) is what the service holds of it while it is leased:
-    /// its lease takes at least that much of the byte budget. SQS's count (body and attributes,
+    /// The message's record is what the service holds of it while it is leased: its lease reads
+    /// the receipt handle from the record from now on (its own copy is dropped) and takes at
+    /// least the record's size of the byte budget. SQS's count (body and attributes,
     /// plus the per-message overhead) covers an ordinary record; escaping can make one twice
     /// its body (quotes, backslashes, line breaks; the control characters that would escape six
     /// times, `\u00XX`, are not allowed in SQS messages).
     /// What is missing is taken as [`Self::charge_payload`] takes it.
-    pub fn hold_at_least(&self, message_id: &str, bytes: usize) {
-        if self.bytes.per_receive == 0 {
-            return;
-        }
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        let more = self.table().raise_kib(message_id, kib);
+    pub fn hold_record(&self, message_id: &str, record: &Arc<str>) {
+        // without a byte budget, leases take no bytes
+        let kib = match self.bytes.per_receive {
+            0 => 0,
+            _ => u32::try_from(record.len().div_ceil(1024)).unwrap_or(u32::MAX),
+        };
+        let more = self.table().take_record(message_id, record, kib);
         if more > 0 {
             self.take_beyond_reservation(more as usize);
         }
@@ -1300,6 +1366,33 @@ mod tests {
         t.admit("m", "rh2", at(t0 + secs(16), &t));
         t.extension_failed(&due[0], t0 + secs(16));
         assert_eq!(t.next_due(t0 + secs(16)), Some(t0 + secs(31)), "the new handle is still extended");
+    }
+
+    /// Once the message's record is made, the lease reads its receipt handle from the record
+    /// (held once); a record from another receive of the message leaves the lease's own copy.
+    #[test]
+    fn a_lease_reads_its_handle_from_the_messages_record() {
+        let mut t = LeaseTable::new(secs(30), secs(3600));
+        let sent = Instant::now();
+        t.admit("m", "AQEB+handle/0==", at(sent, &t));
+        t.admit("n", "rh-n", at(sent, &t));
+        let record: Arc<str> =
+            r#"{"messageId":"m","receiptHandle":"AQEB+handle/0==","body":"\"receiptHandle\":\"x"}"#.into();
+        let other: Arc<str> = r#"{"messageId":"n","receiptHandle":"rh-n-older","body":""}"#.into();
+        t.take_record("m", &record, 0);
+        t.take_record("n", &other, 0);
+        let handle = t.receipt_handle("m").unwrap();
+        assert_eq!(handle, "AQEB+handle/0==");
+        let within = record.as_ptr() as usize..record.as_ptr() as usize + record.len();
+        assert!(within.contains(&(handle.as_ptr() as usize)), "read from the record");
+        assert_eq!(t.receipt_handle("n"), Some("rh-n"), "another receive's record: the lease's own copy");
+        let n = t.receipt_handle("n").unwrap().as_ptr() as usize;
+        assert!(!(other.as_ptr() as usize..other.as_ptr() as usize + other.len()).contains(&n));
+        // the heartbeat extends with it, and a newer receive replaces it as before
+        let (_, due, _) = t.start_round(sent + secs(16));
+        assert!(due.iter().any(|e| e.message_id == "m" && e.receipt_handle.as_str() == "AQEB+handle/0=="));
+        t.admit("m", "rh-m-2", at(sent + secs(20), &t));
+        assert_eq!(t.end("m").as_deref(), Some("rh-m-2"));
     }
 
     #[test]
