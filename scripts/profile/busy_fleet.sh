@@ -13,7 +13,7 @@ OUT="${OUT:-$(mktemp -d)}"
 BIN=$1; LABEL=$2; N=$3
 cd "$HERE/../.."
 . "$HERE/common.sh"
-EP=$(scripts/services.sh url)
+EP=${EP:-$(scripts/services.sh url)}  # EP=URL: another emulator (LocalStack: receipt handles of real length)
 PORT=$((20000 + RANDOM % 10000))
 .local/venv/bin/python "$HERE/slow_worker.py" $PORT 0.02 & WPID=$!
 URL=$(MAX_MESSAGE_SIZE=${MAX_MESSAGE_SIZE:-16384} .local/venv/bin/python "$HERE/fill_queue.py" $EP busy-$LABEL-$RANDOM $N)

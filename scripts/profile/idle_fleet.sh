@@ -12,7 +12,7 @@ OUT="${OUT:-$(mktemp -d)}"
 BIN=$1; LABEL=$2; NP=$3
 cd "$HERE/../.."
 . "$HERE/common.sh"
-EP=$(scripts/services.sh url)
+EP=${EP:-$(scripts/services.sh url)}  # EP=URL: another emulator (LocalStack: receipt handles of real length)
 MPORT=$((20000 + RANDOM % 10000))
 service_toml 30 > $OUT/$LABEL.toml
 for i in $(seq 1 $NP); do

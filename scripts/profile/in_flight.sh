@@ -12,7 +12,7 @@ OUT="${OUT:-$(mktemp -d)}"
 BIN=$1; LABEL=$2; N=$3; POLLERS=$4; CONC=$5; BATCH=$6; EXTRA=${7:-}
 cd "$HERE/../.."
 . "$HERE/common.sh"
-EP=$(scripts/services.sh url)
+EP=${EP:-$(scripts/services.sh url)}  # EP=URL: another emulator (LocalStack: receipt handles of real length)
 PORT=$((20000 + RANDOM % 20000))
 .local/venv/bin/python "$HERE/slow_worker.py" $PORT 60 & WPID=$!
 URL=$(.local/venv/bin/python "$HERE/fill_queue.py" $EP prof-$LABEL-$RANDOM $N)

@@ -14,7 +14,7 @@ OUT="${OUT:-$(mktemp -d)}"
 BIN=$1; LABEL=$2; N=$3; SIZE=$4; POLLERS=$5; CONC=$6; DELAY=$7; EXTRA=${8:-}
 cd "$HERE/../.."
 . "$HERE/common.sh"
-EP=$(scripts/services.sh url)
+EP=${EP:-$(scripts/services.sh url)}  # EP=URL: another emulator (LocalStack: receipt handles of real length)
 PORT=$((20000 + RANDOM % 10000))
 : > $OUT/$LABEL.ids
 IDS_FILE=$OUT/$LABEL.ids .local/venv/bin/python "$HERE/slow_worker.py" $PORT $DELAY & WPID=$!
