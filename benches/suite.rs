@@ -89,6 +89,10 @@ async fn run() {
         cost_rounds(&env, BODY_BYTES, BACKLOG).await;
         return;
     }
+    if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("compare") {
+        compare_rounds(&env).await;
+        return;
+    }
     if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("telemetry") {
         telemetry_rounds(&env).await;
         return;
@@ -584,6 +588,45 @@ async fn telemetry_rounds(env: &Env) {
     );
     if before.is_some() {
         println!("telemetry off is {:.2}× the earlier build (medians)", off / medians[0]);
+    }
+}
+
+/// `SQS_POLLER_BENCH_ONLY=compare`: the bare loop, the build in `SQS_POLLER_BENCH_BIN_BEFORE` and
+/// this one at one body size (`SQS_POLLER_BENCH_BODY` bytes, 256 KiB by default; 128 MiB of
+/// messages), batch 10, `SQS_POLLER_BENCH_ROUNDS` (5) interleaved rounds; medians and each
+/// build's ratio to the bare loop printed, nothing written. For finding which commit moved the
+/// CPU per message at a size (issue 32).
+async fn compare_rounds(env: &Env) {
+    let before =
+        std::env::var("SQS_POLLER_BENCH_BIN_BEFORE").expect("SQS_POLLER_BENCH_BIN_BEFORE: the build to compare");
+    let body: usize = std::env::var("SQS_POLLER_BENCH_BODY").ok().and_then(|v| v.parse().ok()).unwrap_or(256 * 1024);
+    let rounds: usize = std::env::var("SQS_POLLER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let total = ((128usize << 20) / body.max(1)).clamp(200, 50_000) / 10 * 10;
+    let labels = ["bare aws-sdk-sqs loop", "before (SQS_POLLER_BENCH_BIN_BEFORE)", "this build"];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); labels.len()];
+    for round in 1..=rounds {
+        for (i, label) in labels.iter().enumerate() {
+            let queue = queue(env, "cmp").await;
+            load_sized(env, &queue, total, body).await;
+            let s = match i {
+                0 => bare_sample(env, &queue, total).await,
+                1 => poller_sample_with(env, &queue, 10, 0, total, "", Some(&before)).await,
+                _ => poller_sample_with(env, &queue, 10, 0, total, "", None).await,
+            };
+            let c = Sample { body_bytes: body, ..s }.json()["cpu_us_per_msg"].as_f64().unwrap();
+            println!("compare round {round}: {label:<40} {c:>8.1} CPU-µs/msg");
+            cpu[i].push(c);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let bare = med(&mut cpu[0]).0;
+    println!("\n| {total} messages of {body} bytes, batch 10 | CPU-µs per message | × the bare loop |\n|---|---|---|");
+    for (i, label) in labels.iter().enumerate() {
+        let (c, cl, ch) = med(&mut cpu[i]);
+        println!("| {label} | {c:.1} ({cl:.1}–{ch:.1}) | {:.2}× |", c / bare);
     }
 }
 

@@ -95,8 +95,7 @@ impl ReceivedMessage {
         }
         // serialized straight from the SDK's message: no intermediate record, into a buffer
         // sized for it (grown from empty, a 256 KiB record took allocations of 256 and 512 KiB
-        // on the way, each a fresh mmap: glibc's threshold is fixed, see main.rs); escapes
-        // beyond the allowance grow it once more
+        // on the way); escapes beyond the allowance grow it once more
         let mut record = Vec::with_capacity(record_capacity(&msg, source));
         serde_json::to_writer(&mut record, &RecordRef { msg: &msg, source })
             .expect("a record of strings always serializes");

@@ -231,6 +231,15 @@ async fn the_byte_budget_bounds_what_is_leased_in_bytes() {
     assert_eq!((seen.len(), total), (96, 96), "every message processed once");
     assert_eq!(sqs.counts(&queue).await, (0, 0));
     println!("byte budget {BUDGET}: at most {most_bytes} bytes taken, {peak} messages at the worker at once");
+    // the bodies' memory goes back to the system when they are settled: glibc keeps freed large
+    // blocks on its heap, and a thread of the service trims it (src/main.rs)
+    let pid = poller.child.id().expect("running");
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|t| t == "malloc-trim"), "no malloc-trim thread: {threads:?}");
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
