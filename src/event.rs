@@ -137,23 +137,36 @@ impl ReceivedMessage {
     }
 }
 
-/// About what the record of `msg` takes: its strings, the keys around them, and 1/16 more of
-/// the body for escapes.
-fn record_capacity(msg: &Message, source: &EventSource) -> usize {
-    let body = msg.body.as_deref().map_or(0, str::len);
-    let message_attributes: usize = msg
+/// A message's size as SQS counts it against `MaximumMessageSize`: its body and its message
+/// attributes (names, types and values).
+pub fn message_bytes(m: &Message) -> usize {
+    let attributes: usize = m
         .message_attributes
         .iter()
         .flatten()
         .map(|(name, v)| {
             name.len()
+                + v.data_type.len()
                 + v.string_value.as_deref().map_or(0, str::len)
-                + v.binary_value.as_ref().map_or(0, |b| b.as_ref().len() * 4 / 3)
-                + 100
+                + v.binary_value.as_ref().map_or(0, |b| b.as_ref().len())
         })
         .sum();
-    let attributes = message_attributes + msg.attributes.iter().flatten().map(|(_, v)| v.len() + 40).sum::<usize>();
-    body + body / 16 + attributes + source.queue_arn.len() + 512
+    m.body.as_deref().map_or(0, str::len) + attributes
+}
+
+/// About what the record of `msg` takes: what SQS counts of it ([`message_bytes`]), the keys
+/// around each message attribute and base64's third on binary values, the system attributes,
+/// the source, and 1/16 more of the body for escapes.
+fn record_capacity(msg: &Message, source: &EventSource) -> usize {
+    let body = msg.body.as_deref().map_or(0, str::len);
+    let per_attribute: usize = msg
+        .message_attributes
+        .iter()
+        .flatten()
+        .map(|(_, v)| 100 + v.binary_value.as_ref().map_or(0, |b| b.as_ref().len() / 3))
+        .sum();
+    let system: usize = msg.attributes.iter().flatten().map(|(_, v)| v.len() + 40).sum();
+    message_bytes(msg) + body / 16 + per_attribute + system + source.queue_arn.len() + 512
 }
 
 /// The Lambda record of an SDK message, serialized without building an [`SqsRecord`] first.

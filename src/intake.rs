@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_sdk_sqs::types::Message;
 
 use crate::config::{FilterConfig, OnFiltered};
-use crate::event::{EventSource, ReceivedMessage};
+use crate::event::{message_bytes, EventSource, ReceivedMessage};
 use crate::lease::{Admission, LeaseKeeper, Reservation};
 use crate::metrics::PipelineMetrics;
 
@@ -148,23 +148,6 @@ impl Intake {
     }
 }
 
-/// A message's size as SQS counts it against `MaximumMessageSize`: its body and its message
-/// attributes (names, types and values).
-pub fn message_bytes(m: &Message) -> usize {
-    let attributes: usize = m
-        .message_attributes
-        .iter()
-        .flatten()
-        .map(|(name, v)| {
-            name.len()
-                + v.data_type.len()
-                + v.string_value.as_deref().map_or(0, str::len)
-                + v.binary_value.as_ref().map_or(0, |b| b.as_ref().len())
-        })
-        .sum();
-    m.body.as_deref().map_or(0, str::len) + attributes
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering::Relaxed;
@@ -199,7 +182,7 @@ mod tests {
         let (pass, _) = intake.take(leases.reserve().await, messages, leases.stamp()).await;
         let escaped = pass[0].record_json.len();
         assert!(escaped > 2 * body.len(), "the record escapes every byte: {escaped}");
-        let held = status.in_flight_bytes.load(Relaxed) as usize;
+        let held = status.in_flight_bytes.load(Relaxed);
         // the plain one as SQS counts it (64 KiB and the 2 KiB overhead), the escaped one its record
         let expected = (escaped.div_ceil(1024) + 64 + 2) * 1024;
         assert_eq!(held, expected, "held {held}, records {escaped} + {}", pass[1].record_json.len());
