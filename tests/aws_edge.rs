@@ -394,19 +394,14 @@ async fn the_strict_aws_proxy_refuses_what_aws_refuses() {
 /// round opened a connection per ten leases (100 here, a TLS handshake each on real SQS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_call_over_a_thousand_entries_keeps_its_requests_in_flight_bounded() {
-    use sqs_poller::sqs::{Queue, SqsClients, SqsQueue, BATCH_CALLS_AT_ONCE};
+    use sqs_poller::sqs::{Queue, SqsQueue, BATCH_CALLS_AT_ONCE};
     let sqs = sqs().await;
     let url = sqs.queue("many", &[]).await;
     let bodies: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
     sqs.send_bodies(&url, &bodies).await;
     let proxy = StrictAws::start(&sqs.endpoint).await;
     let through = Sqs { endpoint: proxy.url.clone(), client: sqs.client.clone() };
-    let clients = SqsClients {
-        sdk: sqs.client.clone(),
-        json: through.json_client().await,
-        clock: sqs_poller::aws::Clock::default(),
-        region: "us-east-1".into(),
-    };
+    let clients = through.clients().await;
     let queue = SqsQueue::new(&clients, url.clone(), sqs_poller::metrics::PipelineMetrics::new("many", 1, 1, 1));
     let mut handles = Vec::new();
     for _ in 0..1000 {

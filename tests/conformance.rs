@@ -14,7 +14,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 use common::*;
 use sqs_poller::metrics::PipelineMetrics;
 use sqs_poller::sim::{SimConfig, SimQueue};
-use sqs_poller::sqs::{Queue, SqsClients, SqsQueue};
+use sqs_poller::sqs::{Queue, SqsQueue};
 
 /// What a backend does, per scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +69,7 @@ impl Backend for Emulator {
         }
         let url = self.0.queue(name, &attrs).await;
         // receives, deletes and visibility changes through sqs-poller's JSON client, as the service sends them
-        let clients = SqsClients {
-            sdk: self.0.client.clone(),
-            json: self.0.json_client().await,
-            clock: sqs_poller::aws::Clock::default(),
-            region: "us-east-1".into(),
-        };
+        let clients = self.0.clients().await;
         Arc::new(SqsQueue::new(&clients, url, PipelineMetrics::new("conformance", 1, 1, 1)))
     }
 

@@ -52,6 +52,19 @@ impl Sqs {
     }
 }
 
+impl Sqs {
+    /// The service's clients for this endpoint: the SDK for GetQueueAttributes and SendMessage,
+    /// sqs-poller's own for receives, deletes and visibility changes, as the service sends them.
+    pub async fn clients(&self) -> sqs_poller::sqs::SqsClients {
+        sqs_poller::sqs::SqsClients {
+            sdk: self.client.clone(),
+            json: self.json_client().await,
+            clock: sqs_poller::aws::Clock::default(),
+            region: "us-east-1".into(),
+        }
+    }
+}
+
 pub async fn sqs() -> Sqs {
     let endpoint = std::env::var("SQS_POLLER_TEST_ENDPOINT").ok().or_else(|| {
         let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/run/fauxqs.url");
