@@ -262,43 +262,30 @@ pub fn encode_event(messages: &[ReceivedMessage]) -> Vec<u8> {
 }
 
 /// Lambda's event for a batch, made of its records' own bytes: nothing of a message is copied to
-/// send it (issue 32: each batch at the worker held a second copy of its bodies). Targets that
-/// need it whole ([`Event::to_bytes`]: Lambda, a command, the Runtime API) copy it then.
-pub struct Event {
-    parts: Vec<bytes::Bytes>,
+/// send it (issue 32: each batch at the worker held a second copy of its bodies), and the event
+/// holds no list of its pieces either — it reads them from the batch as they are written. Targets
+/// that need it whole ([`Event::to_bytes`]: Lambda, a command, the Runtime API) copy it then.
+pub struct Event<'a> {
+    messages: &'a [ReceivedMessage],
     len: usize,
     /// The event in one piece, put together once on first need (a retried call reuses it).
     whole: std::sync::OnceLock<bytes::Bytes>,
 }
 
-/// A record's bytes, shared with its message.
-struct SharedRecord(std::sync::Arc<str>);
-
-impl AsRef<[u8]> for SharedRecord {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl Event {
+impl<'a> Event<'a> {
     /// The event of `messages`, in order.
-    pub fn of(messages: &[ReceivedMessage]) -> Event {
-        let mut parts = Vec::with_capacity(2 * messages.len() + 1);
-        parts.push(bytes::Bytes::from_static(EVENT_HEAD.as_bytes()));
-        for (i, m) in messages.iter().enumerate() {
-            if i > 0 {
-                parts.push(bytes::Bytes::from_static(b","));
-            }
-            parts.push(bytes::Bytes::from_owner(SharedRecord(m.record_json.clone())));
-        }
-        parts.push(bytes::Bytes::from_static(EVENT_TAIL.as_bytes()));
-        let len = parts.iter().map(bytes::Bytes::len).sum();
-        Event { parts, len, whole: std::sync::OnceLock::new() }
+    pub fn of(messages: &'a [ReceivedMessage]) -> Event<'a> {
+        let len = event_size(messages.iter().map(ReceivedMessage::event_bytes).sum());
+        Event { messages, len, whole: std::sync::OnceLock::new() }
     }
 
-    /// Its bytes, in pieces.
-    pub fn parts(&self) -> &[bytes::Bytes] {
-        &self.parts
+    /// Its bytes, in pieces: the head, each record (after a comma but the first), the tail.
+    pub fn parts(&self) -> impl Iterator<Item = &'a [u8]> + Clone + use<'a> {
+        let records = self.messages.iter().enumerate().flat_map(|(i, m)| {
+            let comma: &[u8] = if i > 0 { b"," } else { b"" };
+            [comma, m.record_json.as_bytes()]
+        });
+        std::iter::once(EVENT_HEAD.as_bytes()).chain(records).chain(std::iter::once(EVENT_TAIL.as_bytes()))
     }
 
     pub fn len(&self) -> usize {
@@ -312,15 +299,7 @@ impl Event {
     /// The event in one piece: a copy, made on the first call and shared by the later ones (the
     /// calls of a retried batch).
     pub fn to_bytes(&self) -> bytes::Bytes {
-        self.whole
-            .get_or_init(|| {
-                let mut out = Vec::with_capacity(self.len);
-                for p in &self.parts {
-                    out.extend_from_slice(p);
-                }
-                bytes::Bytes::from(out)
-            })
-            .clone()
+        self.whole.get_or_init(|| bytes::Bytes::from(encode_event(self.messages))).clone()
     }
 }
 
@@ -518,9 +497,10 @@ mod tests {
         assert_eq!(event.to_bytes()[..], encode_event(&messages)[..]);
         assert_eq!(event.to_bytes().as_ptr(), event.to_bytes().as_ptr(), "put together once");
         assert_eq!(event.len(), encode_event(&messages).len());
+        assert_eq!(event.parts().collect::<Vec<_>>().concat(), encode_event(&messages), "the pieces are the event");
         for m in &messages {
             assert!(
-                event.parts().iter().any(|p| p.as_ptr() == m.record_json.as_ptr() && p.len() == m.record_json.len()),
+                event.parts().any(|p| p.as_ptr() == m.record_json.as_ptr() && p.len() == m.record_json.len()),
                 "the record of {} is not in the event as itself",
                 m.message_id
             );

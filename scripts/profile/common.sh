@@ -17,7 +17,8 @@ grace_period_secs = $1
 TOML
 }
 
-# VmHWM and VmRSS of PID, on one line.
+# VmHWM and VmRSS of PID, and what the resident memory is made of (RssAnon: the heap and stacks;
+# RssFile: the binary's pages, clean, given back first under pressure), on one line.
 memory_of() {
-  grep -E 'VmHWM|VmRSS' /proc/$1/status | tr -s ' ' | tr '\n' ' '
+  grep -E 'VmHWM|VmRSS|RssAnon|RssFile' /proc/$1/status | tr -s ' ' | tr '\n' ' '
 }

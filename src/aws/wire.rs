@@ -192,7 +192,7 @@ impl Wire {
     /// # Errors
     /// [`WireError`]: no connection, a broken or malformed answer, or one too long.
     pub async fn post(&self, headers: &[(&str, &str)], body: &[u8], max_body: usize) -> Result<Answer, WireError> {
-        self.post_parts(headers, &[body], max_body).await
+        self.post_parts(headers, std::iter::once(body), max_body).await
     }
 
     /// [`Self::post`] with a body in pieces (an event made of its records' own bytes): sent
@@ -200,13 +200,28 @@ impl Wire {
     ///
     /// # Errors
     /// [`WireError`]: no connection, a broken or malformed answer, or one too long.
-    pub async fn post_parts(
+    pub async fn post_parts<'b>(
         &self,
         headers: &[(&str, &str)],
-        body: &[&[u8]],
+        body: impl Iterator<Item = &'b [u8]> + Clone,
         max_body: usize,
     ) -> Result<Answer, WireError> {
-        let head = self.head_bytes(headers, body.iter().map(|p| p.len()).sum());
+        let head = self.request_head(headers, body.clone().map(<[u8]>::len).sum());
+        self.send(&head, body, max_body).await
+    }
+
+    /// [`Self::post_parts`] with its head made beforehand ([`Self::request_head`]): a caller
+    /// that makes the headers from its own structures lets them go before the request waits
+    /// for its answer (issue 32: a thousand batches at the worker).
+    ///
+    /// # Errors
+    /// As [`Self::post`].
+    pub async fn send<'b>(
+        &self,
+        head: &[u8],
+        body: impl Iterator<Item = &'b [u8]> + Clone,
+        max_body: usize,
+    ) -> Result<Answer, WireError> {
         let mut pooled = self.take_idle();
         loop {
             let reused = pooled.is_some();
@@ -214,7 +229,7 @@ impl Wire {
                 Some(c) => c,
                 None => Box::pin(self.connect()).await?,
             };
-            match exchange(&mut conn, &head, body, max_body).await {
+            match exchange(&mut conn, head, body.clone(), max_body).await {
                 Ok((answer, keep)) => {
                     if keep {
                         self.put_idle(conn);
@@ -229,7 +244,9 @@ impl Wire {
         }
     }
 
-    fn head_bytes(&self, headers: &[(&str, &str)], body_len: usize) -> Vec<u8> {
+    /// The head of a POST of `body_len` bytes with `headers` (besides `host` and
+    /// `content-length`).
+    pub fn request_head(&self, headers: &[(&str, &str)], body_len: usize) -> Vec<u8> {
         let head_len: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
         let mut out = Vec::with_capacity(64 + self.path.len() + self.authority.len() + head_len);
         out.extend_from_slice(b"POST ");
@@ -306,7 +323,12 @@ enum Failure {
 
 /// Writes the request (`head`, then `body`), reads the answer; returns it and whether the
 /// connection may carry another.
-async fn exchange(conn: &mut Conn, head: &[u8], body: &[&[u8]], max_body: usize) -> Result<(Answer, bool), Failure> {
+async fn exchange<'b>(
+    conn: &mut Conn,
+    head: &[u8],
+    body: impl Iterator<Item = &'b [u8]> + Clone,
+    max_body: usize,
+) -> Result<(Answer, bool), Failure> {
     let unanswered = |e: io::Error| Failure::Unanswered(WireError::Broken(format!("the connection failed: {e}")));
     write_request(conn, head, body).await.map_err(unanswered)?;
     // a long poll waits here holding its socket and nothing else (with TLS too: nothing of this
@@ -403,8 +425,12 @@ async fn exchange(conn: &mut Conn, head: &[u8], body: &[&[u8]], max_body: usize)
 
 /// Writes the head and the body's pieces: small pieces gathered into writes of up to
 /// [`WRITE_CHUNK`] (a transient buffer, gone before the answer is awaited), large ones as they are.
-async fn write_request(conn: &mut Conn, head: &[u8], body: &[&[u8]]) -> io::Result<()> {
-    let total = head.len() + body.iter().map(|p| p.len()).sum::<usize>();
+async fn write_request<'b>(
+    conn: &mut Conn,
+    head: &[u8],
+    body: impl Iterator<Item = &'b [u8]> + Clone,
+) -> io::Result<()> {
+    let total = head.len() + body.clone().map(<[u8]>::len).sum::<usize>();
     let mut gathered: Vec<u8> = Vec::with_capacity(total.min(WRITE_CHUNK));
     gathered.extend_from_slice(head);
     for part in body {
@@ -786,7 +812,7 @@ mod tests {
         }
         parts.push(b"]}");
         let whole: Vec<u8> = parts.concat();
-        let answer = w.post_parts(&HEADERS, &parts, 1 << 20).await.unwrap();
+        let answer = w.post_parts(&HEADERS, parts.iter().copied(), 1 << 20).await.unwrap();
         assert_eq!(answer.body.len(), whole.len());
         assert!(answer.body[..] == whole[..]);
         assert_eq!(&w.post(&HEADERS, b"one piece", 100).await.unwrap().body[..], b"one piece");

@@ -15,7 +15,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, StatusCode};
 
 use super::Invocation;
@@ -66,34 +66,18 @@ impl HttpTarget {
     }
 
     /// POSTs the event; with a trace, `X-Amzn-Trace-Id` and the W3C `traceparent` go with it.
-    pub async fn invoke(&self, event: &crate::event::Event, trace: &TraceContext) -> Invocation {
-        let mut request =
-            match Request::post(&self.url).header(CONTENT_TYPE, "application/json").body(Full::new(Bytes::new())) {
-                Ok(r) => r,
-                Err(e) => return Invocation::FunctionError(format!("cannot build a request to {}: {e}", self.url)),
-            };
-        let headers = request.headers_mut();
-        for (name, value) in &self.headers {
-            headers.insert(name.clone(), value.clone());
-        }
-        if let Some(Ok(xray)) = trace.xray.as_ref().map(|t| HeaderValue::from_str(&t.header)) {
-            headers.insert("x-amzn-trace-id", xray);
-        }
-        if let Some(Ok(w3c)) = trace.traceparent.as_deref().map(HeaderValue::from_str) {
-            headers.insert("traceparent", w3c);
-        }
-        if let Some(signer) = &self.signer {
-            // the signature covers the body: put together once for it
-            if let Err(reason) = signer.sign(&mut request, &event.to_bytes()).await {
+    pub async fn invoke(&self, event: &crate::event::Event<'_>, trace: &TraceContext) -> Invocation {
+        // the request's head is made (and signed) first and the structures it was made from let
+        // go: a batch waiting for its worker holds its head's bytes and its socket only
+        let head = match &self.signer {
+            None => self.wire.request_head(&self.headers_of(trace), event.len()),
+            Some(signer) => match self.signed_head(signer, event, trace).await {
+                Ok(head) => head,
                 // nothing the worker did: the batch waits and is tried again
-                return Invocation::Throttled(reason);
-            }
-        }
-        let (parts, _) = request.into_parts();
-        let headers: Vec<(&str, &str)> =
-            parts.headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))).collect();
-        let body: Vec<&[u8]> = event.parts().iter().map(|p| &p[..]).collect();
-        let answer = match self.wire.post_parts(&headers, &body, super::worker_process::MAX_OUTPUT).await {
+                Err(reason) => return Invocation::Throttled(reason),
+            },
+        };
+        let answer = match self.wire.send(&head, event.parts(), super::worker_process::MAX_OUTPUT).await {
             Ok(a) => a,
             Err(crate::aws::wire::WireError::TooLong(_)) => {
                 self.overflows.increment(1);
@@ -122,5 +106,84 @@ impl HttpTarget {
             };
         }
         Invocation::Response(body)
+    }
+
+    /// The request's headers (besides `host` and `content-length`): the content type, the
+    /// configured ones, the trace's; a later one replaces an earlier one of its name, as inserting
+    /// them into a request in that order would.
+    fn headers_of<'h>(&'h self, trace: &'h TraceContext) -> Vec<(&'h str, &'h str)> {
+        let configured = self.headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
+        let traced = [
+            trace.xray.as_ref().map(|t| ("x-amzn-trace-id", t.header.as_str())),
+            trace.traceparent.as_deref().map(|w3c| ("traceparent", w3c)),
+        ];
+        let all: Vec<(&str, &str)> = std::iter::once(("content-type", "application/json"))
+            .chain(configured)
+            .chain(traced.into_iter().flatten().filter(|(_, v)| HeaderValue::from_str(v).is_ok()))
+            .collect();
+        all.iter()
+            .enumerate()
+            .filter(|(i, (name, _))| !all[i + 1..].iter().any(|(later, _)| later == name))
+            .map(|(_, h)| *h)
+            .collect()
+    }
+
+    /// The request's head with a SigV4 signature over the event (put together once for it).
+    async fn signed_head(
+        &self,
+        signer: &crate::aws::RequestSigner,
+        event: &crate::event::Event<'_>,
+        trace: &TraceContext,
+    ) -> Result<Vec<u8>, String> {
+        let mut request = Request::post(&self.url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("cannot build a request to {}: {e}", self.url))?;
+        let headers = request.headers_mut();
+        for (name, value) in self.headers_of(trace) {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                headers.insert(name, value);
+            }
+        }
+        signer.sign(&mut request, &event.to_bytes()).await?;
+        let signed = request.headers();
+        let all: Vec<(&str, &str)> =
+            signed.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))).collect();
+        Ok(self.wire.request_head(&all, event.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    /// The headers as a request built by inserting them in order would carry them: a configured
+    /// one replaces the content type, the trace's replace configured ones, a value that is no
+    /// header value is left out; the head carries each once.
+    #[test]
+    fn later_headers_replace_earlier_ones_of_their_name() {
+        let options = HttpOptions {
+            headers: vec![
+                ("Content-Type".into(), Secret("application/x-ndjson".into())),
+                ("traceparent".into(), Secret("mine".into())),
+            ],
+            ..Default::default()
+        };
+        let target = HttpTarget::new("http://127.0.0.1:9/work", &options, None, metrics::Counter::noop()).unwrap();
+        let trace = TraceContext {
+            xray: None,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        assert_eq!(
+            target.headers_of(&trace),
+            vec![
+                ("content-type", "application/x-ndjson"),
+                ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            ]
+        );
+        let broken = TraceContext { xray: None, traceparent: Some("line\nbreak".into()) };
+        assert_eq!(target.headers_of(&broken), vec![("content-type", "application/x-ndjson"), ("traceparent", "mine")]);
+        let head = String::from_utf8(target.wire.request_head(&target.headers_of(&trace), 2)).unwrap();
+        assert_eq!(head.matches("content-type").count(), 1, "{head}");
     }
 }

@@ -143,7 +143,7 @@ impl Target {
 
     /// Sends one event (`{"Records":[…]}`) to the target; the work may take `timeout`, counted
     /// from when the target starts it. `trace` is the batch's trace context ([`crate::trace`]).
-    pub async fn invoke(&self, event: &Event, timeout: Duration, trace: &TraceContext) -> Invocation {
+    pub async fn invoke(&self, event: &Event<'_>, timeout: Duration, trace: &TraceContext) -> Invocation {
         let timed_out = || Invocation::unavailable(format!("timed out after {} s", timeout.as_secs()));
         // the targets' futures differ in size (the Lambda SDK's is several KiB): each but the
         // HTTP target's is boxed, so a batch waiting for its worker carries only its own target's
