@@ -279,15 +279,6 @@ impl<'a> Event<'a> {
         Event { messages, len, whole: std::sync::OnceLock::new() }
     }
 
-    /// Its bytes, in pieces: the head, each record (after a comma but the first), the tail.
-    pub fn parts(&self) -> impl Iterator<Item = &'a [u8]> + Clone + use<'a> {
-        let records = self.messages.iter().enumerate().flat_map(|(i, m)| {
-            let comma: &[u8] = if i > 0 { b"," } else { b"" };
-            [comma, m.record_json.as_bytes()]
-        });
-        std::iter::once(EVENT_HEAD.as_bytes()).chain(records).chain(std::iter::once(EVENT_TAIL.as_bytes()))
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }
@@ -300,6 +291,32 @@ impl<'a> Event<'a> {
     /// calls of a retried batch).
     pub fn to_bytes(&self) -> bytes::Bytes {
         self.whole.get_or_init(|| bytes::Bytes::from(encode_event(self.messages))).clone()
+    }
+}
+
+/// Its bytes, in pieces: the head, each record (after a comma but the first), the tail.
+impl crate::aws::wire::Parts for Event<'_> {
+    fn count(&self) -> usize {
+        2 * self.messages.len() + 2
+    }
+
+    fn part(&self, i: usize) -> &[u8] {
+        match i {
+            0 => EVENT_HEAD.as_bytes(),
+            i if i == 2 * self.messages.len() + 1 => EVENT_TAIL.as_bytes(),
+            i if i % 2 == 1 => {
+                if i == 1 {
+                    b""
+                } else {
+                    b","
+                }
+            }
+            i => self.messages[i / 2 - 1].record_json.as_bytes(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -325,6 +342,7 @@ pub fn arn_from_queue_url(url: &str, region: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aws::wire::Parts;
 
     /// Every message in flight is one of these in its batch (10,000 in flight: 10,000 of them),
     /// so what most messages never use is boxed (issue 32).
@@ -497,10 +515,12 @@ mod tests {
         assert_eq!(event.to_bytes()[..], encode_event(&messages)[..]);
         assert_eq!(event.to_bytes().as_ptr(), event.to_bytes().as_ptr(), "put together once");
         assert_eq!(event.len(), encode_event(&messages).len());
-        assert_eq!(event.parts().collect::<Vec<_>>().concat(), encode_event(&messages), "the pieces are the event");
+        let parts: Vec<&[u8]> = (0..event.count()).map(|i| event.part(i)).collect();
+        assert_eq!(parts.concat(), encode_event(&messages), "the pieces are the event");
+        assert_eq!(Parts::len(&event), parts.concat().len());
         for m in &messages {
             assert!(
-                event.parts().any(|p| p.as_ptr() == m.record_json.as_ptr() && p.len() == m.record_json.len()),
+                parts.iter().any(|p| p.as_ptr() == m.record_json.as_ptr() && p.len() == m.record_json.len()),
                 "the record of {} is not in the event as itself",
                 m.message_id
             );

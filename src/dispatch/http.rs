@@ -77,7 +77,7 @@ impl HttpTarget {
                 Err(reason) => return Invocation::Throttled(reason),
             },
         };
-        let answer = match self.wire.send(&head, event.parts(), super::worker_process::MAX_OUTPUT).await {
+        let answer = match self.wire.send(&head, event, super::worker_process::MAX_OUTPUT).await {
             Ok(a) => a,
             Err(crate::aws::wire::WireError::TooLong(_)) => {
                 self.overflows.increment(1);
