@@ -315,7 +315,7 @@ impl crate::aws::wire::Parts for Event<'_> {
         }
     }
 
-    fn len(&self) -> usize {
+    fn byte_len(&self) -> usize {
         self.len
     }
 }
@@ -517,7 +517,7 @@ mod tests {
         assert_eq!(event.len(), encode_event(&messages).len());
         let parts: Vec<&[u8]> = (0..event.count()).map(|i| event.part(i)).collect();
         assert_eq!(parts.concat(), encode_event(&messages), "the pieces are the event");
-        assert_eq!(Parts::len(&event), parts.concat().len());
+        assert_eq!(event.byte_len(), parts.concat().len());
         for m in &messages {
             assert!(
                 parts.iter().any(|p| p.as_ptr() == m.record_json.as_ptr() && p.len() == m.record_json.len()),

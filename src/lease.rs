@@ -28,6 +28,7 @@
 //! [`LeaseTable`] is the pure bookkeeping (time is an argument); [`LeaseKeeper`] adds SQS and room.
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,11 +131,12 @@ struct Lease {
     lost: bool,
     /// An extension failed: the next try waits until then.
     retry_at: Option<Instant>,
-    /// The heartbeat round whose extension of this lease is in flight.
-    extending: Option<u64>,
+    /// The heartbeat round whose extension of this lease is in flight (rounds count from 1).
+    extending: Option<NonZeroU64>,
     /// Rounds that gave up waiting for their extension of this lease (the round limit) while the
-    /// call may still reach SQS: a settlement waits for them too.
-    late: Vec<u64>,
+    /// call may still reach SQS: a settlement waits for them too. (A boxed slice: a lease is in
+    /// a table of thousands, and this is almost always empty.)
+    late: Box<[u64]>,
 }
 
 impl Lease {
@@ -206,8 +208,8 @@ pub struct LeaseTable {
     /// The visibility timeout new receives ask for.
     visibility: Duration,
     max_lease: Duration,
-    leases: HashMap<String, Lease>,
-    /// The number of the next heartbeat round.
+    leases: HashMap<Box<str>, Lease>,
+    /// The number of the next heartbeat round (from 1).
     next_round: u64,
     /// Rounds whose extensions have not all been answered.
     rounds_in_flight: std::collections::BTreeSet<u64>,
@@ -221,7 +223,7 @@ impl LeaseTable {
             visibility,
             max_lease: max_lease.min(SQS_LEASE_LIMIT),
             leases: HashMap::new(),
-            next_round: 0,
+            next_round: 1,
             rounds_in_flight: std::collections::BTreeSet::new(),
             planned_due: None,
         }
@@ -268,7 +270,7 @@ impl LeaseTable {
             }
             None => {
                 self.leases.insert(
-                    message_id.to_string(),
+                    message_id.into(),
                     Lease {
                         receipt_handle: receipt_handle.into(),
                         kib,
@@ -280,7 +282,7 @@ impl LeaseTable {
                         lost: false,
                         retry_at: None,
                         extending: None,
-                        late: Vec::new(),
+                        late: Box::default(),
                     },
                 );
                 Admission::New
@@ -328,7 +330,8 @@ impl LeaseTable {
     /// heartbeat round with an extension of it in flight, if any.
     fn end_lease(&mut self, message_id: &str) -> Option<EndedLease> {
         let l = self.leases.remove(message_id)?;
-        let rounds = l.extending.into_iter().chain(l.late).filter(|r| self.rounds_in_flight.contains(r));
+        let rounds =
+            l.extending.map(NonZeroU64::get).into_iter().chain(l.late).filter(|r| self.rounds_in_flight.contains(r));
         Some(EndedLease {
             receipt_handle: l.receipt_handle,
             visible_until: l.visible_until,
@@ -353,8 +356,8 @@ impl LeaseTable {
         if !due.is_empty() {
             self.rounds_in_flight.insert(round);
             for e in &due {
-                if let Some(l) = self.leases.get_mut(&e.message_id) {
-                    l.extending = Some(round);
+                if let Some(l) = self.leases.get_mut(e.message_id.as_str()) {
+                    l.extending = NonZeroU64::new(round);
                 }
             }
         }
@@ -366,11 +369,13 @@ impl LeaseTable {
     pub fn round_done(&mut self, round: u64, extensions: &[Extension]) {
         self.rounds_in_flight.remove(&round);
         for e in extensions {
-            if let Some(l) = self.leases.get_mut(&e.message_id) {
-                if l.extending == Some(round) {
+            if let Some(l) = self.leases.get_mut(e.message_id.as_str()) {
+                if l.extending == NonZeroU64::new(round) {
                     l.extending = None;
                 }
-                l.late.retain(|&r| r != round);
+                if l.late.contains(&round) {
+                    l.late = l.late.iter().copied().filter(|&r| r != round).collect();
+                }
             }
         }
     }
@@ -381,10 +386,12 @@ impl LeaseTable {
     pub fn round_late(&mut self, round: u64, extensions: &[Extension], now: Instant) {
         for e in extensions {
             self.extension_failed(e, now);
-            if let Some(l) = self.leases.get_mut(&e.message_id) {
-                if l.extending == Some(round) {
+            if let Some(l) = self.leases.get_mut(e.message_id.as_str()) {
+                if l.extending == NonZeroU64::new(round) {
                     l.extending = None;
-                    l.late.push(round);
+                    let mut late = std::mem::take(&mut l.late).into_vec();
+                    late.push(round);
+                    l.late = late.into_boxed_slice();
                 }
             }
         }
@@ -406,18 +413,15 @@ impl LeaseTable {
             let secs = room.min(lease.visibility).as_secs();
             if secs == 0 || now + Duration::from_secs(secs) <= lease.visible_until {
                 lease.lapsed = true;
-                lapsed.push(id.clone());
+                lapsed.push(id.to_string());
                 continue;
             }
             extend.push(Extension {
-                message_id: id.clone(),
+                message_id: id.to_string(),
                 receipt_handle: lease.receipt_handle.clone(),
                 visibility_secs: secs as i32,
             });
         }
-        // in id order, not the map's: the same leases make the same calls
-        extend.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
-        lapsed.sort_unstable();
         // in a fixed order (the map's is per process): the same leases make the same calls, so
         // that a simulation's seed replays
         extend.sort_unstable_by(|a, b| a.message_id.cmp(&b.message_id));
@@ -428,7 +432,7 @@ impl LeaseTable {
     /// Records that SQS accepted an extension sent at `sent_at` (ignored when the lease has ended
     /// or its receipt handle changed meanwhile).
     pub fn extended(&mut self, e: &Extension, sent_at: Instant) {
-        if let Some(lease) = self.leases.get_mut(&e.message_id) {
+        if let Some(lease) = self.leases.get_mut(e.message_id.as_str()) {
             if lease.receipt_handle == e.receipt_handle {
                 lease.visible_until = sent_at + Duration::from_secs(e.visibility_secs as u64);
             }
@@ -438,7 +442,7 @@ impl LeaseTable {
     /// Records that an extension sent at `now` failed: it is tried again a moment later, while
     /// the message is still invisible.
     pub fn extension_failed(&mut self, e: &Extension, now: Instant) {
-        if let Some(lease) = self.leases.get_mut(&e.message_id) {
+        if let Some(lease) = self.leases.get_mut(e.message_id.as_str()) {
             if lease.receipt_handle == e.receipt_handle {
                 lease.retry_at = Some(now + EXTENSION_RETRY.min(lease.visibility / 4));
             }
@@ -448,7 +452,7 @@ impl LeaseTable {
     /// Records that SQS rejected an extension for good: the lease is lost (not extended again)
     /// until a new receive renews it.
     pub fn extension_rejected(&mut self, e: &Extension) {
-        if let Some(lease) = self.leases.get_mut(&e.message_id) {
+        if let Some(lease) = self.leases.get_mut(e.message_id.as_str()) {
             if lease.receipt_handle == e.receipt_handle {
                 lease.lost = true;
             }
@@ -773,7 +777,7 @@ impl LeaseKeeper {
 
     /// Ids of the messages outstanding now.
     pub fn outstanding_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.table().leases.keys().cloned().collect();
+        let mut ids: Vec<String> = self.table().leases.keys().map(|k| k.to_string()).collect();
         ids.sort_unstable();
         ids
     }
@@ -1264,6 +1268,14 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    /// A table of 10,000 leases is 16,384 slots of key and lease (issue 32): 176 bytes a slot
+    /// with a `String` key, an `Option<u64>` round and a `Vec` of late rounds.
+    #[test]
+    fn a_lease_table_slot_stays_small() {
+        let slot = std::mem::size_of::<(Box<str>, Lease)>();
+        assert!(slot <= 152, "{slot} bytes");
     }
 
     /// A receive sent at `sent_at` with the table's visibility timeout.

@@ -51,7 +51,7 @@ pub trait Parts: Sync {
     fn count(&self) -> usize;
     fn part(&self, i: usize) -> &[u8];
     /// The bytes of all the pieces.
-    fn len(&self) -> usize {
+    fn byte_len(&self) -> usize {
         (0..self.count()).map(|i| self.part(i).len()).sum()
     }
 }
@@ -236,7 +236,7 @@ impl Wire {
         body: &dyn Parts,
         max_body: usize,
     ) -> Result<Answer, WireError> {
-        let head = self.request_head(headers, body.len());
+        let head = self.request_head(headers, body.byte_len());
         self.send(&head, body, max_body).await
     }
 
@@ -446,7 +446,7 @@ async fn exchange(conn: &mut Conn, head: &[u8], body: &dyn Parts, max_body: usiz
 /// Writes the head and the body's pieces: small pieces gathered into writes of up to
 /// [`WRITE_CHUNK`] (a transient buffer, gone before the answer is awaited), large ones as they are.
 async fn write_request(conn: &mut Conn, head: &[u8], body: &dyn Parts) -> io::Result<()> {
-    let total = head.len() + body.len();
+    let total = head.len() + body.byte_len();
     let mut gathered: Vec<u8> = Vec::with_capacity(total.min(WRITE_CHUNK));
     gathered.extend_from_slice(head);
     for i in 0..body.count() {

@@ -71,7 +71,8 @@ impl HttpTarget {
         // go: a batch waiting for its worker holds its head's bytes and its socket only
         let head = match &self.signer {
             None => self.wire.request_head(&self.headers_of(trace), event.len()),
-            Some(signer) => match self.signed_head(signer, event, trace).await {
+            // boxed: signing's state (728 bytes) is gone before the request waits
+            Some(signer) => match Box::pin(self.signed_head(signer, event, trace)).await {
                 Ok(head) => head,
                 // nothing the worker did: the batch waits and is tried again
                 Err(reason) => return Invocation::Throttled(reason),
