@@ -279,6 +279,10 @@ impl Child {
     }
 }
 
+/// How a batch was settled, as indexes into it: (deleted, retried with their delay in seconds,
+/// dead-lettered).
+pub type Settled<'a> = (&'a [usize], &'a [(usize, i32)], &'a [usize]);
+
 impl BatchSpan {
     /// The W3C `traceparent` of this span: what the worker is given, so its spans are children.
     pub fn traceparent(&self) -> String {
@@ -306,7 +310,7 @@ impl BatchSpan {
         batch: &[ReceivedMessage],
         name: &'static str,
         error: Option<String>,
-        settled: Option<(&[usize], &[(usize, i32)], &[usize])>,
+        settled: Option<Settled<'_>>,
     ) {
         let mut attributes = vec![KeyValue::new("sqs_poller.outcome", name)];
         if let Some((deleted, retried, dead_lettered)) = settled {
