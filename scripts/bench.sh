@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmarks, on a fresh emulator of their own, with the release binary:
-#   scripts/bench.sh        the suite, the seed scenario, then protect (about sixteen minutes)
+#   scripts/bench.sh        the suite, the seed scenario, protect, then memory (about twenty minutes)
 #   scripts/bench.sh suite  benches/suite.rs: cost, sizes, burst, idle, hostile (about three
 #                           minutes); writes bench/RESULTS.md, bench/results.json, bench/burst.svg
 #   scripts/bench.sh seed   benches/seed.rs: config/seed-provisioned.toml at 50,000 messages a
@@ -10,6 +10,10 @@
 #   scripts/bench.sh protect benches/protect.rs: static vs adaptive concurrency against a worker
 #                           whose capacity changes mid-run (about three minutes); writes the
 #                           concurrency section of bench/RESULTS.md (kept by the suite too)
+#   scripts/bench.sh memory benches/memory.rs: peak resident memory of scripts/profile/'s busy,
+#                           in-flight and idle runs against issue 32's targets (about three
+#                           minutes; SQS_POLLER_BENCH_BIN_BEFORE=PATH runs an earlier build beside
+#                           this one); writes the memory section of bench/RESULTS.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SQS_POLLER_SKIP_LOCALSTACK=1   # only the tests need it
@@ -25,6 +29,8 @@ case "${1:-all}" in
     suite) cargo bench --locked --bench suite ;;
     seed) cargo bench --locked --bench seed ;;
     protect) cargo bench --locked --bench protect ;;
-    all) cargo bench --locked --bench suite && cargo bench --locked --bench seed && cargo bench --locked --bench protect ;;
-    *) echo "usage: scripts/bench.sh [suite|seed|protect]" >&2; exit 2 ;;
+    memory) cargo bench --locked --bench memory ;;
+    all) cargo bench --locked --bench suite && cargo bench --locked --bench seed && cargo bench --locked --bench protect \
+        && cargo bench --locked --bench memory ;;
+    *) echo "usage: scripts/bench.sh [suite|seed|protect|memory]" >&2; exit 2 ;;
 esac

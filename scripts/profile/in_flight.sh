@@ -15,7 +15,9 @@ cd "$HERE/../.."
 EP=${EP:-$(scripts/services.sh url)}  # EP=URL: another emulator (LocalStack: receipt handles of real length)
 PORT=$((20000 + RANDOM % 20000))
 .local/venv/bin/python "$HERE/slow_worker.py" $PORT 60 & WPID=$!
-URL=$(.local/venv/bin/python "$HERE/fill_queue.py" $EP prof-$LABEL-$RANDOM $N)
+# a queue of 16 KiB messages (MAX_MESSAGE_SIZE), as busy_fleet.sh: the byte budget reserves ten of
+# them per receive (920d5d2, where the memory work started, leased only 570 of 10,000 with 1 MiB)
+URL=$(MAX_MESSAGE_SIZE=${MAX_MESSAGE_SIZE:-16384} .local/venv/bin/python "$HERE/fill_queue.py" $EP prof-$LABEL-$RANDOM $N)
 MPORT=$((20000 + RANDOM % 10000))
 { service_toml 5; cat <<TOML; } > $OUT/$LABEL.toml
 [[pipelines]]
