@@ -3,7 +3,8 @@
 //! (1,000 batches of 10 held by the worker) and an idle fleet (50 pipelines × 200 pollers), each
 //! a script of `scripts/profile/` run as a user would run it, its peak resident memory (`VmHWM`)
 //! read from `/proc`. With `SQS_POLLER_BENCH_BIN_BEFORE=PATH` an earlier build runs each
-//! scenario too, right before this one (one run, same machine).
+//! scenario too, right before this one (one run, same machine); `SQS_POLLER_BENCH_BEFORE_LABEL`
+//! names it in the report (its commit, say).
 //!
 //! Writes the "Memory against the targets" section of `bench/RESULTS.md` (kept when the suite
 //! rewrites the file). Run with `scripts/bench.sh memory` (about three minutes; six with a
@@ -55,7 +56,8 @@ fn main() {
         let now = peak_mib(root, &endpoint, out.path(), s, &this, "now");
         rows.push((s, was, now));
     }
-    let md = report(&rows, before.as_deref());
+    let label = std::env::var("SQS_POLLER_BENCH_BEFORE_LABEL").ok().or(before);
+    let md = report(&rows, label.as_deref());
     println!("{md}");
     let path = root.join("bench/RESULTS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();

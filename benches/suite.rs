@@ -97,6 +97,12 @@ async fn run() {
         telemetry_rounds(&env).await;
         return;
     }
+    if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("burst") {
+        // the burst alone (SQS_POLLER_BENCH_BIN: another build), printed, nothing written
+        let b = burst(&env).await;
+        println!("burst only: max {} pollers after {:.0} ms, drained after {:.0} ms", b.max, b.to_max_ms, b.drain_ms);
+        return;
+    }
     if std::env::var("SQS_POLLER_BENCH_ONLY").as_deref() == Ok("hostile") {
         let quiet = drain_timed_by_queue(&env, HOSTILE_MESSAGES, 0).await;
         let hostile = drain_timed_by_queue(&env, HOSTILE_MESSAGES, IDLE_CONNECTIONS).await;
@@ -1015,8 +1021,9 @@ async fn burst(env: &Env) -> Burst {
          [pipelines.lease]\nmax_outstanding_bytes = {}\n",
         env.worker_url,
         // a byte budget for every poller's receive of the queue's 1 MiB messages (the default
-        // 256 MiB covers 25, and the fleet would stop there)
-        max * 10 * ((1 << 20) + 2048)
+        // 256 MiB covers 25, and the fleet would stop there), plus what the burst's messages hold
+        // while leased (each at least its record's size and the overhead: ~4 KiB)
+        max * 10 * ((1 << 20) + 2048) + BURST * 4096
     );
     let p = spawn_poller(env, &queue, &extra);
     while get(&format!("{}/readyz", p.listen)).await.is_none_or(|t| !t.starts_with("ready")) {
@@ -1064,7 +1071,11 @@ async fn burst(env: &Env) -> Burst {
     load(env, &queue, BURST).await;
     let (series, to_max, drained) = sampler.await.unwrap();
     p.stop().await;
-    Burst { max, to_max_ms: to_max.expect("max pollers reached"), drain_ms: drained.expect("burst drained"), series }
+    let most = series.iter().map(|&(_, pollers, _)| pollers).fold(0.0, f64::max);
+    let to_max_ms = to_max.unwrap_or_else(|| {
+        panic!("the fleet never reached its max of {max} pollers (at most {most}; drained: {drained:?} ms)")
+    });
+    Burst { max, to_max_ms, drain_ms: drained.expect("burst drained"), series }
 }
 
 struct Idle {
