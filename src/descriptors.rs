@@ -84,6 +84,28 @@ pub fn shortfall(limit: u64, needed: u64) -> Option<String> {
     })
 }
 
+/// Raises the soft open-file limit to the hard one and warns when that is still below what the
+/// configuration may hold open (a connection per poller and per batch in flight).
+pub fn raise_for(config: &Config) {
+    let needed = needed(config);
+    match raise_to_hard_limit() {
+        Some(l) => {
+            if l.soft > l.soft_before {
+                tracing::info!(
+                    from = l.soft_before,
+                    to = l.soft,
+                    needed,
+                    "raised the open-file limit to its hard limit"
+                );
+            }
+            if let Some(warning) = shortfall(l.soft, needed) {
+                tracing::warn!(limit = l.soft, needed, "{warning}");
+            }
+        }
+        None => tracing::warn!(needed, "cannot read the open-file limit (ulimit -n)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,13 +31,14 @@
 //! serves `/metrics`, `/healthz` and `/readyz`, [`admin`] the admin API over [`control`] (pause,
 //! resume, the worker's health check), [`trace`] carries X-Ray/W3C trace context to the worker, [`telemetry`] records OpenTelemetry spans of receives and batches (linked to their producers) and exports them over OTLP,
 //! [`shutdown`] drains in order on SIGTERM, [`supervisor`] starts the pipelines and applies
-//! reloads (SIGHUP), [`notify`] tells systemd, [`descriptors`] checks the open-file limit a fleet needs, and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
+//! reloads (SIGHUP), [`notify`] tells systemd, [`descriptors`] checks the open-file limit a fleet needs, [`check`] shows the resolved configuration (`sqs-poller check`), and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
 
 pub mod ack;
 pub mod admin;
 pub mod aws;
 pub mod backoff;
 pub mod batch;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod descriptors;

@@ -2,10 +2,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sqs_poller::config::{self, Config, TargetKind};
+use sqs_poller::config::{self, Config};
 use sqs_poller::shutdown::{self, Shutdown};
 
 #[derive(Parser)]
@@ -173,7 +172,9 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
-            print_resolved(&path, &config);
+            // a closed pipe (`check | head`) is not an error worth a panic
+            let resolved = sqs_poller::check::Resolved { path: &path, config: &config }.to_string();
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), resolved.as_bytes());
             ExitCode::SUCCESS
         }
         Command::Run => run(config, path),
@@ -200,31 +201,6 @@ fn dlq_stats(aws: config::AwsConfig, queue: &str, samples: usize) -> ExitCode {
     }
 }
 
-/// One progress line: on a terminal it rewrites itself (with rate and ETA); otherwise a plain
-/// line at most once a second.
-fn redrive_progress(r: &sqs_poller::redrive::RedriveReport, started: std::time::Instant, terminal: bool) -> String {
-    let secs = started.elapsed().as_secs_f64().max(0.001);
-    let rate = r.moved as f64 / secs;
-    let left = r.expected.saturating_sub(r.moved + r.failed + r.skipped);
-    let eta = if rate > 0.0 && left > 0 { format!(", about {:.0} s left", left as f64 / rate) } else { String::new() };
-    let skipped = if r.skipped > 0 { format!(", {} not matching", r.skipped) } else { String::new() };
-    let line = format!("redrive: {} moved, {} failed{skipped} ({rate:.0}/s{eta})", r.moved, r.failed);
-    if terminal {
-        // a bar when the queue's size is known
-        let done = r.moved + r.failed + r.skipped;
-        let line = match (done.min(r.expected) * 24).checked_div(r.expected) {
-            Some(filled) => {
-                let filled = filled as usize;
-                format!("[{}{}] {line}", "#".repeat(filled), ".".repeat(24 - filled))
-            }
-            None => line,
-        };
-        format!("\r{line}\x1b[K")
-    } else {
-        line + "\n"
-    }
-}
-
 fn redrive(aws: config::AwsConfig, from: &str, to: &str, options: &sqs_poller::redrive::RedriveOptions) -> ExitCode {
     init_logs();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
@@ -237,12 +213,12 @@ fn redrive(aws: config::AwsConfig, from: &str, to: &str, options: &sqs_poller::r
         let report = sqs_poller::redrive::redrive(&clients, from, to, options, &mut |r| {
             if terminal || last.elapsed() >= std::time::Duration::from_secs(1) {
                 last = std::time::Instant::now();
-                eprint!("{}", redrive_progress(&r, started, terminal));
+                eprint!("{}", sqs_poller::redrive::progress_line(&r, started, terminal));
             }
         })
         .await?;
         // the final figures (on a terminal, over the last progress line, then a newline)
-        let last = redrive_progress(&report, started, terminal);
+        let last = sqs_poller::redrive::progress_line(&report, started, terminal);
         if terminal {
             eprintln!("{last}");
         } else {
@@ -272,7 +248,7 @@ fn redrive(aws: config::AwsConfig, from: &str, to: &str, options: &sqs_poller::r
 
 /// `test-pattern`: exit 2 on an invalid pattern, 1 if a line was not a JSON object, else 0.
 fn test_pattern(patterns: &[String]) -> ExitCode {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let filter = match sqs_poller::filter::Filter::compile(patterns) {
         Ok(f) => f,
         Err((i, e)) => {
@@ -280,38 +256,8 @@ fn test_pattern(patterns: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let stdin = std::io::stdin();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut bad_lines = 0;
-    for (n, line) in stdin.lock().lines().enumerate() {
-        let Ok(line) = line else { break };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let verdict = match serde_json::from_str::<serde_json::Value>(&line) {
-            // the service's own path: only what the patterns name is built
-            Ok(serde_json::Value::Object(_)) => {
-                if filter.matches_json(&line).unwrap_or(false) {
-                    "match"
-                } else {
-                    "no-match"
-                }
-            }
-            Ok(_) => {
-                eprintln!("line {}: not a JSON object (expected a Lambda SQS record)", n + 1);
-                bad_lines += 1;
-                "error"
-            }
-            Err(e) => {
-                eprintln!("line {}: not valid JSON: {e}", n + 1);
-                bad_lines += 1;
-                "error"
-            }
-        };
-        if writeln!(out, "{verdict}").is_err() {
-            break;
-        }
-    }
+    let bad_lines = filter.verdicts(std::io::stdin().lock(), &mut out, &mut std::io::stderr());
     let _ = out.flush();
     if bad_lines > 0 {
         ExitCode::FAILURE
@@ -351,56 +297,12 @@ fn run(config: Config, path: std::path::PathBuf) -> ExitCode {
         }
     };
     let grace = config.grace_period;
-    check_open_file_limit(&config);
+    sqs_poller::descriptors::raise_for(&config);
     let result = runtime.block_on(async move {
-        // SIGHUP reloads the configuration (its default action would end the process)
-        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::hangup()) {
-                Ok(mut hangups) => {
-                    let file = path.display().to_string();
-                    tokio::spawn(async move {
-                        while hangups.recv().await.is_some() {
-                            tracing::info!(%file, "SIGHUP: reloading the configuration");
-                            if reload_tx.send(()).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; configuration reloads are off"),
-            }
-        }
-        let reloads = sqs_poller::supervisor::Reloads { path, requests: reload_rx };
+        let reloads =
+            sqs_poller::supervisor::Reloads { requests: shutdown::reload_requests(path.display().to_string()), path };
         let shutdown = Shutdown::default();
-        tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown::signal().await;
-                shutdown.begin(grace);
-                tokio::select! {
-                    // the operator says "now": give up the batches in flight and release
-                    // everything outstanding (receives in flight still return first, at most
-                    // wait_time_secs, so that nothing they took is left hidden)
-                    () = shutdown::signal() => {
-                        tracing::warn!("second signal: releasing everything outstanding now");
-                        shutdown.abandon_now();
-                    }
-                    // the drain is bounded by the grace period; this only guards against a hang
-                    () = tokio::time::sleep(grace + Duration::from_secs(2)) => {
-                        tracing::error!("drain did not finish within the grace period; exiting");
-                        sqs_poller::dispatch::worker_process::kill_remaining();
-                        std::process::exit(1);
-                    }
-                }
-                tokio::time::sleep(grace + Duration::from_secs(2)).await;
-                tracing::error!("drain did not finish within the grace period; exiting");
-                sqs_poller::dispatch::worker_process::kill_remaining();
-                std::process::exit(1);
-            }
-        });
+        shutdown::on_signals(shutdown.clone(), grace, sqs_poller::dispatch::worker_process::kill_remaining);
         sqs_poller::run(config, shutdown, Some(reloads)).await
     });
     // worker processes that outlived their pipeline (a fatal error) go with the service
@@ -416,177 +318,4 @@ fn run(config: Config, path: std::path::PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Raises the soft open-file limit to the hard one and warns when that is still below what the
-/// configuration may hold open (a connection per poller and per batch in flight).
-fn check_open_file_limit(config: &Config) {
-    use sqs_poller::descriptors;
-    let needed = descriptors::needed(config);
-    match descriptors::raise_to_hard_limit() {
-        Some(l) => {
-            if l.soft > l.soft_before {
-                tracing::info!(
-                    from = l.soft_before,
-                    to = l.soft,
-                    needed,
-                    "raised the open-file limit to its hard limit"
-                );
-            }
-            if let Some(warning) = descriptors::shortfall(l.soft, needed) {
-                tracing::warn!(limit = l.soft, needed, "{warning}");
-            }
-        }
-        None => tracing::warn!(needed, "cannot read the open-file limit (ulimit -n)"),
-    }
-}
-
-fn print_resolved(path: &std::path::Path, c: &Config) {
-    use std::fmt::Write as _;
-    use std::io::Write as _;
-    let mut out = String::new();
-    macro_rules! w {
-        ($($arg:tt)*) => {{ let _ = writeln!(out, $($arg)*); }};
-    }
-    w!("{}: ok", path.display());
-    w!(
-        "listen {}  admin {}  grace_period {}s",
-        c.listen,
-        c.admin_listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
-        c.grace_period.as_secs()
-    );
-    if let Some(e) = &c.aws.sqs_endpoint_url {
-        w!("sqs endpoint {e}");
-    }
-    match &c.telemetry {
-        // header values are secrets: their names only
-        Some(t) => w!(
-            "telemetry  OTLP/HTTP {} sample_ratio {} service.name {}{}{}",
-            t.traces_url,
-            t.sample_ratio,
-            t.service_name,
-            if t.headers.is_empty() {
-                String::new()
-            } else {
-                format!(" headers {}", t.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(","))
-            },
-            if t.detect_resources { " (ECS/EC2 resource detection)" } else { "" }
-        ),
-        None => w!("telemetry  off (no [telemetry] otlp_endpoint)"),
-    }
-    for p in &c.pipelines {
-        w!("pipeline {}", p.name);
-        w!("  queue      {}{}", p.queue_url, if p.fifo { " (FIFO)" } else { "" });
-        w!(
-            "  pollers    min {} max {} wait {}s visibility {}",
-            p.pollers.min,
-            p.pollers.max,
-            p.pollers.wait_time.as_secs(),
-            p.pollers.visibility_timeout.map_or("queue default".to_string(), |v| format!("{}s", v.as_secs()))
-        );
-        w!(
-            "  batch      size {} window {}ms max_bytes {}",
-            p.batch.size,
-            p.batch.window.as_millis(),
-            p.batch.max_bytes
-        );
-        let target = match &p.target.kind {
-            TargetKind::Http { url } => format!("http {url}"),
-            TargetKind::Command { program, args } => format!("command {program} {}", args.join(" ")),
-            TargetKind::RuntimeApi { program, args, workers, handler } => format!(
-                "runtime-api {program} {} workers {workers}{}",
-                args.join(" "),
-                handler.as_ref().map_or(String::new(), |h| format!(" handler {h}"))
-            ),
-            TargetKind::Lambda { function_name, qualifier } => {
-                format!("lambda {function_name}{}", qualifier.as_ref().map_or(String::new(), |q| format!(":{q}")))
-            }
-        };
-        w!(
-            "  target     {target} timeout {}s max_concurrency {} rate_limit {} max_throttled {}s",
-            p.target.timeout.as_secs(),
-            p.target.max_concurrency,
-            p.target.rate_limit_per_sec.map_or("none".to_string(), |r| format!("{r}/s")),
-            p.target.max_throttled.as_secs()
-        );
-        if let Some(pool) = &p.target.pool {
-            w!(
-                "  pool       {} (max_concurrency {}{}) priority {} weight {}",
-                pool.name,
-                pool.settings.max_concurrency,
-                pool.settings.adaptive.map_or(String::new(), |floor| format!(", adaptive from {floor}")),
-                pool.priority,
-                pool.weight
-            );
-        }
-        if let Some(cap) = p.batch.max_in_flight_per_group {
-            w!("  fair share at most {cap} messages of one message group in batches at once");
-        }
-        let http = &p.target.http;
-        if !http.headers.is_empty() {
-            let names: Vec<&str> = http.headers.iter().map(|(n, _)| n.as_str()).collect();
-            w!("  headers    {} (values not shown)", names.join(", "));
-        }
-        if let Some(ca) = &http.ca_file {
-            w!("  tls        ca_file {}", ca.display());
-        }
-        if let Some((cert, key)) = &http.client_cert {
-            w!("  tls        client_cert_file {} client_key_file {}", cert.display(), key.display());
-        }
-        if let Some(s) = &http.sigv4 {
-            w!("  sigv4      service {} region {}", s.service, s.region.as_deref().unwrap_or("(the AWS region)"));
-        }
-        if let Some(l) = &p.large_payloads {
-            w!(
-                "  payloads   S3 extended-client pointers resolved (at most {} bytes, {} at once{})",
-                l.max_bytes,
-                l.concurrency,
-                if l.delete_after_success { ", objects deleted after success" } else { "" }
-            );
-        }
-        if let Some(url) = &p.target.health_url {
-            w!("  health     {url} (pollers pause while it fails)");
-        }
-        w!(
-            "  lease      max_outstanding {} max_outstanding_bytes {} ({} MiB) max_lease {}s",
-            p.lease.max_outstanding,
-            p.lease.max_outstanding_bytes,
-            p.lease.max_outstanding_bytes >> 20,
-            p.lease.max_lease.as_secs()
-        );
-        match &p.filter {
-            Some(f) if f.on_filtered == config::OnFiltered::Keep => w!(
-                "  filter     {} pattern(s), on_filtered keep (back after {}s)",
-                f.filter.len(),
-                f.keep_delay.as_secs()
-            ),
-            Some(f) => w!("  filter     {} pattern(s), on_filtered delete", f.filter.len()),
-            None => w!("  filter     none (every message passes)"),
-        }
-        if let Some(warning) = sqs_poller::config::kept_fifo_warning(p) {
-            w!("warning: {warning}");
-        }
-        w!(
-            "  retry      backoff {}s..{}s{}",
-            p.retry.initial_backoff.as_secs(),
-            p.retry.max_backoff.as_secs(),
-            if p.retry.bisect { ", a batch that fails as a whole is bisected" } else { "" }
-        );
-        match &p.dead_letter {
-            Some(d) => w!("  dead_letter {} after {} receives", d.queue_url, d.max_receive_count),
-            None => w!("  dead_letter none (the queue's own redrive policy applies)"),
-        }
-    }
-    let needed = sqs_poller::descriptors::needed(c);
-    match sqs_poller::descriptors::current() {
-        Some((soft, hard)) => {
-            w!("descriptors up to {needed} at full scale; open-file limit here: soft {soft}, hard {hard} (the soft limit is raised to the hard one at start)");
-            if let Some(warning) = sqs_poller::descriptors::shortfall(hard, needed) {
-                w!("warning: {warning}");
-            }
-        }
-        None => w!("descriptors up to {needed} at full scale; the open-file limit cannot be read here"),
-    }
-    // a closed pipe (`check | head`) is not an error worth a panic
-    let _ = std::io::stdout().write_all(out.as_bytes());
 }

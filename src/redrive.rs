@@ -159,3 +159,28 @@ async fn send_copy(destination: &SqsQueue, m: &Message, fifo: bool) -> Result<()
     let dedup = if fifo { m.message_id.as_deref() } else { None };
     destination.send(m.body.as_deref().unwrap_or(""), attributes, group, dedup).await
 }
+
+/// One progress line: on a terminal it rewrites itself (with rate and ETA); otherwise a plain
+/// line at most once a second.
+pub fn progress_line(r: &RedriveReport, started: std::time::Instant, terminal: bool) -> String {
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    let rate = r.moved as f64 / secs;
+    let left = r.expected.saturating_sub(r.moved + r.failed + r.skipped);
+    let eta = if rate > 0.0 && left > 0 { format!(", about {:.0} s left", left as f64 / rate) } else { String::new() };
+    let skipped = if r.skipped > 0 { format!(", {} not matching", r.skipped) } else { String::new() };
+    let line = format!("redrive: {} moved, {} failed{skipped} ({rate:.0}/s{eta})", r.moved, r.failed);
+    if terminal {
+        // a bar when the queue's size is known
+        let done = r.moved + r.failed + r.skipped;
+        let line = match (done.min(r.expected) * 24).checked_div(r.expected) {
+            Some(filled) => {
+                let filled = filled as usize;
+                format!("[{}{}] {line}", "#".repeat(filled), ".".repeat(24 - filled))
+            }
+            None => line,
+        };
+        format!("\r{line}\x1b[K")
+    } else {
+        line + "\n"
+    }
+}

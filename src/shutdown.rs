@@ -141,6 +141,56 @@ pub async fn signal() {
     }
 }
 
+/// Handles the operator's signals for a running service: the first SIGTERM or SIGINT begins the
+/// drain of `shutdown` within `grace`; a second gives up the batches in flight and releases
+/// everything outstanding at once ([`Shutdown::abandon_now`]). A drain that outlives the grace
+/// period (by 2 s, counted from the last signal) is a hang: `on_hang` runs (the worker processes
+/// go) and the process exits with 1.
+pub fn on_signals(shutdown: Shutdown, grace: Duration, on_hang: fn()) {
+    let limit = grace + Duration::from_secs(2);
+    tokio::spawn(async move {
+        signal().await;
+        shutdown.begin(grace);
+        let second = tokio::select! {
+            () = signal() => true,
+            () = tokio::time::sleep(limit) => false,
+        };
+        if second {
+            // receives in flight still return first (at most wait_time_secs), so that nothing
+            // they took is left hidden
+            tracing::warn!("second signal: releasing everything outstanding now");
+            shutdown.abandon_now();
+            tokio::time::sleep(limit).await;
+        }
+        tracing::error!("drain did not finish within the grace period; exiting");
+        on_hang();
+        std::process::exit(1);
+    });
+}
+
+/// SIGHUP as requests to reload the configuration `file` (its default action would end the
+/// process); on a platform without it, or when it cannot be handled, no request ever comes.
+pub fn reload_requests(file: String) -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let (requests, received) = tokio::sync::mpsc::unbounded_channel();
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!(%file, "SIGHUP: reloading the configuration");
+                    if requests.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; configuration reloads are off"),
+    }
+    #[cfg(not(unix))]
+    drop((requests, file));
+    received
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

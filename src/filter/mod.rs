@@ -25,6 +25,43 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// `sqs-poller test-pattern`: a verdict per line of `input` (Lambda SQS records, one JSON
+    /// object per line) to `out` — `match`, `no-match` or `error` —, why a line is an error to
+    /// `errors`; the number of such lines. Blank lines are skipped; a closed `out` ends it.
+    pub fn verdicts(
+        &self,
+        input: impl std::io::BufRead,
+        out: &mut impl std::io::Write,
+        errors: &mut impl std::io::Write,
+    ) -> usize {
+        let mut bad_lines = 0;
+        for (n, line) in input.lines().enumerate() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let verdict = match serde_json::from_str::<Value>(&line) {
+                // the service's own path: only what the patterns name is built
+                Ok(Value::Object(_)) if self.matches_json(&line).unwrap_or(false) => "match",
+                Ok(Value::Object(_)) => "no-match",
+                Ok(_) => {
+                    let _ = writeln!(errors, "line {}: not a JSON object (expected a Lambda SQS record)", n + 1);
+                    bad_lines += 1;
+                    "error"
+                }
+                Err(e) => {
+                    let _ = writeln!(errors, "line {}: not valid JSON: {e}", n + 1);
+                    bad_lines += 1;
+                    "error"
+                }
+            };
+            if writeln!(out, "{verdict}").is_err() {
+                break;
+            }
+        }
+        bad_lines
+    }
+
     /// Compiles every pattern.
     ///
     /// # Errors
@@ -352,5 +389,31 @@ fn parse_body_projected(record: &mut Value, projection: Option<&Projection>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `test-pattern`'s loop: a verdict per non-blank line, the reason for each error on the
+    /// error stream, their count returned.
+    #[test]
+    fn verdicts_name_each_line() {
+        let filter = Filter::compile(&[r#"{"body": {"kind": ["order"]}}"#]).unwrap();
+        let input = concat!(
+            r#"{"body": "{\"kind\": \"order\"}"}"#,
+            "\n\n",
+            r#"{"body": "{\"kind\": \"refund\"}"}"#,
+            "\n[1]\nnot json\n"
+        );
+        let (mut out, mut errors) = (Vec::new(), Vec::new());
+        assert_eq!(filter.verdicts(input.as_bytes(), &mut out, &mut errors), 2);
+        assert_eq!(String::from_utf8(out).unwrap(), "match\nno-match\nerror\nerror\n");
+        let errors = String::from_utf8(errors).unwrap();
+        assert!(
+            errors.starts_with("line 4: not a JSON object") && errors.contains("line 5: not valid JSON"),
+            "{errors}"
+        );
     }
 }
