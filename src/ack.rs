@@ -185,7 +185,7 @@ impl Acker {
         let retrying = async {
             let entries: Vec<(&str, i32)> =
                 plan.retry.iter().map(|&(i, secs)| (batch[i].message_id.as_str(), secs)).collect();
-            self.leases.let_go(&entries).await;
+            self.leases.release_after(&entries).await;
         };
         let dead_lettering = self.dead_letter_all(batch, &plan.dead_letter, reason);
         tokio::join!(deleting, retrying, dead_lettering);
@@ -204,14 +204,14 @@ impl Acker {
         let plan = plan(batch, &all_failed, &self.retry, None, self.fifo, &mut fastrand::f64);
         let entries: Vec<(&str, i32)> =
             plan.retry.iter().map(|&(i, secs)| (batch[i].message_id.as_str(), secs)).collect();
-        self.leases.let_go(&entries).await;
+        self.leases.release_after(&entries).await;
         plan
     }
 
     /// Makes messages visible again after `secs` (held FIFO messages behind a failure).
-    pub async fn hold_back(&self, messages: &[ReceivedMessage], secs: i32) {
+    pub async fn release_after(&self, messages: &[ReceivedMessage], secs: i32) {
         let entries: Vec<(&str, i32)> = messages.iter().map(|m| (m.message_id.as_str(), secs)).collect();
-        self.leases.let_go(&entries).await;
+        self.leases.release_after(&entries).await;
     }
 
     fn count_deleted<'a>(&self, deleted: impl Iterator<Item = &'a ReceivedMessage>, succeeded: bool) {
@@ -281,7 +281,7 @@ impl Acker {
                     (batch[i].message_id.as_str(), backoff_secs(batch[i].receive_count, &self.retry, fastrand::f64()))
                 })
                 .collect();
-            self.leases.let_go(&entries).await;
+            self.leases.release_after(&entries).await;
         }
     }
 }

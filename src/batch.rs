@@ -125,7 +125,7 @@ pub enum Capped {
     Held,
     /// Its group is at the cap and `max_held` messages wait already: back to the queue, invisible
     /// for this many seconds (about the time its group needs for what waits ahead of it).
-    GiveBack(ReceivedMessage, i32),
+    Release(ReceivedMessage, i32),
 }
 
 /// Standard and fair queues (`batch.max_in_flight_per_group`): at most `cap` messages of one
@@ -221,7 +221,7 @@ impl GroupCap {
                 self.given_back.insert(m.message_id.clone(), at);
             }
             let secs = at.saturating_duration_since(now).as_secs_f64().ceil().clamp(1.0, MAX_GIVE_BACK_SECS) as i32;
-            return Capped::GiveBack(m, secs);
+            return Capped::Release(m, secs);
         }
         self.held.entry(group.clone()).or_default().push_back((m, now));
         self.held_total += 1;
@@ -387,11 +387,19 @@ pub trait BatchSink {
     fn submit(&mut self, batch: Batch, groups: GroupsDone) -> impl std::future::Future<Output = ()> + Send;
 
     /// Makes messages visible again after `secs` (held messages behind a failure; 0 at shutdown).
-    fn send_back(&mut self, messages: Vec<ReceivedMessage>, secs: i32) -> impl std::future::Future<Output = ()> + Send;
+    fn release_after(
+        &mut self,
+        messages: Vec<ReceivedMessage>,
+        secs: i32,
+    ) -> impl std::future::Future<Output = ()> + Send;
 
-    /// Gives messages over their group's cap back to the queue for `secs`, without holding up
-    /// the batcher.
-    fn give_back(&mut self, messages: Vec<ReceivedMessage>, secs: i32) -> impl std::future::Future<Output = ()> + Send;
+    /// [`Self::release_after`] for messages over their group's cap, without holding up the
+    /// batcher (in a task of its own).
+    fn release_in_background(
+        &mut self,
+        messages: Vec<ReceivedMessage>,
+        secs: i32,
+    ) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// The batching task of one pipeline.
@@ -441,7 +449,7 @@ impl CapStage {
 type Ready = Vec<(Batch, GroupsDone)>;
 
 /// Messages the group cap gives back, by delay.
-type GiveBack = Vec<(Vec<ReceivedMessage>, i32)>;
+type Releases = Vec<(Vec<ReceivedMessage>, i32)>;
 
 impl<S: BatchSink + Send> Batcher<S> {
     /// A batch was cut: its FIFO groups count as running from now on, so that a later message of
@@ -462,19 +470,19 @@ impl<S: BatchSink + Send> Batcher<S> {
     /// Adds messages to the batch being filled (those the FIFO gate or the group cap let
     /// through); returns those the cap gives back to the queue, with their delays.
     #[must_use]
-    fn push_all(&mut self, messages: Vec<ReceivedMessage>, now: Instant, ready: &mut Ready) -> GiveBack {
+    fn push_all(&mut self, messages: Vec<ReceivedMessage>, now: Instant, ready: &mut Ready) -> Releases {
         let mut cut = Vec::new();
-        let mut give_back = GiveBack::new();
+        let mut releases = Releases::new();
         for m in messages {
             let m = match (&mut self.gate, &mut self.cap) {
                 (Some(gate), _) => gate.admit(m),
                 (None, Some(stage)) => match stage.cap.admit(m, now) {
                     Capped::Pass(m) => Some(m),
                     Capped::Held => None,
-                    Capped::GiveBack(m, secs) => {
-                        match give_back.iter_mut().find(|(_, s)| *s == secs) {
+                    Capped::Release(m, secs) => {
+                        match releases.iter_mut().find(|(_, s)| *s == secs) {
                             Some((ms, _)) => ms.push(m),
-                            None => give_back.push((vec![m], secs)),
+                            None => releases.push((vec![m], secs)),
                         }
                         None
                     }
@@ -502,16 +510,16 @@ impl<S: BatchSink + Send> Batcher<S> {
         if let Some(stage) = &mut self.cap {
             stage.report(now);
         }
-        give_back
+        releases
     }
 
-    /// Gives messages over the group cap back to the queue.
-    async fn give_back(&mut self, give_back: GiveBack) {
-        for (messages, secs) in give_back {
+    /// Releases the messages over their group's cap.
+    async fn release_capped(&mut self, releases: Releases) {
+        for (messages, secs) in releases {
             if let Some(stage) = &self.cap {
                 stage.metrics.group_returned.increment(messages.len() as u64);
             }
-            self.sink.give_back(messages, secs).await;
+            self.sink.release_in_background(messages, secs).await;
         }
     }
 
@@ -525,17 +533,17 @@ impl<S: BatchSink + Send> Batcher<S> {
                 chunk = self.receives.recv() => {
                     let Some(chunk) = chunk else { break };
                     let now = Instant::now();
-                    let mut give_back = self.push_all(chunk, now, &mut ready);
+                    let mut releases = self.push_all(chunk, now, &mut ready);
                     if self.buffer.window.is_zero() {
                         // no window: take what has already arrived, then cut
                         while self.buffer.len() < self.buffer.size {
                             let Ok(more) = self.receives.try_recv() else { break };
-                            give_back.extend(self.push_all(more, now, &mut ready));
+                            releases.extend(self.push_all(more, now, &mut ready));
                         }
                         let batch = self.buffer.take();
                         self.cut(batch, &mut ready);
                     }
-                    self.give_back(give_back).await;
+                    self.release_capped(releases).await;
                 }
                 Some(done) = self.done.recv() => {
                     let now = Instant::now();
@@ -543,7 +551,7 @@ impl<S: BatchSink + Send> Batcher<S> {
                         (Some(gate), _) => {
                             let (resume, back) = gate.finish(&done);
                             for (messages, secs) in back {
-                                self.sink.send_back(messages, secs).await;
+                                self.sink.release_after(messages, secs).await;
                             }
                             resume
                         }
@@ -568,8 +576,8 @@ impl<S: BatchSink + Send> Batcher<S> {
                         (None, None) => continue,
                     };
                     // the FIFO gate's messages (it gives nothing back)
-                    let give_back = self.push_all(resume, now, &mut ready);
-                    self.give_back(give_back).await;
+                    let releases = self.push_all(resume, now, &mut ready);
+                    self.release_capped(releases).await;
                     if self.buffer.window.is_zero() {
                         let batch = self.buffer.take();
                         self.cut(batch, &mut ready);
@@ -600,7 +608,7 @@ impl<S: BatchSink + Send> Batcher<S> {
             (None, None) => Vec::new(),
         };
         if !held.is_empty() {
-            self.sink.send_back(held, 0).await;
+            self.sink.release_after(held, 0).await;
         }
     }
 }
@@ -780,10 +788,10 @@ mod tests {
         async fn submit(&mut self, batch: Batch, groups: GroupsDone) {
             self.submitted.lock().unwrap().push((batch, groups));
         }
-        async fn send_back(&mut self, messages: Vec<ReceivedMessage>, _secs: i32) {
+        async fn release_after(&mut self, messages: Vec<ReceivedMessage>, _secs: i32) {
             self.sent_back.lock().unwrap().extend(messages);
         }
-        async fn give_back(&mut self, messages: Vec<ReceivedMessage>, _secs: i32) {
+        async fn release_in_background(&mut self, messages: Vec<ReceivedMessage>, _secs: i32) {
             self.sent_back.lock().unwrap().extend(messages);
         }
     }
@@ -845,7 +853,7 @@ mod tests {
             match cap.admit(grouped(id, g), now) {
                 Capped::Pass(m) => passed.push(m),
                 Capped::Held => {}
-                Capped::GiveBack(..) => panic!("room to hold"),
+                Capped::Release(..) => panic!("room to hold"),
             }
         }
         assert_eq!(ids(&passed), ["1", "2", "4"], "noisy at its cap of 2; quiet is not held up");
@@ -879,7 +887,7 @@ mod tests {
         // are ahead of it, the next one given back comes a second later
         for (id, want) in [(4, 4), (5, 5), (6, 6)] {
             match cap.admit(grouped(id, "a"), now) {
-                Capped::GiveBack(m, secs) => {
+                Capped::Release(m, secs) => {
                     assert_eq!(m.message_id, id.to_string());
                     assert_eq!(secs, want);
                 }
@@ -889,7 +897,7 @@ mod tests {
         // a message given back comes back at its turn: it waits even though the room is full
         assert!(matches!(cap.admit(grouped(4, "a"), now + Duration::from_secs(4)), Capped::Held));
         assert!(
-            matches!(cap.admit(grouped(7, "a"), now + Duration::from_secs(4)), Capped::GiveBack(..)),
+            matches!(cap.admit(grouped(7, "a"), now + Duration::from_secs(4)), Capped::Release(..)),
             "a new one does not"
         );
         assert_eq!(cap.take_held().len(), 3);
@@ -906,8 +914,8 @@ mod tests {
             Capped::Pass(m) => m,
             other => panic!("{other:?}"),
         };
-        assert!(matches!(cap.admit(grouped(2, "a"), now), Capped::GiveBack(..)));
-        assert!(matches!(cap.admit(grouped(3, "a"), now), Capped::GiveBack(..)));
+        assert!(matches!(cap.admit(grouped(2, "a"), now), Capped::Release(..)));
+        assert!(matches!(cap.admit(grouped(3, "a"), now), Capped::Release(..)));
         assert_eq!(cap.remembered(), 2);
         // the group's batch ends: "a" is not capped when message 2 comes back
         assert!(cap.finish(&done(&vec![first], now), now).is_empty());

@@ -136,7 +136,7 @@ impl Intake {
             OnFiltered::Keep => {
                 let delay = f.keep_delay.as_secs() as i32;
                 let entries: Vec<(&str, i32)> = ids.iter().map(|id| (*id, delay)).collect();
-                self.leases.let_go(&entries).await;
+                self.leases.release_after(&entries).await;
                 rejected.len()
             }
         }

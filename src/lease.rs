@@ -1073,7 +1073,7 @@ impl LeaseKeeper {
 
     /// Makes `ids` visible again after the given seconds (a retry backoff, or 0 to release) and
     /// ends their leases; returns how many SQS accepted.
-    pub async fn let_go(&self, entries: &[(&str, i32)]) -> usize {
+    pub async fn release_after(&self, entries: &[(&str, i32)]) -> usize {
         let ids: Vec<&str> = entries.iter().map(|(id, _)| *id).collect();
         let ended = self.end(&ids);
         self.after_extensions(&ended).await;
@@ -1100,7 +1100,7 @@ impl LeaseKeeper {
         let failed = self
             .settle_with_retries(
                 "change the visibility of messages being let go",
-                "let_go",
+                "release",
                 changes.len(),
                 || self.settle_deadline(&ended),
                 |pending| {
@@ -1120,7 +1120,7 @@ impl LeaseKeeper {
     /// Makes `ids` visible at once and ends their leases, counting them as released.
     pub async fn release(&self, ids: &[&str]) {
         let entries: Vec<(&str, i32)> = ids.iter().map(|id| (*id, 0)).collect();
-        let released = self.let_go(&entries).await;
+        let released = self.release_after(&entries).await;
         self.metrics.released.increment(released as u64);
     }
 
@@ -1550,7 +1550,7 @@ mod tests {
         keeper.admit(keeper.reserve().await, [(id.as_str(), got[0].receipt_handle().unwrap())], stamp);
         // (still in flight: no heartbeat here)
         tokio::time::sleep(secs(20)).await;
-        assert_eq!(keeper.let_go(&[(id.as_str(), 50_000)]).await, 1, "SQS took the change");
+        assert_eq!(keeper.release_after(&[(id.as_str(), 50_000)]).await, 1, "SQS took the change");
         let (_, _, asked) = *queue.log().visibility_changes.last().unwrap();
         assert!((43_150..=43_180).contains(&asked), "{asked} s: the 12 hours less the 20 s since the receive");
         tokio::time::sleep(secs(43_000)).await;

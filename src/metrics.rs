@@ -67,7 +67,7 @@ pub const TELEMETRY_OUTCOMES: [&str; 2] = ["exported", "failed"];
 pub const BATCH_OUTCOMES: [&str; 4] = ["success", "partial", "failure", "throttled"];
 
 /// The lease keeper's calls, the values of the `call` label of [`RECEIPT_REJECTIONS`].
-pub const RECEIPT_CALLS: [&str; 3] = ["delete", "extend", "let_go"];
+pub const RECEIPT_CALLS: [&str; 3] = ["delete", "extend", "release"];
 /// The `to` label of `sqs_poller_breaker_transitions_total`: the breaker's phases
 /// (`dispatch::breaker::Phase::name`).
 pub const BREAKER_PHASES: [&str; 3] = ["closed", "open", "half_open"];
@@ -449,7 +449,7 @@ impl PipelineMetrics {
         }
     }
 
-    /// Counts `n` receipt handles SQS rejected for good in `call` (`delete`, `extend`, `let_go`)
+    /// Counts `n` receipt handles SQS rejected for good in `call` (`delete`, `extend`, `release`)
     /// with `code` (one of [`crate::aws::errors::PERMANENT_CODES`] or `other`: bounded labels).
     pub fn receipt_rejected(&self, call: &'static str, code: &'static str, n: u64) {
         metrics::counter!(RECEIPT_REJECTIONS, "pipeline" => self.pipeline.clone(), "call" => call, "code" => code)

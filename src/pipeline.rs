@@ -377,18 +377,18 @@ impl BatchSink for BatchRunner {
         );
     }
 
-    async fn send_back(&mut self, messages: Vec<ReceivedMessage>, secs: i32) {
+    async fn release_after(&mut self, messages: Vec<ReceivedMessage>, secs: i32) {
         if secs == 0 {
             self.work.acker.release(&messages).await;
         } else {
-            self.work.acker.hold_back(&messages, secs).await;
+            self.work.acker.release_after(&messages, secs).await;
         }
     }
 
-    async fn give_back(&mut self, messages: Vec<ReceivedMessage>, secs: i32) {
+    async fn release_in_background(&mut self, messages: Vec<ReceivedMessage>, secs: i32) {
         // in its own task: the batcher goes on cutting while SQS answers (the drain waits for it)
         let work = self.work.clone();
-        self.tasks.spawn(async move { work.acker.hold_back(&messages, secs).await });
+        self.tasks.spawn(async move { work.acker.release_after(&messages, secs).await });
     }
 }
 

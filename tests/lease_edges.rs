@@ -174,7 +174,7 @@ async fn an_extension_in_flight_never_lands_after_the_settlement() {
     // the extension goes out at 5 s and lands at 7 s; the retry backoff is decided at 5.5 s
     tokio::time::sleep_until(t0 + Duration::from_millis(5500)).await;
     assert_eq!(queue.changes_sent(), 1, "the extension is on its way");
-    keeper.let_go(&[(id.as_str(), 3)]).await;
+    keeper.release_after(&[(id.as_str(), 3)]).await;
     stop.cancel();
     let sent = queue.sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 2, "{sent:?}");
@@ -204,7 +204,7 @@ async fn an_extension_past_its_round_limit_never_lands_after_the_settlement() {
     // the extension goes out at 5 s, its round gives up on it at 7.5 s (and tries again, as
     // late), it lands at 9 s
     tokio::time::sleep_until(t0 + Duration::from_millis(8000)).await;
-    keeper.let_go(&[(id.as_str(), 0)]).await;
+    keeper.release_after(&[(id.as_str(), 0)]).await;
     stop.cancel();
     let sent = queue.sent.lock().unwrap().clone();
     let release = sent.iter().position(|(_, e)| e.iter().any(|(_, s)| *s == 0)).expect("the release");
@@ -230,7 +230,7 @@ async fn a_rejected_settlement_is_not_retried() {
     // a handle SQS does not know (as after the message was received elsewhere)
     keeper.admit(keeper.reserve().await, [(id.as_str(), "0:99")], stamp_at(Instant::now(), &keeper));
     let started = Instant::now();
-    assert_eq!(keeper.let_go(&[(id.as_str(), 0)]).await, 0, "SQS accepted none");
+    assert_eq!(keeper.release_after(&[(id.as_str(), 0)]).await, 0, "SQS accepted none");
     assert_eq!(queue.changes_sent(), 1, "one call, no retries");
     assert!(started.elapsed() < Duration::from_millis(100), "settled at once: {:?}", started.elapsed());
     assert_eq!(keeper.outstanding(), 0, "the lease ended");

@@ -182,7 +182,7 @@ async fn kept_messages_come_back_after_the_keep_delay_without_spinning() {
 /// A worker that answers 503 for one body: before, that batch was retried under one receipt
 /// handle for as long as the worker said so, and with `max_concurrency = 1` the pipeline stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_throttled_too_long_is_let_go_and_the_pipeline_goes_on() {
+async fn a_batch_throttled_too_long_is_released_and_the_pipeline_goes_on() {
     let sqs = sqs().await;
     let queue = sqs.queue("throttle", &[]).await;
     sqs.send_bodies(&queue, &["poison".to_string()]).await;
