@@ -4,7 +4,7 @@
 //! transport differs per target (one file each); the reading of the answer
 //! ([`response::interpret`]) is shared. [`Dispatcher::call`] is the loop around one batch: the
 //! rate limit, the timeout of the target's work, and the throttle policy (a throttled batch is
-//! tried again with backoff, held at most `max_throttled_secs`, then let go).
+//! tried again with backoff, held at most `max_throttled_secs`, then released).
 //!
 //! `timeout_secs` counts the target's work, not a wait for it: [`Target::invoke`] starts the
 //! clock when the target starts the batch (for `runtime-api`, when a worker takes it). Targets
