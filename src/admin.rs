@@ -121,7 +121,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, stop: Cancellation
         let registry = registry.clone();
         async move { Ok::<_, Infallible>(route(&req, &registry)) }
     });
-    crate::server::serve_connections(listener, crate::server::METRICS_LIMITS, "admin API", service, stop).await;
+    crate::net::serve_connections(listener, crate::server::METRICS_LIMITS, "admin API", service, stop).await;
 }
 
 fn route(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {

@@ -50,6 +50,22 @@ pub struct EventSource {
     pub region: String,
 }
 
+/// Where a large payload lives (an extended client's pointer, read by `payload::S3Pointer::parse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Pointer {
+    pub bucket: String,
+    pub key: String,
+}
+
+/// A message whose body SQS carried was an extended client's pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offloaded {
+    pub pointer: S3Pointer,
+    /// The body as SQS carried it (the pointer, as the sender wrote it): a dead-letter copy
+    /// carries this, not the payload, so that it fits SQS and extended clients can read it.
+    pub pointer_body: Box<str>,
+}
+
 /// A received message on its way through the pipeline: what the acker needs, plus the
 /// serialized record the target receives. Its receipt handle is kept by its lease (the newest one
 /// SQS honours; `lease::LeaseKeeper`) and inside the record (the one the worker sees), not a third
@@ -71,7 +87,7 @@ pub struct ReceivedMessage {
     pub traceparent: Option<Box<str>>,
     /// The S3 object its body was fetched from (SQS Extended Client pointer), if any, with the
     /// pointer body SQS carried.
-    pub s3_object: Option<Box<crate::payload::Offloaded>>,
+    pub s3_object: Option<Box<Offloaded>>,
     /// Why its payload could not be fetched: it fails without being dispatched.
     pub unresolved: Option<Box<str>>,
 }

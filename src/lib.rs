@@ -24,7 +24,7 @@
 //!    skew-corrected clock, endpoints and errors as the SDK has them; the SQS hot calls
 //!    (receive, delete, visibility) over AWS JSON ([`aws::sqs_json`], signed by [`aws::sigv4`]
 //!    with the signing key kept for the day), the rest through aws-sdk-sqs, S3 through
-//!    aws-sdk-s3. Below it only [`limits`] (SQS's limits) and [`net`] (TLS, error chains).
+//!    aws-sdk-s3. Below it only [`limits`] (SQS's limits) and [`net`] (TLS, error chains, the connection loop every server of the service shares).
 //!
 //! Around them: [`pipeline`] wires the stages of one queue together, [`lease`] keeps every
 //! received message invisible until it is settled, [`metrics`] names every metric, [`server`]
@@ -32,6 +32,10 @@
 //! resume, the worker's health check), [`trace`] carries X-Ray/W3C trace context to the worker, [`telemetry`] records OpenTelemetry spans of receives and batches (linked to their producers) and exports them over OTLP,
 //! [`shutdown`] drains in order on SIGTERM, [`supervisor`] starts the pipelines and applies
 //! reloads (SIGHUP), [`notify`] tells systemd, [`descriptors`] checks the open-file limit a fleet needs, [`check`] shows the resolved configuration (`sqs-poller check`), and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
+//!
+//! Imports keep to layers (`LAYERS` in `tests/structure.rs`, which fails on one against them):
+//! the bottom, the message's types, the stages — each importing what it hands messages on to,
+//! never an earlier one — then the service around them.
 
 pub mod ack;
 pub mod admin;

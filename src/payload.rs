@@ -23,19 +23,13 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::aws::s3::S3;
+pub use crate::event::{Offloaded, S3Pointer};
 
 /// The pointer classes the extended clients write.
 const POINTER_CLASSES: [&str; 2] =
     ["software.amazon.payloadoffloading.PayloadS3Pointer", "com.amazon.sqs.javamessaging.MessageS3Pointer"];
 /// The message attributes that mark a pointer.
 pub const SIZE_ATTRIBUTES: [&str; 2] = ["ExtendedPayloadSize", "SQSLargePayloadSize"];
-
-/// Where a payload lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Pointer {
-    pub bucket: String,
-    pub key: String,
-}
 
 impl S3Pointer {
     /// Reads an extended client's pointer body; `None` when `body` is not one.
@@ -142,17 +136,6 @@ impl PayloadStore {
             ),
         }
     }
-}
-
-/// A received message after [`resolve`]: the message (its body the payload when fetched), the
-/// object it came from, and why it could not be fetched.
-/// A message whose body SQS carried was an extended client's pointer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Offloaded {
-    pub pointer: S3Pointer,
-    /// The body as SQS carried it (the pointer, as the sender wrote it): a dead-letter copy
-    /// carries this, not the payload, so that it fits SQS and extended clients can read it.
-    pub pointer_body: Box<str>,
 }
 
 /// A received message with its payload in `body` when it was offloaded: the pointer, and why

@@ -160,7 +160,7 @@ pub async fn run(parts: PipelineParts) -> Result<(), SqsError> {
         )
         .with_byte_budget(cfg.lease.max_outstanding_bytes, found.max_message_bytes)
         .stopping_with(shutdown.clone())
-        .tracing_to(lease_spans.clone()),
+        .tracing_to(lease_spans.clone().map(|s| s as Arc<dyn crate::lease::ExtensionWatcher>)),
     );
     // a poller the byte budget cannot cover only waits for room: the fleet stops at what it covers
     let receives = leases.receives_in_budget().unwrap_or(usize::MAX);

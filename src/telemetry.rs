@@ -406,6 +406,12 @@ impl LeaseSpans {
     }
 }
 
+impl crate::lease::ExtensionWatcher for LeaseSpans {
+    fn extended(&self, message_ids: &mut dyn Iterator<Item = &str>, visibility_secs: i32) {
+        LeaseSpans::extended(self, message_ids, visibility_secs);
+    }
+}
+
 /// A message's producer context: its `traceparent` message attribute (W3C), else its
 /// `AWSTraceHeader` (X-Ray: the root is the trace id, the parent the span id).
 pub fn producer_context(m: &ReceivedMessage) -> Option<SpanContext> {

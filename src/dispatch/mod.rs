@@ -32,7 +32,6 @@ use crate::backoff::Backoff;
 use crate::config::{TargetConfig, TargetKind};
 use crate::event::{Event, ReceivedMessage};
 use crate::metrics::PipelineMetrics;
-use crate::poller::Scaling;
 use crate::trace::TraceContext;
 use response::Verdict;
 
@@ -166,6 +165,14 @@ impl Target {
     }
 }
 
+/// Where the target's pushback goes, so that an earlier stage hears of it without this one
+/// reaching back into it: the pipeline's autoscaler (`poller::Scaling`) implements it and holds
+/// the fleet back while the target throttles.
+pub trait Backpressure: Send + Sync {
+    /// The target throttled a batch (a 429 or 503, Lambda's throttling, a worker not yet up).
+    fn throttled(&self);
+}
+
 /// How one batch's dispatch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -186,7 +193,8 @@ pub struct Dispatcher {
     /// `retry.on_batch_error = "bisect"`: see [`Dispatcher::dispatch`].
     pub bisect: bool,
     limiter: Option<DefaultDirectRateLimiter>,
-    pub scaling: Arc<Scaling>,
+    /// Told when the target throttles: the pipeline's autoscaler holds the fleet back.
+    pub backpressure: Arc<dyn Backpressure>,
     pub metrics: PipelineMetrics,
     /// Told what each call said of the target's capacity (the adaptive limit).
     pub slots: Option<Arc<concurrency::Member>>,
@@ -201,7 +209,7 @@ impl Dispatcher {
         batch_size: usize,
         fifo: bool,
         target: Target,
-        scaling: Arc<Scaling>,
+        backpressure: Arc<dyn Backpressure>,
         metrics: PipelineMetrics,
     ) -> Self {
         let limiter = cfg.rate_limit_per_sec.map(|rate| {
@@ -216,7 +224,7 @@ impl Dispatcher {
             fifo,
             bisect: false,
             limiter,
-            scaling,
+            backpressure,
             metrics,
             slots: None,
             breaker: None,
@@ -463,7 +471,7 @@ impl Dispatcher {
             };
             self.metrics.status.set_last_error(format!("target throttled: {reason}"));
             self.metrics.batches_throttled.increment(1);
-            self.scaling.throttle();
+            self.backpressure.throttled();
             let held = first_try.elapsed();
             if held >= self.max_throttled {
                 tracing::warn!(pipeline = %self.metrics.pipeline, reason, messages = batch.len(), held_secs = held.as_secs(), "target throttled the batch for longer than target.max_throttled_secs: letting it go with backoff");

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::worker_process::{Stopped, WorkerProcess, MAX_OUTPUT};
 use super::Invocation;
-use crate::server::{serve_connections, Limits};
+use crate::net::{serve_connections, Limits};
 
 /// Connections one worker's listener serves at once (a runtime client uses one or two).
 pub const CONNECTIONS_PER_WORKER: usize = 8;

@@ -112,7 +112,7 @@ pub struct LeaseKeeper {
     /// Its grace period bounds the settling calls' retries.
     shutdown: crate::shutdown::Shutdown,
     /// `[telemetry]`: the batch spans of leased messages, told of their extensions.
-    spans: Option<Arc<crate::telemetry::LeaseSpans>>,
+    spans: Option<Arc<dyn super::ExtensionWatcher>>,
 }
 
 /// See [`LeaseKeeper::set_room`].
@@ -246,7 +246,7 @@ impl LeaseKeeper {
     }
 
     /// Tells `spans` of every extension of a message in a traced batch.
-    pub fn tracing_to(mut self, spans: Option<Arc<crate::telemetry::LeaseSpans>>) -> Self {
+    pub fn tracing_to(mut self, spans: Option<Arc<dyn super::ExtensionWatcher>>) -> Self {
         self.spans = spans;
         self
     }
@@ -758,12 +758,12 @@ impl LeaseKeeper {
         }
         drop(table);
         if let Some(spans) = &self.spans {
-            let extended = due
+            let mut extended = due
                 .iter()
                 .enumerate()
                 .filter(|(k, _)| !rejections.iter().chain(&retry).any(|f| f.index == *k))
                 .map(|(_, e)| e.message_id.as_str());
-            spans.extended(extended, due[0].visibility_secs);
+            spans.extended(&mut extended, due[0].visibility_secs);
         }
         let not_extended = rejections.len() + retry.len();
         self.metrics.lease_extensions.increment((due.len() - not_extended) as u64);

@@ -33,3 +33,10 @@ mod table;
 pub use crate::limits::RECEIVE_MAX;
 pub use keeper::{LeaseKeeper, Reservation};
 pub use table::{Admission, Extension, Handle, LeaseTable, ReceiveStamp};
+
+/// Who hears of the heartbeat's extensions besides SQS — the batch spans of `[telemetry]`
+/// (`telemetry::LeaseSpans`) — without the keeper knowing what they are.
+pub trait ExtensionWatcher: Send + Sync {
+    /// `message_ids` were just extended by `visibility_secs`.
+    fn extended(&self, message_ids: &mut dyn Iterator<Item = &str>, visibility_secs: i32);
+}

@@ -105,6 +105,12 @@ impl Scaling {
     }
 }
 
+impl crate::dispatch::Backpressure for Scaling {
+    fn throttled(&self) {
+        self.throttle();
+    }
+}
+
 /// What every poller of a pipeline uses.
 pub struct PollerStage {
     pub config: PollerConfig,

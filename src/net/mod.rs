@@ -9,6 +9,10 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls_pki_types::pem::PemObject;
 
+mod serve;
+
+pub use serve::{serve_connections, Limits};
+
 /// The TLS settings: the system's roots, `ca_file`'s, and a client certificate with its key.
 ///
 /// # Errors
