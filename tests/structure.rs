@@ -239,8 +239,6 @@ const LONG_FUNCTIONS: &[(&str, &str)] = &[
     ("src/batch.rs", "run"),
     ("src/config/interpolate.rs", "interpolate"),
     ("src/config/validate.rs", "validate"),
-    ("src/config/validate.rs", "validate_pipeline"),
-    ("src/config/validate.rs", "validate_target"),
     ("src/dispatch/mod.rs", "call"),
     ("src/dispatch/runtime_api.rs", "route"),
     ("src/filter/mod.rs", "project"),

@@ -356,6 +356,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
 }
 
+/// A pipeline, one section at a time along its messages' path: the queue, its pollers and
+/// batches, the target, retries, the dead-letter queue, the filter, the lease, large payloads.
 fn validate_pipeline(
     c: &mut Checker,
     at: &str,
@@ -373,33 +375,64 @@ fn validate_pipeline(
     c.url(&format!("{at}.queue_url"), &queue_url, &["http", "https"]);
     let fifo = queue_url.ends_with(".fifo");
     let depth_interval = c.ranged(&format!("{at}.depth_interval_secs"), p.depth_interval_secs, 10, 1, 3600);
+    let pollers = validate_pollers(c, at, p.pollers);
+    let batch = validate_batch(c, at, p.batch, fifo);
+    let target = match p.target {
+        Some(t) => validate_target(c, &format!("{at}.target"), t, pools),
+        None => {
+            c.fail(format!("{at}.target"), "is required ([pipelines.target] with a `type`)");
+            placeholder_target()
+        }
+    };
+    let retry = validate_retry(c, at, p.retry);
+    let dead_letter = p.dead_letter.map(|d| validate_dead_letter(c, at, d, &queue_url, fifo));
+    let filter = p.filter.and_then(|f| validate_filter(c, at, f, &name));
+    let lease = validate_lease(c, at, p.lease, &target, &batch);
+    let large_payloads = p.large_payloads.map(|l| validate_large_payloads(c, at, l));
+    PipelineConfig {
+        large_payloads,
+        lease,
+        name,
+        queue_url,
+        fifo,
+        filter,
+        pollers,
+        batch,
+        target,
+        retry,
+        dead_letter,
+        depth_interval: Duration::from_secs(depth_interval),
+    }
+}
 
-    let min = c.ranged(&format!("{at}.pollers.min"), p.pollers.min, 1, 0, MAX_MIN_POLLERS);
-    let max = c.ranged(&format!("{at}.pollers.max"), p.pollers.max, 10, 1, MAX_POLLERS);
+fn validate_pollers(c: &mut Checker, at: &str, p: RawPollers) -> PollerConfig {
+    let min = c.ranged(&format!("{at}.pollers.min"), p.min, 1, 0, MAX_MIN_POLLERS);
+    let max = c.ranged(&format!("{at}.pollers.max"), p.max, 10, 1, MAX_POLLERS);
     if min > max && !c.rejected(&format!("{at}.pollers.min")) && !c.rejected(&format!("{at}.pollers.max")) {
         c.fail(format!("{at}.pollers.min"), format!("{min} is greater than pollers.max ({max})"));
     }
-    let wait = c.ranged(&format!("{at}.pollers.wait_time_secs"), p.pollers.wait_time_secs, 20, 0, 20);
+    let wait = c.ranged(&format!("{at}.pollers.wait_time_secs"), p.wait_time_secs, 20, 0, 20);
     let visibility = p
-        .pollers
         .visibility_timeout_secs
         .map(|v| c.ranged(&format!("{at}.pollers.visibility_timeout_secs"), Some(v), v, 0, MAX_VISIBILITY_SECS));
+    PollerConfig {
+        min: min as usize,
+        max: max as usize,
+        wait_time: Duration::from_secs(wait),
+        visibility_timeout: visibility.map(Duration::from_secs),
+    }
+}
 
+fn validate_batch(c: &mut Checker, at: &str, b: RawBatch, fifo: bool) -> BatchConfig {
     let size_hi = if fifo { 10 } else { 10_000 };
-    let size = c.ranged(&format!("{at}.batch.size"), p.batch.size, 10, 1, size_hi);
-    if fifo && p.batch.size.is_some_and(|s| s > 10) {
+    let size = c.ranged(&format!("{at}.batch.size"), b.size, 10, 1, size_hi);
+    if fifo && b.size.is_some_and(|s| s > 10) {
         c.fail(format!("{at}.batch.size"), "FIFO queues (queue_url ending in .fifo) allow at most 10");
     }
-    let window = c.ranged(&format!("{at}.batch.window_ms"), p.batch.window_ms, 0, 0, 300_000);
-    let max_bytes = c.ranged(
-        &format!("{at}.batch.max_bytes"),
-        p.batch.max_bytes,
-        MAX_BATCH_BYTES as u64,
-        1024,
-        MAX_BATCH_BYTES as u64,
-    );
-
-    let per_group = p.batch.max_in_flight_per_group.map(|n| {
+    let window = c.ranged(&format!("{at}.batch.window_ms"), b.window_ms, 0, 0, 300_000);
+    let max_bytes =
+        c.ranged(&format!("{at}.batch.max_bytes"), b.max_bytes, MAX_BATCH_BYTES as u64, 1024, MAX_BATCH_BYTES as u64);
+    let per_group = b.max_in_flight_per_group.map(|n| {
         let key = format!("{at}.batch.max_in_flight_per_group");
         if fifo {
             c.fail(
@@ -409,18 +442,19 @@ fn validate_pipeline(
         }
         c.ranged(&key, Some(n), n, 1, 100_000) as usize
     });
-    let target = match p.target {
-        Some(t) => validate_target(c, &format!("{at}.target"), t, pools),
-        None => {
-            c.fail(format!("{at}.target"), "is required ([pipelines.target] with a `type`)");
-            placeholder_target()
-        }
-    };
+    BatchConfig {
+        size: size as usize,
+        window: Duration::from_millis(window),
+        max_bytes: max_bytes as usize,
+        max_in_flight_per_group: per_group,
+    }
+}
 
+fn validate_retry(c: &mut Checker, at: &str, r: RawRetry) -> RetryConfig {
     let initial =
-        c.ranged(&format!("{at}.retry.initial_backoff_secs"), p.retry.initial_backoff_secs, 1, 0, MAX_VISIBILITY_SECS);
+        c.ranged(&format!("{at}.retry.initial_backoff_secs"), r.initial_backoff_secs, 1, 0, MAX_VISIBILITY_SECS);
     let max_backoff =
-        c.ranged(&format!("{at}.retry.max_backoff_secs"), p.retry.max_backoff_secs, 300, 0, MAX_VISIBILITY_SECS);
+        c.ranged(&format!("{at}.retry.max_backoff_secs"), r.max_backoff_secs, 300, 0, MAX_VISIBILITY_SECS);
     if initial > max_backoff
         && !c.rejected(&format!("{at}.retry.initial_backoff_secs"))
         && !c.rejected(&format!("{at}.retry.max_backoff_secs"))
@@ -430,7 +464,7 @@ fn validate_pipeline(
             format!("{initial} is greater than retry.max_backoff_secs ({max_backoff})"),
         );
     }
-    let bisect = match p.retry.on_batch_error.as_deref() {
+    let bisect = match r.on_batch_error.as_deref() {
         None | Some("retry") => false,
         Some("bisect") => true,
         Some(other) => {
@@ -438,76 +472,75 @@ fn validate_pipeline(
             false
         }
     };
+    RetryConfig { initial_backoff: Duration::from_secs(initial), max_backoff: Duration::from_secs(max_backoff), bisect }
+}
 
-    let dead_letter = p.dead_letter.map(|d| {
-        let queue_url = c.required_string(&format!("{at}.dead_letter.queue_url"), d.queue_url);
-        c.url(&format!("{at}.dead_letter.queue_url"), &queue_url, &["http", "https"]);
-        let count = c.ranged(&format!("{at}.dead_letter.max_receive_count"), d.max_receive_count, 5, 1, 1000);
-        DeadLetterConfig { queue_url, max_receive_count: count as u32 }
-    });
-    if let Some(d) = &dead_letter {
-        if d.queue_url == queue_url && !queue_url.is_empty() {
-            c.fail(format!("{at}.dead_letter.queue_url"), "is the pipeline's own queue_url; it must be another queue");
+fn validate_dead_letter(c: &mut Checker, at: &str, d: RawDeadLetter, queue_url: &str, fifo: bool) -> DeadLetterConfig {
+    let dlq_url = c.required_string(&format!("{at}.dead_letter.queue_url"), d.queue_url);
+    c.url(&format!("{at}.dead_letter.queue_url"), &dlq_url, &["http", "https"]);
+    let count = c.ranged(&format!("{at}.dead_letter.max_receive_count"), d.max_receive_count, 5, 1, 1000);
+    if dlq_url == queue_url && !queue_url.is_empty() {
+        c.fail(format!("{at}.dead_letter.queue_url"), "is the pipeline's own queue_url; it must be another queue");
+    }
+    if dlq_url.ends_with(".fifo") != fifo && !dlq_url.is_empty() {
+        c.fail(
+            format!("{at}.dead_letter.queue_url"),
+            "a FIFO queue needs a FIFO dead-letter queue and a standard queue a standard one",
+        );
+    }
+    DeadLetterConfig { queue_url: dlq_url, max_receive_count: count as u32 }
+}
+
+fn validate_filter(c: &mut Checker, at: &str, f: RawFilter, name: &str) -> Option<FilterConfig> {
+    let on_filtered = match f.on_filtered.as_deref() {
+        None | Some("delete") => OnFiltered::Delete,
+        Some("keep") => OnFiltered::Keep,
+        Some(other) => {
+            c.fail(format!("{at}.filter.on_filtered"), format!("`{other}` is not one of: delete, keep"));
+            OnFiltered::Delete
         }
-        if d.queue_url.ends_with(".fifo") != fifo && !d.queue_url.is_empty() {
-            c.fail(
-                format!("{at}.dead_letter.queue_url"),
-                "a FIFO queue needs a FIFO dead-letter queue and a standard queue a standard one",
-            );
+    };
+    let keep_delay = c.ranged(
+        &format!("{at}.filter.keep_delay_secs"),
+        f.keep_delay_secs,
+        defaults::KEEP_DELAY_SECS,
+        1,
+        MAX_VISIBILITY_SECS,
+    );
+    if f.keep_delay_secs.is_some() && on_filtered != OnFiltered::Keep {
+        c.fail(format!("{at}.filter.keep_delay_secs"), "applies only with on_filtered = \"keep\"");
+    }
+    let patterns = f.patterns.unwrap_or_default();
+    if patterns.is_empty() {
+        c.fail(format!("{at}.filter.patterns"), "lists no pattern; remove [pipelines.filter] to pass every message");
+        return None;
+    }
+    match crate::filter::Filter::compile(&patterns) {
+        Ok(filter) => Some(FilterConfig { filter, on_filtered, keep_delay: Duration::from_secs(keep_delay) }),
+        Err((i, e)) => {
+            c.fail(format!("{at}.filter.patterns[{i}]"), format!("invalid pattern of pipeline `{name}`: {e}"));
+            None
         }
     }
+}
 
-    let filter = p.filter.and_then(|f| {
-        let on_filtered = match f.on_filtered.as_deref() {
-            None | Some("delete") => OnFiltered::Delete,
-            Some("keep") => OnFiltered::Keep,
-            Some(other) => {
-                c.fail(format!("{at}.filter.on_filtered"), format!("`{other}` is not one of: delete, keep"));
-                OnFiltered::Delete
-            }
-        };
-        let keep_delay = c.ranged(
-            &format!("{at}.filter.keep_delay_secs"),
-            f.keep_delay_secs,
-            defaults::KEEP_DELAY_SECS,
-            1,
-            MAX_VISIBILITY_SECS,
-        );
-        if f.keep_delay_secs.is_some() && on_filtered != OnFiltered::Keep {
-            c.fail(format!("{at}.filter.keep_delay_secs"), "applies only with on_filtered = \"keep\"");
-        }
-        let patterns = f.patterns.unwrap_or_default();
-        if patterns.is_empty() {
-            c.fail(
-                format!("{at}.filter.patterns"),
-                "lists no pattern; remove [pipelines.filter] to pass every message",
-            );
-            return None;
-        }
-        match crate::filter::Filter::compile(&patterns) {
-            Ok(filter) => Some(FilterConfig { filter, on_filtered, keep_delay: Duration::from_secs(keep_delay) }),
-            Err((i, e)) => {
-                c.fail(format!("{at}.filter.patterns[{i}]"), format!("invalid pattern of pipeline `{name}`: {e}"));
-                None
-            }
-        }
-    });
-
-    let mut default_outstanding = defaults::max_outstanding(target.max_concurrency, size as usize) as u64;
-    if per_group.is_some() {
-        // four times the batches' room again for messages waiting behind their groups' caps
-        default_outstanding += 4 * (target.max_concurrency.saturating_mul(size as usize).div_ceil(10) * 10) as u64;
+/// The lease's room: by default what the target's slots can hold in batches (and, with a group
+/// cap, four times that again for the messages waiting behind their groups' caps).
+fn validate_lease(c: &mut Checker, at: &str, l: RawLease, target: &TargetConfig, batch: &BatchConfig) -> LeaseConfig {
+    let mut default_outstanding = defaults::max_outstanding(target.max_concurrency, batch.size) as u64;
+    if batch.max_in_flight_per_group.is_some() {
+        default_outstanding += 4 * (target.max_concurrency.saturating_mul(batch.size).div_ceil(10) * 10) as u64;
     }
     let max_outstanding = c.ranged(
         &format!("{at}.lease.max_outstanding"),
-        p.lease.max_outstanding,
+        l.max_outstanding,
         default_outstanding,
         crate::limits::RECEIVE_MAX as u64,
         1_000_000,
     );
     let max_outstanding_bytes = c.ranged(
         &format!("{at}.lease.max_outstanding_bytes"),
-        p.lease.max_outstanding_bytes,
+        l.max_outstanding_bytes,
         defaults::MAX_OUTSTANDING_BYTES,
         // (under one receive's worth for the queue it is raised to that, at start)
         1 << 10,
@@ -515,13 +548,20 @@ fn validate_pipeline(
     );
     let max_lease = c.ranged(
         &format!("{at}.lease.max_lease_secs"),
-        p.lease.max_lease_secs,
+        l.max_lease_secs,
         defaults::MAX_LEASE_SECS,
         1,
         MAX_VISIBILITY_SECS,
     );
+    LeaseConfig {
+        max_outstanding: max_outstanding as usize,
+        max_outstanding_bytes: max_outstanding_bytes as usize,
+        max_lease: Duration::from_secs(max_lease),
+    }
+}
 
-    let large_payloads = p.large_payloads.map(|l| LargePayloadConfig {
+fn validate_large_payloads(c: &mut Checker, at: &str, l: RawLargePayloads) -> LargePayloadConfig {
+    LargePayloadConfig {
         max_bytes: c.ranged(
             &format!("{at}.large_payloads.max_bytes"),
             l.max_bytes,
@@ -538,38 +578,6 @@ fn validate_pipeline(
             900,
         )),
         delete_after_success: l.delete_after_success.unwrap_or(false),
-    });
-    PipelineConfig {
-        large_payloads,
-        lease: LeaseConfig {
-            max_outstanding: max_outstanding as usize,
-            max_outstanding_bytes: max_outstanding_bytes as usize,
-            max_lease: Duration::from_secs(max_lease),
-        },
-        name,
-        queue_url,
-        fifo,
-        filter,
-        pollers: PollerConfig {
-            min: min as usize,
-            max: max as usize,
-            wait_time: Duration::from_secs(wait),
-            visibility_timeout: visibility.map(Duration::from_secs),
-        },
-        batch: BatchConfig {
-            size: size as usize,
-            window: Duration::from_millis(window),
-            max_bytes: max_bytes as usize,
-            max_in_flight_per_group: per_group,
-        },
-        target,
-        retry: RetryConfig {
-            initial_backoff: Duration::from_secs(initial),
-            max_backoff: Duration::from_secs(max_backoff),
-            bisect,
-        },
-        dead_letter,
-        depth_interval: Duration::from_secs(depth_interval),
     }
 }
 
@@ -625,6 +633,8 @@ fn concurrency_mode(
     }
 }
 
+/// A pipeline's target: its limits, its type and the keys of that type, its pool, its
+/// concurrency and its breaker.
 fn validate_target(
     c: &mut Checker,
     at: &str,
@@ -644,9 +654,44 @@ fn validate_target(
         let r = c.ranged(&format!("{at}.rate_limit_per_sec"), Some(r), 1, 1, 1_000_000);
         NonZeroU32::new(r as u32)
     });
+    // which of the keys that belong to one target type only are set (before the http options
+    // take theirs)
+    let present = type_keys_present(&t);
+    let http = http_options(c, at, &mut t);
+    let kind = validate_target_kind(c, at, &mut t, &present);
+    let health_url = t.health_url.take().filter(|u| !u.is_empty());
+    if let Some(u) = &health_url {
+        c.url(&format!("{at}.health_url"), u, &["http"]);
+    }
+    let pool = validate_pool_membership(c, at, &mut t, pools, max_concurrency);
+    // in a pool, the pipeline takes at most the pool's limit unless it says less
+    let max_concurrency = match (&pool, t.max_concurrency) {
+        (Some(p), None) => p.settings.max_concurrency as u64,
+        _ => max_concurrency,
+    };
+    let adaptive = if pool.is_some() {
+        None
+    } else {
+        concurrency_mode(c, at, t.concurrency.as_deref(), t.min_concurrency, max_concurrency)
+    };
+    let breaker = t.breaker.take().map_or_else(BreakerConfig::default, |b| validate_breaker(c, at, b));
+    TargetConfig {
+        kind,
+        timeout: Duration::from_secs(timeout),
+        max_concurrency: max_concurrency as usize,
+        rate_limit_per_sec,
+        max_throttled: Duration::from_secs(max_throttled),
+        health_url,
+        adaptive,
+        breaker,
+        http,
+        pool,
+    }
+}
 
-    // Keys that belong to one target type only.
-    let present = [
+/// The keys that belong to one target type only, and whether each is set.
+fn type_keys_present(t: &RawTarget) -> [(&'static str, bool); 13] {
+    [
         ("url", t.url.is_some()),
         ("function_name", t.function_name.is_some()),
         ("qualifier", t.qualifier.is_some()),
@@ -660,46 +705,48 @@ fn validate_target(
         ("client_key_file", t.client_key_file.is_some()),
         ("sigv4_service", t.sigv4_service.is_some()),
         ("sigv4_region", t.sigv4_region.is_some()),
-    ];
+    ]
+}
+
+/// The target's type and its own keys; a key of another type is a mistake named as such.
+fn validate_target_kind(c: &mut Checker, at: &str, t: &mut RawTarget, present: &[(&str, bool)]) -> TargetKind {
     let only = |kind: &str, allowed: &[&str], c: &mut Checker| {
         for (key, is_set) in present {
-            if is_set && !allowed.contains(&key) {
+            if *is_set && !allowed.contains(key) {
                 c.fail(format!("{at}.{key}"), format!("does not apply to target type `{kind}`"));
             }
         }
     };
-
-    let http = http_options(c, at, &mut t);
-    let kind = match t.kind.as_deref() {
+    match t.kind.as_deref() {
         Some("http") => {
             only(
                 "http",
                 &["url", "headers", "ca_file", "client_cert_file", "client_key_file", "sigv4_service", "sigv4_region"],
                 c,
             );
-            let url = c.required_string(&format!("{at}.url"), t.url);
+            let url = c.required_string(&format!("{at}.url"), t.url.take());
             c.url(&format!("{at}.url"), &url, &["http", "https"]);
             TargetKind::Http { url }
         }
         Some("command") => {
             only("command", &["program", "args"], c);
-            let program = c.required_string(&format!("{at}.program"), t.program);
-            TargetKind::Command { program, args: t.args.unwrap_or_default() }
+            let program = c.required_string(&format!("{at}.program"), t.program.take());
+            TargetKind::Command { program, args: t.args.take().unwrap_or_default() }
         }
         Some("lambda") => {
             only("lambda", &["function_name", "qualifier"], c);
-            let function_name = c.required_string(&format!("{at}.function_name"), t.function_name);
-            TargetKind::Lambda { function_name, qualifier: t.qualifier.filter(|q| !q.is_empty()) }
+            let function_name = c.required_string(&format!("{at}.function_name"), t.function_name.take());
+            TargetKind::Lambda { function_name, qualifier: t.qualifier.take().filter(|q| !q.is_empty()) }
         }
         Some("runtime-api") => {
             only("runtime-api", &["program", "args", "workers", "handler"], c);
-            let program = c.required_string(&format!("{at}.program"), t.program);
+            let program = c.required_string(&format!("{at}.program"), t.program.take());
             let workers = c.ranged(&format!("{at}.workers"), t.workers, 1, 1, 256) as usize;
             TargetKind::RuntimeApi {
                 program,
-                args: t.args.unwrap_or_default(),
+                args: t.args.take().unwrap_or_default(),
                 workers,
-                handler: t.handler.filter(|h| !h.is_empty()),
+                handler: t.handler.take().filter(|h| !h.is_empty()),
             }
         }
         Some(other) => {
@@ -713,109 +760,88 @@ fn validate_target(
             c.fail(format!("{at}.type"), "is required (http, command, lambda or runtime-api)");
             TargetKind::Http { url: String::new() }
         }
-    };
-    let health_url = t.health_url.filter(|u| !u.is_empty());
-    if let Some(u) = &health_url {
-        c.url(&format!("{at}.health_url"), u, &["http"]);
     }
-    let pool = match (t.pool.filter(|p| !p.is_empty()), pools) {
-        (Some(name), pools) => match pools.get(&name) {
-            Some(settings) => {
-                for (key, set) in
-                    [("concurrency", t.concurrency.is_some()), ("min_concurrency", t.min_concurrency.is_some())]
-                {
-                    if set {
-                        c.fail(
-                            format!("{at}.{key}"),
-                            format!("does not apply to a pipeline in a pool: set it on [pools.{name}], whose limit the pipelines share"),
-                        );
-                    }
-                }
-                if t.max_concurrency.is_some()
-                    && max_concurrency as usize > settings.max_concurrency
-                    && !c.rejected(&format!("{at}.max_concurrency"))
-                {
-                    c.fail(
-                        format!("{at}.max_concurrency"),
-                        format!("{max_concurrency} is more than its pool's max_concurrency ({}): in a pool it caps the pipeline's own share", settings.max_concurrency),
-                    );
-                }
-                Some(PoolMembership {
-                    priority: c.ranged(&format!("{at}.priority"), t.priority, 0, 0, 1_000) as u32,
-                    weight: c.ranged(&format!("{at}.weight"), t.weight, 1, 1, 1_000) as u32,
-                    settings: settings.clone(),
-                    name,
-                })
+}
+
+/// `target.pool`: the shared pool the pipeline takes part in (its priority and weight there), or
+/// none; the keys of the other case are mistakes named as such.
+fn validate_pool_membership(
+    c: &mut Checker,
+    at: &str,
+    t: &mut RawTarget,
+    pools: &std::collections::BTreeMap<String, PoolConfig>,
+    max_concurrency: u64,
+) -> Option<PoolMembership> {
+    let Some(name) = t.pool.take().filter(|p| !p.is_empty()) else {
+        for (key, set) in [("priority", t.priority.is_some()), ("weight", t.weight.is_some())] {
+            if set {
+                c.fail(format!("{at}.{key}"), "applies to a pipeline in a shared pool only (target.pool)");
             }
-            None => {
-                let known = pools.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
-                c.fail(
-                    format!("{at}.pool"),
-                    if known.is_empty() {
-                        format!("`{name}` names no [pools.{name}] table (none is defined)")
-                    } else {
-                        format!("`{name}` names no [pools.{name}] table (defined: {known})")
-                    },
-                );
-                None
-            }
-        },
-        (None, _) => {
-            for (key, set) in [("priority", t.priority.is_some()), ("weight", t.weight.is_some())] {
-                if set {
-                    c.fail(format!("{at}.{key}"), "applies to a pipeline in a shared pool only (target.pool)");
-                }
-            }
-            None
         }
+        return None;
     };
-    // in a pool, the pipeline takes at most the pool's limit unless it says less
-    let max_concurrency = match (&pool, t.max_concurrency) {
-        (Some(p), None) => p.settings.max_concurrency as u64,
-        _ => max_concurrency,
-    };
-    let adaptive = if pool.is_some() {
-        None
-    } else {
-        concurrency_mode(c, at, t.concurrency.as_deref(), t.min_concurrency, max_concurrency)
-    };
-    let breaker = t.breaker.map_or_else(BreakerConfig::default, |b| {
-        let d = BreakerConfig::default();
-        let cooldown =
-            c.ranged(&format!("{at}.breaker.cooldown_secs"), b.cooldown_secs, d.cooldown.as_secs(), 1, 3_600);
-        let max_cooldown = c.ranged(
-            &format!("{at}.breaker.max_cooldown_secs"),
-            b.max_cooldown_secs,
-            d.max_cooldown.as_secs().max(cooldown),
-            1,
-            86_400,
+    let Some(settings) = pools.get(&name) else {
+        let known = pools.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+        c.fail(
+            format!("{at}.pool"),
+            if known.is_empty() {
+                format!("`{name}` names no [pools.{name}] table (none is defined)")
+            } else {
+                format!("`{name}` names no [pools.{name}] table (defined: {known})")
+            },
         );
-        let rejected = c.rejected(&format!("{at}.breaker.cooldown_secs"))
-            || c.rejected(&format!("{at}.breaker.max_cooldown_secs"));
-        if max_cooldown < cooldown && !rejected {
+        return None;
+    };
+    for (key, set) in [("concurrency", t.concurrency.is_some()), ("min_concurrency", t.min_concurrency.is_some())] {
+        if set {
             c.fail(
-                format!("{at}.breaker.max_cooldown_secs"),
-                format!("{max_cooldown} is less than breaker.cooldown_secs ({cooldown})"),
+                format!("{at}.{key}"),
+                format!(
+                    "does not apply to a pipeline in a pool: set it on [pools.{name}], whose limit the pipelines share"
+                ),
             );
         }
-        BreakerConfig {
-            enabled: b.enabled.unwrap_or(true),
-            failures: c.ranged(&format!("{at}.breaker.failures"), b.failures, u64::from(d.failures), 1, 1_000) as u32,
-            cooldown: Duration::from_secs(cooldown),
-            max_cooldown: Duration::from_secs(max_cooldown.max(cooldown)),
-        }
-    });
-    TargetConfig {
-        kind,
-        timeout: Duration::from_secs(timeout),
-        max_concurrency: max_concurrency as usize,
-        rate_limit_per_sec,
-        max_throttled: Duration::from_secs(max_throttled),
-        health_url,
-        adaptive,
-        breaker,
-        http,
-        pool,
+    }
+    if t.max_concurrency.is_some()
+        && max_concurrency as usize > settings.max_concurrency
+        && !c.rejected(&format!("{at}.max_concurrency"))
+    {
+        c.fail(
+            format!("{at}.max_concurrency"),
+            format!("{max_concurrency} is more than its pool's max_concurrency ({}): in a pool it caps the pipeline's own share", settings.max_concurrency),
+        );
+    }
+    Some(PoolMembership {
+        priority: c.ranged(&format!("{at}.priority"), t.priority, 0, 0, 1_000) as u32,
+        weight: c.ranged(&format!("{at}.weight"), t.weight, 1, 1, 1_000) as u32,
+        settings: settings.clone(),
+        name,
+    })
+}
+
+fn validate_breaker(c: &mut Checker, at: &str, b: RawBreaker) -> BreakerConfig {
+    let d = BreakerConfig::default();
+    let cooldown = c.ranged(&format!("{at}.breaker.cooldown_secs"), b.cooldown_secs, d.cooldown.as_secs(), 1, 3_600);
+    let max_cooldown = c.ranged(
+        &format!("{at}.breaker.max_cooldown_secs"),
+        b.max_cooldown_secs,
+        d.max_cooldown.as_secs().max(cooldown),
+        1,
+        86_400,
+    );
+    let rejected =
+        c.rejected(&format!("{at}.breaker.cooldown_secs")) || c.rejected(&format!("{at}.breaker.max_cooldown_secs"));
+    if max_cooldown < cooldown && !rejected {
+        c.fail(
+            format!("{at}.breaker.max_cooldown_secs"),
+            format!("{max_cooldown} is less than breaker.cooldown_secs ({cooldown})"),
+        );
+    }
+    BreakerConfig {
+        enabled: b.enabled.unwrap_or(true),
+        failures: c.ranged(&format!("{at}.breaker.failures"), b.failures, u64::from(d.failures), 1, 1_000) as u32,
+        cooldown: Duration::from_secs(cooldown),
+        max_cooldown: Duration::from_secs(max_cooldown.max(cooldown)),
     }
 }
 
