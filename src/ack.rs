@@ -143,6 +143,26 @@ fn ids(batch: &[ReceivedMessage], which: impl Iterator<Item = usize>) -> Vec<&st
 }
 
 impl Acker {
+    /// The acker of the pipeline `cfg`: its retries, its dead-letter queue and its large payloads.
+    pub fn new(
+        cfg: &crate::config::PipelineConfig,
+        leases: Arc<LeaseKeeper>,
+        dead_letter: Option<Arc<dyn Queue>>,
+        payloads: Option<Arc<crate::payload::PayloadStore>>,
+        metrics: PipelineMetrics,
+    ) -> Self {
+        Acker {
+            payloads,
+            leases,
+            dead_letter,
+            max_receive_count: cfg.dead_letter.as_ref().map(|d| d.max_receive_count),
+            fifo: cfg.fifo,
+            pipeline: cfg.name.clone(),
+            retry: cfg.retry.clone(),
+            metrics,
+        }
+    }
+
     /// Counts a batch's outcome, plans its acknowledgement and carries it out; returns the plan.
     pub async fn settle(&self, batch: &[ReceivedMessage], verdict: &Verdict) -> AckPlan {
         let plan = plan(batch, verdict, &self.retry, self.max_receive_count, self.fifo, &mut fastrand::f64);

@@ -34,8 +34,9 @@ impl Intake {
         filter: Option<FilterConfig>,
         leases: Arc<LeaseKeeper>,
         metrics: PipelineMetrics,
+        payloads: Option<Arc<crate::payload::PayloadStore>>,
     ) -> Self {
-        Intake { source, filter, leases, metrics, payloads: None, oldest_age_ms: AtomicU64::new(0) }
+        Intake { source, filter, leases, metrics, payloads, oldest_age_ms: AtomicU64::new(0) }
     }
 
     /// Takes one receive (`stamp`: when it was sent, with what visibility timeout) on: leases its messages (with the room reserved for
@@ -172,7 +173,7 @@ mod tests {
         );
         let source =
             EventSource { queue_arn: "arn:aws:sqs:us-east-1:000000000000:q".into(), region: "us-east-1".into() };
-        let intake = Intake::new(source, None, leases.clone(), metrics);
+        let intake = Intake::new(source, None, leases.clone(), metrics, None);
         let body = "\"\\".repeat(32 * 1024);
         let plain = "x".repeat(64 * 1024);
         let messages = vec![

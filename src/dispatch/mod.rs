@@ -203,15 +203,25 @@ pub struct Dispatcher {
     pub drain: CancellationToken,
 }
 
+/// What a dispatcher is made of besides its target's settings.
+pub struct DispatcherParts {
+    pub batch_size: usize,
+    pub fifo: bool,
+    /// `retry.on_batch_error = "bisect"`.
+    pub bisect: bool,
+    pub target: Target,
+    pub backpressure: Arc<dyn Backpressure>,
+    pub metrics: PipelineMetrics,
+    /// The pipeline's place in its slots, told what each call said of the target's capacity.
+    pub slots: Option<Arc<concurrency::Member>>,
+    pub breaker: Option<Arc<breaker::Breaker>>,
+    /// The drain: a batch the breaker holds is let go when it fires.
+    pub drain: CancellationToken,
+}
+
 impl Dispatcher {
-    pub fn new(
-        cfg: &TargetConfig,
-        batch_size: usize,
-        fifo: bool,
-        target: Target,
-        backpressure: Arc<dyn Backpressure>,
-        metrics: PipelineMetrics,
-    ) -> Self {
+    pub fn new(cfg: &TargetConfig, parts: DispatcherParts) -> Self {
+        let DispatcherParts { batch_size, fifo, bisect, target, backpressure, metrics, slots, breaker, drain } = parts;
         let limiter = cfg.rate_limit_per_sec.map(|rate| {
             // a whole batch must fit in the bucket at once
             let burst = NonZeroU32::new(rate.get().max(batch_size as u32)).expect("non-zero");
@@ -222,13 +232,13 @@ impl Dispatcher {
             timeout: cfg.timeout,
             max_throttled: cfg.max_throttled,
             fifo,
-            bisect: false,
+            bisect,
             limiter,
             backpressure,
             metrics,
-            slots: None,
-            breaker: None,
-            drain: CancellationToken::new(),
+            slots,
+            breaker,
+            drain,
         }
     }
 
