@@ -72,6 +72,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::shutdown::Shutdown;
@@ -97,72 +98,96 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
     let telemetry = clients.telemetry.clone();
     let health = server::Health::new(shutdown.drain.clone());
     let registry = admin::Registry::default();
-    let admin = match config.admin_listen {
-        Some(addr) => {
-            let listener = server::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr} (server.admin_listen; \"\" turns the admin API off)")
-            })?;
-            let bound = listener.local_addr().unwrap_or(addr);
-            tracing::info!(listen = %bound, "admin API: GET /pipelines, POST /pipelines/NAME/pause, POST /pipelines/NAME/resume");
-            Some(listener)
-        }
-        None => None,
-    };
-
+    let admin = bind_admin(config.admin_listen).await?;
     let hash = reloads.as_ref().and_then(|r| config::file_hash(&r.path));
     let pipelines = config.pipelines.len();
     let mut supervisor =
         supervisor::Supervisor::new(config, clients, health.clone(), registry.clone(), shutdown.clone(), hash);
     // the pipelines' series exist before the first scrape is answered
     supervisor.start_all().await?;
-
-    let stop_server = CancellationToken::new();
-    let server = tokio::spawn(server::serve(listener, prometheus.clone(), health.clone(), stop_server.clone()));
-    let admin = admin.map(|l| tokio::spawn(admin::serve(l, registry.clone(), stop_server.clone())));
-    let upkeep = tokio::spawn({
-        let stop = stop_server.clone();
-        async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(5)) => prometheus.run_upkeep(),
-                }
-            }
-        }
-    });
+    let service = ServiceTasks::start(listener, admin, prometheus, health, registry, &shutdown);
     tracing::info!(%listen, pipelines, "sqs-poller started");
-    // systemd (Type=notify): ready once every pipeline has found its queue; stopping at the drain
-    let notifier = tokio::spawn({
-        let (health, drain) = (health.clone(), shutdown.drain.clone());
-        async move {
-            loop {
-                tokio::select! {
-                    () = drain.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-                if health.all_ready() {
-                    notify::notify("READY=1");
-                    break;
-                }
-            }
-            drain.cancelled().await;
-            notify::notify("STOPPING=1");
-        }
-    });
     let result = supervisor.run(reloads).await;
-    stop_server.cancel();
-    notifier.abort();
-    if let Some(admin) = admin {
-        let _ = admin.await;
-    }
-    for (what, task) in [("metrics server", server), ("metrics upkeep", upkeep)] {
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, "the {what} task failed");
-        }
-    }
+    service.stop().await;
     // the last batches' spans go out before the process ends
     if let Some(t) = telemetry {
         t.shutdown(Duration::from_secs(5)).await;
     }
     result
+}
+
+/// The admin API's listener, when `server.admin_listen` is set.
+async fn bind_admin(addr: Option<std::net::SocketAddr>) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = server::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (server.admin_listen; \"\" turns the admin API off)"))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(listen = %bound, "admin API: GET /pipelines, POST /pipelines/NAME/pause, POST /pipelines/NAME/resume");
+    Ok(Some(listener))
+}
+
+/// The service's own tasks — the metrics server, the admin API, the metrics' upkeep, the systemd
+/// notifier — on one tracker under one token, which is cancelled once the pipelines have drained
+/// (the servers answer until then: `/readyz` says "draining").
+struct ServiceTasks {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl ServiceTasks {
+    fn start(
+        listener: tokio::net::TcpListener,
+        admin: Option<tokio::net::TcpListener>,
+        prometheus: metrics_exporter_prometheus::PrometheusHandle,
+        health: server::Health,
+        registry: admin::Registry,
+        shutdown: &Shutdown,
+    ) -> ServiceTasks {
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        tasks.spawn(server::serve(listener, prometheus.clone(), health.clone(), stop.clone()));
+        if let Some(l) = admin {
+            tasks.spawn(admin::serve(l, registry, stop.clone()));
+        }
+        tasks.spawn(metrics_upkeep(prometheus, stop.clone()));
+        tasks.spawn(notify_systemd(health, shutdown.drain.clone(), stop.clone()));
+        tasks.close();
+        ServiceTasks { tasks, stop }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+/// The Prometheus recorder's upkeep (its histograms' buckets age out) every 5 s until `stop`.
+async fn metrics_upkeep(prometheus: metrics_exporter_prometheus::PrometheusHandle, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => prometheus.run_upkeep(),
+        }
+    }
+}
+
+/// systemd (Type=notify): ready once every pipeline has found its queue; stopping at the drain.
+async fn notify_systemd(health: server::Health, drain: CancellationToken, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = drain.cancelled() => break,
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if health.all_ready() {
+            notify::notify("READY=1");
+            break;
+        }
+    }
+    tokio::select! {
+        () = drain.cancelled() => {
+            notify::notify("STOPPING=1");
+        }
+        () = stop.cancelled() => {}
+    }
 }
