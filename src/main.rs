@@ -121,46 +121,29 @@ fn give_back_freed_memory() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = config_path(&cli);
-    if let Some(Command::TestPattern { patterns }) = &cli.command {
-        return test_pattern(patterns);
-    }
-    let aws_for = |endpoint_url: &Option<String>, region: &Option<String>| -> Result<config::AwsConfig, ExitCode> {
-        // the configuration file is optional here: it only lends its [aws] section
-        let mut aws = match (cli.config.is_some() || path.exists()).then(|| config::load(&path)) {
-            Some(Ok(c)) => c.aws,
-            Some(Err(e)) => {
-                eprintln!("{e}");
-                return Err(ExitCode::from(2));
-            }
-            None => config::AwsConfig::default(),
-        };
-        if endpoint_url.is_some() {
-            aws.sqs_endpoint_url = endpoint_url.clone();
+    match &cli.command {
+        Some(Command::TestPattern { patterns }) => return test_pattern(patterns),
+        Some(Command::Dlq { command: DlqCommand::Stats { queue, samples, endpoint_url, region } }) => {
+            return match aws_for(&cli, &path, endpoint_url, region) {
+                Ok(aws) => dlq_stats(aws, queue, *samples),
+                Err(code) => code,
+            };
         }
-        if region.is_some() {
-            aws.region = region.clone();
+        Some(Command::Redrive { from, to, limit, patterns, rate, endpoint_url, region }) => {
+            let filter = match sqs_poller::filter::Filter::compile(patterns) {
+                Ok(f) => (!f.is_empty()).then_some(f),
+                Err((i, e)) => {
+                    eprintln!("--pattern #{}: invalid pattern: {e}", i + 1);
+                    return ExitCode::from(2);
+                }
+            };
+            let options = sqs_poller::redrive::RedriveOptions { limit: *limit, filter, rate: *rate };
+            return match aws_for(&cli, &path, endpoint_url, region) {
+                Ok(aws) => redrive(aws, from, to, &options),
+                Err(code) => code,
+            };
         }
-        Ok(aws)
-    };
-    if let Some(Command::Dlq { command: DlqCommand::Stats { queue, samples, endpoint_url, region } }) = &cli.command {
-        return match aws_for(endpoint_url, region) {
-            Ok(aws) => dlq_stats(aws, queue, *samples),
-            Err(code) => code,
-        };
-    }
-    if let Some(Command::Redrive { from, to, limit, patterns, rate, endpoint_url, region }) = &cli.command {
-        let filter = match sqs_poller::filter::Filter::compile(patterns) {
-            Ok(f) => (!f.is_empty()).then_some(f),
-            Err((i, e)) => {
-                eprintln!("--pattern #{}: invalid pattern: {e}", i + 1);
-                return ExitCode::from(2);
-            }
-        };
-        let options = sqs_poller::redrive::RedriveOptions { limit: *limit, filter, rate: *rate };
-        return match aws_for(endpoint_url, region) {
-            Ok(aws) => redrive(aws, from, to, &options),
-            Err(code) => code,
-        };
+        Some(Command::Run | Command::Check) | None => {}
     }
     let config = match config::load(&path) {
         Ok(c) => c,
@@ -170,16 +153,38 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Check => {
-            // a closed pipe (`check | head`) is not an error worth a panic
-            let resolved = sqs_poller::check::Resolved { path: &path, config: &config }.to_string();
-            let _ = std::io::Write::write_all(&mut std::io::stdout(), resolved.as_bytes());
-            ExitCode::SUCCESS
-        }
-        Command::Run => run(config, path),
-        Command::Redrive { .. } | Command::TestPattern { .. } | Command::Dlq { .. } => unreachable!("handled above"),
+    if matches!(cli.command, Some(Command::Check)) {
+        // a closed pipe (`check | head`) is not an error worth a panic
+        let resolved = sqs_poller::check::Resolved { path: &path, config: &config }.to_string();
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), resolved.as_bytes());
+        return ExitCode::SUCCESS;
     }
+    run(config, path)
+}
+
+/// The AWS settings of the tools (`redrive`, `dlq stats`): the configuration file's [aws]
+/// section when there is a file (it is optional here), then the command line's.
+fn aws_for(
+    cli: &Cli,
+    path: &std::path::Path,
+    endpoint_url: &Option<String>,
+    region: &Option<String>,
+) -> Result<config::AwsConfig, ExitCode> {
+    let mut aws = match (cli.config.is_some() || path.exists()).then(|| config::load(path)) {
+        Some(Ok(c)) => c.aws,
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return Err(ExitCode::from(2));
+        }
+        None => config::AwsConfig::default(),
+    };
+    if endpoint_url.is_some() {
+        aws.sqs_endpoint_url = endpoint_url.clone();
+    }
+    if region.is_some() {
+        aws.region = region.clone();
+    }
+    Ok(aws)
 }
 
 fn dlq_stats(aws: config::AwsConfig, queue: &str, samples: usize) -> ExitCode {

@@ -246,7 +246,6 @@ const LONG_FUNCTIONS: &[(&str, &str)] = &[
     ("src/intake.rs", "take"),
     ("src/lease/keeper.rs", "admit_sized"),
     ("src/lease/keeper.rs", "extend_due"),
-    ("src/main.rs", "main"),
     ("src/metrics.rs", "describe"),
     ("src/metrics.rs", "new"),
     ("src/pipeline/batch_task.rs", "process_batch"),
