@@ -372,17 +372,7 @@ mod tests {
         counts
             .iter()
             .enumerate()
-            .map(|(i, &c)| ReceivedMessage {
-                message_id: format!("m{i}"),
-                receive_count: c,
-                sent_timestamp_ms: None,
-                group_id: None,
-                record_json: "{}".into(),
-                trace_header: None,
-                traceparent: None,
-                s3_object: None,
-                unresolved: None,
-            })
+            .map(|(i, &c)| ReceivedMessage { receive_count: c, ..ReceivedMessage::for_test(format!("m{i}")) })
             .collect()
     }
 

@@ -627,15 +627,8 @@ mod tests {
 
     fn msg(id: usize, body_len: usize) -> ReceivedMessage {
         ReceivedMessage {
-            message_id: id.to_string(),
-            receive_count: 1,
-            sent_timestamp_ms: None,
-            group_id: None,
             record_json: format!("{{\"body\":\"{}\"}}", "x".repeat(body_len)).into(),
-            trace_header: None,
-            traceparent: None,
-            s3_object: None,
-            unresolved: None,
+            ..ReceivedMessage::for_test(id.to_string())
         }
     }
 

@@ -151,6 +151,23 @@ impl ReceivedMessage {
     pub fn event_bytes(&self) -> usize {
         self.record_json.len() + 1
     }
+
+    /// A message for unit tests: `id`, first received, record `{}`, nothing else (change what a
+    /// test needs with `ReceivedMessage { …, ..ReceivedMessage::for_test(id) }`).
+    #[cfg(test)]
+    pub fn for_test(id: impl Into<String>) -> Self {
+        ReceivedMessage {
+            message_id: id.into(),
+            receive_count: 1,
+            sent_timestamp_ms: None,
+            group_id: None,
+            record_json: "{}".into(),
+            trace_header: None,
+            traceparent: None,
+            s3_object: None,
+            unresolved: None,
+        }
+    }
 }
 
 /// A message's size as SQS counts it against `MaximumMessageSize`: its body and its message
@@ -484,15 +501,8 @@ mod tests {
     fn event_size_matches_the_encoded_event() {
         let record: SqsRecord = serde_json::from_str(AWS_DOC_RECORD).unwrap();
         let message = ReceivedMessage {
-            message_id: record.message_id.clone(),
-            receive_count: 1,
-            sent_timestamp_ms: None,
-            group_id: None,
             record_json: serde_json::to_string(&record).unwrap().into(),
-            trace_header: None,
-            traceparent: None,
-            s3_object: None,
-            unresolved: None,
+            ..ReceivedMessage::for_test(record.message_id.clone())
         };
         for n in 0..4 {
             let msgs = vec![message.clone(); n];

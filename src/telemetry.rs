@@ -583,15 +583,9 @@ mod tests {
 
     fn message(traceparent: Option<&str>, xray: Option<&str>) -> ReceivedMessage {
         ReceivedMessage {
-            message_id: "m".into(),
-            receive_count: 1,
-            sent_timestamp_ms: None,
-            group_id: None,
-            record_json: "{}".into(),
             trace_header: xray.map(Into::into),
             traceparent: traceparent.map(Into::into),
-            s3_object: None,
-            unresolved: None,
+            ..ReceivedMessage::for_test("m")
         }
     }
 

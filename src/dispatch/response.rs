@@ -96,19 +96,7 @@ mod tests {
     use super::*;
 
     fn batch(ids: &[&str]) -> Vec<ReceivedMessage> {
-        ids.iter()
-            .map(|id| ReceivedMessage {
-                message_id: id.to_string(),
-                receive_count: 1,
-                sent_timestamp_ms: None,
-                group_id: None,
-                record_json: "{}".into(),
-                trace_header: None,
-                traceparent: None,
-                s3_object: None,
-                unresolved: None,
-            })
-            .collect()
+        ids.iter().map(|id| ReceivedMessage::for_test(*id)).collect()
     }
 
     fn verdict(body: &str) -> Verdict {
