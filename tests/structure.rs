@@ -248,7 +248,6 @@ const LONG_FUNCTIONS: &[(&str, &str)] = &[
     ("src/lease/keeper.rs", "extend_due"),
     ("src/metrics.rs", "describe"),
     ("src/metrics.rs", "new"),
-    ("src/pipeline/batch_task.rs", "process_batch"),
     ("src/poller/mod.rs", "poller"),
     ("src/redrive.rs", "redrive"),
     ("src/sim.rs", "take"),

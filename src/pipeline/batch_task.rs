@@ -116,47 +116,8 @@ async fn process_batch(
         spans.attach(&batch, s);
     }
     // FIFO: which groups failed, and how long their messages stay back
-    let outcome = AssertUnwindSafe(async {
-        let traceparent = span.as_ref().map(crate::telemetry::BatchSpan::traceparent);
-        let dispatching = span.as_ref().map(|s| s.child("dispatch", None));
-        let outcome = work.dispatcher.dispatch(&batch, &work.abandon, traceparent.as_deref(), slot).await;
-        if let Some(child) = dispatching {
-            let (name, error) = outcome_of(&outcome);
-            child.dispatched(name, error);
-        }
-        let settling = span.as_ref().map(|s| s.child("settle", Some("settle")));
-        // the settling futures are boxed: a batch task waits on its worker with the dispatch's
-        // state only, not room for the largest settlement beside it (issue 32: 1,000 batches
-        // waiting at the worker held ~3.5 KiB each)
-        let (plan, failed) = match outcome {
-            Outcome::Answered(ref verdict) => {
-                let plan = Box::pin(work.acker.settle(&batch, verdict)).await;
-                let failed = plan.failed_groups(&batch);
-                (Some(plan), failed)
-            }
-            Outcome::Throttled => {
-                let plan = Box::pin(work.acker.release_throttled(&batch)).await;
-                let failed = plan.failed_groups(&batch);
-                (Some(plan), failed)
-            }
-            Outcome::Abandoned => {
-                tracing::info!(pipeline = %metrics.pipeline, messages = n, "shutdown: releasing an unfinished batch (the grace period is over, or the open circuit breaker held it)");
-                Box::pin(work.acker.release(&batch)).await;
-                (None, groups.groups.iter().map(|g| (g.clone(), 0)).collect())
-            }
-        };
-        if let Some(child) = settling {
-            child.end();
-        }
-        if let Some(s) = &span {
-            let (name, error) = outcome_of(&outcome);
-            let settled = plan.as_ref().map(|p| (&p.delete[..], &p.retry[..], &p.dead_letter[..]));
-            s.settled(&batch, name, error, settled);
-        }
-        failed
-    })
-    .catch_unwind()
-    .await;
+    let outcome =
+        AssertUnwindSafe(dispatch_and_settle(work, &batch, &groups, span.as_ref(), slot)).catch_unwind().await;
     if let Some(s) = &span {
         if let Some(spans) = &work.lease_spans {
             spans.detach(&batch);
@@ -179,6 +140,64 @@ async fn process_batch(
     // the batcher is gone once shutdown has flushed it; nothing is held then
     let _ = work.done.send(groups);
     metrics.in_flight_batches.decrement(1.0);
+}
+
+/// Dispatches the batch and settles its outcome, telling the batch's span (when it is sampled)
+/// of both; the groups that failed (FIFO), each with how long its messages stay back.
+async fn dispatch_and_settle(
+    work: &BatchWork,
+    batch: &Batch,
+    groups: &GroupsDone,
+    span: Option<&crate::telemetry::BatchSpan>,
+    slot: &mut Option<crate::dispatch::concurrency::SlotHold<'_>>,
+) -> Vec<(String, i32)> {
+    let traceparent = span.map(crate::telemetry::BatchSpan::traceparent);
+    let dispatching = span.map(|s| s.child("dispatch", None));
+    let outcome = work.dispatcher.dispatch(batch, &work.abandon, traceparent.as_deref(), slot).await;
+    if let Some(child) = dispatching {
+        let (name, error) = outcome_of(&outcome);
+        child.dispatched(name, error);
+    }
+    let settling = span.map(|s| s.child("settle", Some("settle")));
+    let (plan, failed) = settle(work, batch, groups, &outcome).await;
+    if let Some(child) = settling {
+        child.end();
+    }
+    if let Some(s) = span {
+        let (name, error) = outcome_of(&outcome);
+        let settled = plan.as_ref().map(|p| (&p.delete[..], &p.retry[..], &p.dead_letter[..]));
+        s.settled(batch, name, error, settled);
+    }
+    failed
+}
+
+/// Settles a dispatch's outcome: the plan carried out (none when the batch was abandoned and
+/// released) and the groups that failed. The settling futures are boxed: a batch task waits on
+/// its worker with the dispatch's state only, not room for the largest settlement beside it
+/// (issue 32: 1,000 batches waiting at the worker held ~3.5 KiB each).
+async fn settle(
+    work: &BatchWork,
+    batch: &Batch,
+    groups: &GroupsDone,
+    outcome: &Outcome,
+) -> (Option<crate::ack::AckPlan>, Vec<(String, i32)>) {
+    match outcome {
+        Outcome::Answered(verdict) => {
+            let plan = Box::pin(work.acker.settle(batch, verdict)).await;
+            let failed = plan.failed_groups(batch);
+            (Some(plan), failed)
+        }
+        Outcome::Throttled => {
+            let plan = Box::pin(work.acker.release_throttled(batch)).await;
+            let failed = plan.failed_groups(batch);
+            (Some(plan), failed)
+        }
+        Outcome::Abandoned => {
+            tracing::info!(pipeline = %work.acker.metrics.pipeline, messages = batch.len(), "shutdown: releasing an unfinished batch (the grace period is over, or the open circuit breaker held it)");
+            Box::pin(work.acker.release(batch)).await;
+            (None, groups.groups.iter().map(|g| (g.clone(), 0)).collect())
+        }
+    }
 }
 
 /// The `sqs_poller.outcome` of a batch, and its error description when it failed.
