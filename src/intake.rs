@@ -18,12 +18,12 @@ use crate::lease::{Admission, LeaseKeeper, Reservation};
 use crate::metrics::PipelineMetrics;
 
 pub struct Intake {
-    pub source: EventSource,
-    pub filter: Option<FilterConfig>,
-    pub leases: Arc<LeaseKeeper>,
-    pub metrics: PipelineMetrics,
+    source: EventSource,
+    filter: Option<FilterConfig>,
+    leases: Arc<LeaseKeeper>,
+    metrics: PipelineMetrics,
     /// `[pipelines.large_payloads]`: where extended-client pointers are resolved.
-    pub payloads: Option<Arc<crate::payload::PayloadStore>>,
+    payloads: Option<Arc<crate::payload::PayloadStore>>,
     /// Age in ms of the oldest message received since the last depth sample (0: none).
     oldest_age_ms: AtomicU64,
 }

@@ -187,20 +187,20 @@ pub enum Outcome {
 /// Calls the target for batches: rate limit, timeout, throttle policy, circuit breaker.
 pub struct Dispatcher {
     pub target: Target,
-    pub timeout: Duration,
-    pub max_throttled: Duration,
-    pub fifo: bool,
+    timeout: Duration,
+    max_throttled: Duration,
+    fifo: bool,
     /// `retry.on_batch_error = "bisect"`: see [`Dispatcher::dispatch`].
-    pub bisect: bool,
+    bisect: bool,
     limiter: Option<DefaultDirectRateLimiter>,
     /// Told when the target throttles: the pipeline's autoscaler holds the fleet back.
-    pub backpressure: Arc<dyn Backpressure>,
-    pub metrics: PipelineMetrics,
+    backpressure: Arc<dyn Backpressure>,
+    metrics: PipelineMetrics,
     /// Told what each call said of the target's capacity (the adaptive limit).
-    pub slots: Option<Arc<concurrency::Member>>,
-    pub breaker: Option<Arc<breaker::Breaker>>,
-    /// A batch the breaker holds is let go when this fires (the drain), not at the grace's end.
-    pub drain: CancellationToken,
+    slots: Option<Arc<concurrency::Member>>,
+    breaker: Option<Arc<breaker::Breaker>>,
+    /// A batch the breaker holds is released when this fires (the drain), not at the grace's end.
+    drain: CancellationToken,
 }
 
 /// What a dispatcher is made of besides its target's settings.
