@@ -78,7 +78,7 @@ ROWS = [
         ("Visibility extensions", "ops", [
             (f'sum by (pipeline, outcome) (rate(sqs_poller_lease_extensions_total{{{SEL}}}[{R}]))', "{{outcome}} {{pipeline}}"),
         ], "ChangeMessageVisibilityBatch entries sent by the lease keeper to keep received messages invisible; errors mean messages may come back while they wait or run."),
-        ("Leases let go, duplicates, throttle releases", "ops", [
+        ("Leases released at max lease, duplicates, throttle releases", "ops", [
             (f'sum by (pipeline) (rate(sqs_poller_leases_expired_total{{{SEL}}}[{R}]))', "max lease reached {{pipeline}}"),
             (f'sum by (pipeline) (rate(sqs_poller_duplicate_receives_total{{{SEL}}}[{R}]))', "received again while leased {{pipeline}}"),
             (f'sum by (pipeline) (rate(sqs_poller_throttle_released_messages_total{{{SEL}}}[{R}]))', "throttled too long {{pipeline}}"),
