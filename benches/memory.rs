@@ -10,6 +10,9 @@
 //! rewrites the file). Run with `scripts/bench.sh memory` (about three minutes; six with a
 //! build before).
 
+#[path = "shared/results_md.rs"]
+mod results_md;
+
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -61,7 +64,7 @@ fn main() {
     println!("{md}");
     let path = root.join("bench/RESULTS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(&path, with_section(&old, &md)).unwrap();
+    std::fs::write(&path, results_md::with_section(&old, "memory", "benches/memory.rs", &md)).unwrap();
     println!("wrote the memory section of bench/RESULTS.md");
 }
 
@@ -98,8 +101,7 @@ fn peak_mib(root: &Path, endpoint: &str, out: &Path, s: &Scenario, bin: &str, la
 }
 
 fn report(rows: &[(&Scenario, Option<f64>, f64)], before: Option<&str>) -> String {
-    let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output();
-    let date = date.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = results_md::utc_now();
     let mut md = String::from("## Memory against the targets (issue 32)\n\n");
     let _ = writeln!(
         md,
@@ -115,15 +117,4 @@ fn report(rows: &[(&Scenario, Option<f64>, f64)], before: Option<&str>) -> Strin
     }
     md.push('\n');
     md
-}
-
-/// `md` with its memory section (between the markers) replaced by `section`, or appended.
-fn with_section(md: &str, section: &str) -> String {
-    const BEGIN: &str = "<!-- memory: begin (written by benches/memory.rs) -->";
-    const END: &str = "<!-- memory: end -->";
-    let block = format!("{BEGIN}\n{section}{END}\n");
-    match (md.find(BEGIN), md.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &md[..b], &md[e + END.len()..].trim_start_matches('\n')),
-        _ => format!("{}\n\n{block}", md.trim_end()),
-    }
 }

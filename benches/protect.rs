@@ -15,6 +15,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "shared/results_md.rs"]
+mod results_md;
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -68,7 +70,7 @@ async fn run() {
     let root = env!("CARGO_MANIFEST_DIR");
     let path = format!("{root}/bench/RESULTS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(&path, with_section(&old, &md)).unwrap();
+    std::fs::write(&path, results_md::with_section(&old, "concurrency", "benches/protect.rs", &md)).unwrap();
     println!("wrote the concurrency section of bench/RESULTS.md");
 }
 
@@ -162,7 +164,7 @@ fn report(contenders: &[Contender]) -> String {
          serves its capacity in batches at once in 200 ms, slower in proportion past it, and answers 503 past \
          twice its capacity; capacity 40, then 10, then 40 batches, 20 s each. Batches of {BATCH}, \
          `max_concurrency = 64`, `timeout_secs = 2`, a backlog throughout. One run.\n",
-        chrono_now()
+        results_md::utc_now()
     );
     let _ = writeln!(
         md,
@@ -183,20 +185,4 @@ fn report(contenders: &[Contender]) -> String {
         let _ = writeln!(md, "- {}: {} batches timed out or failed in the 60 s.", c.name, c.timeouts);
     }
     md
-}
-
-fn chrono_now() -> String {
-    let out = std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
-}
-
-/// `md` with its concurrency section (between the markers) replaced by `section`, or appended.
-fn with_section(md: &str, section: &str) -> String {
-    const BEGIN: &str = "<!-- concurrency: begin (written by benches/protect.rs) -->";
-    const END: &str = "<!-- concurrency: end -->";
-    let block = format!("{BEGIN}\n{section}{END}\n");
-    match (md.find(BEGIN), md.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &md[..b], &md[e + END.len()..].trim_start_matches('\n')),
-        _ => format!("{}\n{block}", md.trim_end()),
-    }
 }
