@@ -13,7 +13,7 @@
 //! Writes the "Static vs adaptive concurrency" section of `bench/RESULTS.md`. Run with
 //! `scripts/bench.sh protect` (about three minutes).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
 mod common;
 #[path = "shared/results_md.rs"]
 mod results_md;

@@ -15,7 +15,7 @@
 //! Writes `bench/seed.json` and the "Seed scenario" section of `bench/RESULTS.md`. Run with
 //! `scripts/bench.sh seed` (about ten minutes).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
 mod common;
 
 use std::convert::Infallible;

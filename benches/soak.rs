@@ -4,7 +4,7 @@
 //! and deleted; at the end it checks that every message sent was deleted, and writes
 //! `bench/soak.csv`, `bench/soak.svg` and `bench/SOAK.md`. Run with `scripts/soak.sh`.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
 mod common;
 
 use std::fmt::Write as _;

@@ -10,7 +10,7 @@
   and both health checks probe /healthz; the Kubernetes ConfigMap's poller.toml passes
   `sqs-poller check`.
 
-Run by tests/deploy.rs with the venv that scripts/install-services.sh makes (.local/venv).
+Run by tests/e2e/deploy.rs with the venv that scripts/install-services.sh makes (.local/venv).
 """
 import json
 import os

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes dashboards/sqs-poller.json, the Grafana dashboard, from the panel list below.
 
-Edit here, run `python3 scripts/build-dashboard.py`, commit both. tests/observability.rs
+Edit here, run `python3 scripts/build-dashboard.py`, commit both. tests/e2e/observability.rs
 evaluates every query of the JSON through a real Prometheus.
 """
 import json

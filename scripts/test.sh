@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: installs and starts the local SQS emulator (fauxqs, into .local/), then
-# `cargo test`. Extra arguments go to cargo test (e.g. `scripts/test.sh --test delivery`).
+# `cargo test`. Extra arguments go to cargo test (e.g. `scripts/test.sh --test e2e delivery::`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! scripts/services.sh url >/dev/null 2>&1; then

@@ -19,7 +19,7 @@ use crate::config::RetryConfig;
 use crate::dispatch::response::{self, Verdict};
 use crate::event::{attribute_to_sqs, ReceivedMessage};
 use crate::lease::LeaseKeeper;
-use crate::metrics::PipelineMetrics;
+use crate::metrics::AckMetrics;
 use crate::sqs::Queue;
 
 /// SQS allows at most this many message attributes per message.
@@ -133,7 +133,7 @@ pub struct Acker {
     pub fifo: bool,
     pub pipeline: String,
     pub retry: RetryConfig,
-    pub metrics: PipelineMetrics,
+    pub metrics: AckMetrics,
     /// Large payloads' objects to delete after success (`delete_after_success`).
     pub payloads: Option<Arc<crate::payload::PayloadStore>>,
 }
@@ -149,7 +149,7 @@ impl Acker {
         leases: Arc<LeaseKeeper>,
         dead_letter: Option<Arc<dyn Queue>>,
         payloads: Option<Arc<crate::payload::PayloadStore>>,
-        metrics: PipelineMetrics,
+        metrics: AckMetrics,
     ) -> Self {
         Acker {
             payloads,

@@ -418,13 +418,13 @@ pub struct Batcher<S> {
 /// The group cap with the figures it reports.
 pub struct CapStage {
     pub cap: GroupCap,
-    pub metrics: crate::metrics::PipelineMetrics,
+    pub metrics: crate::metrics::BatchMetrics,
     /// When the noisiest groups were last published to the admin API.
     published: Option<Instant>,
 }
 
 impl CapStage {
-    pub fn new(cap: GroupCap, metrics: crate::metrics::PipelineMetrics) -> Self {
+    pub fn new(cap: GroupCap, metrics: crate::metrics::BatchMetrics) -> Self {
         CapStage { cap, metrics, published: None }
     }
 

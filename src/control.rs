@@ -76,7 +76,7 @@ impl Control {
     }
 }
 
-pub use crate::metrics::Status;
+pub use crate::status::Status;
 
 /// How often the health check runs, and how long one may take.
 pub const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

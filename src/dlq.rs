@@ -147,7 +147,7 @@ impl Tally {
 /// # Errors
 /// When the queue cannot be read (it does not exist, access is denied, the endpoint is down).
 pub async fn stats(clients: &SqsClients, url: &str, samples: usize) -> Result<Tally, SqsError> {
-    let queue = SqsQueue::new(clients, url, PipelineMetrics::new("dlq-stats", 0, 0, 0));
+    let queue = SqsQueue::new(clients, url, PipelineMetrics::new("dlq-stats", 0, 0, 0).sqs);
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut tally = Tally::default();
     let mut seen = HashSet::new();

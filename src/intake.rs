@@ -15,13 +15,13 @@ use aws_sdk_sqs::types::Message;
 use crate::config::{FilterConfig, OnFiltered};
 use crate::event::{message_bytes, EventSource, ReceivedMessage};
 use crate::lease::{Admission, LeaseKeeper, Reservation};
-use crate::metrics::PipelineMetrics;
+use crate::metrics::IntakeMetrics;
 
 pub struct Intake {
     source: EventSource,
     filter: Option<FilterConfig>,
     leases: Arc<LeaseKeeper>,
-    metrics: PipelineMetrics,
+    metrics: IntakeMetrics,
     /// `[pipelines.large_payloads]`: where extended-client pointers are resolved.
     payloads: Option<Arc<crate::payload::PayloadStore>>,
     /// Age in ms of the oldest message received since the last depth sample (0: none).
@@ -33,7 +33,7 @@ impl Intake {
         source: EventSource,
         filter: Option<FilterConfig>,
         leases: Arc<LeaseKeeper>,
-        metrics: PipelineMetrics,
+        metrics: IntakeMetrics,
         payloads: Option<Arc<crate::payload::PayloadStore>>,
     ) -> Self {
         Intake { source, filter, leases, metrics, payloads, oldest_age_ms: AtomicU64::new(0) }
@@ -164,16 +164,14 @@ mod tests {
     async fn a_message_holds_at_least_its_records_size_of_the_byte_budget() {
         let secs = Duration::from_secs;
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
-        let status = Arc::new(crate::metrics::Status::default());
-        let mut metrics = PipelineMetrics::new("t", 1, 1, 1);
-        metrics.status = status.clone();
+        let metrics = crate::metrics::PipelineMetrics::new("t", 1, 1, 1);
+        let status = metrics.status.clone();
         let leases = Arc::new(
-            LeaseKeeper::new(queue, secs(30), secs(3600), 1000, metrics.clone())
-                .with_byte_budget(100 << 20, 256 * 1024),
+            LeaseKeeper::new(queue, secs(30), secs(3600), 1000, metrics.lease).with_byte_budget(100 << 20, 256 * 1024),
         );
         let source =
             EventSource { queue_arn: "arn:aws:sqs:us-east-1:000000000000:q".into(), region: "us-east-1".into() };
-        let intake = Intake::new(source, None, leases.clone(), metrics, None);
+        let intake = Intake::new(source, None, leases.clone(), metrics.intake, None);
         let body = "\"\\".repeat(32 * 1024);
         let plain = "x".repeat(64 * 1024);
         let messages = vec![

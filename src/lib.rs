@@ -33,7 +33,7 @@
 //! [`shutdown`] drains in order on SIGTERM, [`supervisor`] starts the pipelines and applies
 //! reloads (SIGHUP), [`notify`] tells systemd, [`descriptors`] checks the open-file limit a fleet needs, [`check`] shows the resolved configuration (`sqs-poller check`), and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
 //!
-//! Imports keep to layers (`LAYERS` in `tests/structure.rs`, which fails on one against them):
+//! Imports keep to layers (`LAYERS` in `tests/offline/structure.rs`, which fails on one against them):
 //! the bottom, the message's types, the stages — each importing what it hands messages on to,
 //! never an earlier one — then the service around them.
 
@@ -62,8 +62,11 @@ pub mod poller;
 pub mod redrive;
 pub mod server;
 pub mod shutdown;
+#[cfg(any(test, feature = "test-util"))]
+#[cfg(any(test, feature = "test-util"))]
 pub mod sim;
 pub mod sqs;
+pub mod status;
 pub mod supervisor;
 pub mod telemetry;
 pub mod trace;

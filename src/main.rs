@@ -1,122 +1,13 @@
 //! The `sqs-poller` command line: a thin layer over the library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use sqs_poller::config::{self, Config};
 use sqs_poller::shutdown::{self, Shutdown};
 
-#[derive(Parser)]
-#[command(
-    name = "sqs-poller",
-    version,
-    about = "Self-hosted, high-throughput SQS poller: Lambda's SQS event source mapping as a sidecar"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// Configuration file [default: $SQS_POLLER_CONFIG, then config/poller.toml]
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the service (the default)
-    Run,
-    /// Validate the configuration file and print the resolved pipelines
-    Check,
-    /// Try filter patterns offline: Lambda SQS records on stdin (one JSON object per line);
-    /// prints `match` or `no-match` per line
-    TestPattern {
-        /// An EventBridge pattern (JSON); repeat for several (a record matches when any does)
-        #[arg(long = "pattern", required = true)]
-        patterns: Vec<String>,
-    },
-    /// Move messages from a dead-letter queue back to a queue (the body and attributes kept)
-    Redrive {
-        /// The queue to take messages from (usually a dead-letter queue)
-        #[arg(long)]
-        from: String,
-        /// The queue to put them in
-        #[arg(long)]
-        to: String,
-        /// Move at most this many messages
-        #[arg(long)]
-        limit: Option<u64>,
-        /// Move only messages whose Lambda record matches this EventBridge pattern (JSON); repeat
-        /// for several (any matches); the others stay in the source
-        #[arg(long = "pattern")]
-        patterns: Vec<String>,
-        /// Messages per second at most
-        #[arg(long)]
-        rate: Option<u32>,
-        /// SQS endpoint (for local emulators); default: the [aws] section of --config when that
-        /// file exists, then the standard AWS configuration
-        #[arg(long)]
-        endpoint_url: Option<String>,
-        /// AWS region; default as for --endpoint-url
-        #[arg(long)]
-        region: Option<String>,
-    },
-    /// Look into a dead-letter queue
-    Dlq {
-        #[command(subcommand)]
-        command: DlqCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum DlqCommand {
-    /// Count what a dead-letter queue holds (by reason, pipeline, age, receives) and show a few
-    /// samples, without consuming it: every message is made visible again
-    Stats {
-        /// The dead-letter queue
-        #[arg(long)]
-        queue: String,
-        /// How many messages to show
-        #[arg(long, default_value_t = 3)]
-        samples: usize,
-        /// SQS endpoint (for local emulators); default as for `redrive`
-        #[arg(long)]
-        endpoint_url: Option<String>,
-        /// AWS region; default as for `redrive`
-        #[arg(long)]
-        region: Option<String>,
-    },
-}
-
-fn config_path(cli: &Cli) -> PathBuf {
-    cli.config
-        .clone()
-        .or_else(|| std::env::var_os("SQS_POLLER_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("config/poller.toml"))
-}
-
-/// Gives the memory of settled messages back to the system once a second. glibc serves
-/// allocations from 128 KiB up with `mmap` at first, but raises that threshold to the size of
-/// every such block freed (up to 32 MiB): after the first large message is settled, bodies,
-/// records and receive answers come from the heap, and the holes they leave between live
-/// messages stay resident. `malloc_trim(0)` hands the free pages inside the heap back
-/// (`MADV_DONTNEED`); it walks the free chunks under the arenas' locks, a fraction of a
-/// millisecond at 1 Hz. Measured (`scripts/profile/large_bodies.sh`, bench/RESULTS.md) against
-/// fixing the threshold at 128 KiB, which bounded memory as well but made every large block a
-/// fresh `mmap` (256 KiB messages: 1.73× the bare SDK loop's CPU per message against 1.23×).
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    std::thread::Builder::new()
-        .name("malloc-trim".into())
-        .spawn(|| loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-            // SAFETY: malloc_trim only returns free memory to the system
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        })
-        .map(drop)
-        .unwrap_or_else(|e| tracing::warn!(error = %e, "cannot start the thread that gives freed memory back"));
-}
+mod cli;
+use cli::{config_path, Cli, Command, DlqCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -130,12 +21,9 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Redrive { from, to, limit, patterns, rate, endpoint_url, region }) => {
-            let filter = match sqs_poller::filter::Filter::compile(patterns) {
+            let filter = match compile_patterns(patterns) {
                 Ok(f) => (!f.is_empty()).then_some(f),
-                Err((i, e)) => {
-                    eprintln!("--pattern #{}: invalid pattern: {e}", i + 1);
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let options = sqs_poller::redrive::RedriveOptions { limit: *limit, filter, rate: *rate };
             return match aws_for(&cli, &path, endpoint_url, region) {
@@ -187,79 +75,69 @@ fn aws_for(
     Ok(aws)
 }
 
-fn dlq_stats(aws: config::AwsConfig, queue: &str, samples: usize) -> ExitCode {
-    init_logs();
+/// Runs a tool's work (`redrive`, `dlq stats`) on a one-thread runtime with SQS clients made
+/// from `aws`; an error is printed under the tool's name.
+fn with_sqs<T, F>(
+    aws: config::AwsConfig,
+    tool: &str,
+    work: impl FnOnce(sqs_poller::sqs::SqsClients) -> F,
+) -> Result<T, ExitCode>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    sqs_poller::telemetry::init_logs();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let result = runtime.block_on(async {
         let clients = sqs_poller::sqs::SqsClients::new(&sqs_poller::aws::Aws::load(&aws).await?).await?;
-        anyhow::Ok(sqs_poller::dlq::stats(&clients, queue, samples).await?)
+        work(clients).await
     });
-    match result {
+    result.map_err(|e| {
+        eprintln!("sqs-poller {tool}: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn dlq_stats(aws: config::AwsConfig, queue: &str, samples: usize) -> ExitCode {
+    let stats = |clients| async move { Ok(sqs_poller::dlq::stats(&clients, queue, samples).await?) };
+    match with_sqs(aws, "dlq stats", stats) {
         Ok(tally) => {
             print!("{}", tally.render(queue));
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("sqs-poller dlq stats: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
 
 fn redrive(aws: config::AwsConfig, from: &str, to: &str, options: &sqs_poller::redrive::RedriveOptions) -> ExitCode {
-    init_logs();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let result = runtime.block_on(async {
-        let clients = sqs_poller::sqs::SqsClients::new(&sqs_poller::aws::Aws::load(&aws).await?).await?;
-        let started = std::time::Instant::now();
-        // plain lines at most once a second: a large dead-letter queue moves 10 messages per call
-        let mut last = std::time::Instant::now();
-        let report = sqs_poller::redrive::redrive(&clients, from, to, options, &mut |r| {
-            if terminal || last.elapsed() >= std::time::Duration::from_secs(1) {
-                last = std::time::Instant::now();
-                eprint!("{}", sqs_poller::redrive::progress_line(&r, started, terminal));
-            }
-        })
-        .await?;
-        // the final figures (on a terminal, over the last progress line, then a newline)
-        let last = sqs_poller::redrive::progress_line(&report, started, terminal);
-        if terminal {
-            eprintln!("{last}");
-        } else {
-            eprint!("{last}");
-        }
-        anyhow::Ok(report)
-    });
-    match result {
-        Ok(r) => {
-            println!(
-                "moved {} messages from {from} to {to}{}",
-                r.moved,
-                if r.failed > 0 { format!(" ({} failed and stay in the source)", r.failed) } else { String::new() }
-            );
-            if r.failed > 0 {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e) => {
-            eprintln!("sqs-poller redrive: {e:#}");
-            ExitCode::FAILURE
-        }
+    let work =
+        |clients| async move { Ok(sqs_poller::redrive::redrive_showing_progress(&clients, from, to, options).await?) };
+    let r = match with_sqs(aws, "redrive", work) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let failed = if r.failed > 0 { format!(" ({} failed and stay in the source)", r.failed) } else { String::new() };
+    println!("moved {} messages from {from} to {to}{failed}", r.moved);
+    if r.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
+}
+
+/// The `--pattern`s of `test-pattern` and `redrive`; exit 2 on an invalid one, naming it.
+fn compile_patterns(patterns: &[String]) -> Result<sqs_poller::filter::Filter, ExitCode> {
+    sqs_poller::filter::Filter::compile(patterns).map_err(|(i, e)| {
+        eprintln!("--pattern #{}: invalid pattern: {e}", i + 1);
+        ExitCode::from(2)
+    })
 }
 
 /// `test-pattern`: exit 2 on an invalid pattern, 1 if a line was not a JSON object, else 0.
 fn test_pattern(patterns: &[String]) -> ExitCode {
     use std::io::Write;
-    let filter = match sqs_poller::filter::Filter::compile(patterns) {
+    let filter = match compile_patterns(patterns) {
         Ok(f) => f,
-        Err((i, e)) => {
-            eprintln!("--pattern #{}: invalid pattern: {e}", i + 1);
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let bad_lines = filter.verdicts(std::io::stdin().lock(), &mut out, &mut std::io::stderr());
@@ -271,29 +149,9 @@ fn test_pattern(patterns: &[String]) -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`); `SQS_POLLER_LOG_FORMAT=json`
-/// writes one JSON object per line (for CloudWatch Logs Insights and the like).
-fn init_logs() {
-    // aws-config logs every credentials load at info ("loaded base credentials"): those belong
-    // at debug, unless RUST_LOG asks for aws_config by name
-    let mut directives =
-        std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "info".into());
-    if !directives.contains("aws_config") {
-        directives.push_str(",aws_config=warn");
-    }
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("SQS_POLLER_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().flatten_event(true).with_current_span(true).init();
-    } else {
-        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
-    }
-}
-
 fn run(config: Config, path: std::path::PathBuf) -> ExitCode {
-    init_logs();
-    give_back_freed_memory();
+    sqs_poller::telemetry::init_logs();
+    sqs_poller::metrics::give_back_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -52,7 +52,7 @@ pub async fn redrive(
     options: &RedriveOptions,
     progress: &mut dyn FnMut(RedriveReport),
 ) -> Result<RedriveReport, SqsError> {
-    let metrics = PipelineMetrics::new("redrive", 0, 0, 0);
+    let metrics = PipelineMetrics::new("redrive", 0, 0, 0).sqs;
     let source = SqsQueue::new(clients, from, metrics.clone());
     let region = clients.region.clone();
     let destination = SqsQueue::new(clients, to, metrics);
@@ -158,6 +158,38 @@ async fn send_copy(destination: &SqsQueue, m: &Message, fifo: bool) -> Result<()
     let group = if fifo { group.or(Some("redrive")) } else { None };
     let dedup = if fifo { m.message_id.as_deref() } else { None };
     destination.send(m.body.as_deref().unwrap_or(""), attributes, group, dedup).await
+}
+
+/// [`redrive`] for the command line: the progress on stderr (on a terminal a bar that rewrites
+/// itself, else a plain line at most once a second: a large dead-letter queue moves 10 messages
+/// per call), then the final figures.
+///
+/// # Errors
+/// As [`redrive`].
+pub async fn redrive_showing_progress(
+    clients: &SqsClients,
+    from: &str,
+    to: &str,
+    options: &RedriveOptions,
+) -> Result<RedriveReport, SqsError> {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let report = redrive(clients, from, to, options, &mut |r| {
+        if terminal || last.elapsed() >= Duration::from_secs(1) {
+            last = std::time::Instant::now();
+            eprint!("{}", progress_line(&r, started, terminal));
+        }
+    })
+    .await?;
+    // on a terminal over the last progress line, then a newline
+    let last = progress_line(&report, started, terminal);
+    if terminal {
+        eprintln!("{last}");
+    } else {
+        eprint!("{last}");
+    }
+    Ok(report)
 }
 
 /// One progress line: on a terminal it rewrites itself (with rate and ETA); otherwise a plain

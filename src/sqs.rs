@@ -27,7 +27,7 @@ use aws_sdk_sqs::Client;
 pub use crate::aws::errors::{is_permanent_code, SqsError, SqsErrorKind, PERMANENT_CODES};
 use crate::backoff::Backoff;
 pub use crate::limits::SQS_ATTEMPT_TIMEOUT as ATTEMPT_TIMEOUT;
-use crate::metrics::PipelineMetrics;
+use crate::metrics::SqsMetrics;
 
 /// Whether SQS allows `c` in a message body or attribute value: `#x9 | #xA | #xD | #x20–#xD7FF |
 /// #xE000–#xFFFD | #x10000–#x10FFFF` (the SendMessage reference).
@@ -250,13 +250,13 @@ pub struct SqsQueue {
     clock: crate::aws::Clock,
     region: String,
     pub url: String,
-    metrics: PipelineMetrics,
+    metrics: SqsMetrics,
     /// The source queue's requests decide the pipeline's readiness.
     reachability: Option<Arc<Reachability>>,
 }
 
 impl SqsQueue {
-    pub fn new(clients: &SqsClients, url: impl Into<String>, metrics: PipelineMetrics) -> Self {
+    pub fn new(clients: &SqsClients, url: impl Into<String>, metrics: SqsMetrics) -> Self {
         SqsQueue {
             client: clients.sdk.clone(),
             json: clients.json.clone(),
@@ -280,7 +280,7 @@ impl SqsQueue {
         if let Some(e) = error {
             self.metrics.status.set_last_error(e.to_string());
         }
-        self.metrics.sqs_request(operation, error.map(|e| e.kind));
+        self.metrics.request(operation, error.map(|e| e.kind));
         if let Some(reachability) = &self.reachability {
             reachability.record(error);
         }

@@ -219,9 +219,10 @@ impl Supervisor {
         if self.registry.get(&p.name).is_some_and(|e| e.control.pause().by_operator) {
             control.set_operator_pause(true);
         }
-        let target = Target::new(&p.target, &self.clients.lambda, &m, &self.clients.aws.region, &self.clients.aws)
-            .await
-            .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
+        let target =
+            Target::new(&p.target, &self.clients.lambda, &m.dispatch, &self.clients.aws.region, &self.clients.aws)
+                .await
+                .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
         let shutdown = self.shutdown.child();
         let pool = p.target.pool.as_ref().map(|member| {
             let (settings, slots) = self.pools.entry(member.name.clone()).or_insert_with(|| {
@@ -243,11 +244,12 @@ impl Supervisor {
             telemetry: self.clients.telemetry.as_ref().map(|t| t.pipeline(&p.name, &p.queue_url)),
             config: p.clone(),
             queue: Arc::new(
-                sqs::SqsQueue::new(&self.clients.sqs, p.queue_url.clone(), m.clone())
+                sqs::SqsQueue::new(&self.clients.sqs, p.queue_url.clone(), m.sqs.clone())
                     .reporting_to(reachability.clone()),
             ),
             dead_letter: p.dead_letter.as_ref().map(|d| {
-                Arc::new(sqs::SqsQueue::new(&self.clients.sqs, d.queue_url.clone(), m.clone())) as Arc<dyn sqs::Queue>
+                Arc::new(sqs::SqsQueue::new(&self.clients.sqs, d.queue_url.clone(), m.sqs.clone()))
+                    as Arc<dyn sqs::Queue>
             }),
             target,
             metrics: m.clone(),
@@ -258,8 +260,8 @@ impl Supervisor {
                 Arc::new(crate::payload::PayloadStore::new(
                     self.clients.s3.clone(),
                     l,
-                    m.payloads_fetched.clone(),
-                    m.payloads_failed.clone(),
+                    m.payloads.fetched.clone(),
+                    m.payloads.failed.clone(),
                 ))
             }),
         };

@@ -1,4 +1,4 @@
-"""A Lambda handler for tests/trace.rs: appends the trace id the runtime interface client set
+"""A Lambda handler for tests/e2e/trace.rs: appends the trace id the runtime interface client set
 (`_X_AMZN_TRACE_ID`, from the Runtime API's Lambda-Runtime-Trace-Id) to the file in TRACE_OUT."""
 import os
 

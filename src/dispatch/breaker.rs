@@ -162,7 +162,7 @@ pub struct Breaker {
     /// Woken on every transition.
     changed: tokio::sync::Notify,
     control: std::sync::Arc<crate::control::Control>,
-    metrics: crate::metrics::PipelineMetrics,
+    metrics: crate::metrics::DispatchMetrics,
     /// The phase last reported (metrics, pause switch, log).
     reported: Mutex<Phase>,
 }
@@ -171,7 +171,7 @@ impl Breaker {
     pub fn new(
         config: BreakerConfig,
         control: std::sync::Arc<crate::control::Control>,
-        metrics: crate::metrics::PipelineMetrics,
+        metrics: crate::metrics::DispatchMetrics,
     ) -> Self {
         metrics.breaker_state.set(Phase::Closed.gauge());
         Breaker {

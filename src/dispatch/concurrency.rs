@@ -206,7 +206,7 @@ pub struct MemberSettings {
     pub batch_size: usize,
     /// The pipeline's `sqs_poller_concurrency_limit` and admin status, told the limit.
     pub gauge: metrics::Gauge,
-    pub status: Arc<crate::metrics::Status>,
+    pub status: Arc<crate::status::Status>,
     /// Told the room, in messages, that the member's share of the limit leaves the pollers
     /// (`None`: the room stays as configured).
     pub room: Option<Room>,
@@ -873,7 +873,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_pools_adaptive_limit_is_shared_and_told_to_every_member() {
         let slots = Arc::new(Slots::new(16, Some(1)));
-        let statuses: Vec<Arc<crate::metrics::Status>> = (0..2).map(|_| Arc::default()).collect();
+        let statuses: Vec<Arc<crate::status::Status>> = (0..2).map(|_| Arc::default()).collect();
         let members: Vec<Member> = statuses
             .iter()
             .map(|status| {
@@ -888,7 +888,7 @@ mod tests {
                 })
             })
             .collect();
-        let limit_of = |s: &Arc<crate::metrics::Status>| s.concurrency_limit.load(std::sync::atomic::Ordering::Relaxed);
+        let limit_of = |s: &Arc<crate::status::Status>| s.concurrency_limit.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(limit_of(&statuses[1]), 1, "both start at the floor");
         // the calls of the first member grow the pool's limit; the second sees it
         for _ in 0..40 {

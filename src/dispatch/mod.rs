@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::{TargetConfig, TargetKind};
 use crate::event::{Event, ReceivedMessage};
-use crate::metrics::PipelineMetrics;
+use crate::metrics::DispatchMetrics;
 use crate::trace::TraceContext;
 use response::Verdict;
 
@@ -87,7 +87,7 @@ impl Target {
     pub async fn new(
         cfg: &TargetConfig,
         lambda: &aws_sdk_lambda::Client,
-        metrics: &PipelineMetrics,
+        metrics: &DispatchMetrics,
         region: &str,
         aws: &crate::aws::Aws,
     ) -> std::io::Result<Self> {
@@ -195,7 +195,7 @@ pub struct Dispatcher {
     limiter: Option<DefaultDirectRateLimiter>,
     /// Told when the target throttles: the pipeline's autoscaler holds the fleet back.
     backpressure: Arc<dyn Backpressure>,
-    metrics: PipelineMetrics,
+    metrics: DispatchMetrics,
     /// Told what each call said of the target's capacity (the adaptive limit).
     slots: Option<Arc<concurrency::Member>>,
     breaker: Option<Arc<breaker::Breaker>>,
@@ -211,7 +211,7 @@ pub struct DispatcherParts {
     pub bisect: bool,
     pub target: Target,
     pub backpressure: Arc<dyn Backpressure>,
-    pub metrics: PipelineMetrics,
+    pub metrics: DispatchMetrics,
     /// The pipeline's place in its slots, told what each call said of the target's capacity.
     pub slots: Option<Arc<concurrency::Member>>,
     pub breaker: Option<Arc<breaker::Breaker>>,
@@ -436,7 +436,7 @@ impl Dispatcher {
                 }
             };
             let took = started.elapsed();
-            self.metrics.dispatch_duration.record(took.as_secs_f64());
+            self.metrics.duration.record(took.as_secs_f64());
             let signal = match &invocation {
                 Invocation::Response(_) | Invocation::FunctionError(_) => concurrency::Signal::Answered(took),
                 Invocation::Throttled(_) | Invocation::Unavailable { .. } => concurrency::Signal::Pushback,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::table::*;
 use super::RECEIVE_MAX;
-use crate::metrics::PipelineMetrics;
+use crate::metrics::LeaseMetrics;
 use crate::sqs::{EntryFailure, Queue};
 
 /// Room for up to [`RECEIVE_MAX`] messages, and the bytes they may bring, taken before a receive.
@@ -53,7 +53,7 @@ struct ByteRoom {
     total: usize,
     /// `sqs_poller_in_flight_bytes`, and the admin API's figure.
     gauge: metrics::Gauge,
-    status: Option<Arc<crate::metrics::Status>>,
+    status: Option<Arc<crate::status::Status>>,
 }
 
 impl ByteRoom {
@@ -96,7 +96,7 @@ impl ByteRoom {
 pub struct LeaseKeeper {
     queue: Arc<dyn Queue>,
     pipeline: String,
-    metrics: PipelineMetrics,
+    metrics: LeaseMetrics,
     room: Arc<Semaphore>,
     /// The room's size now ([`Self::set_room`]) and the permits it still owes: a shrink takes the
     /// free permits at once and the rest as leases end.
@@ -129,7 +129,7 @@ impl LeaseKeeper {
         visibility: Duration,
         max_lease: Duration,
         max_outstanding: usize,
-        metrics: PipelineMetrics,
+        metrics: LeaseMetrics,
     ) -> Self {
         let max_outstanding = max_outstanding.max(RECEIVE_MAX);
         metrics.max_outstanding.set(max_outstanding as f64);
@@ -718,7 +718,7 @@ impl LeaseKeeper {
         let now = Instant::now();
         let (round, due, lapsed) = self.table().start_round(now);
         if !lapsed.is_empty() {
-            self.metrics.leases_expired.increment(lapsed.len() as u64);
+            self.metrics.expired.increment(lapsed.len() as u64);
             tracing::warn!(pipeline = %self.pipeline, messages = lapsed.len(), "messages reached lease.max_lease_secs (or SQS's 12-hour limit): no longer extended, they become visible when their visibility timeout ends");
         }
         if due.is_empty() {
@@ -737,7 +737,7 @@ impl LeaseKeeper {
                 // may still land, and a settlement of these leases must land after it (issue 30:
                 // a release went first and the late extension hid the message again)
                 self.table().round_late(round, &due, now);
-                self.metrics.lease_extensions_failed.increment(due.len() as u64);
+                self.metrics.extensions_failed.increment(due.len() as u64);
                 tracing::warn!(pipeline = %self.pipeline, messages = due.len(), "an extension of leased messages was not answered within the round's limit; trying again in a moment");
                 self.replan.notify_one();
                 let _ = call.await;
@@ -766,10 +766,10 @@ impl LeaseKeeper {
             spans.extended(&mut extended, due[0].visibility_secs);
         }
         let not_extended = rejections.len() + retry.len();
-        self.metrics.lease_extensions.increment((due.len() - not_extended) as u64);
+        self.metrics.extensions.increment((due.len() - not_extended) as u64);
         self.rejected("extend", &rejections);
         if not_extended > 0 {
-            self.metrics.lease_extensions_failed.increment(not_extended as u64);
+            self.metrics.extensions_failed.increment(not_extended as u64);
         }
         if !retry.is_empty() {
             tracing::warn!(pipeline = %self.pipeline, messages = retry.len(), "could not extend the visibility of leased messages; trying again in a moment");
@@ -802,15 +802,20 @@ mod tests {
     /// A lease taken after the queue's visibility timeout was lowered falls due long before the
     /// wake the heartbeat planned for the leases taken before (300 s: due at 150 s); the heartbeat
     /// must plan again, or the new lease's message reappears after 6 s while it is worked on
-    /// (seen in tests/visibility_change.rs on a loaded machine: ten messages processed twice).
+    /// (seen in tests/e2e/visibility_change.rs on a loaded machine: ten messages processed twice).
     #[tokio::test(start_paused = true)]
     async fn a_lease_due_sooner_than_the_planned_wake_is_extended_in_time() {
         use crate::sim::{SimConfig, SimQueue};
         use crate::sqs::Queue as _;
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(300), 1)));
         queue.put("old", None);
-        let keeper =
-            Arc::new(LeaseKeeper::new(queue.clone(), secs(300), secs(3600), 20, PipelineMetrics::new("t", 1, 1, 1)));
+        let keeper = Arc::new(LeaseKeeper::new(
+            queue.clone(),
+            secs(300),
+            secs(3600),
+            20,
+            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
+        ));
         let stop = tokio_util::sync::CancellationToken::new();
         let heartbeat = tokio::spawn({
             let (keeper, stop) = (keeper.clone(), stop.clone());
@@ -845,7 +850,8 @@ mod tests {
     async fn a_shrunk_room_takes_the_free_room_now_and_the_rest_as_it_comes_back() {
         use crate::sim::{SimConfig, SimQueue};
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
-        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 40, PipelineMetrics::new("t", 1, 1, 1));
+        let keeper =
+            LeaseKeeper::new(queue, secs(30), secs(3600), 40, crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease);
         // two pollers hold a receive's room each (long polls out)
         let (a, b) = (keeper.reserve().await, keeper.reserve().await);
         keeper.set_room(10);
@@ -871,7 +877,13 @@ mod tests {
         for body in ["a", "b", "c"] {
             queue.put(body, None);
         }
-        let keeper = LeaseKeeper::new(queue.clone(), secs(30), secs(3600), 20, PipelineMetrics::new("t", 1, 1, 1));
+        let keeper = LeaseKeeper::new(
+            queue.clone(),
+            secs(30),
+            secs(3600),
+            20,
+            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
+        );
         let got = queue.receive(Duration::ZERO, None).await.unwrap();
         let pairs: Vec<(&str, &str)> =
             got.iter().map(|m| (m.message_id().unwrap(), m.receipt_handle().unwrap())).collect();
@@ -897,7 +909,8 @@ mod tests {
     async fn an_answer_larger_than_its_reservation_owes_the_difference() {
         use crate::sim::{SimConfig, SimQueue};
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
-        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 20, PipelineMetrics::new("t", 1, 1, 1));
+        let keeper =
+            LeaseKeeper::new(queue, secs(30), secs(3600), 20, crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease);
         let ids: Vec<String> = (0..11).map(|i| format!("m{i}")).collect();
         let pairs: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "rh")).collect();
         let admitted = keeper.admit(keeper.reserve().await, pairs, keeper.stamp());
@@ -918,7 +931,13 @@ mod tests {
         use crate::sqs::Queue as _;
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
         queue.put("a", None);
-        let keeper = LeaseKeeper::new(queue.clone(), secs(30), secs(3600), 20, PipelineMetrics::new("t", 1, 1, 1));
+        let keeper = LeaseKeeper::new(
+            queue.clone(),
+            secs(30),
+            secs(3600),
+            20,
+            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
+        );
         let stamp = keeper.stamp();
         let got = queue.receive(Duration::ZERO, None).await.unwrap();
         let id = got[0].message_id().unwrap().to_string();
@@ -941,8 +960,14 @@ mod tests {
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
         // messages of at most 100 KiB: a receive reserves 10 × (100 + 2) KiB = 1,020 KiB; a
         // budget of 2,500 KiB holds two receives at once
-        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 1000, PipelineMetrics::new("t", 1, 1, 1))
-            .with_byte_budget(2500 * 1024, 100 * 1024);
+        let keeper = LeaseKeeper::new(
+            queue,
+            secs(30),
+            secs(3600),
+            1000,
+            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
+        )
+        .with_byte_budget(2500 * 1024, 100 * 1024);
         assert_eq!(keeper.receives_in_budget(), Some(2));
         let first = keeper.reserve().await;
         let second = keeper.reserve().await;
@@ -975,8 +1000,14 @@ mod tests {
     async fn a_receive_over_its_byte_reservation_owes_the_difference() {
         use crate::sim::{SimConfig, SimQueue};
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
-        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 1000, PipelineMetrics::new("t", 1, 1, 1))
-            .with_byte_budget(1024, 10 * 1024);
+        let keeper = LeaseKeeper::new(
+            queue,
+            secs(30),
+            secs(3600),
+            1000,
+            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
+        )
+        .with_byte_budget(1024, 10 * 1024);
         assert_eq!(keeper.receives_in_budget(), Some(1), "raised to one receive's worth (120 KiB)");
         let ids: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
         let received: Vec<(&str, &str, usize)> = ids.iter().map(|id| (id.as_str(), "rh", 20 * 1024)).collect();
@@ -998,8 +1029,14 @@ mod tests {
         use crate::sim::{SimConfig, SimQueue};
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
         // a receive reserves 10 × (2 + 2) KiB = 40 KiB; the budget is 1,000 KiB
-        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 1000, PipelineMetrics::new("t", 1, 1, 1))
-            .with_byte_budget(1000 * 1024, 2 * 1024);
+        let keeper = LeaseKeeper::new(
+            queue,
+            secs(30),
+            secs(3600),
+            1000,
+            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
+        )
+        .with_byte_budget(1000 * 1024, 2 * 1024);
         keeper.admit_sized(keeper.reserve().await, [("p1", "rh", 300), ("p2", "rh", 300)], keeper.stamp());
         assert_eq!(keeper.bytes.kib.available_permits(), 1000 - 6);
         keeper.charge_payload("p1", 100 * 1024);
@@ -1027,12 +1064,11 @@ mod tests {
         use crate::sim::{SimConfig, SimQueue};
         use std::sync::atomic::Ordering::Relaxed;
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
-        let status = Arc::new(crate::metrics::Status::default());
-        let mut metrics = PipelineMetrics::new("t", 1, 1, 1);
-        metrics.status = status.clone();
+        let metrics = crate::metrics::PipelineMetrics::new("t", 1, 1, 1);
+        let status = metrics.status.clone();
         // a receive reserves 10 × (2 + 2) KiB = 40 KiB; the budget is one receive
         let keeper = Arc::new(
-            LeaseKeeper::new(queue, secs(30), secs(3600), 1000, metrics).with_byte_budget(40 * 1024, 2 * 1024),
+            LeaseKeeper::new(queue, secs(30), secs(3600), 1000, metrics.lease).with_byte_budget(40 * 1024, 2 * 1024),
         );
         let first = keeper.reserve().await;
         assert_eq!(status.in_flight_bytes.load(Relaxed), 40 * 1024);

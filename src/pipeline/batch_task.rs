@@ -22,6 +22,8 @@ use crate::poller::Scaling;
 pub(super) struct BatchWork {
     pub dispatcher: Dispatcher,
     pub acker: Acker,
+    /// The slot waits and the batches in flight.
+    pub metrics: crate::metrics::BatchMetrics,
     pub abandon: CancellationToken,
     /// FIFO: tells the batcher which groups a finished batch ran.
     pub done: mpsc::UnboundedSender<GroupsDone>,
@@ -60,7 +62,7 @@ impl BatchSink for BatchRunner {
             }
         };
         let slot_wait = waiting.elapsed();
-        self.work.acker.metrics.slot_wait.record(slot_wait.as_secs_f64());
+        self.work.metrics.slot_wait.record(slot_wait.as_secs_f64());
         Self::report_saturation(&self.slots, &self.scaling);
         let (slots, scaling) = (self.slots.clone(), self.scaling.clone());
         let work = self.work.clone();
@@ -108,7 +110,7 @@ async fn process_batch(
     slot: &mut Option<crate::dispatch::concurrency::SlotHold<'_>>,
 ) {
     let n = batch.len();
-    let metrics = &work.acker.metrics;
+    let metrics = &work.metrics;
     metrics.in_flight_batches.increment(1.0);
     // [telemetry]: the batch's span, when it is sampled; its extensions are told to it
     let span = work.tracer.as_ref().and_then(|t| t.batch(&batch, cut, slot_wait));
@@ -193,7 +195,7 @@ async fn settle(
             (Some(plan), failed)
         }
         Outcome::Abandoned => {
-            tracing::info!(pipeline = %work.acker.metrics.pipeline, messages = batch.len(), "shutdown: releasing an unfinished batch (the grace period is over, or the open circuit breaker held it)");
+            tracing::info!(pipeline = %work.metrics.pipeline, messages = batch.len(), "shutdown: releasing an unfinished batch (the grace period is over, or the open circuit breaker held it)");
             Box::pin(work.acker.release(batch)).await;
             (None, groups.groups.iter().map(|g| (g.clone(), 0)).collect())
         }

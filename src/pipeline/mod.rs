@@ -31,7 +31,7 @@ use crate::dispatch::concurrency::{Member, MemberSettings, Slots};
 use crate::dispatch::{Dispatcher, DispatcherParts, Target};
 use crate::intake::Intake;
 use crate::lease::LeaseKeeper;
-use crate::metrics::PipelineMetrics;
+use crate::metrics::{BatchMetrics, DispatchMetrics, LeaseMetrics, PipelineMetrics, PollerMetrics};
 use crate::poller::{sample_depth, DepthSampler, Fleet, PollerStage, Scaling};
 use crate::shutdown::Shutdown;
 use crate::sqs::{Queue, Reachability, SqsError};
@@ -58,6 +58,31 @@ pub struct PipelineParts {
     pub pool: Option<Arc<Slots>>,
     /// `[telemetry]`: the pipeline's spans (`None`: off).
     pub telemetry: Option<crate::telemetry::PipelineTracer>,
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl PipelineParts {
+    /// The parts of a pipeline as the tests build it: `config`'s metrics, its own shutdown, not
+    /// yet ready, no health check, no dead-letter queue, large payloads, pool or telemetry (the
+    /// fields are public: a test sets the ones it needs).
+    pub fn for_test(config: PipelineConfig, queue: Arc<dyn Queue>, target: Target) -> Self {
+        let name = config.name.clone();
+        let metrics =
+            PipelineMetrics::new(&name, config.pollers.min, config.pollers.max, config.target.max_concurrency);
+        PipelineParts {
+            config,
+            queue,
+            dead_letter: None,
+            target,
+            metrics,
+            shutdown: Shutdown::default(),
+            ready: Arc::new(Reachability::new(&name, Arc::new(std::sync::atomic::AtomicBool::new(false)))),
+            control: Arc::new(crate::control::Control::new(false, metrics::Gauge::noop())),
+            payloads: None,
+            pool: None,
+            telemetry: None,
+        }
+    }
 }
 
 /// How many messages over their group's cap may wait under lease: the room
@@ -119,18 +144,26 @@ impl Pipeline {
             ..
         } = parts;
         let lease_spans = telemetry.as_ref().map(|_| Arc::new(crate::telemetry::LeaseSpans::default()));
-        let leases = lease_keeper(&cfg, &found, queue.clone(), &metrics, &shutdown, lease_spans.clone());
-        let scaling = autoscaler(&cfg, &leases, &found, &metrics);
+        let leases = lease_keeper(&cfg, &found, queue.clone(), &metrics.lease, &shutdown, lease_spans.clone());
+        let scaling = autoscaler(&cfg, &leases, &found, &metrics.poller);
         let intake =
-            Arc::new(Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.clone(), payloads.clone()));
-        let slots = join_slots(&cfg, pool, &leases, &metrics);
-        let breaker = Arc::new(Breaker::new(cfg.target.breaker.clone(), control.clone(), metrics.clone()));
-        let dispatcher =
-            dispatcher(&cfg, target, scaling.clone(), &metrics, slots.clone(), &breaker, shutdown.drain.clone());
+            Arc::new(Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.intake, payloads.clone()));
+        let slots = join_slots(&cfg, pool, &leases, &metrics.dispatch);
+        let breaker = Arc::new(Breaker::new(cfg.target.breaker.clone(), control.clone(), metrics.dispatch.clone()));
+        let dispatcher = dispatcher(
+            &cfg,
+            target,
+            scaling.clone(),
+            &metrics.dispatch,
+            slots.clone(),
+            &breaker,
+            shutdown.drain.clone(),
+        );
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let work = Arc::new(BatchWork {
             dispatcher,
-            acker: Acker::new(&cfg, leases.clone(), dead_letter.clone(), payloads, metrics.clone()),
+            acker: Acker::new(&cfg, leases.clone(), dead_letter.clone(), payloads, metrics.ack),
+            metrics: metrics.batch.clone(),
             abandon: shutdown.abandon.clone(),
             done: done_tx,
             tracer: telemetry.clone(),
@@ -139,14 +172,14 @@ impl Pipeline {
         let batches = TaskTracker::new();
         let (tx, rx) = mpsc::channel(cfg.pollers.max.max(2));
         let runner = BatchRunner { work: work.clone(), slots, scaling: scaling.clone(), tasks: batches.clone() };
-        let batcher = batcher(&cfg, rx, done_rx, runner, &metrics);
+        let batcher = batcher(&cfg, rx, done_rx, runner, &metrics.batch);
         let stage = PollerStage {
             config: cfg.pollers.clone(),
             queue,
             leases: leases.clone(),
             intake,
             scaling,
-            metrics,
+            metrics: metrics.poller,
             abandon: shutdown.abandon.clone(),
             control: control.clone(),
             tracer: telemetry,
@@ -248,7 +281,7 @@ fn lease_keeper(
     cfg: &PipelineConfig,
     found: &Discovered,
     queue: Arc<dyn Queue>,
-    metrics: &PipelineMetrics,
+    metrics: &LeaseMetrics,
     shutdown: &Shutdown,
     spans: Option<Arc<crate::telemetry::LeaseSpans>>,
 ) -> Arc<LeaseKeeper> {
@@ -262,12 +295,7 @@ fn lease_keeper(
 
 /// The autoscaler, between `pollers.min` and `pollers.max` — or fewer when the byte budget
 /// covers fewer receives at once (a poller it cannot cover would only wait for room).
-fn autoscaler(
-    cfg: &PipelineConfig,
-    leases: &LeaseKeeper,
-    found: &Discovered,
-    metrics: &PipelineMetrics,
-) -> Arc<Scaling> {
+fn autoscaler(cfg: &PipelineConfig, leases: &LeaseKeeper, found: &Discovered, metrics: &PollerMetrics) -> Arc<Scaling> {
     let receives = leases.receives_in_budget().unwrap_or(usize::MAX);
     if receives < cfg.pollers.max {
         tracing::warn!(pipeline = %cfg.name, pollers_max = cfg.pollers.max, receives_at_once = receives, max_message_bytes = found.max_message_bytes, max_outstanding_bytes = cfg.lease.max_outstanding_bytes, "the byte budget covers fewer receives at once than pollers.max: the fleet stops there; raise lease.max_outstanding_bytes, or lower the queue's MaximumMessageSize to what producers send, for more");
@@ -282,7 +310,7 @@ fn dispatcher(
     cfg: &PipelineConfig,
     target: Target,
     scaling: Arc<Scaling>,
-    metrics: &PipelineMetrics,
+    metrics: &DispatchMetrics,
     slots: Arc<Member>,
     breaker: &Arc<Breaker>,
     drain: CancellationToken,
@@ -308,7 +336,7 @@ fn batcher(
     receives: mpsc::Receiver<Vec<crate::event::ReceivedMessage>>,
     done: mpsc::UnboundedReceiver<crate::batch::GroupsDone>,
     runner: BatchRunner,
-    metrics: &PipelineMetrics,
+    metrics: &BatchMetrics,
 ) -> Batcher<BatchRunner> {
     Batcher {
         buffer: BatchBuffer::new(&cfg.batch),
@@ -330,7 +358,7 @@ fn join_slots(
     cfg: &PipelineConfig,
     pool: Option<Arc<Slots>>,
     leases: &Arc<LeaseKeeper>,
-    metrics: &PipelineMetrics,
+    metrics: &DispatchMetrics,
 ) -> Arc<Member> {
     *metrics.status.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
         cfg.target.pool.as_ref().map(|p| p.name.clone());

@@ -25,7 +25,7 @@ use crate::config::PollerConfig;
 use crate::event::ReceivedMessage;
 use crate::intake::Intake;
 use crate::lease::LeaseKeeper;
-use crate::metrics::{PipelineMetrics, QueueGauges};
+use crate::metrics::{PollerMetrics, QueueGauges};
 use crate::sqs::Queue;
 use scaling::{Autoscaler, ScaleChange};
 
@@ -118,7 +118,7 @@ pub struct PollerStage {
     pub leases: Arc<LeaseKeeper>,
     pub intake: Arc<Intake>,
     pub scaling: Arc<Scaling>,
-    pub metrics: PipelineMetrics,
+    pub metrics: PollerMetrics,
     /// The grace period is over: a receive still in flight is given up.
     pub abandon: CancellationToken,
     /// Paused pollers do not receive.
@@ -183,10 +183,10 @@ impl Fleet {
 
 /// Counts a poller alive (the gauge and the admin API's figure) until it ends, however it
 /// ends (a panic included).
-struct Alive(PipelineMetrics);
+struct Alive(PollerMetrics);
 
 impl Alive {
-    fn new(metrics: &PipelineMetrics) -> Self {
+    fn new(metrics: &PollerMetrics) -> Self {
         metrics.pollers.increment(1.0);
         metrics.status.pollers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Alive(metrics.clone())
@@ -350,7 +350,7 @@ pub struct DepthSampler {
     pub dead_letter: Option<Arc<dyn Queue>>,
     pub intake: Arc<Intake>,
     pub scaling: Arc<Scaling>,
-    pub metrics: PipelineMetrics,
+    pub metrics: PollerMetrics,
     pub drain: CancellationToken,
 }
 

@@ -1,0 +1,326 @@
+//! Metrics, alerts and the dashboard, checked by the real tools: promtool on the alert rules and
+//! on our `/metrics`, and a real Prometheus scraping a working sqs-poller that answers every
+//! query of `dashboards/sqs-poller.json`.
+//!
+//! Prometheus comes from Debian's package, unpacked by `scripts/install-services.sh` into
+//! `.local/prometheus` (or `PROMETHEUS_BIN_DIR`).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn prometheus_bin(name: &str) -> PathBuf {
+    let dir = std::env::var("PROMETHEUS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".local/prometheus/usr/bin"));
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/install-services.sh (it unpacks Debian's prometheus package into .local/prometheus), \
+         or set PROMETHEUS_BIN_DIR",
+        bin.display()
+    );
+    bin
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join("dashboards/sqs-poller.json")).unwrap())
+        .expect("dashboard is JSON")
+}
+
+/// Every (panel title, expr) of the dashboard.
+fn dashboard_queries(d: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((p["title"].as_str().unwrap().to_string(), t["expr"].as_str().unwrap().to_string()));
+        }
+    }
+    out
+}
+
+/// Runs promtool; whether it succeeded, and what it printed (stdout then stderr).
+fn promtool(args: &[&str], file: &str) -> (bool, String) {
+    let out = Command::new(prometheus_bin("promtool")).args(args).arg(root().join(file)).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let (ok, text) = promtool(&["check", "rules"], "deploy/prometheus/alerts.yml");
+    assert!(ok, "{text}");
+    assert!(text.contains("SUCCESS: 11 rules found"), "{text}");
+}
+
+#[test]
+fn alert_rules_fire_as_intended() {
+    let (ok, text) = promtool(&["test", "rules"], "deploy/prometheus/alerts_test.yml");
+    assert!(ok, "{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
+}
+
+#[test]
+fn the_dashboard_has_the_expected_structure() {
+    let d = dashboard();
+    assert!(d["schemaVersion"].as_u64().unwrap() >= 36, "a current schema");
+    assert_eq!(d["uid"], "sqs-poller");
+    let vars = d["templating"]["list"].as_array().unwrap();
+    let ds = vars.iter().find(|v| v["name"] == "datasource").expect("a datasource variable");
+    assert_eq!(ds["type"], "datasource");
+    assert_eq!(ds["query"], "prometheus");
+    let pipeline = vars.iter().find(|v| v["name"] == "pipeline").expect("a pipeline variable");
+    assert_eq!(pipeline["type"], "query");
+    assert!(pipeline["definition"].as_str().unwrap().contains("label_values("));
+
+    // the latency panels open their time range's batches in Tempo (the [telemetry] spans)
+    let traces = vars.iter().find(|v| v["name"] == "traces").expect("a traces variable");
+    assert_eq!((&traces["type"], &traces["query"]), (&serde_json::json!("datasource"), &serde_json::json!("tempo")));
+    for id in [9, 10, 12] {
+        let panel = d["panels"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap();
+        let url = panel["links"][0]["url"].as_str().unwrap_or_default();
+        assert!(url.starts_with("/explore?") && url.contains("${traces}") && url.contains("${__from}"), "{url}");
+        assert!(url.contains("sqs_poller.pipeline"), "the link keeps the pipeline filter: {url}");
+    }
+
+    let panels = d["panels"].as_array().unwrap();
+    let rows: Vec<&str> = panels.iter().filter(|p| p["type"] == "row").map(|p| p["title"].as_str().unwrap()).collect();
+    assert_eq!(
+        rows,
+        vec![
+            "Throughput",
+            "Queue",
+            "Latency",
+            "Scaling",
+            "Worker protection",
+            "Fair share",
+            "Leases",
+            "Errors",
+            "SQS requests and cost"
+        ]
+    );
+    let mut ids = HashSet::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "panel ids are unique");
+        let g = &p["gridPos"];
+        assert!(g["w"].as_u64().unwrap() <= 24 && g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24);
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["type"], "timeseries");
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(expr.contains("pipeline=~\"$pipeline\""), "{}: {expr} ignores the pipeline variable", p["title"]);
+            assert!(t["refId"].is_string());
+        }
+    }
+    // every metric of the contract appears in some panel
+    let all: String = dashboard_queries(&d).into_iter().map(|(_, e)| e).collect();
+    for m in [
+        "messages_received_total",
+        "messages_filtered_total",
+        "messages_succeeded_total",
+        "messages_failed_total",
+        "messages_dead_lettered_total",
+        "messages_dispatched_total",
+        "batches_total",
+        "batch_size",
+        "dispatch_duration_seconds",
+        "message_age_seconds",
+        "end_to_end_seconds",
+        "pollers",
+        "pollers_desired",
+        "in_flight_messages",
+        "queue_messages",
+        "sqs_requests_total",
+        "sqs_errors_total",
+        "worker_output_overflows_total",
+        "concurrency_limit",
+        "breaker_state",
+        "breaker_transitions_total",
+        "groups_in_flight",
+        "group_capped_messages",
+        "group_cap_returned_total",
+        "group_cap_wait_seconds",
+        "slot_wait_seconds",
+    ] {
+        assert!(all.contains(&format!("sqs_poller_{m}")), "no panel shows sqs_poller_{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("observed", &[]).await;
+    let dlq = sqs.queue("observed-dlq", &[]).await;
+    // one message in five fails for good and ends in the dead-letter queue; the others take 20 ms
+    let worker = worker(|event| {
+        let failed: Vec<&str> = event["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["body"].as_str().unwrap().ends_with('0') || r["body"].as_str().unwrap().ends_with('5'))
+            .map(|r| r["messageId"].as_str().unwrap())
+            .collect();
+        let mut reply = Reply::failures(&failed);
+        reply.delay = Duration::from_millis(20);
+        reply
+    })
+    .await;
+    let extra = format!(
+        "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.batch]\nsize = 10\nwindow_ms = 50\n\
+         [pipelines.retry]\ninitial_backoff_secs = 0\n[pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 2\n"
+    );
+    let pipeline = http_pipeline("observed", &queue, &worker.url, &extra)
+        .replace("[pipelines.target]", "depth_interval_secs = 1\n[pipelines.target]");
+    let poller = start_poller(&sqs, 10, &pipeline).await;
+
+    // promtool accepts our exposition format
+    let metrics = poller.metrics_text().await;
+    let mut check = Command::new(prometheus_bin("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), metrics.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the process-wide series: the build, and the configuration file (reloads are not a pipeline's)
+    let process_wide = ["sqs_poller_build_info", "sqs_poller_config_reloads_total", "sqs_poller_config_info"];
+    for line in
+        metrics.lines().filter(|l| l.starts_with("sqs_poller_") && !process_wide.iter().any(|p| l.starts_with(p)))
+    {
+        assert!(line.contains("pipeline=\"observed\""), "a series without the pipeline label: {line}");
+    }
+
+    // a real Prometheus scraping every second
+    let dir = tempfile::tempdir().unwrap();
+    let target = poller.listen.trim_start_matches("http://");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: sqs-poller\n    static_configs:\n      - targets: ['{target}']\n",
+            root().join("deploy/prometheus/alerts.yml").display()
+        ),
+    )
+    .unwrap();
+    let prom_port = free_port();
+    let mut prometheus = tokio::process::Command::new(prometheus_bin("prometheus"))
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus");
+    let api = format!("http://127.0.0.1:{prom_port}");
+
+    // traffic while Prometheus watches
+    let sender = {
+        let client = sqs.client.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            for round in 0..40 {
+                let entries = (0..10)
+                    .map(|i| {
+                        aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(format!("m{}", round * 10 + i))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                client.send_message_batch().queue_url(&queue).set_entries(Some(entries)).send().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    let d = dashboard();
+    let queries = dashboard_queries(&d);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut pending: Vec<(String, String)> = queries.clone();
+    let mut last_answer = String::new();
+    while !pending.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut still = Vec::new();
+        for (title, expr) in pending {
+            let q = expr.replace("$pipeline", "observed").replace("$__rate_interval", "10s");
+            match http_get(&format!("{api}/api/v1/query?query={}", percent_encode(&q))).await {
+                Some((200, body)) => {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    assert_eq!(v["status"], "success", "{title}: {q}: {body}");
+                    let has_number =
+                        v["data"]["result"].as_array().unwrap().iter().any(|r| {
+                            r["value"][1].as_str().is_some_and(|s| s.parse::<f64>().is_ok_and(f64::is_finite))
+                        });
+                    if !has_number {
+                        last_answer = format!("{title}: {q} -> {body}");
+                        still.push((title, expr));
+                    }
+                }
+                Some((status, body)) if status == 400 || status == 422 => {
+                    panic!("{title}: {q} is not valid PromQL: {body}")
+                }
+                other => {
+                    last_answer = format!("{title}: {q} -> {other:?}");
+                    still.push((title, expr));
+                }
+            }
+        }
+        pending = still;
+    }
+    sender.abort();
+    assert!(
+        pending.is_empty(),
+        "{} of {} dashboard queries returned no data, e.g. {last_answer}\nprometheus log:\n{}",
+        pending.len(),
+        queries.len(),
+        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+    );
+    println!("all {} dashboard queries returned data", queries.len());
+
+    // the rules loaded and evaluate
+    let (_, rules) = http_get(&format!("{api}/api/v1/rules")).await.unwrap();
+    let v: Value = serde_json::from_str(&rules).unwrap();
+    let loaded: usize =
+        v["data"]["groups"].as_array().unwrap().iter().map(|g| g["rules"].as_array().unwrap().len()).sum();
+    assert_eq!(loaded, 11, "{rules}");
+    for g in v["data"]["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            assert_eq!(r["health"], "ok", "rule {} does not evaluate: {}", r["name"], r["lastError"]);
+        }
+    }
+    let _ = prometheus.kill().await;
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}
+
+/// Percent-encodes a query parameter value.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
