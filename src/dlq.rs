@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 
+use crate::aws::SqsMessage;
 use crate::metrics::PipelineMetrics;
 use crate::sqs::{SqsClients, SqsError, SqsQueue};
 
@@ -56,7 +57,7 @@ pub struct Tally {
 }
 
 /// `(pipeline, reason, receive count)` sqs-poller recorded on a dead-letter copy.
-fn recorded(m: &Message) -> (Option<String>, Option<String>, Option<u32>) {
+fn recorded(m: &SqsMessage) -> (Option<String>, Option<String>, Option<u32>) {
     let attrs = m.message_attributes.as_ref();
     let get = |k: &str| attrs.and_then(|a| a.get(k)).and_then(|v| v.string_value()).map(str::to_string);
     if let Some(folded) = get("sqs-poller.dead-letter") {
@@ -72,7 +73,7 @@ fn recorded(m: &Message) -> (Option<String>, Option<String>, Option<u32>) {
 
 impl Tally {
     /// Counts one message; `now_ms` is the time of the scan; `samples` is how many to keep.
-    pub fn add(&mut self, m: &Message, now_ms: u64, samples: usize) {
+    pub fn add(&mut self, m: &SqsMessage, now_ms: u64, samples: usize) {
         let (pipeline, reason, receives) = recorded(m);
         let reason = reason.unwrap_or_else(|| NO_REASON.to_string());
         self.total += 1;
@@ -183,8 +184,8 @@ mod tests {
     use super::*;
     use aws_sdk_sqs::types::MessageAttributeValue;
 
-    fn dead(id: &str, reason: Option<&str>, sent_ms: u64) -> Message {
-        let mut b = Message::builder()
+    fn dead(id: &str, reason: Option<&str>, sent_ms: u64) -> SqsMessage {
+        let mut b = SqsMessage::builder()
             .message_id(id)
             .body(format!("body of {id} {}", "x".repeat(300)))
             .attributes(MessageSystemAttributeName::SentTimestamp, sent_ms.to_string());

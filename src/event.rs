@@ -4,9 +4,10 @@
 //! batcher measures batches by those bytes and the dispatcher joins them into
 //! `{"Records":[…]}` without serializing again.
 
+use crate::aws::SqsMessage;
 use std::collections::BTreeMap;
 
-use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use serde::{Deserialize, Serialize};
 
 /// One record of Lambda's SQS event (`{"Records": [SqsRecord, …]}`).
@@ -102,14 +103,14 @@ impl ReceivedMessage {
     ///
     /// # Errors
     /// [`MalformedMessage`] when SQS left out the message id or receipt handle.
-    pub fn from_sqs(msg: Message, source: &EventSource) -> Result<Self, MalformedMessage> {
+    pub fn from_sqs(msg: SqsMessage, source: &EventSource) -> Result<Self, MalformedMessage> {
         if msg.message_id.is_none() {
             return Err(MalformedMessage("MessageId"));
         }
         if msg.receipt_handle.is_none() {
             return Err(MalformedMessage("ReceiptHandle"));
         }
-        // serialized straight from the SDK's message: no intermediate record, into a buffer
+        // serialized straight from the received message: no intermediate record, into a buffer
         // sized for it (grown from empty, a 256 KiB record took allocations of 256 and 512 KiB
         // on the way); escapes beyond the allowance grow it once more
         let mut record = Vec::with_capacity(record_capacity(&msg, source));
@@ -172,7 +173,7 @@ impl ReceivedMessage {
 
 /// A message's size as SQS counts it against `MaximumMessageSize`: its body and its message
 /// attributes (names, types and values).
-pub fn message_bytes(m: &Message) -> usize {
+pub fn message_bytes(m: &SqsMessage) -> usize {
     let attributes: usize = m
         .message_attributes
         .iter()
@@ -190,7 +191,7 @@ pub fn message_bytes(m: &Message) -> usize {
 /// About what the record of `msg` takes: what SQS counts of it ([`message_bytes`]), the keys
 /// around each message attribute and base64's third on binary values, the system attributes,
 /// the source, and 1/16 more of the body for escapes.
-fn record_capacity(msg: &Message, source: &EventSource) -> usize {
+fn record_capacity(msg: &SqsMessage, source: &EventSource) -> usize {
     let body = msg.body.as_deref().map_or(0, str::len);
     let per_attribute: usize = msg
         .message_attributes
@@ -202,10 +203,10 @@ fn record_capacity(msg: &Message, source: &EventSource) -> usize {
     message_bytes(msg) + body / 16 + per_attribute + system + source.queue_arn.len() + 512
 }
 
-/// The Lambda record of an SDK message, serialized without building an [`SqsRecord`] first.
+/// The Lambda record of a received message, serialized without building an [`SqsRecord`] first.
 /// Field for field the same JSON as `SqsRecord` (a test holds the two together).
 struct RecordRef<'a> {
-    msg: &'a Message,
+    msg: &'a SqsMessage,
     source: &'a EventSource,
 }
 
@@ -422,7 +423,7 @@ mod tests {
 
     #[test]
     fn sqs_message_becomes_the_lambda_record() {
-        let msg = Message::builder()
+        let msg = SqsMessage::builder()
             .message_id("059f36b4-87a3-44ab-83d2-661975830a7d")
             .receipt_handle("AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a...")
             .body("Test message.")
@@ -467,7 +468,7 @@ mod tests {
 
     #[test]
     fn the_direct_serialization_equals_the_record_type() {
-        let msg = Message::builder()
+        let msg = SqsMessage::builder()
             .message_id("id-1")
             .receipt_handle("rh")
             .body("{\"a\": \"é\\n\"}")
@@ -529,7 +530,7 @@ mod tests {
             EventSource { queue_arn: "arn:aws:sqs:eu-west-1:123456789012:q".into(), region: "eu-west-1".into() };
         let messages: Vec<ReceivedMessage> = (0..3)
             .map(|i| {
-                let msg = Message::builder()
+                let msg = SqsMessage::builder()
                     .message_id(format!("m{i}"))
                     .receipt_handle(format!("rh{i}"))
                     .body(format!("body {i}"))

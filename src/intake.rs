@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_sdk_sqs::types::Message;
-
+use crate::aws::SqsMessage;
 use crate::config::{FilterConfig, OnFiltered};
 use crate::event::{message_bytes, EventSource, ReceivedMessage};
 use crate::lease::{Admission, LeaseKeeper, Reservation};
@@ -47,12 +46,12 @@ impl Intake {
     pub async fn take(
         &self,
         reservation: Reservation,
-        messages: Vec<Message>,
+        messages: Vec<SqsMessage>,
         stamp: crate::lease::ReceiveStamp,
     ) -> (Vec<ReceivedMessage>, usize) {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         // without an id or a receipt handle a message cannot be leased, deleted or released
-        let (leasable, malformed): (Vec<Message>, Vec<Message>) =
+        let (leasable, malformed): (Vec<SqsMessage>, Vec<SqsMessage>) =
             messages.into_iter().partition(|m| m.message_id.is_some() && m.receipt_handle.is_some());
         for m in &malformed {
             let missing = if m.message_id.is_none() { "MessageId" } else { "ReceiptHandle" };
@@ -66,7 +65,7 @@ impl Intake {
             }),
             stamp,
         );
-        let new: Vec<Message> =
+        let new: Vec<SqsMessage> =
             leasable.into_iter().zip(admissions).filter(|(_, a)| *a == Admission::New).map(|(m, _)| m).collect();
         // large payloads: the record carries the real body
         let resolved: Vec<crate::payload::Resolved> = match &self.payloads {
@@ -175,8 +174,8 @@ mod tests {
         let body = "\"\\".repeat(32 * 1024);
         let plain = "x".repeat(64 * 1024);
         let messages = vec![
-            Message::builder().message_id("escaped").receipt_handle("rh1").body(&body).build(),
-            Message::builder().message_id("plain").receipt_handle("rh2").body(&plain).build(),
+            SqsMessage::builder().message_id("escaped").receipt_handle("rh1").body(&body).build(),
+            SqsMessage::builder().message_id("plain").receipt_handle("rh2").body(&plain).build(),
         ];
         let (pass, _) = intake.take(leases.reserve().await, messages, leases.stamp()).await;
         let escaped = pass[0].record_json.len();

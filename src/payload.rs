@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::aws::s3::S3;
+use crate::aws::SqsMessage;
 pub use crate::event::{Offloaded, S3Pointer};
 
 /// The pointer classes the extended clients write.
@@ -140,11 +141,11 @@ impl PayloadStore {
 
 /// A received message with its payload in `body` when it was offloaded: the pointer, and why
 /// the payload could not be fetched, if it could not.
-pub type Resolved = (aws_sdk_sqs::types::Message, Option<Offloaded>, Option<String>);
+pub type Resolved = (SqsMessage, Option<Offloaded>, Option<String>);
 
 /// Fetches the payloads of the messages that are extended-client pointers (a pointer body and
 /// a size attribute), concurrently within the store's limits.
-pub async fn resolve(store: &PayloadStore, messages: Vec<aws_sdk_sqs::types::Message>) -> Vec<Resolved> {
+pub async fn resolve(store: &PayloadStore, messages: Vec<SqsMessage>) -> Vec<Resolved> {
     futures_util::future::join_all(messages.into_iter().map(|mut m| async move {
         let marked = m.message_attributes.as_ref().is_some_and(|a| SIZE_ATTRIBUTES.iter().any(|k| a.contains_key(*k)));
         let Some(pointer) = marked.then(|| m.body.as_deref().and_then(S3Pointer::parse)).flatten() else {

@@ -12,8 +12,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 
+use crate::aws::SqsMessage;
 use crate::metrics::PipelineMetrics;
 use crate::sqs::{SqsClients, SqsError, SqsQueue};
 
@@ -145,7 +146,7 @@ pub async fn redrive(
     result.map(|()| report)
 }
 
-async fn send_copy(destination: &SqsQueue, m: &Message, fifo: bool) -> Result<(), SqsError> {
+async fn send_copy(destination: &SqsQueue, m: &SqsMessage, fifo: bool) -> Result<(), SqsError> {
     let attributes: HashMap<String, MessageAttributeValue> = m
         .message_attributes
         .clone()

@@ -20,9 +20,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use tokio::time::Instant;
 
+use crate::aws::SqsMessage;
 use crate::sqs::{sqs_allows, BoxFuture, EntryFailure, Queue, SqsError};
 
 const TWELVE_HOURS: Duration = Duration::from_secs(43_200);
@@ -254,7 +255,7 @@ impl SimQueue {
     }
 
     /// Takes up to 10 messages now (no waiting).
-    fn take(&self, visibility: Duration) -> Vec<Message> {
+    fn take(&self, visibility: Duration) -> Vec<SqsMessage> {
         let now = Instant::now();
         let mut st = self.state();
         let st = &mut *st;
@@ -308,7 +309,7 @@ impl SimQueue {
             m.handle_received_at = now;
             m.visible_at = now + visibility;
             st.log.deliveries += 1;
-            let mut b = Message::builder()
+            let mut b = SqsMessage::builder()
                 .message_id(&m.id)
                 .receipt_handle(handle)
                 .body(&m.body)
@@ -351,7 +352,11 @@ impl Queue for SimQueue {
         "us-east-1".to_string()
     }
 
-    fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>> {
+    fn receive(
+        &self,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> BoxFuture<'_, Result<Vec<SqsMessage>, SqsError>> {
         Box::pin(async move {
             let n = self.receives.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             assert!(n >= self.config.receive_panics, "simulated panic in receive {}", n + 1);

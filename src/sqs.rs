@@ -21,10 +21,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{Message, MessageAttributeValue, QueueAttributeName};
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 use aws_sdk_sqs::Client;
 
 pub use crate::aws::errors::{is_permanent_code, SqsError, SqsErrorKind, PERMANENT_CODES};
+use crate::aws::SqsMessage;
 use crate::backoff::Backoff;
 pub use crate::limits::SQS_ATTEMPT_TIMEOUT as ATTEMPT_TIMEOUT;
 use crate::metrics::SqsMetrics;
@@ -68,7 +69,8 @@ pub trait Queue: Send + Sync {
     /// The region records name as `awsRegion`.
     fn region(&self) -> String;
     /// One ReceiveMessage for up to 10 messages with every attribute.
-    fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>>;
+    fn receive(&self, wait: Duration, visibility: Option<Duration>)
+        -> BoxFuture<'_, Result<Vec<SqsMessage>, SqsError>>;
     /// As [`Queue::receive`], with a FIFO queue's `ReceiveRequestAttemptId`: a retry with the
     /// same id (within five minutes, nothing of it settled) gets the same messages and receipt
     /// handles instead of leaving them hidden. Implementations that cannot send it ignore it.
@@ -77,7 +79,7 @@ pub trait Queue: Send + Sync {
         wait: Duration,
         visibility: Option<Duration>,
         attempt_id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Vec<Message>, SqsError>> {
+    ) -> BoxFuture<'a, Result<Vec<SqsMessage>, SqsError>> {
         let _ = attempt_id;
         self.receive(wait, visibility)
     }
@@ -110,7 +112,11 @@ impl Queue for SqsQueue {
     fn region(&self) -> String {
         self.region.clone()
     }
-    fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>> {
+    fn receive(
+        &self,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> BoxFuture<'_, Result<Vec<SqsMessage>, SqsError>> {
         Box::pin(SqsQueue::receive(self, wait, visibility, None))
     }
     fn receive_attempt<'a>(
@@ -118,7 +124,7 @@ impl Queue for SqsQueue {
         wait: Duration,
         visibility: Option<Duration>,
         attempt_id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Vec<Message>, SqsError>> {
+    ) -> BoxFuture<'a, Result<Vec<SqsMessage>, SqsError>> {
         Box::pin(SqsQueue::receive(self, wait, visibility, attempt_id))
     }
     fn attributes<'a>(
@@ -295,7 +301,7 @@ impl SqsQueue {
         wait: Duration,
         visibility: Option<Duration>,
         attempt_id: Option<&str>,
-    ) -> Result<Vec<Message>, SqsError> {
+    ) -> Result<Vec<SqsMessage>, SqsError> {
         let r = self.json.receive(&self.url, wait, visibility, attempt_id, wait + ATTEMPT_TIMEOUT).await;
         self.count("ReceiveMessage", &r);
         r

@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod credentials;
 pub mod errors;
+pub mod message;
 pub mod s3;
 pub mod sign;
 pub mod sigv4;
@@ -21,6 +22,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 pub use clock::Clock;
 pub use credentials::CredentialsCache;
 pub use errors::{SqsError, SqsErrorKind};
+pub use message::SqsMessage;
 pub use sign::RequestSigner;
 
 /// How long connecting to an AWS endpoint may take.

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
-use aws_sdk_sqs::types::{BatchResultErrorEntry, Message, MessageAttributeValue, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{BatchResultErrorEntry, MessageAttributeValue, MessageSystemAttributeName};
+
+use super::SqsMessage;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +98,7 @@ impl JsonClient {
         visibility: Option<Duration>,
         attempt_id: Option<&str>,
         limit: Duration,
-    ) -> Result<Vec<Message>, SqsError> {
+    ) -> Result<Vec<SqsMessage>, SqsError> {
         let request = ReceiveRequest {
             queue_url,
             max_number_of_messages: 10,
@@ -112,7 +114,7 @@ impl JsonClient {
         out.messages
             .unwrap_or_default()
             .into_iter()
-            .map(WireMessage::into_sdk)
+            .map(WireMessage::into_message)
             .collect::<Result<_, _>>()
             .map_err(|e| bad_response("ReceiveMessage", &e))
     }
@@ -353,8 +355,8 @@ struct WireAttribute {
 }
 
 impl WireMessage {
-    /// The SDK's message, as its own deserializer would have built it.
-    fn into_sdk(self) -> Result<Message, String> {
+    /// The crate's message, with the values the SDK's own deserializer would have given it.
+    fn into_message(self) -> Result<SqsMessage, String> {
         let blob = |b64: &str| {
             aws_smithy_types::base64::decode(b64)
                 .map(aws_smithy_types::Blob::new)
@@ -385,15 +387,15 @@ impl WireMessage {
                 Some(out)
             }
         };
-        Ok(Message::builder()
-            .set_message_id(self.message_id)
-            .set_receipt_handle(self.receipt_handle)
-            .set_md5_of_body(self.md5_of_body)
-            .set_body(self.body)
-            .set_attributes(attributes)
-            .set_md5_of_message_attributes(self.md5_of_message_attributes)
-            .set_message_attributes(message_attributes)
-            .build())
+        Ok(SqsMessage {
+            message_id: self.message_id,
+            receipt_handle: self.receipt_handle,
+            md5_of_body: self.md5_of_body,
+            body: self.body,
+            attributes,
+            md5_of_message_attributes: self.md5_of_message_attributes,
+            message_attributes,
+        })
     }
 }
 
@@ -402,13 +404,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_receive_answer_becomes_the_sdks_messages() {
+    fn a_receive_answer_becomes_messages_with_the_sdks_values() {
         let body = br#"{"Messages":[{"MessageId":"m1","ReceiptHandle":"r1","MD5OfBody":"d","Body":"hi \u00e9",
             "Attributes":{"ApproximateReceiveCount":"2","SentTimestamp":"1700000000000","MessageGroupId":"g"},
             "MD5OfMessageAttributes":"a","MessageAttributes":{"s":{"StringValue":"v","DataType":"String"},
             "b":{"BinaryValue":"AAEC","DataType":"Binary.custom"}}},{"MessageId":"m2","ReceiptHandle":"r2"}]}"#;
         let out: ReceiveResponse = serde_json::from_slice(body).unwrap();
-        let msgs: Vec<Message> = out.messages.unwrap().into_iter().map(|m| m.into_sdk().unwrap()).collect();
+        let msgs: Vec<SqsMessage> = out.messages.unwrap().into_iter().map(|m| m.into_message().unwrap()).collect();
         assert_eq!(msgs.len(), 2);
         let m = &msgs[0];
         assert_eq!((m.message_id(), m.receipt_handle(), m.body()), (Some("m1"), Some("r1"), Some("hi é")));

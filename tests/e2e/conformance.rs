@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+use sqs_poller::aws::SqsMessage;
 use sqs_poller::metrics::PipelineMetrics;
 use sqs_poller::sim::{SimConfig, SimQueue};
 use sqs_poller::sqs::{Queue, SqsQueue};
@@ -105,11 +106,11 @@ async fn send(q: &dyn Queue, body: &str, group: Option<&str>) {
     q.send(body, HashMap::new(), group, None).await.unwrap_or_else(|e| panic!("send {body}: {e}"));
 }
 
-async fn receive(q: &dyn Queue, visibility_secs: u64) -> Vec<aws_sdk_sqs::types::Message> {
+async fn receive(q: &dyn Queue, visibility_secs: u64) -> Vec<SqsMessage> {
     q.receive(Duration::ZERO, Some(Duration::from_secs(visibility_secs))).await.expect("ReceiveMessage")
 }
 
-fn bodies(m: &[aws_sdk_sqs::types::Message]) -> Vec<&str> {
+fn bodies(m: &[SqsMessage]) -> Vec<&str> {
     m.iter().filter_map(|m| m.body()).collect()
 }
 

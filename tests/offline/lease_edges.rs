@@ -10,8 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{Message, MessageAttributeValue, QueueAttributeName};
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 use bytes::Bytes;
+use sqs_poller::aws::SqsMessage;
 use sqs_poller::dispatch::{Invocation, Target};
 use sqs_poller::lease::{LeaseKeeper, ReceiveStamp};
 use sqs_poller::metrics::PipelineMetrics;
@@ -59,7 +60,11 @@ impl Queue for Witnessed {
     fn region(&self) -> String {
         self.inner.region()
     }
-    fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>> {
+    fn receive(
+        &self,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> BoxFuture<'_, Result<Vec<SqsMessage>, SqsError>> {
         Box::pin(async move {
             let got = self.inner.receive(wait, visibility).await;
             if got.as_ref().is_ok_and(|m| !m.is_empty()) {
@@ -136,7 +141,7 @@ async fn lease_one(keeper: &LeaseKeeper, sim: &SimQueue, sent_at: Instant) -> (S
 
 /// One message from the simulation (which, as a standard queue, may skip visible messages in a
 /// receive: its long poll tries again every 100 ms within the second).
-async fn receive_one(sim: &SimQueue) -> Vec<Message> {
+async fn receive_one(sim: &SimQueue) -> Vec<SqsMessage> {
     let got = sim.receive(Duration::from_secs(1), None).await.unwrap();
     assert_eq!(got.len(), 1, "one message received");
     got

@@ -43,10 +43,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{Message, MessageAttributeValue, QueueAttributeName};
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::Value;
+use sqs_poller::aws::SqsMessage;
 use sqs_poller::dispatch::concurrency::Slots;
 use sqs_poller::dispatch::{Invocation, Target};
 use sqs_poller::shutdown::Shutdown;
@@ -554,7 +555,11 @@ impl Queue for Checked {
     fn region(&self) -> String {
         self.inner.region()
     }
-    fn receive(&self, wait: Duration, visibility: Option<Duration>) -> BoxFuture<'_, Result<Vec<Message>, SqsError>> {
+    fn receive(
+        &self,
+        wait: Duration,
+        visibility: Option<Duration>,
+    ) -> BoxFuture<'_, Result<Vec<SqsMessage>, SqsError>> {
         self.inner.receive(wait, visibility)
     }
     fn attributes<'a>(
