@@ -67,23 +67,7 @@ impl Intake {
         );
         let new: Vec<SqsMessage> =
             leasable.into_iter().zip(admissions).filter(|(_, a)| *a == Admission::New).map(|(m, _)| m).collect();
-        // large payloads: the record carries the real body
-        let resolved: Vec<crate::payload::Resolved> = match &self.payloads {
-            Some(store) => {
-                let resolved = crate::payload::resolve(store, new).await;
-                // a fetched payload takes its size of the byte budget with its message's lease
-                for (m, offloaded, unresolved) in &resolved {
-                    if offloaded.is_some() && unresolved.is_none() {
-                        self.leases.charge_payload(
-                            m.message_id.as_deref().unwrap_or_default(),
-                            m.body.as_deref().map_or(0, str::len),
-                        );
-                    }
-                }
-                resolved
-            }
-            None => new.into_iter().map(|m| (m, None, None)).collect(),
-        };
+        let resolved = self.resolve_payloads(new).await;
         let mut pass = Vec::with_capacity(resolved.len());
         let mut rejected = Vec::new();
         let mut oldest_ms = 0;
@@ -110,6 +94,22 @@ impl Intake {
         self.oldest_age_ms.fetch_max(oldest_ms.max(1), Ordering::Relaxed);
         let kept = self.settle_filtered(&rejected).await;
         (pass, kept)
+    }
+
+    /// Large payloads: the record carries the real body, and a fetched payload takes its size
+    /// of the byte budget with its message's lease.
+    async fn resolve_payloads(&self, new: Vec<SqsMessage>) -> Vec<crate::payload::Resolved> {
+        let Some(store) = &self.payloads else {
+            return new.into_iter().map(|m| (m, None, None)).collect();
+        };
+        let resolved = crate::payload::resolve(store, new).await;
+        for (m, offloaded, unresolved) in &resolved {
+            if offloaded.is_some() && unresolved.is_none() {
+                self.leases
+                    .charge_payload(m.message_id.as_deref().unwrap_or_default(), m.body.as_deref().map_or(0, str::len));
+            }
+        }
+        resolved
     }
 
     fn passes_filter(&self, m: &ReceivedMessage) -> bool {

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit};
+use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::status::Status;
@@ -127,152 +127,76 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// What a series is, for its description.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every series' kind, unit and help (the `# HELP` line of /metrics).
+const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
+    (Kind::Counter, MESSAGES_RECEIVED, Some(Unit::Count), "Messages returned by ReceiveMessage."),
+    (Kind::Counter, TELEMETRY_SPANS, Some(Unit::Count), "Spans sent to the OTLP collector, by outcome: exported, failed (the collector did not take them)."),
+    (Kind::Counter, MESSAGES_FILTERED, Some(Unit::Count), "Messages rejected by the filter (and deleted)."),
+    (Kind::Counter, MESSAGES_DISPATCHED, Some(Unit::Count), "Messages handed to the target."),
+    (Kind::Counter, MESSAGES_SUCCEEDED, Some(Unit::Count), "Messages the target processed successfully."),
+    (Kind::Counter, MESSAGES_FAILED, Some(Unit::Count), "Messages the target failed (retried after a backoff)."),
+    (Kind::Counter, MESSAGES_DEAD_LETTERED, Some(Unit::Count), "Messages moved to the dead-letter queue."),
+    (Kind::Counter, MESSAGES_DELETED, Some(Unit::Count), "Messages deleted from the source queue."),
+    (Kind::Counter, MESSAGES_RELEASED, Some(Unit::Count), "Messages made visible again without being processed (shutdown, or a receive that could not be handed on)."),
+    (Kind::Counter, BATCHES, Some(Unit::Count), "Batches dispatched, by outcome: success, partial, failure, throttled."),
+    (Kind::Histogram, BATCH_SIZE, Some(Unit::Count), "Messages per dispatched batch."),
+    (Kind::Histogram, DISPATCH_DURATION, Some(Unit::Seconds), "Time of one target call for a batch."),
+    (Kind::Histogram, MESSAGE_AGE, Some(Unit::Seconds), "Receive time minus SentTimestamp (time spent in the queue)."),
+    (Kind::Histogram, END_TO_END, Some(Unit::Seconds), "Deletion time minus SentTimestamp, for succeeded messages."),
+    (Kind::Gauge, POLLERS, Some(Unit::Count), "Poller tasks alive now (polling or paused for backpressure)."),
+    (Kind::Gauge, POLLERS_DESIRED, Some(Unit::Count), "The autoscaler's target number of pollers."),
+    (Kind::Gauge, POLLERS_MIN, Some(Unit::Count), "Configured pollers.min."),
+    (Kind::Gauge, POLLERS_MAX, Some(Unit::Count), "Configured pollers.max."),
+    (Kind::Gauge, IN_FLIGHT_MESSAGES, Some(Unit::Count), "Messages received and not yet acknowledged."),
+    (Kind::Gauge, IN_FLIGHT_BYTES, Some(Unit::Bytes), "Bytes of the byte budget taken: the leased messages (body, attributes and a fixed overhead each) and the receives in flight (ten of the queue's largest messages each)."),
+    (Kind::Gauge, PROCESS_RESIDENT_MEMORY, Some(Unit::Bytes), "Resident memory of the process (VmRSS), read at each scrape."),
+    (Kind::Gauge, MAX_OUTSTANDING_BYTES, Some(Unit::Bytes), "Configured lease.max_outstanding_bytes (raised to one receive's worth when lower)."),
+    (Kind::Gauge, IN_FLIGHT_BATCHES, Some(Unit::Count), "Batches being dispatched or acknowledged now."),
+    (Kind::Gauge, MAX_CONCURRENCY, Some(Unit::Count), "Configured target.max_concurrency (batches in flight at most)."),
+    (Kind::Gauge, CONCURRENCY_LIMIT, Some(Unit::Count), "Batches allowed in flight now: max_concurrency, or the adaptive limit (target.concurrency = \"adaptive\")."),
+    (Kind::Gauge, BREAKER_STATE, None, "The target's circuit breaker: 0 closed, 1 open, 2 half-open (one probe batch)."),
+    (Kind::Counter, BREAKER_TRANSITIONS, Some(Unit::Count), "Circuit breaker transitions, by the phase entered (`to`: open, half_open, closed)."),
+    (Kind::Gauge, GROUPS_IN_FLIGHT, Some(Unit::Count), "Message groups with messages in batches now (batch.max_in_flight_per_group set; standard and fair queues)."),
+    (Kind::Gauge, GROUP_CAPPED, Some(Unit::Count), "Messages waiting under lease because their group is at batch.max_in_flight_per_group."),
+    (Kind::Counter, GROUP_CAP_RETURNED, Some(Unit::Count), "Messages over their group's cap given back to the queue because the room for waiting messages was full (each spends a receive)."),
+    (Kind::Histogram, GROUP_CAP_WAIT, Some(Unit::Seconds), "Time messages waited behind their group's cap (batch.max_in_flight_per_group)."),
+    (Kind::Histogram, SLOT_WAIT, Some(Unit::Seconds), "Time a cut batch waited for a concurrency slot (of the pipeline, or of its shared pool: by priority and weight)."),
+    (Kind::Gauge, MAX_OUTSTANDING, Some(Unit::Count), "Configured lease.max_outstanding: messages received and not yet acknowledged, at most."),
+    (Kind::Counter, DUPLICATE_RECEIVES, Some(Unit::Count), "Messages received again while already leased (the lease took the new receipt handle; the copy went no further)."),
+    (Kind::Counter, LEASE_EXTENSIONS, Some(Unit::Count), "Visibility extensions sent by the lease keeper, by outcome (ok, error)."),
+    (Kind::Counter, LEASES_EXPIRED, Some(Unit::Count), "Leases that reached lease.max_lease_secs (or SQS's 12-hour limit) and were no longer extended."),
+    (Kind::Counter, RECEIPT_REJECTIONS, Some(Unit::Count), "Receipt handles SQS rejected for good in a delete, extension or let-go (call), by code (ReceiptHandleIsInvalid, MessageNotInflight, InvalidParameterValue, ..., other); not retried."),
+    (Kind::Counter, THROTTLE_RELEASES, Some(Unit::Count), "Messages of batches throttled longer than target.max_throttled_secs, released with a backoff."),
+    (Kind::Counter, WORKER_OUTPUT_OVERFLOWS, Some(Unit::Count), "Batches failed because the target's answer (a command's stdout, an HTTP or runtime-api response) passed 6 MiB, Lambda's response limit."),
+    (Kind::Gauge, QUEUE_MESSAGES, Some(Unit::Count), "Approximate messages in the queue by state (visible, in_flight, delayed), from GetQueueAttributes."),
+    (Kind::Gauge, OLDEST_MESSAGE_AGE, Some(Unit::Seconds), "Age of the oldest message received since the previous depth sample (growing while the queue holds messages nobody receives)."),
+    (Kind::Counter, SQS_REQUESTS, Some(Unit::Count), "SQS API requests by operation and outcome (ok, error); SQS bills per request."),
+    (Kind::Counter, SQS_ERRORS, Some(Unit::Count), "Failed SQS requests by operation and kind (throttled, server_error, timeout, connection, bad_response, rejected); all but rejected are retried with backoff."),
+    (Kind::Gauge, BUILD_INFO, None, "Build information; the value is always 1."),
+    (Kind::Counter, LARGE_PAYLOADS, Some(Unit::Count), "SQS Extended Client payloads fetched from S3, by outcome: fetched, failed (the message failed with the reason)."),
+    (Kind::Counter, BATCHES_BISECTED, Some(Unit::Count), "Batches that failed as a whole and were split in halves to find the poison messages (retry.on_batch_error = \"bisect\")."),
+    (Kind::Gauge, PAUSED, Some(Unit::Count), "1 while the pipeline does not receive: paused through the admin API, or its target's health check fails."),
+    (Kind::Counter, CONFIG_RELOADS, Some(Unit::Count), "Configuration reloads (SIGHUP) by outcome: ok, error (the file was rejected; the running configuration kept going)."),
+    (Kind::Gauge, CONFIG_INFO, None, "The configuration file in use: 1 for the hash of the loaded file (FNV-1a 64 of its bytes), 0 for files loaded before it."),
+];
+
 fn describe() {
-    describe_counter!(MESSAGES_RECEIVED, Unit::Count, "Messages returned by ReceiveMessage.");
-    describe_counter!(
-        TELEMETRY_SPANS,
-        Unit::Count,
-        "Spans sent to the OTLP collector, by outcome: exported, failed (the collector did not take them)."
-    );
-    describe_counter!(MESSAGES_FILTERED, Unit::Count, "Messages rejected by the filter (and deleted).");
-    describe_counter!(MESSAGES_DISPATCHED, Unit::Count, "Messages handed to the target.");
-    describe_counter!(MESSAGES_SUCCEEDED, Unit::Count, "Messages the target processed successfully.");
-    describe_counter!(MESSAGES_FAILED, Unit::Count, "Messages the target failed (retried after a backoff).");
-    describe_counter!(MESSAGES_DEAD_LETTERED, Unit::Count, "Messages moved to the dead-letter queue.");
-    describe_counter!(MESSAGES_DELETED, Unit::Count, "Messages deleted from the source queue.");
-    describe_counter!(
-        MESSAGES_RELEASED,
-        Unit::Count,
-        "Messages made visible again without being processed (shutdown, or a receive that could not be handed on)."
-    );
-    describe_counter!(BATCHES, Unit::Count, "Batches dispatched, by outcome: success, partial, failure, throttled.");
-    describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per dispatched batch.");
-    describe_histogram!(DISPATCH_DURATION, Unit::Seconds, "Time of one target call for a batch.");
-    describe_histogram!(MESSAGE_AGE, Unit::Seconds, "Receive time minus SentTimestamp (time spent in the queue).");
-    describe_histogram!(END_TO_END, Unit::Seconds, "Deletion time minus SentTimestamp, for succeeded messages.");
-    describe_gauge!(POLLERS, Unit::Count, "Poller tasks alive now (polling or paused for backpressure).");
-    describe_gauge!(POLLERS_DESIRED, Unit::Count, "The autoscaler's target number of pollers.");
-    describe_gauge!(POLLERS_MIN, Unit::Count, "Configured pollers.min.");
-    describe_gauge!(POLLERS_MAX, Unit::Count, "Configured pollers.max.");
-    describe_gauge!(IN_FLIGHT_MESSAGES, Unit::Count, "Messages received and not yet acknowledged.");
-    describe_gauge!(
-        IN_FLIGHT_BYTES,
-        Unit::Bytes,
-        "Bytes of the byte budget taken: the leased messages (body, attributes and a fixed overhead each) and the receives in flight (ten of the queue's largest messages each)."
-    );
-    describe_gauge!(
-        PROCESS_RESIDENT_MEMORY,
-        Unit::Bytes,
-        "Resident memory of the process (VmRSS), read at each scrape."
-    );
-    describe_gauge!(
-        MAX_OUTSTANDING_BYTES,
-        Unit::Bytes,
-        "Configured lease.max_outstanding_bytes (raised to one receive's worth when lower)."
-    );
-    describe_gauge!(IN_FLIGHT_BATCHES, Unit::Count, "Batches being dispatched or acknowledged now.");
-    describe_gauge!(MAX_CONCURRENCY, Unit::Count, "Configured target.max_concurrency (batches in flight at most).");
-    describe_gauge!(
-        CONCURRENCY_LIMIT,
-        Unit::Count,
-        "Batches allowed in flight now: max_concurrency, or the adaptive limit (target.concurrency = \"adaptive\")."
-    );
-    describe_gauge!(BREAKER_STATE, "The target's circuit breaker: 0 closed, 1 open, 2 half-open (one probe batch).");
-    describe_counter!(
-        BREAKER_TRANSITIONS,
-        Unit::Count,
-        "Circuit breaker transitions, by the phase entered (`to`: open, half_open, closed)."
-    );
-    describe_gauge!(
-        GROUPS_IN_FLIGHT,
-        Unit::Count,
-        "Message groups with messages in batches now (batch.max_in_flight_per_group set; standard and fair queues)."
-    );
-    describe_gauge!(
-        GROUP_CAPPED,
-        Unit::Count,
-        "Messages waiting under lease because their group is at batch.max_in_flight_per_group."
-    );
-    describe_counter!(
-        GROUP_CAP_RETURNED,
-        Unit::Count,
-        "Messages over their group's cap given back to the queue because the room for waiting messages was full (each spends a receive)."
-    );
-    describe_histogram!(
-        GROUP_CAP_WAIT,
-        Unit::Seconds,
-        "Time messages waited behind their group's cap (batch.max_in_flight_per_group)."
-    );
-    describe_histogram!(
-        SLOT_WAIT,
-        Unit::Seconds,
-        "Time a cut batch waited for a concurrency slot (of the pipeline, or of its shared pool: by priority and weight)."
-    );
-    describe_gauge!(
-        MAX_OUTSTANDING,
-        Unit::Count,
-        "Configured lease.max_outstanding: messages received and not yet acknowledged, at most."
-    );
-    describe_counter!(
-        DUPLICATE_RECEIVES,
-        Unit::Count,
-        "Messages received again while already leased (the lease took the new receipt handle; the copy went no further)."
-    );
-    describe_counter!(
-        LEASE_EXTENSIONS,
-        Unit::Count,
-        "Visibility extensions sent by the lease keeper, by outcome (ok, error)."
-    );
-    describe_counter!(
-        LEASES_EXPIRED,
-        Unit::Count,
-        "Leases that reached lease.max_lease_secs (or SQS's 12-hour limit) and were no longer extended."
-    );
-    describe_counter!(
-        RECEIPT_REJECTIONS,
-        Unit::Count,
-        "Receipt handles SQS rejected for good in a delete, extension or let-go (call), by code (ReceiptHandleIsInvalid, MessageNotInflight, InvalidParameterValue, ..., other); not retried."
-    );
-    describe_counter!(
-        THROTTLE_RELEASES,
-        Unit::Count,
-        "Messages of batches throttled longer than target.max_throttled_secs, released with a backoff."
-    );
-    describe_counter!(
-        WORKER_OUTPUT_OVERFLOWS,
-        Unit::Count,
-        "Batches failed because the target's answer (a command's stdout, an HTTP or runtime-api response) passed 6 MiB, Lambda's response limit."
-    );
-    describe_gauge!(
-        QUEUE_MESSAGES,
-        Unit::Count,
-        "Approximate messages in the queue by state (visible, in_flight, delayed), from GetQueueAttributes."
-    );
-    describe_gauge!(
-        OLDEST_MESSAGE_AGE,
-        Unit::Seconds,
-        "Age of the oldest message received since the previous depth sample (growing while the queue holds messages nobody receives)."
-    );
-    describe_counter!(
-        SQS_REQUESTS,
-        Unit::Count,
-        "SQS API requests by operation and outcome (ok, error); SQS bills per request."
-    );
-    describe_counter!(
-        SQS_ERRORS,
-        Unit::Count,
-        "Failed SQS requests by operation and kind (throttled, server_error, timeout, connection, bad_response, rejected); all but rejected are retried with backoff."
-    );
-    describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
-    describe_counter!(LARGE_PAYLOADS, Unit::Count, "SQS Extended Client payloads fetched from S3, by outcome: fetched, failed (the message failed with the reason).");
-    describe_counter!(BATCHES_BISECTED, Unit::Count, "Batches that failed as a whole and were split in halves to find the poison messages (retry.on_batch_error = \"bisect\").");
-    describe_gauge!(
-        PAUSED,
-        Unit::Count,
-        "1 while the pipeline does not receive: paused through the admin API, or its target's health check fails."
-    );
-    describe_counter!(CONFIG_RELOADS, Unit::Count, "Configuration reloads (SIGHUP) by outcome: ok, error (the file was rejected; the running configuration kept going).");
-    describe_gauge!(CONFIG_INFO, "The configuration file in use: 1 for the hash of the loaded file (FNV-1a 64 of its bytes), 0 for files loaded before it.");
+    for &(kind, name, unit, help) in DESCRIPTIONS {
+        let (name, help) = (metrics::KeyName::from_const_str(name), metrics::SharedString::const_str(help));
+        metrics::with_recorder(|r| match kind {
+            Kind::Counter => r.describe_counter(name, unit, help),
+            Kind::Gauge => r.describe_gauge(name, unit, help),
+            Kind::Histogram => r.describe_histogram(name, unit, help),
+        });
+    }
     for outcome in ["ok", "error"] {
         metrics::counter!(CONFIG_RELOADS, "outcome" => outcome).increment(0);
     }
@@ -493,77 +417,125 @@ impl PipelineMetrics {
         let status: Arc<Status> = Arc::default();
         let deleted = s.counter(MESSAGES_DELETED);
         PipelineMetrics {
-            sqs: SqsMetrics { pipeline: p.clone(), counters: Arc::new(s.sqs_counters()), status: status.clone() },
-            poller: PollerMetrics {
-                pipeline: p.clone(),
-                pollers: s.gauge(POLLERS),
-                pollers_desired: s.gauge(POLLERS_DESIRED),
-                source_queue: QueueGauges::new(pipeline, "source"),
-                dead_letter_queue: QueueGauges::new(pipeline, "dead_letter"),
-                oldest_message_age: s.gauge(OLDEST_MESSAGE_AGE),
-                status: status.clone(),
-            },
-            intake: IntakeMetrics {
-                pipeline: p.clone(),
-                received: s.counter(MESSAGES_RECEIVED),
-                filtered: s.counter(MESSAGES_FILTERED),
-                deleted: deleted.clone(),
-                message_age: s.histogram(MESSAGE_AGE),
-            },
-            payloads: PayloadMetrics {
-                fetched: s.by_outcome(LARGE_PAYLOADS, "fetched"),
-                failed: s.by_outcome(LARGE_PAYLOADS, "failed"),
-            },
-            lease: LeaseMetrics {
-                pipeline: p.clone(),
-                released: s.counter(MESSAGES_RELEASED),
-                in_flight_messages: s.gauge(IN_FLIGHT_MESSAGES),
-                max_outstanding: s.gauge(MAX_OUTSTANDING),
-                in_flight_bytes: s.gauge(IN_FLIGHT_BYTES),
-                max_outstanding_bytes: s.gauge(MAX_OUTSTANDING_BYTES),
-                duplicates: s.counter(DUPLICATE_RECEIVES),
-                extensions: s.by_outcome(LEASE_EXTENSIONS, "ok"),
-                extensions_failed: s.by_outcome(LEASE_EXTENSIONS, "error"),
-                expired: s.counter(LEASES_EXPIRED),
-                status: status.clone(),
-            },
-            batch: BatchMetrics {
-                pipeline: p.clone(),
-                groups_in_flight: s.gauge(GROUPS_IN_FLIGHT),
-                group_held: s.gauge(GROUP_CAPPED),
-                group_returned: s.counter(GROUP_CAP_RETURNED),
-                group_cap_wait: s.histogram(GROUP_CAP_WAIT),
-                in_flight_batches: s.gauge(IN_FLIGHT_BATCHES),
-                slot_wait: s.histogram(SLOT_WAIT),
-                status: status.clone(),
-            },
-            dispatch: DispatchMetrics {
-                pipeline: p.clone(),
-                dispatched: s.counter(MESSAGES_DISPATCHED),
-                batches_throttled: s.by_outcome(BATCHES, "throttled"),
-                batch_size: s.histogram(BATCH_SIZE),
-                duration: s.histogram(DISPATCH_DURATION),
-                worker_output_overflows: s.counter(WORKER_OUTPUT_OVERFLOWS),
-                batches_bisected: s.counter(BATCHES_BISECTED),
-                concurrency_limit: s.gauge(CONCURRENCY_LIMIT),
-                breaker_state: s.gauge(BREAKER_STATE),
-                status: status.clone(),
-            },
-            ack: AckMetrics {
-                pipeline: p.clone(),
-                succeeded: s.counter(MESSAGES_SUCCEEDED),
-                failed: s.counter(MESSAGES_FAILED),
-                dead_lettered: s.counter(MESSAGES_DEAD_LETTERED),
-                deleted,
-                batches_success: s.by_outcome(BATCHES, "success"),
-                batches_partial: s.by_outcome(BATCHES, "partial"),
-                batches_failure: s.by_outcome(BATCHES, "failure"),
-                throttle_released: s.counter(THROTTLE_RELEASES),
-                end_to_end: s.histogram(END_TO_END),
-            },
+            sqs: SqsMetrics::new(&s, &status),
+            poller: PollerMetrics::new(&s, &status),
+            intake: IntakeMetrics::new(&s, deleted.clone()),
+            payloads: PayloadMetrics::new(&s),
+            lease: LeaseMetrics::new(&s, &status),
+            batch: BatchMetrics::new(&s, &status),
+            dispatch: DispatchMetrics::new(&s, &status),
+            ack: AckMetrics::new(&s, deleted),
             paused: s.gauge(PAUSED),
             status,
             pipeline: p,
+        }
+    }
+}
+
+impl SqsMetrics {
+    fn new(s: &Series, status: &Arc<Status>) -> Self {
+        SqsMetrics { pipeline: s.0.to_string(), counters: Arc::new(s.sqs_counters()), status: status.clone() }
+    }
+}
+
+impl PollerMetrics {
+    fn new(s: &Series, status: &Arc<Status>) -> Self {
+        PollerMetrics {
+            pipeline: s.0.to_string(),
+            pollers: s.gauge(POLLERS),
+            pollers_desired: s.gauge(POLLERS_DESIRED),
+            source_queue: QueueGauges::new(s.0, "source"),
+            dead_letter_queue: QueueGauges::new(s.0, "dead_letter"),
+            oldest_message_age: s.gauge(OLDEST_MESSAGE_AGE),
+            status: status.clone(),
+        }
+    }
+}
+
+impl IntakeMetrics {
+    fn new(s: &Series, deleted: Counter) -> Self {
+        IntakeMetrics {
+            pipeline: s.0.to_string(),
+            received: s.counter(MESSAGES_RECEIVED),
+            filtered: s.counter(MESSAGES_FILTERED),
+            deleted,
+            message_age: s.histogram(MESSAGE_AGE),
+        }
+    }
+}
+
+impl PayloadMetrics {
+    fn new(s: &Series) -> Self {
+        PayloadMetrics {
+            fetched: s.by_outcome(LARGE_PAYLOADS, "fetched"),
+            failed: s.by_outcome(LARGE_PAYLOADS, "failed"),
+        }
+    }
+}
+
+impl LeaseMetrics {
+    fn new(s: &Series, status: &Arc<Status>) -> Self {
+        LeaseMetrics {
+            pipeline: s.0.to_string(),
+            released: s.counter(MESSAGES_RELEASED),
+            in_flight_messages: s.gauge(IN_FLIGHT_MESSAGES),
+            max_outstanding: s.gauge(MAX_OUTSTANDING),
+            in_flight_bytes: s.gauge(IN_FLIGHT_BYTES),
+            max_outstanding_bytes: s.gauge(MAX_OUTSTANDING_BYTES),
+            duplicates: s.counter(DUPLICATE_RECEIVES),
+            extensions: s.by_outcome(LEASE_EXTENSIONS, "ok"),
+            extensions_failed: s.by_outcome(LEASE_EXTENSIONS, "error"),
+            expired: s.counter(LEASES_EXPIRED),
+            status: status.clone(),
+        }
+    }
+}
+
+impl BatchMetrics {
+    fn new(s: &Series, status: &Arc<Status>) -> Self {
+        BatchMetrics {
+            pipeline: s.0.to_string(),
+            groups_in_flight: s.gauge(GROUPS_IN_FLIGHT),
+            group_held: s.gauge(GROUP_CAPPED),
+            group_returned: s.counter(GROUP_CAP_RETURNED),
+            group_cap_wait: s.histogram(GROUP_CAP_WAIT),
+            in_flight_batches: s.gauge(IN_FLIGHT_BATCHES),
+            slot_wait: s.histogram(SLOT_WAIT),
+            status: status.clone(),
+        }
+    }
+}
+
+impl DispatchMetrics {
+    fn new(s: &Series, status: &Arc<Status>) -> Self {
+        DispatchMetrics {
+            pipeline: s.0.to_string(),
+            dispatched: s.counter(MESSAGES_DISPATCHED),
+            batches_throttled: s.by_outcome(BATCHES, "throttled"),
+            batch_size: s.histogram(BATCH_SIZE),
+            duration: s.histogram(DISPATCH_DURATION),
+            worker_output_overflows: s.counter(WORKER_OUTPUT_OVERFLOWS),
+            batches_bisected: s.counter(BATCHES_BISECTED),
+            concurrency_limit: s.gauge(CONCURRENCY_LIMIT),
+            breaker_state: s.gauge(BREAKER_STATE),
+            status: status.clone(),
+        }
+    }
+}
+
+impl AckMetrics {
+    fn new(s: &Series, deleted: Counter) -> Self {
+        AckMetrics {
+            pipeline: s.0.to_string(),
+            succeeded: s.counter(MESSAGES_SUCCEEDED),
+            failed: s.counter(MESSAGES_FAILED),
+            dead_lettered: s.counter(MESSAGES_DEAD_LETTERED),
+            deleted,
+            batches_success: s.by_outcome(BATCHES, "success"),
+            batches_partial: s.by_outcome(BATCHES, "partial"),
+            batches_failure: s.by_outcome(BATCHES, "failure"),
+            throttle_released: s.counter(THROTTLE_RELEASES),
+            end_to_end: s.histogram(END_TO_END),
         }
     }
 }

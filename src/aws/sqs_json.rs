@@ -201,28 +201,8 @@ impl JsonClient {
         let sent_at = SystemTime::now();
         // a server that sends more than SQS's largest answer is not read to its end
         let max = crate::limits::MAX_SQS_ANSWER_BYTES;
-        let exchange = async {
-            self.wire.post(&sent, &body, max).await.map_err(|e| match e {
-                super::wire::WireError::TooLong(_) => {
-                    bad_response(operation, &format!("longer than {} MiB, more than SQS ever answers", max >> 20))
-                }
-                super::wire::WireError::Malformed(what) => bad_response(operation, &what),
-                e @ super::wire::WireError::Connect(_) => SqsError::new(
-                    operation,
-                    None,
-                    format!("cannot reach SQS at {}: {e}", self.uri),
-                    SqsErrorKind::Connection,
-                    true,
-                ),
-                super::wire::WireError::Broken(e) => SqsError::new(
-                    operation,
-                    None,
-                    format!("cannot reach SQS at {}: {e}", self.uri),
-                    SqsErrorKind::Connection,
-                    true,
-                ),
-            })
-        };
+        let exchange =
+            async { self.wire.post(&sent, &body, max).await.map_err(|e| wire_error(operation, &self.uri, max, e)) };
         let answer = match tokio::time::timeout(limit, exchange).await {
             Ok(r) => r?,
             Err(_) => {
@@ -255,6 +235,23 @@ fn service_error(
     let (code, message) = parse_json_error(headers, body);
     let message = message.unwrap_or_else(|| status.canonical_reason().unwrap_or("no message").to_string());
     SqsError::answered(operation, code, &message, status.as_u16(), skew_ms)
+}
+
+/// What went wrong on the connection, as the request's error: an answer longer than `max` or
+/// not HTTP is a bad response; a connection that could not be made or broke is retried.
+fn wire_error(operation: &'static str, uri: &str, max: usize, e: super::wire::WireError) -> SqsError {
+    match e {
+        super::wire::WireError::TooLong(_) => {
+            bad_response(operation, &format!("longer than {} MiB, more than SQS ever answers", max >> 20))
+        }
+        super::wire::WireError::Malformed(what) => bad_response(operation, &what),
+        e @ super::wire::WireError::Connect(_) => {
+            SqsError::new(operation, None, format!("cannot reach SQS at {uri}: {e}"), SqsErrorKind::Connection, true)
+        }
+        super::wire::WireError::Broken(e) => {
+            SqsError::new(operation, None, format!("cannot reach SQS at {uri}: {e}"), SqsErrorKind::Connection, true)
+        }
+    }
 }
 
 fn bad_response(operation: &'static str, why: &str) -> SqsError {

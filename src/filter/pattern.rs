@@ -355,68 +355,71 @@ fn compile_matcher(item: &Value, path: &str) -> Result<Matcher, PatternError> {
 fn compile_anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternError> {
     match arg {
         Value::Array(items) if items.is_empty() => Err(err(path, "anything-but takes a non-empty list")),
-        Value::Array(items) => {
-            let values = items
-                .iter()
-                .map(|v| match v {
-                    Value::String(_) | Value::Number(_) => literal(v, path),
-                    _ => Err(err(path, format!("anything-but lists strings or numbers, got {v}"))),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let strings = values.iter().filter(|m| matches!(m, Matcher::String(_))).count();
-            if strings != 0 && strings != values.len() {
-                return Err(err(
-                    path,
-                    format!("anything-but lists strings or numbers, not both (EventBridge refuses the mix), got {arg}"),
-                ));
-            }
-            Ok(AnythingBut::Values(values))
-        }
+        Value::Array(items) => anything_but_values(items, arg, path),
         Value::String(_) | Value::Number(_) => Ok(AnythingBut::Values(vec![literal(arg, path)?])),
         Value::Object(o) if o.len() == 1 => {
             let (name, v) = o.iter().next().expect("one entry");
-            let strings = |v: &Value| -> Result<Vec<String>, PatternError> {
-                match v {
-                    Value::String(s) => Ok(vec![s.clone()]),
-                    Value::Array(a) if !a.is_empty() => {
-                        a.iter().map(|x| string(x, path, &format!("anything-but {name}")).map(str::to_string)).collect()
-                    }
-                    _ => Err(err(
-                        path,
-                        format!("anything-but {name} takes a string or a non-empty list of strings, got {v}"),
-                    )),
-                }
-            };
-            // EventBridge refuses an empty prefix or suffix here: it would exclude every string
-            let not_empty = |list: Vec<String>| -> Result<Vec<String>, PatternError> {
-                if list.iter().any(String::is_empty) {
-                    return Err(err(
-                        path,
-                        format!("anything-but {name} must not be empty (it would exclude every string), got {v}"),
-                    ));
-                }
-                Ok(list)
-            };
-            match name.as_str() {
-                "prefix" => Ok(AnythingBut::Prefixes(not_empty(strings(v)?)?)),
-                "suffix" => Ok(AnythingBut::Suffixes(not_empty(strings(v)?)?)),
-                "wildcard" => strings(v)?
-                    .iter()
-                    .map(|w| Wildcard::compile(w, path))
-                    .collect::<Result<_, _>>()
-                    .map(AnythingBut::Wildcards),
-                "equals-ignore-case" => Ok(AnythingBut::EqualsIgnoreCase(strings(v)?.iter().map(|s| lower(s)).collect())),
-                other => Err(err(
-                    path,
-                    format!("anything-but does not take `{other}` (expected prefix, suffix, wildcard or equals-ignore-case)"),
-                )),
-            }
+            anything_but_operator(name, v, path)
         }
         _ => Err(err(
             path,
             format!(
                 "anything-but takes a value, a list, or one of prefix/suffix/wildcard/equals-ignore-case, got {arg}"
             ),
+        )),
+    }
+}
+
+/// `{"anything-but": [v, ...]}`: strings or numbers, not both.
+fn anything_but_values(items: &[Value], arg: &Value, path: &str) -> Result<AnythingBut, PatternError> {
+    let values = items
+        .iter()
+        .map(|v| match v {
+            Value::String(_) | Value::Number(_) => literal(v, path),
+            _ => Err(err(path, format!("anything-but lists strings or numbers, got {v}"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let strings = values.iter().filter(|m| matches!(m, Matcher::String(_))).count();
+    if strings != 0 && strings != values.len() {
+        return Err(err(
+            path,
+            format!("anything-but lists strings or numbers, not both (EventBridge refuses the mix), got {arg}"),
+        ));
+    }
+    Ok(AnythingBut::Values(values))
+}
+
+/// `{"anything-but": {"prefix" | "suffix" | "wildcard" | "equals-ignore-case": ...}}`.
+fn anything_but_operator(name: &str, v: &Value, path: &str) -> Result<AnythingBut, PatternError> {
+    let strings = |v: &Value| -> Result<Vec<String>, PatternError> {
+        match v {
+            Value::String(s) => Ok(vec![s.clone()]),
+            Value::Array(a) if !a.is_empty() => {
+                a.iter().map(|x| string(x, path, &format!("anything-but {name}")).map(str::to_string)).collect()
+            }
+            _ => Err(err(path, format!("anything-but {name} takes a string or a non-empty list of strings, got {v}"))),
+        }
+    };
+    // EventBridge refuses an empty prefix or suffix here: it would exclude every string
+    let not_empty = |list: Vec<String>| -> Result<Vec<String>, PatternError> {
+        if list.iter().any(String::is_empty) {
+            return Err(err(
+                path,
+                format!("anything-but {name} must not be empty (it would exclude every string), got {v}"),
+            ));
+        }
+        Ok(list)
+    };
+    match name {
+        "prefix" => Ok(AnythingBut::Prefixes(not_empty(strings(v)?)?)),
+        "suffix" => Ok(AnythingBut::Suffixes(not_empty(strings(v)?)?)),
+        "wildcard" => {
+            strings(v)?.iter().map(|w| Wildcard::compile(w, path)).collect::<Result<_, _>>().map(AnythingBut::Wildcards)
+        }
+        "equals-ignore-case" => Ok(AnythingBut::EqualsIgnoreCase(strings(v)?.iter().map(|s| lower(s)).collect())),
+        other => Err(err(
+            path,
+            format!("anything-but does not take `{other}` (expected prefix, suffix, wildcard or equals-ignore-case)"),
         )),
     }
 }

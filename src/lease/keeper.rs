@@ -744,6 +744,12 @@ impl LeaseKeeper {
                 return;
             }
         };
+        self.record_extensions(&due, failed, now);
+    }
+
+    /// What SQS answered to a round: each lease extended, to retry, or rejected for good; the
+    /// spans and counters told.
+    fn record_extensions(&self, due: &[Extension], failed: Vec<EntryFailure>, now: Instant) {
         let (rejections, retry): (Vec<EntryFailure>, Vec<EntryFailure>) =
             failed.into_iter().filter(|f| f.index < due.len()).partition(|f| f.permanent);
         let mut table = self.table();
