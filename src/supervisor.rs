@@ -224,21 +224,7 @@ impl Supervisor {
                 .await
                 .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
         let shutdown = self.shutdown.child();
-        let pool = p.target.pool.as_ref().map(|member| {
-            let (settings, slots) = self.pools.entry(member.name.clone()).or_insert_with(|| {
-                let slots =
-                    crate::dispatch::concurrency::Slots::new(member.settings.max_concurrency, member.settings.adaptive);
-                (member.settings.clone(), Arc::new(slots))
-            });
-            if *settings != member.settings {
-                *settings = member.settings.clone();
-                *slots = Arc::new(crate::dispatch::concurrency::Slots::new(
-                    member.settings.max_concurrency,
-                    member.settings.adaptive,
-                ));
-            }
-            slots.clone()
-        });
+        let pool = p.target.pool.as_ref().map(|member| self.pool_slots(member));
         let parts = PipelineParts {
             pool,
             telemetry: self.clients.telemetry.as_ref().map(|t| t.pipeline(&p.name, &p.queue_url)),
@@ -275,10 +261,35 @@ impl Supervisor {
                 draining: shutdown.drain.clone(),
             },
         );
-        let name = p.name.clone();
+        let handle = self.spawn_pipeline(p.name.clone(), parts);
+        self.task_names.insert(handle.id(), p.name.clone());
+        self.running.insert(p.name.clone(), Running { config: p.clone(), shutdown, from_reload });
+        Ok(())
+    }
+
+    /// The slots of the shared pool `member` takes part in: made by its first member, made anew
+    /// when a reload changed the pool's settings.
+    fn pool_slots(&mut self, member: &crate::config::PoolMembership) -> Arc<crate::dispatch::concurrency::Slots> {
+        let new_slots = || {
+            Arc::new(crate::dispatch::concurrency::Slots::new(
+                member.settings.max_concurrency,
+                member.settings.adaptive,
+            ))
+        };
+        let (settings, slots) =
+            self.pools.entry(member.name.clone()).or_insert_with(|| (member.settings.clone(), new_slots()));
+        if *settings != member.settings {
+            *settings = member.settings.clone();
+            *slots = new_slots();
+        }
+        slots.clone()
+    }
+
+    /// Runs the pipeline of `parts` in the supervisor's task set (its handle names the task).
+    fn spawn_pipeline(&mut self, name: String, parts: PipelineParts) -> tokio::task::AbortHandle {
         #[cfg(debug_assertions)]
         let panic_for_test = std::env::var("SQS_POLLER_TEST_PANIC_PIPELINE").is_ok_and(|n| n == name);
-        let handle = self.tasks.spawn(async move {
+        self.tasks.spawn(async move {
             // a fault-injection point for tests of the panic path, in debug builds only
             #[cfg(debug_assertions)]
             if panic_for_test {
@@ -286,10 +297,7 @@ impl Supervisor {
                 panic!("SQS_POLLER_TEST_PANIC_PIPELINE names this pipeline");
             }
             (name, pipeline::run(parts).await)
-        });
-        self.task_names.insert(handle.id(), p.name.clone());
-        self.running.insert(p.name.clone(), Running { config: p.clone(), shutdown, from_reload });
-        Ok(())
+        })
     }
 
     /// A pipeline ended: its successor starts, or it is gone. Returns the error that stops the
@@ -352,6 +360,28 @@ impl Supervisor {
         {
             tracing::warn!("[aws], [server], [shutdown] and [telemetry] changes take effect at the next restart");
         }
+        let [added, changed, removed, unchanged] = self.apply_pipelines(&new).await;
+        self.config = new;
+        let hash = config::file_hash(path);
+        if let Some(h) = &hash {
+            metrics::config_loaded(h, self.hash.as_deref());
+        }
+        self.hash = hash;
+        metrics::config_reload(true);
+        tracing::info!(
+            added,
+            changed,
+            removed,
+            unchanged,
+            hash = self.hash.as_deref().unwrap_or(""),
+            "configuration reloaded"
+        );
+    }
+
+    /// Drains the pipelines the reload removed or changed (a changed one starts again with its
+    /// new settings once drained) and starts the ones it added; returns how many were added,
+    /// changed, removed and left as they were.
+    async fn apply_pipelines(&mut self, new: &Config) -> [usize; 4] {
         let grace = self.config.grace_period;
         let (mut added, mut changed, mut removed, mut unchanged) = (0, 0, 0, 0);
         for (name, run) in &self.running {
@@ -391,21 +421,7 @@ impl Supervisor {
                 }
             }
         }
-        self.config = new;
-        let hash = config::file_hash(path);
-        if let Some(h) = &hash {
-            metrics::config_loaded(h, self.hash.as_deref());
-        }
-        self.hash = hash;
-        metrics::config_reload(true);
-        tracing::info!(
-            added,
-            changed,
-            removed,
-            unchanged,
-            hash = self.hash.as_deref().unwrap_or(""),
-            "configuration reloaded"
-        );
+        [added, changed, removed, unchanged]
     }
 }
 

@@ -151,49 +151,10 @@ impl CachedSigner {
         let (date, date_time) = utc(now);
         let host = default_port_stripped(scheme, authority);
 
-        // the headers to sign: the request's, less the exclusions, plus host, date and token
-        let mut signed: Vec<(&str, String)> = Vec::with_capacity(headers.len() + 3);
-        for (name, value) in headers {
-            let name_lower = name.to_ascii_lowercase();
-            if EXCLUDED.contains(&name_lower.as_str()) {
-                continue;
-            }
-            if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-                return None;
-            }
-            let value = trim_all(value);
-            match signed.iter_mut().find(|(n, _)| n == name) {
-                Some((_, v)) => {
-                    v.push(',');
-                    v.push_str(&value);
-                }
-                None => signed.push((name, value)),
-            }
-        }
-        if !signed.iter().any(|(n, _)| *n == "host") {
-            signed.push(("host", host.to_string()));
-        }
-        if signed.iter().any(|(n, _)| matches!(*n, "x-amz-date" | "x-amz-security-token")) {
-            return None; // set by the signer only
-        }
-        signed.push(("x-amz-date", date_time.clone()));
-        if let Some(token) = creds.session_token() {
-            signed.push(("x-amz-security-token", token.to_string()));
-        }
+        let mut signed = headers_to_sign(headers, host, &date_time, creds)?;
         signed.sort_unstable_by(|a, b| a.0.cmp(b.0));
 
-        let mut creq = String::with_capacity(512);
-        let _ = write!(creq, "{method}\n{path}\n\n");
-        for (name, value) in &signed {
-            let _ = writeln!(creq, "{name}:{value}");
-        }
-        creq.push('\n');
-        let names: Vec<&str> = signed.iter().map(|(n, _)| *n).collect();
-        let signed_names = names.join(";");
-        creq.push_str(&signed_names);
-        creq.push('\n');
-        creq.push_str(&hex::encode(Sha256::digest(body)));
-
+        let (creq, signed_names) = canonical_request(method, path, &signed, body);
         let scope = format!("{}/{}/{}/aws4_request", std::str::from_utf8(&date).ok()?, self.region, self.service);
         let string_to_sign =
             format!("AWS4-HMAC-SHA256\n{date_time}\n{scope}\n{}", hex::encode(Sha256::digest(creq.as_bytes())));
@@ -235,6 +196,62 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any size");
     mac.update(data);
     mac.finalize_fixed().into()
+}
+
+/// The headers to sign: the request's (lower-case names only, values trimmed, repeats joined),
+/// less the exclusions, plus host, date and token; `None` when the fast path cannot sign them.
+fn headers_to_sign<'h>(
+    headers: &[(&'h str, &str)],
+    host: &str,
+    date_time: &str,
+    creds: &Credentials,
+) -> Option<Vec<(&'h str, String)>> {
+    let mut signed: Vec<(&str, String)> = Vec::with_capacity(headers.len() + 3);
+    for (name, value) in headers {
+        let name_lower = name.to_ascii_lowercase();
+        if EXCLUDED.contains(&name_lower.as_str()) {
+            continue;
+        }
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return None;
+        }
+        let value = trim_all(value);
+        match signed.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => {
+                v.push(',');
+                v.push_str(&value);
+            }
+            None => signed.push((name, value)),
+        }
+    }
+    if !signed.iter().any(|(n, _)| *n == "host") {
+        signed.push(("host", host.to_string()));
+    }
+    if signed.iter().any(|(n, _)| matches!(*n, "x-amz-date" | "x-amz-security-token")) {
+        return None; // set by the signer only
+    }
+    signed.push(("x-amz-date", date_time.to_string()));
+    if let Some(token) = creds.session_token() {
+        signed.push(("x-amz-security-token", token.to_string()));
+    }
+    Some(signed)
+}
+
+/// The canonical request of sorted `signed` headers, and their names joined for the
+/// `SignedHeaders` field.
+fn canonical_request(method: &str, path: &str, signed: &[(&str, String)], body: &[u8]) -> (String, String) {
+    let mut creq = String::with_capacity(512);
+    let _ = write!(creq, "{method}\n{path}\n\n");
+    for (name, value) in signed {
+        let _ = writeln!(creq, "{name}:{value}");
+    }
+    creq.push('\n');
+    let names: Vec<&str> = signed.iter().map(|(n, _)| *n).collect();
+    let signed_names = names.join(";");
+    creq.push_str(&signed_names);
+    creq.push('\n');
+    creq.push_str(&hex::encode(Sha256::digest(body)));
+    (creq, signed_names)
 }
 
 /// A path that needs neither encoding nor normalization: unreserved characters and single

@@ -360,11 +360,23 @@ impl LeaseKeeper {
             self.metrics.duplicates.increment(duplicates as u64);
             tracing::info!(pipeline = %self.pipeline, duplicates, "received messages that are already leased; their receipt handles were replaced");
         }
-        // the room of each new message now belongs to its lease; the rest goes back. An answer
-        // of more than a receive's room (SQS never sends more than 10; a server that does is
-        // not trusted) keeps every permit and owes the rest, paid as room comes back (issue
-        // 30: the whole reservation went back, and max_outstanding stopped holding)
-        let mut held = reservation.bytes;
+        self.keep_reserved_bytes(reservation.bytes, kept_kib);
+        self.keep_reserved_room(reservation.permit, new);
+        // a new lease, or a lost one renewed by this receive, falls due half its visibility
+        // timeout after its receive was sent: the heartbeat plans again when that is sooner
+        // than the extension it plans for (mostly not: a busy pipeline is no wake per receive)
+        if !admissions.is_empty() && planned_due.is_none_or(|due| sent_at + stamp.visibility / 2 < due) {
+            self.replan.notify_one();
+        }
+        admissions
+    }
+
+    /// The byte budget of a receive once its messages are admitted: what the new leases keep
+    /// (`kept_kib`) stays taken, the rest goes back. An answer of more than a receive's room
+    /// (SQS never sends more than 10; a server that does is not trusted) keeps every permit and
+    /// owes the rest, paid as room comes back (issue 30: the whole reservation went back, and
+    /// max_outstanding stopped holding).
+    fn keep_reserved_bytes(&self, mut held: HeldBytes, kept_kib: usize) {
         let mut bytes = held.permit.take().expect("a reservation holds its bytes until admitted");
         let reserved_kib = bytes.num_permits();
         if kept_kib >= reserved_kib {
@@ -381,7 +393,11 @@ impl LeaseKeeper {
             drop(bytes);
         }
         self.note_bytes();
-        let mut permit = reservation.permit;
+    }
+
+    /// The room of a receive once its messages are admitted: each new message's room now
+    /// belongs to its lease, the rest goes back; more messages than asked for are owed.
+    fn keep_reserved_room(&self, mut permit: OwnedSemaphorePermit, new: usize) {
         let held = permit.num_permits();
         if new >= held {
             permit.forget();
@@ -397,13 +413,6 @@ impl LeaseKeeper {
             }
             drop(permit);
         }
-        // a new lease, or a lost one renewed by this receive, falls due half its visibility
-        // timeout after its receive was sent: the heartbeat plans again when that is sooner
-        // than the extension it plans for (mostly not: a busy pipeline is no wake per receive)
-        if !admissions.is_empty() && planned_due.is_none_or(|due| sent_at + stamp.visibility / 2 < due) {
-            self.replan.notify_one();
-        }
-        admissions
     }
 
     /// Ends the leases of `ids` and returns their last receipt handles (a message without a
