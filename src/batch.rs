@@ -532,57 +532,9 @@ impl<S: BatchSink + Send> Batcher<S> {
             tokio::select! {
                 chunk = self.receives.recv() => {
                     let Some(chunk) = chunk else { break };
-                    let now = Instant::now();
-                    let mut releases = self.push_all(chunk, now, &mut ready);
-                    if self.buffer.window.is_zero() {
-                        // no window: take what has already arrived, then cut
-                        while self.buffer.len() < self.buffer.size {
-                            let Ok(more) = self.receives.try_recv() else { break };
-                            releases.extend(self.push_all(more, now, &mut ready));
-                        }
-                        let batch = self.buffer.take();
-                        self.cut(batch, &mut ready);
-                    }
-                    self.release_capped(releases).await;
+                    self.received(chunk, &mut ready).await;
                 }
-                Some(done) = self.done.recv() => {
-                    let now = Instant::now();
-                    let resume = match (&mut self.gate, &mut self.cap) {
-                        (Some(gate), _) => {
-                            let (resume, back) = gate.finish(&done);
-                            for (messages, secs) in back {
-                                self.sink.release_after(messages, secs).await;
-                            }
-                            resume
-                        }
-                        (None, Some(stage)) => {
-                            let resume = stage.cap.finish(&done, now);
-                            for (_, waited) in &resume {
-                                stage.metrics.group_cap_wait.record(waited.as_secs_f64());
-                            }
-                            // (already counted in by the cap: straight to the batch)
-                            let mut cut = Vec::new();
-                            for (m, _) in resume {
-                                self.buffer.push(m, now, &mut cut);
-                            }
-                            for batch in cut {
-                                self.cut(Some(batch), &mut ready);
-                            }
-                            if let Some(stage) = &mut self.cap {
-                                stage.report(now);
-                            }
-                            Vec::new()
-                        }
-                        (None, None) => continue,
-                    };
-                    // the FIFO gate's messages (it gives nothing back)
-                    let releases = self.push_all(resume, now, &mut ready);
-                    self.release_capped(releases).await;
-                    if self.buffer.window.is_zero() {
-                        let batch = self.buffer.take();
-                        self.cut(batch, &mut ready);
-                    }
-                }
+                Some(done) = self.done.recv() => self.groups_done(&done, &mut ready).await,
                 () = sleep_until_opt(deadline) => {
                     let batch = self.buffer.take();
                     self.cut(batch, &mut ready);
@@ -592,8 +544,71 @@ impl<S: BatchSink + Send> Batcher<S> {
                 self.sink.submit(batch, groups).await;
             }
         }
+        self.flush(&mut ready).await;
+    }
+
+    /// A receive's messages: into the buffer (or held by the gate or the cap); with no window,
+    /// what has already arrived too, then a cut.
+    async fn received(&mut self, chunk: Vec<ReceivedMessage>, ready: &mut Ready) {
+        let now = Instant::now();
+        let mut releases = self.push_all(chunk, now, ready);
+        if self.buffer.window.is_zero() {
+            while self.buffer.len() < self.buffer.size {
+                let Ok(more) = self.receives.try_recv() else { break };
+                releases.extend(self.push_all(more, now, ready));
+            }
+            let batch = self.buffer.take();
+            self.cut(batch, ready);
+        }
+        self.release_capped(releases).await;
+    }
+
+    /// A batch finished: its FIFO groups go on (or go back, after a failure), or the messages
+    /// its groups' cap held go to the buffer.
+    async fn groups_done(&mut self, done: &GroupsDone, ready: &mut Ready) {
+        let now = Instant::now();
+        let resume = match (&mut self.gate, &mut self.cap) {
+            (Some(gate), _) => {
+                let (resume, back) = gate.finish(done);
+                for (messages, secs) in back {
+                    self.sink.release_after(messages, secs).await;
+                }
+                resume
+            }
+            (None, Some(stage)) => {
+                let resume = stage.cap.finish(done, now);
+                for (_, waited) in &resume {
+                    stage.metrics.group_cap_wait.record(waited.as_secs_f64());
+                }
+                // (already counted in by the cap: straight to the batch)
+                let mut cut = Vec::new();
+                for (m, _) in resume {
+                    self.buffer.push(m, now, &mut cut);
+                }
+                for batch in cut {
+                    self.cut(Some(batch), ready);
+                }
+                if let Some(stage) = &mut self.cap {
+                    stage.report(now);
+                }
+                Vec::new()
+            }
+            (None, None) => return,
+        };
+        // the FIFO gate's messages (it gives nothing back)
+        let releases = self.push_all(resume, now, ready);
+        self.release_capped(releases).await;
+        if self.buffer.window.is_zero() {
+            let batch = self.buffer.take();
+            self.cut(batch, ready);
+        }
+    }
+
+    /// The receives ended (shutdown): the last batch is cut and handed on, and what the gate or
+    /// the cap still holds is released at once.
+    async fn flush(&mut self, ready: &mut Ready) {
         let batch = self.buffer.take();
-        self.cut(batch, &mut ready);
+        self.cut(batch, ready);
         for (batch, groups) in ready.drain(..) {
             self.sink.submit(batch, groups).await;
         }

@@ -259,6 +259,13 @@ impl SimQueue {
         let now = Instant::now();
         let mut st = self.state();
         let st = &mut *st;
+        let picked = self.pick(st, now);
+        picked.into_iter().map(|seq| self.deliver(st, seq, now, visibility)).collect()
+    }
+
+    /// The messages a receive gets now (up to 10): FIFO by group, standard in a loose order, and
+    /// now and then (standard) a duplicate of one in flight.
+    fn pick(&self, st: &mut State, now: Instant) -> Vec<u64> {
         let mut picked: Vec<u64> = Vec::new();
         if self.fifo {
             // groups in the order of their oldest message; within a group, in order, stopping at
@@ -300,38 +307,39 @@ impl SimQueue {
                 st.log.duplicates += 1;
             }
         }
-        let mut out = Vec::with_capacity(picked.len());
-        for seq in picked {
-            let m = st.messages.get_mut(&seq).expect("picked from the map");
-            m.receive_count += 1;
-            let handle = format!("{seq}:{}", m.receive_count);
-            m.handle = Some(handle.clone());
-            m.handle_received_at = now;
-            m.visible_at = now + visibility;
-            st.log.deliveries += 1;
-            let mut b = SqsMessage::builder()
-                .message_id(&m.id)
-                .receipt_handle(handle)
-                .body(&m.body)
-                .md5_of_body("00000000000000000000000000000000")
-                .attributes(MessageSystemAttributeName::ApproximateReceiveCount, m.receive_count.to_string())
-                .attributes(MessageSystemAttributeName::SentTimestamp, m.sent_ms.to_string())
-                .attributes(MessageSystemAttributeName::SenderId, "SIMULATION")
-                .attributes(MessageSystemAttributeName::ApproximateFirstReceiveTimestamp, m.sent_ms.to_string());
-            if let Some(g) = &m.group {
-                b = b.attributes(MessageSystemAttributeName::MessageGroupId, g);
-                if self.fifo {
-                    b = b
-                        .attributes(MessageSystemAttributeName::SequenceNumber, seq.to_string())
-                        .attributes(MessageSystemAttributeName::MessageDeduplicationId, &m.id);
-                }
+        picked
+    }
+
+    /// Hands out message `seq` under a new receipt handle, hidden for `visibility`.
+    fn deliver(&self, st: &mut State, seq: u64, now: Instant, visibility: Duration) -> SqsMessage {
+        let m = st.messages.get_mut(&seq).expect("picked from the map");
+        m.receive_count += 1;
+        let handle = format!("{seq}:{}", m.receive_count);
+        m.handle = Some(handle.clone());
+        m.handle_received_at = now;
+        m.visible_at = now + visibility;
+        st.log.deliveries += 1;
+        let mut b = SqsMessage::builder()
+            .message_id(&m.id)
+            .receipt_handle(handle)
+            .body(&m.body)
+            .md5_of_body("00000000000000000000000000000000")
+            .attributes(MessageSystemAttributeName::ApproximateReceiveCount, m.receive_count.to_string())
+            .attributes(MessageSystemAttributeName::SentTimestamp, m.sent_ms.to_string())
+            .attributes(MessageSystemAttributeName::SenderId, "SIMULATION")
+            .attributes(MessageSystemAttributeName::ApproximateFirstReceiveTimestamp, m.sent_ms.to_string());
+        if let Some(g) = &m.group {
+            b = b.attributes(MessageSystemAttributeName::MessageGroupId, g);
+            if self.fifo {
+                b = b
+                    .attributes(MessageSystemAttributeName::SequenceNumber, seq.to_string())
+                    .attributes(MessageSystemAttributeName::MessageDeduplicationId, &m.id);
             }
-            for (k, v) in &m.attributes {
-                b = b.message_attributes(k, v.clone());
-            }
-            out.push(b.build());
         }
-        out
+        for (k, v) in &m.attributes {
+            b = b.message_attributes(k, v.clone());
+        }
+        b.build()
     }
 
     /// The message a receipt handle names, if it is its newest handle.

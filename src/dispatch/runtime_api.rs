@@ -354,68 +354,9 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
-        (Method::GET, ["2018-06-01", "runtime", "invocation", "next"]) => {
-            let (job, deadline_ms) = {
-                let mut queue = shared.queue.lock().await;
-                loop {
-                    let Some(job) = queue.recv().await else {
-                        return reply(StatusCode::GONE, r#"{"errorMessage":"shutting down"}"#);
-                    };
-                    let mut jobs = lock(&shared.jobs);
-                    // given up on while it waited (by its caller, under this lock): skip it
-                    if job.given_up.load(std::sync::atomic::Ordering::SeqCst) {
-                        continue;
-                    }
-                    let Job { request_id, event, timeout, trace, taken, done, .. } = job;
-                    if taken.send(()).is_err() {
-                        continue;
-                    }
-                    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-                    jobs.running.insert(request_id.clone(), (slot, done));
-                    break ((request_id, event, trace), now_ms + timeout.as_millis() as u64);
-                }
-            };
-            let (request_id, event, trace) = job;
-            // as Lambda: the message's trace header, else a fresh unsampled root
-            let trace = trace.unwrap_or_else(|| {
-                format!("Root=1-{:08x}-{:024x};Sampled=0", deadline_ms / 1000, fastrand::u128(..1 << 96))
-            });
-            Response::builder()
-                .header("content-type", "application/json")
-                .header("Lambda-Runtime-Aws-Request-Id", &request_id)
-                .header("Lambda-Runtime-Deadline-Ms", deadline_ms.to_string())
-                .header("Lambda-Runtime-Invoked-Function-Arn", &shared.function_arn)
-                .header("Lambda-Runtime-Trace-Id", trace)
-                .body(Full::new(event))
-                .expect("valid headers")
-        }
+        (Method::GET, ["2018-06-01", "runtime", "invocation", "next"]) => next_invocation(slot, shared).await,
         (Method::POST, ["2018-06-01", "runtime", "invocation", id, outcome @ ("response" | "error")]) => {
-            let body = match Limited::new(req.into_body(), MAX_OUTPUT).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    // the batch fails now rather than wait for its timeout
-                    if let Some((_, done)) = lock(&shared.jobs).running.remove(*id) {
-                        shared.overflows.increment(1);
-                        let _ = done.send(Invocation::FunctionError(
-                            "the function's response is more than 6 MiB (Lambda's response limit)".to_string(),
-                        ));
-                    }
-                    return reply(StatusCode::PAYLOAD_TOO_LARGE, r#"{"errorMessage":"payload too large"}"#);
-                }
-            };
-            let waiting = lock(&shared.jobs).running.remove(*id);
-            let Some((_, done)) = waiting else {
-                return reply(StatusCode::BAD_REQUEST, r#"{"errorMessage":"unknown request id"}"#);
-            };
-            let result = if *outcome == "response" {
-                Invocation::Response(body)
-            } else {
-                let excerpt = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-                Invocation::FunctionError(format!("function error: {excerpt}"))
-            };
-            // the batch may have timed out meanwhile; nobody to tell then
-            let _ = done.send(result);
-            reply(StatusCode::ACCEPTED, r#"{"status":"OK"}"#)
+            invocation_result(req, id, *outcome == "response", shared).await
         }
         (Method::POST, ["2018-06-01", "runtime", "init", "error"]) => {
             let body =
@@ -425,4 +366,76 @@ async fn route(req: Request<hyper::body::Incoming>, slot: usize, shared: &Shared
         }
         _ => reply(StatusCode::NOT_FOUND, r#"{"errorMessage":"not a Runtime API path"}"#),
     }
+}
+
+/// `GET .../invocation/next`: the next batch for the worker in `slot`, waiting until there is one.
+async fn next_invocation(slot: usize, shared: &Shared) -> Response<Full<Bytes>> {
+    let (job, deadline_ms) = {
+        let mut queue = shared.queue.lock().await;
+        loop {
+            let Some(job) = queue.recv().await else {
+                return reply(StatusCode::GONE, r#"{"errorMessage":"shutting down"}"#);
+            };
+            let mut jobs = lock(&shared.jobs);
+            // given up on while it waited (by its caller, under this lock): skip it
+            if job.given_up.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            let Job { request_id, event, timeout, trace, taken, done, .. } = job;
+            if taken.send(()).is_err() {
+                continue;
+            }
+            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+            jobs.running.insert(request_id.clone(), (slot, done));
+            break ((request_id, event, trace), now_ms + timeout.as_millis() as u64);
+        }
+    };
+    let (request_id, event, trace) = job;
+    // as Lambda: the message's trace header, else a fresh unsampled root
+    let trace = trace
+        .unwrap_or_else(|| format!("Root=1-{:08x}-{:024x};Sampled=0", deadline_ms / 1000, fastrand::u128(..1 << 96)));
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("Lambda-Runtime-Aws-Request-Id", &request_id)
+        .header("Lambda-Runtime-Deadline-Ms", deadline_ms.to_string())
+        .header("Lambda-Runtime-Invoked-Function-Arn", &shared.function_arn)
+        .header("Lambda-Runtime-Trace-Id", trace)
+        .body(Full::new(event))
+        .expect("valid headers")
+}
+
+/// `POST .../invocation/{id}/response` or `/error`: the worker's answer for batch `id`, read up
+/// to Lambda's response limit.
+async fn invocation_result(
+    req: Request<hyper::body::Incoming>,
+    id: &str,
+    is_response: bool,
+    shared: &Shared,
+) -> Response<Full<Bytes>> {
+    let body = match Limited::new(req.into_body(), MAX_OUTPUT).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            // the batch fails now rather than wait for its timeout
+            if let Some((_, done)) = lock(&shared.jobs).running.remove(id) {
+                shared.overflows.increment(1);
+                let _ = done.send(Invocation::FunctionError(
+                    "the function's response is more than 6 MiB (Lambda's response limit)".to_string(),
+                ));
+            }
+            return reply(StatusCode::PAYLOAD_TOO_LARGE, r#"{"errorMessage":"payload too large"}"#);
+        }
+    };
+    let waiting = lock(&shared.jobs).running.remove(id);
+    let Some((_, done)) = waiting else {
+        return reply(StatusCode::BAD_REQUEST, r#"{"errorMessage":"unknown request id"}"#);
+    };
+    let result = if is_response {
+        Invocation::Response(body)
+    } else {
+        let excerpt = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        Invocation::FunctionError(format!("function error: {excerpt}"))
+    };
+    // the batch may have timed out meanwhile; nobody to tell then
+    let _ = done.send(result);
+    reply(StatusCode::ACCEPTED, r#"{"status":"OK"}"#)
 }

@@ -24,7 +24,7 @@ pub use crate::backoff::Backoff;
 use crate::config::PollerConfig;
 use crate::event::ReceivedMessage;
 use crate::intake::Intake;
-use crate::lease::LeaseKeeper;
+use crate::lease::{LeaseKeeper, ReceiveStamp, Reservation};
 use crate::metrics::{PollerMetrics, QueueGauges};
 use crate::sqs::Queue;
 use scaling::{Autoscaler, ScaleChange};
@@ -206,26 +206,7 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
     let cfg = &stage.config;
     let mut backoff = Backoff::default();
     let mut attempt = ReceiveAttempt::new(stage.queue.url().ends_with(".fifo"));
-    loop {
-        // paused (operator, health check): no receive at all
-        tokio::select! {
-            biased;
-            () = retire.cancelled() => break,
-            () = stage.control.until_running() => {}
-        }
-        let reservation = tokio::select! {
-            biased;
-            () = retire.cancelled() => break,
-            r = stage.leases.reserve() => r,
-        };
-        if retire.is_cancelled() {
-            break;
-        }
-        // paused while it waited for room (the circuit breaker opened): no receive
-        if stage.control.pause().paused() {
-            drop(reservation);
-            continue;
-        }
+    while let Some(reservation) = room_to_receive(&stage, &retire).await {
         // not cancelled by a drain or a retirement: a long poll abandoned by the client can still
         // take messages, which would stay hidden for their visibility timeout. Only the end of the
         // grace period gives it up (it returns within wait_time_secs, or fails after
@@ -243,53 +224,94 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
             }
         };
         attempt.answered(result.as_ref().err());
-        match result {
+        let go_on = match result {
             Ok(messages) => {
                 backoff.reset();
-                let n = messages.len();
-                if let (Some(tracer), true) = (&stage.tracer, n > 0) {
-                    tracer.received(std::time::SystemTime::now() - stamp.sent_at.elapsed(), n);
-                }
-                // a bug in the intake must not leave these leased (and extended) with nobody to settle them
-                let ids: Vec<String> = messages.iter().filter_map(|m| m.message_id.clone()).collect();
-                let taken = AssertUnwindSafe(stage.intake.take(reservation, messages, stamp)).catch_unwind().await;
-                let Ok((received, kept)) = taken else {
-                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                    stage.leases.release(&ids).await;
-                    panic!("the intake of a receive panicked; its messages were released");
-                };
-                // messages the filter keeps back are no demand
-                stage.scaling.receive(n - kept, stamp.sent_at);
-                if n == 0 {
-                    // an empty answer that came back at once (short polling, `wait_time_secs =
-                    // 0`, or a server that ignores the wait) is not asked again at once: a
-                    // poller's receives of an empty queue stay at most one a second, not one per
-                    // round trip (the simulation found the hot loop)
-                    tokio::select! {
-                        () = retire.cancelled() => break,
-                        () = tokio::time::sleep_until(stamp.sent_at + EMPTY_RECEIVE_SPACING) => {}
-                    }
-                }
-                if received.is_empty() {
-                    continue;
-                }
-                if let Err(mpsc::error::SendError(lost)) = receives.send(received).await {
-                    // the batcher is gone (cannot happen before every poller stopped): do not hide them
-                    let ids: Vec<&str> = lost.iter().map(|m| m.message_id.as_str()).collect();
-                    stage.leases.release(&ids).await;
-                }
+                hand_on(&stage, reservation, messages, stamp, &receives, &retire).await
             }
             Err(e) => {
                 drop(reservation);
                 let delay = backoff.next_delay();
                 tracing::warn!(pipeline = %stage.metrics.pipeline, error = %e, retry_in_ms = delay.as_millis() as u64, failures = backoff.failures(), "receive failed");
                 tokio::select! {
-                    () = retire.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
+                    () = retire.cancelled() => false,
+                    () = tokio::time::sleep(delay) => true,
                 }
             }
+        };
+        if !go_on {
+            break;
         }
     }
+}
+
+/// Waits until the pipeline runs (not paused by the operator, the health check or the breaker)
+/// and the room of one receive is reserved; `None` once the poller is retired.
+async fn room_to_receive(stage: &PollerStage, retire: &CancellationToken) -> Option<Reservation> {
+    loop {
+        tokio::select! {
+            biased;
+            () = retire.cancelled() => return None,
+            () = stage.control.until_running() => {}
+        }
+        let reservation = tokio::select! {
+            biased;
+            () = retire.cancelled() => return None,
+            r = stage.leases.reserve() => r,
+        };
+        if retire.is_cancelled() {
+            return None;
+        }
+        // paused while it waited for room (the circuit breaker opened): no receive
+        if !stage.control.pause().paused() {
+            return Some(reservation);
+        }
+    }
+}
+
+/// A receive's answer: through the intake (leases, records, the filter) to the batcher, and
+/// told to the autoscaler; `false` when the poller was retired meanwhile.
+async fn hand_on(
+    stage: &PollerStage,
+    reservation: Reservation,
+    messages: Vec<crate::aws::SqsMessage>,
+    stamp: ReceiveStamp,
+    receives: &mpsc::Sender<Vec<ReceivedMessage>>,
+    retire: &CancellationToken,
+) -> bool {
+    let n = messages.len();
+    if let (Some(tracer), true) = (&stage.tracer, n > 0) {
+        tracer.received(std::time::SystemTime::now() - stamp.sent_at.elapsed(), n);
+    }
+    // a bug in the intake must not leave these leased (and extended) with nobody to settle them
+    let ids: Vec<String> = messages.iter().filter_map(|m| m.message_id.clone()).collect();
+    let taken = AssertUnwindSafe(stage.intake.take(reservation, messages, stamp)).catch_unwind().await;
+    let Ok((received, kept)) = taken else {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        stage.leases.release(&ids).await;
+        panic!("the intake of a receive panicked; its messages were released");
+    };
+    // messages the filter keeps back are no demand
+    stage.scaling.receive(n - kept, stamp.sent_at);
+    if n == 0 {
+        // an empty answer that came back at once (short polling, `wait_time_secs = 0`, or a
+        // server that ignores the wait) is not asked again at once: a poller's receives of an
+        // empty queue stay at most one a second, not one per round trip (the simulation found
+        // the hot loop)
+        tokio::select! {
+            () = retire.cancelled() => return false,
+            () = tokio::time::sleep_until(stamp.sent_at + EMPTY_RECEIVE_SPACING) => {}
+        }
+    }
+    if received.is_empty() {
+        return true;
+    }
+    if let Err(mpsc::error::SendError(lost)) = receives.send(received).await {
+        // the batcher is gone (cannot happen before every poller stopped): do not hide them
+        let ids: Vec<&str> = lost.iter().map(|m| m.message_id.as_str()).collect();
+        stage.leases.release(&ids).await;
+    }
+    true
 }
 
 /// The shortest time from one empty receive's start to the next receive of the same poller.
