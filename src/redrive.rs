@@ -54,72 +54,110 @@ pub async fn redrive(
     progress: &mut dyn FnMut(RedriveReport),
 ) -> Result<RedriveReport, SqsError> {
     let metrics = PipelineMetrics::new("redrive", 0, 0, 0).sqs;
-    let source = SqsQueue::new(clients, from, metrics.clone());
     let region = clients.region.clone();
-    let destination = SqsQueue::new(clients, to, metrics);
-    let to_fifo = to.ends_with(".fifo");
-    let limit = options.limit;
-    let mut report = RedriveReport::default();
-    if let Ok(a) = source.attributes(&[aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages]).await {
-        report.expected = a.get("ApproximateNumberOfMessages").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut mover = Mover {
+        source: SqsQueue::new(clients, from, metrics.clone()),
+        destination: SqsQueue::new(clients, to, metrics),
+        to_fifo: to.ends_with(".fifo"),
+        options,
+        event_source: crate::event::EventSource { queue_arn: crate::event::arn_from_queue_url(from, &region), region },
+        skipped: HashMap::new(),
+        started: tokio::time::Instant::now(),
+        report: RedriveReport::default(),
+    };
+    let depth = [aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages];
+    if let Ok(a) = mover.source.attributes(&depth).await {
+        mover.report.expected = a.get("ApproximateNumberOfMessages").and_then(|v| v.parse().ok()).unwrap_or(0);
     }
-    let event_source = crate::event::EventSource { queue_arn: crate::event::arn_from_queue_url(from, &region), region };
-    // messages a pattern did not match: counted once, made visible again at the end
-    let mut skipped: HashMap<String, String> = HashMap::new();
-    let started = tokio::time::Instant::now();
-    let mut empty_receives = 0;
-    let result = async {
-    while limit.is_none_or(|l| report.moved + report.failed < l) && empty_receives < 2 {
-        let received = source.receive(Duration::from_secs(1), Some(MOVE_VISIBILITY), None).await?;
+    let result = mover.run(progress).await;
+    // what the pattern left is visible again at once
+    let receipts: Vec<&str> = mover.skipped.values().map(String::as_str).collect();
+    mover.source.make_visible(&receipts).await;
+    result.map(|()| mover.report)
+}
+
+/// One redrive: the two queues, what it moved, and the messages a pattern did not match
+/// (by id, with their last receipt handle: counted once, made visible again at the end).
+struct Mover<'a> {
+    source: SqsQueue,
+    destination: SqsQueue,
+    to_fifo: bool,
+    options: &'a RedriveOptions,
+    event_source: crate::event::EventSource,
+    skipped: HashMap<String, String>,
+    started: tokio::time::Instant,
+    report: RedriveReport,
+}
+
+impl Mover<'_> {
+    /// Receives and moves until the limit, or until two receives in a row brought nothing new.
+    async fn run(&mut self, progress: &mut dyn FnMut(RedriveReport)) -> Result<(), SqsError> {
+        let limit = self.options.limit;
+        let mut empty_receives = 0;
+        while limit.is_none_or(|l| self.report.moved + self.report.failed < l) && empty_receives < 2 {
+            let received = self.source.receive(Duration::from_secs(1), Some(MOVE_VISIBILITY), None).await?;
+            let (mut messages, new_skips) = self.matching(received);
+            if messages.is_empty() {
+                if new_skips == 0 {
+                    empty_receives += 1;
+                }
+                continue;
+            }
+            empty_receives = 0;
+            let room = limit.map_or(usize::MAX, |l| (l - self.report.moved - self.report.failed) as usize);
+            if messages.len() > room {
+                let put_back = messages.split_off(room);
+                let receipts: Vec<&str> = put_back.iter().filter_map(|m| m.receipt_handle.as_deref()).collect();
+                self.source.make_visible(&receipts).await;
+            }
+            self.move_messages(&messages).await;
+            progress(self.report);
+        }
+        Ok(())
+    }
+
+    /// The received messages the pattern matches (all, without one), and how many of the
+    /// others it had not seen before.
+    fn matching(&mut self, received: Vec<SqsMessage>) -> (Vec<SqsMessage>, usize) {
         let mut messages = Vec::with_capacity(received.len());
         let mut new_skips = 0;
         for m in received {
             let id = m.message_id.clone().unwrap_or_default();
-            let passes = options.filter.as_ref().is_none_or(|f| {
-                crate::event::ReceivedMessage::from_sqs(m.clone(), &event_source)
+            let passes = self.options.filter.as_ref().is_none_or(|f| {
+                crate::event::ReceivedMessage::from_sqs(m.clone(), &self.event_source)
                     .is_ok_and(|r| f.matches_json(&r.record_json).unwrap_or(false))
             });
             if passes {
                 messages.push(m);
             } else {
-                if !skipped.contains_key(&id) {
+                if !self.skipped.contains_key(&id) {
                     new_skips += 1;
                 }
-                skipped.insert(id, m.receipt_handle.unwrap_or_default());
+                self.skipped.insert(id, m.receipt_handle.unwrap_or_default());
             }
         }
-        report.skipped = skipped.len() as u64;
-        if messages.is_empty() {
-            if new_skips == 0 {
-                empty_receives += 1;
-            }
-            continue;
-        }
-        empty_receives = 0;
-        let room = limit.map_or(usize::MAX, |l| (l - report.moved - report.failed) as usize);
-        let (take, put_back) = if messages.len() > room {
-            let mut m = messages;
-            let rest = m.split_off(room);
-            (m, rest)
-        } else {
-            (messages, Vec::new())
-        };
-        if !put_back.is_empty() {
-            let receipts: Vec<&str> = put_back.iter().filter_map(|m| m.receipt_handle.as_deref()).collect();
-            source.make_visible(&receipts).await;
-        }
-        let sends = match options.rate {
+        self.report.skipped = self.skipped.len() as u64;
+        (messages, new_skips)
+    }
+
+    /// Sends a copy of each message (paced at `rate`, else all at once) and deletes the ones
+    /// SQS took a copy of; a message whose copy failed stays in the source.
+    async fn move_messages(&mut self, take: &[SqsMessage]) {
+        let sends = match self.options.rate {
             // paced: one at a time, each at its turn
             Some(rate) => {
                 let mut sends = Vec::with_capacity(take.len());
-                for m in &take {
-                    let turn = report.moved + report.failed + sends.len() as u64;
-                    tokio::time::sleep_until(started + Duration::from_secs_f64(turn as f64 / f64::from(rate.max(1)))).await;
-                    sends.push(send_copy(&destination, m, to_fifo).await);
+                for m in take {
+                    let turn = self.report.moved + self.report.failed + sends.len() as u64;
+                    let at = self.started + Duration::from_secs_f64(turn as f64 / f64::from(rate.max(1)));
+                    tokio::time::sleep_until(at).await;
+                    sends.push(send_copy(&self.destination, m, self.to_fifo).await);
                 }
                 sends
             }
-            None => futures_util::future::join_all(take.iter().map(|m| send_copy(&destination, m, to_fifo))).await,
+            None => {
+                futures_util::future::join_all(take.iter().map(|m| send_copy(&self.destination, m, self.to_fifo))).await
+            }
         };
         let sent: Vec<&str> = take
             .iter()
@@ -132,18 +170,10 @@ pub async fn redrive(
                 tracing::error!(message_id = m.message_id.as_deref().unwrap_or(""), error = %e, "could not send; the message stays in the source queue");
             }
         }
-        let not_deleted = source.delete(&sent).await;
-        report.moved += (sent.len() - not_deleted.len()) as u64;
-        report.failed += (take.len() - sent.len() + not_deleted.len()) as u64;
-        progress(report);
+        let not_deleted = self.source.delete(&sent).await;
+        self.report.moved += (sent.len() - not_deleted.len()) as u64;
+        self.report.failed += (take.len() - sent.len() + not_deleted.len()) as u64;
     }
-    Ok::<(), SqsError>(())
-    }
-    .await;
-    // what the pattern left is visible again at once
-    let receipts: Vec<&str> = skipped.values().map(String::as_str).collect();
-    source.make_visible(&receipts).await;
-    result.map(|()| report)
 }
 
 async fn send_copy(destination: &SqsQueue, m: &SqsMessage, fifo: bool) -> Result<(), SqsError> {

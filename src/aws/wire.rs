@@ -354,10 +354,20 @@ async fn exchange(conn: &mut Conn, head: &[u8], body: &dyn Parts, max_body: usiz
     // a long poll waits here holding its socket and nothing else (with TLS too: nothing of this
     // answer can be in rustls's buffers before its bytes reach the socket)
     conn.tcp().readable().await.map_err(unanswered)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_READ);
+    let ((status, headers, keep_alive, _), rest) = read_head(conn).await?;
+    let framing = framing(&headers, status).map_err(Failure::Other)?;
+    let (body, clean_end) = read_body(conn, &framing, rest, max_body).await?;
+    let keep = keep_alive && clean_end && !matches!(framing, Framing::Close);
+    Ok((Answer { status, headers, body: Bytes::from(body) }, keep))
+}
+
+/// Reads the answer's head, skipping informational (1xx) answers; returns it with what was read
+/// past it. A connection that fails before the first byte is [`Failure::Unanswered`].
+async fn read_head(conn: &mut Conn) -> Result<((StatusCode, HeaderMap, bool, usize), Vec<u8>), Failure> {
+    let unanswered = |e: io::Error| Failure::Unanswered(WireError::Broken(format!("the connection failed: {e}")));
     let broken = |e: io::Error| Failure::Other(WireError::Broken(format!("the answer broke off: {e}")));
-    // the head, skipping informational (1xx) answers
-    let (status, headers, keep_alive, head_len) = loop {
+    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_READ);
+    let head = loop {
         // parsed in a plain function: the header slots stay off this future's state, which a
         // waiting long poll would otherwise carry (3 KiB)
         match parse_head(&buf) {
@@ -382,10 +392,20 @@ async fn exchange(conn: &mut Conn, head: &[u8], body: &dyn Parts, max_body: usiz
             return Err(if before == 0 { Failure::Unanswered(e) } else { Failure::Other(e) });
         }
     };
-    let framing = framing(&headers, status).map_err(Failure::Other)?;
-    let mut rest = buf.split_off(head_len);
-    drop(buf);
-    let (body, clean_end) = match framing {
+    let rest = buf.split_off(head.3);
+    Ok((head, rest))
+}
+
+/// Reads the body as `framing` says, at most `max_body` bytes, starting with `rest` (what came
+/// with the head); returns it and whether the connection ended cleanly after it.
+async fn read_body(
+    conn: &mut Conn,
+    framing: &Framing,
+    mut rest: Vec<u8>,
+    max_body: usize,
+) -> Result<(Vec<u8>, bool), Failure> {
+    let broken = |e: io::Error| Failure::Other(WireError::Broken(format!("the answer broke off: {e}")));
+    Ok(match *framing {
         Framing::Length(len) => {
             if len > max_body {
                 return Err(Failure::Other(WireError::TooLong(max_body)));
@@ -438,9 +458,7 @@ async fn exchange(conn: &mut Conn, head: &[u8], body: &dyn Parts, max_body: usiz
             (body, false)
         }
         Framing::Empty => (Vec::new(), rest.is_empty()),
-    };
-    let keep = keep_alive && clean_end && !matches!(framing, Framing::Close);
-    Ok((Answer { status, headers, body: Bytes::from(body) }, keep))
+    })
 }
 
 /// Writes the head and the body's pieces: small pieces gathered into writes of up to

@@ -24,41 +24,11 @@ pub(super) fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
                 quote = None; // an unterminated one-line string: let the TOML parser say so
             }
         }
-        match quote {
-            None if c == b'#' => {
-                let end = rest.find('\n').map_or(text.len(), |n| i + n);
-                out.push_str(&text[i..end]);
-                i = end;
-                continue;
-            }
-            None => {
-                for q in ["\"\"\"", "'''", "\"", "'"] {
-                    if rest.starts_with(q) {
-                        quote = Some(q);
-                        out.push_str(q);
-                        i += q.len();
-                        break;
-                    }
-                }
-                if quote.is_some() {
-                    continue;
-                }
-            }
-            Some(q) => {
-                if c == b'\\' && !q.starts_with('\'') && i + 1 < bytes.len() {
-                    // an escape in a basic string: copy both characters (a `\"` does not close it)
-                    let next = rest[1..].chars().next().map_or(1, char::len_utf8);
-                    out.push_str(&rest[..1 + next]);
-                    i += 1 + next;
-                    continue;
-                }
-                if rest.starts_with(q) {
-                    quote = None;
-                    out.push_str(q);
-                    i += q.len();
-                    continue;
-                }
-            }
+        // comments, string delimiters and escapes are copied as they are
+        if let Some(len) = syntax_at(rest, &mut quote) {
+            out.push_str(&rest[..len]);
+            i += len;
+            continue;
         }
         if rest.starts_with("$${") {
             out.push_str("${");
@@ -71,32 +41,9 @@ pub(super) fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
                     .push(Problem { path: format!("line {line}"), reason: "`${` without a closing `}`".to_string() });
                 break;
             };
-            let inner = &rest[2..close];
-            let (name, default) = match inner.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (inner, None),
-            };
-            let valid_name = !name.is_empty()
-                && name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-                && !name.starts_with(|ch: char| ch.is_ascii_digit());
-            if !valid_name {
-                problems.push(Problem {
-                    path: format!("line {line}"),
-                    reason: format!(
-                        "`${{{inner}}}` is not a valid variable reference (use ${{NAME}} or ${{NAME:-default}})"
-                    ),
-                });
-            } else {
-                match (env(name), default) {
-                    (Some(v), _) => out.push_str(&v),
-                    (None, Some(d)) => out.push_str(d),
-                    (None, None) => problems.push(Problem {
-                        path: format!("line {line}"),
-                        reason: format!(
-                            "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
-                        ),
-                    }),
-                }
+            match reference(&rest[2..close], env) {
+                Ok(value) => out.push_str(&value),
+                Err(reason) => problems.push(Problem { path: format!("line {line}"), reason }),
             }
             i += close + 1;
             continue;
@@ -109,5 +56,49 @@ pub(super) fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
         Ok(out)
     } else {
         Err(problems)
+    }
+}
+
+/// The TOML syntax at the start of `rest` that interpolation copies unchanged, and its length:
+/// a comment (to the end of its line) outside strings, a string's opening or closing quote, an
+/// escape inside a basic string (a `\"` does not close it). `quote` is the string we are in.
+fn syntax_at(rest: &str, quote: &mut Option<&'static str>) -> Option<usize> {
+    match *quote {
+        None if rest.starts_with('#') => Some(rest.find('\n').unwrap_or(rest.len())),
+        None => {
+            let q = ["\"\"\"", "'''", "\"", "'"].into_iter().find(|q| rest.starts_with(q))?;
+            *quote = Some(q);
+            Some(q.len())
+        }
+        Some(q) if rest.starts_with('\\') && !q.starts_with('\'') && rest.len() > 1 => {
+            Some(1 + rest[1..].chars().next().map_or(1, char::len_utf8))
+        }
+        Some(q) if rest.starts_with(q) => {
+            *quote = None;
+            Some(q.len())
+        }
+        Some(_) => None,
+    }
+}
+
+/// The value of one `${NAME}` or `${NAME:-default}` (`inner` is what the braces hold), or why
+/// there is none.
+fn reference(inner: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let (name, default) = match inner.split_once(":-") {
+        Some((n, d)) => (n, Some(d)),
+        None => (inner, None),
+    };
+    let valid_name = !name.is_empty()
+        && name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        && !name.starts_with(|ch: char| ch.is_ascii_digit());
+    if !valid_name {
+        return Err(format!("`${{{inner}}}` is not a valid variable reference (use ${{NAME}} or ${{NAME:-default}})"));
+    }
+    match (env(name), default) {
+        (Some(v), _) => Ok(v),
+        (None, Some(d)) => Ok(d.to_string()),
+        (None, None) => {
+            Err(format!("environment variable {name} is not set (write ${{{name}:-default}} to give a default)"))
+        }
     }
 }

@@ -254,31 +254,49 @@ impl Checker {
 
 pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut c = Checker { problems: Vec::new() };
+    let aws = validate_aws(&mut c, raw.aws);
+    let (listen, admin_listen) = validate_server(&mut c, raw.server);
+    let grace = c.ranged("shutdown.grace_period_secs", raw.shutdown.grace_period_secs, 30, 1, 3600);
+    let pools = validate_pools(&mut c, raw.pools);
+    let telemetry = validate_telemetry(&mut c, raw.telemetry);
+    let pipelines = validate_pipelines(&mut c, raw.pipelines, &pools, grace);
+    if c.problems.is_empty() {
+        Ok(Config { aws, listen, admin_listen, grace_period: Duration::from_secs(grace), pools, telemetry, pipelines })
+    } else {
+        Err(c.problems)
+    }
+}
 
+/// `[aws]`: endpoints are http(s) URLs; `endpoint_url` is each service's unless it has its own.
+fn validate_aws(c: &mut Checker, raw: RawAws) -> AwsConfig {
     for (key, v) in [
-        ("aws.endpoint_url", &raw.aws.endpoint_url),
-        ("aws.sqs_endpoint_url", &raw.aws.sqs_endpoint_url),
-        ("aws.lambda_endpoint_url", &raw.aws.lambda_endpoint_url),
-        ("aws.s3_endpoint_url", &raw.aws.s3_endpoint_url),
+        ("aws.endpoint_url", &raw.endpoint_url),
+        ("aws.sqs_endpoint_url", &raw.sqs_endpoint_url),
+        ("aws.lambda_endpoint_url", &raw.lambda_endpoint_url),
+        ("aws.s3_endpoint_url", &raw.s3_endpoint_url),
     ] {
         if let Some(v) = v {
             c.url(key, v, &["http", "https"]);
         }
     }
     let aws = AwsConfig {
-        region: raw.aws.region.filter(|r| !r.is_empty()),
-        sqs_endpoint_url: raw.aws.sqs_endpoint_url.or(raw.aws.endpoint_url.clone()),
-        s3_endpoint_url: raw.aws.s3_endpoint_url.or(raw.aws.endpoint_url.clone()),
-        lambda_endpoint_url: raw.aws.lambda_endpoint_url.or(raw.aws.endpoint_url),
+        region: raw.region.filter(|r| !r.is_empty()),
+        sqs_endpoint_url: raw.sqs_endpoint_url.or(raw.endpoint_url.clone()),
+        s3_endpoint_url: raw.s3_endpoint_url.or(raw.endpoint_url.clone()),
+        lambda_endpoint_url: raw.lambda_endpoint_url.or(raw.endpoint_url),
     };
+    aws
+}
 
-    let listen_text = raw.server.listen.unwrap_or_else(|| "0.0.0.0:9464".to_string());
+/// `[server]`: the metrics address, and the admin API's (loopback by default; "" turns it off).
+fn validate_server(c: &mut Checker, raw: RawServer) -> (SocketAddr, Option<SocketAddr>) {
+    let listen_text = raw.listen.unwrap_or_else(|| "0.0.0.0:9464".to_string());
     let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
         c.fail("server.listen", format!("`{listen_text}` is not an address:port such as 0.0.0.0:9464"));
         SocketAddr::from(([0, 0, 0, 0], 9464))
     });
     // loopback only unless the operator says otherwise; "" turns the admin API off
-    let admin_text = raw.server.admin_listen.unwrap_or_else(|| defaults::ADMIN_LISTEN.to_string());
+    let admin_text = raw.admin_listen.unwrap_or_else(|| defaults::ADMIN_LISTEN.to_string());
     let admin_listen = if admin_text.is_empty() {
         None
     } else {
@@ -302,29 +320,43 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             }
         }
     };
-    let grace = c.ranged("shutdown.grace_period_secs", raw.shutdown.grace_period_secs, 30, 1, 3600);
+    (listen, admin_listen)
+}
 
+/// `[pools.NAME]`: shared concurrency for the pipelines that name them.
+fn validate_pools(
+    c: &mut Checker,
+    raw: std::collections::BTreeMap<String, RawPool>,
+) -> std::collections::BTreeMap<String, PoolConfig> {
     let mut pools = std::collections::BTreeMap::new();
-    for (name, p) in raw.pools {
+    for (name, p) in raw {
         let at = format!("pools.{name}");
         if !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
             c.fail(&at, format!("`{name}` may only contain letters, digits, `-` and `_`"));
         }
         let max_concurrency = c.ranged(&format!("{at}.max_concurrency"), p.max_concurrency, 10, 1, 10_000);
-        let adaptive = concurrency_mode(&mut c, &at, p.concurrency.as_deref(), p.min_concurrency, max_concurrency);
+        let adaptive = concurrency_mode(c, &at, p.concurrency.as_deref(), p.min_concurrency, max_concurrency);
         pools.insert(name, PoolConfig { max_concurrency: max_concurrency as usize, adaptive });
     }
+    pools
+}
 
-    let telemetry = validate_telemetry(&mut c, raw.telemetry);
-
-    if raw.pipelines.is_empty() {
+/// Every `[[pipelines]]`: at least one, unique names, and a long poll that returns within the
+/// grace period.
+fn validate_pipelines(
+    c: &mut Checker,
+    raw: Vec<RawPipeline>,
+    pools: &std::collections::BTreeMap<String, PoolConfig>,
+    grace: u64,
+) -> Vec<PipelineConfig> {
+    if raw.is_empty() {
         c.fail("pipelines", "at least one [[pipelines]] table is required");
     }
     let mut names = HashSet::new();
     let mut pipelines = Vec::new();
-    for (i, p) in raw.pipelines.into_iter().enumerate() {
+    for (i, p) in raw.into_iter().enumerate() {
         let at = format!("pipelines[{i}]");
-        let pipeline = validate_pipeline(&mut c, &at, p, &pools);
+        let pipeline = validate_pipeline(c, &at, p, pools);
         if !pipeline.name.is_empty() && !names.insert(pipeline.name.clone()) {
             c.fail(
                 format!("{at}.name"),
@@ -348,12 +380,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             );
         }
     }
-
-    if c.problems.is_empty() {
-        Ok(Config { aws, listen, admin_listen, grace_period: Duration::from_secs(grace), pools, telemetry, pipelines })
-    } else {
-        Err(c.problems)
-    }
+    pipelines
 }
 
 /// A pipeline, one section at a time along its messages' path: the queue, its pollers and
