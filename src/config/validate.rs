@@ -279,13 +279,12 @@ fn validate_aws(c: &mut Checker, raw: RawAws) -> AwsConfig {
             c.url(key, v, &["http", "https"]);
         }
     }
-    let aws = AwsConfig {
+    AwsConfig {
         region: raw.region.filter(|r| !r.is_empty()),
         sqs_endpoint_url: raw.sqs_endpoint_url.or(raw.endpoint_url.clone()),
         s3_endpoint_url: raw.s3_endpoint_url.or(raw.endpoint_url.clone()),
         lambda_endpoint_url: raw.lambda_endpoint_url.or(raw.endpoint_url),
-    };
-    aws
+    }
 }
 
 /// `[server]`: the metrics address, and the admin API's (loopback by default; "" turns it off).
