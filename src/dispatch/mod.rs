@@ -389,95 +389,19 @@ impl Dispatcher {
         // max_throttled_secs, abandoned) hands the turn on when the guard drops
         let mut probe = ProbeTurn(None);
         loop {
-            // a probe the target throttled keeps its turn: back to `admit` it would wait for the
-            // probe that is itself (issue 30: the breaker never closed)
-            if probe.0.is_none() {
-                if let Some(b) = &self.breaker {
-                    match b.try_admit() {
-                        Some(true) => probe = ProbeTurn(Some(b.as_ref())),
-                        Some(false) => {}
-                        None => {
-                            // held: the slot goes back to the pipeline (or its pool) meanwhile;
-                            // the drain lets a held batch go at once
-                            if let Some(hold) = slot.as_mut() {
-                                hold.lend();
-                            }
-                            let admitted = tokio::select! {
-                                biased;
-                                a = b.admit(&self.drain) => a,
-                                () = abandon.cancelled() => None,
-                            };
-                            let Some(admitted) = admitted else { return Outcome::Abandoned };
-                            if admitted {
-                                probe = ProbeTurn(Some(b.as_ref()));
-                            }
-                            if let Some(hold) = slot.as_mut() {
-                                tokio::select! {
-                                    biased;
-                                    () = hold.reclaim() => {}
-                                    () = abandon.cancelled() => return Outcome::Abandoned,
-                                }
-                            }
-                            // time held by the breaker is not time throttled
-                            first_try = Instant::now();
-                        }
-                    }
-                }
+            match self.breaker_turn(&mut probe, slot, abandon).await {
+                None => return Outcome::Abandoned,
+                // time held by the breaker is not time throttled
+                Some(true) => first_try = Instant::now(),
+                Some(false) => {}
             }
-            let started = Instant::now();
-            let call = self.slots.as_ref().map(|s| s.call());
-            let invocation = tokio::select! {
-                i = self.target.invoke(&event, self.timeout, &trace) => i,
-                () = abandon.cancelled() => {
-                    if let (Some(slots), Some(call)) = (&self.slots, call) {
-                        slots.abandoned(call);
-                    }
-                    return Outcome::Abandoned;
-                }
+            let Some(invocation) = self.invoke(&event, &trace, abandon).await else {
+                return Outcome::Abandoned;
             };
-            let took = started.elapsed();
-            self.metrics.duration.record(took.as_secs_f64());
-            let signal = match &invocation {
-                Invocation::Response(_) | Invocation::FunctionError(_) => concurrency::Signal::Answered(took),
-                Invocation::Throttled(_) | Invocation::Unavailable { .. } => concurrency::Signal::Pushback,
-            };
-            if let (Some(slots), Some(call)) = (&self.slots, call) {
-                slots.observe(call, signal);
-            }
-            let reason = match invocation {
-                Invocation::Response(body) => {
-                    probe.told();
-                    if let Some(b) = &self.breaker {
-                        b.answered();
-                    }
-                    return Outcome::Answered(response::interpret(&body, batch, self.fifo));
-                }
-                Invocation::FunctionError(reason) => {
-                    probe.told();
-                    if let Some(b) = &self.breaker {
-                        b.answered();
-                    }
-                    self.metrics.status.set_last_error(format!("target: {reason}"));
-                    return Outcome::Answered(Verdict::AllFailed(reason));
-                }
-                Invocation::Unavailable { reason, connect } => {
-                    self.metrics.status.set_last_error(format!("target: {reason}"));
-                    let holding = self.breaker.as_ref().is_some_and(|b| b.unavailable());
-                    // a failed probe is settled as a failure: a queue whose only messages make
-                    // the worker answer 5xx (poison) still reaches its dead-letter queue, one
-                    // probe batch per cool-down (a refused connection is retried, and waits
-                    // for the next half-open as any held batch does)
-                    let was_probe = probe.told();
-                    if holding && !was_probe {
-                        tracing::debug!(pipeline = %self.metrics.pipeline, messages = batch.len(), %reason, "circuit breaker open: the batch waits under lease");
-                        continue;
-                    }
-                    if !connect {
-                        return Outcome::Answered(Verdict::AllFailed(reason));
-                    }
-                    reason
-                }
-                Invocation::Throttled(reason) => reason,
+            let reason = match self.judge(invocation, batch, &mut probe) {
+                Judged::Done(outcome) => return outcome,
+                Judged::Held => continue,
+                Judged::Throttled(reason) => reason,
             };
             self.metrics.status.set_last_error(format!("target throttled: {reason}"));
             self.metrics.batches_throttled.increment(1);
@@ -495,11 +419,130 @@ impl Dispatcher {
             }
         }
     }
+
+    /// The circuit breaker's say before a try: admitted at once, or held (its slot lent to the
+    /// pipeline or pool meanwhile, and taken back after) until the breaker lets it go. This
+    /// batch becomes the probe when the breaker says so. `Some(true)`: it was held; `None`:
+    /// abandoned while it waited.
+    async fn breaker_turn<'b>(
+        &'b self,
+        probe: &mut ProbeTurn<'b>,
+        slot: &mut Option<concurrency::SlotHold<'_>>,
+        abandon: &CancellationToken,
+    ) -> Option<bool> {
+        // a probe the target throttled keeps its turn: back to `admit` it would wait for the
+        // probe that is itself (issue 30: the breaker never closed)
+        let (None, Some(b)) = (probe.0, &self.breaker) else { return Some(false) };
+        match b.try_admit() {
+            Some(true) => {
+                *probe = ProbeTurn(Some(b.as_ref()));
+                return Some(false);
+            }
+            Some(false) => return Some(false),
+            None => {}
+        }
+        // held: the slot goes back to the pipeline (or its pool) meanwhile; the drain lets a
+        // held batch go at once
+        if let Some(hold) = slot.as_mut() {
+            hold.lend();
+        }
+        let admitted = tokio::select! {
+            biased;
+            a = b.admit(&self.drain) => a,
+            () = abandon.cancelled() => None,
+        };
+        if admitted? {
+            *probe = ProbeTurn(Some(b.as_ref()));
+        }
+        if let Some(hold) = slot.as_mut() {
+            tokio::select! {
+                biased;
+                () = hold.reclaim() => {}
+                () = abandon.cancelled() => return None,
+            }
+        }
+        Some(true)
+    }
+
+    /// One call of the target, timed, its answer told to the adaptive limit; `None` when
+    /// abandoned (shutdown's grace is over).
+    async fn invoke(&self, event: &Event<'_>, trace: &TraceContext, abandon: &CancellationToken) -> Option<Invocation> {
+        let started = Instant::now();
+        let call = self.slots.as_ref().map(|s| s.call());
+        let invocation = tokio::select! {
+            i = self.target.invoke(event, self.timeout, trace) => i,
+            () = abandon.cancelled() => {
+                if let (Some(slots), Some(call)) = (&self.slots, call) {
+                    slots.abandoned(call);
+                }
+                return None;
+            }
+        };
+        let took = started.elapsed();
+        self.metrics.duration.record(took.as_secs_f64());
+        let signal = match &invocation {
+            Invocation::Response(_) | Invocation::FunctionError(_) => concurrency::Signal::Answered(took),
+            Invocation::Throttled(_) | Invocation::Unavailable { .. } => concurrency::Signal::Pushback,
+        };
+        if let (Some(slots), Some(call)) = (&self.slots, call) {
+            slots.observe(call, signal);
+        }
+        Some(invocation)
+    }
+
+    /// What the target's answer means for the batch: an outcome, held by the open breaker
+    /// (tried again once it lets the batch go), or throttled (tried again after a backoff).
+    fn judge(&self, invocation: Invocation, batch: &[ReceivedMessage], probe: &mut ProbeTurn<'_>) -> Judged {
+        match invocation {
+            Invocation::Response(body) => {
+                probe.told();
+                if let Some(b) = &self.breaker {
+                    b.answered();
+                }
+                Judged::Done(Outcome::Answered(response::interpret(&body, batch, self.fifo)))
+            }
+            Invocation::FunctionError(reason) => {
+                probe.told();
+                if let Some(b) = &self.breaker {
+                    b.answered();
+                }
+                self.metrics.status.set_last_error(format!("target: {reason}"));
+                Judged::Done(Outcome::Answered(Verdict::AllFailed(reason)))
+            }
+            Invocation::Unavailable { reason, connect } => {
+                self.metrics.status.set_last_error(format!("target: {reason}"));
+                let holding = self.breaker.as_ref().is_some_and(|b| b.unavailable());
+                // a failed probe is settled as a failure: a queue whose only messages make
+                // the worker answer 5xx (poison) still reaches its dead-letter queue, one
+                // probe batch per cool-down (a refused connection is retried, and waits
+                // for the next half-open as any held batch does)
+                let was_probe = probe.told();
+                if holding && !was_probe {
+                    tracing::debug!(pipeline = %self.metrics.pipeline, messages = batch.len(), %reason, "circuit breaker open: the batch waits under lease");
+                    return Judged::Held;
+                }
+                if !connect {
+                    return Judged::Done(Outcome::Answered(Verdict::AllFailed(reason)));
+                }
+                Judged::Throttled(reason)
+            }
+            Invocation::Throttled(reason) => Judged::Throttled(reason),
+        }
+    }
 }
 
 /// The breaker's probe turn held by a call: handed on ([`breaker::Breaker::probe_dropped`]) when
 /// the call ends without telling the breaker what the target did.
 struct ProbeTurn<'a>(Option<&'a breaker::Breaker>);
+
+/// What an answer means for the batch ([`Dispatcher::judge`]).
+enum Judged {
+    Done(Outcome),
+    /// The open circuit breaker holds it.
+    Held,
+    /// Throttled, for this reason.
+    Throttled(String),
+}
 
 impl ProbeTurn<'_> {
     /// The breaker was told the probe's result: the turn is over. Whether this call was the probe.
