@@ -1,118 +1,38 @@
-//! The SQS client signs with its own SigV4 signer (src/sigv4.rs, the signing key kept for the
-//! day). No emulator checks signatures, so this test puts a proxy between sqs-poller and the
-//! emulator that does: it computes every request's signature again with `aws-sigv4` from what
-//! arrived on the wire (the signed headers, the body, the time of `x-amz-date`) and forwards the
-//! request only when they match. A drain through it must see every request verified.
+//! The SQS client signs with its own SigV4 signer (src/aws/sigv4.rs, the signing key kept for
+//! the day). No emulator checks signatures, so this test drains a queue through the strict-AWS
+//! proxy (tests/e2e/common/strict_aws.rs), which computes every request's signature again with
+//! `aws-sigv4` from what arrived on the wire and forwards it only when they match, the session
+//! token belonging to the key. A drain through it must see every request verified.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::strict_aws::StrictAws;
 use crate::common::*;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-
-#[derive(Default)]
-struct Seen {
-    verified: Vec<String>,
-    rejected: Vec<String>,
-}
-
-/// A proxy to `upstream` that forwards only requests whose SigV4 signature checks out.
-async fn verifying_proxy(upstream: String, token: Option<&'static str>) -> (String, Arc<Mutex<Seen>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let out = seen.clone();
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let (seen, upstream, client) = (seen.clone(), upstream.clone(), client.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (seen, upstream, client) = (seen.clone(), upstream.clone(), client.clone());
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body.collect().await.unwrap().to_bytes();
-                        let headers: HashMap<String, String> = parts
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-                            .collect();
-                        // "AmazonSQS.ReceiveMessage by sqs-poller/0.1.0" or "… by aws-sdk-rust/…"
-                        let agent = headers.get("user-agent").map_or("", |a| a.split(' ').next().unwrap_or(""));
-                        let target = format!("{} by {agent}", headers.get("x-amz-target").map_or("", String::as_str));
-                        let url = format!("http://{}{}", headers["host"], parts.uri.path());
-                        if let Err(why) = verify(&url, &headers, &body, token) {
-                            seen.lock().unwrap().rejected.push(format!("{target}: {why}"));
-                            let r = Response::builder()
-                                .status(403)
-                                .header("content-type", "application/x-amz-json-1.0")
-                                .body(Full::new(Bytes::from_static(
-                                    br#"{"__type":"com.amazonaws.sqs#SignatureDoesNotMatch","message":"signature"}"#,
-                                )))
-                                .unwrap();
-                            return Ok::<_, Infallible>(r);
-                        }
-                        seen.lock().unwrap().verified.push(target);
-                        let mut forward =
-                            Request::builder().method(parts.method).uri(format!("{upstream}{}", parts.uri.path()));
-                        for (k, v) in &parts.headers {
-                            if k != "host" {
-                                forward = forward.header(k, v);
-                            }
-                        }
-                        let res = client.request(forward.body(Full::new(body)).unwrap()).await.unwrap();
-                        let (parts, body) = res.into_parts();
-                        let body = body.collect().await.unwrap().to_bytes();
-                        Ok(Response::from_parts(parts, Full::new(body)))
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    (url, out)
-}
-
-/// The checks of a request from sqs-poller: the headers that must be signed, the session token
-/// when there is one, and the signature computed again.
-fn verify(url: &str, headers: &HashMap<String, String>, body: &[u8], token: Option<&str>) -> Result<(), String> {
-    let auth = crate::common::sigv4::authorization(headers)?;
-    if auth.access_key != "test" {
-        return Err(format!("access key {}", auth.access_key));
-    }
-    for must in ["host", "x-amz-date", "x-amz-target", "content-type"] {
-        if !auth.signed_headers.iter().any(|s| s == must) {
-            return Err(format!("{must} is not signed"));
-        }
-    }
-    if token.is_some() != auth.signed_headers.iter().any(|s| s == "x-amz-security-token") {
-        return Err("the session token is not signed".into());
-    }
-    if headers.get("x-amz-security-token").map(String::as_str) != token {
-        return Err("wrong session token".into());
-    }
-    crate::common::sigv4::verify(url, headers, body, token, false).map(|_| ())
-}
 
 async fn drain_through_the_proxy(token: Option<&'static str>) {
     let sqs = sqs().await;
     let queue = sqs.queue("sigv4", &[]).await;
     let bodies: Vec<String> = (0..60).map(|i| format!("m{i}")).collect();
     sqs.send_bodies(&queue, &bodies).await;
-    let (proxy, seen) = verifying_proxy(sqs.endpoint.clone(), token).await;
+    let proxy = StrictAws::start(&sqs.endpoint).await;
+    // temporary credentials: a key of their own, whose token the proxy holds to it
+    let keys = tempfile::tempdir().unwrap();
+    let mut env: Vec<(&str, &str)> = Vec::new();
+    if let Some(token) = token {
+        let file = keys.path().join("keys.jsonl");
+        let key =
+            serde_json::json!({"AccessKeyId": "ASIATEMPORARY", "SecretAccessKey": "temporary", "SessionToken": token});
+        std::fs::write(&file, format!("{key}\n")).unwrap();
+        proxy.set_keys_file(file);
+        env = vec![
+            ("AWS_ACCESS_KEY_ID", "ASIATEMPORARY"),
+            ("AWS_SECRET_ACCESS_KEY", "temporary"),
+            ("AWS_SESSION_TOKEN", token),
+        ];
+    }
     let w = worker(|_| Reply::ok("")).await;
-    let env: Vec<(&str, &str)> = token.map(|t| vec![("AWS_SESSION_TOKEN", t)]).unwrap_or_default();
     let mut p = spawn_poller_with_env(
-        &proxy,
+        &proxy.url,
         5,
         "",
         &format!(
@@ -127,7 +47,7 @@ async fn drain_through_the_proxy(token: Option<&'static str>) {
     let log = p.log_text();
     p.stop().await;
     let (verified, rejected) = {
-        let seen = seen.lock().unwrap();
+        let seen = proxy.state.lock().unwrap();
         (seen.verified.clone(), seen.rejected.clone())
     };
     assert!(rejected.is_empty(), "requests with a wrong signature: {rejected:?}\nlog:\n{log}");
@@ -138,7 +58,7 @@ async fn drain_through_the_proxy(token: Option<&'static str>) {
         ("ReceiveMessage", "sqs-poller/"),
         ("DeleteMessageBatch", "sqs-poller/"),
     ] {
-        let prefix = format!("AmazonSQS.{op} by {sender}");
+        let prefix = format!("{op} by {sender}");
         assert!(
             verified.iter().any(|t| t.starts_with(&prefix)),
             "no {op} from {sender} went through the verifying proxy: {verified:?}"

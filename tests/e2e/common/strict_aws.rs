@@ -262,6 +262,14 @@ async fn handle(
         if key.token.is_some() && !auth.signed_headers.iter().any(|h| h == "x-amz-security-token") {
             return Err(("IncompleteSignature", "the session token is not signed".into()));
         }
+        // SigV4: the host and every x-amz-* header must be signed
+        let unsigned = headers
+            .keys()
+            .filter(|h| *h == "host" || h.starts_with("x-amz-"))
+            .find(|h| !auth.signed_headers.iter().any(|s| s == *h));
+        if let Some(h) = unsigned {
+            return Err(("IncompleteSignature", format!("{h} is not signed")));
+        }
         // the scope names this region and this service (AWS: "Credential should be scoped to a
         // valid region" / "to correct service")
         if auth.region != REGION || auth.service != SERVICE {
