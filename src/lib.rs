@@ -19,7 +19,8 @@
 //!    pipeline's own, or a pool's that pipelines share by priority and weight), held
 //!    under lease while the target's circuit breaker is open ([`dispatch::breaker`]).
 //! 7. [`ack`] — the pure plan (delete / retry with backoff / dead-letter) and its execution.
-//! 8. [`sqs`] — the SQS queue every stage talks through, counting each request.
+//! 8. [`sqs`] — the SQS queue every stage talks through, counting each request; a receive
+//!    returns the crate's own [`aws::SqsMessage`].
 //! 9. [`aws`] — the AWS edge at the bottom of the house: one credentials cache, one
 //!    skew-corrected clock, endpoints and errors as the SDK has them; the SQS hot calls
 //!    (receive, delete, visibility) over AWS JSON ([`aws::sqs_json`], signed by [`aws::sigv4`]
@@ -27,7 +28,9 @@
 //!    aws-sdk-s3. Below it only [`limits`] (SQS's limits) and [`net`] (TLS, error chains, the connection loop every server of the service shares).
 //!
 //! Around them: [`pipeline`] wires the stages of one queue together, [`lease`] keeps every
-//! received message invisible until it is settled, [`metrics`] names every metric, [`server`]
+//! received message invisible until it is settled, [`metrics`] names every metric and builds
+//! each stage its own handles ([`metrics::PipelineMetrics`]: `PollerMetrics`, `LeaseMetrics`, ...),
+//! [`status`] holds the live figures the admin API shows (written by the stages), [`server`]
 //! serves `/metrics`, `/healthz` and `/readyz`, [`admin`] the admin API over [`control`] (pause,
 //! resume, the worker's health check), [`trace`] carries X-Ray/W3C trace context to the worker, [`telemetry`] records OpenTelemetry spans of receives and batches (linked to their producers) and exports them over OTLP,
 //! [`shutdown`] drains in order on SIGTERM, [`supervisor`] starts the pipelines and applies
@@ -35,7 +38,8 @@
 //!
 //! Imports keep to layers (`LAYERS` in `tests/offline/structure.rs`, which fails on one against them):
 //! the bottom, the message's types, the stages — each importing what it hands messages on to,
-//! never an earlier one — then the service around them.
+//! never an earlier one — then the service around them. `sim` (the in-memory SQS of the
+//! simulation tests) is built only for tests, behind the `test-util` feature.
 
 pub mod ack;
 pub mod admin;

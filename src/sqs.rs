@@ -1,6 +1,6 @@
 //! The SQS edge: the [`Queue`] trait every stage talks through, and [`SqsQueue`], its
 //! implementation over the real `aws-sdk-sqs` client (one per queue URL). The other
-//! implementation is the in-memory [`crate::sim::SimQueue`] of the simulation tests.
+//! implementation is the in-memory `sim::SimQueue` of the simulation tests.
 //!
 //! Contract of the calls the stages rely on:
 //! - `receive` returns at most 10 messages, after at most the long-poll wait; it is not retried
@@ -357,7 +357,7 @@ impl SqsQueue {
     /// Sends one message to this queue (the dead-letter path).
     ///
     /// # Errors
-    /// [`SqsError`] after [`BATCH_ATTEMPTS`] tries of a retryable failure, or at once otherwise.
+    /// [`SqsError`] after `BATCH_ATTEMPTS` tries of a retryable failure, or at once otherwise.
     pub async fn send(
         &self,
         body: &str,

@@ -63,7 +63,7 @@ pub struct State {
     pub stale: bool,
 }
 
-/// The refresh buffer for credentials living `life`: a quarter of it, at most [`MAX_BUFFER`].
+/// The refresh buffer for credentials living `life`: a quarter of it, at most `MAX_BUFFER`.
 pub fn buffer(life: Duration) -> Duration {
     (life / 4).min(MAX_BUFFER)
 }

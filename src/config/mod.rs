@@ -6,7 +6,7 @@
 //! the key path (`pipelines[0].batch.size`) and the reason.
 //!
 //! By concern: this file holds the validated types, the named defaults and the entry points;
-//! [`interpolate`] replaces `${VAR}`; `validate` holds the raw structs and every rule.
+//! `interpolate` replaces `${VAR}`; `validate` holds the raw structs and every rule.
 
 use std::fmt;
 use std::net::SocketAddr;

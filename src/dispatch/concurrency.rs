@@ -186,7 +186,7 @@ impl AdaptiveLimit {
 
 /// The concurrency slots of one pipeline, or of a shared pool (`[pools.NAME]`): a permit per
 /// batch in flight, as many as the limit, handed to the pipelines that take part ([`Member`]) by
-/// priority and weight ([`Slots::grant`]).
+/// priority and weight (`Slots::grant`).
 pub struct Slots {
     inner: Mutex<SlotsInner>,
     /// The limit is adaptive (fixed at construction).

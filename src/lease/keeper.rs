@@ -664,7 +664,7 @@ impl LeaseKeeper {
 
     /// Keeps every lease invisible until `stop` is cancelled. Extensions go out when half a
     /// visibility timeout is left; a failed one is a warning and a counter. Rounds run side by
-    /// side (a lease is in at most one), each bounded by [`Self::round_limit`].
+    /// side (a lease is in at most one), each bounded by `Self::round_limit`.
     pub async fn heartbeat(&self, stop: tokio_util::sync::CancellationToken) {
         use futures_util::StreamExt as _;
         let spacing = self.spacing();
@@ -721,7 +721,7 @@ impl LeaseKeeper {
         (self.visibility() / 4).clamp(Duration::from_secs(1), crate::limits::SQS_ATTEMPT_TIMEOUT)
     }
 
-    /// One round of extensions, within [`Self::round_limit`]; the extensions not answered by then
+    /// One round of extensions, within `Self::round_limit`; the extensions not answered by then
     /// count as failed (tried again a moment later).
     pub async fn extend_due(&self) {
         let now = Instant::now();

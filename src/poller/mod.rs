@@ -1,6 +1,6 @@
 //! Pollers: the fleet of long-polling ReceiveMessage loops of one pipeline.
 //!
-//! The [`Fleet`] keeps as many [`poller`] tasks alive as the [`scaling::Autoscaler`] wants and
+//! The [`Fleet`] keeps as many `poller` tasks alive as the [`scaling::Autoscaler`] wants and
 //! retires the newest first. A poller does not abandon a receive: a retired poller (or every
 //! poller, on shutdown) lets its long poll return and hands the messages on, so nothing is left
 //! hidden on the server side — unless SQS has not answered by the end of the grace period. A poller takes room for the messages it may receive from the
@@ -361,7 +361,7 @@ impl ReceiveAttempt {
 const BURST_SAMPLE_SPACING: Duration = Duration::from_millis(200);
 
 /// Samples the depth of the queue (and of the dead-letter queue) every `depth_interval` (and at
-/// once, at most every [`BURST_SAMPLE_SPACING`], while a burst is being scaled for) for the
+/// once, at most every `BURST_SAMPLE_SPACING`, while a burst is being scaled for) for the
 /// gauges and the autoscaler.
 pub struct DepthSampler {
     pub interval: Duration,
