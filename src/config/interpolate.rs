@@ -41,7 +41,7 @@ pub(super) fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
                     .push(Problem { path: format!("line {line}"), reason: "`${` without a closing `}`".to_string() });
                 break;
             };
-            match reference(&rest[2..close], env) {
+            match reference(&rest[2..close], env).and_then(|(name, value)| placed(name, &value, quote)) {
                 Ok(value) => out.push_str(&value),
                 Err(reason) => problems.push(Problem { path: format!("line {line}"), reason }),
             }
@@ -81,9 +81,9 @@ fn syntax_at(rest: &str, quote: &mut Option<&'static str>) -> Option<usize> {
     }
 }
 
-/// The value of one `${NAME}` or `${NAME:-default}` (`inner` is what the braces hold), or why
-/// there is none.
-fn reference(inner: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+/// The variable's name and value of one `${NAME}` or `${NAME:-default}` (`inner` is what the
+/// braces hold), or why there is none.
+fn reference<'a>(inner: &'a str, env: &dyn Fn(&str) -> Option<String>) -> Result<(&'a str, String), String> {
     let (name, default) = match inner.split_once(":-") {
         Some((n, d)) => (n, Some(d)),
         None => (inner, None),
@@ -95,10 +95,54 @@ fn reference(inner: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
         return Err(format!("`${{{inner}}}` is not a valid variable reference (use ${{NAME}} or ${{NAME:-default}})"));
     }
     match (env(name), default) {
-        (Some(v), _) => Ok(v),
-        (None, Some(d)) => Ok(d.to_string()),
+        (Some(v), _) => Ok((name, v)),
+        (None, Some(d)) => Ok((name, d.to_string())),
         (None, None) => {
             Err(format!("environment variable {name} is not set (write ${{{name}:-default}} to give a default)"))
         }
     }
+}
+
+/// `value` as TOML text for where it lands, so that the parsed string holds every one of its
+/// bytes: escaped in a basic string (`"..."`, `"""..."""`); as it is in a literal string
+/// (`'...'`, `'''...'''`), which has no escapes, and refused when that string cannot hold it;
+/// outside quotes only a number, a boolean or a date (anything else would be pasted in as TOML).
+/// The value never appears in the reason: it may be a secret.
+fn placed(name: &str, value: &str, quote: Option<&str>) -> Result<String, String> {
+    let control = |c: char| c.is_control() && c != '\t';
+    match quote {
+        Some("\"" | "\"\"\"") => Ok(escape_basic(value)),
+        Some("'") if value.contains('\'') || value.chars().any(control) => Err(format!(
+            "${{{name}}} holds a ' or a control character (a line break, ...), which a literal string '...' cannot hold; write it in a basic string \"${{{name}}}\", which keeps every character"
+        )),
+        Some("'''") if value.contains("'''") || value.chars().any(|c| control(c) && c != '\n' && c != '\r') => {
+            Err(format!(
+                "${{{name}}} holds ''' or a control character, which a multi-line literal string cannot hold; write it in a basic string \"${{{name}}}\", which keeps every character"
+            ))
+        }
+        Some(_) => Ok(value.to_string()),
+        None if !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || "+-_.:".contains(c)) => {
+            Ok(value.to_string())
+        }
+        None => Err(format!(
+            "${{{name}}} is outside quotes, where only a number, a boolean or a date may go; quote it (\"${{{name}}}\") for text"
+        )),
+    }
+}
+
+/// A basic string's escapes (TOML 1.0): backslash, double quote, and every control character.
+fn escape_basic(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -530,6 +530,62 @@ url = "http://127.0.0.1:8080/"
         assert_eq!(out, "a = \"x#http://127.0.0.1:4566/000000000000/q\" # ${NOPE}\nb = '${LIT}'");
     }
 
+    /// A secret made of every character a naive paste would break or change (issue 34): quotes,
+    /// backslashes, `$`, `${`, line breaks, a tab, control characters, `#`, unicode, and the
+    /// delimiters of every TOML string.
+    const NASTY: &str = "a\"b'c\\d\\\"e$f${G}h\ni\r\tj#k\u{1}l\u{7f}ü€😀\"\"\"m'''n";
+
+    fn nasty_env(name: &str) -> Option<String> {
+        (name == "SECRET").then(|| NASTY.to_string()).or_else(|| env(name))
+    }
+
+    /// A command target whose `args` hold `values` (TOML text each): any text is a valid argument.
+    fn with_args(values: &str) -> String {
+        MINIMAL.replace("type = \"http\"\nurl = \"http://127.0.0.1:8080/\"", &format!("type = \"command\"\nprogram = \"/bin/true\"\nargs = [{values}]"))
+    }
+
+    fn args_of(c: &Config) -> Vec<String> {
+        match &c.pipelines[0].target.kind {
+            TargetKind::Command { args, .. } => args.clone(),
+            other => panic!("not a command target: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn interpolation_keeps_every_byte_of_a_value_in_basic_strings() {
+        for q in ["\"", "\"\"\""] {
+            let text = with_args(&format!("{q}Bearer ${{SECRET}}{q}, {q}${{UNSET:-x\\y\"z}}{q}"));
+            let c = parse(&text, &nasty_env).unwrap_or_else(|e| panic!("{q}: {e:?}"));
+            assert_eq!(args_of(&c), [format!("Bearer {NASTY}"), "x\\y\"z".to_string()], "in {q}...{q}");
+        }
+    }
+
+    #[test]
+    fn a_value_a_literal_string_cannot_hold_is_refused_naming_the_variable() {
+        for q in ["'", "'''"] {
+            let p: Vec<String> = parse(&with_args(&format!("{q}${{SECRET}}{q}")), &nasty_env)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(p[0].contains("SECRET") && p[0].contains("literal string"), "{p:?}");
+            assert!(!p[0].contains("a\"b"), "the value is never shown: {p:?}");
+        }
+        // what a literal string can hold arrives unchanged: backslashes, double quotes, `$`
+        let plain = |n: &str| (n == "PLAIN").then(|| r#"C:\dir "q" $x"#.to_string());
+        assert_eq!(args_of(&parse(&with_args("'${PLAIN}'"), &plain).unwrap()), [r#"C:\dir "q" $x"#]);
+    }
+
+    #[test]
+    fn outside_quotes_a_value_is_a_number_boolean_or_date_only() {
+        let text = MINIMAL.replace("name = \"p\"", "name = \"p\"\ndepth_interval_secs = ${SECRET}");
+        let p: Vec<String> = parse(&text, &nasty_env).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("SECRET") && p[0].contains("quote"), "{p:?}");
+        // numbers keep working unquoted (interpolation_substitutes_values_and_defaults_but_not_comments)
+    }
+
     #[test]
     fn missing_variable_names_the_variable_and_line() {
         let p = problems("\n\nx = \"${NOT_SET}\"");
