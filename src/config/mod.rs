@@ -541,7 +541,10 @@ url = "http://127.0.0.1:8080/"
 
     /// A command target whose `args` hold `values` (TOML text each): any text is a valid argument.
     fn with_args(values: &str) -> String {
-        MINIMAL.replace("type = \"http\"\nurl = \"http://127.0.0.1:8080/\"", &format!("type = \"command\"\nprogram = \"/bin/true\"\nargs = [{values}]"))
+        MINIMAL.replace(
+            "type = \"http\"\nurl = \"http://127.0.0.1:8080/\"",
+            &format!("type = \"command\"\nprogram = \"/bin/true\"\nargs = [{values}]"),
+        )
     }
 
     fn args_of(c: &Config) -> Vec<String> {
