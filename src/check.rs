@@ -21,7 +21,10 @@ impl Display for Resolved<'_> {
             f,
             "listen {}  admin {}  grace_period {}s",
             c.listen,
-            c.admin_listen.map_or_else(|| "off".to_string(), |a| a.to_string()),
+            c.admin_listen.map_or_else(
+                || "off".to_string(),
+                |a| if c.admin_token.is_some() { format!("{a} (bearer token)") } else { a.to_string() }
+            ),
             c.grace_period.as_secs()
         )?;
         if let Some(e) = &c.aws.sqs_endpoint_url {

@@ -105,7 +105,7 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
     let telemetry = clients.telemetry.clone();
     let health = server::Health::new(shutdown.drain.clone());
     let registry = admin::Registry::default();
-    let admin = bind_admin(config.admin_listen).await?;
+    let admin = bind_admin(config.admin_listen, config.admin_token.clone()).await?;
     let hash = reloads.as_ref().and_then(|r| config::file_hash(&r.path));
     let pipelines = config.pipelines.len();
     let mut supervisor =
@@ -123,15 +123,18 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
     result
 }
 
-/// The admin API's listener, when `server.admin_listen` is set.
-async fn bind_admin(addr: Option<std::net::SocketAddr>) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+/// The admin API's listener and who may use it, when `server.admin_listen` is set.
+async fn bind_admin(
+    addr: Option<std::net::SocketAddr>,
+    token: Option<config::Secret>,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, admin::Gate)>> {
     let Some(addr) = addr else { return Ok(None) };
     let listener = server::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (server.admin_listen; \"\" turns the admin API off)"))?;
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!(listen = %bound, "admin API: GET /pipelines, POST /pipelines/NAME/pause, POST /pipelines/NAME/resume");
-    Ok(Some(listener))
+    Ok(Some((listener, admin::Gate::new(token, addr))))
 }
 
 /// The service's own tasks — the metrics server, the admin API, the metrics' upkeep, the systemd
@@ -145,7 +148,7 @@ struct ServiceTasks {
 impl ServiceTasks {
     fn start(
         listener: tokio::net::TcpListener,
-        admin: Option<tokio::net::TcpListener>,
+        admin: Option<(tokio::net::TcpListener, admin::Gate)>,
         prometheus: metrics_exporter_prometheus::PrometheusHandle,
         health: server::Health,
         registry: admin::Registry,
@@ -153,8 +156,8 @@ impl ServiceTasks {
     ) -> ServiceTasks {
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         tasks.spawn(server::serve(listener, prometheus.clone(), health.clone(), stop.clone()));
-        if let Some(l) = admin {
-            tasks.spawn(admin::serve(l, registry, stop.clone()));
+        if let Some((l, gate)) = admin {
+            tasks.spawn(admin::serve(l, gate, registry, stop.clone()));
         }
         tasks.spawn(metrics_upkeep(prometheus, stop.clone()));
         tasks.spawn(notify_systemd(health, shutdown.drain.clone(), stop.clone()));

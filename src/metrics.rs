@@ -51,6 +51,10 @@ pub const LEASES_EXPIRED: &str = "sqs_poller_leases_expired_total";
 pub const RECEIPT_REJECTIONS: &str = "sqs_poller_receipt_rejections_total";
 pub const THROTTLE_RELEASES: &str = "sqs_poller_throttle_released_messages_total";
 pub const LARGE_PAYLOADS: &str = "sqs_poller_large_payloads_total";
+pub const ADMIN_REFUSED: &str = "sqs_poller_admin_refused_total";
+/// The reasons the admin API refuses a request (`reason` label): no or a wrong bearer token, a
+/// Host that is not a loopback name, a foreign Origin.
+pub const ADMIN_REFUSALS: [&str; 3] = ["token", "host", "origin"];
 pub const BATCHES_BISECTED: &str = "sqs_poller_batches_bisected_total";
 pub const WORKER_OUTPUT_OVERFLOWS: &str = "sqs_poller_worker_output_overflows_total";
 pub const QUEUE_MESSAGES: &str = "sqs_poller_queue_messages";
@@ -181,6 +185,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Counter, SQS_REQUESTS, Some(Unit::Count), "SQS API requests by operation and outcome (ok, error); SQS bills per request."),
     (Kind::Counter, SQS_ERRORS, Some(Unit::Count), "Failed SQS requests by operation and kind (throttled, server_error, timeout, connection, bad_response, rejected); all but rejected are retried with backoff."),
     (Kind::Gauge, BUILD_INFO, None, "Build information; the value is always 1."),
+    (Kind::Counter, ADMIN_REFUSED, Some(Unit::Count), "Requests the admin API refused, by reason: token (none or a wrong one), host (not a loopback name, on a loopback listener), origin (a web page of another origin)."),
     (Kind::Counter, LARGE_PAYLOADS, Some(Unit::Count), "SQS Extended Client payloads fetched from S3, by outcome: fetched, failed (the message failed with the reason)."),
     (Kind::Counter, BATCHES_BISECTED, Some(Unit::Count), "Batches that failed as a whole and were split in halves to find the poison messages (retry.on_batch_error = \"bisect\")."),
     (Kind::Gauge, PAUSED, Some(Unit::Count), "1 while the pipeline does not receive: paused through the admin API, or its target's health check fails."),

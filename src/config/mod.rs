@@ -32,6 +32,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the admin API (`GET /pipelines`, pause, resume); `None`: off.
     pub admin_listen: Option<SocketAddr>,
+    /// The admin API's bearer token (`server.admin_token_file` or `admin_token_env`); required
+    /// when `admin_listen` is not a loopback address.
+    pub admin_token: Option<Secret>,
     /// How long a drain may take after SIGTERM before what is left is released.
     pub grace_period: Duration,
     /// `[pools.NAME]`: worker pools that several pipelines share (`target.pool`).
@@ -399,7 +402,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             vec![Problem { path, reason }]
         })?
     };
-    validate(raw)
+    validate(raw, env)
 }
 
 fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
@@ -686,6 +689,42 @@ url = "http://127.0.0.1:8080/"
         let p = problems(&text);
         assert!(p.contains(&"pipelines[0].target.program: does not apply to target type `http`".to_string()), "{p:?}");
         assert!(p.contains(&"pipelines[0].target.url: is required".to_string()), "{p:?}");
+    }
+
+    /// Issue 34: the admin API anywhere but loopback needs a bearer token; the token is read from
+    /// a file or a variable, checked, and never shown.
+    #[test]
+    fn an_admin_api_beyond_loopback_needs_a_token_that_is_never_shown() {
+        let open = format!("[server]\nadmin_listen = \"0.0.0.0:9465\"\n{MINIMAL}");
+        let p = problems(&open);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("server.admin_listen: `0.0.0.0:9465` is not a loopback address"), "{p:?}");
+        assert!(p[0].contains("admin_token_file"), "{p:?}");
+
+        let token = "0123456789abcdef0123456789abcdef";
+        let with_env = |name: &str| (name == "ADMIN_TOKEN").then(|| format!("{token}\n"));
+        let text = format!("[server]\nadmin_listen = \"0.0.0.0:9465\"\nadmin_token_env = \"ADMIN_TOKEN\"\n{MINIMAL}");
+        let c = parse(&text, &with_env).unwrap();
+        assert_eq!(c.admin_token.as_ref().map(|s| s.0.as_str()), Some(token), "trimmed");
+        assert!(!format!("{c:?}").contains(token), "Debug never shows it");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let text =
+            format!("[server]\nadmin_listen = \"[::]:9465\"\nadmin_token_file = \"{}\"\n{MINIMAL}", file.display());
+        assert_eq!(parse(&text, &env).unwrap().admin_token.unwrap().0, token);
+
+        std::fs::write(&file, "short-secret\n").unwrap();
+        let p = problems(&text);
+        assert!(p.iter().any(|l| l.starts_with("server.admin_token_file: the token must be at least 16")), "{p:?}");
+        assert!(!p.iter().any(|l| l.contains("short-secret")), "never shown: {p:?}");
+        let p = problems(&text.replace(&file.display().to_string(), "/nonexistent/token"));
+        assert!(p.iter().any(|l| l.starts_with("server.admin_token_file: cannot read `/nonexistent/token`")), "{p:?}");
+        let both = format!("[server]\nadmin_token_env = \"A\"\nadmin_token_file = \"{}\"\n{MINIMAL}", file.display());
+        assert!(problems(&both)[0].contains("not both"));
+        let unset = format!("[server]\nadmin_token_env = \"NOT_SET_ANYWHERE\"\n{MINIMAL}");
+        assert!(problems(&unset)[0].contains("NOT_SET_ANYWHERE is not set"));
     }
 
     #[test]

@@ -63,6 +63,8 @@ struct RawAws {
 struct RawServer {
     listen: Option<String>,
     admin_listen: Option<String>,
+    admin_token_file: Option<String>,
+    admin_token_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,16 +254,17 @@ impl Checker {
     }
 }
 
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+pub(super) fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<Problem>> {
     let mut c = Checker { problems: Vec::new() };
     let aws = validate_aws(&mut c, raw.aws);
-    let (listen, admin_listen) = validate_server(&mut c, raw.server);
+    let Server { listen, admin_listen, admin_token } = validate_server(&mut c, raw.server, env);
     let grace = c.ranged("shutdown.grace_period_secs", raw.shutdown.grace_period_secs, 30, 1, 3600);
     let pools = validate_pools(&mut c, raw.pools);
     let telemetry = validate_telemetry(&mut c, raw.telemetry);
     let pipelines = validate_pipelines(&mut c, raw.pipelines, &pools, grace);
     if c.problems.is_empty() {
-        Ok(Config { aws, listen, admin_listen, grace_period: Duration::from_secs(grace), pools, telemetry, pipelines })
+        let grace_period = Duration::from_secs(grace);
+        Ok(Config { aws, listen, admin_listen, admin_token, grace_period, pools, telemetry, pipelines })
     } else {
         Err(c.problems)
     }
@@ -287,8 +290,16 @@ fn validate_aws(c: &mut Checker, raw: RawAws) -> AwsConfig {
     }
 }
 
-/// `[server]`: the metrics address, and the admin API's (loopback by default; "" turns it off).
-fn validate_server(c: &mut Checker, raw: RawServer) -> (SocketAddr, Option<SocketAddr>) {
+/// `[server]`, checked.
+struct Server {
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    admin_token: Option<Secret>,
+}
+
+/// `[server]`: the metrics address, and the admin API's (loopback by default; "" turns it off)
+/// with its bearer token, which any address but loopback requires.
+fn validate_server(c: &mut Checker, raw: RawServer, env: &dyn Fn(&str) -> Option<String>) -> Server {
     let listen_text = raw.listen.unwrap_or_else(|| "0.0.0.0:9464".to_string());
     let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
         c.fail("server.listen", format!("`{listen_text}` is not an address:port such as 0.0.0.0:9464"));
@@ -319,7 +330,58 @@ fn validate_server(c: &mut Checker, raw: RawServer) -> (SocketAddr, Option<Socke
             }
         }
     };
-    (listen, admin_listen)
+    let admin_token = admin_token(c, raw.admin_token_file, raw.admin_token_env, env);
+    if let Some(a) = admin_listen.filter(|a| !a.ip().is_loopback()) {
+        if admin_token.is_none() && !c.rejected("server.admin_token_file") && !c.rejected("server.admin_token_env") {
+            c.fail(
+                "server.admin_listen",
+                format!("`{a}` is not a loopback address: anyone who reaches it could pause pipelines; set server.admin_token_file (or admin_token_env) to require a bearer token, or listen on 127.0.0.1"),
+            );
+        }
+    }
+    Server { listen, admin_listen, admin_token }
+}
+
+/// The shortest admin token accepted (bytes): a guessable token is no token.
+const MIN_ADMIN_TOKEN: usize = 16;
+
+/// The admin API's bearer token, from a file (its first line, surrounding whitespace trimmed)
+/// or an environment variable; never shown in a problem.
+fn admin_token(
+    c: &mut Checker,
+    file: Option<String>,
+    var: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Secret> {
+    let (key, token) = match (file, var) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            c.fail("server.admin_token_env", "set server.admin_token_file or server.admin_token_env, not both");
+            return None;
+        }
+        (Some(path), None) => match std::fs::read_to_string(&path) {
+            Ok(text) => ("server.admin_token_file", text.lines().next().unwrap_or("").trim().to_string()),
+            Err(e) => {
+                c.fail("server.admin_token_file", format!("cannot read `{path}`: {e}"));
+                return None;
+            }
+        },
+        (None, Some(name)) => match env(&name) {
+            Some(value) => ("server.admin_token_env", value.trim().to_string()),
+            None => {
+                c.fail("server.admin_token_env", format!("environment variable {name} is not set"));
+                return None;
+            }
+        },
+    };
+    if token.len() < MIN_ADMIN_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        c.fail(
+            key,
+            format!("the token must be at least {MIN_ADMIN_TOKEN} visible ASCII characters (e.g. `openssl rand -hex 32`); not shown"),
+        );
+        return None;
+    }
+    Some(Secret(token))
 }
 
 /// `[pools.NAME]`: shared concurrency for the pipelines that name them.

@@ -171,3 +171,96 @@ async fn pollers_wait_while_the_worker_health_check_fails() {
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
+
+/// The token of the tests below: long enough, never in the service's log.
+const TOKEN: &str = "s3cr3t-t0ken-0123456789abcdef";
+
+async fn state_of(url: &str, auth: &[(&str, &str)]) -> String {
+    let (status, body) = http_request("GET", url, auth).await.expect("the admin API answers");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["state"].as_str().unwrap().to_string()
+}
+
+/// Issue 34: with `server.admin_token_file` every request needs `Authorization: Bearer TOKEN`;
+/// a missing or wrong one is refused (401) and counted, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_wants_its_bearer_token_and_counts_every_refusal() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("admin-token", &[]).await;
+    let worker = worker(|_| Reply::ok("")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let header = format!(
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n[shutdown]\ngrace_period_secs = 5\n",
+        sqs.endpoint,
+        token_file.display()
+    );
+    let text =
+        header.clone() + &http_pipeline("admintoken", &queue, &worker.url, "[pipelines.pollers]\nwait_time_secs = 1");
+    let env = [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")];
+    let mut poller = spawn_poller_config(&header, &text, &env, &[]);
+    poller.wait_listening().await;
+    eventually("the admin API listens", Duration::from_secs(15), || async { poller.log_text().contains("admin API:") })
+        .await;
+    let url = format!("{}/pipelines/admintoken", poller.admin_url());
+    let bearer = format!("Bearer {TOKEN}");
+    let right = [("authorization", bearer.as_str())];
+
+    let (status, body) = http_request("GET", &url, &[]).await.unwrap();
+    assert_eq!(status, 401, "no token: {body}");
+    assert!(body.contains("bearer token"), "{body}");
+    let wrong = [("authorization", "Bearer s3cr3t-t0ken-0123456789abcdeX")];
+    let (status, _) = http_request("POST", &format!("{url}/pause"), &wrong).await.unwrap();
+    assert_eq!(status, 401, "a wrong token");
+    let (status, _) = http_request("POST", &format!("{url}/pause"), &[("authorization", TOKEN)]).await.unwrap();
+    assert_eq!(status, 401, "the token without `Bearer `");
+    assert_ne!(state_of(&url, &right).await, "paused", "a refused POST changed nothing");
+
+    let (status, body) = http_request("POST", &format!("{url}/pause"), &right).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state_of(&url, &right).await, "paused");
+    assert_eq!(poller.metric("sqs_poller_admin_refused_total{reason=\"token\"}").await, 3.0);
+    assert_eq!(poller.metric("sqs_poller_admin_refused_total{reason=\"host\"}").await, 0.0);
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(TOKEN), "the token is never logged:\n{log}");
+}
+
+/// Issue 34: on loopback a web page in a browser on the same host must not reach the admin API:
+/// a Host that is not a loopback name (DNS rebinding) and a foreign Origin (a cross-site POST)
+/// are refused (403) and counted; a page of this machine (`http://localhost:3000`) may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_loopback_a_foreign_host_or_origin_is_refused() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("admin-origin", &[]).await;
+    let worker = worker(|_| Reply::ok("")).await;
+    let poller = start_poller(
+        &sqs,
+        5,
+        &http_pipeline("adminorigin", &queue, &worker.url, "[pipelines.pollers]\nwait_time_secs = 1"),
+    )
+    .await;
+    let url = format!("{}/pipelines/adminorigin", poller.admin_url());
+    let port = url.rsplit_once(':').unwrap().1.split('/').next().unwrap().to_string();
+
+    let rebound = format!("attacker.example:{port}");
+    let (status, body) = http_request("GET", &url, &[("host", &rebound)]).await.unwrap();
+    assert_eq!(status, 403, "a rebound name: {body}");
+    for origin in ["http://attacker.example", "null", "http://127.0.0.1.attacker.example"] {
+        let (status, body) = http_request("POST", &format!("{url}/pause"), &[("origin", origin)]).await.unwrap();
+        assert_eq!(status, 403, "origin {origin}: {body}");
+    }
+    assert_ne!(state_of(&url, &[]).await, "paused", "a refused POST changed nothing");
+    for host in [format!("localhost:{port}"), format!("[::1]:{port}"), format!("127.0.0.1:{port}")] {
+        let (status, body) = http_request("GET", &url, &[("host", &host)]).await.unwrap();
+        assert_eq!(status, 200, "host {host}: {body}");
+    }
+    let (status, body) =
+        http_request("POST", &format!("{url}/pause"), &[("origin", "http://localhost:3000")]).await.unwrap();
+    assert_eq!(status, 200, "a page of this machine: {body}");
+    assert_eq!(poller.metric("sqs_poller_admin_refused_total{reason=\"host\"}").await, 1.0);
+    assert_eq!(poller.metric("sqs_poller_admin_refused_total{reason=\"origin\"}").await, 3.0);
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+}

@@ -202,8 +202,14 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // the process-wide series: the build, and the configuration file (reloads are not a pipeline's)
-    let process_wide = ["sqs_poller_build_info", "sqs_poller_config_reloads_total", "sqs_poller_config_info"];
+    // the process-wide series: the build, the configuration file (reloads are not a pipeline's),
+    // the admin API's refusals
+    let process_wide = [
+        "sqs_poller_build_info",
+        "sqs_poller_config_reloads_total",
+        "sqs_poller_config_info",
+        "sqs_poller_admin_refused_total",
+    ];
     for line in
         metrics.lines().filter(|l| l.starts_with("sqs_poller_") && !process_wide.iter().any(|p| l.starts_with(p)))
     {

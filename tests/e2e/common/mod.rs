@@ -778,6 +778,7 @@ pub fn assert_bounded_labels(text: &str, pipelines: &[&str]) {
             }
             "queue" => ["source", "dead_letter"].contains(&value),
             "to" => sqs_poller::metrics::BREAKER_PHASES.contains(&value),
+            "reason" => sqs_poller::metrics::ADMIN_REFUSALS.contains(&value),
             "call" => sqs_poller::metrics::RECEIPT_CALLS.contains(&value),
             "code" => value == "other" || sqs_poller::sqs::PERMANENT_CODES.contains(&value),
             "version" => value == env!("CARGO_PKG_VERSION"),
@@ -825,6 +826,28 @@ pub async fn http_post(url: &str) -> Option<(u16, String)> {
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
     let req = Request::post(url).body(Full::new(Bytes::new())).ok()?;
     let res = tokio::time::timeout(Duration::from_secs(5), client.request(req)).await.ok()?.ok()?;
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A request with chosen headers (a `Host` given here replaces the URL's) over plain HTTP;
+/// `None` when nothing answers.
+pub async fn http_request(method: &str, url: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).set_host(false).build_http();
+    let uri: hyper::Uri = url.parse().ok()?;
+    let mut req = Request::builder().method(method).uri(&uri);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", uri.authority()?.as_str());
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = tokio::time::timeout(Duration::from_secs(5), client.request(req.body(Full::new(Bytes::new())).ok()?))
+        .await
+        .ok()?
+        .ok()?;
     let status = res.status().as_u16();
     let body = res.into_body().collect().await.ok()?.to_bytes();
     Some((status, String::from_utf8_lossy(&body).into_owned()))
