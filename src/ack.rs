@@ -47,7 +47,8 @@ impl AckPlan {
 /// Decides the fate of each message. `jitter` yields numbers in `[0, 1)`.
 ///
 /// `max_receive_count` is the dead-letter threshold when `[pipelines.dead_letter]` is set: a
-/// failed message that has been received that many times is dead-lettered instead of retried.
+/// failed message that has been received that many times is dead-lettered instead of retried,
+/// and so is one that can never succeed (its large payload's bucket is not allowed) at once.
 ///
 /// FIFO (`fifo`): only the first failed message of each group failed on its own; the later
 /// messages of that group in the batch were stopped behind it (never processed, whatever the
@@ -77,7 +78,7 @@ pub fn plan(
         let stopped_behind = group.is_some_and(|g| group_backoff.contains_key(g));
         if !failed[i] {
             out.delete.push(i);
-        } else if !stopped_behind && max_receive_count.is_some_and(|max| m.receive_count >= max) {
+        } else if !stopped_behind && max_receive_count.is_some_and(|max| m.receive_count >= max || refused(m)) {
             out.dead_letter.push(i);
             if let Some(g) = group {
                 // the group's later messages go back at once: their failure is gone
@@ -93,6 +94,11 @@ pub fn plan(
         }
     }
     out
+}
+
+/// A message whose payload was refused (never to be fetched): no retry can help it.
+fn refused(m: &ReceivedMessage) -> bool {
+    m.unresolved.as_ref().is_some_and(|u| u.refused)
 }
 
 impl AckPlan {
@@ -261,6 +267,8 @@ impl Acker {
             let record = m.record();
             let mut attributes: HashMap<String, MessageAttributeValue> =
                 record.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), attribute_to_sqs(v)?))).collect();
+            // a message that failed for a reason of its own (its payload) carries that reason
+            let reason = m.unresolved.as_ref().map_or(reason, |u| u.reason.as_str());
             add_dead_letter_attributes(&mut attributes, &self.pipeline, reason, m.receive_count);
             // SQS rejects a deduplication id on a standard queue; a group id it accepts (fair queues)
             let dedup = (dlq_fifo && m.group_id.is_some()).then_some(m.message_id.as_str());
@@ -426,6 +434,22 @@ mod tests {
         let p = plan(&b, &Verdict::AllFailed("boom".into()), &retry(1, 300), None, false, &mut || 1.0);
         assert_eq!(p.retry.len(), 3);
         assert_eq!(p.failed(), 3);
+    }
+
+    /// Issue 34: a message whose large payload was refused (a bucket outside `allowed_buckets`)
+    /// can never succeed: with a dead-letter queue it goes there on its first receive; without
+    /// one it goes back, as any failure.
+    #[test]
+    fn a_refused_payload_is_dead_lettered_at_once_or_retried_without_a_dead_letter_queue() {
+        let mut b = batch(&[1, 1]);
+        b[0].unresolved = Some(Box::new(crate::event::Unresolved { reason: "not allowed".into(), refused: true }));
+        b[1].unresolved = Some(Box::new(crate::event::Unresolved { reason: "404".into(), refused: false }));
+        let failed = Verdict::Partial(vec![0, 1]);
+        let p = plan(&b, &failed, &retry(1, 300), Some(5), false, &mut || 1.0);
+        assert_eq!(p.dead_letter, vec![0], "refused: at once");
+        assert_eq!(p.retry, vec![(1, 1)], "a fetch that failed may work next time");
+        let p = plan(&b, &failed, &retry(1, 300), None, false, &mut || 1.0);
+        assert_eq!(p.retry.len(), 2, "no dead-letter section: back, as any failure");
     }
 
     #[test]

@@ -89,6 +89,10 @@ fn pipeline(f: &mut Formatter<'_>, p: &Pipeline) -> fmt::Result {
             l.concurrency,
             if l.delete_after_success { ", objects deleted after success" } else { "" }
         )?;
+        if let Some(list) = &l.allowed_buckets {
+            let names: Vec<String> = list.iter().map(|a| format!("{}/{}", a.bucket, a.prefix)).collect();
+            writeln!(f, "             only from {} (other pointers are refused)", names.join(", "))?;
+        }
     }
     if let Some(url) = &p.target.health_url {
         writeln!(f, "  health     {url} (pollers pause while it fails)")?;

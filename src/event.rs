@@ -90,7 +90,17 @@ pub struct ReceivedMessage {
     /// pointer body SQS carried.
     pub s3_object: Option<Box<Offloaded>>,
     /// Why its payload could not be fetched: it fails without being dispatched.
-    pub unresolved: Option<Box<str>>,
+    pub unresolved: Option<Box<Unresolved>>,
+}
+
+/// Why a message's large payload is not there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    /// For the log, and the dead-letter copy's `sqs-poller.reason`.
+    pub reason: String,
+    /// Refused, never to be fetched (a bucket outside `large_payloads.allowed_buckets`): it goes
+    /// to the dead-letter queue at once rather than after `max_receive_count` tries.
+    pub refused: bool,
 }
 
 /// A message SQS returned without the fields every message has.

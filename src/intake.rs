@@ -74,12 +74,17 @@ impl Intake {
         for (m, s3_object, unresolved) in resolved {
             let mut m = ReceivedMessage::from_sqs(m, &self.source).expect("id and receipt handle checked above");
             self.leases.hold_record(&m.message_id, &m.record_json);
-            if let Some(reason) = &unresolved {
-                tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload could not be fetched; the message fails");
+            if let Some(u) = &unresolved {
+                let reason = &u.reason;
+                if u.refused {
+                    tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload pointer names a bucket outside large_payloads.allowed_buckets: not fetched; the message fails for good");
+                } else {
+                    tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload could not be fetched; the message fails");
+                }
             }
             // boxed: most messages have neither, and every message in flight carries the fields
             m.s3_object = s3_object.map(Box::new);
-            m.unresolved = unresolved.map(String::into_boxed_str);
+            m.unresolved = unresolved.map(Box::new);
             if let Some(sent) = m.sent_timestamp_ms {
                 let age_ms = now_ms.saturating_sub(sent);
                 oldest_ms = oldest_ms.max(age_ms);

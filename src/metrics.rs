@@ -186,7 +186,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Counter, SQS_ERRORS, Some(Unit::Count), "Failed SQS requests by operation and kind (throttled, server_error, timeout, connection, bad_response, rejected); all but rejected are retried with backoff."),
     (Kind::Gauge, BUILD_INFO, None, "Build information; the value is always 1."),
     (Kind::Counter, ADMIN_REFUSED, Some(Unit::Count), "Requests the admin API refused, by reason: token (none or a wrong one), host (not a loopback name, on a loopback listener), origin (a web page of another origin)."),
-    (Kind::Counter, LARGE_PAYLOADS, Some(Unit::Count), "SQS Extended Client payloads fetched from S3, by outcome: fetched, failed (the message failed with the reason)."),
+    (Kind::Counter, LARGE_PAYLOADS, Some(Unit::Count), "SQS Extended Client payloads fetched from S3, by outcome: fetched, failed (the message failed with the reason), refused (a bucket outside large_payloads.allowed_buckets: never fetched)."),
     (Kind::Counter, BATCHES_BISECTED, Some(Unit::Count), "Batches that failed as a whole and were split in halves to find the poison messages (retry.on_batch_error = \"bisect\")."),
     (Kind::Gauge, PAUSED, Some(Unit::Count), "1 while the pipeline does not receive: paused through the admin API, or its target's health check fails."),
     (Kind::Counter, CONFIG_RELOADS, Some(Unit::Count), "Configuration reloads (SIGHUP) by outcome: ok, error (the file was rejected; the running configuration kept going)."),
@@ -260,11 +260,12 @@ pub struct IntakeMetrics {
     pub message_age: Histogram,
 }
 
-/// Large payloads fetched from S3 (or not).
+/// Large payloads fetched from S3 (or not, or refused: a bucket outside `allowed_buckets`).
 #[derive(Clone)]
 pub struct PayloadMetrics {
     pub fetched: Counter,
     pub failed: Counter,
+    pub refused: Counter,
 }
 
 /// The lease keeper: room, extensions, releases, duplicates.
@@ -474,6 +475,7 @@ impl PayloadMetrics {
         PayloadMetrics {
             fetched: s.by_outcome(LARGE_PAYLOADS, "fetched"),
             failed: s.by_outcome(LARGE_PAYLOADS, "failed"),
+            refused: s.by_outcome(LARGE_PAYLOADS, "refused"),
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::aws::s3::S3;
 use crate::aws::SqsMessage;
-pub use crate::event::{Offloaded, S3Pointer};
+pub use crate::event::{Offloaded, S3Pointer, Unresolved};
 
 /// The pointer classes the extended clients write.
 const POINTER_CLASSES: [&str; 2] =
@@ -67,16 +67,18 @@ pub struct PayloadStore {
     max_bytes: usize,
     timeout: Duration,
     pub delete_after_success: bool,
+    /// `allowed_buckets` and the rest of the section, for [`crate::config::LargePayloadConfig::allows`].
+    config: crate::config::LargePayloadConfig,
     fetched: metrics::Counter,
     failed: metrics::Counter,
+    refused: metrics::Counter,
 }
 
 impl PayloadStore {
     pub fn new(
         s3: Arc<S3>,
         config: &crate::config::LargePayloadConfig,
-        fetched: metrics::Counter,
-        failed: metrics::Counter,
+        counters: &crate::metrics::PayloadMetrics,
     ) -> Self {
         PayloadStore {
             s3,
@@ -84,8 +86,10 @@ impl PayloadStore {
             max_bytes: config.max_bytes,
             timeout: config.fetch_timeout,
             delete_after_success: config.delete_after_success,
-            fetched,
-            failed,
+            config: config.clone(),
+            fetched: counters.fetched.clone(),
+            failed: counters.failed.clone(),
+            refused: counters.refused.clone(),
         }
     }
 
@@ -141,7 +145,7 @@ impl PayloadStore {
 
 /// A received message with its payload in `body` when it was offloaded: the pointer, and why
 /// the payload could not be fetched, if it could not.
-pub type Resolved = (SqsMessage, Option<Offloaded>, Option<String>);
+pub type Resolved = (SqsMessage, Option<Offloaded>, Option<Unresolved>);
 
 /// Fetches the payloads of the messages that are extended-client pointers (a pointer body and
 /// a size attribute), concurrently within the store's limits.
@@ -152,6 +156,15 @@ pub async fn resolve(store: &PayloadStore, messages: Vec<SqsMessage>) -> Vec<Res
             return (m, None, None);
         };
         let pointer_body: Box<str> = m.body.as_deref().unwrap_or_default().into();
+        // a producer names the object: only the buckets the operator listed are read
+        if !store.config.allows(&pointer.bucket, &pointer.key) {
+            store.refused.increment(1);
+            let reason = format!(
+                "s3://{}/{}: bucket `{}` (or this key) is not in large_payloads.allowed_buckets; not fetched",
+                pointer.bucket, pointer.key, pointer.bucket
+            );
+            return (m, Some(Offloaded { pointer, pointer_body }), Some(Unresolved { reason, refused: true }));
+        }
         match store.fetch(&pointer).await.and_then(|bytes| {
             String::from_utf8(bytes.to_vec())
                 .map_err(|_| format!("s3://{}/{}: the payload is not UTF-8 text", pointer.bucket, pointer.key))
@@ -160,7 +173,7 @@ pub async fn resolve(store: &PayloadStore, messages: Vec<SqsMessage>) -> Vec<Res
                 m.body = Some(body);
                 (m, Some(Offloaded { pointer, pointer_body }), None)
             }
-            Err(reason) => (m, Some(Offloaded { pointer, pointer_body }), Some(reason)),
+            Err(reason) => (m, Some(Offloaded { pointer, pointer_body }), Some(Unresolved { reason, refused: false })),
         }
     }))
     .await

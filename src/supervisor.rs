@@ -242,14 +242,10 @@ impl Supervisor {
             shutdown: shutdown.clone(),
             ready: reachability,
             control: control.clone(),
-            payloads: p.large_payloads.as_ref().map(|l| {
-                Arc::new(crate::payload::PayloadStore::new(
-                    self.clients.s3.clone(),
-                    l,
-                    m.payloads.fetched.clone(),
-                    m.payloads.failed.clone(),
-                ))
-            }),
+            payloads: p
+                .large_payloads
+                .as_ref()
+                .map(|l| Arc::new(crate::payload::PayloadStore::new(self.clients.s3.clone(), l, &m.payloads))),
         };
         self.registry.insert(
             &p.name,

@@ -14,6 +14,18 @@ use bytes::{Bytes, BytesMut};
 
 use super::Aws;
 
+/// Buckets whose region is remembered, at most: producers name the buckets, and without
+/// `large_payloads.allowed_buckets` any number of them (a bucket past the cap still has its
+/// redirect followed, once per request).
+const MAX_REMEMBERED_BUCKETS: usize = 1024;
+
+/// Remembers `bucket`'s region unless `regions` already holds `cap` other buckets.
+fn remember_region(regions: &mut HashMap<String, String>, bucket: &str, region: &str, cap: usize) {
+    if regions.len() < cap || regions.contains_key(bucket) {
+        regions.insert(bucket.to_string(), region.to_string());
+    }
+}
+
 /// An S3 client per region a bucket lives in.
 pub struct S3 {
     aws: Aws,
@@ -97,7 +109,12 @@ impl S3 {
             return None;
         }
         tracing::info!(bucket, region = %region, "the bucket lives in another region; following it");
-        self.bucket_regions.lock().expect("bucket regions").insert(bucket.to_string(), region.clone());
+        remember_region(
+            &mut self.bucket_regions.lock().expect("bucket regions"),
+            bucket,
+            &region,
+            MAX_REMEMBERED_BUCKETS,
+        );
         Some(region)
     }
 
@@ -175,5 +192,19 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
             }
         }
         other => crate::net::error_chain(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn remembered_regions_stop_at_the_cap() {
+        let mut regions = std::collections::HashMap::new();
+        for i in 0..10 {
+            super::remember_region(&mut regions, &format!("bucket-{i}"), "eu-west-1", 4);
+        }
+        assert_eq!(regions.len(), 4, "bounded however many buckets producers name");
+        super::remember_region(&mut regions, "bucket-0", "us-west-2", 4);
+        assert_eq!(regions["bucket-0"], "us-west-2", "a remembered bucket's region is still updated");
     }
 }

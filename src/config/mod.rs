@@ -119,6 +119,26 @@ pub struct LargePayloadConfig {
     pub fetch_timeout: std::time::Duration,
     /// Delete the S3 object once its message was processed and deleted.
     pub delete_after_success: bool,
+    /// `allowed_buckets`: the only buckets (and key prefixes) pointers may name; `None`: any
+    /// bucket the service's role can read. A pointer elsewhere is never fetched.
+    pub allowed_buckets: Option<Vec<AllowedBucket>>,
+}
+
+/// One entry of `large_payloads.allowed_buckets`: `bucket`, or `bucket/prefix` (keys that start
+/// with `prefix`, as written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedBucket {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl LargePayloadConfig {
+    /// Whether a pointer may name `bucket`/`key`.
+    pub fn allows(&self, bucket: &str, key: &str) -> bool {
+        self.allowed_buckets
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|a| a.bucket == bucket && key.starts_with(&a.prefix)))
+    }
 }
 
 /// Defaults of the keys that have no fixed default in the contract.
@@ -788,6 +808,30 @@ url = "http://127.0.0.1:8080/"
         assert_eq!((l.max_bytes, l.concurrency, l.delete_after_success), (64 * 1024 * 1024, 8, false));
         let p = problems(&format!("{MINIMAL}[pipelines.large_payloads]\nconcurrency = 0\n"));
         assert!(p[0].starts_with("pipelines[0].large_payloads.concurrency: 0 is out of range"), "{p:?}");
+    }
+
+    /// Issue 34: the buckets (and key prefixes) pointers may name; `delete_after_success` needs
+    /// the list, since the service deletes what a pointer names.
+    #[test]
+    fn allowed_buckets_are_s3_names_with_optional_prefixes_and_delete_after_success_needs_them() {
+        let with = |list: &str| format!("{MINIMAL}[pipelines.large_payloads]\nallowed_buckets = {list}\n");
+        let c = parse(&with(r#"["payloads", "shared.bucket/tenant-a/"]"#), &env).unwrap();
+        let l = c.pipelines[0].large_payloads.clone().unwrap();
+        assert!(l.allows("payloads", "any/key") && l.allows("shared.bucket", "tenant-a/x"));
+        assert!(!l.allows("shared.bucket", "tenant-b/x"), "outside the prefix");
+        assert!(!l.allows("payloads-2", "k") && !l.allows("other", "k"), "another bucket");
+        let open = parse(&format!("{MINIMAL}[pipelines.large_payloads]\n"), &env).unwrap();
+        assert!(open.pipelines[0].large_payloads.as_ref().unwrap().allows("anything", "k"), "no list: any bucket");
+
+        for bad in ["Payloads", "ab", "-payloads", "pay_loads", "payloads-"] {
+            let p = problems(&with(&format!("[\"{bad}\"]")));
+            assert!(p[0].starts_with("pipelines[0].large_payloads.allowed_buckets: `"), "{bad}: {p:?}");
+            assert!(p[0].contains("is not an S3 bucket name"), "{bad}: {p:?}");
+        }
+        let p = problems(&with("[]"));
+        assert!(p[0].contains("an empty list would refuse every pointer"), "{p:?}");
+        let p = problems(&format!("{MINIMAL}[pipelines.large_payloads]\ndelete_after_success = true\n"));
+        assert!(p[0].starts_with("pipelines[0].large_payloads.allowed_buckets: delete_after_success deletes"), "{p:?}");
     }
 
     #[test]

@@ -100,6 +100,7 @@ struct RawLargePayloads {
     concurrency: Option<u64>,
     fetch_timeout_secs: Option<u64>,
     delete_after_success: Option<bool>,
+    allowed_buckets: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -666,7 +667,53 @@ fn validate_large_payloads(c: &mut Checker, at: &str, l: RawLargePayloads) -> La
             900,
         )),
         delete_after_success: l.delete_after_success.unwrap_or(false),
+        allowed_buckets: allowed_buckets(c, at, l.allowed_buckets, l.delete_after_success.unwrap_or(false)),
     }
+}
+
+/// `large_payloads.allowed_buckets`: S3 bucket names, each optionally with a key prefix
+/// (`bucket/prefix/`); required by `delete_after_success` (the service deletes what pointers name).
+fn allowed_buckets(
+    c: &mut Checker,
+    at: &str,
+    raw: Option<Vec<String>>,
+    delete_after_success: bool,
+) -> Option<Vec<AllowedBucket>> {
+    let key = format!("{at}.large_payloads.allowed_buckets");
+    let Some(raw) = raw else {
+        if delete_after_success {
+            c.fail(
+                &key,
+                "delete_after_success deletes whatever object a message's pointer names: list the buckets (and key prefixes) producers may use, e.g. allowed_buckets = [\"my-payloads\"]",
+            );
+        }
+        return None;
+    };
+    if raw.is_empty() {
+        c.fail(&key, "an empty list would refuse every pointer; list at least one bucket, or leave the key out");
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let (bucket, prefix) = entry.split_once('/').unwrap_or((entry.as_str(), ""));
+        if !valid_bucket_name(bucket) {
+            c.fail(
+                &key,
+                format!("`{entry}`: `{bucket}` is not an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens)"),
+            );
+        }
+        out.push(AllowedBucket { bucket: bucket.to_string(), prefix: prefix.to_string() });
+    }
+    Some(out)
+}
+
+/// S3's bucket naming rules (general purpose buckets): 3 to 63 characters of lowercase letters,
+/// digits, dots and hyphens, beginning and ending with a letter or digit.
+fn valid_bucket_name(name: &str) -> bool {
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && edge(name.bytes().next())
+        && edge(name.bytes().last())
 }
 
 fn placeholder_target() -> TargetConfig {

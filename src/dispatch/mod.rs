@@ -275,7 +275,8 @@ impl Dispatcher {
             }
         }
         if go.is_empty() {
-            let reason = batch.iter().find_map(|m| m.unresolved.as_deref()).unwrap_or_default().to_string();
+            let reason =
+                batch.iter().find_map(|m| m.unresolved.as_ref()).map_or_else(String::new, |u| u.reason.clone());
             return Outcome::Answered(Verdict::AllFailed(reason));
         }
         let part: Vec<ReceivedMessage> = go.iter().map(|&i| batch[i].clone()).collect();

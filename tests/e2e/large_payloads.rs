@@ -44,8 +44,10 @@ async fn extended_client_payloads_reach_the_worker_intact() {
         "extended",
         &queue,
         &worker.url,
-        "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.retry]\ninitial_backoff_secs = 60\nmax_backoff_secs = 60\n\
-         [pipelines.large_payloads]\ndelete_after_success = true\n",
+        &format!(
+            "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.retry]\ninitial_backoff_secs = 60\nmax_backoff_secs = 60\n\
+             [pipelines.large_payloads]\ndelete_after_success = true\nallowed_buckets = [\"{bucket}\"]\n"
+        ),
     );
     let poller = start_poller(&sqs, 10, &pipeline).await;
     poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"extended\"}", 3.0, Duration::from_secs(60)).await;
@@ -128,7 +130,7 @@ async fn a_dead_lettered_large_payload_is_read_back_by_the_extended_client() {
         &worker.url,
         &format!(
             "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.large_payloads]\ndelete_after_success = true\n\
-             [pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 1\n"
+             allowed_buckets = [\"{bucket}\"]\n[pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 1\n"
         ),
     );
     let poller = start_poller(&sqs, 10, &pipeline).await;
@@ -149,6 +151,66 @@ async fn a_dead_lettered_large_payload_is_read_back_by_the_extended_client() {
     // not processed: its object stays, for the copy (and a redrive) to point at
     let (_, listing) = http_get(&format!("{}/{bucket}", sqs.endpoint)).await.expect("ListObjects");
     assert!(listing.contains("<Key>"), "the object of a message that was not processed stays:\n{listing}");
+}
+
+/// Issue 34: a producer chooses the bucket a pointer names. With `allowed_buckets`, a pointer
+/// into another bucket (one the service's role can read) is never fetched: the message goes to
+/// the dead-letter queue on its first receive with a reason naming the bucket, its payload never
+/// reaches the worker, and its object stays (`delete_after_success` deletes only what the list
+/// allows); the pointer into the allowed bucket is processed as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pointer_outside_the_allowed_buckets_is_never_fetched_and_dead_lettered_at_once() {
+    let sqs = moto_sqs().await;
+    let (queue, dlq) = (sqs.queue("allowed-src", &[]).await, sqs.queue("allowed-dlq", &[]).await);
+    let (allowed, elsewhere) = (unique("allowed"), unique("elsewhere"));
+    let dir = tempfile::tempdir().unwrap();
+    let (sent_allowed, sent_elsewhere) = (dir.path().join("allowed"), dir.path().join("elsewhere"));
+    extended_client(&sqs, ONE_POINTER, &[&queue, &allowed, sent_allowed.to_str().unwrap()]);
+    extended_client(&sqs, ONE_POINTER, &[&queue, &elsewhere, sent_elsewhere.to_str().unwrap()]);
+    let worker = worker(|_| Reply::ok("")).await;
+    let pipeline = http_pipeline(
+        "allowed",
+        &queue,
+        &worker.url,
+        &format!(
+            "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.large_payloads]\ndelete_after_success = true\n\
+             allowed_buckets = [\"{allowed}\"]\n[pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 5\n"
+        ),
+    );
+    let poller = start_poller(&sqs, 10, &pipeline).await;
+    poller
+        .wait_metric("sqs_poller_messages_dead_lettered_total{pipeline=\"allowed\"}", 1.0, Duration::from_secs(30))
+        .await;
+    poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"allowed\"}", 2.0, Duration::from_secs(30)).await;
+
+    let bodies: Vec<String> = worker
+        .deliveries()
+        .iter()
+        .flat_map(|d| d.records().iter().map(|r| r["body"].as_str().unwrap().to_string()).collect::<Vec<_>>())
+        .collect();
+    let expected = std::fs::read_to_string(&sent_allowed).unwrap();
+    assert_eq!(bodies.len(), 1, "only the allowed pointer reached the worker");
+    assert!(bodies[0] == expected, "the allowed payload, byte for byte");
+    let refused = std::fs::read_to_string(&sent_elsewhere).unwrap();
+    assert!(!bodies.iter().any(|b| b.contains(&refused[..64])), "the refused payload never reached the worker");
+
+    let moved = sqs.take_all(&dlq).await;
+    assert_eq!(moved.len(), 1);
+    let attributes = moved[0].message_attributes().unwrap();
+    let reason = attributes["sqs-poller.reason"].string_value().unwrap();
+    assert!(reason.contains(&elsewhere) && reason.contains("allowed_buckets"), "{reason}");
+    assert_eq!(attributes["sqs-poller.receive-count"].string_value(), Some("1"), "dead-lettered at once");
+    let text = poller.metrics_text().await;
+    let outcome = |o: &str| {
+        metric_value(&text, &format!("sqs_poller_large_payloads_total{{pipeline=\"allowed\",outcome=\"{o}\"}}"))
+    };
+    assert_eq!((outcome("fetched"), outcome("refused")), (1.0, 1.0));
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    let (_, refused_bucket) = http_get(&format!("{}/{elsewhere}", sqs.endpoint)).await.expect("ListObjects");
+    assert!(refused_bucket.contains("<Key>"), "the refused pointer's object is untouched:\n{refused_bucket}");
+    let (_, allowed_bucket) = http_get(&format!("{}/{allowed}", sqs.endpoint)).await.expect("ListObjects");
+    assert!(!allowed_bucket.contains("<Key>"), "the processed message's object is deleted:\n{allowed_bucket}");
 }
 
 /// Runs `script` with AWS's Python extended client against the emulator of `sqs`; fails the
@@ -172,11 +234,12 @@ fn extended_client(sqs: &Sqs, script: &str, args: &[&str]) -> String {
 }
 
 /// Sends one 200 KiB payload to `queue` through AWS's Python extended client, into a new bucket
-/// named after `bucket`; returns the file in `dir` holding the payload sent.
-fn send_one_pointer(sqs: &Sqs, queue: &str, bucket: &str, dir: &std::path::Path) -> std::path::PathBuf {
+/// named after `bucket`; returns the file in `dir` holding the payload sent, and the bucket.
+fn send_one_pointer(sqs: &Sqs, queue: &str, bucket: &str, dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let sent = dir.join("sent");
-    extended_client(sqs, ONE_POINTER, &[queue, &unique(bucket), sent.to_str().unwrap()]);
-    sent
+    let bucket = unique(bucket);
+    extended_client(sqs, ONE_POINTER, &[queue, &bucket, sent.to_str().unwrap()]);
+    (sent, bucket)
 }
 
 const ONE_POINTER: &str = r#"
@@ -205,7 +268,7 @@ async fn a_stalled_s3_fetch_is_bounded_and_runs_under_the_lease() {
     let sqs = moto_sqs().await;
     let queue = sqs.queue("extended-stall", &[(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "2")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let sent = send_one_pointer(&sqs, &queue, "stalled", dir.path());
+    let (sent, _) = send_one_pointer(&sqs, &queue, "stalled", dir.path());
     let s3 = crate::common::proxy::FaultProxy::start(&sqs.endpoint).await;
     s3.set(crate::common::proxy::Fault::Hang);
     let worker = worker(|_| Reply::ok("")).await;
@@ -258,7 +321,7 @@ async fn a_stalled_s3_delete_after_success_is_bounded() {
     let sqs = moto_sqs().await;
     let queue = sqs.queue("extended-delete-stall", &[]).await;
     let dir = tempfile::tempdir().unwrap();
-    send_one_pointer(&sqs, &queue, "delete-stall", dir.path());
+    let (_, bucket) = send_one_pointer(&sqs, &queue, "delete-stall", dir.path());
     let s3 = crate::common::proxy::FaultProxy::start(&sqs.endpoint).await;
     // the worker holds the batch until S3 has stalled
     let worker = worker(|_| Reply { delay: Duration::from_secs(2), ..Reply::ok("") }).await;
@@ -266,8 +329,10 @@ async fn a_stalled_s3_delete_after_success_is_bounded() {
         "delete-stall",
         &queue,
         &worker.url,
-        "[pipelines.pollers]\nwait_time_secs = 1\n\
-         [pipelines.large_payloads]\nfetch_timeout_secs = 3\ndelete_after_success = true\n",
+        &format!(
+            "[pipelines.pollers]\nwait_time_secs = 1\n\
+             [pipelines.large_payloads]\nfetch_timeout_secs = 3\ndelete_after_success = true\nallowed_buckets = [\"{bucket}\"]\n"
+        ),
     );
     let poller = start_poller_with_aws(&sqs, 30, &format!("s3_endpoint_url = \"{}\"", s3.url), &pipeline).await;
     eventually("the batch at the worker", Duration::from_secs(30), || async { !worker.deliveries().is_empty() }).await;

@@ -163,7 +163,8 @@ async fn payloads_are_fetched_with_s3s_signing_rules_from_dotted_and_far_buckets
         "signed",
         setup["queue"].as_str().unwrap(),
         &w.url,
-        "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.large_payloads]\n",
+        // the allowed-bucket check on the way to signed, redirected fetches (issue 34)
+        &format!("[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.large_payloads]\nallowed_buckets = [\"{near}\", \"{far}\"]\n"),
     );
     let mut p = spawn_poller_config(
         &header,

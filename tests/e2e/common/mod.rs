@@ -761,9 +761,8 @@ pub fn assert_bounded_labels(text: &str, pipelines: &[&str]) {
     let allowed = |key: &str, value: &str| -> bool {
         match key {
             "pipeline" => pipelines.contains(&value),
-            "outcome" => {
-                ["success", "partial", "failure", "throttled", "ok", "error", "fetched", "failed"].contains(&value)
-            }
+            "outcome" => ["success", "partial", "failure", "throttled", "ok", "error", "fetched", "failed", "refused"]
+                .contains(&value),
             "operation" => [
                 "ReceiveMessage",
                 "DeleteMessageBatch",
