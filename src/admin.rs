@@ -282,6 +282,24 @@ fn reply(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> 
 mod tests {
     use super::*;
 
+    /// Issue 34: any Host or Origin header is judged without a panic, and only a loopback name
+    /// passes.
+    #[test]
+    fn hostile_hosts_and_origins_are_judged() {
+        crate::fuzz::run("admin_hosts", 3000, |rng| {
+            let sample = ["localhost:9465", "127.0.0.1:9465", "[::1]:9465", "http://localhost:3000"][rng.usize(0..4)];
+            let host = String::from_utf8_lossy(&crate::fuzz::mutate(rng, sample.as_bytes())).into_owned();
+            if loopback_host(&host) {
+                let lower = host.to_ascii_lowercase();
+                assert!(
+                    lower.starts_with("localhost") || lower.starts_with("127.") || lower.starts_with("[::1]"),
+                    "{host:?}"
+                );
+            }
+            let _ = loopback_origin(&host);
+        });
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> hyper::HeaderMap {
         pairs.iter().map(|(k, v)| (hyper::header::HeaderName::from_static(k), v.parse().unwrap())).collect()
     }

@@ -78,6 +78,9 @@ impl Control {
 
 pub use crate::status::Status;
 
+/// The most of a health check's answer that is read.
+const HEALTH_BODY_MAX: usize = 64 * 1024;
+
 /// How often the health check runs, and how long one may take.
 pub const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -107,8 +110,9 @@ pub async fn watch_health(
         let check = async {
             let response = client.get(uri.clone()).await.map_err(|e| e.to_string())?;
             let status = response.status();
-            // read the body so the connection can be kept
-            let _ = response.into_body().collect().await;
+            // read the body so the connection can be kept (at most 64 KiB: a health check's
+            // answer is small, and a worker that streams one is not read into memory)
+            let _ = http_body_util::Limited::new(response.into_body(), HEALTH_BODY_MAX).collect().await;
             if status.is_success() {
                 Ok(())
             } else {

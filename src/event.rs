@@ -388,6 +388,33 @@ mod tests {
     use super::*;
     use crate::aws::wire::Parts;
 
+    /// Issue 34: producers choose bodies and attributes. Whatever text they send, the record is
+    /// valid JSON that gives the worker the body and the attribute's value back unchanged.
+    #[test]
+    fn hostile_bodies_and_attributes_reach_the_record_unchanged() {
+        let source =
+            EventSource { queue_arn: "arn:aws:sqs:us-east-1:000000000000:q".into(), region: "us-east-1".into() };
+        crate::fuzz::run("record_text", 2000, |rng| {
+            let len = rng.usize(0..200);
+            let body = crate::fuzz::text(rng, len);
+            let (value_len, name_len) = (rng.usize(0..40), rng.usize(1..10));
+            let value = crate::fuzz::text(rng, value_len);
+            let name = crate::fuzz::text(rng, name_len);
+            let attribute = MessageAttributeValue::builder().data_type("String").string_value(&value).build().unwrap();
+            let msg = SqsMessage::builder()
+                .message_id("m")
+                .receipt_handle("r")
+                .body(&body)
+                .attributes(MessageSystemAttributeName::ApproximateReceiveCount, crate::fuzz::text(rng, 3))
+                .message_attributes(&name, attribute)
+                .build();
+            let m = ReceivedMessage::from_sqs(msg, &source).unwrap();
+            let record: serde_json::Value = serde_json::from_str(&m.record_json).expect("the record is JSON");
+            assert_eq!(record["body"].as_str(), Some(body.as_str()));
+            assert_eq!(record["messageAttributes"][&name]["stringValue"].as_str(), Some(value.as_str()));
+        });
+    }
+
     /// Every message in flight is one of these in its batch (10,000 in flight: 10,000 of them),
     /// so what most messages never use is boxed (issue 32).
     #[test]

@@ -54,6 +54,8 @@ pub mod dispatch;
 pub mod dlq;
 pub mod event;
 pub mod filter;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fuzz;
 pub mod intake;
 pub mod lease;
 pub mod limits;

@@ -183,6 +183,19 @@ pub async fn resolve(store: &PayloadStore, messages: Vec<SqsMessage>) -> Vec<Res
 mod tests {
     use super::*;
 
+    /// Issue 34: a body of any bytes is a pointer or not, never a panic.
+    #[test]
+    fn hostile_pointer_bodies_are_read_or_ignored() {
+        let sample =
+            br#"["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName": "b", "s3Key": "k/1"}]"#;
+        crate::fuzz::run("pointer_bodies", 3000, |rng| {
+            let body = crate::fuzz::mutate(rng, sample);
+            if let Some(p) = S3Pointer::parse(&String::from_utf8_lossy(&body)) {
+                assert!(p.bucket.len() + p.key.len() <= body.len(), "a pointer longer than its body");
+            }
+        });
+    }
+
     #[test]
     fn extended_client_pointers_are_recognised() {
         let p = S3Pointer::parse(

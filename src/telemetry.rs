@@ -492,7 +492,12 @@ async fn http_get_json(url: &str) -> anyhow::Result<serde_json::Value> {
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
     let response = client.get(url.parse()?).await?;
     anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
-    let body = response.into_body().collect().await?.to_bytes();
+    // task and instance metadata are small; a larger answer is not read into memory
+    let body = http_body_util::Limited::new(response.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?
+        .to_bytes();
     Ok(serde_json::from_slice(&body)?)
 }
 

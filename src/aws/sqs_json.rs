@@ -109,14 +109,7 @@ impl JsonClient {
             message_attribute_names: ["All"],
         };
         let body = self.call("ReceiveMessage", &request, limit).await?;
-        let out: ReceiveResponse =
-            serde_json::from_slice(&body).map_err(|e| bad_response("ReceiveMessage", &e.to_string()))?;
-        out.messages
-            .unwrap_or_default()
-            .into_iter()
-            .map(WireMessage::into_message)
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad_response("ReceiveMessage", &e))
+        parse_receive(&body)
     }
 
     /// One DeleteMessageBatch of `(id, receipt handle)` entries; the entries SQS reports failed.
@@ -235,6 +228,19 @@ fn service_error(
     let (code, message) = parse_json_error(headers, body);
     let message = message.unwrap_or_else(|| status.canonical_reason().unwrap_or("no message").to_string());
     SqsError::answered(operation, code, &message, status.as_u16(), skew_ms)
+}
+
+/// The messages of a ReceiveMessage answer (at most [`crate::limits::MAX_SQS_ANSWER_BYTES`], read
+/// by the caller); a body that is not one is a bad response.
+fn parse_receive(body: &[u8]) -> Result<Vec<SqsMessage>, SqsError> {
+    let out: ReceiveResponse =
+        serde_json::from_slice(body).map_err(|e| bad_response("ReceiveMessage", &e.to_string()))?;
+    out.messages
+        .unwrap_or_default()
+        .into_iter()
+        .map(WireMessage::into_message)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad_response("ReceiveMessage", &e))
 }
 
 /// What went wrong on the connection, as the request's error: an answer longer than `max` or
@@ -399,6 +405,39 @@ impl WireMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 34: a ReceiveMessage answer or an error body of any bytes is read or refused as a
+    /// bad response, never a panic.
+    #[test]
+    fn hostile_sqs_answers_are_read_or_refused() {
+        let receive: &[u8] = br#"{"Messages":[{"MessageId":"m1","ReceiptHandle":"r1","MD5OfBody":"d","Body":"hi \u00e9",
+            "Attributes":{"ApproximateReceiveCount":"2","SentTimestamp":"1700000000000"},
+            "MessageAttributes":{"s":{"StringValue":"v","DataType":"String"},"b":{"BinaryValue":"AAEC","DataType":"Binary"},
+            "l":{"BinaryListValues":["AAEC"],"StringListValues":["x"],"DataType":"String"}}}]}"#;
+        let error: &[u8] =
+            br#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#;
+        let read = std::sync::atomic::AtomicUsize::new(0);
+        crate::fuzz::run("sqs_answers", 3000, |rng| {
+            let answer = crate::fuzz::mutate(rng, receive);
+            if let Ok(messages) = parse_receive(&answer) {
+                assert!(messages.len() <= answer.len(), "more messages than bytes");
+                read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let body = crate::fuzz::mutate(rng, error);
+            let status = hyper::StatusCode::from_u16(rng.u16(400..600)).unwrap();
+            let mut headers = hyper::HeaderMap::new();
+            if let Ok(v) = hyper::header::HeaderValue::from_bytes(&crate::fuzz::mutate(
+                rng,
+                b"AWS.SimpleQueueService.NonExistentQueue;Sender",
+            )) {
+                headers.insert("x-amzn-query-error", v);
+            }
+            let e = service_error("ReceiveMessage", status, &headers, &body, rng.i64(..));
+            assert!(e.message.len() <= body.len() + 1024, "an error message longer than its body: {}", e.message.len());
+        });
+        // the inputs reach past the first check: some answers are still read as messages
+        assert!(read.into_inner() > 0 || std::env::var("SQS_POLLER_FUZZ_SEED").is_ok());
+    }
 
     #[test]
     fn a_receive_answer_becomes_messages_with_the_sdks_values() {

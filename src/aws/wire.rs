@@ -667,6 +667,50 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 34: whatever a server sends as its answer's head and body, the reader neither panics
+    /// nor keeps more than `max` bytes of body: a clear error or the answer.
+    #[test]
+    fn hostile_answers_are_refused_or_read_within_their_cap() {
+        let samples: [&[u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: Sun, 06 Dec 2026 10:00:00 GMT\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n{}",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ];
+        const MAX: usize = 64;
+        crate::fuzz::run("wire_answers", 3000, |rng| {
+            let sample = samples[rng.usize(0..samples.len())];
+            let input = crate::fuzz::mutate(rng, sample);
+            let mut buf = input.clone();
+            let head = loop {
+                match parse_head(&buf) {
+                    Ok(Head::Informational(len)) => {
+                        assert!(len > 0 && len <= buf.len(), "an informational head of {len} bytes in {}", buf.len());
+                        buf.drain(..len);
+                    }
+                    Ok(Head::Complete(head)) => break head,
+                    Ok(Head::Partial) | Err(_) => return,
+                }
+            };
+            let (status, headers, _, head_len) = head;
+            assert!(head_len <= buf.len());
+            let Ok(framing) = framing(&headers, status) else { return };
+            let rest = &buf[head_len..];
+            match framing {
+                Framing::Length(len) if len > MAX => {} // refused as TooLong before reading
+                Framing::Chunked => {
+                    let mut out = Vec::new();
+                    let mut decoder = Chunked::default();
+                    if let Ok(used) = decoder.feed(rest, &mut out, MAX) {
+                        assert!(used <= rest.len());
+                    }
+                    assert!(out.len() <= MAX, "a chunked body past its cap: {} bytes", out.len());
+                }
+                _ => {}
+            }
+        });
+    }
     use http_body_util::{BodyExt as _, Full};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncBufReadExt as _;

@@ -95,6 +95,28 @@ fn stop_groups_at_first_failure(batch: &[ReceivedMessage], failed: &mut [bool]) 
 mod tests {
     use super::*;
 
+    /// Issue 34: any bytes a worker answers with give a verdict whose failures are messages of
+    /// the batch (never a panic, never an index outside it).
+    #[test]
+    fn hostile_worker_answers_give_a_verdict_within_the_batch() {
+        let samples: [&[u8]; 3] = [
+            br#"{"batchItemFailures":[{"itemIdentifier":"m1"},{"itemIdentifier":"m2"}]}"#,
+            br#"{"batchItemFailures":[]}"#,
+            br#"{"statusCode":200,"body":"{\"batchItemFailures\":[{\"itemIdentifier\":\"m0\"}]}"}"#,
+        ];
+        let batch: Vec<ReceivedMessage> = (0..3).map(|i| ReceivedMessage::for_test(format!("m{i}"))).collect();
+        crate::fuzz::run("worker_answers", 3000, |rng| {
+            let sample = samples[rng.usize(0..samples.len())];
+            let answer = crate::fuzz::mutate(rng, sample);
+            for fifo in [false, true] {
+                if let Verdict::Partial(failed) = interpret(&answer, &batch, fifo) {
+                    assert!(failed.iter().all(|&i| i < batch.len()), "{failed:?}");
+                    assert!(failed.windows(2).all(|w| w[0] < w[1]), "each failure once, in order: {failed:?}");
+                }
+            }
+        });
+    }
+
     fn batch(ids: &[&str]) -> Vec<ReceivedMessage> {
         ids.iter().map(|id| ReceivedMessage::for_test(*id)).collect()
     }

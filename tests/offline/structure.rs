@@ -254,6 +254,7 @@ const LAYERS: &[&str] = &[
     "status",
     "backoff",
     "filter",
+    "fuzz",
     "notify",
     "shutdown",
     "net",
