@@ -94,8 +94,16 @@ pub async fn watch_health(
     stop: tokio_util::sync::CancellationToken,
 ) {
     use http_body_util::{BodyExt, Empty};
+    // through the environment's egress proxy, as the target's own requests go
+    let connector = match crate::net::https_connector(None, None) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(pipeline = %pipeline, %url, error = %e, "cannot set up the health check's client; the pipeline stays paused");
+            return;
+        }
+    };
     let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
     let Ok(uri) = url.parse::<hyper::Uri>() else {
         tracing::error!(pipeline = %pipeline, %url, "target.health_url is not a URI; the pipeline stays paused");
         return;

@@ -61,6 +61,9 @@ impl Aws {
     /// # Errors
     /// When no region can be found.
     pub async fn load(settings: &Settings) -> anyhow::Result<Aws> {
+        // the SDK's default HTTP client reads the environment's egress proxies (HTTPS_PROXY,
+        // HTTP_PROXY, NO_PROXY) from behaviour version 2025-08-07 on; the lean client does the same
+        // (`tests/e2e/egress_proxy.rs` shows both through one)
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));

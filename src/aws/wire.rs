@@ -13,9 +13,12 @@
 //! a pool of idle connections (the most recently used first; 60 s idle at most; one the peer
 //! closed is dropped before use), answers framed by `content-length`, `chunked` or the end of
 //! the connection, a request on a pooled connection that the peer had closed without answering
-//! sent again once on a new one, TLS with the service's rustls settings. What it does not: HTTP/2,
-//! `Expect: 100-continue`, redirects, proxies (neither did the hyper client it replaces). Its
-//! behaviour is held against hyper's on the same answers by the tests below.
+//! sent again once on a new one, TLS with the service's rustls settings, and egress proxies as
+//! curl and the AWS SDKs take them from the environment (`HTTP_PROXY`, `HTTPS_PROXY`,
+//! `ALL_PROXY`, `NO_PROXY`, lower case too; read by hyper-util's own matcher): an `http://`
+//! endpoint's requests go to the proxy in absolute form, an `https://` endpoint's through a
+//! `CONNECT` tunnel. What it does not: HTTP/2, `Expect: 100-continue`, redirects, `https://`
+//! proxies. Its behaviour is held against hyper's on the same answers by the tests below.
 
 use std::io;
 use std::pin::Pin;
@@ -156,13 +159,24 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// An egress proxy a [`Wire`]'s connections go through.
+struct Proxy {
+    host: String,
+    port: u16,
+    /// `proxy-authorization`, from the proxy URL's user and password.
+    auth: Option<String>,
+}
+
 /// The client of one endpoint (`http://` or `https://`, a host, a port and a path).
 pub struct Wire {
     host: String,
     port: u16,
     /// The `host` header: the authority without a default port (as the signer signs it).
     authority: String,
+    /// The request line's target: the path, or the whole URL when an `http://` endpoint is
+    /// reached through a proxy.
     path: String,
+    proxy: Option<Proxy>,
     tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
     idle: Mutex<Vec<(Conn, Instant)>>,
     /// Whether a request a pooled connection closed on unanswered goes again on a new one.
@@ -175,6 +189,18 @@ impl Wire {
     /// # Errors
     /// When `uri` is not an absolute `http://` or `https://` URL with a host.
     pub fn new(uri: &str, tls: rustls::ClientConfig) -> Result<Wire, String> {
+        Self::new_via(uri, tls, &hyper_util::client::proxy::matcher::Matcher::from_env())
+    }
+
+    /// [`Self::new`] with the proxies `proxies` says (tests; `new` reads the environment).
+    ///
+    /// # Errors
+    /// As [`Self::new`], and when the proxy for `uri` is not an `http://` URL.
+    pub fn new_via(
+        uri: &str,
+        tls: rustls::ClientConfig,
+        proxies: &hyper_util::client::proxy::matcher::Matcher,
+    ) -> Result<Wire, String> {
         let parsed: hyper::Uri = uri.parse().map_err(|e| format!("{uri}: {e}"))?;
         let https = match parsed.scheme_str() {
             Some("https") => true,
@@ -195,11 +221,18 @@ impl Wire {
             None
         };
         let path = parsed.path_and_query().map_or("/", |p| p.as_str());
+        let path = if path.is_empty() { "/".to_string() } else { path.to_string() };
+        let proxy = proxies.intercept(&parsed).map(|p| proxy_of(&p, uri)).transpose()?;
+        let path = match (&proxy, https) {
+            (Some(_), false) => format!("http://{authority}{path}"),
+            _ => path,
+        };
         Ok(Wire {
             host: bare,
             port,
             authority,
-            path: if path.is_empty() { "/".into() } else { path.to_string() },
+            path,
+            proxy,
             tls,
             idle: Mutex::new(Vec::new()),
             resend_unanswered: true,
@@ -281,6 +314,12 @@ impl Wire {
         out.extend_from_slice(b"\r\ncontent-length: ");
         out.extend_from_slice(body_len.to_string().as_bytes());
         out.extend_from_slice(b"\r\n");
+        // an http:// endpoint through a proxy: the proxy reads the credentials of each request
+        if let (Some(Proxy { auth: Some(auth), .. }), None) = (&self.proxy, &self.tls) {
+            out.extend_from_slice(b"proxy-authorization: ");
+            out.extend_from_slice(auth.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         for (name, value) in headers {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
@@ -310,10 +349,22 @@ impl Wire {
     }
 
     async fn connect(&self) -> Result<Conn, WireError> {
-        let target = format!("{}:{}", self.host, self.port);
+        let target = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
         let connect = async {
-            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
+            let (host, port) =
+                self.proxy.as_ref().map_or((self.host.as_str(), self.port), |p| (p.host.as_str(), p.port));
+            let mut tcp = TcpStream::connect((host, port)).await.map_err(|e| match &self.proxy {
+                Some(_) => format!("the proxy {host}:{port}: {e}"),
+                None => e.to_string(),
+            })?;
             tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            if let (Some(proxy), Some(_)) = (&self.proxy, &self.tls) {
+                tunnel(&mut tcp, &target, proxy).await?;
+            }
             match &self.tls {
                 None => Ok(Conn::Plain(tcp)),
                 Some((connector, name)) => connector
@@ -336,6 +387,61 @@ impl Wire {
     #[cfg(test)]
     fn idle_len(&self) -> usize {
         self.idle.lock().unwrap().len()
+    }
+}
+
+/// The proxy `p` matched for `uri`, as a [`Wire`] uses it: an `http://` proxy only.
+fn proxy_of(p: &hyper_util::client::proxy::matcher::Intercept, uri: &str) -> Result<Proxy, String> {
+    let proxy = p.uri();
+    if proxy.scheme_str() != Some("http") {
+        return Err(format!("{uri}: the proxy for it is not an http:// URL (an https:// proxy is not supported)"));
+    }
+    let host = proxy.host().ok_or_else(|| format!("{uri}: the proxy URL has no host"))?;
+    Ok(Proxy {
+        host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        port: proxy.port_u16().unwrap_or(80),
+        auth: p.basic_auth().and_then(|v| v.to_str().ok()).map(str::to_string),
+    })
+}
+
+/// The most of a proxy's answer to `CONNECT` that is read.
+const MAX_CONNECT_ANSWER: usize = 8 * 1024;
+
+/// Opens a tunnel to `target` (`host:port`) through the proxy `tcp` is connected to.
+async fn tunnel(tcp: &mut TcpStream, target: &str, proxy: &Proxy) -> Result<(), String> {
+    let mut request = format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n");
+    if let Some(auth) = &proxy.auth {
+        request.push_str(&format!("proxy-authorization: {auth}\r\n"));
+    }
+    request.push_str("\r\n");
+    let via = format!("the proxy {}:{}", proxy.host, proxy.port);
+    tcp.write_all(request.as_bytes()).await.map_err(|e| format!("{via}: {e}"))?;
+    // nothing comes through the tunnel before this side speaks: what is read is the answer
+    let mut answer = Vec::with_capacity(256);
+    loop {
+        let n = tcp.read_buf(&mut answer).await.map_err(|e| format!("{via}: {e}"))?;
+        if n == 0 {
+            return Err(format!("{via} closed the connection before it answered CONNECT"));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Response::new(&mut headers);
+        match parsed.parse(&answer) {
+            Ok(httparse::Status::Complete(len)) => {
+                let code = parsed.code.unwrap_or(0);
+                if !(200..300).contains(&code) {
+                    return Err(format!("{via} refused the tunnel: HTTP {code} {}", parsed.reason.unwrap_or("")));
+                }
+                if len != answer.len() {
+                    return Err(format!("{via} sent bytes into the tunnel before it was used"));
+                }
+                return Ok(());
+            }
+            Ok(httparse::Status::Partial) if answer.len() > MAX_CONNECT_ANSWER => {
+                return Err(format!("{via}: an answer to CONNECT longer than {} KiB", MAX_CONNECT_ANSWER >> 10));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err(format!("{via}: its answer to CONNECT is not HTTP: {e}")),
+        }
     }
 }
 
@@ -667,6 +773,35 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An `http://` endpoint through a proxy: the request goes to the proxy in absolute form,
+    /// with the proxy URL's credentials; `NO_PROXY` sends it straight.
+    #[tokio::test]
+    async fn an_http_endpoint_behind_a_proxy_is_asked_in_absolute_form_with_its_credentials() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = format!("http://user:pass@{}", listener.local_addr().unwrap());
+        let answering = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\nhi") {
+                s.read_buf(&mut head).await.unwrap();
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let proxies =
+            hyper_util::client::proxy::matcher::Matcher::builder().http(proxy).no("straight.internal").build();
+        let tls = crate::net::tls_config(None, None).unwrap();
+        let wire = Wire::new_via("http://worker.internal:8080/sqs?x=1", tls.clone(), &proxies).unwrap();
+        let answer = wire.post(&[], b"hi", 1024).await.unwrap();
+        assert_eq!(&answer.body[..], b"ok");
+        let head = answering.await.unwrap();
+        assert!(head.starts_with("POST http://worker.internal:8080/sqs?x=1 HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: worker.internal:8080\r\n"), "{head}");
+        assert!(head.contains("\r\nproxy-authorization: Basic dXNlcjpwYXNz\r\n"), "{head}");
+        let straight = Wire::new_via("http://straight.internal:8080/sqs", tls, &proxies).unwrap();
+        assert!(straight.proxy.is_none() && straight.path == "/sqs", "NO_PROXY: straight to the endpoint");
+    }
 
     /// Issue 34: whatever a server sends as its answer's head and body, the reader neither panics
     /// nor keeps more than `max` bytes of body: a clear error or the answer.

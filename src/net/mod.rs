@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls_pki_types::pem::PemObject;
 
+pub mod proxy;
 mod serve;
 
 pub use serve::{serve_connections, Limits};
@@ -49,23 +49,20 @@ pub fn tls_config(ca_file: Option<&Path>, client_cert: Option<(&Path, &Path)>) -
     }
 }
 
-/// An HTTP/1 connector for `http://` and `https://` with [`tls_config`].
+/// An HTTP/1 connector for `http://` and `https://` with [`tls_config`], through the
+/// environment's egress proxy when it names one for the destination ([`proxy`]).
 ///
 /// # Errors
 /// When the TLS files cannot be used.
 pub fn https_connector(
     ca_file: Option<&Path>,
     client_cert: Option<(&Path, &Path)>,
-) -> Result<HttpsConnector<HttpConnector>, String> {
+) -> Result<proxy::ProxyConnector, String> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
     connector.enforce_http(false);
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(ca_file, client_cert)?)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector))
+    Ok(proxy::ProxyConnector::new(connector, tls_config(ca_file, client_cert)?))
 }
 
 /// An error with its sources, `outer: inner: …`.

@@ -83,7 +83,7 @@ async fn a_paused_pipeline_sends_no_receive_and_resumes_at_full_speed() {
 }
 
 /// A health endpoint that answers 200 while `up`, else 503.
-async fn health_endpoint(up: Arc<AtomicBool>) -> String {
+pub(crate) async fn health_endpoint(up: Arc<AtomicBool>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/health", listener.local_addr().unwrap());
     tokio::spawn(async move {

@@ -17,6 +17,7 @@ mod command_target;
 mod conformance;
 mod delivery;
 mod deploy;
+mod egress_proxy;
 mod fair_share;
 mod faults;
 mod fifo_and_rate;

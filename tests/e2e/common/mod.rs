@@ -6,6 +6,7 @@
 //! start it; they never skip.
 #![allow(dead_code)]
 
+pub mod egress;
 pub mod proxy;
 pub mod sigv4;
 pub mod strict_aws;
