@@ -587,8 +587,13 @@ pub fn spawn_poller_config(header: &str, text: &str, env: &[(&str, &str)], remov
     // to see a test fail before its fix)
     let bin = std::env::var("SQS_POLLER_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sqs-poller").to_string());
     let mut command = tokio::process::Command::new(bin);
+    // the services are on loopback: an egress proxy of the machine running the tests is not
+    // the service's (tests/e2e/egress_proxy.rs sets its own)
+    let proxies =
+        ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"];
     for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"]
         .iter()
+        .chain(&proxies)
         .chain(remove)
     {
         command.env_remove(name);
