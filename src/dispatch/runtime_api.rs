@@ -439,3 +439,71 @@ async fn invocation_result(
     let _ = done.send(result);
     reply(StatusCode::ACCEPTED, r#"{"status":"OK"}"#)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Issue 34: whatever a worker process sends to the Runtime API — any method, path, headers
+    /// and body, cut anywhere — it answers with an HTTP status (or closes the connection),
+    /// never a panic, and keeps answering well-formed requests afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_runtime_api_requests_are_answered_and_the_api_stays_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let address_file = dir.path().join("address");
+        // a worker that never asks for work: it writes where the API is and waits
+        let script = format!("echo \"$AWS_LAMBDA_RUNTIME_API\" > {}; exec sleep 120", address_file.display());
+        let command = WorkerCommand {
+            program: "sh".into(),
+            args: vec!["-c".into(), script],
+            handler: None,
+            function_name: "fuzz".into(),
+            region: "us-east-1".into(),
+        };
+        let settings = Settings {
+            workers: 1,
+            max_wait: Duration::from_secs(1),
+            function_timeout: Duration::from_secs(5),
+            overflows: metrics::Counter::noop(),
+        };
+        let target = RuntimeApiTarget::start(command, settings).await.unwrap();
+        let address = loop {
+            match std::fs::read_to_string(&address_file) {
+                Ok(a) if a.ends_with('\n') => break a.trim().to_string(),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let samples: [&[u8]; 3] = [
+            b"POST /2018-06-01/runtime/invocation/abc/response HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}",
+            b"POST /2018-06-01/runtime/init/error HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            b"POST /2018-06-01/runtime/invocation/abc/error HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nerror",
+        ];
+        let ask = |request: Vec<u8>| {
+            let address = address.clone();
+            async move {
+                let mut tcp = tokio::net::TcpStream::connect(&address).await.expect("the Runtime API listens");
+                let _ = tcp.write_all(&request).await;
+                let _ = tcp.shutdown().await;
+                let mut answer = Vec::new();
+                // an answer, or the connection closed (a malformed request); never a hang
+                let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+                (read.is_ok(), String::from_utf8_lossy(&answer).into_owned())
+            }
+        };
+        let start = fastrand::u64(..);
+        for seed in start..start + 400 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let sample = samples[rng.usize(0..samples.len())];
+            let request = crate::fuzz::mutate(&mut rng, sample);
+            let (answered, answer) = ask(request).await;
+            assert!(answered, "seed {seed}: no answer and no close within 5 s");
+            assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 "), "seed {seed}: not HTTP: {answer:?}");
+        }
+        // still up: a well-formed request for an unknown batch is refused as such
+        let (_, answer) = ask(samples[0].to_vec()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("unknown request id"), "{answer}");
+        target.stop(Duration::from_millis(100)).await;
+    }
+}
