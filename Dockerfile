@@ -12,7 +12,7 @@ RUN cargo build --release --locked --bin sqs-poller
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home sqs-poller
 COPY --from=build /src/target/release/sqs-poller /usr/local/bin/sqs-poller
@@ -21,7 +21,8 @@ ENV SQS_POLLER_CONFIG=/etc/sqs-poller/poller.toml
 USER 10001
 EXPOSE 9464
 STOPSIGNAL SIGTERM
+# asks the service's own /healthz (server.listen of the configuration): no curl in the image
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:9464/healthz || exit 1
+  CMD ["/usr/local/bin/sqs-poller", "healthcheck"]
 ENTRYPOINT ["sqs-poller"]
 CMD ["run"]

@@ -7,7 +7,7 @@
   queue only; the dead-letter-only action (SendMessage) is left out because the stack uses the
   queue's redrive policy;
 - the sidecar's stopTimeout equals its grace period, in the template and the task definition,
-  and both health checks probe /healthz; the Kubernetes ConfigMap's poller.toml passes
+  and both health checks are `sqs-poller healthcheck` (its /healthz, no curl); the Kubernetes ConfigMap's poller.toml passes
   `sqs-poller check`.
 
 Run by tests/e2e/deploy.rs with the venv that scripts/install-services.sh makes (.local/venv).
@@ -25,6 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/debug/sqs-poller")
 problems = []
 
+
+
+# the sidecar's health check: `sqs-poller healthcheck` asks its own /healthz (the image has no curl)
+HEALTHCHECK = ["CMD", "/usr/local/bin/sqs-poller", "healthcheck"]
 
 def fail(msg):
     problems.append(msg)
@@ -114,8 +118,8 @@ def main():
     env = {e["Name"]: e["Value"] for e in poller["Environment"]}
     if str(poller["StopTimeout"]) != env["GRACE_PERIOD_SECS"]:
         fail("template: sqs-poller StopTimeout differs from GRACE_PERIOD_SECS")
-    if "/healthz" not in " ".join(poller["HealthCheck"]["Command"]):
-        fail("template: the sqs-poller health check does not probe /healthz")
+    if poller["HealthCheck"]["Command"] != HEALTHCHECK:
+        fail(f"template: the sqs-poller health check is not {HEALTHCHECK} (it probes /healthz without curl)")
     if containers["app"]["StopTimeout"] <= poller["StopTimeout"]:
         fail("template: the app must outlive the sidecar's drain (StopTimeout)")
 
@@ -124,8 +128,8 @@ def main():
     tenv = {e["name"]: e["value"] for e in tdc["sqs-poller"]["environment"]}
     if str(tdc["sqs-poller"]["stopTimeout"]) != tenv["GRACE_PERIOD_SECS"]:
         fail("task-definition.json: sqs-poller stopTimeout differs from GRACE_PERIOD_SECS")
-    if "/healthz" not in " ".join(tdc["sqs-poller"]["healthCheck"]["command"]):
-        fail("task-definition.json: the health check does not probe /healthz")
+    if tdc["sqs-poller"]["healthCheck"]["command"] != HEALTHCHECK:
+        fail(f"task-definition.json: the health check is not {HEALTHCHECK} (it probes /healthz without curl)")
 
     # the configurations shipped for containers and pods are valid
     env = dict(os.environ, QUEUE_URL="https://sqs.us-east-1.amazonaws.com/123456789012/orders")

@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Configuration file [default: $SQS_POLLER_CONFIG, then config/poller.toml]
+    /// Configuration file [default: $SQS_POLLER_CONFIG, then config/poller.toml when it exists,
+    /// then /etc/sqs-poller/poller.toml]
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
 }
@@ -25,6 +26,13 @@ pub enum Command {
     Run,
     /// Validate the configuration file and print the resolved pipelines
     Check,
+    /// Exit 0 when the running service's /healthz answers 200 (a container's HEALTHCHECK, without
+    /// curl); the address is server.listen of --config unless --url names it
+    Healthcheck {
+        /// The health endpoint [default: http://127.0.0.1:PORT/healthz, PORT from server.listen]
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Try filter patterns offline: Lambda SQS records on stdin (one JSON object per line);
     /// prints `match` or `no-match` per line
     TestPattern {
@@ -85,9 +93,15 @@ pub enum DlqCommand {
     },
 }
 
+/// Where the configuration is: `--config`, then `$SQS_POLLER_CONFIG`, then `config/poller.toml`
+/// when it exists (a checkout), then `/etc/sqs-poller/poller.toml` (the container image).
 pub fn config_path(cli: &Cli) -> PathBuf {
-    cli.config
-        .clone()
-        .or_else(|| std::env::var_os("SQS_POLLER_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("config/poller.toml"))
+    let local = PathBuf::from("config/poller.toml");
+    cli.config.clone().or_else(|| std::env::var_os("SQS_POLLER_CONFIG").map(PathBuf::from)).unwrap_or_else(|| {
+        if local.exists() {
+            local
+        } else {
+            PathBuf::from("/etc/sqs-poller/poller.toml")
+        }
+    })
 }

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
                 Err(code) => code,
             };
         }
+        Some(Command::Healthcheck { url }) => return healthcheck(url.clone(), &path),
         Some(Command::Run | Command::Check) | None => {}
     }
     let config = match config::load(&path) {
@@ -121,6 +122,32 @@ fn redrive(aws: config::AwsConfig, from: &str, to: &str, options: &sqs_poller::r
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `healthcheck`: 0 when `/healthz` answers 200 within 5 s; 1 when it answers otherwise or not at
+/// all; 2 when there is no URL (no `--url` and no configuration to read `server.listen` from).
+fn healthcheck(url: Option<String>, path: &std::path::Path) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => match config::load(path) {
+            Ok(c) => sqs_poller::server::healthz_url(c.listen),
+            Err(e) => {
+                eprintln!("{e}\nsqs-poller healthcheck: no --url, and no configuration to read server.listen from");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    match runtime.block_on(sqs_poller::server::probe(&url, std::time::Duration::from_secs(5))) {
+        Ok(()) => {
+            println!("healthy: {url}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -94,6 +94,41 @@ pub const METRICS_LIMITS: Limits = Limits {
     max_connection_life: Some(MAX_CONNECTION_LIFE),
 };
 
+/// The `/healthz` URL of a service listening on `listen`, as a process beside it reaches it
+/// (an unspecified address is asked on loopback).
+pub fn healthz_url(listen: std::net::SocketAddr) -> String {
+    let host = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    format!("http://{host}:{}/healthz", listen.port())
+}
+
+/// Asks `url` once (`sqs-poller healthcheck`): `Ok` when it answers 200 within `timeout`.
+///
+/// # Errors
+/// What it answered instead, or why nothing answered.
+pub async fn probe(url: &str, timeout: std::time::Duration) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = tokio::time::timeout(timeout, client.get(uri))
+        .await
+        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+        .map_err(|e| crate::net::error_chain(&e))?;
+    let status = response.status();
+    // a small answer ("ok"); a larger one is not read
+    let _ = tokio::time::timeout(timeout, http_body_util::Limited::new(response.into_body(), 4096).collect()).await;
+    if status == hyper::StatusCode::OK {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, health: Health, stop: CancellationToken) {
     let state = Arc::new((metrics, health));

@@ -121,3 +121,50 @@ async fn out_of_descriptors_the_accept_loop_backs_off_instead_of_spinning() {
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
+
+/// `sqs-poller healthcheck` (a container's HEALTHCHECK without curl): 0 while the service
+/// answers on the `server.listen` of the same configuration, 1 naming the URL once it is gone,
+/// 2 with neither a configuration nor `--url`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_subcommand_says_whether_the_service_answers() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("healthcheck", &[]).await;
+    let worker = worker(|_| Reply::ok("")).await;
+    // a fixed port: the subcommand reads server.listen from the file, and port 0 names none
+    let port = free_port();
+    let header = format!(
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"0.0.0.0:{port}\"\nadmin_listen = \"\"\n[shutdown]\ngrace_period_secs = 5\n",
+        sqs.endpoint
+    );
+    let text =
+        header.clone() + &http_pipeline("healthcheck", &queue, &worker.url, "[pipelines.pollers]\nwait_time_secs = 1");
+    let mut poller =
+        spawn_poller_config(&header, &text, &[("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")], &[]);
+    poller.wait_listening().await;
+    let healthcheck = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+            .arg("healthcheck")
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    // the poller's own file goes with it: a copy outlives it
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("poller.toml");
+    std::fs::copy(&poller.config, &copy).unwrap();
+    let config = copy.to_str().unwrap().to_string();
+    let (code, out) = healthcheck(&["--config", &config]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("healthy: http://127.0.0.1:{port}/healthz")), "0.0.0.0 is asked on loopback: {out}");
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    let (code, out) = healthcheck(&["--config", &config]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("unhealthy: http://127.0.0.1:") && out.contains("/healthz"), "{out}");
+    let (code, out) = healthcheck(&["--url", &format!("http://127.0.0.1:{}/healthz", free_port())]);
+    assert_eq!(code, Some(1), "nothing listens: {out}");
+    let (code, out) = healthcheck(&["--config", "/nonexistent/poller.toml"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("no --url"), "{out}");
+}

@@ -307,3 +307,25 @@ fn check_prints_the_resolved_configuration() {
         "regenerate: target/debug/sqs-poller check --config config/poller.toml | sed -E 's/soft [0-9]+, hard [0-9]+/soft S, hard H/' > tests/golden/check-poller.txt"
     );
 }
+
+/// Without `--config` or `$SQS_POLLER_CONFIG`, a checkout's `config/poller.toml` is used, and
+/// elsewhere (the container image) `/etc/sqs-poller/poller.toml`: the error names the file looked for.
+#[test]
+fn the_default_configuration_is_the_checkouts_then_etc() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |cwd: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqs-poller"))
+            .arg("check")
+            .current_dir(cwd)
+            .env_remove("SQS_POLLER_CONFIG")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, out) = run(dir.path());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("/etc/sqs-poller/poller.toml"), "{out}");
+    let (code, out) = run(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("config/poller.toml: ok"), "{out}");
+}
