@@ -108,6 +108,8 @@ pub async fn watch_health(
         tracing::error!(pipeline = %pipeline, %url, "target.health_url is not a URI; the pipeline stays paused");
         return;
     };
+    // an http:// health URL through a proxy with credentials carries them on each request
+    let proxy_auth = crate::net::proxy::forward_authorization(&uri);
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -116,7 +118,12 @@ pub async fn watch_health(
             _ = tick.tick() => {}
         }
         let check = async {
-            let response = client.get(uri.clone()).await.map_err(|e| e.to_string())?;
+            let mut request = hyper::Request::get(uri.clone());
+            if let Some(auth) = &proxy_auth {
+                request = request.header(hyper::header::PROXY_AUTHORIZATION, auth);
+            }
+            let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
+            let response = client.request(request).await.map_err(|e| e.to_string())?;
             let status = response.status();
             // read the body so the connection can be kept (at most 64 KiB: a health check's
             // answer is small, and a worker that streams one is not read into memory)

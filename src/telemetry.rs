@@ -56,7 +56,12 @@ impl Telemetry {
         let https = crate::net::https_connector(None, None)
             .map_err(|e| anyhow::anyhow!("cannot set up TLS for telemetry.otlp_endpoint: {e}"))?;
         let client = opentelemetry_http::hyper::HyperClient::new(https, cfg.export_timeout, None);
-        let headers: HashMap<String, String> = cfg.headers.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+        let mut headers: HashMap<String, String> = cfg.headers.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+        // an http:// collector through a proxy with credentials: each export carries them
+        let collector: Option<hyper::Uri> = cfg.traces_url.parse().ok();
+        if let Some(auth) = collector.as_ref().and_then(crate::net::proxy::forward_authorization) {
+            headers.insert("proxy-authorization".into(), auth.to_str().unwrap_or_default().to_string());
+        }
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(client)

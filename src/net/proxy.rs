@@ -92,6 +92,17 @@ impl Service<Uri> for ProxyConnector {
     }
 }
 
+/// The `Proxy-Authorization` an `http://` request to `uri` carries through the environment's
+/// proxy, when the proxy URL has credentials (an `https://` destination's go in the tunnel's
+/// `CONNECT`, which [`ProxyConnector`] sends).
+pub fn forward_authorization(uri: &Uri) -> Option<hyper::header::HeaderValue> {
+    static PROXIES: std::sync::OnceLock<Matcher> = std::sync::OnceLock::new();
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    PROXIES.get_or_init(Matcher::from_env).intercept(uri)?.basic_auth().cloned()
+}
+
 /// A connection, straight or through a proxy; `forward`: to a proxy that takes absolute-form
 /// requests.
 pub struct Proxied {

@@ -46,7 +46,10 @@ async fn every_client_goes_through_the_proxy_the_environment_names() {
         &format!("health_url = \"{health}\""),
         "[pipelines.pollers]\nwait_time_secs = 1\n",
     );
-    let mut poller = spawn_behind(&sqs, &pipeline, &[("HTTP_PROXY", &proxy.url), ("HTTPS_PROXY", &proxy.url)]);
+    // the proxy's credentials in its URL: every request carries them
+    let with_credentials = proxy.url.replace("http://", "http://user:secret@");
+    let env = [("HTTP_PROXY", with_credentials.as_str()), ("HTTPS_PROXY", with_credentials.as_str())];
+    let mut poller = spawn_behind(&sqs, &pipeline, &env);
     poller.wait_listening().await;
     poller.wait_metric("sqs_poller_messages_deleted_total{pipeline=\"egress\"}", 20.0, Duration::from_secs(30)).await;
     let seen = proxy.seen();
@@ -61,6 +64,11 @@ async fn every_client_goes_through_the_proxy_the_environment_names() {
     let health_authority = health.trim_start_matches("http://").split('/').next().unwrap();
     assert!(seen.forwarded.iter().any(|(a, _)| a == health_authority), "the health check: {seen:?}");
     assert!(seen.tunnels.is_empty(), "http:// destinations are not tunnelled: {seen:?}");
+    assert!(
+        seen.without_credentials.is_empty(),
+        "requests without the proxy's credentials: {:?}",
+        seen.without_credentials
+    );
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }

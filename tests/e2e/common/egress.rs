@@ -16,6 +16,8 @@ pub struct Seen {
     pub tunnels: HashMap<String, usize>,
     /// Requests forwarded, as (`host:port`, `x-amz-target` or the path).
     pub forwarded: Vec<(String, String)>,
+    /// Tunnels and requests that came without `proxy-authorization`, as (`host:port`, what).
+    pub without_credentials: Vec<(String, String)>,
 }
 
 pub struct EgressProxy {
@@ -58,7 +60,11 @@ async fn serve(mut client: TcpStream, seen: Arc<Mutex<Seen>>) {
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
     let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let credentials = head.to_ascii_lowercase().contains("\r\nproxy-authorization: basic ");
     if method == "CONNECT" {
+        if !credentials {
+            seen.lock().unwrap().without_credentials.push((target.to_string(), "CONNECT".into()));
+        }
         let Ok(mut upstream) = TcpStream::connect(target).await else {
             let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n").await;
             return;
@@ -93,7 +99,13 @@ async fn serve(mut client: TcpStream, seen: Arc<Mutex<Seen>>) {
         }
     }
     forwarded.push_str("connection: close\r\n\r\n");
-    seen.lock().unwrap().forwarded.push((authority.to_string(), what));
+    {
+        let mut log = seen.lock().unwrap();
+        if !credentials {
+            log.without_credentials.push((authority.to_string(), what.clone()));
+        }
+        log.forwarded.push((authority.to_string(), what));
+    }
     if upstream.write_all(forwarded.as_bytes()).await.is_err() || upstream.write_all(&buf[head_len..]).await.is_err() {
         return;
     }
