@@ -189,7 +189,7 @@ impl Wire {
     /// # Errors
     /// When `uri` is not an absolute `http://` or `https://` URL with a host.
     pub fn new(uri: &str, tls: rustls::ClientConfig) -> Result<Wire, String> {
-        Self::new_via(uri, tls, &hyper_util::client::proxy::matcher::Matcher::from_env())
+        Self::new_via(uri, tls, crate::net::proxy::environment())
     }
 
     /// [`Self::new`] with the proxies `proxies` says (tests; `new` reads the environment).

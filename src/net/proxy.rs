@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::Uri;
@@ -27,7 +26,7 @@ pub struct ProxyConnector {
     direct: HttpsConnector<HttpConnector>,
     tcp: HttpConnector,
     tls: rustls::ClientConfig,
-    proxies: Arc<Matcher>,
+    proxies: &'static Matcher,
 }
 
 impl std::fmt::Debug for ProxyConnector {
@@ -39,13 +38,8 @@ impl std::fmt::Debug for ProxyConnector {
 impl ProxyConnector {
     /// `tcp` and `tls` as for a direct connection; the proxies from the environment.
     pub fn new(tcp: HttpConnector, tls: rustls::ClientConfig) -> Self {
-        Self::with_proxies(tcp, tls, Matcher::from_env())
-    }
-
-    /// As [`Self::new`] with chosen proxies (tests).
-    pub fn with_proxies(tcp: HttpConnector, tls: rustls::ClientConfig, proxies: Matcher) -> Self {
         let direct = https(tls.clone(), tcp.clone());
-        ProxyConnector { direct, tcp, tls, proxies: Arc::new(proxies) }
+        ProxyConnector { direct, tcp, tls, proxies: environment() }
     }
 }
 
@@ -96,11 +90,17 @@ impl Service<Uri> for ProxyConnector {
 /// proxy, when the proxy URL has credentials (an `https://` destination's go in the tunnel's
 /// `CONNECT`, which [`ProxyConnector`] sends).
 pub fn forward_authorization(uri: &Uri) -> Option<hyper::header::HeaderValue> {
-    static PROXIES: std::sync::OnceLock<Matcher> = std::sync::OnceLock::new();
     if uri.scheme_str() != Some("http") {
         return None;
     }
-    PROXIES.get_or_init(Matcher::from_env).intercept(uri)?.basic_auth().cloned()
+    environment().intercept(uri)?.basic_auth().cloned()
+}
+
+/// The environment's proxies, read once for the process: every client of the service (the lean
+/// client, [`ProxyConnector`], [`forward_authorization`]) asks the same matcher.
+pub fn environment() -> &'static Matcher {
+    static PROXIES: std::sync::OnceLock<Matcher> = std::sync::OnceLock::new();
+    PROXIES.get_or_init(Matcher::from_env)
 }
 
 /// A connection, straight or through a proxy; `forward`: to a proxy that takes absolute-form
