@@ -202,7 +202,7 @@ impl Acker {
             let deleted = self.leases.delete(&ids(batch, plan.delete.iter().copied())).await;
             self.count_deleted(deleted.iter().map(|&k| &batch[plan.delete[k]]), true);
             // large payloads of processed, deleted messages: their objects go too, when asked
-            if let Some(store) = self.payloads.as_ref().filter(|s| s.delete_after_success) {
+            if let Some(store) = self.payloads.as_ref().filter(|s| s.deletes_after_success()) {
                 let objects =
                     deleted.iter().filter_map(|&k| batch[plan.delete[k]].s3_object.as_ref().map(|o| &o.pointer));
                 futures_util::future::join_all(objects.map(|o| store.delete(o))).await;

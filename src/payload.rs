@@ -17,7 +17,6 @@
 //! Note: `md5OfBody` stays the digest SQS computed (of the pointer).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -64,10 +63,7 @@ impl S3Pointer {
 pub struct PayloadStore {
     s3: Arc<S3>,
     slots: Semaphore,
-    max_bytes: usize,
-    timeout: Duration,
-    pub delete_after_success: bool,
-    /// `allowed_buckets` and the rest of the section, for [`crate::config::LargePayloadConfig::allows`].
+    /// `[pipelines.large_payloads]`: `max_bytes`, `fetch_timeout_secs`, `allowed_buckets`, ...
     config: crate::config::LargePayloadConfig,
     fetched: metrics::Counter,
     failed: metrics::Counter,
@@ -83,14 +79,16 @@ impl PayloadStore {
         PayloadStore {
             s3,
             slots: Semaphore::new(config.concurrency.max(1)),
-            max_bytes: config.max_bytes,
-            timeout: config.fetch_timeout,
-            delete_after_success: config.delete_after_success,
             config: config.clone(),
             fetched: counters.fetched.clone(),
             failed: counters.failed.clone(),
             refused: counters.refused.clone(),
         }
+    }
+
+    /// `delete_after_success`: objects go once their messages were processed and deleted.
+    pub fn deletes_after_success(&self) -> bool {
+        self.config.delete_after_success
     }
 
     /// The payload at `p`, at most `max_bytes`, within the fetch timeout.
@@ -99,9 +97,9 @@ impl PayloadStore {
     /// Why it could not be fetched (no such object, too large, S3 unreachable or too slow), for
     /// the message's failure reason.
     pub async fn fetch(&self, p: &S3Pointer) -> Result<Bytes, String> {
-        let result = tokio::time::timeout(self.timeout, async {
+        let result = tokio::time::timeout(self.config.fetch_timeout, async {
             let _slot = self.slots.acquire().await.map_err(|_| "the payload store is closed".to_string())?;
-            self.s3.get(&p.bucket, &p.key, self.max_bytes).await.map_err(|e| match e {
+            self.s3.get(&p.bucket, &p.key, self.config.max_bytes).await.map_err(|e| match e {
                 crate::aws::s3::FetchError::TooLarge { max_bytes } => {
                     format!("s3://{}/{}: {e} (large_payloads.max_bytes is {max_bytes})", p.bucket, p.key)
                 }
@@ -114,7 +112,7 @@ impl PayloadStore {
                 "s3://{}/{}: not fetched within {} s (large_payloads.fetch_timeout_secs)",
                 p.bucket,
                 p.key,
-                self.timeout.as_secs()
+                self.config.fetch_timeout.as_secs()
             ))
         });
         match &result {
@@ -128,7 +126,7 @@ impl PayloadStore {
     /// `fetch_timeout_secs` as a fetch is: the batch's task (its slot, its FIFO or capped groups,
     /// the drain) waits for it (issue 30: a stalled S3 held them for good).
     pub async fn delete(&self, p: &S3Pointer) {
-        match tokio::time::timeout(self.timeout, self.s3.delete(&p.bucket, &p.key)).await {
+        match tokio::time::timeout(self.config.fetch_timeout, self.s3.delete(&p.bucket, &p.key)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(bucket = %p.bucket, key = %p.key, error = %e, "could not delete a large payload's object")
@@ -137,7 +135,7 @@ impl PayloadStore {
                 bucket = %p.bucket,
                 key = %p.key,
                 "a large payload's object was not deleted within {} s (large_payloads.fetch_timeout_secs); it stays in the bucket",
-                self.timeout.as_secs()
+                self.config.fetch_timeout.as_secs()
             ),
         }
     }
