@@ -817,23 +817,12 @@ pub fn find_metric(text: &str, series: &str) -> Option<f64> {
 
 /// GET over plain HTTP; `None` when nothing answers.
 pub async fn http_get(url: &str) -> Option<(u16, String)> {
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
-    let res = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse().ok()?)).await.ok()?.ok()?;
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.ok()?.to_bytes();
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
+    http_request("GET", url, &[]).await
 }
 
 /// POST with an empty body over plain HTTP; `None` when nothing answers.
 pub async fn http_post(url: &str) -> Option<(u16, String)> {
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::post(url).body(Full::new(Bytes::new())).ok()?;
-    let res = tokio::time::timeout(Duration::from_secs(5), client.request(req)).await.ok()?.ok()?;
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.ok()?.to_bytes();
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
+    http_request("POST", url, &[]).await
 }
 
 /// A request with chosen headers (a `Host` given here replaces the URL's) over plain HTTP;
