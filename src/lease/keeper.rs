@@ -810,6 +810,11 @@ impl Drop for RoundDone<'_> {
 mod tests {
     use super::*;
 
+    /// A lease keeper's metrics for a test (a pipeline named `t`).
+    fn metrics() -> LeaseMetrics {
+        crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease
+    }
+
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
     }
@@ -824,13 +829,7 @@ mod tests {
         use crate::sqs::Queue as _;
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(300), 1)));
         queue.put("old", None);
-        let keeper = Arc::new(LeaseKeeper::new(
-            queue.clone(),
-            secs(300),
-            secs(3600),
-            20,
-            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
-        ));
+        let keeper = Arc::new(LeaseKeeper::new(queue.clone(), secs(300), secs(3600), 20, metrics()));
         let stop = tokio_util::sync::CancellationToken::new();
         let heartbeat = tokio::spawn({
             let (keeper, stop) = (keeper.clone(), stop.clone());
@@ -865,8 +864,7 @@ mod tests {
     async fn a_shrunk_room_takes_the_free_room_now_and_the_rest_as_it_comes_back() {
         use crate::sim::{SimConfig, SimQueue};
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
-        let keeper =
-            LeaseKeeper::new(queue, secs(30), secs(3600), 40, crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease);
+        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 40, metrics());
         // two pollers hold a receive's room each (long polls out)
         let (a, b) = (keeper.reserve().await, keeper.reserve().await);
         keeper.set_room(10);
@@ -892,13 +890,7 @@ mod tests {
         for body in ["a", "b", "c"] {
             queue.put(body, None);
         }
-        let keeper = LeaseKeeper::new(
-            queue.clone(),
-            secs(30),
-            secs(3600),
-            20,
-            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
-        );
+        let keeper = LeaseKeeper::new(queue.clone(), secs(30), secs(3600), 20, metrics());
         let got = queue.receive(Duration::ZERO, None).await.unwrap();
         let pairs: Vec<(&str, &str)> =
             got.iter().map(|m| (m.message_id().unwrap(), m.receipt_handle().unwrap())).collect();
@@ -924,8 +916,7 @@ mod tests {
     async fn an_answer_larger_than_its_reservation_owes_the_difference() {
         use crate::sim::{SimConfig, SimQueue};
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
-        let keeper =
-            LeaseKeeper::new(queue, secs(30), secs(3600), 20, crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease);
+        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 20, metrics());
         let ids: Vec<String> = (0..11).map(|i| format!("m{i}")).collect();
         let pairs: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "rh")).collect();
         let admitted = keeper.admit(keeper.reserve().await, pairs, keeper.stamp());
@@ -946,13 +937,7 @@ mod tests {
         use crate::sqs::Queue as _;
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
         queue.put("a", None);
-        let keeper = LeaseKeeper::new(
-            queue.clone(),
-            secs(30),
-            secs(3600),
-            20,
-            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
-        );
+        let keeper = LeaseKeeper::new(queue.clone(), secs(30), secs(3600), 20, metrics());
         let stamp = keeper.stamp();
         let got = queue.receive(Duration::ZERO, None).await.unwrap();
         let id = got[0].message_id().unwrap().to_string();
@@ -975,14 +960,8 @@ mod tests {
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
         // messages of at most 100 KiB: a receive reserves 10 × (100 + 2) KiB = 1,020 KiB; a
         // budget of 2,500 KiB holds two receives at once
-        let keeper = LeaseKeeper::new(
-            queue,
-            secs(30),
-            secs(3600),
-            1000,
-            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
-        )
-        .with_byte_budget(2500 * 1024, 100 * 1024);
+        let keeper =
+            LeaseKeeper::new(queue, secs(30), secs(3600), 1000, metrics()).with_byte_budget(2500 * 1024, 100 * 1024);
         assert_eq!(keeper.receives_in_budget(), Some(2));
         let first = keeper.reserve().await;
         let second = keeper.reserve().await;
@@ -1015,14 +994,7 @@ mod tests {
     async fn a_receive_over_its_byte_reservation_owes_the_difference() {
         use crate::sim::{SimConfig, SimQueue};
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
-        let keeper = LeaseKeeper::new(
-            queue,
-            secs(30),
-            secs(3600),
-            1000,
-            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
-        )
-        .with_byte_budget(1024, 10 * 1024);
+        let keeper = LeaseKeeper::new(queue, secs(30), secs(3600), 1000, metrics()).with_byte_budget(1024, 10 * 1024);
         assert_eq!(keeper.receives_in_budget(), Some(1), "raised to one receive's worth (120 KiB)");
         let ids: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
         let received: Vec<(&str, &str, usize)> = ids.iter().map(|id| (id.as_str(), "rh", 20 * 1024)).collect();
@@ -1044,14 +1016,8 @@ mod tests {
         use crate::sim::{SimConfig, SimQueue};
         let queue = Arc::new(SimQueue::new(SimConfig::new("http://sim/q", secs(30), 1)));
         // a receive reserves 10 × (2 + 2) KiB = 40 KiB; the budget is 1,000 KiB
-        let keeper = LeaseKeeper::new(
-            queue,
-            secs(30),
-            secs(3600),
-            1000,
-            crate::metrics::PipelineMetrics::new("t", 1, 1, 1).lease,
-        )
-        .with_byte_budget(1000 * 1024, 2 * 1024);
+        let keeper =
+            LeaseKeeper::new(queue, secs(30), secs(3600), 1000, metrics()).with_byte_budget(1000 * 1024, 2 * 1024);
         keeper.admit_sized(keeper.reserve().await, [("p1", "rh", 300), ("p2", "rh", 300)], keeper.stamp());
         assert_eq!(keeper.bytes.kib.available_permits(), 1000 - 6);
         keeper.charge_payload("p1", 100 * 1024);
