@@ -17,7 +17,6 @@ use crate::common::egress::EgressProxy;
 use crate::common::*;
 use bytes::Bytes;
 use http_body_util::Full;
-use rustls_pki_types::pem::PemObject;
 
 fn spawn_behind(sqs: &Sqs, pipeline: &str, env: &[(&str, &str)]) -> Poller {
     let header = format!(
@@ -76,17 +75,7 @@ async fn every_client_goes_through_the_proxy_the_environment_names() {
 /// A TLS worker (no client certificate asked) with the test CA's certificate for `localhost`;
 /// its URL and how many batches it answered.
 async fn tls_worker(dir: &Path) -> (String, Arc<AtomicUsize>) {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain: Vec<_> =
-        rustls_pki_types::CertificateDer::pem_file_iter(dir.join("server.pem")).unwrap().map(Result::unwrap).collect();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = crate::https_target::tls_acceptor(dir, false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let answered = Arc::new(AtomicUsize::new(0));
