@@ -2,13 +2,15 @@
 """Checks what can be checked here of deploy/ (no Docker engine, no AWS account):
 
 - every JSON and YAML file parses; Kubernetes documents have apiVersion and kind;
-- cfn-lint passes on the CloudFormation template;
+- cfn-lint passes on the CloudFormation template, hadolint on the two image recipes (the
+  Dockerfile and deploy/image/Containerfile);
 - the task role allows exactly the SQS actions sqs-poller calls (read from src/sqs.rs), on the
   queue only; the dead-letter-only action (SendMessage) is left out because the stack uses the
   queue's redrive policy;
 - the sidecar's stopTimeout equals its grace period, in the template and the task definition,
   and both health checks are `sqs-poller healthcheck` (its /healthz, no curl); the Kubernetes ConfigMap's poller.toml passes
-  `sqs-poller check`.
+  `sqs-poller check`;
+- every deploy file turns on JSON logs.
 
 Run by tests/e2e/deploy.rs with the venv that scripts/install-services.sh makes (.local/venv).
 """
@@ -97,6 +99,11 @@ def main():
                           capture_output=True, text=True)
     if lint.returncode != 0:
         fail(f"cfn-lint: {lint.stdout}{lint.stderr}")
+    recipes = [os.path.join(ROOT, "Dockerfile"), os.path.join(ROOT, "deploy/image/Containerfile")]
+    lint = subprocess.run([os.path.join(os.path.dirname(sys.executable), "hadolint"), "--no-color", *recipes],
+                          capture_output=True, text=True)
+    if lint.returncode != 0:
+        fail(f"hadolint: {lint.stdout}{lint.stderr}")
 
     template = yaml.load(open(template_path), Loader=CfnLoader)
     res = template["Resources"]
@@ -120,6 +127,8 @@ def main():
         fail("template: sqs-poller StopTimeout differs from GRACE_PERIOD_SECS")
     if poller["HealthCheck"]["Command"] != HEALTHCHECK:
         fail(f"template: the sqs-poller health check is not {HEALTHCHECK} (it probes /healthz without curl)")
+    if env.get("SQS_POLLER_LOG_FORMAT") != "json":
+        fail("template: the sqs-poller container does not log JSON (SQS_POLLER_LOG_FORMAT=json)")
     if containers["app"]["StopTimeout"] <= poller["StopTimeout"]:
         fail("template: the app must outlive the sidecar's drain (StopTimeout)")
 
@@ -128,6 +137,11 @@ def main():
     tenv = {e["name"]: e["value"] for e in tdc["sqs-poller"]["environment"]}
     if str(tdc["sqs-poller"]["stopTimeout"]) != tenv["GRACE_PERIOD_SECS"]:
         fail("task-definition.json: sqs-poller stopTimeout differs from GRACE_PERIOD_SECS")
+    if tenv.get("SQS_POLLER_LOG_FORMAT") != "json":
+        fail("task-definition.json: the sqs-poller container does not log JSON (SQS_POLLER_LOG_FORMAT=json)")
+    for path in ["deploy/kubernetes/deployment.yaml", "deploy/systemd/sqs-poller.service"]:
+        if "--log-format json" not in open(os.path.join(ROOT, path)).read().replace('", "', " "):
+            fail(f"{path}: sqs-poller does not log JSON (--log-format json)")
     if tdc["sqs-poller"]["healthCheck"]["command"] != HEALTHCHECK:
         fail(f"task-definition.json: the health check is not {HEALTHCHECK} (it probes /healthz without curl)")
 

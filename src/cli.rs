@@ -18,6 +18,16 @@ pub struct Cli {
     /// then /etc/sqs-poller/poller.toml]
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    /// Log lines as text, or as one JSON object per line (for CloudWatch Logs Insights, Loki and
+    /// the like); logs go to stderr, filtered by RUST_LOG (default info)
+    #[arg(long, global = true, value_enum, env = "SQS_POLLER_LOG_FORMAT", ignore_case = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]

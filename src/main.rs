@@ -7,10 +7,11 @@ use sqs_poller::config::{self, Config};
 use sqs_poller::shutdown::{self, Shutdown};
 
 mod cli;
-use cli::{config_path, Cli, Command, DlqCommand};
+use cli::{config_path, Cli, Command, DlqCommand, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    sqs_poller::telemetry::init_logs(cli.log_format == LogFormat::Json);
     let path = config_path(&cli);
     match &cli.command {
         Some(Command::TestPattern { patterns }) => return test_pattern(patterns),
@@ -86,7 +87,6 @@ fn with_sqs<T, F>(
 where
     F: std::future::Future<Output = anyhow::Result<T>>,
 {
-    sqs_poller::telemetry::init_logs();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let result = runtime.block_on(async {
         let clients = sqs_poller::sqs::SqsClients::new(&sqs_poller::aws::Aws::load(&aws).await?).await?;
@@ -177,7 +177,6 @@ fn test_pattern(patterns: &[String]) -> ExitCode {
 }
 
 fn run(config: Config, path: std::path::PathBuf) -> ExitCode {
-    sqs_poller::telemetry::init_logs();
     sqs_poller::metrics::give_back_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

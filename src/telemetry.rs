@@ -564,9 +564,9 @@ async fn ec2_resource() -> Option<Vec<KeyValue>> {
     Some(a)
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`); `SQS_POLLER_LOG_FORMAT=json`
-/// writes one JSON object per line (for CloudWatch Logs Insights and the like).
-pub fn init_logs() {
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`); `json` writes one JSON object per
+/// line (for CloudWatch Logs Insights and the like): `--log-format` or `SQS_POLLER_LOG_FORMAT`.
+pub fn init_logs(json: bool) {
     // aws-config logs every credentials load at info ("loaded base credentials"): those belong
     // at debug, unless RUST_LOG asks for aws_config by name
     let mut directives =
@@ -577,7 +577,7 @@ pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("SQS_POLLER_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+    if json {
         builder.json().flatten_event(true).with_current_span(true).init();
     } else {
         builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();

@@ -23,6 +23,7 @@ mod faults;
 mod fifo_and_rate;
 mod filtering;
 mod https_target;
+mod image;
 mod lambda_target;
 mod large_messages;
 mod large_payloads;

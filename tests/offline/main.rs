@@ -8,6 +8,7 @@ mod config_errors;
 mod filter_alloc;
 mod filter_fuzz;
 mod filter_patterns;
+mod image_recipe;
 mod lease_edges;
 mod simulation;
 mod structure;
