@@ -42,8 +42,6 @@ pub const GROUP_CAP_WAIT: &str = "sqs_poller_group_cap_wait_seconds";
 pub const SLOT_WAIT: &str = "sqs_poller_slot_wait_seconds";
 pub const MAX_OUTSTANDING: &str = "sqs_poller_max_outstanding_messages";
 pub const IN_FLIGHT_BYTES: &str = "sqs_poller_in_flight_bytes";
-/// The process's resident memory (the Prometheus client libraries' standard name).
-pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
 pub const MAX_OUTSTANDING_BYTES: &str = "sqs_poller_max_outstanding_bytes";
 pub const DUPLICATE_RECEIVES: &str = "sqs_poller_duplicate_receives_total";
 pub const LEASE_EXTENSIONS: &str = "sqs_poller_lease_extensions_total";
@@ -161,7 +159,6 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Gauge, POLLERS_MAX, Some(Unit::Count), "Configured pollers.max."),
     (Kind::Gauge, IN_FLIGHT_MESSAGES, Some(Unit::Count), "Messages received and not yet acknowledged."),
     (Kind::Gauge, IN_FLIGHT_BYTES, Some(Unit::Bytes), "Bytes of the byte budget taken: the leased messages (body, attributes and a fixed overhead each) and the receives in flight (ten of the queue's largest messages each)."),
-    (Kind::Gauge, PROCESS_RESIDENT_MEMORY, Some(Unit::Bytes), "Resident memory of the process (VmRSS), read at each scrape."),
     (Kind::Gauge, MAX_OUTSTANDING_BYTES, Some(Unit::Bytes), "Configured lease.max_outstanding_bytes (raised to one receive's worth when lower)."),
     (Kind::Gauge, IN_FLIGHT_BATCHES, Some(Unit::Count), "Batches being dispatched or acknowledged now."),
     (Kind::Gauge, MAX_CONCURRENCY, Some(Unit::Count), "Configured target.max_concurrency (batches in flight at most)."),
@@ -609,11 +606,83 @@ pub fn resident_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Sets `process_resident_memory_bytes` to what the process holds now (before a scrape).
-pub fn note_resident_memory() {
-    if let Some(bytes) = resident_memory_bytes() {
-        metrics::gauge!(PROCESS_RESIDENT_MEMORY).set(bytes as f64);
+/// The process's figures under the names every Prometheus client library gives them (the
+/// exposition format's "process" collector), read from `/proc/self` at each scrape: CPU time,
+/// resident memory, open descriptors and the open-file limit (running out of descriptors is how
+/// a large fleet of pollers fails), and the start time. Empty where there is no `/proc`.
+pub fn process_text() -> String {
+    let mut out = String::new();
+    let mut add = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        }
+    };
+    let stat = ProcStat::read();
+    let ticks = clock_ticks_per_second();
+    add(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        stat.as_ref().map(|s| (s.utime + s.stime) as f64 / ticks),
+    );
+    add(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        resident_memory_bytes().map(|b| b as f64),
+    );
+    let open = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as f64);
+    add("process_open_fds", "gauge", "Number of open file descriptors.", open);
+    add("process_max_fds", "gauge", "Maximum number of open file descriptors.", max_fds());
+    let boot = boot_time_seconds();
+    let start = stat.as_ref().zip(boot).map(|(s, boot)| boot + s.starttime as f64 / ticks);
+    add("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", start);
+    out
+}
+
+/// The fields of `/proc/self/stat` that [`process_text`] reports, in clock ticks.
+struct ProcStat {
+    utime: u64,
+    stime: u64,
+    starttime: u64,
+}
+
+impl ProcStat {
+    fn read() -> Option<ProcStat> {
+        Self::parse(&std::fs::read_to_string("/proc/self/stat").ok()?)
     }
+
+    /// `pid (comm) state ppid …`: the command may hold spaces and parentheses, so the fields are
+    /// counted from the last `)`; utime, stime and starttime are fields 14, 15 and 22.
+    fn parse(text: &str) -> Option<ProcStat> {
+        let rest = &text[text.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3)?.parse().ok();
+        Some(ProcStat { utime: field(14)?, stime: field(15)?, starttime: field(22)? })
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the system
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// The soft open-file limit (`ulimit -n`), the one that fails an `open` or `accept`.
+fn max_fds() -> Option<f64> {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct it is given, nothing else
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0).then_some(l.rlim_cur as f64)
+}
+
+/// When the machine booted (`btime` of `/proc/stat`), in seconds since the epoch.
+fn boot_time_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()
 }
 
 /// Gives the memory of settled messages back to the system once a second. glibc serves
@@ -638,4 +707,39 @@ pub fn give_back_freed_memory() {
         })
         .map(drop)
         .unwrap_or_else(|e| tracing::warn!(error = %e, "cannot start the thread that gives freed memory back"));
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_is_read_past_a_command_with_spaces_and_parentheses() {
+        let line = "4242 (sqs poller (x)) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 75 0 0 20 0 9 0 1234 0 0";
+        let stat = ProcStat::parse(line).unwrap();
+        assert_eq!((stat.utime, stat.stime, stat.starttime), (250, 75, 1234));
+        assert!(ProcStat::parse("4242 (short) S 1").is_none());
+    }
+
+    #[test]
+    fn the_process_block_has_the_standard_names_and_types() {
+        let text = process_text();
+        for (name, kind) in [
+            ("process_cpu_seconds_total", "counter"),
+            ("process_resident_memory_bytes", "gauge"),
+            ("process_open_fds", "gauge"),
+            ("process_max_fds", "gauge"),
+            ("process_start_time_seconds", "gauge"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n{name} ")), "{name} in:\n{text}");
+        }
+        let value = |name: &str| -> f64 {
+            let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+            line.split(' ').nth(1).unwrap().parse().unwrap()
+        };
+        assert!(value("process_open_fds") >= 3.0 && value("process_open_fds") <= value("process_max_fds"));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let start = value("process_start_time_seconds");
+        assert!(start <= now + 1.0 && start > now - 86_400.0 * 365.0, "start {start}, now {now}");
+    }
 }

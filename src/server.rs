@@ -145,10 +145,11 @@ fn route(req: &Request<Incoming>, metrics: &PrometheusHandle, health: &Health) -
     }
     match req.uri().path() {
         "/metrics" => {
-            crate::metrics::note_resident_memory();
+            let mut text = metrics.render();
+            text.push_str(&crate::metrics::process_text());
             Response::builder()
                 .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                .body(Full::new(Bytes::from(metrics.render())))
+                .body(Full::new(Bytes::from(text)))
                 .expect("static response")
         }
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),

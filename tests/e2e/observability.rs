@@ -76,6 +76,10 @@ fn the_dashboard_has_the_expected_structure() {
     let ds = vars.iter().find(|v| v["name"] == "datasource").expect("a datasource variable");
     assert_eq!(ds["type"], "datasource");
     assert_eq!(ds["query"], "prometheus");
+    for name in ["job", "instance"] {
+        let v = vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("a {name} variable"));
+        assert_eq!((&v["type"], &v["multi"], &v["includeAll"]), (&"query".into(), &true.into(), &true.into()), "{v}");
+    }
     let pipeline = vars.iter().find(|v| v["name"] == "pipeline").expect("a pipeline variable");
     assert_eq!(pipeline["type"], "query");
     assert!(pipeline["definition"].as_str().unwrap().contains("label_values("));
@@ -120,7 +124,21 @@ fn the_dashboard_has_the_expected_structure() {
         assert!(!targets.is_empty(), "{}", p["title"]);
         for t in targets {
             let expr = t["expr"].as_str().unwrap();
-            assert!(expr.contains("pipeline=~\"$pipeline\""), "{}: {expr} ignores the pipeline variable", p["title"]);
+            for variable in ["job", "instance", "pipeline"] {
+                assert!(
+                    expr.contains(&format!("{variable}=~\"${variable}\"")),
+                    "{}: {expr} ignores the {variable} variable",
+                    p["title"]
+                );
+            }
+            // every task samples the same queue: their samples are one figure, not a sum
+            if expr.contains("sqs_poller_queue_messages") || expr.contains("sqs_poller_oldest_message_age") {
+                assert!(
+                    expr.starts_with("max by (pipeline"),
+                    "{}: {expr} adds the tasks' samples of one queue",
+                    p["title"]
+                );
+            }
             assert!(t["refId"].is_string());
         }
     }
@@ -217,28 +235,8 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
     }
 
     // a real Prometheus scraping every second
-    let dir = tempfile::tempdir().unwrap();
-    let target = poller.listen.trim_start_matches("http://");
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: sqs-poller\n    static_configs:\n      - targets: ['{target}']\n",
-            root().join("deploy/prometheus/alerts.yml").display()
-        ),
-    )
-    .unwrap();
-    let prom_port = free_port();
-    let mut prometheus = tokio::process::Command::new(prometheus_bin("prometheus"))
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start prometheus");
-    let api = format!("http://127.0.0.1:{prom_port}");
+    let mut prometheus = Prometheus::start(&[&poller.listen]);
+    let (api, dir) = (prometheus.api.clone(), prometheus.dir.path().to_path_buf());
 
     // traffic while Prometheus watches
     let sender = {
@@ -270,7 +268,7 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut still = Vec::new();
         for (title, expr) in pending {
-            let q = expr.replace("$pipeline", "observed").replace("$__rate_interval", "10s");
+            let q = as_grafana_sends(&expr, "observed");
             match http_get(&format!("{api}/api/v1/query?query={}", percent_encode(&q))).await {
                 Some((200, body)) => {
                     let v: Value = serde_json::from_str(&body).unwrap();
@@ -301,7 +299,7 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
         "{} of {} dashboard queries returned no data, e.g. {last_answer}\nprometheus log:\n{}",
         pending.len(),
         queries.len(),
-        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
     );
     println!("all {} dashboard queries returned data", queries.len());
 
@@ -316,9 +314,111 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
             assert_eq!(r["health"], "ok", "rule {} does not evaluate: {}", r["name"], r["lastError"]);
         }
     }
-    let _ = prometheus.kill().await;
+    let _ = prometheus.child.kill().await;
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
+}
+
+/// A real Prometheus scraping sqs-poller services every second, as one job, with the alert rules.
+struct Prometheus {
+    child: tokio::process::Child,
+    api: String,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(listens: &[&str]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let targets: Vec<String> = listens.iter().map(|l| format!("'{}'", l.trim_start_matches("http://"))).collect();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: orders-service\n    static_configs:\n      - targets: [{}]\n",
+                root().join("deploy/prometheus/alerts.yml").display(),
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = tokio::process::Command::new(prometheus_bin("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start prometheus");
+        Prometheus { child, api: format!("http://127.0.0.1:{port}"), dir }
+    }
+
+    /// The instant query's result series: their labels and values (none while there is no data).
+    async fn query(&self, q: &str) -> Vec<(Value, f64)> {
+        let Some((200, body)) = http_get(&format!("{}/api/v1/query?query={}", self.api, percent_encode(q))).await
+        else {
+            return Vec::new();
+        };
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let results = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        results.into_iter().map(|r| (r["metric"].clone(), r["value"][1].as_str().unwrap().parse().unwrap())).collect()
+    }
+}
+
+/// Two tasks of one service on one queue, both scraped under one job: the dashboard's depth panel
+/// shows the queue's depth (the tasks' samples are one figure), the pollers panel both tasks'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tasks_on_one_queue_show_the_queue_once_on_the_dashboard() {
+    let sqs = sqs().await;
+    let queue = sqs.queue("fleet-depth", &[]).await;
+    // the worker holds every batch: all 40 messages in flight, a depth that stays put
+    let worker = worker(|_| {
+        let mut reply = Reply::ok("");
+        reply.delay = Duration::from_secs(120);
+        reply
+    })
+    .await;
+    let extra = "[pipelines.pollers]\nmin = 1\nmax = 1\nwait_time_secs = 1\n[pipelines.batch]\nsize = 10\n";
+    let pipeline = http_pipeline("orders", &queue, &worker.url, extra)
+        .replace("[pipelines.target]", "depth_interval_secs = 1\n[pipelines.target]\nmax_concurrency = 4");
+    let tasks = [start_poller(&sqs, 2, &pipeline).await, start_poller(&sqs, 2, &pipeline).await];
+    let bodies: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    eventually("the two tasks hold all 40 messages", Duration::from_secs(30), || async {
+        sqs.counts(&queue).await == (0, 40)
+    })
+    .await;
+
+    let prometheus = Prometheus::start(&[&tasks[0].listen, &tasks[1].listen]);
+    let d = dashboard();
+    let depth = dashboard_queries(&d).into_iter().find(|(title, _)| title == "Source queue depth").unwrap().1;
+    let depth = as_grafana_sends(&depth, "orders");
+    let pollers = dashboard_queries(&d).into_iter().find(|(title, _)| title == "Pollers").unwrap().1;
+    let pollers = as_grafana_sends(&pollers, "orders");
+    let in_flight = |series: &[(Value, f64)]| {
+        series.iter().filter(|(m, _)| m["state"] == "in_flight").map(|(_, v)| *v).collect::<Vec<_>>()
+    };
+    eventually("Prometheus has both tasks' depth samples", Duration::from_secs(30), || async {
+        let per_task = prometheus.query("sqs_poller_queue_messages{queue=\"source\",state=\"in_flight\"}").await;
+        per_task.len() == 2 && per_task.iter().all(|(_, v)| *v == 40.0)
+    })
+    .await;
+    assert_eq!(in_flight(&prometheus.query(&depth).await), vec![40.0], "{depth}");
+    // what the panel showed before: the sum over tasks, twice the queue
+    let summed = depth.replacen("max by", "sum by", 1);
+    assert_eq!(in_flight(&prometheus.query(&summed).await), vec![80.0], "{summed}");
+    // the pollers add up over tasks (one each)
+    let fleet = prometheus.query(&pollers).await;
+    assert_eq!(fleet.iter().map(|(_, v)| *v).next(), Some(2.0), "{pollers}: {fleet:?}");
+    drop(tasks);
+}
+
+/// A dashboard query as Grafana sends it: the variables at "All" (`.*`) but the pipeline.
+fn as_grafana_sends(expr: &str, pipeline: &str) -> String {
+    expr.replace("$pipeline", pipeline)
+        .replace("$job", ".*")
+        .replace("$instance", ".*")
+        .replace("$__rate_interval", "10s")
 }
 
 /// Percent-encodes a query parameter value.
