@@ -76,6 +76,16 @@ pub enum Command {
         #[arg(long)]
         region: Option<String>,
     },
+    /// Write the pipelines equivalent to Lambda SQS event source mappings: the output of
+    /// `aws lambda get-event-source-mapping` (or `list-event-source-mappings`), or a
+    /// CloudFormation/SAM template; every setting that could not be carried over is named
+    ImportEsm {
+        /// The mapping or template (JSON or YAML) [default: stdin]
+        file: Option<PathBuf>,
+        /// Write the configuration here [default: stdout]
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Look into a dead-letter queue
     Dlq {
         #[command(subcommand)]

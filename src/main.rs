@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Healthcheck { url }) => return healthcheck(url.clone(), &path),
+        Some(Command::ImportEsm { file, output }) => return import_esm(file.as_deref(), output.as_deref()),
         Some(Command::Run | Command::Check) | None => {}
     }
     let config = match config::load(&path) {
@@ -204,6 +205,43 @@ fn run(config: Config, path: std::path::PathBuf) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("sqs-poller: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `import-esm`: the configuration on stdout (or `--output`), what was not carried over on stderr.
+fn import_esm(file: Option<&std::path::Path>, output: Option<&std::path::Path>) -> ExitCode {
+    let source = file.map_or_else(|| "stdin".to_string(), |f| f.display().to_string());
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f),
+        None => std::io::read_to_string(std::io::stdin()),
+    };
+    let mappings = match text.map_err(|e| e.to_string()).and_then(|t| sqs_poller::import_esm::read(&t)) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("import-esm: {source}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (config, notes) = sqs_poller::import_esm::write(&mappings);
+    for note in &notes {
+        eprintln!("import-esm: not carried over: {note}");
+    }
+    let written = match output {
+        Some(path) => std::fs::write(path, &config).map_err(|e| format!("{}: {e}", path.display())),
+        None => std::io::Write::write_all(&mut std::io::stdout(), config.as_bytes()).map_err(|e| e.to_string()),
+    };
+    match written {
+        Ok(()) => {
+            eprintln!(
+                "import-esm: {} pipeline(s) from {source}; check them with `sqs-poller check --config FILE`",
+                mappings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("import-esm: {e}");
             ExitCode::FAILURE
         }
     }

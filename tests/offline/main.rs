@@ -9,6 +9,7 @@ mod filter_alloc;
 mod filter_fuzz;
 mod filter_patterns;
 mod image_recipe;
+mod import_esm;
 mod lease_edges;
 mod simulation;
 mod structure;

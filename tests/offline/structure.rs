@@ -265,6 +265,7 @@ const LAYERS: &[&str] = &[
     "config",
     "descriptors",
     "check",
+    "import_esm",
     // the message
     "event",
     "trace",
