@@ -18,6 +18,7 @@ mod conformance;
 mod delivery;
 mod deploy;
 mod egress_proxy;
+mod example_workers;
 mod fair_share;
 mod faults;
 mod fifo_and_rate;
