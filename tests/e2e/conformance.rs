@@ -1,6 +1,6 @@
 //! Keeps the simulation honest: the same scenarios, through the same `Queue` trait the service
 //! uses, against the simulated queue, fauxqs, moto and LocalStack. Each backend's behaviour is
-//! pinned to the table in the README ("Where the emulators differ from SQS"); SQS's own column
+//! pinned to the table in docs/src/testing.md ("Where the emulators differ from SQS"); SQS's own column
 //! comes from the AWS documentation. When an emulator changes, this test fails and the table
 //! must be updated with it.
 

@@ -1,5 +1,5 @@
 //! The plain-EC2 install: `deploy/systemd/sqs-poller.service` passes `systemd-analyze verify`,
-//! carries the hardening and timeouts the README promises, and the service speaks systemd's
+//! carries the hardening and timeouts the manual promises (docs/src/deploy.md), and the service speaks systemd's
 //! readiness protocol (READY=1 once its queues are found, RELOADING=1 … READY=1 around a SIGHUP
 //! reload, STOPPING=1 at the drain) on the `NOTIFY_SOCKET` a test binds.
 

@@ -1,7 +1,7 @@
 //! OpenTelemetry through the real binary: an OTLP/HTTP receiver in the test decodes what
 //! arrives with the protocol's own types (`opentelemetry-proto`), not by matching strings.
 //!
-//! LocalStack, because fauxqs drops `AWSTraceHeader` (README, emulator table): one producer is
+//! LocalStack, because fauxqs drops `AWSTraceHeader` (docs/src/testing.md, the emulator table): one producer is
 //! linked through its X-Ray header, one through a `traceparent` message attribute.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! Trace context on LocalStack (fauxqs drops `AWSTraceHeader`; see the README): a message sent
+//! Trace context on LocalStack (fauxqs drops `AWSTraceHeader`; see docs/src/testing.md): a message sent
 //! with an X-Ray trace header reaches an HTTP worker as `X-Amzn-Trace-Id` and a W3C
 //! `traceparent`, an unmodified Lambda handler (awslambdaric) as `_X_AMZN_TRACE_ID`, and the
 //! batch's log lines carry its trace id.

@@ -762,7 +762,7 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 }
 
 /// Asserts that every label of every series in `text` has a value from the fixed sets of the
-/// metrics contract (README, "Metrics and health"): no message ids, error texts or queue URLs.
+/// metrics contract (docs/src/metrics.md): no message ids, error texts or queue URLs.
 pub fn assert_bounded_labels(text: &str, pipelines: &[&str]) {
     let allowed = |key: &str, value: &str| -> bool {
         match key {
