@@ -27,6 +27,7 @@ TOTAL = int(os.environ.get("DEMO_MESSAGES", "5000"))
 FAIL_EVERY = 250  # one message in 250 asks the worker to fail: retried, then dead-lettered
 ROUND_TRIP = float(os.environ.get("DEMO_ROUND_TRIP_MS", "25")) / 1000
 BINARY = os.environ.get("DEMO_BINARY", os.path.join(ROOT, "target/debug/sqs-poller"))
+CSV = os.environ.get("DEMO_CSV")  # where to write the fleet over time (seconds, pollers, deleted)
 
 
 def sqs(action, payload):
@@ -132,13 +133,14 @@ def main():
         failing = len(range(0, TOTAL, FAIL_EVERY))
         label = '{pipeline="demo"}'
         print(f"{'t':>5} {'pollers':>7} {'received':>9} {'succeeded':>9} {'failed':>7} {'dead-lett.':>10} {'deleted':>8}")
-        deadline, drained, peak, last_row = time.time() + 240, None, 0, 0
+        deadline, drained, peak, last_row, samples = time.time() + 240, None, 0, 0, [(0.0, pollers, 0)]
         while time.time() < deadline:
             m = metrics(metrics_port)
             get = lambda name: int(m.get(f"sqs_poller_{name}{label}", 0))
             peak = max(peak, get("pollers"))
+            samples.append((time.time() - t0, get("pollers"), get("messages_deleted_total")))
             # a row a second while the burst drains, one in five while the fleet comes back to min
-            if drained is None or time.time() - last_row >= 5:
+            if time.time() - last_row >= (1 if drained is None else 5):
                 last_row = time.time()
                 print(f"{time.time() - t0:5.1f} {get('pollers'):>7} {get('messages_received_total'):>9} "
                       f"{get('messages_succeeded_total'):>9} {get('messages_failed_total'):>7} "
@@ -151,7 +153,11 @@ def main():
                 print(f"{time.time() - t0:5.1f} {get('pollers'):>7}   (back at min, {time.time() - t0 - drained:.0f} s "
                       f"after the queue drained)")
                 break
-            time.sleep(1)
+            time.sleep(0.25)
+        if CSV:
+            with open(CSV, "w") as f:
+                f.write("seconds,pollers,deleted\n")
+                f.writelines(f"{t:.2f},{p},{d}\n" for t, p, d in samples)
         elapsed = drained or time.time() - t0
         poller.send_signal(signal.SIGTERM)
         code = poller.wait(timeout=30)
