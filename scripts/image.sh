@@ -44,7 +44,8 @@ base() {
   local tar="$state/base-bookworm.tar"
   if [ ! -s "$tar" ]; then
     echo "image: making the Debian bookworm base with mmdebstrap" >&2
-    mmdebstrap --quiet --variant=custom --include="$base_packages" \
+    rm -rf "$tar.part"
+    mmdebstrap --quiet --format=tar --variant=custom --include="$base_packages" \
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
       bookworm "$tar.part" http://deb.debian.org/debian
