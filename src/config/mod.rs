@@ -865,21 +865,11 @@ url = "http://127.0.0.1:8080/"
         assert!(p.iter().any(|l| l.starts_with("pipelines[0].filter.patterns: lists no pattern")), "{p:?}");
     }
 
+    /// Issue 36: long polls open at SIGTERM are given up, so a grace period shorter than
+    /// `wait_time_secs` is fine (it was a configuration error while they were waited out).
     #[test]
-    fn long_polls_must_fit_in_the_grace_period() {
-        let p = problems(&format!("[shutdown]\ngrace_period_secs = 10\n{MINIMAL}"));
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(
-            p[0].starts_with(
-                "pipelines[0].pollers.wait_time_secs: 20 must be shorter than shutdown.grace_period_secs (10)"
-            ),
-            "{p:?}"
-        );
-        assert!(parse(
-            &format!("[shutdown]\ngrace_period_secs = 10\n{MINIMAL}[pipelines.pollers]\nwait_time_secs = 5\n"),
-            &env
-        )
-        .is_ok());
+    fn a_grace_period_shorter_than_the_long_poll_is_accepted() {
+        assert!(parse(&format!("[shutdown]\ngrace_period_secs = 5\n{MINIMAL}"), &env).is_ok());
     }
 
     #[test]

@@ -262,7 +262,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     let grace = c.ranged("shutdown.grace_period_secs", raw.shutdown.grace_period_secs, 30, 1, 3600);
     let pools = validate_pools(&mut c, raw.pools);
     let telemetry = validate_telemetry(&mut c, raw.telemetry);
-    let pipelines = validate_pipelines(&mut c, raw.pipelines, &pools, grace);
+    let pipelines = validate_pipelines(&mut c, raw.pipelines, &pools);
     if c.problems.is_empty() {
         let grace_period = Duration::from_secs(grace);
         Ok(Config { aws, listen, admin_listen, admin_token, grace_period, pools, telemetry, pipelines })
@@ -403,13 +403,11 @@ fn validate_pools(
     pools
 }
 
-/// Every `[[pipelines]]`: at least one, unique names, and a long poll that returns within the
-/// grace period.
+/// Every `[[pipelines]]`: at least one, unique names.
 fn validate_pipelines(
     c: &mut Checker,
     raw: Vec<RawPipeline>,
     pools: &std::collections::BTreeMap<String, PoolConfig>,
-    grace: u64,
 ) -> Vec<PipelineConfig> {
     if raw.is_empty() {
         c.fail("pipelines", "at least one [[pipelines]] table is required");
@@ -428,20 +426,6 @@ fn validate_pipelines(
         pipelines.push(pipeline);
     }
 
-    // a long poll in flight at SIGTERM must be able to return inside the grace period
-    for (i, p) in pipelines.iter().enumerate() {
-        let wait_key = format!("pipelines[{i}].pollers.wait_time_secs");
-        if p.pollers.wait_time.as_secs() >= grace && !c.rejected(&wait_key) && !c.rejected("shutdown.grace_period_secs")
-        {
-            c.fail(
-                wait_key,
-                format!(
-                    "{} must be shorter than shutdown.grace_period_secs ({grace}): a long poll in flight at shutdown has to return within the grace period",
-                    p.pollers.wait_time.as_secs()
-                ),
-            );
-        }
-    }
     pipelines
 }
 

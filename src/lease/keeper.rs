@@ -705,7 +705,7 @@ impl LeaseKeeper {
 
     /// The stamp of a receive sent now.
     pub fn stamp(&self) -> ReceiveStamp {
-        ReceiveStamp { sent_at: Instant::now(), visibility: self.visibility() }
+        ReceiveStamp { sent_at: Instant::now(), visibility: self.visibility().min(super::table::RECEIVE_VISIBILITY) }
     }
 
     /// Heartbeat rounds are at least this far apart, so that a busy pipeline (a receive every few
@@ -715,10 +715,12 @@ impl LeaseKeeper {
         (self.visibility() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 
-    /// The longest one round of extensions may take: a quarter of the visibility timeout (the
-    /// extensions went out with half of it left), at least a second, at most SQS's attempt time.
+    /// The longest one round of extensions may take: a quarter of the shortest visibility window
+    /// (a receive's; the extensions went out with half of it left), at least a second, at most
+    /// SQS's attempt time.
     fn round_limit(&self) -> Duration {
-        (self.visibility() / 4).clamp(Duration::from_secs(1), crate::limits::SQS_ATTEMPT_TIMEOUT)
+        let window = self.visibility().min(super::table::RECEIVE_VISIBILITY);
+        (window / 4).clamp(Duration::from_secs(1), crate::limits::SQS_ATTEMPT_TIMEOUT)
     }
 
     /// One round of extensions, within `Self::round_limit`; the extensions not answered by then

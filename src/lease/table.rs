@@ -13,11 +13,33 @@ use crate::limits::MAX_VISIBILITY_SECS;
 const SQS_LEASE_LIMIT: Duration = Duration::from_secs(MAX_VISIBILITY_SECS);
 
 /// What the lease of a received message counts from: when its receive was sent, and the
-/// visibility timeout that receive asked for.
+/// visibility timeout that receive asked for (at most [`RECEIVE_VISIBILITY`]; the lease's
+/// extensions then ask for the table's).
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiveStamp {
     pub sent_at: Instant,
     pub visibility: Duration,
+}
+
+/// The longest visibility timeout a receive asks for. What a receive takes is hidden this long at
+/// first, and its leases extend it to the pipeline's visibility timeout at half of it: a long
+/// poll given up at shutdown (the service stops in a moment instead of waiting out
+/// `wait_time_secs`) can only hide what SQS handed it for this long, whatever the queue's
+/// timeout. A batch settled within half of it needs no extension at all.
+pub const RECEIVE_VISIBILITY: Duration = Duration::from_secs(10);
+
+impl Lease {
+    fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms as u64)
+    }
+
+    fn visibility(&self) -> Duration {
+        Duration::from_millis(self.visibility_ms as u64)
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// A receipt handle as a lease keeps it: a copy of its own from the receive until the message's
@@ -84,8 +106,12 @@ struct Lease {
     receipt_handle: Handle,
     /// What it takes of the byte budget, KiB (its receive's bytes for it).
     kib: u32,
-    /// The visibility timeout of its receive: extensions fall due at half of it and ask for it.
-    visibility: Duration,
+    /// The visibility timeout its extensions ask for, in milliseconds (the table's when it was
+    /// received; milliseconds in 32 bits: a table holds thousands of leases).
+    visibility_ms: u32,
+    /// The visibility window it is in now, in milliseconds: the one its receive asked for (short,
+    /// [`ReceiveStamp`]), then each extension's. The next extension falls due at half of it.
+    window_ms: u32,
     /// The first receive of this lease: the maximum lease counts from here.
     leased_at: Instant,
     /// The receive of the current receipt handle: SQS's 12-hour limit counts from here.
@@ -233,7 +259,8 @@ impl LeaseTable {
             Some(lease) => {
                 if sent_at >= lease.handle_received_at {
                     lease.receipt_handle = receipt_handle.into();
-                    lease.visibility = visibility;
+                    lease.visibility_ms = millis(self.visibility.max(visibility));
+                    lease.window_ms = millis(visibility);
                     lease.handle_received_at = sent_at;
                     lease.visible_until = visible_until;
                     lease.retry_at = None;
@@ -247,7 +274,8 @@ impl LeaseTable {
                     Lease {
                         receipt_handle: receipt_handle.into(),
                         kib,
-                        visibility,
+                        visibility_ms: millis(self.visibility.max(visibility)),
+                        window_ms: millis(visibility),
                         leased_at: sent_at,
                         handle_received_at: sent_at,
                         visible_until,
@@ -377,13 +405,13 @@ impl LeaseTable {
         let mut extend = Vec::new();
         let mut lapsed = Vec::new();
         for (id, lease) in &mut self.leases {
-            if !lease.extendable(now) || lease.visible_until.saturating_duration_since(now) > lease.visibility / 2 {
+            if !lease.extendable(now) || lease.visible_until.saturating_duration_since(now) > lease.window() / 2 {
                 continue;
             }
             let lease_end = (lease.leased_at + self.max_lease).min(lease.handle_received_at + SQS_LEASE_LIMIT);
             let room = lease_end.saturating_duration_since(now);
             // whole seconds only; less than one second left is no extension at all
-            let secs = room.min(lease.visibility).as_secs();
+            let secs = room.min(lease.visibility()).as_secs();
             if secs == 0 || now + Duration::from_secs(secs) <= lease.visible_until {
                 lease.lapsed = true;
                 lapsed.push(id.to_string());
@@ -408,6 +436,7 @@ impl LeaseTable {
         if let Some(lease) = self.leases.get_mut(e.message_id.as_str()) {
             if lease.receipt_handle == e.receipt_handle {
                 lease.visible_until = sent_at + Duration::from_secs(e.visibility_secs as u64);
+                lease.window_ms = millis(Duration::from_secs(e.visibility_secs as u64));
             }
         }
     }
@@ -417,7 +446,7 @@ impl LeaseTable {
     pub fn extension_failed(&mut self, e: &Extension, now: Instant) {
         if let Some(lease) = self.leases.get_mut(e.message_id.as_str()) {
             if lease.receipt_handle == e.receipt_handle {
-                lease.retry_at = Some(now + EXTENSION_RETRY.min(lease.visibility / 4));
+                lease.retry_at = Some(now + EXTENSION_RETRY.min(lease.window() / 4));
             }
         }
     }
@@ -438,7 +467,7 @@ impl LeaseTable {
             .values()
             .filter(|l| !l.lapsed && !l.lost && l.extending.is_none() && l.visible_until > now)
             .map(|l| {
-                let due = l.visible_until.checked_sub(l.visibility / 2).unwrap_or(now);
+                let due = l.visible_until.checked_sub(l.window() / 2).unwrap_or(now);
                 due.max(l.retry_at.unwrap_or(due)).max(now)
             })
             .min()
@@ -524,6 +553,24 @@ mod tests {
         t.extended(&due[0], t0 + secs(15));
         assert_eq!(t.next_due(t0 + secs(15)), Some(t0 + secs(30)));
         assert!(t.due(t0 + secs(29)).0.is_empty());
+    }
+
+    /// A receive asks for a short visibility (so that a long poll given up at shutdown hides what
+    /// it took only briefly); the lease's first extension, at half of that, asks for the table's,
+    /// and the next falls due at half of the table's.
+    #[test]
+    fn a_short_receive_visibility_is_extended_to_the_tables() {
+        let t0 = Instant::now();
+        let mut t = LeaseTable::new(secs(60), secs(3600));
+        let stamp = ReceiveStamp { sent_at: t0, visibility: RECEIVE_VISIBILITY.min(t.visibility) };
+        assert_eq!(stamp.visibility, secs(10));
+        t.admit("m", "rh", stamp);
+        assert_eq!(t.next_due(t0), Some(t0 + secs(5)), "half of the receive's 10 s");
+        assert!(t.due(t0 + secs(4)).0.is_empty());
+        let (due, _) = t.due(t0 + secs(5));
+        assert_eq!(due[0].visibility_secs, 60, "the extension asks for the table's visibility");
+        t.extended(&due[0], t0 + secs(5));
+        assert_eq!(t.next_due(t0 + secs(5)), Some(t0 + secs(35)), "then half of 60 s");
     }
 
     #[test]

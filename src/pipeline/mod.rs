@@ -180,7 +180,7 @@ impl Pipeline {
             intake,
             scaling,
             metrics: metrics.poller,
-            abandon: shutdown.abandon.clone(),
+            stop: shutdown.drain.clone(),
             control: control.clone(),
             tracer: telemetry,
         };

@@ -1,9 +1,11 @@
 //! Pollers: the fleet of long-polling ReceiveMessage loops of one pipeline.
 //!
 //! The [`Fleet`] keeps as many `poller` tasks alive as the [`scaling::Autoscaler`] wants and
-//! retires the newest first. A poller does not abandon a receive: a retired poller (or every
-//! poller, on shutdown) lets its long poll return and hands the messages on, so nothing is left
-//! hidden on the server side — unless SQS has not answered by the end of the grace period. A poller takes room for the messages it may receive from the
+//! retires the newest first. A retired poller lets its long poll return and hands the messages
+//! on. At shutdown every open long poll is given up at once, so that an idle service stops in a
+//! moment rather than after `wait_time_secs`: receives ask for a short visibility timeout
+//! ([`crate::lease::RECEIVE_VISIBILITY`], extended by the lease once messages are held), so what
+//! SQS handed a given-up receive comes back within it. A poller takes room for the messages it may receive from the
 //! [`LeaseKeeper`] *before* it receives, so the messages outstanding never exceed
 //! `lease.max_outstanding`: while the target is saturated, pollers wait instead of receiving.
 
@@ -119,8 +121,9 @@ pub struct PollerStage {
     pub intake: Arc<Intake>,
     pub scaling: Arc<Scaling>,
     pub metrics: PollerMetrics,
-    /// The grace period is over: a receive still in flight is given up.
-    pub abandon: CancellationToken,
+    /// Shutdown began: an open receive is given up (what it took comes back within the short
+    /// visibility receives ask for).
+    pub stop: CancellationToken,
     /// Paused pollers do not receive.
     pub control: Arc<crate::control::Control>,
     /// `[telemetry]`: a span for each receive that returned messages.
@@ -207,10 +210,10 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
     let mut backoff = Backoff::default();
     let mut attempt = ReceiveAttempt::new(stage.queue.url().ends_with(".fifo"));
     while let Some(reservation) = room_to_receive(&stage, &retire).await {
-        // not cancelled by a drain or a retirement: a long poll abandoned by the client can still
-        // take messages, which would stay hidden for their visibility timeout. Only the end of the
-        // grace period gives it up (it returns within wait_time_secs, or fails after
-        // wait_time_secs + 10 s, unless SQS does not answer at all).
+        // not cancelled by a retirement (a scale-down lets the long poll return and hands its
+        // messages on), only by shutdown: a long poll given up by the client can still take
+        // messages, which stay hidden for the visibility timeout the receive asked for — short
+        // (lease::RECEIVE_VISIBILITY), so they come back soon.
         // the messages' visibility timeout starts somewhere in the receive: the lease counts it
         // from here, and every receive asks for the timeout the lease keeper schedules for, so
         // the queue's attribute (which may change while the service runs) never decides it
@@ -218,8 +221,8 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
         let attempt_id = attempt.id(stamp.sent_at);
         let result = tokio::select! {
             r = stage.queue.receive_attempt(cfg.wait_time, Some(stamp.visibility), attempt_id.as_deref()) => r,
-            () = stage.abandon.cancelled() => {
-                tracing::warn!(pipeline = %stage.metrics.pipeline, "a receive had not returned by the end of the grace period; given up (any message it took comes back after its visibility timeout)");
+            () = stage.stop.cancelled() => {
+                tracing::debug!(pipeline = %stage.metrics.pipeline, visibility_secs = stamp.visibility.as_secs(), "shutdown: an open receive given up (anything it took comes back within its visibility timeout)");
                 break;
             }
         };

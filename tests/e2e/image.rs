@@ -71,7 +71,7 @@ async fn the_image_processes_messages_reports_healthy_and_stops_within_its_grace
         format!("WORKER_URL={}", worker.url),
         format!("AWS_ENDPOINT_URL_SQS={}", sqs.endpoint),
         format!("METRICS_PORT={port}"),
-        "GRACE_PERIOD_SECS=25".into(),
+        "GRACE_PERIOD_SECS=10".into(),
         "AWS_ACCESS_KEY_ID=test".into(),
         "AWS_SECRET_ACCESS_KEY=test".into(),
     ];

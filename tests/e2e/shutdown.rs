@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::*;
@@ -66,24 +66,60 @@ async fn sigterm_during_a_slow_batch_finishes_or_releases_everything() {
     assert!(log.contains("releasing an unfinished batch"), "{log}");
 }
 
+/// Issue 36: an idle service stops at once on SIGTERM: its open 20 s long polls are given up, not
+/// waited out (before, it stopped when they returned: up to 20 s). A receive given up by its
+/// client may still take messages on the server — LocalStack, as SQS, hands messages to a long
+/// poll until its wait ends — and they stay hidden for the visibility timeout that receive asked
+/// for. Receives ask for a short one (lease::RECEIVE_VISIBILITY, 10 s), so on a queue whose own
+/// timeout is 12 hours the messages sent just after the stop still reach another consumer: none
+/// is lost, none hidden for the queue's timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_poller_stops_after_its_long_poll_returns() {
-    let sqs = sqs().await;
-    let queue = sqs.queue("idle", &[]).await;
+async fn an_idle_service_stops_at_once_and_what_its_given_up_long_polls_took_comes_back() {
+    let sqs = localstack().await;
+    let queue = sqs.queue("idle-stop", &[(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout, "43200")]).await;
     let worker = worker(|_| Reply::ok("")).await;
-    let poller = start_poller(
-        &sqs,
-        10,
-        &http_pipeline("idle", &queue, &worker.url, "[pipelines.pollers]\nmin = 3\nmax = 3\nwait_time_secs = 2"),
-    )
-    .await;
-    poller.wait_metric("sqs_poller_pollers{pipeline=\"idle\"}", 3.0, Duration::from_secs(5)).await;
+    let pollers = "[pipelines.pollers]\nmin = 4\nmax = 4\nwait_time_secs = 20";
+    let poller = start_poller(&sqs, 30, &http_pipeline("idle-stop", &queue, &worker.url, pollers)).await;
+    poller.wait_metric("sqs_poller_pollers{pipeline=\"idle-stop\"}", 4.0, Duration::from_secs(10)).await;
+    // the four long polls are open (each receive is counted when it is sent)
+    poller
+        .wait_metric(
+            "sqs_poller_sqs_requests_total{pipeline=\"idle-stop\",operation=\"ReceiveMessage\",outcome=\"ok\"}",
+            0.0,
+            Duration::from_secs(1),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (status, took, log) = poller.stop().await;
     assert!(status.success(), "{log}");
-    // an idle fleet has nothing to drain: it does not wait out the 10 s grace period
-    assert!(took < Duration::from_secs(10), "waited {took:?} for 2 s long polls (grace 10 s)");
+    assert!(took < Duration::from_secs(20), "waited {took:?}: the 20 s long polls were waited out\n{log}");
     assert!(!log.contains("grace period"), "an idle drain reached the grace period:\n{log}");
-    assert_eq!(sqs.counts(&queue).await, (0, 0));
+
+    // sent while the given-up long polls are still open on the server: some may take them
+    let bodies: Vec<String> = (0..5).map(|i| format!("after the stop {i}")).collect();
+    sqs.send_each(&queue, &bodies).await;
+    let seen = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    eventually(
+        "another consumer receives all five (none hidden for the queue's 12 hours)",
+        Duration::from_secs(60),
+        || {
+            let (client, queue, seen) = (sqs.client.clone(), queue.clone(), seen.clone());
+            async move {
+                let out = client
+                    .receive_message()
+                    .queue_url(queue)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await;
+                let bodies = out.ok().and_then(|o| o.messages).unwrap_or_default().into_iter().filter_map(|m| m.body);
+                let mut seen = seen.lock().unwrap();
+                seen.extend(bodies);
+                seen.len() == 5
+            }
+        },
+    )
+    .await;
 }
 
 /// A second SIGTERM during the drain: the operator says "now". Batches in flight are given up
