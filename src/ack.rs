@@ -269,6 +269,7 @@ impl Acker {
                 record.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), attribute_to_sqs(v)?))).collect();
             // a message that failed for a reason of its own (its payload) carries that reason
             let reason = m.unresolved.as_ref().map_or(reason, |u| u.reason.as_str());
+            carry_first_sent(&mut attributes, m.sent_timestamp_ms);
             add_dead_letter_attributes(&mut attributes, &self.pipeline, reason, m.receive_count);
             // SQS rejects a deduplication id on a standard queue; a group id it accepts (fair queues)
             let dedup = (dlq_fifo && m.group_id.is_some()).then_some(m.message_id.as_str());
@@ -331,6 +332,19 @@ pub fn sqs_safe(text: &str, max_chars: usize) -> String {
 /// Adds `sqs-poller.pipeline`, `sqs-poller.reason` and `sqs-poller.receive-count`; when the
 /// message already has too many attributes for three more, one `sqs-poller.dead-letter`
 /// attribute carries the same as JSON.
+/// Gives a copy of a message the time it was first sent ([`crate::event::FIRST_SENT_ATTRIBUTE`]),
+/// unless it carries one already (a copy of a copy), so `retry.max_age_secs` counts from the
+/// first send after a redrive too. Only while a place stays free for the dead-letter attribute.
+pub fn carry_first_sent(attributes: &mut HashMap<String, MessageAttributeValue>, sent_ms: Option<u64>) {
+    let name = crate::event::FIRST_SENT_ATTRIBUTE;
+    if let (false, Some(sent)) = (attributes.contains_key(name), sent_ms) {
+        if attributes.len() + 1 < MAX_MESSAGE_ATTRIBUTES {
+            let value = MessageAttributeValue::builder().data_type("Number").string_value(sent.to_string()).build();
+            attributes.insert(name.into(), value.expect("data type set"));
+        }
+    }
+}
+
 pub fn add_dead_letter_attributes(
     attributes: &mut HashMap<String, MessageAttributeValue>,
     pipeline: &str,
@@ -373,7 +387,31 @@ mod tests {
             initial_backoff: Duration::from_secs(initial),
             max_backoff: Duration::from_secs(max),
             bisect: false,
+            max_age: None,
         }
+    }
+
+    #[test]
+    fn a_dead_letter_copy_carries_the_first_send_and_keeps_a_carried_one() {
+        let mut fresh = HashMap::new();
+        carry_first_sent(&mut fresh, Some(1_733_000_000_000));
+        assert_eq!(fresh["sqs-poller.first-sent"].string_value(), Some("1733000000000"));
+        let mut carried = fresh.clone();
+        carry_first_sent(&mut carried, Some(1_999_000_000_000));
+        assert_eq!(carried["sqs-poller.first-sent"].string_value(), Some("1733000000000"), "a copy of a copy");
+        // nine attributes: the last place is the dead-letter attribute's
+        let mut full: HashMap<String, MessageAttributeValue> = (0..9)
+            .map(|i| {
+                (
+                    format!("a{i}"),
+                    MessageAttributeValue::builder().data_type("String").string_value("v").build().unwrap(),
+                )
+            })
+            .collect();
+        carry_first_sent(&mut full, Some(1));
+        assert_eq!(full.len(), 9);
+        add_dead_letter_attributes(&mut full, "p", "r", 1);
+        assert!(full.contains_key("sqs-poller.dead-letter"));
     }
 
     fn batch(counts: &[u32]) -> Vec<ReceivedMessage> {

@@ -184,6 +184,9 @@ fn settlement(f: &mut Formatter<'_>, p: &Pipeline) -> fmt::Result {
         p.retry.max_backoff.as_secs(),
         if p.retry.bisect { ", a batch that fails as a whole is bisected" } else { "" }
     )?;
+    if let Some(age) = p.retry.max_age {
+        writeln!(f, "  deadline   dead-lettered (reason expired) once first sent over {}s ago", age.as_secs())?;
+    }
     match &p.dead_letter {
         Some(d) => writeln!(f, "  dead_letter {} after {} receives", d.queue_url, d.max_receive_count),
         None => writeln!(f, "  dead_letter none (the queue's own redrive policy applies)"),

@@ -93,6 +93,21 @@ pub struct ReceivedMessage {
     pub unresolved: Option<Box<Unresolved>>,
 }
 
+/// The message attribute that carries when a message was first sent (milliseconds since the
+/// epoch) across the copies sqs-poller makes of it: a dead-letter copy and a redrive keep it, so
+/// `retry.max_age_secs` counts a message's age from its first send, not from its last copy's.
+pub const FIRST_SENT_ATTRIBUTE: &str = "sqs-poller.first-sent";
+
+/// When `msg` was first sent: its [`FIRST_SENT_ATTRIBUTE`] when a copy carries one, else its
+/// `SentTimestamp` (milliseconds since the epoch).
+pub fn first_sent_ms(msg: &SqsMessage) -> Option<u64> {
+    let carried = msg.message_attributes.as_ref().and_then(|a| a.get(FIRST_SENT_ATTRIBUTE));
+    carried.and_then(|v| v.string_value()?.trim().parse().ok()).or_else(|| {
+        let system = msg.attributes.as_ref()?;
+        system.get(&MessageSystemAttributeName::SentTimestamp)?.parse().ok()
+    })
+}
+
 /// Why a message's large payload is not there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unresolved {

@@ -23,6 +23,8 @@ pub struct Intake {
     metrics: IntakeMetrics,
     /// `[pipelines.large_payloads]`: where extended-client pointers are resolved.
     payloads: Option<Arc<crate::payload::PayloadStore>>,
+    /// `retry.max_age_secs`: older messages (from their first send) are not dispatched.
+    max_age: Option<std::time::Duration>,
     /// Age in ms of the oldest message received since the last depth sample (0: none).
     oldest_age_ms: AtomicU64,
 }
@@ -35,7 +37,14 @@ impl Intake {
         metrics: IntakeMetrics,
         payloads: Option<Arc<crate::payload::PayloadStore>>,
     ) -> Self {
-        Intake { source, filter, leases, metrics, payloads, oldest_age_ms: AtomicU64::new(0) }
+        Intake { source, filter, leases, metrics, payloads, max_age: None, oldest_age_ms: AtomicU64::new(0) }
+    }
+
+    /// Messages first sent longer ago than `max_age` (`retry.max_age_secs`) fail for good as
+    /// they arrive: dead-lettered with reason `expired`, never dispatched, whatever the filter says.
+    pub fn with_max_age(mut self, max_age: Option<std::time::Duration>) -> Self {
+        self.max_age = max_age;
+        self
     }
 
     /// Takes one receive (`stamp`: when it was sent, with what visibility timeout) on: leases its messages (with the room reserved for
@@ -72,6 +81,7 @@ impl Intake {
         let mut rejected = Vec::new();
         let mut oldest_ms = 0;
         for (m, s3_object, unresolved) in resolved {
+            let expired = self.expired(&m, now_ms);
             let mut m = ReceivedMessage::from_sqs(m, &self.source).expect("id and receipt handle checked above");
             self.leases.hold_record(&m.message_id, &m.record_json);
             if let Some(u) = &unresolved {
@@ -90,7 +100,12 @@ impl Intake {
                 oldest_ms = oldest_ms.max(age_ms);
                 self.metrics.message_age.record(age_ms as f64 / 1000.0);
             }
-            if self.passes_filter(&m) {
+            if let Some(reason) = expired {
+                // dead-lettered untouched: never dispatched, whatever the filter would say
+                tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a message past retry.max_age_secs: dead-lettered, not dispatched");
+                m.unresolved = Some(Box::new(crate::event::Unresolved { reason, refused: true }));
+                pass.push(m);
+            } else if self.passes_filter(&m) {
                 pass.push(m);
             } else {
                 rejected.push(m);
@@ -99,6 +114,16 @@ impl Intake {
         self.oldest_age_ms.fetch_max(oldest_ms.max(1), Ordering::Relaxed);
         let kept = self.settle_filtered(&rejected).await;
         (pass, kept)
+    }
+
+    /// Why `m` is past `retry.max_age_secs` at `now_ms`, counted from its first send (a copy's
+    /// `sqs-poller.first-sent`, else its `SentTimestamp`); `None` when it is not.
+    fn expired(&self, m: &SqsMessage, now_ms: u64) -> Option<String> {
+        let max_age = self.max_age?;
+        let age_ms = now_ms.saturating_sub(crate::event::first_sent_ms(m)?);
+        (u128::from(age_ms) > max_age.as_millis()).then(|| {
+            format!("expired: first sent {} s ago, past retry.max_age_secs = {}", age_ms / 1000, max_age.as_secs())
+        })
     }
 
     /// Large payloads: the record carries the real body, and a fetched payload takes its size

@@ -1,8 +1,11 @@
 //! `sqs-poller redrive`: move messages from a dead-letter queue back to a queue.
 //!
 //! Each message is sent to the destination (body and message attributes kept, the
-//! `sqs-poller.*` dead-letter attributes dropped so a new failure records fresh ones) and only
-//! then deleted from the source. A message whose send fails stays in the source queue and is
+//! `sqs-poller.*` dead-letter attributes dropped so a new failure records fresh ones; a FIFO
+//! destination gets the message's group and its id as the deduplication id) and only then
+//! deleted from the source. The copy carries when the message was first sent
+//! (`sqs-poller.first-sent`, kept from the dead-letter copy or taken from its `SentTimestamp`), so
+//! `retry.max_age_secs` still counts from the first send. A message whose send fails stays in the source queue and is
 //! visible again after 30 s.
 //!
 //! `--pattern` moves only the messages whose Lambda record matches an EventBridge pattern (the
@@ -177,13 +180,21 @@ impl Mover<'_> {
 }
 
 async fn send_copy(destination: &SqsQueue, m: &SqsMessage, fifo: bool) -> Result<(), SqsError> {
-    let attributes: HashMap<String, MessageAttributeValue> = m
+    let first_sent = crate::event::FIRST_SENT_ATTRIBUTE;
+    let mut attributes: HashMap<String, MessageAttributeValue> = m
         .message_attributes
         .clone()
         .unwrap_or_default()
         .into_iter()
-        .filter(|(k, _)| !k.starts_with("sqs-poller."))
+        .filter(|(k, _)| !k.starts_with("sqs-poller.") || k == first_sent)
         .collect();
+    if let (false, Some(sent)) = (attributes.contains_key(first_sent), crate::event::first_sent_ms(m)) {
+        // SQS allows ten attributes: a message that has them all goes without
+        if attributes.len() < 10 {
+            let value = MessageAttributeValue::builder().data_type("Number").string_value(sent.to_string()).build();
+            attributes.insert(first_sent.into(), value.expect("data type set"));
+        }
+    }
     let system = m.attributes.as_ref();
     let group = system.and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId)).map(String::as_str);
     let group = if fifo { group.or(Some("redrive")) } else { None };

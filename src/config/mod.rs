@@ -311,6 +311,9 @@ pub struct RetryConfig {
     /// `on_batch_error = "bisect"`: a batch that fails as a whole is split in halves and tried
     /// again at once, down to single messages, so that only the poison ones are retried.
     pub bisect: bool,
+    /// `max_age_secs`: a message first sent longer ago than this is dead-lettered (reason
+    /// `expired`) instead of dispatched; needs `[pipelines.dead_letter]`.
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

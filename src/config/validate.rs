@@ -182,6 +182,7 @@ struct RawBreaker {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
+    max_age_secs: Option<u64>,
     initial_backoff_secs: Option<u64>,
     max_backoff_secs: Option<u64>,
     on_batch_error: Option<String>,
@@ -459,6 +460,12 @@ fn validate_pipeline(
     };
     let retry = validate_retry(c, at, p.retry);
     let dead_letter = p.dead_letter.map(|d| validate_dead_letter(c, at, d, &queue_url, fifo));
+    if retry.max_age.is_some() && dead_letter.is_none() {
+        c.fail(
+            format!("{at}.retry.max_age_secs"),
+            "dead-letters expired messages: it needs [pipelines.dead_letter] (a queue_url to move them to)",
+        );
+    }
     let filter = p.filter.and_then(|f| validate_filter(c, at, f, &name));
     let lease = validate_lease(c, at, p.lease, &target, &batch);
     let large_payloads = p.large_payloads.map(|l| validate_large_payloads(c, at, l));
@@ -545,7 +552,15 @@ fn validate_retry(c: &mut Checker, at: &str, r: RawRetry) -> RetryConfig {
             false
         }
     };
-    RetryConfig { initial_backoff: Duration::from_secs(initial), max_backoff: Duration::from_secs(max_backoff), bisect }
+    // SQS keeps a message 14 days at most: an age past that is never reached
+    let max_age =
+        r.max_age_secs.map(|_| c.ranged(&format!("{at}.retry.max_age_secs"), r.max_age_secs, 0, 1, 1_209_600));
+    RetryConfig {
+        initial_backoff: Duration::from_secs(initial),
+        max_backoff: Duration::from_secs(max_backoff),
+        bisect,
+        max_age: max_age.map(Duration::from_secs),
+    }
 }
 
 fn validate_dead_letter(c: &mut Checker, at: &str, d: RawDeadLetter, queue_url: &str, fifo: bool) -> DeadLetterConfig {

@@ -32,7 +32,7 @@ mod table;
 
 pub use crate::limits::RECEIVE_MAX;
 pub use keeper::{LeaseKeeper, Reservation};
-pub use table::{Admission, Extension, Handle, LeaseTable, ReceiveStamp};
+pub use table::{Admission, Extension, Handle, LeaseTable, ReceiveStamp, RECEIVE_VISIBILITY};
 
 /// Who hears of the heartbeat's extensions besides SQS — the batch spans of `[telemetry]`
 /// (`telemetry::LeaseSpans`) — without the keeper knowing what they are.

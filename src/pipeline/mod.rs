@@ -146,8 +146,10 @@ impl Pipeline {
         let lease_spans = telemetry.as_ref().map(|_| Arc::new(crate::telemetry::LeaseSpans::default()));
         let leases = lease_keeper(&cfg, &found, queue.clone(), &metrics.lease, &shutdown, lease_spans.clone());
         let scaling = autoscaler(&cfg, &leases, &found, &metrics.poller);
-        let intake =
-            Arc::new(Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.intake, payloads.clone()));
+        let intake = Arc::new(
+            Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.intake, payloads.clone())
+                .with_max_age(cfg.retry.max_age),
+        );
         let slots = join_slots(&cfg, pool, &leases, &metrics.dispatch);
         let breaker = Arc::new(Breaker::new(cfg.target.breaker.clone(), control.clone(), metrics.dispatch.clone()));
         let dispatcher = dispatcher(

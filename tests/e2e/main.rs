@@ -15,6 +15,7 @@ mod batching;
 mod bisect;
 mod command_target;
 mod conformance;
+mod deadlines;
 mod delivery;
 mod deploy;
 mod egress_proxy;

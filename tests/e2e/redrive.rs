@@ -142,3 +142,62 @@ async fn redrive_with_a_pattern_moves_only_matching_messages_at_the_rate() {
     let bad = cli(&sqs, &["redrive", "--from", &dlq, "--to", &queue, "--pattern", "{"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// Issue 36: a redrive into a FIFO queue keeps each message's group (in order) and deduplicates
+/// by its id, and the copy carries when the message was first sent: a dead-letter copy's
+/// `sqs-poller.first-sent` is kept, else the dead-letter message's own `SentTimestamp` is written
+/// (`retry.max_age_secs` counts from it). On LocalStack, which enforces FIFO's parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_into_a_fifo_queue_keeps_groups_order_and_the_first_send_on_localstack() {
+    use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+    let sqs = localstack().await;
+    let fifo = [(QueueAttributeName::FifoQueue, "true")];
+    let dlq = sqs.queue("redrive-fifo-dlq", &fifo).await;
+    let queue = sqs.queue("redrive-fifo", &fifo).await;
+    let first_sent = "1733000000000";
+    for (body, group) in [("a1", "a"), ("b1", "b"), ("a2", "a"), ("a3", "a")] {
+        let mut req = sqs
+            .client
+            .send_message()
+            .queue_url(&dlq)
+            .message_body(body)
+            .message_group_id(group)
+            .message_deduplication_id(body);
+        if body == "a1" {
+            let v = aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(first_sent)
+                .build()
+                .unwrap();
+            req = req.message_attributes("sqs-poller.first-sent", v);
+        }
+        req.send().await.unwrap();
+    }
+    let out = cli(&sqs, &["redrive", "--from", &dlq, "--to", &queue]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut moved = Vec::new();
+    for _ in 0..10 {
+        moved.extend(sqs.take_all(&queue).await);
+        if moved.len() >= 4 {
+            break;
+        }
+    }
+    let group_of = |m: &aws_sdk_sqs::types::Message| {
+        m.attributes().and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId)).cloned().unwrap_or_default()
+    };
+    let in_group =
+        |g: &str| moved.iter().filter(|m| group_of(m) == g).filter_map(|m| m.body.clone()).collect::<Vec<_>>();
+    assert_eq!(in_group("a"), vec!["a1", "a2", "a3"], "group a, in order");
+    assert_eq!(in_group("b"), vec!["b1"]);
+    for m in &moved {
+        let carried =
+            m.message_attributes().and_then(|a| a.get("sqs-poller.first-sent")).and_then(|v| v.string_value());
+        let carried: u64 = carried.unwrap_or_else(|| panic!("{:?} carries no first send", m.body)).parse().unwrap();
+        if m.body.as_deref() == Some("a1") {
+            assert_eq!(carried.to_string(), first_sent, "a copy's first send is kept");
+        } else {
+            assert!(carried > 1_733_000_000_000, "the dead-letter message's SentTimestamp: {carried}");
+        }
+    }
+    assert_eq!(sqs.counts(&dlq).await, (0, 0));
+}
