@@ -153,6 +153,16 @@ impl SimQueue {
         Self::insert(&mut self.state(), self.fifo, body, group, HashMap::new())
     }
 
+    /// [`SimQueue::put`] with message attributes.
+    pub fn put_with_attributes(
+        &self,
+        body: &str,
+        group: Option<&str>,
+        attributes: HashMap<String, MessageAttributeValue>,
+    ) -> String {
+        Self::insert(&mut self.state(), self.fifo, body, group, attributes)
+    }
+
     fn insert(
         st: &mut State,
         fifo: bool,

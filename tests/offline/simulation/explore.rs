@@ -1,6 +1,6 @@
 //! Where the features meet: every seed draws a configuration (standard or FIFO queue, batch size,
 //! window and `max_bytes` down to below one message, a group cap, a shared pool with a second
-//! pipeline, the circuit breaker, fixed or adaptive concurrency, bisect, a dead-letter queue,
+//! pipeline, the circuit breaker, fixed or adaptive concurrency, bisect, a dead-letter queue (with message deadlines: messages first sent long ago),
 //! visibility, the fleet's size, bodies padded with characters JSON escaping doubles, a filter that deletes or keeps what it rejects (standard queues), the queue's largest
 //! message size and a byte budget of one to three receives) and a fault schedule (SQS errors, entry errors, latency and
 //! duplicates; the target's item failures, function errors, 5xx, 429/503, timeouts, refused
@@ -13,6 +13,8 @@
 //!   whose copy is in the dead-letter queue, or one the filter rejected with `on_filtered =
 //!   "delete"` (checked at the delete call); a message the filter keeps is never deleted;
 //! - **the filter decides**: no message it rejects reaches the worker;
+//! - **deadlines**: a message first sent before `retry.max_age_secs` never reaches the worker and
+//!   ends in the dead-letter queue;
 //! - **no message dispatched while an earlier copy runs**, and **a FIFO group in at most one
 //!   running batch** (checked at the worker as each batch starts);
 //! - **FIFO order**: each group's messages succeed first in send order;
@@ -77,6 +79,10 @@ struct Drawn {
     pad: char,
     /// Share of poison messages (only with a dead-letter queue: without one they never end).
     poison: f64,
+    /// `retry.max_age_secs` is set (with a dead-letter queue), and this share of the messages
+    /// were first sent long before it (`sqs-poller.first-sent`): they must be dead-lettered,
+    /// never dispatched.
+    expired: Option<f64>,
     batch_size: usize,
     window_ms: u64,
     max_bytes: Option<usize>,
@@ -206,6 +212,7 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
         body_max: pick(rng, &[20, 200, 1500]),
         pad: pick(rng, &['x', 'x', '"', '\\', '\n']),
         poison: if dead_letter.is_some() { pick(rng, &[0.0, 0.02, 0.05]) } else { 0.0 },
+        expired: (dead_letter.is_some() && chance(rng, 0.4)).then(|| pick(rng, &[0.0, 0.03, 0.1])),
         batch_size,
         window_ms: pick(rng, &[0, 0, 50, 200, 1000]),
         max_bytes: chance(rng, 0.4).then(|| pick(rng, &[1024, 1500, 3000, 8000])),
@@ -335,6 +342,9 @@ fn pipeline_toml(name: &str, queue: &str, d: &Drawn, dlq: Option<&str>, pool: Op
     t += &format!("[pipelines.retry]\ninitial_backoff_secs = {}\nmax_backoff_secs = {}\n", d.backoff.0, d.backoff.1);
     if d.bisect {
         t += "on_batch_error = \"bisect\"\n";
+    }
+    if d.expired.is_some() {
+        t += "max_age_secs = 86400\n";
     }
     if let (Some(url), Some(n)) = (dlq, d.dead_letter) {
         t += &format!("[pipelines.dead_letter]\nqueue_url = \"{url}\"\nmax_receive_count = {n}\n");
@@ -516,6 +526,9 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                 let id = r["messageId"].as_str().unwrap();
                 let body = r["body"].as_str().unwrap();
                 let g = group(r).unwrap_or_default();
+                if body.starts_with("expired") {
+                    w.violation(format!("{id} ({body:.20}) dispatched, though past retry.max_age_secs"));
+                }
                 let fails = body.starts_with("poison")
                     || (attempt(r) <= 2 && item < f.item_failure)
                     || (fifo && stopped.contains(&g));
@@ -728,12 +741,26 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         let mut body_rng = fastrand::Rng::with_seed(seed.wrapping_mul(31).wrapping_add(k as u64));
         let mut rejected = 0;
         for i in 0..d.messages {
-            let kind = if body_rng.f64() < d.poison { "poison" } else { "m" };
+            let expired = body_rng.f64() < d.expired.unwrap_or(0.0);
+            let kind = if expired {
+                "expired"
+            } else if body_rng.f64() < d.poison {
+                "poison"
+            } else {
+                "m"
+            };
             let pad = d.pad.to_string().repeat(body_rng.usize(0..=d.body_max));
             let group = d.groups.map(|g| format!("g{}", body_rng.usize(0..g)));
             let body = format!("{kind}-{i}-{pad}");
-            rejected += usize::from(d.filter.as_ref().is_some_and(|f| f.rejects(&body)));
-            queue.put(&body, group.as_deref());
+            rejected += usize::from(!expired && d.filter.as_ref().is_some_and(|f| f.rejects(&body)));
+            // first sent in 1970: past any max_age_secs
+            let first_sent = MessageAttributeValue::builder().data_type("Number").string_value("1000").build().unwrap();
+            let attributes = if expired {
+                HashMap::from([("sqs-poller.first-sent".to_string(), first_sent)])
+            } else {
+                HashMap::new()
+            };
+            queue.put_with_attributes(&body, group.as_deref(), attributes);
         }
         let pool = d.pool.map(|p| if k == 0 { (p.priorities.0, p.weights.0) } else { (p.priorities.1, p.weights.1) });
         let mut text = String::new();
@@ -911,6 +938,11 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
                     lane.messages,
                     lane.rejected
                 ));
+            }
+            // past retry.max_age_secs: dead-lettered, never left waiting in the queue
+            let expired_alive = lane.queue.bodies().iter().filter(|b| b.starts_with("expired")).count();
+            if expired_alive > 0 {
+                broken.push(format!("{}: {expired_alive} expired messages left in the queue", lane.name));
             }
             let kept = d.filter.as_ref().is_some_and(|f| f.keep.is_some());
             if kept && lane.queue.len() != lane.rejected {
