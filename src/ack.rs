@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_sdk_sqs::types::MessageAttributeValue;
 
 use crate::config::RetryConfig;
-use crate::dispatch::response::{self, Verdict};
+use crate::dispatch::response::{self, Ask, Verdict};
 use crate::event::{attribute_to_sqs, ReceivedMessage};
 use crate::lease::LeaseKeeper;
 use crate::metrics::AckMetrics;
@@ -36,6 +36,8 @@ pub struct AckPlan {
     pub retry: Vec<(usize, i32)>,
     /// Failed for the last time: copy to the dead-letter queue, then delete.
     pub dead_letter: Vec<usize>,
+    /// Of `dead_letter`, the messages the worker sent there (`deadLetter`), with its reason.
+    pub asked: Vec<(usize, String)>,
 }
 
 impl AckPlan {
@@ -50,11 +52,16 @@ impl AckPlan {
 /// failed message that has been received that many times is dead-lettered instead of retried,
 /// and so is one that can never succeed (its large payload's bucket is not allowed) at once.
 ///
+/// What the worker asked for a failed message comes first: `deadLetter` sends it to the
+/// dead-letter queue at once (when the pipeline has one; else it is retried), and
+/// `retryAfterSeconds` replaces the backoff (up to SQS's 12 hours of visibility).
+///
 /// FIFO (`fifo`): only the first failed message of each group failed on its own; the later
 /// messages of that group in the batch were stopped behind it (never processed, whatever the
-/// handler reported for them), so they are retried, never dead-lettered — one poison message
-/// must not drag the rest of its group to the dead-letter queue. A group's retried messages
-/// share the backoff of its first, so they come back together and in order.
+/// handler reported or asked for them), so they are retried, never dead-lettered — one poison
+/// message must not drag the rest of its group to the dead-letter queue. A group's retried
+/// messages share the delay of its first (its backoff, or what the worker asked), so they come
+/// back together and in order.
 pub fn plan(
     batch: &[ReceivedMessage],
     verdict: &Verdict,
@@ -63,11 +70,11 @@ pub fn plan(
     fifo: bool,
     jitter: &mut dyn FnMut() -> f64,
 ) -> AckPlan {
-    let mut failed = vec![false; batch.len()];
+    let mut asks: Vec<Option<&Ask>> = vec![None; batch.len()];
     match verdict {
         Verdict::AllSucceeded => {}
-        Verdict::Partial(idx) => idx.iter().for_each(|&i| failed[i] = true),
-        Verdict::AllFailed(_) => failed.iter_mut().for_each(|f| *f = true),
+        Verdict::Partial(failed) => failed.iter().for_each(|f| asks[f.index] = Some(&f.ask)),
+        Verdict::AllFailed(_) => asks.iter_mut().for_each(|a| *a = Some(&Ask::Retry)),
     }
     let mut out = AckPlan::default();
     // FIFO: the backoff of each group's first failure (an emulator that does not lock the group
@@ -76,16 +83,30 @@ pub fn plan(
     for (i, m) in batch.iter().enumerate() {
         let group = m.group_id.as_deref().filter(|_| fifo);
         let stopped_behind = group.is_some_and(|g| group_backoff.contains_key(g));
-        if !failed[i] {
+        let Some(ask) = asks[i] else {
             out.delete.push(i);
-        } else if !stopped_behind && max_receive_count.is_some_and(|max| m.receive_count >= max || refused(m)) {
+            continue;
+        };
+        // a dead-letter queue to send to: max_receive_count is set with it
+        let asked_dead_letter = match ask {
+            Ask::DeadLetter(reason) if max_receive_count.is_some() => Some(reason),
+            _ => None,
+        };
+        let last_try = max_receive_count.is_some_and(|max| m.receive_count >= max || refused(m));
+        if !stopped_behind && (asked_dead_letter.is_some() || last_try) {
             out.dead_letter.push(i);
+            if let Some(reason) = asked_dead_letter {
+                out.asked.push((i, reason.clone()));
+            }
             if let Some(g) = group {
                 // the group's later messages go back at once: their failure is gone
                 group_backoff.insert(g, 0);
             }
         } else {
-            let mut own = || backoff_secs(m.receive_count, retry, jitter());
+            let mut own = || match ask {
+                Ask::RetryAfter(secs) => (*secs).min(crate::config::MAX_VISIBILITY_SECS) as i32,
+                _ => backoff_secs(m.receive_count, retry, jitter()),
+            };
             let secs = match group {
                 Some(g) => *group_backoff.entry(g).or_insert_with(own),
                 None => own(),
@@ -172,6 +193,12 @@ impl Acker {
     /// Counts a batch's outcome, plans its acknowledgement and carries it out; returns the plan.
     pub async fn settle(&self, batch: &[ReceivedMessage], verdict: &Verdict) -> AckPlan {
         let plan = plan(batch, verdict, &self.retry, self.max_receive_count, self.fifo, &mut fastrand::f64);
+        if let (None, Verdict::Partial(failed)) = (&self.dead_letter, verdict) {
+            let asked = failed.iter().filter(|f| matches!(f.ask, Ask::DeadLetter(_))).count();
+            if asked > 0 {
+                tracing::warn!(pipeline = %self.pipeline, messages = asked, "the worker asked for the dead-letter queue, but the pipeline has none ([pipelines.dead_letter]): retried with the backoff");
+            }
+        }
         let failed = plan.failed();
         self.metrics.succeeded.increment(plan.delete.len() as u64);
         self.metrics.failed.increment(failed as u64);
@@ -213,7 +240,7 @@ impl Acker {
                 plan.retry.iter().map(|&(i, secs)| (batch[i].message_id.as_str(), secs)).collect();
             self.leases.release_after(&entries).await;
         };
-        let dead_lettering = self.dead_letter_all(batch, &plan.dead_letter, reason);
+        let dead_lettering = self.dead_letter_all(batch, &plan.dead_letter, &plan.asked, reason);
         tokio::join!(deleting, retrying, dead_lettering);
     }
 
@@ -254,7 +281,13 @@ impl Acker {
         self.metrics.deleted.increment(n);
     }
 
-    async fn dead_letter_all(&self, batch: &[ReceivedMessage], which: &[usize], reason: &str) {
+    async fn dead_letter_all(
+        &self,
+        batch: &[ReceivedMessage],
+        which: &[usize],
+        asked: &[(usize, String)],
+        reason: &str,
+    ) {
         if which.is_empty() {
             return;
         }
@@ -267,8 +300,10 @@ impl Acker {
             let record = m.record();
             let mut attributes: HashMap<String, MessageAttributeValue> =
                 record.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), attribute_to_sqs(v)?))).collect();
-            // a message that failed for a reason of its own (its payload) carries that reason
-            let reason = m.unresolved.as_ref().map_or(reason, |u| u.reason.as_str());
+            // a message that failed for a reason of its own (the worker's, its payload's, its
+            // age) carries that reason
+            let own = asked.iter().find(|(k, _)| *k == i).map(|(_, r)| r.as_str());
+            let reason = own.or(m.unresolved.as_ref().map(|u| u.reason.as_str())).unwrap_or(reason);
             carry_first_sent(&mut attributes, m.sent_timestamp_ms);
             add_dead_letter_attributes(&mut attributes, &self.pipeline, reason, m.receive_count);
             // SQS rejects a deduplication id on a standard queue; a group id it accepts (fair queues)
@@ -303,15 +338,22 @@ impl Acker {
         self.metrics.dead_lettered.increment(sent.len() as u64);
         let deleted = self.leases.delete(&ids(batch, sent.iter().copied())).await;
         self.count_deleted(deleted.iter().map(|&k| &batch[sent[k]]), false);
-        if !unsent.is_empty() {
-            let entries: Vec<(&str, i32)> = unsent
-                .iter()
-                .map(|&i| {
-                    (batch[i].message_id.as_str(), backoff_secs(batch[i].receive_count, &self.retry, fastrand::f64()))
-                })
-                .collect();
-            self.leases.release_after(&entries).await;
+        self.retry_unsent(batch, &unsent).await;
+    }
+
+    /// Messages whose dead-letter copy was not sent stay in the source queue: visible again
+    /// after their backoff.
+    async fn retry_unsent(&self, batch: &[ReceivedMessage], unsent: &[usize]) {
+        if unsent.is_empty() {
+            return;
         }
+        let entries: Vec<(&str, i32)> = unsent
+            .iter()
+            .map(|&i| {
+                (batch[i].message_id.as_str(), backoff_secs(batch[i].receive_count, &self.retry, fastrand::f64()))
+            })
+            .collect();
+        self.leases.release_after(&entries).await;
     }
 }
 
@@ -329,9 +371,6 @@ pub fn sqs_safe(text: &str, max_chars: usize) -> String {
     out.chars().take(max_chars).collect()
 }
 
-/// Adds `sqs-poller.pipeline`, `sqs-poller.reason` and `sqs-poller.receive-count`; when the
-/// message already has too many attributes for three more, one `sqs-poller.dead-letter`
-/// attribute carries the same as JSON.
 /// Gives a copy of a message the time it was first sent ([`crate::event::FIRST_SENT_ATTRIBUTE`]),
 /// unless it carries one already (a copy of a copy), so `retry.max_age_secs` counts from the
 /// first send after a redrive too. Only while a place stays free for the dead-letter attribute.
@@ -345,6 +384,9 @@ pub fn carry_first_sent(attributes: &mut HashMap<String, MessageAttributeValue>,
     }
 }
 
+/// Adds `sqs-poller.pipeline`, `sqs-poller.reason` and `sqs-poller.receive-count`; when the
+/// message already has too many attributes for three more, one `sqs-poller.dead-letter`
+/// attribute carries the same as JSON.
 pub fn add_dead_letter_attributes(
     attributes: &mut HashMap<String, MessageAttributeValue>,
     pipeline: &str,
@@ -380,6 +422,7 @@ pub fn add_dead_letter_attributes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::response::Failed;
     use std::time::Duration;
 
     fn retry(initial: u64, max: u64) -> RetryConfig {
@@ -455,10 +498,55 @@ mod tests {
 
     #[test]
     fn partial_failure_retries_only_the_failed() {
-        let p = plan(&batch(&[1, 1, 2]), &Verdict::Partial(vec![1, 2]), &retry(1, 300), None, false, &mut || 1.0);
+        let p = plan(
+            &batch(&[1, 1, 2]),
+            &Verdict::Partial(vec![Failed::at(1), Failed::at(2)]),
+            &retry(1, 300),
+            None,
+            false,
+            &mut || 1.0,
+        );
         assert_eq!(p.delete, vec![0]);
         assert_eq!(p.retry, vec![(1, 1), (2, 2)]);
         assert!(p.dead_letter.is_empty());
+    }
+
+    /// Issue 36: what the worker asked comes first — its delay instead of the backoff (capped
+    /// at SQS's 12 hours), its dead-letter queue at once with its reason (when there is one).
+    #[test]
+    fn the_workers_asks_replace_the_backoff_and_the_receive_limit() {
+        use crate::dispatch::response::Ask;
+        let failed = Verdict::Partial(vec![
+            Failed { index: 0, ask: Ask::RetryAfter(45) },
+            Failed { index: 1, ask: Ask::DeadLetter("no such customer".into()) },
+            Failed { index: 2, ask: Ask::RetryAfter(13 * 3600) },
+            Failed::at(3),
+        ]);
+        let b = batch(&[1, 1, 1, 1]);
+        let p = plan(&b, &failed, &retry(1, 300), Some(5), false, &mut || 1.0);
+        assert_eq!(p.retry, vec![(0, 45), (2, 43_200), (3, 1)]);
+        assert_eq!(p.dead_letter, vec![1], "dead-lettered on its first receive");
+        assert_eq!(p.asked, vec![(1, "no such customer".to_string())]);
+        // without a dead-letter queue the ask cannot be carried out: retried with the backoff
+        let p = plan(&b, &failed, &retry(1, 300), None, false, &mut || 1.0);
+        assert_eq!(p.retry, vec![(0, 45), (1, 1), (2, 43_200), (3, 1)]);
+        assert!(p.dead_letter.is_empty() && p.asked.is_empty());
+    }
+
+    /// A FIFO group's first failure sets the group's delay: a message delayed by the worker
+    /// delays the rest of its group with it, in order.
+    #[test]
+    fn a_delayed_fifo_message_delays_its_group() {
+        use crate::dispatch::response::Ask;
+        let mut b = batch(&[1, 1, 1]);
+        for m in &mut b {
+            m.group_id = Some("g".into());
+        }
+        let failed =
+            Verdict::Partial(vec![Failed { index: 0, ask: Ask::RetryAfter(600) }, Failed::at(1), Failed::at(2)]);
+        let p = plan(&b, &failed, &retry(1, 300), Some(5), true, &mut || 1.0);
+        assert_eq!(p.retry, vec![(0, 600), (1, 600), (2, 600)]);
+        assert_eq!(p.failed_groups(&b), vec![("g".to_string(), 600)]);
     }
 
     #[test]
@@ -482,7 +570,7 @@ mod tests {
         let mut b = batch(&[1, 1]);
         b[0].unresolved = Some(Box::new(crate::event::Unresolved { reason: "not allowed".into(), refused: true }));
         b[1].unresolved = Some(Box::new(crate::event::Unresolved { reason: "404".into(), refused: false }));
-        let failed = Verdict::Partial(vec![0, 1]);
+        let failed = Verdict::Partial(vec![Failed::at(0), Failed::at(1)]);
         let p = plan(&b, &failed, &retry(1, 300), Some(5), false, &mut || 1.0);
         assert_eq!(p.dead_letter, vec![0], "refused: at once");
         assert_eq!(p.retry, vec![(1, 1)], "a fetch that failed may work next time");

@@ -33,7 +33,7 @@ use crate::config::{TargetConfig, TargetKind};
 use crate::event::{Event, ReceivedMessage};
 use crate::metrics::DispatchMetrics;
 use crate::trace::TraceContext;
-use response::Verdict;
+use response::{Failed, Verdict};
 
 /// What a target did with an event, before its body is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,12 +264,13 @@ impl Dispatcher {
         if batch.iter().all(|m| m.unresolved.is_none()) {
             return self.dispatch_resolved(batch, abandon, span, slot).await;
         }
-        let mut failed: Vec<usize> = Vec::new();
+        let mut failed: Vec<Failed> = Vec::new();
         let mut go: Vec<usize> = Vec::new();
         for (i, m) in batch.iter().enumerate() {
-            let held = self.fifo && m.group_id.is_some() && failed.iter().any(|&f| batch[f].group_id == m.group_id);
+            let held =
+                self.fifo && m.group_id.is_some() && failed.iter().any(|f| batch[f.index].group_id == m.group_id);
             if m.unresolved.is_some() || held {
-                failed.push(i);
+                failed.push(Failed::at(i));
             } else {
                 go.push(i);
             }
@@ -282,11 +283,11 @@ impl Dispatcher {
         let part: Vec<ReceivedMessage> = go.iter().map(|&i| batch[i].clone()).collect();
         match self.dispatch_resolved(&part, abandon, span, slot).await {
             Outcome::Answered(Verdict::AllSucceeded) => {}
-            Outcome::Answered(Verdict::Partial(f)) => failed.extend(f.into_iter().map(|k| go[k])),
+            Outcome::Answered(Verdict::Partial(f)) => failed.extend(f.into_iter().map(|f| f.moved_to(&go))),
             Outcome::Answered(Verdict::AllFailed(reason)) => return Outcome::Answered(Verdict::AllFailed(reason)),
             other => return other,
         }
-        failed.sort_unstable();
+        failed.sort_unstable_by_key(|f| f.index);
         Outcome::Answered(Verdict::Partial(failed))
     }
 
@@ -304,11 +305,9 @@ impl Dispatcher {
                 tracing::warn!(pipeline = %self.metrics.pipeline, messages = batch.len(), %reason, "the batch failed as a whole: splitting it to find the messages that fail on their own");
                 match self.bisect(batch, (0..batch.len()).collect(), abandon, span, slot).await {
                     None => Outcome::Abandoned,
-                    Some(failed) if failed.is_empty() => Outcome::Answered(Verdict::AllSucceeded),
-                    Some(failed) if failed.len() == batch.len() => Outcome::Answered(Verdict::AllFailed(reason)),
                     Some(mut failed) => {
-                        failed.sort_unstable();
-                        Outcome::Answered(Verdict::Partial(failed))
+                        failed.sort_unstable_by_key(|f| f.index);
+                        Outcome::Answered(Verdict::of_failures(failed, batch.len(), reason))
                     }
                 }
             }
@@ -325,37 +324,37 @@ impl Dispatcher {
         abandon: &'a CancellationToken,
         span: Option<&'a str>,
         slot: &'a mut Option<concurrency::SlotHold<'h>>,
-    ) -> crate::sqs::BoxFuture<'a, Option<Vec<usize>>>
+    ) -> crate::sqs::BoxFuture<'a, Option<Vec<Failed>>>
     where
         'h: 'a,
     {
         Box::pin(async move {
             let (first, second) = indexes.split_at(indexes.len() / 2);
-            let mut failed: Vec<usize> = Vec::new();
+            let mut failed: Vec<Failed> = Vec::new();
             for half in [first, second] {
                 // FIFO: messages of a group that failed earlier stay behind the failure
                 let (held, go): (Vec<usize>, Vec<usize>) = half.iter().partition(|&&i| {
                     self.fifo
                         && batch[i].group_id.is_some()
-                        && failed.iter().any(|&f| batch[f].group_id == batch[i].group_id)
+                        && failed.iter().any(|f| batch[f.index].group_id == batch[i].group_id)
                 });
-                failed.extend(held);
+                failed.extend(held.into_iter().map(Failed::at));
                 if go.is_empty() {
                     continue;
                 }
                 let part: Vec<ReceivedMessage> = go.iter().map(|&i| batch[i].clone()).collect();
                 match self.call(&part, abandon, span, slot).await {
                     Outcome::Answered(Verdict::AllSucceeded) => {}
-                    Outcome::Answered(Verdict::Partial(f)) => failed.extend(f.into_iter().map(|k| go[k])),
+                    Outcome::Answered(Verdict::Partial(f)) => failed.extend(f.into_iter().map(|f| f.moved_to(&go))),
                     Outcome::Answered(Verdict::AllFailed(_)) if go.len() > 1 => {
                         failed.extend(self.bisect(batch, go, abandon, span, &mut *slot).await?);
                     }
                     Outcome::Answered(Verdict::AllFailed(reason)) => {
                         tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %batch[go[0]].message_id, %reason, "the message fails on its own");
-                        failed.extend(go);
+                        failed.extend(go.into_iter().map(Failed::at));
                     }
                     // throttled past max_throttled_secs: retried with the backoff, as failures are
-                    Outcome::Throttled => failed.extend(go),
+                    Outcome::Throttled => failed.extend(go.into_iter().map(Failed::at)),
                     Outcome::Abandoned => return None,
                 }
             }

@@ -46,4 +46,5 @@ mod systemd;
 mod telemetry;
 mod trace;
 mod visibility_change;
+mod worker_asks;
 mod workers;

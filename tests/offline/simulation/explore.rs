@@ -15,6 +15,9 @@
 //! - **the filter decides**: no message it rejects reaches the worker;
 //! - **deadlines**: a message first sent before `retry.max_age_secs` never reaches the worker and
 //!   ends in the dead-letter queue;
+//! - **the worker decides**: a message it asked to see again after `retryAfterSeconds` is not
+//!   dispatched before then (unless SQS faults — duplicates, failed visibility changes — bring
+//!   it back early); one it sent to the dead-letter queue is settled there;
 //! - **no message dispatched while an earlier copy runs**, and **a FIFO group in at most one
 //!   running batch** (checked at the worker as each batch starts);
 //! - **FIFO order**: each group's messages succeed first in send order;
@@ -83,6 +86,9 @@ struct Drawn {
     /// were first sent long before it (`sqs-poller.first-sent`): they must be dead-lettered,
     /// never dispatched.
     expired: Option<f64>,
+    /// The worker asks, for some of its failures, `retryAfterSeconds` (0–90 s) or, for poison
+    /// messages with a dead-letter queue, `deadLetter`.
+    asks: bool,
     batch_size: usize,
     window_ms: u64,
     max_bytes: Option<usize>,
@@ -213,6 +219,7 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
         pad: pick(rng, &['x', 'x', '"', '\\', '\n']),
         poison: if dead_letter.is_some() { pick(rng, &[0.0, 0.02, 0.05]) } else { 0.0 },
         expired: (dead_letter.is_some() && chance(rng, 0.4)).then(|| pick(rng, &[0.0, 0.03, 0.1])),
+        asks: chance(rng, 0.4),
         batch_size,
         window_ms: pick(rng, &[0, 0, 50, 200, 1000]),
         max_bytes: chance(rng, 0.4).then(|| pick(rng, &[1024, 1500, 3000, 8000])),
@@ -366,6 +373,8 @@ struct World {
     success_order: Vec<(String, usize)>,
     invocations: u64,
     violations: Vec<String>,
+    /// Messages the worker asked to see again no earlier than this (`retryAfterSeconds`).
+    not_before: HashMap<String, Instant>,
 }
 
 impl World {
@@ -413,6 +422,7 @@ impl Drop for Working {
 /// The simulated worker of one pipeline.
 fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Duration) -> Target {
     let (fifo, max_concurrency, timeout) = (d.fifo, d.max_concurrency, Duration::from_secs(d.timeout_secs));
+    let (asks_drawn, has_dead_letter) = (d.asks, d.dead_letter.is_some());
     let filter = d.filter.clone();
     Target::Function(Arc::new(move |event: Bytes| {
         let (world, run, filter) = (world.clone(), run.clone(), filter.clone());
@@ -439,6 +449,17 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                 for id in &ids {
                     if !w.running.insert(id.clone()) {
                         w.violation(format!("{t} s: {id} dispatched while an earlier copy of it runs"));
+                    }
+                    if let Some(until) = w.not_before.remove(id) {
+                        // SQS itself may bring a message back early: a duplicate, or a visibility
+                        // change that failed for good; without those faults, never
+                        let f = &run.faults;
+                        let exact = f.duplicate_rate == 0.0 && f.sqs_error_rate == 0.0 && f.entry_error_rate == 0.0;
+                        let now = Instant::now();
+                        if exact && now < until {
+                            let early = until - now;
+                            w.violation(format!("{t} s: {id} seen again {early:?} before its retryAfterSeconds"));
+                        }
                     }
                 }
                 if fifo {
@@ -521,8 +542,12 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
             // a FIFO handler stops a group at its first failure
             let mut failures = Vec::new();
             let mut stopped: HashSet<String> = HashSet::new();
+            let asks: Vec<(f64, u64)> = {
+                let mut rng = run.rng.lock().unwrap();
+                records.iter().map(|_| (rng.f64(), rng.u64(0..=90))).collect()
+            };
             let mut w = world.lock().unwrap();
-            for (r, item) in records.iter().zip(item_rolls) {
+            for ((r, item), (ask_roll, delay)) in records.iter().zip(item_rolls).zip(asks) {
                 let id = r["messageId"].as_str().unwrap();
                 let body = r["body"].as_str().unwrap();
                 let g = group(r).unwrap_or_default();
@@ -533,7 +558,17 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                     || (attempt(r) <= 2 && item < f.item_failure)
                     || (fifo && stopped.contains(&g));
                 if fails {
-                    failures.push(serde_json::json!({ "itemIdentifier": id }));
+                    let behind = fifo && stopped.contains(&g);
+                    let mut entry = serde_json::json!({ "itemIdentifier": id });
+                    if asks_drawn && !behind {
+                        if body.starts_with("poison") && has_dead_letter && ask_roll < 0.5 {
+                            entry["deadLetter"] = serde_json::json!("poison, says the worker");
+                        } else if ask_roll < 0.3 {
+                            entry["retryAfterSeconds"] = serde_json::json!(delay);
+                            w.not_before.insert(id.to_string(), Instant::now() + Duration::from_secs(delay));
+                        }
+                    }
+                    failures.push(entry);
                     if fifo {
                         stopped.insert(g);
                     }
