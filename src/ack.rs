@@ -17,13 +17,12 @@ use aws_sdk_sqs::types::MessageAttributeValue;
 
 use crate::config::RetryConfig;
 use crate::dispatch::response::{self, Ask, Verdict};
-use crate::event::{attribute_to_sqs, ReceivedMessage};
+use crate::event::{carry_first_sent, ReceivedMessage, MAX_MESSAGE_ATTRIBUTES};
+use crate::hop::Hopper;
 use crate::lease::LeaseKeeper;
 use crate::metrics::AckMetrics;
-use crate::sqs::Queue;
+use crate::sqs::{Outgoing, Queue};
 
-/// SQS allows at most this many message attributes per message.
-const MAX_MESSAGE_ATTRIBUTES: usize = 10;
 /// Longest reason text written to a dead-letter attribute.
 const MAX_REASON_LEN: usize = 256;
 
@@ -38,11 +37,14 @@ pub struct AckPlan {
     pub dead_letter: Vec<usize>,
     /// Of `dead_letter`, the messages the worker sent there (`deadLetter`), with its reason.
     pub asked: Vec<(usize, String)>,
+    /// Failed, the worker asked for longer than a visibility timeout holds (standard queues):
+    /// re-sent in hops, due in this many seconds.
+    pub hop: Vec<(usize, u64)>,
 }
 
 impl AckPlan {
     pub fn failed(&self) -> usize {
-        self.retry.len() + self.dead_letter.len()
+        self.retry.len() + self.dead_letter.len() + self.hop.len()
     }
 }
 
@@ -54,7 +56,8 @@ impl AckPlan {
 ///
 /// What the worker asked for a failed message comes first: `deadLetter` sends it to the
 /// dead-letter queue at once (when the pipeline has one; else it is retried), and
-/// `retryAfterSeconds` replaces the backoff (up to SQS's 12 hours of visibility).
+/// `retryAfterSeconds` replaces the backoff: up to SQS's 12 hours of visibility as a visibility
+/// timeout, beyond them on a standard queue as hops (see `hop`).
 ///
 /// FIFO (`fifo`): only the first failed message of each group failed on its own; the later
 /// messages of that group in the batch were stopped behind it (never processed, whatever the
@@ -102,6 +105,12 @@ pub fn plan(
                 // the group's later messages go back at once: their failure is gone
                 group_backoff.insert(g, 0);
             }
+        } else if let (Ask::RetryAfter(secs), None) = (ask, group) {
+            if *secs > crate::config::MAX_VISIBILITY_SECS && !fifo {
+                out.hop.push((i, *secs));
+                continue;
+            }
+            out.retry.push((i, (*secs).min(crate::config::MAX_VISIBILITY_SECS) as i32));
         } else {
             let mut own = || match ask {
                 Ask::RetryAfter(secs) => (*secs).min(crate::config::MAX_VISIBILITY_SECS) as i32,
@@ -163,6 +172,8 @@ pub struct Acker {
     pub metrics: AckMetrics,
     /// Large payloads' objects to delete after success (`delete_after_success`).
     pub payloads: Option<Arc<crate::payload::PayloadStore>>,
+    /// Standard queues: carries retries longer than a visibility timeout holds.
+    pub hopper: Option<Arc<Hopper>>,
 }
 
 fn ids(batch: &[ReceivedMessage], which: impl Iterator<Item = usize>) -> Vec<&str> {
@@ -178,7 +189,16 @@ impl Acker {
         payloads: Option<Arc<crate::payload::PayloadStore>>,
         metrics: AckMetrics,
     ) -> Self {
+        let hopper = (!cfg.fifo).then(|| {
+            Arc::new(Hopper {
+                queue: leases.queue(),
+                leases: leases.clone(),
+                pipeline: cfg.name.clone(),
+                hops: metrics.hopped.clone(),
+            })
+        });
         Acker {
+            hopper,
             payloads,
             leases,
             dead_letter,
@@ -241,7 +261,19 @@ impl Acker {
             self.leases.release_after(&entries).await;
         };
         let dead_lettering = self.dead_letter_all(batch, &plan.dead_letter, &plan.asked, reason);
-        tokio::join!(deleting, retrying, dead_lettering);
+        let hopping = async {
+            let hops: Vec<(&ReceivedMessage, u64)> = plan.hop.iter().map(|&(i, secs)| (&batch[i], secs)).collect();
+            match &self.hopper {
+                Some(h) => h.hop(&hops, true).await,
+                // only a FIFO queue has no hopper, and its plans hop nothing: were one to, it
+                // would wait the longest visibility timeout
+                None => {
+                    let messages: Vec<ReceivedMessage> = hops.iter().map(|(m, _)| (*m).clone()).collect();
+                    self.release_after(&messages, crate::config::MAX_VISIBILITY_SECS as i32).await;
+                }
+            }
+        };
+        tokio::join!(deleting, retrying, dead_lettering, hopping);
     }
 
     /// Makes every message visible again at once (shutdown, or a batch that could not be dispatched).
@@ -294,34 +326,9 @@ impl Acker {
         let Some(dlq) = &self.dead_letter else {
             return;
         };
-        let dlq_fifo = dlq.url().ends_with(".fifo");
         let sends = futures_util::future::join_all(which.iter().map(|&i| async move {
-            let m = &batch[i];
-            let record = m.record();
-            let mut attributes: HashMap<String, MessageAttributeValue> =
-                record.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), attribute_to_sqs(v)?))).collect();
-            // a message that failed for a reason of its own (the worker's, its payload's, its
-            // age) carries that reason
             let own = asked.iter().find(|(k, _)| *k == i).map(|(_, r)| r.as_str());
-            let reason = own.or(m.unresolved.as_ref().map(|u| u.reason.as_str())).unwrap_or(reason);
-            carry_first_sent(&mut attributes, m.sent_timestamp_ms);
-            add_dead_letter_attributes(&mut attributes, &self.pipeline, reason, m.receive_count);
-            // SQS rejects a deduplication id on a standard queue; a group id it accepts (fair queues)
-            let dedup = (dlq_fifo && m.group_id.is_some()).then_some(m.message_id.as_str());
-            // an offloaded payload's copy carries its pointer (and, with the original attributes,
-            // its size attribute): it fits SQS, and extended clients read it as they read the original
-            let body = m.s3_object.as_ref().map_or(record.body.as_str(), |o| &o.pointer_body);
-            let send = dlq.send(body, attributes, m.group_id.as_deref(), dedup);
-            let sent = tokio::select! {
-                r = send => r,
-                () = self.leases.settle_cutoff() => Err(crate::sqs::SqsError::coded(
-                    "SendMessage",
-                    "ShutdownDeadline",
-                    "no answer before the end of the grace period",
-                    true,
-                )),
-            };
-            (i, sent)
+            (i, self.leases.send_copy(dlq.as_ref(), self.dead_letter_copy(&batch[i], own, reason, dlq)).await)
         }))
         .await;
         let mut sent = Vec::new();
@@ -339,6 +346,29 @@ impl Acker {
         let deleted = self.leases.delete(&ids(batch, sent.iter().copied())).await;
         self.count_deleted(deleted.iter().map(|&k| &batch[sent[k]]), false);
         self.retry_unsent(batch, &unsent).await;
+    }
+
+    /// The copy of `m` for the dead-letter queue `dlq`: its body and attributes with why it
+    /// failed (`own`, its own reason: the worker's, its payload's, its age; else `reason`, the
+    /// batch's) and when it was first sent.
+    fn dead_letter_copy<'m>(
+        &self,
+        m: &'m ReceivedMessage,
+        own: Option<&str>,
+        reason: &str,
+        dlq: &Arc<dyn Queue>,
+    ) -> Outgoing<'m> {
+        let (body, mut attributes) = m.copy_parts();
+        // a delay's hops end here: a redriven copy is due at once
+        attributes.remove(crate::event::HOP_ATTRIBUTE);
+        let reason = own.or(m.unresolved.as_ref().map(|u| u.reason.as_str())).unwrap_or(reason);
+        carry_first_sent(&mut attributes, m.sent_timestamp_ms);
+        add_dead_letter_attributes(&mut attributes, &self.pipeline, reason, m.receive_count);
+        // SQS rejects a deduplication id on a standard queue; a group id it accepts (fair queues)
+        let dedup = (dlq.url().ends_with(".fifo") && m.group_id.is_some()).then_some(m.message_id.as_str());
+        let mut copy = Outgoing::new(body, attributes).grouped(m.group_id.as_deref(), dedup);
+        copy.trace_header = m.trace_header.as_deref();
+        copy
     }
 
     /// Messages whose dead-letter copy was not sent stay in the source queue: visible again
@@ -369,19 +399,6 @@ pub fn sqs_safe(text: &str, max_chars: usize) -> String {
         }
     }
     out.chars().take(max_chars).collect()
-}
-
-/// Gives a copy of a message the time it was first sent ([`crate::event::FIRST_SENT_ATTRIBUTE`]),
-/// unless it carries one already (a copy of a copy), so `retry.max_age_secs` counts from the
-/// first send after a redrive too. Only while a place stays free for the dead-letter attribute.
-pub fn carry_first_sent(attributes: &mut HashMap<String, MessageAttributeValue>, sent_ms: Option<u64>) {
-    let name = crate::event::FIRST_SENT_ATTRIBUTE;
-    if let (false, Some(sent)) = (attributes.contains_key(name), sent_ms) {
-        if attributes.len() + 1 < MAX_MESSAGE_ATTRIBUTES {
-            let value = MessageAttributeValue::builder().data_type("Number").string_value(sent.to_string()).build();
-            attributes.insert(name.into(), value.expect("data type set"));
-        }
-    }
 }
 
 /// Adds `sqs-poller.pipeline`, `sqs-poller.reason` and `sqs-poller.receive-count`; when the
@@ -511,8 +528,9 @@ mod tests {
         assert!(p.dead_letter.is_empty());
     }
 
-    /// Issue 36: what the worker asked comes first — its delay instead of the backoff (capped
-    /// at SQS's 12 hours), its dead-letter queue at once with its reason (when there is one).
+    /// Issue 36: what the worker asked comes first — its delay instead of the backoff (past
+    /// SQS's 12 hours of visibility, in hops), its dead-letter queue at once with its reason
+    /// (when there is one).
     #[test]
     fn the_workers_asks_replace_the_backoff_and_the_receive_limit() {
         use crate::dispatch::response::Ask;
@@ -524,13 +542,19 @@ mod tests {
         ]);
         let b = batch(&[1, 1, 1, 1]);
         let p = plan(&b, &failed, &retry(1, 300), Some(5), false, &mut || 1.0);
-        assert_eq!(p.retry, vec![(0, 45), (2, 43_200), (3, 1)]);
+        assert_eq!(p.retry, vec![(0, 45), (3, 1)]);
+        assert_eq!(p.hop, vec![(2, 13 * 3600)], "longer than a visibility timeout holds");
         assert_eq!(p.dead_letter, vec![1], "dead-lettered on its first receive");
         assert_eq!(p.asked, vec![(1, "no such customer".to_string())]);
+        assert_eq!(p.failed(), 4);
         // without a dead-letter queue the ask cannot be carried out: retried with the backoff
         let p = plan(&b, &failed, &retry(1, 300), None, false, &mut || 1.0);
-        assert_eq!(p.retry, vec![(0, 45), (1, 1), (2, 43_200), (3, 1)]);
+        assert_eq!(p.retry, vec![(0, 45), (1, 1), (3, 1)]);
         assert!(p.dead_letter.is_empty() && p.asked.is_empty());
+        // exactly 12 hours is still a visibility timeout
+        let twelve = Verdict::Partial(vec![Failed { index: 0, ask: Ask::RetryAfter(43_200) }]);
+        let p = plan(&b, &twelve, &retry(1, 300), None, false, &mut || 1.0);
+        assert_eq!((p.retry, p.hop), (vec![(0, 43_200)], vec![]));
     }
 
     /// A FIFO group's first failure sets the group's delay: a message delayed by the worker

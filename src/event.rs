@@ -5,7 +5,7 @@
 //! `{"Records":[…]}` without serializing again.
 
 use crate::aws::SqsMessage;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use serde::{Deserialize, Serialize};
@@ -108,6 +108,68 @@ pub fn first_sent_ms(msg: &SqsMessage) -> Option<u64> {
     })
 }
 
+/// SQS allows at most this many message attributes per message.
+pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
+
+/// Gives a copy of a message the time it was first sent ([`crate::event::FIRST_SENT_ATTRIBUTE`]),
+/// unless it carries one already (a copy of a copy), so `retry.max_age_secs` counts from the
+/// first send after a redrive too. Only while a place stays free for the dead-letter attribute.
+pub fn carry_first_sent(attributes: &mut HashMap<String, MessageAttributeValue>, sent_ms: Option<u64>) {
+    let name = crate::event::FIRST_SENT_ATTRIBUTE;
+    if let (false, Some(sent)) = (attributes.contains_key(name), sent_ms) {
+        if attributes.len() + 1 < MAX_MESSAGE_ATTRIBUTES {
+            let value = MessageAttributeValue::builder().data_type("Number").string_value(sent.to_string()).build();
+            attributes.insert(name.into(), value.expect("data type set"));
+        }
+    }
+}
+
+/// The message attribute a long delay's copies carry (see `hop`): a JSON object with the delay
+/// left after the copy's own `DelaySeconds`, the receives and the hops so far.
+pub const HOP_ATTRIBUTE: &str = "sqs-poller.hop";
+
+/// What a long delay's copy carries in its [`HOP_ATTRIBUTE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hop {
+    /// Seconds the message still waits once this copy is visible (0: due).
+    pub due_in_seconds: u64,
+    /// Receives of the messages it was copied from.
+    pub receive_count: u32,
+    /// Copies made so far.
+    pub hops: u32,
+}
+
+impl Hop {
+    /// The hop state `msg` carries, if any. A value that does not parse is no hop (the message
+    /// is due): a producer's stray attribute delays nothing.
+    pub fn of(msg: &SqsMessage) -> Option<Hop> {
+        let value = msg.message_attributes.as_ref()?.get(HOP_ATTRIBUTE)?.string_value()?;
+        serde_json::from_str(value).ok()
+    }
+
+    /// The attribute's text.
+    pub fn to_attribute(self) -> String {
+        serde_json::to_string(&self).expect("numbers always serialize")
+    }
+}
+
+/// A long delay's copy (one with a [`HOP_ATTRIBUTE`]) shows what the original showed: its
+/// `ApproximateReceiveCount` counts the receives of the messages it was copied from too, and its
+/// `SentTimestamp` is the first send's ([`FIRST_SENT_ATTRIBUTE`]). So a worker's own retry curve
+/// and age checks, and `max_receive_count`, count across hops. Its `messageId` stays its own.
+fn restore_hopped(msg: &mut SqsMessage) {
+    let Some(hop) = Hop::of(msg) else { return };
+    let first_sent = first_sent_ms(msg);
+    let Some(system) = msg.attributes.as_mut() else { return };
+    let count = MessageSystemAttributeName::ApproximateReceiveCount;
+    let own: u32 = system.get(&count).and_then(|v| v.parse().ok()).unwrap_or(1);
+    system.insert(count, own.saturating_add(hop.receive_count).to_string());
+    if let Some(sent) = first_sent {
+        system.insert(MessageSystemAttributeName::SentTimestamp, sent.to_string());
+    }
+}
+
 /// Why a message's large payload is not there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unresolved {
@@ -128,7 +190,8 @@ impl ReceivedMessage {
     ///
     /// # Errors
     /// [`MalformedMessage`] when SQS left out the message id or receipt handle.
-    pub fn from_sqs(msg: SqsMessage, source: &EventSource) -> Result<Self, MalformedMessage> {
+    pub fn from_sqs(mut msg: SqsMessage, source: &EventSource) -> Result<Self, MalformedMessage> {
+        restore_hopped(&mut msg);
         if msg.message_id.is_none() {
             return Err(MalformedMessage("MessageId"));
         }
@@ -171,6 +234,20 @@ impl ReceivedMessage {
     /// The record back as a struct (for the dead-letter path, which needs body and attributes).
     pub fn record(&self) -> SqsRecord {
         serde_json::from_str(&self.record_json).expect("record_json was produced by serde_json")
+    }
+
+    /// What a copy of it (for the dead-letter queue, for a long delay's next hop) sends: the
+    /// body SQS carried (an offloaded payload's pointer: it fits SQS, and extended clients read
+    /// it as they read the original) and its message attributes.
+    pub fn copy_parts(&self) -> (String, HashMap<String, MessageAttributeValue>) {
+        let record = self.record();
+        let attributes =
+            record.message_attributes.iter().filter_map(|(k, v)| Some((k.clone(), attribute_to_sqs(v)?))).collect();
+        let body = match &self.s3_object {
+            Some(o) => o.pointer_body.to_string(),
+            None => record.body,
+        };
+        (body, attributes)
     }
 
     /// Bytes this record adds to an event: its JSON plus the separating comma.

@@ -25,6 +25,8 @@ pub struct Intake {
     payloads: Option<Arc<crate::payload::PayloadStore>>,
     /// `retry.max_age_secs`: older messages (from their first send) are not dispatched.
     max_age: Option<std::time::Duration>,
+    /// Standard queues: sends a long delay's copies that are not yet due on their next hop.
+    hopper: Option<Arc<crate::hop::Hopper>>,
     /// Age in ms of the oldest message received since the last depth sample (0: none).
     oldest_age_ms: AtomicU64,
 }
@@ -37,7 +39,23 @@ impl Intake {
         metrics: IntakeMetrics,
         payloads: Option<Arc<crate::payload::PayloadStore>>,
     ) -> Self {
-        Intake { source, filter, leases, metrics, payloads, max_age: None, oldest_age_ms: AtomicU64::new(0) }
+        Intake {
+            source,
+            filter,
+            leases,
+            metrics,
+            payloads,
+            max_age: None,
+            hopper: None,
+            oldest_age_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A long delay's copy that is not yet due goes on its next hop as it arrives (see `hop`),
+    /// neither filtered nor dispatched. Without a hopper (FIFO) the attribute is not read.
+    pub fn with_hopper(mut self, hopper: Option<Arc<crate::hop::Hopper>>) -> Self {
+        self.hopper = hopper;
+        self
     }
 
     /// Messages first sent longer ago than `max_age` (`retry.max_age_secs`) fail for good as
@@ -51,7 +69,8 @@ impl Intake {
     /// it) — before anything else, so the lease covers the large-payload fetch and a duplicate
     /// is not fetched at all —, resolves large payloads, settles what the filter rejects, and
     /// returns the messages that go on to the batcher, in receive order, with how many were kept
-    /// back by the filter (which are no demand for the autoscaler).
+    /// back by the filter or sent on a long delay's next hop (which are no demand for the
+    /// autoscaler).
     pub async fn take(
         &self,
         reservation: Reservation,
@@ -79,18 +98,15 @@ impl Intake {
         let resolved = self.resolve_payloads(new).await;
         let mut pass = Vec::with_capacity(resolved.len());
         let mut rejected = Vec::new();
+        let mut hopping = Vec::new();
         let mut oldest_ms = 0;
         for (m, s3_object, unresolved) in resolved {
             let expired = self.expired(&m, now_ms);
+            let due_in = self.hopper.as_ref().and_then(|_| crate::event::Hop::of(&m)).map_or(0, |h| h.due_in_seconds);
             let mut m = ReceivedMessage::from_sqs(m, &self.source).expect("id and receipt handle checked above");
             self.leases.hold_record(&m.message_id, &m.record_json);
             if let Some(u) = &unresolved {
-                let reason = &u.reason;
-                if u.refused {
-                    tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload pointer names a bucket outside large_payloads.allowed_buckets: not fetched; the message fails for good");
-                } else {
-                    tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a large payload could not be fetched; the message fails");
-                }
+                self.log_unresolved(&m.message_id, u);
             }
             // boxed: most messages have neither, and every message in flight carries the fields
             m.s3_object = s3_object.map(Box::new);
@@ -105,6 +121,8 @@ impl Intake {
                 tracing::warn!(pipeline = %self.metrics.pipeline, message_id = %m.message_id, %reason, "a message past retry.max_age_secs: dead-lettered, not dispatched");
                 m.unresolved = Some(Box::new(crate::event::Unresolved { reason, refused: true }));
                 pass.push(m);
+            } else if due_in > 0 {
+                hopping.push((m, due_in));
             } else if self.passes_filter(&m) {
                 pass.push(m);
             } else {
@@ -113,7 +131,19 @@ impl Intake {
         }
         self.oldest_age_ms.fetch_max(oldest_ms.max(1), Ordering::Relaxed);
         let kept = self.settle_filtered(&rejected).await;
-        (pass, kept)
+        if let Some(hopper) = &self.hopper {
+            hopper.hop(&hopping.iter().map(|(m, due_in)| (m, *due_in)).collect::<Vec<_>>(), false).await;
+        }
+        (pass, kept + hopping.len())
+    }
+
+    fn log_unresolved(&self, message_id: &str, u: &crate::event::Unresolved) {
+        let reason = &u.reason;
+        if u.refused {
+            tracing::warn!(pipeline = %self.metrics.pipeline, message_id, %reason, "a large payload pointer names a bucket outside large_payloads.allowed_buckets: not fetched; the message fails for good");
+        } else {
+            tracing::warn!(pipeline = %self.metrics.pipeline, message_id, %reason, "a large payload could not be fetched; the message fails");
+        }
     }
 
     /// Why `m` is past `retry.max_age_secs` at `now_ms`, counted from its first send (a copy's

@@ -56,6 +56,7 @@ pub mod event;
 pub mod filter;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fuzz;
+pub mod hop;
 pub mod import_esm;
 pub mod intake;
 pub mod lease;

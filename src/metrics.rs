@@ -18,6 +18,8 @@ pub const MESSAGES_DISPATCHED: &str = "sqs_poller_messages_dispatched_total";
 pub const MESSAGES_SUCCEEDED: &str = "sqs_poller_messages_succeeded_total";
 pub const MESSAGES_FAILED: &str = "sqs_poller_messages_failed_total";
 pub const MESSAGES_DEAD_LETTERED: &str = "sqs_poller_messages_dead_lettered_total";
+/// Copies a long delay sent back into the queue (see `hop`).
+pub const MESSAGES_HOPPED: &str = "sqs_poller_messages_hopped_total";
 pub const MESSAGES_DELETED: &str = "sqs_poller_messages_deleted_total";
 pub const MESSAGES_RELEASED: &str = "sqs_poller_messages_released_total";
 pub const BATCHES: &str = "sqs_poller_batches_total";
@@ -146,6 +148,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Counter, MESSAGES_SUCCEEDED, Some(Unit::Count), "Messages the target processed successfully."),
     (Kind::Counter, MESSAGES_FAILED, Some(Unit::Count), "Messages the target failed (retried after a backoff)."),
     (Kind::Counter, MESSAGES_DEAD_LETTERED, Some(Unit::Count), "Messages moved to the dead-letter queue."),
+    (Kind::Counter, MESSAGES_HOPPED, Some(Unit::Count), "Copies of messages re-sent to their queue to wait longer than a visibility timeout holds (hops of at most 15 minutes)."),
     (Kind::Counter, MESSAGES_DELETED, Some(Unit::Count), "Messages deleted from the source queue."),
     (Kind::Counter, MESSAGES_RELEASED, Some(Unit::Count), "Messages made visible again without being processed (shutdown, or a receive that could not be handed on)."),
     (Kind::Counter, BATCHES, Some(Unit::Count), "Batches dispatched, by outcome: success, partial, failure, throttled."),
@@ -317,6 +320,8 @@ pub struct AckMetrics {
     pub succeeded: Counter,
     pub failed: Counter,
     pub dead_lettered: Counter,
+    /// Copies sent on a long delay's next hop.
+    pub hopped: Counter,
     pub deleted: Counter,
     pub batches_success: Counter,
     pub batches_partial: Counter,
@@ -534,6 +539,7 @@ impl AckMetrics {
             succeeded: s.counter(MESSAGES_SUCCEEDED),
             failed: s.counter(MESSAGES_FAILED),
             dead_lettered: s.counter(MESSAGES_DEAD_LETTERED),
+            hopped: s.counter(MESSAGES_HOPPED),
             deleted,
             batches_success: s.by_outcome(BATCHES, "success"),
             batches_partial: s.by_outcome(BATCHES, "partial"),

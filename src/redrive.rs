@@ -19,7 +19,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 
 use crate::aws::SqsMessage;
 use crate::metrics::PipelineMetrics;
-use crate::sqs::{SqsClients, SqsError, SqsQueue};
+use crate::sqs::{Outgoing, SqsClients, SqsError, SqsQueue};
 
 /// How long received messages stay hidden in the source while they are being moved.
 const MOVE_VISIBILITY: Duration = Duration::from_secs(30);
@@ -188,18 +188,12 @@ async fn send_copy(destination: &SqsQueue, m: &SqsMessage, fifo: bool) -> Result
         .into_iter()
         .filter(|(k, _)| !k.starts_with("sqs-poller.") || k == first_sent)
         .collect();
-    if let (false, Some(sent)) = (attributes.contains_key(first_sent), crate::event::first_sent_ms(m)) {
-        // SQS allows ten attributes: a message that has them all goes without
-        if attributes.len() < 10 {
-            let value = MessageAttributeValue::builder().data_type("Number").string_value(sent.to_string()).build();
-            attributes.insert(first_sent.into(), value.expect("data type set"));
-        }
-    }
+    crate::event::carry_first_sent(&mut attributes, crate::event::first_sent_ms(m));
     let system = m.attributes.as_ref();
     let group = system.and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId)).map(String::as_str);
     let group = if fifo { group.or(Some("redrive")) } else { None };
     let dedup = if fifo { m.message_id.as_deref() } else { None };
-    destination.send(m.body.as_deref().unwrap_or(""), attributes, group, dedup).await
+    destination.send(Outgoing::new(m.body.as_deref().unwrap_or(""), attributes).grouped(group, dedup)).await
 }
 
 /// [`redrive`] for the command line: the progress on stderr (on a terminal a bar that rewrites

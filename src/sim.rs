@@ -24,7 +24,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, Queu
 use tokio::time::Instant;
 
 use crate::aws::SqsMessage;
-use crate::sqs::{sqs_allows, BoxFuture, EntryFailure, Queue, SqsError};
+use crate::sqs::{sqs_allows, BoxFuture, EntryFailure, Outgoing, Queue, SqsError};
 
 const TWELVE_HOURS: Duration = Duration::from_secs(43_200);
 
@@ -91,6 +91,8 @@ struct SimMessage {
     body: String,
     group: Option<String>,
     attributes: HashMap<String, MessageAttributeValue>,
+    /// The `AWSTraceHeader` system attribute its sender set.
+    trace_header: Option<String>,
     sent_ms: u64,
     receive_count: u32,
     /// The newest receipt handle, once received.
@@ -113,6 +115,10 @@ struct State {
     /// FIFO: each group's messages by sequence number (the group's head first).
     groups: BTreeMap<String, std::collections::BTreeSet<u64>>,
     log: SimLog,
+    /// The wall clock (ms since the epoch) at `started`: `SentTimestamp`s follow the
+    /// simulation's time from there.
+    epoch_ms: u64,
+    started: Instant,
 }
 
 pub struct SimQueue {
@@ -140,6 +146,11 @@ impl SimQueue {
                 messages: BTreeMap::new(),
                 groups: BTreeMap::new(),
                 log: SimLog::default(),
+                epoch_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64,
+                started: Instant::now(),
             }),
         }
     }
@@ -150,7 +161,7 @@ impl SimQueue {
 
     /// Adds a message as a producer would; returns its id.
     pub fn put(&self, body: &str, group: Option<&str>) -> String {
-        Self::insert(&mut self.state(), self.fifo, body, group, HashMap::new())
+        Self::insert(&mut self.state(), self.fifo, &Outgoing::new(body, HashMap::new()).grouped(group, None))
     }
 
     /// [`SimQueue::put`] with message attributes.
@@ -160,16 +171,12 @@ impl SimQueue {
         group: Option<&str>,
         attributes: HashMap<String, MessageAttributeValue>,
     ) -> String {
-        Self::insert(&mut self.state(), self.fifo, body, group, attributes)
+        Self::insert(&mut self.state(), self.fifo, &Outgoing::new(body, attributes).grouped(group, None))
     }
 
-    fn insert(
-        st: &mut State,
-        fifo: bool,
-        body: &str,
-        group: Option<&str>,
-        attributes: HashMap<String, MessageAttributeValue>,
-    ) -> String {
+    /// Stores a sent message (visible after its `DelaySeconds`); returns its id.
+    fn insert(st: &mut State, fifo: bool, message: &Outgoing<'_>) -> String {
+        let group = message.group_id;
         st.next_seq += 1;
         let seq = st.next_seq;
         let id = format!("sim-{seq:08}");
@@ -177,20 +184,22 @@ impl SimQueue {
             st.groups.entry(g.to_string()).or_default().insert(seq);
         }
         let now = Instant::now();
-        let sent_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let visible_at = now + Duration::from_secs(message.delay_secs.into());
+        // the wall clock as the simulation's time moves it (paused time moves no wall clock)
+        let sent_ms = st.epoch_ms + now.duration_since(st.started).as_millis() as u64;
         st.messages.insert(
             seq,
             SimMessage {
                 id: id.clone(),
-                body: body.to_string(),
+                body: message.body.to_string(),
                 group: group.map(str::to_string),
-                attributes,
+                attributes: message.attributes.clone(),
+                trace_header: message.trace_header.map(str::to_string),
                 sent_ms,
                 receive_count: 0,
                 handle: None,
                 handle_received_at: now,
-                visible_at: now,
+                visible_at,
             },
         );
         id
@@ -345,6 +354,9 @@ impl SimQueue {
                     .attributes(MessageSystemAttributeName::SequenceNumber, seq.to_string())
                     .attributes(MessageSystemAttributeName::MessageDeduplicationId, &m.id);
             }
+        }
+        if let Some(t) = &m.trace_header {
+            b = b.attributes(MessageSystemAttributeName::AwsTraceHeader, t);
         }
         for (k, v) in &m.attributes {
             b = b.message_attributes(k, v.clone());
@@ -503,14 +515,9 @@ impl Queue for SimQueue {
         })
     }
 
-    fn send<'a>(
-        &'a self,
-        body: &'a str,
-        attributes: HashMap<String, MessageAttributeValue>,
-        group_id: Option<&'a str>,
-        deduplication_id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<(), SqsError>> {
+    fn send<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), SqsError>> {
         Box::pin(async move {
+            let Outgoing { ref body, ref attributes, group_id, deduplication_id, delay_secs, .. } = message;
             self.latency().await;
             let refuse = |st: &mut State, why: &str| {
                 st.log.refused_sends.push(why.to_string());
@@ -526,6 +533,12 @@ impl Queue for SimQueue {
             if self.fifo && group_id.is_none() {
                 return refuse(&mut st, "a FIFO queue needs a MessageGroupId");
             }
+            if self.fifo && delay_secs > 0 {
+                return refuse(&mut st, "DelaySeconds per message is not for FIFO queues");
+            }
+            if delay_secs > 900 {
+                return refuse(&mut st, "DelaySeconds above 900");
+            }
             if attributes.len() > 10 {
                 return refuse(&mut st, "more than 10 message attributes");
             }
@@ -533,7 +546,7 @@ impl Queue for SimQueue {
             if bad || !body.chars().all(sqs_allows) {
                 return refuse(&mut st, "invalid characters");
             }
-            Self::insert(&mut st, self.fifo, body, group_id, attributes);
+            Self::insert(&mut st, self.fifo, &message);
             Ok(())
         })
     }
@@ -620,11 +633,12 @@ mod tests {
         let ok = |s: &str| MessageAttributeValue::builder().data_type("String").string_value(s).build().unwrap();
         let mut bad = HashMap::new();
         bad.insert("r".to_string(), ok("a\u{1}b"));
-        assert!(std_q.send("x", bad, None, None).await.is_err(), "control character");
-        assert!(std_q.send("x", HashMap::new(), Some("g"), Some("d")).await.is_err(), "dedup id on standard");
-        assert!(std_q.send("x", HashMap::new(), Some("g"), None).await.is_ok(), "fair queue");
+        let send = |body, attributes, group, dedup| Outgoing::new(body, attributes).grouped(group, dedup);
+        assert!(std_q.send(send("x", bad, None, None)).await.is_err(), "control character");
+        assert!(std_q.send(send("x", HashMap::new(), Some("g"), Some("d"))).await.is_err(), "dedup id on standard");
+        assert!(std_q.send(send("x", HashMap::new(), Some("g"), None)).await.is_ok(), "fair queue");
         let fifo = queue("http://sim/dlq.fifo");
-        assert!(fifo.send("x", HashMap::new(), None, None).await.is_err());
-        assert!(fifo.send("x", HashMap::new(), Some("g"), Some("d")).await.is_ok());
+        assert!(fifo.send(send("x", HashMap::new(), None, None)).await.is_err());
+        assert!(fifo.send(send("x", HashMap::new(), Some("g"), Some("d"))).await.is_ok());
     }
 }

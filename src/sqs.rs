@@ -92,14 +92,38 @@ pub trait Queue: Send + Sync {
     fn delete<'a>(&'a self, receipts: &'a [&'a str]) -> BoxFuture<'a, Vec<EntryFailure>>;
     /// Sets visibility timeouts; the entries that could not be changed.
     fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<EntryFailure>>;
-    /// Sends one message (the dead-letter path).
-    fn send<'a>(
-        &'a self,
-        body: &'a str,
-        attributes: HashMap<String, MessageAttributeValue>,
-        group_id: Option<&'a str>,
-        deduplication_id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<(), SqsError>>;
+    /// Sends one message (a dead-letter copy, a redrive, a delay's hop).
+    fn send<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), SqsError>>;
+}
+
+/// A message to send: a dead-letter copy, a redriven message, a long delay's next hop.
+#[derive(Debug, Clone, Default)]
+pub struct Outgoing<'a> {
+    pub body: std::borrow::Cow<'a, str>,
+    pub attributes: HashMap<String, MessageAttributeValue>,
+    /// FIFO queues (and fair standard queues): the message group.
+    pub group_id: Option<&'a str>,
+    /// FIFO queues only.
+    pub deduplication_id: Option<&'a str>,
+    /// `DelaySeconds`, 0 to 900 (standard queues; a FIFO queue delays per queue).
+    pub delay_secs: u32,
+    /// The `AWSTraceHeader` system attribute (X-Ray) to carry.
+    pub trace_header: Option<&'a str>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// `body` with these message attributes; no group, no delay.
+    pub fn new(body: impl Into<std::borrow::Cow<'a, str>>, attributes: HashMap<String, MessageAttributeValue>) -> Self {
+        Outgoing { body: body.into(), attributes, ..Outgoing::default() }
+    }
+
+    /// In message group `group_id`, deduplicated by `deduplication_id` (FIFO).
+    #[must_use]
+    pub fn grouped(mut self, group_id: Option<&'a str>, deduplication_id: Option<&'a str>) -> Self {
+        self.group_id = group_id;
+        self.deduplication_id = deduplication_id;
+        self
+    }
 }
 
 /// A boxed future of the [`Queue`] trait.
@@ -139,14 +163,8 @@ impl Queue for SqsQueue {
     fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<EntryFailure>> {
         Box::pin(SqsQueue::change_visibility(self, entries))
     }
-    fn send<'a>(
-        &'a self,
-        body: &'a str,
-        attributes: HashMap<String, MessageAttributeValue>,
-        group_id: Option<&'a str>,
-        deduplication_id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<(), SqsError>> {
-        Box::pin(SqsQueue::send(self, body, attributes, group_id, deduplication_id))
+    fn send<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), SqsError>> {
+        Box::pin(SqsQueue::send(self, message))
     }
 }
 
@@ -354,29 +372,32 @@ impl SqsQueue {
         .await
     }
 
-    /// Sends one message to this queue (the dead-letter path).
+    /// Sends one message to this queue.
     ///
     /// # Errors
     /// [`SqsError`] after `BATCH_ATTEMPTS` tries of a retryable failure, or at once otherwise.
-    pub async fn send(
-        &self,
-        body: &str,
-        attributes: HashMap<String, MessageAttributeValue>,
-        group_id: Option<&str>,
-        deduplication_id: Option<&str>,
-    ) -> Result<(), SqsError> {
+    pub async fn send(&self, message: Outgoing<'_>) -> Result<(), SqsError> {
         let mut attempt = 0;
         let mut backoff = Backoff::default();
+        let trace = message.trace_header.map(|t| {
+            let value = aws_sdk_sqs::types::MessageSystemAttributeValue::builder().data_type("String").string_value(t);
+            HashMap::from([(
+                aws_sdk_sqs::types::MessageSystemAttributeNameForSends::AwsTraceHeader,
+                value.build().expect("data type set"),
+            )])
+        });
         loop {
             attempt += 1;
             let r = self
                 .client
                 .send_message()
                 .queue_url(&self.url)
-                .message_body(body)
-                .set_message_attributes(Some(attributes.clone()))
-                .set_message_group_id(group_id.map(str::to_string))
-                .set_message_deduplication_id(deduplication_id.map(str::to_string))
+                .message_body(message.body.as_ref())
+                .set_message_attributes(Some(message.attributes.clone()))
+                .set_message_system_attributes(trace.clone())
+                .set_message_group_id(message.group_id.map(str::to_string))
+                .set_message_deduplication_id(message.deduplication_id.map(str::to_string))
+                .set_delay_seconds((message.delay_secs > 0).then_some(message.delay_secs as i32))
                 .send()
                 .await
                 .map(|_| ())

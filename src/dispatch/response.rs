@@ -12,8 +12,9 @@
 //! of seconds, 0 or more: visible again then, instead of after the backoff) or `"deadLetter":
 //! true` / `"deadLetter": "a reason"` (to the dead-letter queue at once, with that reason). A
 //! malformed one — a negative, fractional or non-numeric delay, a `deadLetter` that is neither a
-//! boolean nor a non-empty string, or both asked at once — fails the whole batch, as any
-//! malformed answer does.
+//! boolean nor a non-empty string, both asked at once, or on a FIFO queue a delay over 12 hours —
+//! fails the whole batch, as any malformed answer does. A delay over 12 hours on a standard queue
+//! is carried by re-sending the message (see `hop`).
 
 use std::collections::HashMap;
 
@@ -93,11 +94,18 @@ impl Verdict {
     }
 }
 
-/// An entry's `retryAfterSeconds` and `deadLetter`, checked.
-fn ask_of(entry: &Value) -> Result<Ask, String> {
+/// An entry's `retryAfterSeconds` and `deadLetter`, checked. On a FIFO queue a delay longer than
+/// a visibility timeout holds is refused: it would need a copy of the message (see `hop`), and a
+/// copy leaves its place in its group.
+fn ask_of(entry: &Value, fifo: bool) -> Result<Ask, String> {
     let retry_after = match entry.get("retryAfterSeconds") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
+            Some(secs) if fifo && secs > crate::config::MAX_VISIBILITY_SECS => {
+                return Err(format!(
+                    "retryAfterSeconds {secs} is longer than a FIFO queue can hold a message back (43200 s, 12 hours): longer delays re-send the message, which would take it out of its group's order"
+                ))
+            }
             Some(secs) => Some(secs),
             None => return Err(format!("retryAfterSeconds {n} is not a whole number of seconds, 0 or more")),
         },
@@ -153,7 +161,7 @@ pub fn interpret(body: &[u8], batch: &[ReceivedMessage], fifo: bool) -> Verdict 
             Some(Value::String(s)) => s,
             Some(other) => return Verdict::AllFailed(format!("an itemIdentifier is not a string: {other}")),
         };
-        let ask = match ask_of(entry) {
+        let ask = match ask_of(entry, fifo) {
             Ok(ask) => ask,
             Err(e) => return Verdict::AllFailed(e),
         };
@@ -312,9 +320,29 @@ mod tests {
         );
         let v = verdict(r#"{"batchItemFailures":[{"itemIdentifier":"a","retryAfterSeconds":0,"deadLetter":false}]}"#);
         assert_eq!(v, Verdict::Partial(vec![Failed { index: 0, ask: Ask::RetryAfter(0) }]));
-        // a day beyond SQS's limits is a valid ask (carried as far as SQS allows)
+        // a day beyond SQS's limits is a valid ask on a standard queue (carried in hops)
         let v = verdict(r#"{"batchItemFailures":[{"itemIdentifier":"a","retryAfterSeconds":86400}]}"#);
         assert_eq!(v, Verdict::Partial(vec![Failed { index: 0, ask: Ask::RetryAfter(86400) }]));
+    }
+
+    /// Issue 36: hops re-send a message, which would take it out of its FIFO group's order:
+    /// on a FIFO queue a delay past 12 hours is refused, saying why; 12 hours is not.
+    #[test]
+    fn a_fifo_queue_refuses_a_delay_past_twelve_hours() {
+        let mut b = batch(&["a", "b"]);
+        for m in &mut b {
+            m.group_id = Some("g".into());
+        }
+        let body = r#"{"batchItemFailures":[{"itemIdentifier":"a","retryAfterSeconds":43201}]}"#;
+        match interpret(body.as_bytes(), &b, true) {
+            Verdict::AllFailed(reason) => assert!(reason.contains("FIFO"), "{reason}"),
+            other => panic!("accepted: {other:?}"),
+        }
+        let body = r#"{"batchItemFailures":[{"itemIdentifier":"a","retryAfterSeconds":43200}]}"#;
+        assert_eq!(
+            interpret(body.as_bytes(), &b, true),
+            Verdict::Partial(vec![Failed { index: 0, ask: Ask::RetryAfter(43_200) }, Failed::at(1)])
+        );
     }
 
     #[test]

@@ -257,6 +257,32 @@ impl LeaseKeeper {
         self.shutdown.settle_cutoff().await;
     }
 
+    /// The queue whose messages it leases.
+    pub fn queue(&self) -> Arc<dyn Queue> {
+        self.queue.clone()
+    }
+
+    /// Sends a copy of a leased message (a dead-letter copy, a delay's hop) to `queue`, given up
+    /// when the grace period of a shutdown ends first.
+    ///
+    /// # Errors
+    /// The send's error, or `ShutdownDeadline` when the grace period ended first.
+    pub async fn send_copy(
+        &self,
+        queue: &dyn Queue,
+        message: crate::sqs::Outgoing<'_>,
+    ) -> Result<(), crate::sqs::SqsError> {
+        tokio::select! {
+            r = queue.send(message) => r,
+            () = self.settle_cutoff() => Err(crate::sqs::SqsError::coded(
+                "SendMessage",
+                "ShutdownDeadline",
+                "no answer before the end of the grace period",
+                true,
+            )),
+        }
+    }
+
     /// Settling calls during shutdown stop retrying before `shutdown`'s grace period ends.
     #[must_use]
     pub fn stopping_with(mut self, shutdown: crate::shutdown::Shutdown) -> Self {

@@ -146,10 +146,8 @@ impl Pipeline {
         let lease_spans = telemetry.as_ref().map(|_| Arc::new(crate::telemetry::LeaseSpans::default()));
         let leases = lease_keeper(&cfg, &found, queue.clone(), &metrics.lease, &shutdown, lease_spans.clone());
         let scaling = autoscaler(&cfg, &leases, &found, &metrics.poller);
-        let intake = Arc::new(
-            Intake::new(found.source, cfg.filter.clone(), leases.clone(), metrics.intake, payloads.clone())
-                .with_max_age(cfg.retry.max_age),
-        );
+        let acker = Acker::new(&cfg, leases.clone(), dead_letter.clone(), payloads.clone(), metrics.ack);
+        let intake = intake(&cfg, found.source, &leases, metrics.intake, payloads, &acker);
         let slots = join_slots(&cfg, pool, &leases, &metrics.dispatch);
         let breaker = Arc::new(Breaker::new(cfg.target.breaker.clone(), control.clone(), metrics.dispatch.clone()));
         let dispatcher = dispatcher(
@@ -164,7 +162,7 @@ impl Pipeline {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let work = Arc::new(BatchWork {
             dispatcher,
-            acker: Acker::new(&cfg, leases.clone(), dead_letter.clone(), payloads, metrics.ack),
+            acker,
             metrics: metrics.batch.clone(),
             abandon: shutdown.abandon.clone(),
             done: done_tx,
@@ -381,4 +379,18 @@ fn join_slots(
                 as Arc<dyn Fn(usize) + Send + Sync>
         }),
     }))
+}
+
+/// The intake of `cfg`: its filter, its large payloads, its deadline (`retry.max_age_secs`) and
+/// the next hops of long delays (the acker's hopper, standard queues).
+fn intake(
+    cfg: &PipelineConfig,
+    source: crate::event::EventSource,
+    leases: &Arc<LeaseKeeper>,
+    metrics: crate::metrics::IntakeMetrics,
+    payloads: Option<Arc<crate::payload::PayloadStore>>,
+    acker: &Acker,
+) -> Arc<Intake> {
+    let intake = Intake::new(source, cfg.filter.clone(), leases.clone(), metrics, payloads);
+    Arc::new(intake.with_max_age(cfg.retry.max_age).with_hopper(acker.hopper.clone()))
 }

@@ -13,7 +13,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 use sqs_poller::aws::SqsMessage;
 use sqs_poller::metrics::PipelineMetrics;
 use sqs_poller::sim::{SimConfig, SimQueue};
-use sqs_poller::sqs::{Queue, SqsQueue};
+use sqs_poller::sqs::{Outgoing, Queue, SqsQueue};
 
 /// What a backend does, per scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,9 @@ impl Backend for Simulated {
 }
 
 async fn send(q: &dyn Queue, body: &str, group: Option<&str>) {
-    q.send(body, HashMap::new(), group, None).await.unwrap_or_else(|e| panic!("send {body}: {e}"));
+    q.send(Outgoing::new(body, HashMap::new()).grouped(group, None))
+        .await
+        .unwrap_or_else(|e| panic!("send {body}: {e}"));
 }
 
 async fn receive(q: &dyn Queue, visibility_secs: u64) -> Vec<SqsMessage> {
@@ -165,10 +167,12 @@ async fn observe(b: &impl Backend) -> Behaviour {
     // sends SQS refuses
     let q = b.queue("conf-send", false, 30).await;
     let value = MessageAttributeValue::builder().data_type("String").string_value("bad\u{1}value").build().unwrap();
-    let control = q.send("x", HashMap::from([("r".to_string(), value)]), None, None).await;
-    let dedup = q.send("x", HashMap::new(), None, Some("d-1")).await;
+    let control = q.send(Outgoing::new("x", HashMap::from([("r".to_string(), value)]))).await;
+    let dedup = q.send(Outgoing::new("x", HashMap::new()).grouped(None, Some("d-1"))).await;
     // a standard queue takes a group id (fair queues) everywhere
-    q.send("fair", HashMap::new(), Some("tenant"), None).await.expect("MessageGroupId on a standard queue");
+    q.send(Outgoing::new("fair", HashMap::new()).grouped(Some("tenant"), None))
+        .await
+        .expect("MessageGroupId on a standard queue");
 
     // the queue's visibility lowered from 30 s to 2 s: read back, and used by a receive that
     // asks for none (a message hidden for 2 s, not 30)

@@ -103,3 +103,95 @@ print(json.dumps({'batchItemFailures': [dict(itemIdentifier=r['messageId'], **as
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
 }
+
+/// Issue 36, delays past SQS's limits: a worker asks for 12 hours and 30 seconds, longer than any
+/// visibility timeout holds. The message is re-sent to its queue — the odd 30 seconds as the
+/// first hop's `DelaySeconds` — with its body, its attributes, its trace header, the time it was
+/// first sent and the hop's state; the original is deleted once the copy is there. On LocalStack,
+/// which keeps per-message delays and `AWSTraceHeader` as SQS does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_past_twelve_hours_hops_a_copy_and_deletes_the_original() {
+    use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+    let sqs = localstack().await;
+    let queue = sqs.queue("hop", &[]).await;
+    let trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    sqs.send_with_trace_header(&queue, "much later", trace).await;
+    let original = sqs.take_all(&queue).await.remove(0);
+    // back at once, with its SentTimestamp, to be received by the service
+    sqs.client
+        .change_message_visibility()
+        .queue_url(&queue)
+        .receipt_handle(original.receipt_handle().unwrap())
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap();
+    let worker = worker(|event| {
+        let failures: Vec<_> = event["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| json!({"itemIdentifier": r["messageId"], "retryAfterSeconds": 43_230}))
+            .collect();
+        Reply::ok(json!({ "batchItemFailures": failures }).to_string())
+    })
+    .await;
+    let poller =
+        start_poller(&sqs, 5, &http_pipeline("hop", &queue, &worker.url, "[pipelines.pollers]\nwait_time_secs = 1\n"))
+            .await;
+    poller.wait_metric("sqs_poller_messages_hopped_total{pipeline=\"hop\"}", 1.0, Duration::from_secs(30)).await;
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    assert_eq!(worker.deliveries().len(), 1, "the worker saw it once");
+
+    // the original is gone; the copy waits out its first hop
+    let attrs = sqs
+        .client
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap();
+    let count = |k: QueueAttributeName| attrs[&k].parse::<u64>().unwrap();
+    assert_eq!(
+        (
+            count(QueueAttributeName::ApproximateNumberOfMessages),
+            count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            count(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        ),
+        (0, 0, 1),
+        "(visible, in flight, delayed): the original deleted, its copy delayed"
+    );
+    let mut copies = Vec::new();
+    for _ in 0..5 {
+        copies = sqs
+            .client
+            .receive_message()
+            .queue_url(&queue)
+            .wait_time_seconds(20)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if !copies.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(copies.len(), 1, "the copy arrives after its 30 s hop");
+    let copy = &copies[0];
+    assert_ne!(copy.message_id(), original.message_id(), "a copy");
+    assert_eq!(copy.body(), Some("much later"));
+    let system = copy.attributes().unwrap();
+    assert_eq!(system.get(&MessageSystemAttributeName::AwsTraceHeader).map(String::as_str), Some(trace));
+    let carried = copy.message_attributes().unwrap();
+    let sent = &original.attributes().unwrap()[&MessageSystemAttributeName::SentTimestamp];
+    assert_eq!(carried["sqs-poller.first-sent"].string_value(), Some(sent.as_str()), "the first send's time");
+    let hop: serde_json::Value = serde_json::from_str(carried["sqs-poller.hop"].string_value().unwrap()).unwrap();
+    assert_eq!(hop, json!({"dueInSeconds": 43_200, "receiveCount": 2, "hops": 1}));
+}

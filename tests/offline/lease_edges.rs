@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use bytes::Bytes;
 use sqs_poller::aws::SqsMessage;
 use sqs_poller::dispatch::{Invocation, Target};
@@ -18,7 +18,7 @@ use sqs_poller::lease::{LeaseKeeper, ReceiveStamp};
 use sqs_poller::metrics::PipelineMetrics;
 use sqs_poller::pipeline::{self, PipelineParts};
 use sqs_poller::sim::{SimConfig, SimQueue};
-use sqs_poller::sqs::{BoxFuture, EntryFailure, Queue, SqsError};
+use sqs_poller::sqs::{BoxFuture, EntryFailure, Outgoing, Queue, SqsError};
 use tokio::time::Instant;
 
 /// One visibility change call: when it was sent, its `(receipt handle, seconds)` entries.
@@ -101,14 +101,8 @@ impl Queue for Witnessed {
             self.inner.change_visibility(entries).await
         })
     }
-    fn send<'a>(
-        &'a self,
-        body: &'a str,
-        attributes: HashMap<String, MessageAttributeValue>,
-        group_id: Option<&'a str>,
-        deduplication_id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<(), SqsError>> {
-        self.inner.send(body, attributes, group_id, deduplication_id)
+    fn send<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), SqsError>> {
+        self.inner.send(message)
     }
 }
 

@@ -671,3 +671,85 @@ fn batches_the_breaker_holds_lend_their_pool_slots_to_the_other_pipelines() {
         }
     });
 }
+
+/// Issue 36: a worker asks to see one message again in 20 minutes and another in 13 hours. The
+/// first waits out a visibility timeout (the same message); the second, longer than any
+/// visibility timeout holds, is re-sent to its queue in 52 hops of 15 minutes, each copy
+/// accepted before the message it was copied from is deleted. Neither is seen earlier; the copy
+/// the worker finally sees carries the original's message attributes, trace header and
+/// `SentTimestamp`, and counts its receives across the hops.
+#[test]
+fn a_worker_asking_for_twenty_minutes_and_thirteen_hours_sees_its_messages_then() {
+    paused_runtime().block_on(async {
+        let handle = recorder();
+        let name = "sim-long-delays";
+        let queue = Arc::new(SimQueue::new(SimConfig::new(&format!("http://sim/000000000000/{name}"), VISIBILITY, 1)));
+        let tenant = aws_sdk_sqs::types::MessageAttributeValue::builder().data_type("String").string_value("a");
+        let attributes = HashMap::from([("tenant".to_string(), tenant.build().unwrap())]);
+        for body in ["twenty", "thirteen"] {
+            let mut m = sqs_poller::sqs::Outgoing::new(body, attributes.clone());
+            m.trace_header = Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1");
+            queue.send(m).await.unwrap();
+        }
+        let start = tokio::time::Instant::now();
+        // every sighting: (body, seconds since the start, the record)
+        let seen: Arc<Mutex<Vec<(String, u64, Value)>>> = Arc::default();
+        let sightings = seen.clone();
+        let target = Target::Function(Arc::new(move |event: Bytes| {
+            let sightings = sightings.clone();
+            Box::pin(async move {
+                let event: Value = serde_json::from_slice(&event).unwrap();
+                let mut failures = Vec::new();
+                for r in event["Records"].as_array().unwrap() {
+                    let body = r["body"].as_str().unwrap().to_string();
+                    let mut seen = sightings.lock().unwrap();
+                    let first = !seen.iter().any(|(b, _, _)| *b == body);
+                    seen.push((body.clone(), start.elapsed().as_secs(), r.clone()));
+                    if first {
+                        let delay = if body == "twenty" { 20 * 60 } else { 13 * 3600 };
+                        failures.push(serde_json::json!({"itemIdentifier": r["messageId"], "retryAfterSeconds": delay}));
+                    }
+                }
+                Invocation::Response(Bytes::from(serde_json::json!({ "batchItemFailures": failures }).to_string()))
+            })
+        }));
+        let config = format!(
+            "[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n[pipelines.pollers]\nmin = 1\nmax = 2\nwait_time_secs = 20\n\
+             [pipelines.batch]\nsize = 10\nwindow_ms = 100\n\
+             [pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\nmax_concurrency = 2\n",
+            queue.url()
+        );
+        let (task, shutdown) = start_with(&config, &queue, None, target);
+        while !queue.is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(14 * 3600), "not done 14 hours on: {:?}", seen.lock().unwrap());
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        shutdown.begin(Duration::from_secs(30));
+        task.await.unwrap().unwrap();
+
+        let seen = seen.lock().unwrap();
+        let of = |body: &str| seen.iter().filter(|(b, _, _)| b == body).collect::<Vec<_>>();
+        let (twenty, thirteen) = (of("twenty"), of("thirteen"));
+        assert_eq!((twenty.len(), thirteen.len()), (2, 2), "each seen twice: {seen:?}");
+        // 20 minutes: a visibility timeout; the same message, its second receive
+        assert!(twenty[1].1 >= twenty[0].1 + 1200, "seen again after {} s", twenty[1].1 - twenty[0].1);
+        assert_eq!(twenty[1].2["messageId"], twenty[0].2["messageId"]);
+        assert_eq!(twenty[1].2["attributes"]["ApproximateReceiveCount"], "2");
+        // 13 hours: hops, a copy
+        let (before, after) = (&thirteen[0].2, &thirteen[1].2);
+        assert!(thirteen[1].1 >= thirteen[0].1 + 13 * 3600, "seen again after {} s", thirteen[1].1 - thirteen[0].1);
+        assert_ne!(after["messageId"], before["messageId"], "a copy");
+        assert_eq!(after["attributes"]["ApproximateReceiveCount"], "2", "receives count across the hops");
+        assert_eq!(after["attributes"]["SentTimestamp"], before["attributes"]["SentTimestamp"], "the original's");
+        assert_eq!(after["attributes"]["AWSTraceHeader"], before["attributes"]["AWSTraceHeader"]);
+        assert_eq!(after["messageAttributes"]["tenant"]["stringValue"], "a");
+        let hop: Value =
+            serde_json::from_str(after["messageAttributes"]["sqs-poller.hop"]["stringValue"].as_str().unwrap()).unwrap();
+        assert_eq!(hop, serde_json::json!({"dueInSeconds": 0, "receiveCount": 1, "hops": 52}));
+        let text = handle.render();
+        assert_eq!(counter(&text, &format!("sqs_poller_messages_hopped_total{{pipeline=\"{name}\"}}")), 52.0);
+        // each hop's copy was accepted before its original went: 52 deletes of originals, two of
+        // the processed messages, and nothing else
+        assert_eq!(queue.log().deleted.len(), 54);
+    });
+}

@@ -274,6 +274,7 @@ const LAYERS: &[&str] = &[
     "lease",
     "control",
     "dispatch",
+    "hop",
     "ack",
     "batch",
     "intake",

@@ -17,7 +17,9 @@
 //!   ends in the dead-letter queue;
 //! - **the worker decides**: a message it asked to see again after `retryAfterSeconds` is not
 //!   dispatched before then (unless SQS faults — duplicates, failed visibility changes — bring
-//!   it back early); one it sent to the dead-letter queue is settled there;
+//!   it back early), 20 minutes and, on standard queues, 13 hours (in hops: copies re-sent to the
+//!   queue, each original deleted only once its copy is there) among them; one it sent to the
+//!   dead-letter queue is settled there;
 //! - **no message dispatched while an earlier copy runs**, and **a FIFO group in at most one
 //!   running batch** (checked at the worker as each batch starts);
 //! - **FIFO order**: each group's messages succeed first in send order;
@@ -33,7 +35,7 @@
 //!   behind a group's cap once idle;
 //! - **shutdown within its grace**: every pipeline has returned by the end of the grace period.
 //!
-//! `SQS_POLLER_SIM_SEEDS=N` runs N seeds (default 400, on two threads: about 35 s); a failure prints the
+//! `SQS_POLLER_SIM_SEEDS=N` runs N seeds (default 400, on two threads: about 2 minutes, most of it the seeds that wait out 13-hour delays); a failure prints the
 //! configuration, the schedule and the command that replays that seed alone
 //! (`SQS_POLLER_SIM_SEED=S`). The simulated worker, queue and the service's own jitter all draw
 //! from the seed, on one thread under paused time: a seed replays exactly.
@@ -44,6 +46,7 @@
 //! deterministic.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,7 +60,7 @@ use sqs_poller::dispatch::concurrency::Slots;
 use sqs_poller::dispatch::{Invocation, Target};
 use sqs_poller::shutdown::Shutdown;
 use sqs_poller::sim::{SimConfig, SimQueue};
-use sqs_poller::sqs::{BoxFuture, EntryFailure, Queue, SqsError};
+use sqs_poller::sqs::{BoxFuture, EntryFailure, Outgoing, Queue, SqsError};
 use tokio::time::Instant;
 
 /// The seed a thread runs, since when (real time).
@@ -89,6 +92,11 @@ struct Drawn {
     /// The worker asks, for some of its failures, `retryAfterSeconds` (0–90 s) or, for poison
     /// messages with a dead-letter queue, `deadLetter`.
     asks: bool,
+    /// With `asks`, a few first failures ask for 20 minutes (a visibility timeout) or, on a
+    /// standard queue long-polling for 5 s or more, 13 hours (past any visibility timeout: hops
+    /// of re-sent copies). Thirteen simulated hours of short polling cost more real time than
+    /// they explore.
+    long_asks: bool,
     batch_size: usize,
     window_ms: u64,
     max_bytes: Option<usize>,
@@ -220,6 +228,7 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
         poison: if dead_letter.is_some() { pick(rng, &[0.0, 0.02, 0.05]) } else { 0.0 },
         expired: (dead_letter.is_some() && chance(rng, 0.4)).then(|| pick(rng, &[0.0, 0.03, 0.1])),
         asks: chance(rng, 0.4),
+        long_asks: chance(rng, 0.3),
         batch_size,
         window_ms: pick(rng, &[0, 0, 50, 200, 1000]),
         max_bytes: chance(rng, 0.4).then(|| pick(rng, &[1024, 1500, 3000, 8000])),
@@ -373,8 +382,13 @@ struct World {
     success_order: Vec<(String, usize)>,
     invocations: u64,
     violations: Vec<String>,
-    /// Messages the worker asked to see again no earlier than this (`retryAfterSeconds`).
+    /// Messages (by body: a long delay's copy has an id of its own) the worker asked to see
+    /// again no earlier than this (`retryAfterSeconds`).
     not_before: HashMap<String, Instant>,
+    /// The longest delay the worker asked for: the backlog drains that much later.
+    longest_ask: Duration,
+    /// Copies sent back into the source queue (a long delay's hops).
+    hops: usize,
 }
 
 impl World {
@@ -422,7 +436,8 @@ impl Drop for Working {
 /// The simulated worker of one pipeline.
 fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Duration) -> Target {
     let (fifo, max_concurrency, timeout) = (d.fifo, d.max_concurrency, Duration::from_secs(d.timeout_secs));
-    let (asks_drawn, has_dead_letter) = (d.asks, d.dead_letter.is_some());
+    let (asks_drawn, long_asks, has_dead_letter) = (d.asks, d.asks && d.long_asks, d.dead_letter.is_some());
+    let hops_drawn = long_asks && !fifo && d.wait_time >= 5;
     let filter = d.filter.clone();
     Target::Function(Arc::new(move |event: Bytes| {
         let (world, run, filter) = (world.clone(), run.clone(), filter.clone());
@@ -450,7 +465,10 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                     if !w.running.insert(id.clone()) {
                         w.violation(format!("{t} s: {id} dispatched while an earlier copy of it runs"));
                     }
-                    if let Some(until) = w.not_before.remove(id) {
+                }
+                for r in &records {
+                    let (id, body) = (r["messageId"].as_str().unwrap(), r["body"].as_str().unwrap_or_default());
+                    if let Some(until) = w.not_before.remove(body) {
                         // SQS itself may bring a message back early: a duplicate, or a visibility
                         // change that failed for good; without those faults, never
                         let f = &run.faults;
@@ -554,18 +572,26 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                 if body.starts_with("expired") {
                     w.violation(format!("{id} ({body:.20}) dispatched, though past retry.max_age_secs"));
                 }
+                // with long asks, every 16th message asks on its first try for 20 minutes or,
+                // on a standard queue, 13 hours
+                let n: usize = body.split('-').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let hopped = r["messageAttributes"].get("sqs-poller.hop").is_some();
+                let long = (long_asks && n % 16 == 5 && attempt(r) == 1 && !hopped && !body.starts_with("poison"))
+                    .then_some(if !hops_drawn || n % 32 == 5 { 20 * 60 } else { 13 * 3600 });
                 let fails = body.starts_with("poison")
                     || (attempt(r) <= 2 && item < f.item_failure)
-                    || (fifo && stopped.contains(&g));
+                    || (fifo && stopped.contains(&g))
+                    || long.is_some();
                 if fails {
                     let behind = fifo && stopped.contains(&g);
                     let mut entry = serde_json::json!({ "itemIdentifier": id });
                     if asks_drawn && !behind {
                         if body.starts_with("poison") && has_dead_letter && ask_roll < 0.5 {
                             entry["deadLetter"] = serde_json::json!("poison, says the worker");
-                        } else if ask_roll < 0.3 {
+                        } else if let Some(delay) = long.or((ask_roll < 0.3).then_some(delay)) {
                             entry["retryAfterSeconds"] = serde_json::json!(delay);
-                            w.not_before.insert(id.to_string(), Instant::now() + Duration::from_secs(delay));
+                            w.not_before.insert(body.to_string(), Instant::now() + Duration::from_secs(delay));
+                            w.longest_ask = w.longest_ask.max(Duration::from_secs(delay));
                         }
                     }
                     failures.push(entry);
@@ -573,7 +599,6 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                         stopped.insert(g);
                     }
                 } else if w.succeeded.insert(id.to_string()) {
-                    let n: usize = body.split('-').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
                     w.success_order.push((g, n));
                 }
             }
@@ -629,6 +654,8 @@ impl Queue for Checked {
                             w.violation(format!("{t} s: {id} ({body:.20}) deleted, though the filter keeps it"));
                         }
                         Some(f) if f.rejects(&body) => {} // filtered out: deleted, as Lambda does
+                        // a long delay's hop: its copy is in the queue (sent before this delete)
+                        _ if self.inner.bodies().iter().filter(|b| **b == body).count() >= 2 => {}
                         _ if !w.succeeded.contains(&id) && !dead.contains(&body) => {
                             w.violation(format!(
                                 "{t} s: {id} ({body:.20}) deleted without success or a dead-letter copy"
@@ -644,14 +671,15 @@ impl Queue for Checked {
     fn change_visibility<'a>(&'a self, entries: &'a [(&'a str, i32)]) -> BoxFuture<'a, Vec<EntryFailure>> {
         self.inner.change_visibility(entries)
     }
-    fn send<'a>(
-        &'a self,
-        body: &'a str,
-        attributes: HashMap<String, MessageAttributeValue>,
-        group_id: Option<&'a str>,
-        deduplication_id: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<(), SqsError>> {
-        self.inner.send(body, attributes, group_id, deduplication_id)
+    fn send<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), SqsError>> {
+        Box::pin(async move {
+            // only a long delay's hop sends to the source queue
+            let sent = self.inner.send(message).await;
+            if sent.is_ok() {
+                self.world.lock().unwrap().hops += 1;
+            }
+            sent
+        })
     }
 }
 
@@ -828,9 +856,17 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
     let mut stopped_at: Option<(Instant, u64)> = None;
     let mut seconds = 0u64;
     let (mut changed, mut reloaded) = (false, false);
+    let mut tick = 0u64;
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        seconds += 1;
+        // a second at a time; past every scheduled fault, while messages wait out a long delay
+        // the worker asked for, a minute (the checks are the same, fewer of them)
+        let longest_ask = lanes.iter().map(|l| l.world.lock().unwrap().longest_ask).max().unwrap_or_default();
+        let quiet =
+            seconds > outage_end.max(f.reload.map_or(0, |r| r.0)).max(f.visibility_change.map_or(0, |v| v.0)) + 600;
+        let step = if quiet && longest_ask > Duration::from_secs(3600) { 60 } else { 1 };
+        tokio::time::sleep(Duration::from_secs(step)).await;
+        seconds = start.elapsed().as_secs();
+        tick += 1;
         if let Some((at, secs)) = f.visibility_change {
             if seconds >= at && !changed {
                 changed = true;
@@ -840,7 +876,7 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
             }
         }
         // the room: leased messages never above lease.max_outstanding
-        if seconds % 5 == 0 {
+        if tick % 5 == 0 {
             for lane in &lanes {
                 let leased = metric(handle, &format!("sqs_poller_in_flight_messages{{pipeline=\"{}\"}}", lane.name));
                 if leased.is_some_and(|n| n > lane.max_outstanding as f64) {
@@ -894,7 +930,8 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         if lanes.iter().all(|l| l.settled(&d)) {
             break;
         }
-        if start.elapsed() > Duration::from_secs(outage_end) + LIVENESS {
+        // a message the worker asked to see again later drains that much later
+        if start.elapsed() > Duration::from_secs(outage_end) + LIVENESS + longest_ask {
             let left: Vec<String> = lanes
                 .iter()
                 .map(|l| {
@@ -952,7 +989,8 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         if deleted.len() != log.deleted.len() {
             broken.push(format!("{}: a message was deleted twice", lane.name));
         }
-        if deleted.len() + lane.queue.len() != lane.messages {
+        // each hop adds a copy and deletes its original
+        if deleted.len() + lane.queue.len() != lane.messages + w.hops {
             broken.push(format!(
                 "{}: {} deleted + {} in the queue of {} sent: messages lost",
                 lane.name,
@@ -1074,7 +1112,9 @@ fn every_feature_together_under_drawn_configurations_and_faults() {
                 std::thread::sleep(Duration::from_millis(200));
                 let stuck = running.lock().unwrap().iter().flatten().find(|(_, t)| t.elapsed() > WALL_LIMIT).copied();
                 if let Some((seed, _)) = stuck {
-                    eprintln!(
+                    // straight to stderr: the test harness captures eprintln!, and exit drops it
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "seed {seed} ran past {} s of real time (its simulated clock stopped: a task that never yields?); \
                          replay with SQS_POLLER_SIM_SEED={seed} cargo test --test offline simulation::explore::every_feature_together -- --nocapture",
                         WALL_LIMIT.as_secs()
