@@ -73,7 +73,14 @@ impl Hopper {
         let mut unsent = Vec::new();
         for (&(m, due_in), r) in messages.iter().zip(sends) {
             match r.1 {
-                Ok(()) => sent.push(m.message_id.as_str()),
+                Ok(()) if dispatched => {
+                    tracing::info!(pipeline = %self.pipeline, message_id = %m.message_id, due_in_secs = due_in, "the worker asked for a retry later than a visibility timeout holds (12 h): the message was re-sent to its queue, in hops of at most 15 minutes until it is due");
+                    sent.push(m.message_id.as_str());
+                }
+                Ok(()) => {
+                    tracing::debug!(pipeline = %self.pipeline, message_id = %m.message_id, due_in_secs = due_in, "a delayed copy sent on its next hop");
+                    sent.push(m.message_id.as_str());
+                }
                 Err(e) => {
                     let wait = due_in.min(if dispatched { crate::config::MAX_VISIBILITY_SECS } else { MAX_HOP_SECS });
                     tracing::error!(pipeline = %self.pipeline, message_id = %m.message_id, error = %e, wait_secs = wait, "could not send a delayed message on its next hop; it stays in the queue, visible again after wait_secs");
