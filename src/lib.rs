@@ -54,6 +54,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod event;
 pub mod filter;
+pub mod fleet;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fuzz;
 pub mod hop;
@@ -105,6 +106,11 @@ pub async fn run(config: Config, shutdown: Shutdown, reloads: Option<supervisor:
     let mut clients = supervisor::Clients::new(aws::Aws::load(&config.aws).await?).await?;
     if let Some(t) = &config.telemetry {
         clients.telemetry = Some(std::sync::Arc::new(telemetry::Telemetry::start(t).await?));
+    }
+    if let Some(f) = &config.fleet {
+        let fleet = fleet::Fleet::new(&f.redis_url.0, f.slot_ttl)?;
+        tokio::spawn(fleet.clone().keep_alive(shutdown.abandon.clone()));
+        clients.fleet = Some(fleet);
     }
     let telemetry = clients.telemetry.clone();
     let health = server::Health::new(shutdown.drain.clone());

@@ -64,6 +64,11 @@ pub const SQS_ERRORS: &str = "sqs_poller_sqs_errors_total";
 pub const BUILD_INFO: &str = "sqs_poller_build_info";
 pub const PAUSED: &str = "sqs_poller_paused";
 pub const CONFIG_RELOADS: &str = "sqs_poller_config_reloads_total";
+/// `[fleet]`: 1 while Redis answers (the shared budget), 0 on the local share.
+pub const FLEET_SHARED: &str = "sqs_poller_fleet_shared";
+pub const FLEET_SLOTS_HELD: &str = "sqs_poller_fleet_slots_held";
+pub const FLEET_SLOT_WAIT: &str = "sqs_poller_fleet_slot_wait_seconds";
+pub const FLEET_REDIS_ERRORS: &str = "sqs_poller_fleet_redis_errors_total";
 pub const CONFIG_INFO: &str = "sqs_poller_config_info";
 pub const TELEMETRY_SPANS: &str = "sqs_poller_telemetry_spans_total";
 
@@ -189,6 +194,10 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Counter, LARGE_PAYLOADS, Some(Unit::Count), "SQS Extended Client payloads fetched from S3, by outcome: fetched, failed (the message failed with the reason), refused (a bucket outside large_payloads.allowed_buckets: never fetched)."),
     (Kind::Counter, BATCHES_BISECTED, Some(Unit::Count), "Batches that failed as a whole and were split in halves to find the poison messages (retry.on_batch_error = \"bisect\")."),
     (Kind::Gauge, PAUSED, Some(Unit::Count), "1 while the pipeline does not receive: paused through the admin API, or its target's health check fails."),
+    (Kind::Gauge, FLEET_SHARED, None, "[fleet]: 1 while Redis answers and batches take the fleet's shared slots; 0 while they run on this instance's local share of fleet_max_concurrency."),
+    (Kind::Gauge, FLEET_SLOTS_HELD, Some(Unit::Count), "[fleet]: fleet slots this instance holds (shared or of its local share)."),
+    (Kind::Histogram, FLEET_SLOT_WAIT, Some(Unit::Seconds), "[fleet]: how long a batch waited for a fleet slot (after its local one)."),
+    (Kind::Counter, FLEET_REDIS_ERRORS, Some(Unit::Count), "[fleet]: Redis calls that failed (unreachable, timed out, refused)."),
     (Kind::Counter, CONFIG_RELOADS, Some(Unit::Count), "Configuration reloads (SIGHUP) by outcome: ok, error (the file was rejected; the running configuration kept going)."),
     (Kind::Gauge, CONFIG_INFO, None, "The configuration file in use: 1 for the hash of the loaded file (FNV-1a 64 of its bytes), 0 for files loaded before it."),
 ];
@@ -747,5 +756,30 @@ mod process_tests {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         let start = value("process_start_time_seconds");
         assert!(start <= now + 1.0 && start > now - 86_400.0 * 365.0, "start {start}, now {now}");
+    }
+}
+
+/// `[fleet]`: the shared budget's handles (one set per instance).
+#[derive(Clone)]
+pub struct FleetMetrics {
+    pub shared: Gauge,
+    pub held: Gauge,
+    pub wait: Histogram,
+    pub errors: Counter,
+}
+
+impl FleetMetrics {
+    /// Registers the fleet's series (shared: 1, no errors yet).
+    pub fn register() -> Self {
+        let shared = metrics::gauge!(FLEET_SHARED);
+        shared.set(1.0);
+        let errors = metrics::counter!(FLEET_REDIS_ERRORS);
+        errors.increment(0);
+        FleetMetrics {
+            shared,
+            held: metrics::gauge!(FLEET_SLOTS_HELD),
+            wait: metrics::histogram!(FLEET_SLOT_WAIT),
+            errors,
+        }
     }
 }

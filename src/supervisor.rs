@@ -53,6 +53,8 @@ pub struct Clients {
     pub s3: Arc<crate::aws::s3::S3>,
     /// `[telemetry]`, when on.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// `[fleet]`, when on: budgets shared with the other instances through Redis.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Clients {
@@ -66,6 +68,7 @@ impl Clients {
             lambda: aws.lambda_client(),
             s3: Arc::new(crate::aws::s3::S3::new(&aws)),
             telemetry: None,
+            fleet: None,
             aws,
         })
     }
@@ -225,8 +228,13 @@ impl Supervisor {
                 .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
         let shutdown = self.shutdown.child();
         let pool = p.target.pool.as_ref().map(|member| self.pool_slots(member));
+        if p.target.fleet_max_concurrency.is_some() && self.clients.fleet.is_none() {
+            tracing::warn!(pipeline = %p.name, "target.fleet_max_concurrency needs [fleet], which a reload does not start: this pipeline runs without the fleet budget until the next restart");
+        }
+        let fleet = self.clients.fleet.as_ref().zip(p.target.fleet_max_concurrency).map(|(f, n)| f.slots(&p.name, n));
         let parts = PipelineParts {
             pool,
+            fleet,
             telemetry: self.clients.telemetry.as_ref().map(|t| t.pipeline(&p.name, &p.queue_url)),
             config: p.clone(),
             queue: Arc::new(
@@ -353,8 +361,11 @@ impl Supervisor {
             || new.grace_period != self.config.grace_period
             || format!("{:?}", new.aws) != format!("{:?}", self.config.aws)
             || new.telemetry != self.config.telemetry
+            || new.fleet != self.config.fleet
         {
-            tracing::warn!("[aws], [server], [shutdown] and [telemetry] changes take effect at the next restart");
+            tracing::warn!(
+                "[aws], [server], [shutdown], [telemetry] and [fleet] changes take effect at the next restart"
+            );
         }
         let [added, changed, removed, unchanged] = self.apply_pipelines(&new).await;
         self.config = new;

@@ -41,7 +41,19 @@ pub struct Config {
     pub pools: std::collections::BTreeMap<String, PoolConfig>,
     /// `[telemetry]` with an `otlp_endpoint`: spans exported over OTLP; `None`: off.
     pub telemetry: Option<TelemetryConfig>,
+    /// `[fleet]` with a `redis_url`: budgets shared by every instance; `None`: off.
+    pub fleet: Option<FleetConfig>,
     pub pipelines: Vec<PipelineConfig>,
+}
+
+/// `[fleet]`: the Redis (or Valkey) every instance of the service shares budgets through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` with TLS (ElastiCache in
+    /// transit encryption); a secret, as it may carry the password.
+    pub redis_url: Secret,
+    /// How long a fleet slot lives unless renewed: a killed instance's slots come back after it.
+    pub slot_ttl: Duration,
 }
 
 /// `[telemetry]`: OpenTelemetry spans of receives and batches, exported over OTLP/HTTP.
@@ -222,6 +234,9 @@ pub struct TargetConfig {
     pub http: HttpOptions,
     /// `target.pool`: the shared pool its batches take their slots from.
     pub pool: Option<PoolMembership>,
+    /// `fleet_max_concurrency`: batches in flight at once across every instance of the service
+    /// (the pipeline's name is the key they share), through `[fleet]`.
+    pub fleet_max_concurrency: Option<usize>,
 }
 
 /// `[pipelines.target.breaker]`.

@@ -24,7 +24,16 @@ pub(super) struct RawConfig {
     #[serde(default)]
     telemetry: RawTelemetry,
     #[serde(default)]
+    fleet: RawFleet,
+    #[serde(default)]
     pipelines: Vec<RawPipeline>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    redis_url: Option<String>,
+    slot_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +162,7 @@ struct RawTarget {
     handler: Option<String>,
     timeout_secs: Option<u64>,
     max_concurrency: Option<u64>,
+    fleet_max_concurrency: Option<u64>,
     rate_limit_per_sec: Option<u64>,
     max_throttled_secs: Option<u64>,
     health_url: Option<String>,
@@ -263,10 +273,19 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     let grace = c.ranged("shutdown.grace_period_secs", raw.shutdown.grace_period_secs, 30, 1, 3600);
     let pools = validate_pools(&mut c, raw.pools);
     let telemetry = validate_telemetry(&mut c, raw.telemetry);
+    let fleet = validate_fleet(&mut c, raw.fleet);
     let pipelines = validate_pipelines(&mut c, raw.pipelines, &pools);
+    for (i, p) in pipelines.iter().enumerate() {
+        if p.target.fleet_max_concurrency.is_some() && fleet.is_none() {
+            c.fail(
+                format!("pipelines[{i}].target.fleet_max_concurrency"),
+                "needs the fleet's Redis: set [fleet] redis_url (redis:// or rediss://)",
+            );
+        }
+    }
     if c.problems.is_empty() {
         let grace_period = Duration::from_secs(grace);
-        Ok(Config { aws, listen, admin_listen, admin_token, grace_period, pools, telemetry, pipelines })
+        Ok(Config { aws, listen, admin_listen, admin_token, grace_period, pools, telemetry, fleet, pipelines })
     } else {
         Err(c.problems)
     }
@@ -727,6 +746,7 @@ fn placeholder_target() -> TargetConfig {
         breaker: BreakerConfig::default(),
         http: HttpOptions::default(),
         pool: None,
+        fleet_max_concurrency: None,
     }
 }
 
@@ -820,6 +840,9 @@ fn validate_target(
         breaker,
         http,
         pool,
+        fleet_max_concurrency: t
+            .fleet_max_concurrency
+            .map(|n| c.ranged(&format!("{at}.fleet_max_concurrency"), Some(n), 1, 1, 100_000) as usize),
     }
 }
 
@@ -977,6 +1000,19 @@ fn validate_breaker(c: &mut Checker, at: &str, b: RawBreaker) -> BreakerConfig {
         cooldown: Duration::from_secs(cooldown),
         max_cooldown: Duration::from_secs(max_cooldown.max(cooldown)),
     }
+}
+
+/// `[fleet]`: on with a `redis_url` (its value never echoed: it may hold a password).
+fn validate_fleet(c: &mut Checker, f: RawFleet) -> Option<FleetConfig> {
+    let slot_ttl = c.ranged("fleet.slot_ttl_secs", f.slot_ttl_secs, 30, 3, 3600);
+    let url = f.redis_url.filter(|u| !u.is_empty())?;
+    let scheme_ok = ["redis://", "rediss://"].iter().any(|s| url.len() > s.len() && url.starts_with(s));
+    if !scheme_ok {
+        c.fail("fleet.redis_url", "is not a URL starting with redis:// or rediss:// (TLS)");
+    } else if let Err(e) = redis::Client::open(url.as_str()) {
+        c.fail("fleet.redis_url", format!("cannot be used ({:?})", e.kind()));
+    }
+    Some(FleetConfig { redis_url: Secret(url), slot_ttl: Duration::from_secs(slot_ttl) })
 }
 
 /// `[telemetry]`: on with an `otlp_endpoint`; its other keys are checked either way.

@@ -36,6 +36,8 @@ pub(super) struct BatchWork {
 pub(super) struct BatchRunner {
     pub work: Arc<BatchWork>,
     pub slots: Arc<Member>,
+    /// `target.fleet_max_concurrency`: a batch takes a fleet slot after its local one.
+    pub fleet: Option<Arc<crate::fleet::FleetSlots>>,
     pub scaling: Arc<Scaling>,
     /// The batch tasks: the drain waits for them all once the batcher has stopped.
     pub tasks: TaskTracker,
@@ -61,6 +63,19 @@ impl BatchSink for BatchRunner {
                 return;
             }
         };
+        // the fleet's slot, under the messages' leases as the local one
+        let fleet_slot = match &self.fleet {
+            None => None,
+            Some(fleet) => tokio::select! {
+                s = fleet.acquire() => Some(s),
+                () = self.work.abandon.cancelled() => {
+                    self.slots.release(slot);
+                    self.work.acker.release(&batch).await;
+                    let _ = self.work.done.send(groups);
+                    return;
+                }
+            },
+        };
         let slot_wait = waiting.elapsed();
         self.work.metrics.slot_wait.record(slot_wait.as_secs_f64());
         Self::report_saturation(&self.slots, &self.scaling);
@@ -78,6 +93,7 @@ impl BatchSink for BatchRunner {
                 if let Some(hold) = hold {
                     hold.release();
                 }
+                drop(fleet_slot);
                 Self::report_saturation(&slots, &scaling);
             }
             .instrument(span),

@@ -58,6 +58,8 @@ pub struct PipelineParts {
     pub pool: Option<Arc<Slots>>,
     /// `[telemetry]`: the pipeline's spans (`None`: off).
     pub telemetry: Option<crate::telemetry::PipelineTracer>,
+    /// `target.fleet_max_concurrency`: the fleet's slots its batches take too (`None`: off).
+    pub fleet: Option<Arc<crate::fleet::FleetSlots>>,
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -81,6 +83,7 @@ impl PipelineParts {
             payloads: None,
             pool: None,
             telemetry: None,
+            fleet: None,
         }
     }
 }
@@ -141,6 +144,7 @@ impl Pipeline {
             payloads,
             pool,
             telemetry,
+            fleet,
             ..
         } = parts;
         let lease_spans = telemetry.as_ref().map(|_| Arc::new(crate::telemetry::LeaseSpans::default()));
@@ -171,7 +175,7 @@ impl Pipeline {
         });
         let batches = TaskTracker::new();
         let (tx, rx) = mpsc::channel(cfg.pollers.max.max(2));
-        let runner = BatchRunner { work: work.clone(), slots, scaling: scaling.clone(), tasks: batches.clone() };
+        let runner = BatchRunner { work: work.clone(), slots, fleet, scaling: scaling.clone(), tasks: batches.clone() };
         let batcher = batcher(&cfg, rx, done_rx, runner, &metrics.batch);
         let stage = PollerStage {
             config: cfg.pollers.clone(),

@@ -24,6 +24,7 @@ mod fair_share;
 mod faults;
 mod fifo_and_rate;
 mod filtering;
+mod fleet;
 mod https_target;
 mod image;
 mod lambda_target;

@@ -74,7 +74,7 @@ fn unknown_key() {
 fn unknown_top_level_table() {
     rejects(
         &format!("[metrics]\nport = 1\n{VALID}"),
-        "metrics: unknown field `metrics`, expected one of `aws`, `server`, `shutdown`, `pools`, `telemetry`, `pipelines` (line 1)",
+        "metrics: unknown field `metrics`, expected one of `aws`, `server`, `shutdown`, `pools`, `telemetry`, `fleet`, `pipelines` (line 1)",
     );
 }
 

@@ -273,6 +273,7 @@ const LAYERS: &[&str] = &[
     // the stages, from where a message ends to where it begins
     "lease",
     "control",
+    "fleet",
     "dispatch",
     "hop",
     "ack",

@@ -241,6 +241,30 @@ fn client_for(endpoint: String) -> Sqs {
     Sqs { endpoint, client: Client::from_conf(config) }
 }
 
+pub const HOW_TO_START_REDIS: &str = "no Redis is running for the fleet tests. Start it with \
+     `scripts/services.sh start` (installs Debian's redis-server and writes .local/run/redis.url), or run everything \
+     with `scripts/test.sh`; SQS_POLLER_TEST_REDIS=redis://HOST:PORT points the tests at another one";
+
+/// The Redis of the fleet tests, started by `scripts/services.sh start`; found through
+/// `SQS_POLLER_TEST_REDIS` or `.local/run/redis.url`. Answers PING, or the test fails saying how
+/// to start it.
+pub async fn redis_url() -> String {
+    let url = std::env::var("SQS_POLLER_TEST_REDIS").ok().or_else(|| {
+        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".local/run/redis.url");
+        std::fs::read_to_string(file).ok().map(|s| s.trim().to_string())
+    });
+    let Some(url) = url else { panic!("{HOW_TO_START_REDIS}") };
+    let pong: Result<String, _> = async {
+        let mut c = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async(&mut c).await
+    }
+    .await;
+    match pong {
+        Ok(p) if p == "PONG" => url,
+        other => panic!("Redis at {url} does not answer PING ({other:?}): {HOW_TO_START_REDIS}"),
+    }
+}
+
 /// The moto server (for Lambda), started by `scripts/services.sh start`; found through
 /// `SQS_POLLER_TEST_MOTO` or `.local/run/moto.url`.
 pub async fn moto() -> String {

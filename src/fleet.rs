@@ -1,0 +1,280 @@
+//! One budget for a whole fleet: concurrency shared by every instance of the service, through
+//! Redis (or Valkey), `[fleet] redis_url`.
+//!
+//! A pipeline whose target names `fleet_max_concurrency` takes, for each batch, a fleet slot
+//! after its local one: a member of a sorted set in Redis (`sqs-poller:{pipeline}:slots`) whose
+//! score is its expiry, on Redis's own clock. A Lua script takes a slot atomically (dropping
+//! expired ones first) when fewer than the limit are held; the instance renews the slots it holds
+//! every third of their time to live, and gives each back when its batch ends. The slots of an
+//! instance that is killed expire by themselves (`fleet.slot_ttl_secs`, 30 s by default).
+//!
+//! When Redis cannot be reached, the service goes on with a local share of the budget: the
+//! limit divided by the instances last seen (each instance keeps a heartbeat in
+//! `sqs-poller:instances`), at least one; `sqs_poller_fleet_shared` is 0 meanwhile and the log
+//! says so once. New batches take shared slots again as soon as Redis answers; batches running on
+//! the local share finish on it, so for a while after Redis comes back the fleet may run up to
+//! its shared limit plus the local shares.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Takes a slot: `KEYS[1]` the slots, `ARGV` limit, time to live (ms), member. 1: taken.
+const ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+  return 1
+end
+return 0
+";
+
+/// Renews held slots and the instance's heartbeat: `KEYS[1]` the instances, `KEYS[2..]` the slot
+/// sets, `ARGV[1]` time to live (ms), `ARGV[2]` the instance, then `ARGV[3..]` one member per
+/// slot set. Returns the live instances.
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], ttl * 2)
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+const INSTANCES_KEY: &str = "sqs-poller:instances";
+
+/// The fleet's connection to Redis, shared by every pipeline of the instance.
+pub struct Fleet {
+    redis: ConnectionManager,
+    /// This instance's name in Redis (its slots' members start with it).
+    instance: String,
+    slot_ttl: Duration,
+    /// Instances seen at the last heartbeat (1 until one answered).
+    instances: AtomicUsize,
+    /// Redis answered the last call.
+    shared: AtomicBool,
+    /// Slots held, by key and member: what the renewals renew.
+    held: Mutex<HashSet<(String, String)>>,
+    next_member: AtomicU64,
+    acquire: redis::Script,
+    renew: redis::Script,
+    metrics: crate::metrics::FleetMetrics,
+}
+
+/// Why Redis cannot be used at all (a bad URL).
+#[derive(Debug, thiserror::Error)]
+#[error("fleet.redis_url: {0}")]
+pub struct FleetError(String);
+
+impl Fleet {
+    /// The fleet behind `redis_url` (`redis://` or `rediss://` with TLS; user and password in the
+    /// URL for AUTH); connects lazily and reconnects by itself.
+    ///
+    /// # Errors
+    /// [`FleetError`] when the URL cannot be used.
+    pub fn new(redis_url: &str, slot_ttl: Duration) -> Result<Arc<Fleet>, FleetError> {
+        let client = redis::Client::open(redis_url).map_err(|e| FleetError(e.to_string()))?;
+        let timeout = Some(Duration::from_secs(2));
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| FleetError(e.to_string()))?;
+        let instance = format!("{}-{}-{:08x}", hostname(), std::process::id(), fastrand::u32(..));
+        Ok(Arc::new(Fleet {
+            redis,
+            instance,
+            slot_ttl,
+            instances: AtomicUsize::new(1),
+            shared: AtomicBool::new(true),
+            held: Mutex::new(HashSet::new()),
+            next_member: AtomicU64::new(0),
+            acquire: redis::Script::new(ACQUIRE),
+            renew: redis::Script::new(RENEW),
+            metrics: crate::metrics::FleetMetrics::register(),
+        }))
+    }
+
+    /// Renews held slots and the heartbeat every third of the slots' time to live, until
+    /// `stop`.
+    pub async fn keep_alive(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let every = self.slot_ttl / 3;
+        loop {
+            self.renew_now().await;
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn renew_now(&self) {
+        let held: Vec<(String, String)> = self.held.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        let mut call = self.renew.key(INSTANCES_KEY);
+        for (key, _) in &held {
+            call.key(key);
+        }
+        call.arg(self.slot_ttl.as_millis() as u64).arg(&self.instance);
+        for (_, member) in &held {
+            call.arg(member);
+        }
+        let mut redis = self.redis.clone();
+        match call.invoke_async::<usize>(&mut redis).await {
+            Ok(n) => {
+                self.instances.store(n.max(1), Ordering::Relaxed);
+                self.answered();
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn answered(&self) {
+        if !self.shared.swap(true, Ordering::Relaxed) {
+            tracing::info!("Redis answers again: back on the fleet's shared budget");
+        }
+        self.metrics.shared.set(1.0);
+    }
+
+    fn failed(&self, e: &redis::RedisError) {
+        self.metrics.errors.increment(1);
+        if self.shared.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %e, instances = self.instances.load(Ordering::Relaxed), "Redis cannot be reached: each pipeline goes on with its local share of the fleet budget (fleet_max_concurrency / instances last seen)");
+        }
+        self.metrics.shared.set(0.0);
+    }
+
+    /// The slots of `pipeline`, at most `limit` held across the fleet.
+    pub fn slots(self: &Arc<Self>, pipeline: &str, limit: usize) -> Arc<FleetSlots> {
+        Arc::new(FleetSlots {
+            fleet: self.clone(),
+            key: format!("sqs-poller:{pipeline}:slots"),
+            limit,
+            local: Arc::new(Semaphore::new(limit)),
+            local_taken: AtomicUsize::new(0),
+            pipeline: pipeline.to_string(),
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "host".to_string(), |h| h.trim().to_string())
+}
+
+/// One pipeline's share of the fleet's concurrency.
+pub struct FleetSlots {
+    fleet: Arc<Fleet>,
+    key: String,
+    limit: usize,
+    /// The local share while Redis is away: `limit` permits, of which only the share is used.
+    local: Arc<Semaphore>,
+    local_taken: AtomicUsize,
+    pipeline: String,
+}
+
+/// A fleet slot, given back when dropped.
+pub struct FleetSlot {
+    slots: Arc<FleetSlots>,
+    held: Held,
+}
+
+enum Held {
+    Shared(String),
+    Local(#[allow(dead_code)] OwnedSemaphorePermit),
+}
+
+impl FleetSlots {
+    /// The local share: the limit divided by the instances last seen, at least one.
+    pub fn local_share(&self) -> usize {
+        (self.limit / self.fleet.instances.load(Ordering::Relaxed).max(1)).max(1)
+    }
+
+    /// Waits for a fleet slot: a shared one while Redis answers, else one of the local share.
+    pub async fn acquire(self: &Arc<Self>) -> FleetSlot {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if let Some(slot) = self.try_acquire().await {
+                self.fleet.metrics.wait.record(started.elapsed().as_secs_f64());
+                return slot;
+            }
+            tokio::time::sleep(pause + Duration::from_millis(fastrand::u64(..10))).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    async fn try_acquire(self: &Arc<Self>) -> Option<FleetSlot> {
+        let fleet = &self.fleet;
+        let member = format!("{}:{}", fleet.instance, fleet.next_member.fetch_add(1, Ordering::Relaxed));
+        let mut redis = fleet.redis.clone();
+        let mut call = fleet.acquire.key(&self.key);
+        call.arg(self.limit).arg(fleet.slot_ttl.as_millis() as u64).arg(&member);
+        match call.invoke_async::<i64>(&mut redis).await {
+            Ok(taken) => {
+                fleet.answered();
+                (taken == 1).then(|| {
+                    fleet.held.lock().unwrap_or_else(|e| e.into_inner()).insert((self.key.clone(), member.clone()));
+                    fleet.metrics.held.increment(1.0);
+                    FleetSlot { slots: self.clone(), held: Held::Shared(member) }
+                })
+            }
+            Err(e) => {
+                fleet.failed(&e);
+                self.try_local()
+            }
+        }
+    }
+
+    /// A permit of the local share, if one is free.
+    fn try_local(self: &Arc<Self>) -> Option<FleetSlot> {
+        let share = self.local_share();
+        if self.local_taken.load(Ordering::Relaxed) >= share {
+            return None;
+        }
+        let permit = self.local.clone().try_acquire_owned().ok()?;
+        self.local_taken.fetch_add(1, Ordering::Relaxed);
+        self.fleet.metrics.held.increment(1.0);
+        tracing::debug!(pipeline = %self.pipeline, share, "a batch runs on the local share of the fleet budget");
+        Some(FleetSlot { slots: self.clone(), held: Held::Local(permit) })
+    }
+}
+
+impl Drop for FleetSlot {
+    fn drop(&mut self) {
+        let slots = self.slots.clone();
+        slots.fleet.metrics.held.decrement(1.0);
+        match std::mem::replace(&mut self.held, Held::Shared(String::new())) {
+            Held::Local(permit) => {
+                slots.local_taken.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            }
+            Held::Shared(member) if !member.is_empty() => {
+                slots.fleet.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&(slots.key.clone(), member.clone()));
+                let mut redis = slots.fleet.redis.clone();
+                // given back in the background; were Redis away, it expires by itself
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let r: redis::RedisResult<i64> =
+                            redis::cmd("ZREM").arg(&slots.key).arg(&member).query_async(&mut redis).await;
+                        if let Err(e) = r {
+                            slots.fleet.failed(&e);
+                        }
+                    });
+                }
+            }
+            Held::Shared(_) => {}
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! One budget for a whole fleet (issue 37): instances of the service on one queue share
+//! `target.fleet_max_concurrency` through one Redis (the real `redis-server`). The worker counts
+//! the batches it works on at once, whichever instance sent them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// A slow worker (150 ms a batch) behind three instances, each allowed 4 batches at once, the
+/// fleet 2.
+async fn fleet_of_three(name: &str, queue: &str, redis: &str, worker: &Worker, ttl: u64) -> Vec<Poller> {
+    let sqs = sqs().await;
+    let text = format!(
+        "[fleet]\nredis_url = \"{redis}\"\nslot_ttl_secs = {ttl}\n{}",
+        http_pipeline_with_target(
+            name,
+            queue,
+            &worker.url,
+            "max_concurrency = 4\nfleet_max_concurrency = 2",
+            "[pipelines.batch]\nsize = 1\n[pipelines.pollers]\nwait_time_secs = 1\n"
+        )
+    );
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(start_poller(&sqs, 5, &text).await);
+    }
+    fleet
+}
+
+fn slow_worker(load: Arc<Load>) -> impl std::future::Future<Output = Worker> {
+    counted_worker(load, |_, _| Reply { delay: Duration::from_millis(150), ..Reply::ok("") })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_never_run_more_batches_at_once_than_the_fleet_budget() {
+    let redis = redis_url().await;
+    let sqs = sqs().await;
+    let queue = sqs.queue("fleet", &[]).await;
+    let bodies: Vec<String> = (0..60).map(|i| format!("m-{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    let load = Arc::new(Load::default());
+    let worker = slow_worker(load.clone()).await;
+    let name = unique("fleet");
+    let fleet = fleet_of_three(&name, &queue, &redis, &worker, 30).await;
+    eventually("every message processed", Duration::from_secs(90), || async {
+        let mut done = 0.0;
+        for p in &fleet {
+            done += p.metric(&format!("sqs_poller_messages_deleted_total{{pipeline=\"{name}\"}}")).await;
+        }
+        done >= 60.0
+    })
+    .await;
+    let mut sent_by = Vec::new();
+    for p in &fleet {
+        sent_by.push(p.metric(&format!("sqs_poller_messages_succeeded_total{{pipeline=\"{name}\"}}")).await);
+        assert_eq!(p.metric("sqs_poller_fleet_shared").await, 1.0, "on the shared budget throughout");
+    }
+    for p in fleet {
+        let (status, _, log) = p.stop().await;
+        assert!(status.success(), "{log}");
+    }
+    // 3 × 4 batches could run at once; the fleet allows 2, and used them
+    assert_eq!(load.peak(), 2, "at most fleet_max_concurrency at the worker at once, and that many");
+    assert!(sent_by.iter().filter(|&&n| n > 0.0).count() >= 2, "the budget is shared, not one instance's: {sent_by:?}");
+}
+
+/// An instance killed while it holds fleet slots cannot give them back; they expire after
+/// `fleet.slot_ttl_secs` and the other instances take them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_slots_come_back_after_their_time_to_live() {
+    let redis = redis_url().await;
+    let sqs = sqs().await;
+    let queue = sqs.queue("fleet-kill", &[]).await;
+    let bodies: Vec<String> = (0..40).map(|i| format!("m-{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    let load = Arc::new(Load::default());
+    let worker = slow_worker(load.clone()).await;
+    let name = unique("fleet-kill");
+    let mut fleet = fleet_of_three(&name, &queue, &redis, &worker, 4).await;
+    // the first instance to hold a slot is killed with it
+    let victim = loop {
+        let mut holding = None;
+        for (i, p) in fleet.iter().enumerate() {
+            if p.metric("sqs_poller_fleet_slots_held").await > 0.0 {
+                holding = Some(i);
+                break;
+            }
+        }
+        if let Some(i) = holding {
+            break fleet.remove(i);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut victim = victim;
+    let mut c = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = format!("sqs-poller:{name}:slots");
+    // its slots are members named after its process
+    let prefix = format!("-{}-", victim.child.id().unwrap());
+    victim.child.start_kill().unwrap();
+    let _ = victim.child.wait().await;
+    let members: Vec<String> = redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(&mut c).await.unwrap();
+    assert!(members.iter().any(|m| m.contains(&prefix)), "the killed instance held a slot: {members:?}");
+    eventually("the rest processed by the two left", Duration::from_secs(120), || async {
+        sqs.counts(&queue).await == (0, 0)
+    })
+    .await;
+    // the killed instance's slots expired (the others' acquisitions dropped them): none is left
+    let members: Vec<String> = redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(&mut c).await.unwrap();
+    assert!(!members.iter().any(|m| m.contains(&prefix)), "the killed instance's slots are still there: {members:?}");
+    for p in fleet {
+        let (status, _, log) = p.stop().await;
+        assert!(status.success(), "{log}");
+    }
+    assert!(load.peak() <= 2, "peak {} over the fleet budget", load.peak());
+}
+
+/// A Redis of the test's own on a free port, to stop and start again.
+fn own_redis(port: u16, dir: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-server: {e}; {HOW_TO_START_REDIS}"))
+}
+
+async fn wait_pong(url: &str) {
+    eventually("redis-server answers", Duration::from_secs(10), || async {
+        let Ok(client) = redis::Client::open(url) else { return false };
+        let Ok(mut c) = client.get_multiplexed_async_connection().await else { return false };
+        redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+    })
+    .await;
+}
+
+/// Redis stops in the middle of a run: the instances go on with their local share (the budget
+/// divided by the instances last seen), say so, and take the shared budget again once it is back.
+/// Nothing stalls, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_the_fleet_goes_on_with_local_shares_and_comes_back() {
+    redis_url().await; // redis-server is installed
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis = format!("redis://127.0.0.1:{port}");
+    let mut server = own_redis(port, dir.path());
+    wait_pong(&redis).await;
+    let sqs = sqs().await;
+    let queue = sqs.queue("fleet-outage", &[]).await;
+    let load = Arc::new(Load::default());
+    let worker = slow_worker(load.clone()).await;
+    let name = unique("fleet-outage");
+    let fleet = fleet_of_three(&name, &queue, &redis, &worker, 6).await;
+    let deleted = || async {
+        let mut n = 0.0;
+        for p in &fleet {
+            n += p.metric(&format!("sqs_poller_messages_deleted_total{{pipeline=\"{name}\"}}")).await;
+        }
+        n
+    };
+    let send = |from: usize| {
+        let bodies: Vec<String> = (from..from + 20).map(|i| format!("m-{i}")).collect();
+        let (sqs, queue) = (&sqs, &queue);
+        async move { sqs.send_bodies(queue, &bodies).await }
+    };
+    send(0).await;
+    eventually("the first 20 processed on the shared budget", Duration::from_secs(60), || async {
+        deleted().await >= 20.0
+    })
+    .await;
+    // Redis goes away; the next 20 are processed all the same
+    server.start_kill().unwrap();
+    let _ = server.wait().await;
+    send(20).await;
+    eventually("20 more processed with Redis gone", Duration::from_secs(60), || async { deleted().await >= 40.0 })
+        .await;
+    for p in &fleet {
+        assert_eq!(p.metric("sqs_poller_fleet_shared").await, 0.0, "says it runs on its local share");
+        assert!(p.metric("sqs_poller_fleet_redis_errors_total").await > 0.0);
+    }
+    // back: the shared budget again
+    let mut server = own_redis(port, dir.path());
+    wait_pong(&redis).await;
+    send(40).await;
+    eventually("the last 20 processed", Duration::from_secs(60), || async { deleted().await >= 60.0 }).await;
+    eventually("every instance back on the shared budget", Duration::from_secs(30), || async {
+        let mut all = true;
+        for p in &fleet {
+            all &= p.metric("sqs_poller_fleet_shared").await == 1.0;
+        }
+        all
+    })
+    .await;
+    let mut logs = String::new();
+    for p in fleet {
+        let (status, _, log) = p.stop().await;
+        assert!(status.success(), "{log}");
+        logs.push_str(&log);
+    }
+    assert!(logs.contains("local share of the fleet budget"), "the log says why");
+    assert!(logs.contains("back on the fleet's shared budget"));
+    assert_eq!(sqs.counts(&queue).await, (0, 0), "nothing left, nothing lost");
+    let _ = server.start_kill();
+}
