@@ -53,6 +53,23 @@ redis.call('PEXPIRE', KEYS[1], ttl * 2)
 return redis.call('ZCARD', KEYS[1])
 ";
 
+/// GCRA over the fleet: `KEYS[1]` the theoretical arrival time (ms, Redis's clock), `ARGV` the
+/// emission interval (ms per message), the burst (messages), the cost (messages). 0: admitted;
+/// else the ms to wait before trying again.
+const RATE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local new_tat = tat + interval * tonumber(ARGV[3])
+local wait = new_tat - now - interval * tonumber(ARGV[2])
+if wait > 0 then
+  return math.ceil(wait)
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return 0
+";
+
 const INSTANCES_KEY: &str = "sqs-poller:instances";
 
 /// The fleet's connection to Redis, shared by every pipeline of the instance.
@@ -70,6 +87,7 @@ pub struct Fleet {
     next_member: AtomicU64,
     acquire: redis::Script,
     renew: redis::Script,
+    rate: redis::Script,
     metrics: crate::metrics::FleetMetrics,
 }
 
@@ -104,6 +122,7 @@ impl Fleet {
             next_member: AtomicU64::new(0),
             acquire: redis::Script::new(ACQUIRE),
             renew: redis::Script::new(RENEW),
+            rate: redis::Script::new(RATE),
             metrics: crate::metrics::FleetMetrics::register(),
         }))
     }
@@ -166,6 +185,89 @@ impl Fleet {
             local_taken: AtomicUsize::new(0),
             pipeline: pipeline.to_string(),
         })
+    }
+}
+
+impl Fleet {
+    /// The fleet-wide rate of `pipeline`: `per_sec` messages a second across the fleet, in
+    /// bursts of at most `burst` (a whole batch).
+    pub fn rate(self: &Arc<Self>, pipeline: &str, per_sec: u32, burst: u32) -> Arc<FleetRate> {
+        Arc::new(FleetRate {
+            fleet: self.clone(),
+            key: format!("sqs-poller:{pipeline}:rate"),
+            per_sec: per_sec.max(1),
+            burst: burst.max(1),
+            local: Mutex::new(None),
+        })
+    }
+}
+
+/// One pipeline's fleet-wide rate (`target.fleet_rate_per_sec`), in messages a second.
+pub struct FleetRate {
+    fleet: Arc<Fleet>,
+    key: String,
+    per_sec: u32,
+    burst: u32,
+    /// While Redis is away: a limiter of the local share (the rate divided by the instances
+    /// last seen), made again when the share changes.
+    local: Mutex<Option<(u32, Arc<governor::DefaultDirectRateLimiter>)>>,
+}
+
+impl FleetRate {
+    /// Waits until `n` messages may go, by the fleet's rate while Redis answers, else by the
+    /// local share. Whether it had to wait.
+    pub async fn until_ready(&self, n: u32) -> bool {
+        let n = n.clamp(1, self.burst);
+        let interval_ms = 1000.0 / f64::from(self.per_sec);
+        let mut waited = false;
+        loop {
+            let mut redis = self.fleet.redis.clone();
+            let mut call = self.fleet.rate.key(&self.key);
+            call.arg(interval_ms).arg(self.burst).arg(n);
+            match call.invoke_async::<u64>(&mut redis).await {
+                Ok(0) => {
+                    self.fleet.answered();
+                    if waited {
+                        self.fleet.metrics.rate_limited.increment(1);
+                    }
+                    return waited;
+                }
+                Ok(wait_ms) => {
+                    self.fleet.answered();
+                    waited = true;
+                    tokio::time::sleep(Duration::from_millis(wait_ms.min(5_000))).await;
+                }
+                Err(e) => {
+                    self.fleet.failed(&e);
+                    let limiter = self.local_limiter();
+                    let n = std::num::NonZeroU32::new(n).expect("at least 1");
+                    // the share's burst may be smaller than a batch: then one message at a time
+                    if limiter.until_n_ready(n).await.is_err() {
+                        for _ in 0..n.get() {
+                            limiter.until_ready().await;
+                        }
+                    }
+                    self.fleet.metrics.rate_limited.increment(1);
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn local_limiter(&self) -> Arc<governor::DefaultDirectRateLimiter> {
+        let instances = u32::try_from(self.fleet.instances.load(Ordering::Relaxed)).unwrap_or(u32::MAX).max(1);
+        let share = (self.per_sec / instances).max(1);
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        match &*local {
+            Some((s, l)) if *s == share => l.clone(),
+            _ => {
+                let quota = governor::Quota::per_second(std::num::NonZeroU32::new(share).expect("at least 1"))
+                    .allow_burst(std::num::NonZeroU32::new(share.min(self.burst)).expect("at least 1"));
+                let limiter = Arc::new(governor::RateLimiter::direct(quota));
+                *local = Some((share, limiter.clone()));
+                limiter
+            }
+        }
     }
 }
 

@@ -228,13 +228,21 @@ impl Supervisor {
                 .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
         let shutdown = self.shutdown.child();
         let pool = p.target.pool.as_ref().map(|member| self.pool_slots(member));
-        if p.target.fleet_max_concurrency.is_some() && self.clients.fleet.is_none() {
-            tracing::warn!(pipeline = %p.name, "target.fleet_max_concurrency needs [fleet], which a reload does not start: this pipeline runs without the fleet budget until the next restart");
+        let fleet_keys = p.target.fleet_max_concurrency.is_some() || p.target.fleet_rate_per_sec.is_some();
+        if fleet_keys && self.clients.fleet.is_none() {
+            tracing::warn!(pipeline = %p.name, "target.fleet_max_concurrency and fleet_rate_per_sec need [fleet], which a reload does not start: this pipeline runs without the fleet budget until the next restart");
         }
         let fleet = self.clients.fleet.as_ref().zip(p.target.fleet_max_concurrency).map(|(f, n)| f.slots(&p.name, n));
+        let fleet_rate = self
+            .clients
+            .fleet
+            .as_ref()
+            .zip(p.target.fleet_rate_per_sec)
+            .map(|(f, r)| f.rate(&p.name, r.get(), p.batch.size as u32));
         let parts = PipelineParts {
             pool,
             fleet,
+            fleet_rate,
             telemetry: self.clients.telemetry.as_ref().map(|t| t.pipeline(&p.name, &p.queue_url)),
             config: p.clone(),
             queue: Arc::new(

@@ -237,6 +237,9 @@ pub struct TargetConfig {
     /// `fleet_max_concurrency`: batches in flight at once across every instance of the service
     /// (the pipeline's name is the key they share), through `[fleet]`.
     pub fleet_max_concurrency: Option<usize>,
+    /// `fleet_rate_per_sec`: messages dispatched a second across every instance (the
+    /// pipeline's name is the key), through `[fleet]`.
+    pub fleet_rate_per_sec: Option<NonZeroU32>,
 }
 
 /// `[pipelines.target.breaker]`.

@@ -163,6 +163,7 @@ struct RawTarget {
     timeout_secs: Option<u64>,
     max_concurrency: Option<u64>,
     fleet_max_concurrency: Option<u64>,
+    fleet_rate_per_sec: Option<u64>,
     rate_limit_per_sec: Option<u64>,
     max_throttled_secs: Option<u64>,
     health_url: Option<String>,
@@ -276,9 +277,13 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     let fleet = validate_fleet(&mut c, raw.fleet);
     let pipelines = validate_pipelines(&mut c, raw.pipelines, &pools);
     for (i, p) in pipelines.iter().enumerate() {
-        if p.target.fleet_max_concurrency.is_some() && fleet.is_none() {
+        let keys = [
+            ("fleet_max_concurrency", p.target.fleet_max_concurrency.is_some()),
+            ("fleet_rate_per_sec", p.target.fleet_rate_per_sec.is_some()),
+        ];
+        for (key, _) in keys.iter().filter(|(_, set)| *set && fleet.is_none()) {
             c.fail(
-                format!("pipelines[{i}].target.fleet_max_concurrency"),
+                format!("pipelines[{i}].target.{key}"),
                 "needs the fleet's Redis: set [fleet] redis_url (redis:// or rediss://)",
             );
         }
@@ -747,6 +752,7 @@ fn placeholder_target() -> TargetConfig {
         http: HttpOptions::default(),
         pool: None,
         fleet_max_concurrency: None,
+        fleet_rate_per_sec: None,
     }
 }
 
@@ -843,6 +849,9 @@ fn validate_target(
         fleet_max_concurrency: t
             .fleet_max_concurrency
             .map(|n| c.ranged(&format!("{at}.fleet_max_concurrency"), Some(n), 1, 1, 100_000) as usize),
+        fleet_rate_per_sec: t.fleet_rate_per_sec.and_then(|r| {
+            NonZeroU32::new(c.ranged(&format!("{at}.fleet_rate_per_sec"), Some(r), 1, 1, 1_000_000) as u32)
+        }),
     }
 }
 

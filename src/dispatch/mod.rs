@@ -193,6 +193,7 @@ pub struct Dispatcher {
     /// `retry.on_batch_error = "bisect"`: see [`Dispatcher::dispatch`].
     bisect: bool,
     limiter: Option<DefaultDirectRateLimiter>,
+    fleet_rate: Option<Arc<crate::fleet::FleetRate>>,
     /// Told when the target throttles: the pipeline's autoscaler holds the fleet back.
     backpressure: Arc<dyn Backpressure>,
     metrics: DispatchMetrics,
@@ -217,11 +218,24 @@ pub struct DispatcherParts {
     pub breaker: Option<Arc<breaker::Breaker>>,
     /// The drain: a batch the breaker holds is let go when it fires.
     pub drain: CancellationToken,
+    /// `target.fleet_rate_per_sec`: the rate shared with the other instances.
+    pub fleet_rate: Option<Arc<crate::fleet::FleetRate>>,
 }
 
 impl Dispatcher {
     pub fn new(cfg: &TargetConfig, parts: DispatcherParts) -> Self {
-        let DispatcherParts { batch_size, fifo, bisect, target, backpressure, metrics, slots, breaker, drain } = parts;
+        let DispatcherParts {
+            batch_size,
+            fifo,
+            bisect,
+            target,
+            backpressure,
+            metrics,
+            slots,
+            breaker,
+            drain,
+            fleet_rate,
+        } = parts;
         let limiter = cfg.rate_limit_per_sec.map(|rate| {
             // a whole batch must fit in the bucket at once
             let burst = NonZeroU32::new(rate.get().max(batch_size as u32)).expect("non-zero");
@@ -239,6 +253,7 @@ impl Dispatcher {
             slots,
             breaker,
             drain,
+            fleet_rate,
         }
     }
 
@@ -375,6 +390,12 @@ impl Dispatcher {
             let n = NonZeroU32::new(batch.len() as u32).expect("batches are never empty");
             tokio::select! {
                 r = limiter.until_n_ready(n) => { r.expect("the burst fits a whole batch"); }
+                () = abandon.cancelled() => return Outcome::Abandoned,
+            }
+        }
+        if let Some(rate) = &self.fleet_rate {
+            tokio::select! {
+                _ = rate.until_ready(batch.len() as u32) => {}
                 () = abandon.cancelled() => return Outcome::Abandoned,
             }
         }

@@ -60,6 +60,8 @@ pub struct PipelineParts {
     pub telemetry: Option<crate::telemetry::PipelineTracer>,
     /// `target.fleet_max_concurrency`: the fleet's slots its batches take too (`None`: off).
     pub fleet: Option<Arc<crate::fleet::FleetSlots>>,
+    /// `target.fleet_rate_per_sec`: the fleet's rate its batches keep to (`None`: off).
+    pub fleet_rate: Option<Arc<crate::fleet::FleetRate>>,
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -84,6 +86,7 @@ impl PipelineParts {
             pool: None,
             telemetry: None,
             fleet: None,
+            fleet_rate: None,
         }
     }
 }
@@ -145,6 +148,7 @@ impl Pipeline {
             pool,
             telemetry,
             fleet,
+            fleet_rate,
             ..
         } = parts;
         let lease_spans = telemetry.as_ref().map(|_| Arc::new(crate::telemetry::LeaseSpans::default()));
@@ -161,7 +165,7 @@ impl Pipeline {
             &metrics.dispatch,
             slots.clone(),
             &breaker,
-            shutdown.drain.clone(),
+            (shutdown.drain.clone(), fleet_rate),
         );
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let work = Arc::new(BatchWork {
@@ -317,7 +321,7 @@ fn dispatcher(
     metrics: &DispatchMetrics,
     slots: Arc<Member>,
     breaker: &Arc<Breaker>,
-    drain: CancellationToken,
+    (drain, fleet_rate): (CancellationToken, Option<Arc<crate::fleet::FleetRate>>),
 ) -> Dispatcher {
     let parts = DispatcherParts {
         batch_size: cfg.batch.size,
@@ -329,6 +333,7 @@ fn dispatcher(
         slots: Some(slots),
         breaker: cfg.target.breaker.enabled.then(|| breaker.clone()),
         drain,
+        fleet_rate,
     };
     Dispatcher::new(&cfg.target, parts)
 }

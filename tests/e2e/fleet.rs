@@ -203,3 +203,56 @@ async fn with_redis_gone_the_fleet_goes_on_with_local_shares_and_comes_back() {
     assert_eq!(sqs.counts(&queue).await, (0, 0), "nothing left, nothing lost");
     let _ = server.start_kill();
 }
+
+/// `target.fleet_rate_per_sec` across three instances: the messages reaching the worker, whichever
+/// instance sent them, never come faster than the fleet's rate. GCRA in Redis admits at most
+/// `rate × L + burst` messages in any stretch of length L (the burst here: a batch of 1); the
+/// check allows 50 ms of network between admission and arrival. Slowness can only lower the rate,
+/// so the bound holds however loaded the machine is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_keep_to_the_fleets_rate() {
+    let redis = redis_url().await;
+    let sqs = sqs().await;
+    let queue = sqs.queue("fleet-rate", &[]).await;
+    let bodies: Vec<String> = (0..80).map(|i| format!("m-{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    let worker = worker(|_| Reply::ok("")).await;
+    let name = unique("fleet-rate");
+    let text = format!(
+        "[fleet]\nredis_url = \"{redis}\"\n{}",
+        http_pipeline_with_target(
+            &name,
+            &queue,
+            &worker.url,
+            "max_concurrency = 4\nfleet_rate_per_sec = 20",
+            "[pipelines.batch]\nsize = 1\n[pipelines.pollers]\nwait_time_secs = 1\n"
+        )
+    );
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(start_poller(&sqs, 5, &text).await);
+    }
+    eventually("every message processed", Duration::from_secs(90), || async { worker.deliveries().len() >= 80 }).await;
+    let mut waited = 0.0;
+    for p in &fleet {
+        waited += p.metric("sqs_poller_fleet_rate_limited_batches_total").await;
+    }
+    for p in fleet {
+        let (status, _, log) = p.stop().await;
+        assert!(status.success(), "{log}");
+    }
+    let mut at: Vec<std::time::Instant> = worker.deliveries().iter().map(|d| d.at).collect();
+    at.sort();
+    let rate = 20.0;
+    for i in 0..at.len() {
+        for j in i + 1..at.len() {
+            let span = (at[j] - at[i]).as_secs_f64() + 0.05;
+            let count = (j - i + 1) as f64;
+            assert!(count <= rate * span + 1.0 + 1.0, "{count} messages within {span:.3} s: faster than 20/s");
+        }
+    }
+    let measured = (at.len() - 1) as f64 / (at[at.len() - 1] - at[0]).as_secs_f64();
+    println!("80 messages through three instances at fleet_rate_per_sec = 20: {measured:.1}/s");
+    assert!(measured <= rate * 1.1, "{measured:.1}/s, more than 10% over the fleet's rate");
+    assert!(waited > 0.0, "the instances waited for the fleet's rate");
+}
