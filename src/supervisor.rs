@@ -211,6 +211,23 @@ impl Supervisor {
         message
     }
 
+    /// The fleet's slots and rate of pipeline `p` (`target.fleet_max_concurrency`,
+    /// `fleet_rate_per_sec`), when `[fleet]` runs.
+    fn fleet_parts(
+        &self,
+        p: &PipelineConfig,
+    ) -> (Option<Arc<crate::fleet::FleetSlots>>, Option<Arc<crate::fleet::FleetRate>>) {
+        let Some(fleet) = &self.clients.fleet else {
+            if p.target.fleet_max_concurrency.is_some() || p.target.fleet_rate_per_sec.is_some() {
+                tracing::warn!(pipeline = %p.name, "target.fleet_max_concurrency and fleet_rate_per_sec need [fleet], which a reload does not start: this pipeline runs without the fleet budget until the next restart");
+            }
+            return (None, None);
+        };
+        (
+            p.target.fleet_max_concurrency.map(|n| fleet.slots(&p.name, n)),
+            p.target.fleet_rate_per_sec.map(|r| fleet.rate(&p.name, r.get(), p.batch.size as u32)),
+        )
+    }
     /// Starts one pipeline under a child of the service's shutdown.
     async fn start(&mut self, p: &PipelineConfig, from_reload: bool) -> anyhow::Result<()> {
         let ready = Arc::new(AtomicBool::new(false));
@@ -228,17 +245,7 @@ impl Supervisor {
                 .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
         let shutdown = self.shutdown.child();
         let pool = p.target.pool.as_ref().map(|member| self.pool_slots(member));
-        let fleet_keys = p.target.fleet_max_concurrency.is_some() || p.target.fleet_rate_per_sec.is_some();
-        if fleet_keys && self.clients.fleet.is_none() {
-            tracing::warn!(pipeline = %p.name, "target.fleet_max_concurrency and fleet_rate_per_sec need [fleet], which a reload does not start: this pipeline runs without the fleet budget until the next restart");
-        }
-        let fleet = self.clients.fleet.as_ref().zip(p.target.fleet_max_concurrency).map(|(f, n)| f.slots(&p.name, n));
-        let fleet_rate = self
-            .clients
-            .fleet
-            .as_ref()
-            .zip(p.target.fleet_rate_per_sec)
-            .map(|(f, r)| f.rate(&p.name, r.get(), p.batch.size as u32));
+        let (fleet, fleet_rate) = self.fleet_parts(p);
         let parts = PipelineParts {
             pool,
             fleet,
