@@ -70,6 +70,8 @@ pub const FLEET_SLOTS_HELD: &str = "sqs_poller_fleet_slots_held";
 pub const FLEET_SLOT_WAIT: &str = "sqs_poller_fleet_slot_wait_seconds";
 pub const FLEET_REDIS_ERRORS: &str = "sqs_poller_fleet_redis_errors_total";
 pub const FLEET_RATE_LIMITED: &str = "sqs_poller_fleet_rate_limited_batches_total";
+pub const IDEMPOTENT_SKIPS: &str = "sqs_poller_idempotent_skips_total";
+pub const IDEMPOTENT_WAITS: &str = "sqs_poller_idempotent_waits_total";
 pub const CONFIG_INFO: &str = "sqs_poller_config_info";
 pub const TELEMETRY_SPANS: &str = "sqs_poller_telemetry_spans_total";
 
@@ -199,6 +201,8 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Gauge, FLEET_SLOTS_HELD, Some(Unit::Count), "[fleet]: fleet slots this instance holds (shared or of its local share)."),
     (Kind::Histogram, FLEET_SLOT_WAIT, Some(Unit::Seconds), "[fleet]: how long a batch waited for a fleet slot (after its local one)."),
     (Kind::Counter, FLEET_REDIS_ERRORS, Some(Unit::Count), "[fleet]: Redis calls that failed (unreachable, timed out, refused)."),
+    (Kind::Counter, IDEMPOTENT_SKIPS, Some(Unit::Count), "[pipelines.idempotency]: messages whose key was completed already, deleted without reaching the worker."),
+    (Kind::Counter, IDEMPOTENT_WAITS, Some(Unit::Count), "[pipelines.idempotency]: messages whose key another message held, retried once its claim would expire."),
     (Kind::Counter, FLEET_RATE_LIMITED, Some(Unit::Count), "[fleet]: batches that waited for the fleet's rate (target.fleet_rate_per_sec)."),
     (Kind::Counter, CONFIG_RELOADS, Some(Unit::Count), "Configuration reloads (SIGHUP) by outcome: ok, error (the file was rejected; the running configuration kept going)."),
     (Kind::Gauge, CONFIG_INFO, None, "The configuration file in use: 1 for the hash of the loaded file (FNV-1a 64 of its bytes), 0 for files loaded before it."),

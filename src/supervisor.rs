@@ -213,20 +213,21 @@ impl Supervisor {
 
     /// The fleet's slots and rate of pipeline `p` (`target.fleet_max_concurrency`,
     /// `fleet_rate_per_sec`), when `[fleet]` runs.
-    fn fleet_parts(
-        &self,
-        p: &PipelineConfig,
-    ) -> (Option<Arc<crate::fleet::FleetSlots>>, Option<Arc<crate::fleet::FleetRate>>) {
+    fn fleet_parts(&self, p: &PipelineConfig) -> crate::fleet::PipelineFleet {
         let Some(fleet) = &self.clients.fleet else {
-            if p.target.fleet_max_concurrency.is_some() || p.target.fleet_rate_per_sec.is_some() {
-                tracing::warn!(pipeline = %p.name, "target.fleet_max_concurrency and fleet_rate_per_sec need [fleet], which a reload does not start: this pipeline runs without the fleet budget until the next restart");
+            let wants = p.target.fleet_max_concurrency.is_some()
+                || p.target.fleet_rate_per_sec.is_some()
+                || p.idempotency.is_some();
+            if wants {
+                tracing::warn!(pipeline = %p.name, "target.fleet_max_concurrency, fleet_rate_per_sec and [pipelines.idempotency] need [fleet], which a reload does not start: this pipeline runs without them until the next restart");
             }
-            return (None, None);
+            return crate::fleet::PipelineFleet::default();
         };
-        (
-            p.target.fleet_max_concurrency.map(|n| fleet.slots(&p.name, n)),
-            p.target.fleet_rate_per_sec.map(|r| fleet.rate(&p.name, r.get(), p.batch.size as u32)),
-        )
+        crate::fleet::PipelineFleet {
+            slots: p.target.fleet_max_concurrency.map(|n| fleet.slots(&p.name, n)),
+            rate: p.target.fleet_rate_per_sec.map(|r| fleet.rate(&p.name, r.get(), p.batch.size as u32)),
+            idempotency: p.idempotency.as_ref().map(|i| fleet.idempotency(&p.name, i.key.clone(), i.ttl)),
+        }
     }
     /// Starts one pipeline under a child of the service's shutdown.
     async fn start(&mut self, p: &PipelineConfig, from_reload: bool) -> anyhow::Result<()> {
@@ -245,11 +246,10 @@ impl Supervisor {
                 .with_context(|| format!("pipeline {}: cannot start its target", p.name))?;
         let shutdown = self.shutdown.child();
         let pool = p.target.pool.as_ref().map(|member| self.pool_slots(member));
-        let (fleet, fleet_rate) = self.fleet_parts(p);
+        let fleet = self.fleet_parts(p);
         let parts = PipelineParts {
             pool,
             fleet,
-            fleet_rate,
             telemetry: self.clients.telemetry.as_ref().map(|t| t.pipeline(&p.name, &p.queue_url)),
             config: p.clone(),
             queue: Arc::new(

@@ -118,6 +118,25 @@ pub struct PipelineConfig {
     pub lease: LeaseConfig,
     /// `[pipelines.large_payloads]`: resolve SQS Extended Client pointers from S3.
     pub large_payloads: Option<LargePayloadConfig>,
+    /// `[pipelines.idempotency]`: a key reaches the worker once across the fleet (`[fleet]`).
+    pub idempotency: Option<IdempotencyConfig>,
+}
+
+/// `[pipelines.idempotency]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyConfig {
+    pub key: IdempotencyKey,
+    /// How long a completed key keeps later copies away.
+    pub ttl: Duration,
+}
+
+/// What a message's idempotency key is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdempotencyKey {
+    /// Its message id: a redelivery of the same message (a lost delete, a crash) is caught.
+    MessageId,
+    /// The value at this JSON pointer into its body: duplicate sends of one business key too.
+    Pointer(String),
 }
 
 /// `[pipelines.large_payloads]`.
@@ -397,7 +416,8 @@ impl ConfigError {
 }
 
 /// FNV-1a 64: a fingerprint for change detection, not a cryptographic hash.
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// FNV-1a, 64 bits.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 

@@ -100,6 +100,14 @@ struct RawPipeline {
     #[serde(default)]
     lease: RawLease,
     large_payloads: Option<RawLargePayloads>,
+    idempotency: Option<RawIdempotency>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdempotency {
+    key: Option<String>,
+    ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,12 +286,13 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     let pipelines = validate_pipelines(&mut c, raw.pipelines, &pools);
     for (i, p) in pipelines.iter().enumerate() {
         let keys = [
-            ("fleet_max_concurrency", p.target.fleet_max_concurrency.is_some()),
-            ("fleet_rate_per_sec", p.target.fleet_rate_per_sec.is_some()),
+            ("target.fleet_max_concurrency", p.target.fleet_max_concurrency.is_some()),
+            ("target.fleet_rate_per_sec", p.target.fleet_rate_per_sec.is_some()),
+            ("idempotency", p.idempotency.is_some()),
         ];
         for (key, _) in keys.iter().filter(|(_, set)| *set && fleet.is_none()) {
             c.fail(
-                format!("pipelines[{i}].target.{key}"),
+                format!("pipelines[{i}].{key}"),
                 "needs the fleet's Redis: set [fleet] redis_url (redis:// or rediss://)",
             );
         }
@@ -493,7 +502,9 @@ fn validate_pipeline(
     let filter = p.filter.and_then(|f| validate_filter(c, at, f, &name));
     let lease = validate_lease(c, at, p.lease, &target, &batch);
     let large_payloads = p.large_payloads.map(|l| validate_large_payloads(c, at, l));
+    let idempotency = p.idempotency.map(|i| validate_idempotency(c, at, i));
     PipelineConfig {
+        idempotency,
         large_payloads,
         lease,
         name,
@@ -507,6 +518,23 @@ fn validate_pipeline(
         dead_letter,
         depth_interval: Duration::from_secs(depth_interval),
     }
+}
+
+/// `[pipelines.idempotency]`: `key` is `message_id` (the default) or a JSON pointer into the body.
+fn validate_idempotency(c: &mut Checker, at: &str, i: RawIdempotency) -> IdempotencyConfig {
+    let ttl = c.ranged(&format!("{at}.idempotency.ttl_secs"), i.ttl_secs, 3600, 1, 30 * 86_400);
+    let key = match i.key.as_deref() {
+        None | Some("message_id") => IdempotencyKey::MessageId,
+        Some(p) if p.starts_with('/') => IdempotencyKey::Pointer(p.to_string()),
+        Some(other) => {
+            c.fail(
+                format!("{at}.idempotency.key"),
+                format!("`{other}` is neither \"message_id\" nor a JSON pointer into the body (\"/order/id\")"),
+            );
+            IdempotencyKey::MessageId
+        }
+    };
+    IdempotencyConfig { key, ttl: Duration::from_secs(ttl) }
 }
 
 fn validate_pollers(c: &mut Checker, at: &str, p: RawPollers) -> PollerConfig {

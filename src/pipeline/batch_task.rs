@@ -30,6 +30,8 @@ pub(super) struct BatchWork {
     /// `[telemetry]`: the batch spans, and the lease keeper's view of them.
     pub tracer: Option<crate::telemetry::PipelineTracer>,
     pub lease_spans: Option<Arc<crate::telemetry::LeaseSpans>>,
+    /// `[pipelines.idempotency]`: keys claimed before dispatch, completed after success.
+    pub idempotency: Option<Arc<crate::fleet::idempotency::Idempotency>>,
 }
 
 /// Runs cut batches in their own tasks, at most the concurrency limit at once.
@@ -44,6 +46,16 @@ pub(super) struct BatchRunner {
 }
 
 impl BatchRunner {
+    pub(super) fn new(
+        work: &Arc<BatchWork>,
+        slots: Arc<Member>,
+        fleet: Option<Arc<crate::fleet::FleetSlots>>,
+        scaling: &Arc<Scaling>,
+        tasks: &TaskTracker,
+    ) -> Self {
+        BatchRunner { work: work.clone(), slots, fleet, scaling: scaling.clone(), tasks: tasks.clone() }
+    }
+
     /// Tells the autoscaler how many batches are in flight, of how many the limit allows.
     fn report_saturation(slots: &Member, scaling: &Scaling) {
         let (in_flight, limit) = slots.saturation();
@@ -171,13 +183,28 @@ async fn dispatch_and_settle(
 ) -> Vec<(String, i32)> {
     let traceparent = span.map(crate::telemetry::BatchSpan::traceparent);
     let dispatching = span.map(|s| s.child("dispatch", None));
-    let outcome = work.dispatcher.dispatch(batch, &work.abandon, traceparent.as_deref(), slot).await;
+    let (outcome, claims) = match &work.idempotency {
+        None => (work.dispatcher.dispatch(batch, &work.abandon, traceparent.as_deref(), slot).await, Vec::new()),
+        Some(idem) => {
+            let claims = idem.claim(batch).await;
+            let dispatching = dispatch_claimed(work, batch, &claims, traceparent.as_deref(), slot);
+            let outcome = tokio::select! {
+                o = dispatching => o,
+                () = idem.keep_claimed(&claims) => unreachable!("keep_claimed runs until dropped"),
+            };
+            (outcome, claims)
+        }
+    };
     if let Some(child) = dispatching {
         let (name, error) = outcome_of(&outcome);
         child.dispatched(name, error);
     }
     let settling = span.map(|s| s.child("settle", Some("settle")));
     let (plan, failed) = settle(work, batch, groups, &outcome).await;
+    if let (Some(idem), false) = (&work.idempotency, claims.is_empty()) {
+        let deleted = plan.as_ref().map(|p| p.delete.clone()).unwrap_or_default();
+        idem.finish(&claims, |i| deleted.contains(&i)).await;
+    }
     if let Some(child) = settling {
         child.end();
     }
@@ -187,6 +214,63 @@ async fn dispatch_and_settle(
         s.settled(batch, name, error, settled);
     }
     failed
+}
+
+/// Dispatches the messages of `batch` whose claims allow it (claimed, or without a key) and
+/// answers for the whole batch: a completed key's message succeeded (deleted, never dispatched),
+/// a busy key's failed asking to come back when the other claim would expire — on a FIFO queue
+/// with the rest of its group behind it, never dispatched ahead of it.
+async fn dispatch_claimed(
+    work: &BatchWork,
+    batch: &Batch,
+    claims: &[crate::fleet::idempotency::Claim],
+    traceparent: Option<&str>,
+    slot: &mut Option<crate::dispatch::concurrency::SlotHold<'_>>,
+) -> Outcome {
+    use crate::dispatch::response::{Ask, Failed, Verdict};
+    use crate::fleet::idempotency::Claim;
+    let mut go = Vec::new();
+    let mut held = Vec::new();
+    let mut stopped: Vec<&str> = Vec::new();
+    for (i, (m, claim)) in batch.iter().zip(claims).enumerate() {
+        let group = m.group_id.as_deref();
+        if group.is_some_and(|g| stopped.contains(&g)) {
+            held.push(Failed::at(i));
+            continue;
+        }
+        match claim {
+            Claim::Completed => {}
+            Claim::Busy(d) => {
+                held.push(Failed {
+                    index: i,
+                    ask: Ask::RetryAfter(d.as_secs().max(1) + u64::from(d.subsec_nanos() > 0)),
+                });
+                stopped.extend(group);
+            }
+            Claim::Claimed { .. } | Claim::Unkeyed => go.push(i),
+        }
+    }
+    if go.len() == batch.len() {
+        return work.dispatcher.dispatch(batch, &work.abandon, traceparent, slot).await;
+    }
+    let mut failed = held;
+    let mut reason = crate::dispatch::response::ITEM_FAILURE_REASON.to_string();
+    if !go.is_empty() {
+        let part: Batch = go.iter().map(|&i| batch[i].clone()).collect();
+        match work.dispatcher.dispatch(&part, &work.abandon, traceparent, slot).await {
+            Outcome::Answered(v) => match v {
+                Verdict::AllSucceeded => {}
+                Verdict::Partial(f) => failed.extend(f.into_iter().map(|f| f.moved_to(&go))),
+                Verdict::AllFailed(why) => {
+                    failed.extend(go.iter().map(|&i| Failed::at(i)));
+                    reason = why;
+                }
+            },
+            other => return other,
+        }
+    }
+    failed.sort_by_key(|f| f.index);
+    Outcome::Answered(Verdict::of_failures(failed, batch.len(), reason))
 }
 
 /// Settles a dispatch's outcome: the plan carried out (none when the batch was abandoned and

@@ -58,10 +58,8 @@ pub struct PipelineParts {
     pub pool: Option<Arc<Slots>>,
     /// `[telemetry]`: the pipeline's spans (`None`: off).
     pub telemetry: Option<crate::telemetry::PipelineTracer>,
-    /// `target.fleet_max_concurrency`: the fleet's slots its batches take too (`None`: off).
-    pub fleet: Option<Arc<crate::fleet::FleetSlots>>,
-    /// `target.fleet_rate_per_sec`: the fleet's rate its batches keep to (`None`: off).
-    pub fleet_rate: Option<Arc<crate::fleet::FleetRate>>,
+    /// `[fleet]`: the slots, rate and idempotency window it shares with the other instances.
+    pub fleet: crate::fleet::PipelineFleet,
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -85,8 +83,7 @@ impl PipelineParts {
             payloads: None,
             pool: None,
             telemetry: None,
-            fleet: None,
-            fleet_rate: None,
+            fleet: crate::fleet::PipelineFleet::default(),
         }
     }
 }
@@ -148,7 +145,6 @@ impl Pipeline {
             pool,
             telemetry,
             fleet,
-            fleet_rate,
             ..
         } = parts;
         let lease_spans = telemetry.as_ref().map(|_| Arc::new(crate::telemetry::LeaseSpans::default()));
@@ -165,7 +161,7 @@ impl Pipeline {
             &metrics.dispatch,
             slots.clone(),
             &breaker,
-            (shutdown.drain.clone(), fleet_rate),
+            (shutdown.drain.clone(), fleet.rate),
         );
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let work = Arc::new(BatchWork {
@@ -176,10 +172,11 @@ impl Pipeline {
             done: done_tx,
             tracer: telemetry.clone(),
             lease_spans,
+            idempotency: fleet.idempotency,
         });
         let batches = TaskTracker::new();
         let (tx, rx) = mpsc::channel(cfg.pollers.max.max(2));
-        let runner = BatchRunner { work: work.clone(), slots, fleet, scaling: scaling.clone(), tasks: batches.clone() };
+        let runner = BatchRunner::new(&work, slots, fleet.slots, &scaling, &batches);
         let batcher = batcher(&cfg, rx, done_rx, runner, &metrics.batch);
         let stage = PollerStage {
             config: cfg.pollers.clone(),

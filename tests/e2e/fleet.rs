@@ -75,28 +75,24 @@ async fn a_killed_instances_slots_come_back_after_their_time_to_live() {
     let bodies: Vec<String> = (0..40).map(|i| format!("m-{i}")).collect();
     sqs.send_bodies(&queue, &bodies).await;
     let load = Arc::new(Load::default());
-    let worker = slow_worker(load.clone()).await;
+    // batches of a second: the victim still holds its slot when it is killed
+    let worker = counted_worker(load.clone(), |_, _| Reply { delay: Duration::from_secs(1), ..Reply::ok("") }).await;
     let name = unique("fleet-kill");
     let mut fleet = fleet_of_three(&name, &queue, &redis, &worker, 4).await;
-    // the first instance to hold a slot is killed with it
-    let victim = loop {
-        let mut holding = None;
-        for (i, p) in fleet.iter().enumerate() {
-            if p.metric("sqs_poller_fleet_slots_held").await > 0.0 {
-                holding = Some(i);
-                break;
-            }
-        }
-        if let Some(i) = holding {
-            break fleet.remove(i);
+    let mut c = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = format!("sqs-poller:{name}:slots");
+    // the instance of a slot in Redis (members are named HOST-PID-N:K) is killed with it
+    let (mut victim, prefix) = loop {
+        let members: Vec<String> = redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(&mut c).await.unwrap();
+        let found =
+            members.iter().find_map(|m| fleet.iter().position(|p| m.contains(&format!("-{}-", p.child.id().unwrap()))));
+        if let Some(i) = found {
+            let victim = fleet.remove(i);
+            let prefix = format!("-{}-", victim.child.id().unwrap());
+            break (victim, prefix);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let mut victim = victim;
-    let mut c = redis::Client::open(redis.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let key = format!("sqs-poller:{name}:slots");
-    // its slots are members named after its process
-    let prefix = format!("-{}-", victim.child.id().unwrap());
     victim.child.start_kill().unwrap();
     let _ = victim.child.wait().await;
     let members: Vec<String> = redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(&mut c).await.unwrap();
@@ -255,4 +251,93 @@ async fn three_instances_keep_to_the_fleets_rate() {
     println!("80 messages through three instances at fleet_rate_per_sec = 20: {measured:.1}/s");
     assert!(measured <= rate * 1.1, "{measured:.1}/s, more than 10% over the fleet's rate");
     assert!(waited > 0.0, "the instances waited for the fleet's rate");
+}
+
+/// `[pipelines.idempotency]` with a JSON pointer: ten orders sent three times each, interleaved,
+/// to three instances. Each order reaches the worker once; its other copies are deleted without
+/// reaching it (or wait while the first copy runs, then are deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_sends_of_one_key_reach_the_worker_once_across_the_fleet() {
+    let redis = redis_url().await;
+    let sqs = sqs().await;
+    let queue = sqs.queue("fleet-idem", &[]).await;
+    let bodies: Vec<String> =
+        (0..30).map(|i| format!(r#"{{"order": {{"id": "o-{}"}}, "copy": {}}}"#, i % 10, i / 10)).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    let load = Arc::new(Load::default());
+    let worker = slow_worker(load).await;
+    let name = unique("fleet-idem");
+    let text = format!(
+        "[fleet]\nredis_url = \"{redis}\"\nslot_ttl_secs = 3\n{}",
+        http_pipeline(
+            &name,
+            &queue,
+            &worker.url,
+            "[pipelines.batch]\nsize = 3\nwindow_ms = 50\n[pipelines.pollers]\nwait_time_secs = 1\n\
+             [pipelines.idempotency]\nkey = \"/order/id\"\nttl_secs = 600\n"
+        )
+    );
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(start_poller(&sqs, 5, &text).await);
+    }
+    eventually("every copy settled", Duration::from_secs(90), || async { sqs.counts(&queue).await == (0, 0) }).await;
+    let (mut skips, mut waits) = (0.0, 0.0);
+    for p in &fleet {
+        skips += p.metric(&format!("sqs_poller_idempotent_skips_total{{pipeline=\"{name}\"}}")).await;
+        waits += p.metric(&format!("sqs_poller_idempotent_waits_total{{pipeline=\"{name}\"}}")).await;
+    }
+    for p in fleet {
+        let (status, _, log) = p.stop().await;
+        assert!(status.success(), "{log}");
+    }
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for d in worker.deliveries() {
+        for r in d.records() {
+            let body: serde_json::Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+            *seen.entry(body["order"]["id"].as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 10, "every order reached the worker: {seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "an order reached the worker twice: {seen:?}");
+    assert_eq!(skips, 20.0, "the other 20 copies deleted without reaching the worker (waits on the way: {waits})");
+}
+
+/// `key = "message_id"` catches a redelivery after a lost delete: instance A's worker succeeds,
+/// then A loses SQS (its delete and its lease extensions fail), the message comes back, and
+/// instance B deletes it without sending it to the worker again: the key was completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_after_a_lost_delete_does_not_reach_the_worker_again() {
+    use crate::common::proxy::{Fault, FaultProxy};
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let redis = redis_url().await;
+    let sqs = sqs().await;
+    let queue = sqs.queue("fleet-lost-delete", &[(QueueAttributeName::VisibilityTimeout, "4")]).await;
+    let proxy = Arc::new(FaultProxy::start(&sqs.endpoint).await);
+    let cut = proxy.clone();
+    // the first time the worker sees a message, A's way to SQS is cut before it answers
+    let worker = worker(move |_| {
+        cut.set(Fault::Cut);
+        Reply::ok("")
+    })
+    .await;
+    let name = unique("fleet-lost-delete");
+    let text = format!(
+        "[fleet]\nredis_url = \"{redis}\"\nslot_ttl_secs = 3\n{}",
+        http_pipeline(&name, &queue, &worker.url, "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.idempotency]\n")
+    );
+    let mut a = spawn_poller(&proxy.url, 2, &text);
+    a.wait_listening().await;
+    sqs.send_bodies(&queue, &["once".to_string()]).await;
+    eventually("A's worker processed it", Duration::from_secs(30), || async { !worker.deliveries().is_empty() }).await;
+    let b = start_poller(&sqs, 5, &text).await;
+    eventually("B deleted the redelivery", Duration::from_secs(60), || async { sqs.counts(&queue).await == (0, 0) })
+        .await;
+    let skips = b.metric(&format!("sqs_poller_idempotent_skips_total{{pipeline=\"{name}\"}}")).await;
+    let (status, _, log) = b.stop().await;
+    assert!(status.success(), "{log}");
+    a.sigterm();
+    let _ = a.child.wait().await;
+    assert_eq!(worker.deliveries().len(), 1, "the worker saw it once");
+    assert_eq!(skips, 1.0, "B deleted it without dispatching it");
 }

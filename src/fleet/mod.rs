@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod idempotency;
+
 use redis::aio::ConnectionManager;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -269,6 +271,17 @@ impl FleetRate {
             }
         }
     }
+}
+
+/// A pipeline's parts of the fleet: each `None` when its key is not set (or `[fleet]` is off).
+#[derive(Default, Clone)]
+pub struct PipelineFleet {
+    /// `target.fleet_max_concurrency`.
+    pub slots: Option<Arc<FleetSlots>>,
+    /// `target.fleet_rate_per_sec`.
+    pub rate: Option<Arc<FleetRate>>,
+    /// `[pipelines.idempotency]`.
+    pub idempotency: Option<Arc<idempotency::Idempotency>>,
 }
 
 fn hostname() -> String {
