@@ -26,7 +26,7 @@ pub struct ReceiveStamp {
 /// poll given up at shutdown (the service stops in a moment instead of waiting out
 /// `wait_time_secs`) can only hide what SQS handed it for this long, whatever the queue's
 /// timeout. A batch settled within half of it needs no extension at all.
-pub const RECEIVE_VISIBILITY: Duration = Duration::from_secs(10);
+pub const RECEIVE_VISIBILITY: Duration = Duration::from_secs(30);
 
 impl Lease {
     fn window(&self) -> Duration {
@@ -561,16 +561,16 @@ mod tests {
     #[test]
     fn a_short_receive_visibility_is_extended_to_the_tables() {
         let t0 = Instant::now();
-        let mut t = LeaseTable::new(secs(60), secs(3600));
+        let mut t = LeaseTable::new(secs(120), secs(3600));
         let stamp = ReceiveStamp { sent_at: t0, visibility: RECEIVE_VISIBILITY.min(t.visibility) };
-        assert_eq!(stamp.visibility, secs(10));
+        assert_eq!(stamp.visibility, secs(30));
         t.admit("m", "rh", stamp);
-        assert_eq!(t.next_due(t0), Some(t0 + secs(5)), "half of the receive's 10 s");
-        assert!(t.due(t0 + secs(4)).0.is_empty());
-        let (due, _) = t.due(t0 + secs(5));
-        assert_eq!(due[0].visibility_secs, 60, "the extension asks for the table's visibility");
-        t.extended(&due[0], t0 + secs(5));
-        assert_eq!(t.next_due(t0 + secs(5)), Some(t0 + secs(35)), "then half of 60 s");
+        assert_eq!(t.next_due(t0), Some(t0 + secs(15)), "half of the receive's 30 s");
+        assert!(t.due(t0 + secs(14)).0.is_empty());
+        let (due, _) = t.due(t0 + secs(15));
+        assert_eq!(due[0].visibility_secs, 120, "the extension asks for the table's visibility");
+        t.extended(&due[0], t0 + secs(15));
+        assert_eq!(t.next_due(t0 + secs(15)), Some(t0 + secs(75)), "then half of 120 s");
     }
 
     #[test]

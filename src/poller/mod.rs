@@ -2,8 +2,10 @@
 //!
 //! The [`Fleet`] keeps as many `poller` tasks alive as the [`scaling::Autoscaler`] wants and
 //! retires the newest first. A retired poller lets its long poll return and hands the messages
-//! on. At shutdown every open long poll is given up at once, so that an idle service stops in a
-//! moment rather than after `wait_time_secs`: receives ask for a short visibility timeout
+//! on. At shutdown every open long poll is given up after a second ([`RECEIVE_GIVE_UP_AFTER`]:
+//! a receive that is answering finishes, and its messages are released as any others), so that
+//! an idle service stops in a moment rather than after `wait_time_secs`: receives ask for a
+//! short visibility timeout
 //! ([`crate::lease::RECEIVE_VISIBILITY`], extended by the lease once messages are held), so what
 //! SQS handed a given-up receive comes back within it. A poller takes room for the messages it may receive from the
 //! [`LeaseKeeper`] *before* it receives, so the messages outstanding never exceed
@@ -203,6 +205,17 @@ impl Drop for Alive {
     }
 }
 
+/// How long an open receive may still answer once shutdown begins: one that is answering
+/// (messages on their way) finishes and hands them on, to be released properly; a long poll
+/// waiting on an empty queue is given up after it.
+pub const RECEIVE_GIVE_UP_AFTER: Duration = Duration::from_secs(1);
+
+/// Resolves [`RECEIVE_GIVE_UP_AFTER`] after `stop` fires.
+async fn given_up(stop: &CancellationToken) {
+    stop.cancelled().await;
+    tokio::time::sleep(RECEIVE_GIVE_UP_AFTER).await;
+}
+
 /// One poller: take room, receive, hand on; until retired.
 async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMessage>>, retire: CancellationToken) {
     let _alive = Alive::new(&stage.metrics);
@@ -221,7 +234,7 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
         let attempt_id = attempt.id(stamp.sent_at);
         let result = tokio::select! {
             r = stage.queue.receive_attempt(cfg.wait_time, Some(stamp.visibility), attempt_id.as_deref()) => r,
-            () = stage.stop.cancelled() => {
+            () = given_up(&stage.stop) => {
                 tracing::debug!(pipeline = %stage.metrics.pipeline, visibility_secs = stamp.visibility.as_secs(), "shutdown: an open receive given up (anything it took comes back within its visibility timeout)");
                 break;
             }

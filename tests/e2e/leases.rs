@@ -148,9 +148,9 @@ async fn kept_messages_come_back_after_the_keep_delay_without_spinning() {
     let (status, _, log) = poller.stop().await;
     assert!(status.success(), "{log}");
     // nothing deleted: all ten come back (the last kept ones after their 2 s delay; any a receive
-    // given up at the stop took, after that receive's 10 s, lease::RECEIVE_VISIBILITY)
+    // given up at the stop took, after that receive's visibility, lease::RECEIVE_VISIBILITY)
     let back = Mutex::new(0);
-    eventually("all ten messages back in the queue", Duration::from_secs(25), || async {
+    eventually("all ten messages back in the queue", Duration::from_secs(45), || async {
         let n = sqs.take_all(&queue).await.len();
         let mut back = back.lock().unwrap();
         *back += n;

@@ -70,7 +70,7 @@ async fn sigterm_during_a_slow_batch_finishes_or_releases_everything() {
 /// waited out (before, it stopped when they returned: up to 20 s). A receive given up by its
 /// client may still take messages on the server — LocalStack, as SQS, hands messages to a long
 /// poll until its wait ends — and they stay hidden for the visibility timeout that receive asked
-/// for. Receives ask for a short one (lease::RECEIVE_VISIBILITY, 10 s), so on a queue whose own
+/// for. Receives ask for a short one (lease::RECEIVE_VISIBILITY, 30 s), so on a queue whose own
 /// timeout is 12 hours the messages sent just after the stop still reach another consumer: none
 /// is lost, none hidden for the queue's timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

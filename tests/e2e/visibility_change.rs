@@ -52,10 +52,11 @@ async fn lower_the_visibility_while_running(sqs: Sqs) {
         })
         .await;
     }
-    // a long poll sent before the change asked for 10 s (a receive's at most, lease::RECEIVE_VISIBILITY);
+    // a long poll sent before the change asked for 30 s (a receive's at most, lease::RECEIVE_VISIBILITY);
     // wait until none is open, so that every receive counted next asks for the new 6 s
-    eventually("no receive asking for 10 s is open", Duration::from_secs(15), || async {
-        proxy.state.lock().unwrap().open_receives.get(&Some(10)).copied().unwrap_or(0) == 0
+    let most = sqs_poller::lease::RECEIVE_VISIBILITY.as_secs();
+    eventually("no receive asking for the most a receive asks is open", Duration::from_secs(15), || async {
+        proxy.state.lock().unwrap().open_receives.get(&Some(most)).copied().unwrap_or(0) == 0
     })
     .await;
     // what SQS is asked for from here on
@@ -72,7 +73,7 @@ async fn lower_the_visibility_while_running(sqs: Sqs) {
     })
     .await;
     let (log_a, log_b) = (a.log_text(), b.log_text());
-    // what SQS saw: every receive asked for a visibility, 10 s before the change was adopted (a
+    // what SQS saw: every receive asked for a visibility, 30 s before the change was adopted (a
     // receive's at most; the queue's 300 s is what extensions ask for) and 6 s after; the 14 s
     // batches were extended, each time for 6 s
     let (receives, changes) = {
@@ -80,7 +81,7 @@ async fn lower_the_visibility_while_running(sqs: Sqs) {
         (s.receive_visibility.clone(), s.visibility_changes.clone())
     };
     assert!(receives.iter().all(Option::is_some), "a receive asked for no visibility: {receives:?}");
-    assert!(receives[..2].iter().all(|v| *v == Some(10)), "before the change: {receives:?}");
+    assert!(receives[..2].iter().all(|v| *v == Some(most)), "before the change: {receives:?}");
     let after: Vec<Option<u64>> = receives[receives_before..].to_vec();
     assert!(!after.is_empty() && after.iter().all(|v| *v == Some(6)), "after the change: {after:?}");
     let extensions: Vec<u64> = changes[changes_before..].iter().copied().filter(|&v| v > 0).collect();
