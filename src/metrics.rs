@@ -132,6 +132,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(DISPATCH_DURATION.into()), &dispatch_buckets)?
         .set_buckets_for_metric(Matcher::Full(GROUP_CAP_WAIT.into()), &dispatch_buckets)?
         .set_buckets_for_metric(Matcher::Full(SLOT_WAIT.into()), &dispatch_buckets)?
+        .set_buckets_for_metric(Matcher::Full(FLEET_SLOT_WAIT.into()), &dispatch_buckets)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &size_buckets)?
         .install_recorder()?;
     describe();
@@ -765,14 +766,11 @@ mod process_tests {
     }
 }
 
-/// `[fleet]`: the shared budget's handles (one set per instance).
+/// `[fleet]`: the instance's link to the fleet's Redis (the pipelines' own series are theirs).
 #[derive(Clone)]
 pub struct FleetMetrics {
     pub shared: Gauge,
-    pub held: Gauge,
-    pub wait: Histogram,
     pub errors: Counter,
-    pub rate_limited: Counter,
 }
 
 impl FleetMetrics {
@@ -782,16 +780,6 @@ impl FleetMetrics {
         shared.set(1.0);
         let errors = metrics::counter!(FLEET_REDIS_ERRORS);
         errors.increment(0);
-        FleetMetrics {
-            shared,
-            held: metrics::gauge!(FLEET_SLOTS_HELD),
-            wait: metrics::histogram!(FLEET_SLOT_WAIT),
-            errors,
-            rate_limited: {
-                let c = metrics::counter!(FLEET_RATE_LIMITED);
-                c.increment(0);
-                c
-            },
-        }
+        FleetMetrics { shared, errors }
     }
 }

@@ -62,13 +62,14 @@ const RATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local interval = tonumber(ARGV[1])
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
-local new_tat = tat + interval * tonumber(ARGV[3])
-local wait = new_tat - now - interval * tonumber(ARGV[2])
-if wait > 0 then
+-- relative to now: milliseconds since the epoch are too large for the sums to stay exact
+local ahead = math.max(tonumber(redis.call('GET', KEYS[1]) or now) - now, 0)
+local new_ahead = ahead + interval * tonumber(ARGV[3])
+local wait = new_ahead - interval * tonumber(ARGV[2])
+if wait > 0.001 then
   return math.ceil(wait)
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+redis.call('SET', KEYS[1], string.format('%.3f', now + new_ahead), 'PX', math.ceil(new_ahead) + 1000)
 return 0
 ";
 
@@ -179,7 +180,11 @@ impl Fleet {
 
     /// The slots of `pipeline`, at most `limit` held across the fleet.
     pub fn slots(self: &Arc<Self>, pipeline: &str, limit: usize) -> Arc<FleetSlots> {
+        let held = metrics::gauge!(crate::metrics::FLEET_SLOTS_HELD, "pipeline" => pipeline.to_string());
+        held.set(0.0);
         Arc::new(FleetSlots {
+            held,
+            wait: metrics::histogram!(crate::metrics::FLEET_SLOT_WAIT, "pipeline" => pipeline.to_string()),
             fleet: self.clone(),
             key: format!("sqs-poller:{pipeline}:slots"),
             limit,
@@ -194,7 +199,10 @@ impl Fleet {
     /// The fleet-wide rate of `pipeline`: `per_sec` messages a second across the fleet, in
     /// bursts of at most `burst` (a whole batch).
     pub fn rate(self: &Arc<Self>, pipeline: &str, per_sec: u32, burst: u32) -> Arc<FleetRate> {
+        let rate_limited = metrics::counter!(crate::metrics::FLEET_RATE_LIMITED, "pipeline" => pipeline.to_string());
+        rate_limited.increment(0);
         Arc::new(FleetRate {
+            rate_limited,
             fleet: self.clone(),
             key: format!("sqs-poller:{pipeline}:rate"),
             per_sec: per_sec.max(1),
@@ -213,6 +221,8 @@ pub struct FleetRate {
     /// While Redis is away: a limiter of the local share (the rate divided by the instances
     /// last seen), made again when the share changes.
     local: Mutex<Option<(u32, Arc<governor::DefaultDirectRateLimiter>)>>,
+    /// `sqs_poller_fleet_rate_limited_batches_total` of the pipeline.
+    rate_limited: metrics::Counter,
 }
 
 impl FleetRate {
@@ -230,7 +240,7 @@ impl FleetRate {
                 Ok(0) => {
                     self.fleet.answered();
                     if waited {
-                        self.fleet.metrics.rate_limited.increment(1);
+                        self.rate_limited.increment(1);
                     }
                     return waited;
                 }
@@ -249,7 +259,7 @@ impl FleetRate {
                             limiter.until_ready().await;
                         }
                     }
-                    self.fleet.metrics.rate_limited.increment(1);
+                    self.rate_limited.increment(1);
                     return true;
                 }
             }
@@ -297,6 +307,9 @@ pub struct FleetSlots {
     local: Arc<Semaphore>,
     local_taken: AtomicUsize,
     pipeline: String,
+    /// `sqs_poller_fleet_slots_held`, `sqs_poller_fleet_slot_wait_seconds` of the pipeline.
+    held: metrics::Gauge,
+    wait: metrics::Histogram,
 }
 
 /// A fleet slot, given back when dropped.
@@ -322,7 +335,7 @@ impl FleetSlots {
         let mut pause = Duration::from_millis(10);
         loop {
             if let Some(slot) = self.try_acquire().await {
-                self.fleet.metrics.wait.record(started.elapsed().as_secs_f64());
+                self.wait.record(started.elapsed().as_secs_f64());
                 return slot;
             }
             tokio::time::sleep(pause + Duration::from_millis(fastrand::u64(..10))).await;
@@ -341,7 +354,7 @@ impl FleetSlots {
                 fleet.answered();
                 (taken == 1).then(|| {
                     fleet.held.lock().unwrap_or_else(|e| e.into_inner()).insert((self.key.clone(), member.clone()));
-                    fleet.metrics.held.increment(1.0);
+                    self.held.increment(1.0);
                     FleetSlot { slots: self.clone(), held: Held::Shared(member) }
                 })
             }
@@ -360,7 +373,7 @@ impl FleetSlots {
         }
         let permit = self.local.clone().try_acquire_owned().ok()?;
         self.local_taken.fetch_add(1, Ordering::Relaxed);
-        self.fleet.metrics.held.increment(1.0);
+        self.held.increment(1.0);
         tracing::debug!(pipeline = %self.pipeline, share, "a batch runs on the local share of the fleet budget");
         Some(FleetSlot { slots: self.clone(), held: Held::Local(permit) })
     }
@@ -369,7 +382,7 @@ impl FleetSlots {
 impl Drop for FleetSlot {
     fn drop(&mut self) {
         let slots = self.slots.clone();
-        slots.fleet.metrics.held.decrement(1.0);
+        slots.held.decrement(1.0);
         match std::mem::replace(&mut self.held, Held::Shared(String::new())) {
             Held::Local(permit) => {
                 slots.local_taken.fetch_sub(1, Ordering::Relaxed);

@@ -231,7 +231,7 @@ async fn three_instances_keep_to_the_fleets_rate() {
     eventually("every message processed", Duration::from_secs(90), || async { worker.deliveries().len() >= 80 }).await;
     let mut waited = 0.0;
     for p in &fleet {
-        waited += p.metric("sqs_poller_fleet_rate_limited_batches_total").await;
+        waited += p.metric(&format!("sqs_poller_fleet_rate_limited_batches_total{{pipeline=\"{name}\"}}")).await;
     }
     for p in fleet {
         let (status, _, log) = p.stop().await;

@@ -107,7 +107,8 @@ fn the_dashboard_has_the_expected_structure() {
             "Fair share",
             "Leases",
             "Errors",
-            "SQS requests and cost"
+            "SQS requests and cost",
+            "Fleet"
         ]
     );
     let mut ids = HashSet::new();
@@ -171,6 +172,14 @@ fn the_dashboard_has_the_expected_structure() {
         "group_cap_returned_total",
         "group_cap_wait_seconds",
         "slot_wait_seconds",
+        "messages_hopped_total",
+        "fleet_shared",
+        "fleet_slots_held",
+        "fleet_slot_wait_seconds",
+        "fleet_rate_limited_batches_total",
+        "fleet_redis_errors_total",
+        "idempotent_skips_total",
+        "idempotent_waits_total",
     ] {
         assert!(all.contains(&format!("sqs_poller_{m}")), "no panel shows sqs_poller_{m}");
     }
@@ -199,8 +208,13 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
         "[pipelines.pollers]\nwait_time_secs = 1\n[pipelines.batch]\nsize = 10\nwindow_ms = 50\n\
          [pipelines.retry]\ninitial_backoff_secs = 0\n[pipelines.dead_letter]\nqueue_url = \"{dlq}\"\nmax_receive_count = 2\n"
     );
+    // with the fleet's budgets and idempotency window, so that the Fleet row has data
+    let redis = redis_url().await;
+    let extra = format!("{extra}[pipelines.idempotency]\n");
     let pipeline = http_pipeline("observed", &queue, &worker.url, &extra)
-        .replace("[pipelines.target]", "depth_interval_secs = 1\n[pipelines.target]");
+        .replace("[pipelines.target]", "depth_interval_secs = 1\n[pipelines.target]")
+        .replace("type = \"http\"\n", "type = \"http\"\nfleet_max_concurrency = 50\nfleet_rate_per_sec = 100000\n");
+    let pipeline = format!("[fleet]\nredis_url = \"{redis}\"\n{pipeline}");
     let poller = start_poller(&sqs, 10, &pipeline).await;
 
     // promtool accepts our exposition format
@@ -227,6 +241,9 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
         "sqs_poller_config_reloads_total",
         "sqs_poller_config_info",
         "sqs_poller_admin_refused_total",
+        // the instance's link to the fleet's Redis
+        "sqs_poller_fleet_shared",
+        "sqs_poller_fleet_redis_errors_total",
     ];
     for line in
         metrics.lines().filter(|l| l.starts_with("sqs_poller_") && !process_wide.iter().any(|p| l.starts_with(p)))
@@ -296,9 +313,10 @@ async fn prometheus_scrapes_a_working_poller_and_answers_every_dashboard_query()
     sender.abort();
     assert!(
         pending.is_empty(),
-        "{} of {} dashboard queries returned no data, e.g. {last_answer}\nprometheus log:\n{}",
+        "{} of {} dashboard queries returned no data ({:?}), e.g. {last_answer}\nprometheus log:\n{}",
         pending.len(),
         queries.len(),
+        pending.iter().map(|(title, _)| title.as_str()).collect::<Vec<_>>(),
         std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
     );
     println!("all {} dashboard queries returned data", queries.len());
