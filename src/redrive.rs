@@ -158,6 +158,30 @@ impl Mover<'_> {
                 }
                 sends
             }
+            // into a FIFO queue a group's messages go one after the other, in their order (sent
+            // at once, they arrived in whatever order the requests did); groups side by side
+            None if self.to_fifo => {
+                let mut groups: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+                for (i, m) in take.iter().enumerate() {
+                    let g = group_of(m);
+                    match groups.iter_mut().find(|(name, _)| *name == g) {
+                        Some((_, members)) => members.push(i),
+                        None => groups.push((g, vec![i])),
+                    }
+                }
+                let destination = &self.destination;
+                let per_group = futures_util::future::join_all(groups.iter().map(|(_, members)| async move {
+                    let mut sent = Vec::with_capacity(members.len());
+                    for &i in members {
+                        sent.push((i, send_copy(destination, &take[i], true).await));
+                    }
+                    sent
+                }))
+                .await;
+                let mut sends: Vec<(usize, Result<(), SqsError>)> = per_group.into_iter().flatten().collect();
+                sends.sort_by_key(|(i, _)| *i);
+                sends.into_iter().map(|(_, r)| r).collect()
+            }
             None => {
                 futures_util::future::join_all(take.iter().map(|m| send_copy(&self.destination, m, self.to_fifo))).await
             }
@@ -189,8 +213,7 @@ async fn send_copy(destination: &SqsQueue, m: &SqsMessage, fifo: bool) -> Result
         .filter(|(k, _)| !k.starts_with("sqs-poller.") || k == first_sent)
         .collect();
     crate::event::carry_first_sent(&mut attributes, crate::event::first_sent_ms(m));
-    let system = m.attributes.as_ref();
-    let group = system.and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId)).map(String::as_str);
+    let group = group_of(m);
     let group = if fifo { group.or(Some("redrive")) } else { None };
     let dedup = if fifo { m.message_id.as_deref() } else { None };
     destination.send(Outgoing::new(m.body.as_deref().unwrap_or(""), attributes).grouped(group, dedup)).await
@@ -251,4 +274,9 @@ pub fn progress_line(r: &RedriveReport, started: std::time::Instant, terminal: b
     } else {
         line + "\n"
     }
+}
+
+/// A message's `MessageGroupId`, if it has one.
+fn group_of(m: &SqsMessage) -> Option<&str> {
+    m.attributes.as_ref()?.get(&MessageSystemAttributeName::MessageGroupId).map(String::as_str)
 }

@@ -155,7 +155,13 @@ async fn redrive_into_a_fifo_queue_keeps_groups_order_and_the_first_send_on_loca
     let dlq = sqs.queue("redrive-fifo-dlq", &fifo).await;
     let queue = sqs.queue("redrive-fifo", &fifo).await;
     let first_sent = "1733000000000";
-    for (body, group) in [("a1", "a"), ("b1", "b"), ("a2", "a"), ("a3", "a")] {
+    // eight of group a: sent all at once they arrived out of order (3 runs of 3 before the fix;
+    // with three messages, 1 run in a few); one at a time, in order
+    let order: Vec<(String, &str)> = std::iter::once(("a1".to_string(), "a"))
+        .chain(std::iter::once(("b1".to_string(), "b")))
+        .chain((2..=8).map(|i| (format!("a{i}"), "a")))
+        .collect();
+    for (body, group) in order.iter().map(|(b, g)| (b.as_str(), *g)) {
         let mut req = sqs
             .client
             .send_message()
@@ -178,7 +184,7 @@ async fn redrive_into_a_fifo_queue_keeps_groups_order_and_the_first_send_on_loca
     let mut moved = Vec::new();
     for _ in 0..10 {
         moved.extend(sqs.take_all(&queue).await);
-        if moved.len() >= 4 {
+        if moved.len() >= 9 {
             break;
         }
     }
@@ -187,7 +193,7 @@ async fn redrive_into_a_fifo_queue_keeps_groups_order_and_the_first_send_on_loca
     };
     let in_group =
         |g: &str| moved.iter().filter(|m| group_of(m) == g).filter_map(|m| m.body.clone()).collect::<Vec<_>>();
-    assert_eq!(in_group("a"), vec!["a1", "a2", "a3"], "group a, in order");
+    assert_eq!(in_group("a"), (1..=8).map(|i| format!("a{i}")).collect::<Vec<_>>(), "group a, in order");
     assert_eq!(in_group("b"), vec!["b1"]);
     for m in &moved {
         let carried =
