@@ -387,6 +387,9 @@ struct World {
     not_before: HashMap<String, Instant>,
     /// The longest delay the worker asked for: the backlog drains that much later.
     longest_ask: Duration,
+    /// Every delay the worker asked for, added up: on a FIFO queue they hold a group one after
+    /// the other.
+    asked_in_all: Duration,
     /// Copies sent back into the source queue (a long delay's hops).
     hops: usize,
 }
@@ -592,6 +595,7 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                             entry["retryAfterSeconds"] = serde_json::json!(delay);
                             w.not_before.insert(body.to_string(), Instant::now() + Duration::from_secs(delay));
                             w.longest_ask = w.longest_ask.max(Duration::from_secs(delay));
+                            w.asked_in_all += Duration::from_secs(delay);
                         }
                     }
                     failures.push(entry);
@@ -860,7 +864,9 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
     loop {
         // a second at a time; past every scheduled fault, while messages wait out a long delay
         // the worker asked for, a minute (the checks are the same, fewer of them)
-        let longest_ask = lanes.iter().map(|l| l.world.lock().unwrap().longest_ask).max().unwrap_or_default();
+        // what the worker asked delays the drain: by its longest ask, on FIFO by all of them
+        let asked = |w: &World| if d.fifo { w.asked_in_all } else { w.longest_ask };
+        let longest_ask = lanes.iter().map(|l| asked(&l.world.lock().unwrap())).max().unwrap_or_default();
         let quiet =
             seconds > outage_end.max(f.reload.map_or(0, |r| r.0)).max(f.visibility_change.map_or(0, |v| v.0)) + 600;
         let step = if quiet && longest_ask > Duration::from_secs(3600) { 60 } else { 1 };
