@@ -109,6 +109,13 @@ impl Shutdown {
         }
     }
 
+    /// How long an open receive may still answer once the drain has begun: `most`, or a quarter
+    /// of what is left of the grace period when that is less (a short grace is for settling).
+    pub fn receive_grace(&self, most: Duration) -> Duration {
+        let left = self.deadline().map_or(most, |d| d.saturating_duration_since(Instant::now()));
+        most.min(left / 4)
+    }
+
     /// How long the worker processes of a drained pipeline get between SIGTERM and SIGKILL: what
     /// is left of the grace period (less half a second to exit), between half a second and
     /// [`WORKER_STOP_MAX`]; `WORKER_STOP_MAX` when no shutdown has begun (a fatal error).

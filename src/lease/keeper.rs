@@ -283,6 +283,12 @@ impl LeaseKeeper {
         }
     }
 
+    /// How long an open receive may still answer once shutdown has begun (see
+    /// [`crate::shutdown::Shutdown::receive_grace`]).
+    pub fn receive_grace(&self, most: Duration) -> Duration {
+        self.shutdown.receive_grace(most)
+    }
+
     /// Settling calls during shutdown stop retrying before `shutdown`'s grace period ends.
     #[must_use]
     pub fn stopping_with(mut self, shutdown: crate::shutdown::Shutdown) -> Self {

@@ -207,13 +207,14 @@ impl Drop for Alive {
 
 /// How long an open receive may still answer once shutdown begins: one that is answering
 /// (messages on their way) finishes and hands them on, to be released properly; a long poll
-/// waiting on an empty queue is given up after it.
+/// waiting on an empty queue is given up after it. A quarter of the grace period when that is
+/// shorter.
 pub const RECEIVE_GIVE_UP_AFTER: Duration = Duration::from_secs(1);
 
-/// Resolves [`RECEIVE_GIVE_UP_AFTER`] after `stop` fires.
-async fn given_up(stop: &CancellationToken) {
-    stop.cancelled().await;
-    tokio::time::sleep(RECEIVE_GIVE_UP_AFTER).await;
+/// Resolves once the drain has begun and an open receive has had its time to answer.
+async fn given_up(stage: &PollerStage) {
+    stage.stop.cancelled().await;
+    tokio::time::sleep(stage.leases.receive_grace(RECEIVE_GIVE_UP_AFTER)).await;
 }
 
 /// One poller: take room, receive, hand on; until retired.
@@ -234,7 +235,7 @@ async fn poller(stage: Arc<PollerStage>, receives: mpsc::Sender<Vec<ReceivedMess
         let attempt_id = attempt.id(stamp.sent_at);
         let result = tokio::select! {
             r = stage.queue.receive_attempt(cfg.wait_time, Some(stamp.visibility), attempt_id.as_deref()) => r,
-            () = given_up(&stage.stop) => {
+            () = given_up(&stage) => {
                 tracing::debug!(pipeline = %stage.metrics.pipeline, visibility_secs = stamp.visibility.as_secs(), "shutdown: an open receive given up (anything it took comes back within its visibility timeout)");
                 break;
             }
