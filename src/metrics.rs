@@ -29,6 +29,8 @@ pub const MESSAGE_AGE: &str = "sqs_poller_message_age_seconds";
 pub const END_TO_END: &str = "sqs_poller_end_to_end_seconds";
 pub const POLLERS: &str = "sqs_poller_pollers";
 pub const POLLERS_DESIRED: &str = "sqs_poller_pollers_desired";
+/// The task count the pipeline asks for (`poller::tasks`): what ECS or KEDA scale on.
+pub const DESIRED_TASKS: &str = "sqs_poller_desired_tasks";
 pub const POLLERS_MIN: &str = "sqs_poller_pollers_min";
 pub const POLLERS_MAX: &str = "sqs_poller_pollers_max";
 pub const IN_FLIGHT_MESSAGES: &str = "sqs_poller_in_flight_messages";
@@ -198,6 +200,7 @@ const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Counter, LARGE_PAYLOADS, Some(Unit::Count), "SQS Extended Client payloads fetched from S3, by outcome: fetched, failed (the message failed with the reason), refused (a bucket outside large_payloads.allowed_buckets: never fetched)."),
     (Kind::Counter, BATCHES_BISECTED, Some(Unit::Count), "Batches that failed as a whole and were split in halves to find the poison messages (retry.on_batch_error = \"bisect\")."),
     (Kind::Gauge, PAUSED, Some(Unit::Count), "1 while the pipeline does not receive: paused through the admin API, or its target's health check fails."),
+    (Kind::Gauge, DESIRED_TASKS, Some(Unit::Count), "Tasks (instances of the service) the pipeline needs: ceil((arrival rate + visible / desired_tasks.drain_secs) / (one task's measured capacity x desired_tasks.utilization)), at least 1; scale the service on its maximum over tasks."),
     (Kind::Gauge, FLEET_SHARED, None, "[fleet]: 1 while Redis answers and batches take the fleet's shared slots; 0 while they run on this instance's local share of fleet_max_concurrency."),
     (Kind::Gauge, FLEET_SLOTS_HELD, Some(Unit::Count), "[fleet]: fleet slots this instance holds (shared or of its local share)."),
     (Kind::Histogram, FLEET_SLOT_WAIT, Some(Unit::Seconds), "[fleet]: how long a batch waited for a fleet slot (after its local one)."),
@@ -259,6 +262,7 @@ pub struct PollerMetrics {
     pub pipeline: String,
     pub pollers: Gauge,
     pub pollers_desired: Gauge,
+    pub desired_tasks: Gauge,
     pub source_queue: QueueGauges,
     pub dead_letter_queue: QueueGauges,
     pub oldest_message_age: Gauge,
@@ -468,6 +472,7 @@ impl PollerMetrics {
             pipeline: s.0.to_string(),
             pollers: s.gauge(POLLERS),
             pollers_desired: s.gauge(POLLERS_DESIRED),
+            desired_tasks: s.gauge(DESIRED_TASKS),
             source_queue: QueueGauges::new(s.0, "source"),
             dead_letter_queue: QueueGauges::new(s.0, "dead_letter"),
             oldest_message_age: s.gauge(OLDEST_MESSAGE_AGE),

@@ -120,6 +120,19 @@ pub struct PipelineConfig {
     pub large_payloads: Option<LargePayloadConfig>,
     /// `[pipelines.idempotency]`: a key reaches the worker once across the fleet (`[fleet]`).
     pub idempotency: Option<IdempotencyConfig>,
+    /// `[pipelines.desired_tasks]`: how `sqs_poller_desired_tasks` is worked out.
+    pub desired_tasks: DesiredTasksConfig,
+}
+
+/// `[pipelines.desired_tasks]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredTasksConfig {
+    /// `drain_secs`: the backlog should be gone within this long.
+    pub drain: Duration,
+    /// `utilization`: the share of its measured capacity a task should run at.
+    pub utilization: f64,
+    /// `cloudwatch_emf`: each sample also on stdout in CloudWatch's embedded metric format.
+    pub cloudwatch_emf: bool,
 }
 
 /// `[pipelines.idempotency]`.

@@ -101,6 +101,16 @@ struct RawPipeline {
     lease: RawLease,
     large_payloads: Option<RawLargePayloads>,
     idempotency: Option<RawIdempotency>,
+    #[serde(default)]
+    desired_tasks: RawDesiredTasks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDesiredTasks {
+    drain_secs: Option<u64>,
+    utilization: Option<f64>,
+    cloudwatch_emf: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -503,7 +513,9 @@ fn validate_pipeline(
     let lease = validate_lease(c, at, p.lease, &target, &batch);
     let large_payloads = p.large_payloads.map(|l| validate_large_payloads(c, at, l));
     let idempotency = p.idempotency.map(|i| validate_idempotency(c, at, i));
+    let desired_tasks = validate_desired_tasks(c, at, &p.desired_tasks);
     PipelineConfig {
+        desired_tasks,
         idempotency,
         large_payloads,
         lease,
@@ -517,6 +529,24 @@ fn validate_pipeline(
         retry,
         dead_letter,
         depth_interval: Duration::from_secs(depth_interval),
+    }
+}
+
+/// `[pipelines.desired_tasks]`: `drain_secs` 1..=86400 (60), `utilization` above 0 up to 1 (0.8).
+fn validate_desired_tasks(c: &mut Checker, at: &str, d: &RawDesiredTasks) -> DesiredTasksConfig {
+    let drain = c.ranged(&format!("{at}.desired_tasks.drain_secs"), d.drain_secs, 60, 1, 86_400);
+    let mut utilization = d.utilization.unwrap_or(0.8);
+    if !(utilization > 0.0 && utilization <= 1.0) {
+        c.fail(
+            format!("{at}.desired_tasks.utilization"),
+            format!("{utilization} is out of range: must be above 0.0 and at most 1.0 (the share of a task's capacity to plan for)"),
+        );
+        utilization = 0.8;
+    }
+    DesiredTasksConfig {
+        drain: Duration::from_secs(drain),
+        utilization,
+        cloudwatch_emf: d.cloudwatch_emf.unwrap_or(false),
     }
 }
 

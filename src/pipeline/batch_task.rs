@@ -100,12 +100,14 @@ impl BatchSink for BatchRunner {
         };
         self.tasks.spawn(
             async move {
+                let (started, messages) = (std::time::Instant::now(), batch.len());
                 let mut hold = Some(crate::dispatch::concurrency::SlotHold::new(&slots, slot));
                 process_batch(&work, batch, groups, cut, slot_wait, &mut hold).await;
                 if let Some(hold) = hold {
                     hold.release();
                 }
                 drop(fleet_slot);
+                scaling.tasks.batch_done(messages, started.elapsed(), slots.saturation().1);
                 Self::report_saturation(&slots, &scaling);
             }
             .instrument(span),

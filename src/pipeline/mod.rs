@@ -275,6 +275,7 @@ fn pollers(
         dead_letter,
         intake: stage.intake.clone(),
         scaling: stage.scaling.clone(),
+        leases: stage.leases.clone(),
         metrics: stage.metrics.clone(),
         drain: drain.clone(),
     };
@@ -306,7 +307,20 @@ fn autoscaler(cfg: &PipelineConfig, leases: &LeaseKeeper, found: &Discovered, me
         tracing::warn!(pipeline = %cfg.name, pollers_max = cfg.pollers.max, receives_at_once = receives, max_message_bytes = found.max_message_bytes, max_outstanding_bytes = cfg.lease.max_outstanding_bytes, "the byte budget covers fewer receives at once than pollers.max: the fleet stops there; raise lease.max_outstanding_bytes, or lower the queue's MaximumMessageSize to what producers send, for more");
     }
     let max = cfg.pollers.max.min(receives.max(cfg.pollers.min));
-    Arc::new(Scaling::new(&cfg.name, cfg.pollers.min, max, metrics.pollers_desired.clone()))
+    let tasks = crate::poller::tasks::TaskDemand::new(demand_settings(cfg), metrics.desired_tasks.clone());
+    Arc::new(Scaling::new(&cfg.name, (cfg.pollers.min, max), metrics.pollers_desired.clone(), tasks))
+}
+
+/// `[pipelines.desired_tasks]`, and the target's limits that cap what a task or the fleet does.
+fn demand_settings(cfg: &PipelineConfig) -> crate::poller::tasks::DemandSettings {
+    crate::poller::tasks::DemandSettings {
+        drain: cfg.desired_tasks.drain,
+        utilization: cfg.desired_tasks.utilization,
+        task_rate_limit: cfg.target.rate_limit_per_sec.map(|r| f64::from(r.get())),
+        fleet_max_concurrency: cfg.target.fleet_max_concurrency,
+        fleet_rate: cfg.target.fleet_rate_per_sec.map(|r| f64::from(r.get())),
+        emf_pipeline: cfg.desired_tasks.cloudwatch_emf.then(|| cfg.name.clone()),
+    }
 }
 
 /// The dispatcher: the target, its limits, its slots and its breaker; throttles go to the

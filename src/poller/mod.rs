@@ -12,6 +12,7 @@
 //! `lease.max_outstanding`: while the target is saturated, pollers wait instead of receiving.
 
 pub mod scaling;
+pub mod tasks;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -42,12 +43,20 @@ pub struct Scaling {
     changed: Notify,
     /// Woken when a burst wants a fresh depth sample.
     sample_now: Notify,
+    /// `sqs_poller_desired_tasks`: the task count, from the depth samples and the batches.
+    pub tasks: tasks::TaskDemand,
 }
 
 impl Scaling {
-    pub fn new(pipeline: &str, min: usize, max: usize, desired_gauge: metrics::Gauge) -> Self {
+    pub fn new(
+        pipeline: &str,
+        (min, max): (usize, usize),
+        desired_gauge: metrics::Gauge,
+        tasks: tasks::TaskDemand,
+    ) -> Self {
         desired_gauge.set(min as f64);
         Scaling {
+            tasks,
             pipeline: pipeline.to_string(),
             scaler: Mutex::new(Autoscaler::new(min, max, Instant::now())),
             desired_gauge,
@@ -389,6 +398,8 @@ pub struct DepthSampler {
     pub dead_letter: Option<Arc<dyn Queue>>,
     pub intake: Arc<Intake>,
     pub scaling: Arc<Scaling>,
+    /// The messages this task holds, for `sqs_poller_desired_tasks`.
+    pub leases: Arc<LeaseKeeper>,
     pub metrics: PollerMetrics,
     pub drain: CancellationToken,
 }
@@ -431,7 +442,9 @@ pub async fn sample_depth(s: DepthSampler) {
             r = async { tokio::join!(source, dead_letter) } => r,
             () = s.drain.cancelled() => return,
         };
-        let Some(visible) = visible else { continue };
+        let Some(depth) = visible else { continue };
+        let visible = depth.visible;
+        s.scaling.tasks.sampled(depth, s.leases.outstanding(), Instant::now());
         // the oldest message received since the last sample; with none received, a waiting
         // backlog only gets older
         let received_ms = s.intake.take_oldest_age_ms();
@@ -445,14 +458,14 @@ pub async fn sample_depth(s: DepthSampler) {
     }
 }
 
-/// One GetQueueAttributes into `gauges`; the visible count, or `None` when the call failed.
+/// One GetQueueAttributes into `gauges`; the depth, or `None` when the call failed.
 /// With `leases`, the queue's `VisibilityTimeout` is read too and a change adopted (logged).
 async fn sample_queue(
     pipeline: &str,
     queue: &dyn Queue,
     gauges: &QueueGauges,
     leases: Option<&LeaseKeeper>,
-) -> Option<u64> {
+) -> Option<tasks::QueueDepth> {
     let names = [
         QueueAttributeName::ApproximateNumberOfMessages,
         QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
@@ -468,10 +481,10 @@ async fn sample_queue(
         }
     };
     let get = |n: &QueueAttributeName| attrs.get(n.as_str()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let visible = get(&names[0]);
-    gauges.visible.set(visible as f64);
-    gauges.in_flight.set(get(&names[1]) as f64);
-    gauges.delayed.set(get(&names[2]) as f64);
+    let depth = tasks::QueueDepth { visible: get(&names[0]), in_flight: get(&names[1]), delayed: get(&names[2]) };
+    gauges.visible.set(depth.visible as f64);
+    gauges.in_flight.set(depth.in_flight as f64);
+    gauges.delayed.set(depth.delayed as f64);
     let attribute = attrs.get(names[3].as_str()).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
     if let (Some(leases), Some(now)) = (leases, attribute) {
         let before = leases.visibility();
@@ -480,7 +493,7 @@ async fn sample_queue(
             leases.set_visibility(now);
         }
     }
-    Some(visible)
+    Some(depth)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod conformance;
 mod deadlines;
 mod delivery;
 mod deploy;
+mod desired_tasks;
 mod egress_proxy;
 mod example_workers;
 mod fair_share;

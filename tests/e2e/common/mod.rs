@@ -14,7 +14,7 @@ pub mod strict_aws;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -628,7 +628,7 @@ pub fn spawn_poller_config(header: &str, text: &str, env: &[(&str, &str)], remov
         .arg(&config)
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("poller.out")).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         // a process group of its own, like a job started from a shell: a test can press Ctrl-C
         // (SIGINT to the group) without hitting the test runner
@@ -664,6 +664,11 @@ impl Poller {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the service wrote to stdout (its log goes to stderr: [`Poller::log_text`]).
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("poller.out")).unwrap_or_default()
     }
 
     pub async fn metrics_text(&self) -> String {
