@@ -223,11 +223,7 @@ impl Supervisor {
             }
             return crate::fleet::PipelineFleet::default();
         };
-        crate::fleet::PipelineFleet {
-            slots: p.target.fleet_max_concurrency.map(|n| fleet.slots(&p.name, n)),
-            rate: p.target.fleet_rate_per_sec.map(|r| fleet.rate(&p.name, r.get(), p.batch.size as u32)),
-            idempotency: p.idempotency.as_ref().map(|i| fleet.idempotency(&p.name, i.key.clone(), i.ttl)),
-        }
+        crate::fleet::PipelineFleet::of(fleet, p)
     }
     /// Starts one pipeline under a child of the service's shutdown.
     async fn start(&mut self, p: &PipelineConfig, from_reload: bool) -> anyhow::Result<()> {

@@ -327,28 +327,43 @@ pub struct Slot {
 
 /// A batch's slot while it is dispatched: lent back to the pipeline (or its pool) while the
 /// circuit breaker holds the batch, taken again before the target is called, so that held
-/// batches do not starve the pool's other pipelines.
+/// batches do not starve the pool's other pipelines. Its fleet slot
+/// (`target.fleet_max_concurrency`) goes and comes back with it: a batch the breaker holds must
+/// not keep the probe it waits for from a fleet slot.
 pub struct SlotHold<'a> {
     member: &'a Member,
     slot: Option<Slot>,
+    fleet: Option<(Arc<crate::fleet::FleetSlots>, Option<crate::fleet::FleetSlot>)>,
 }
 
 impl<'a> SlotHold<'a> {
     pub fn new(member: &'a Member, slot: Slot) -> Self {
-        SlotHold { member, slot: Some(slot) }
+        SlotHold { member, slot: Some(slot), fleet: None }
     }
 
-    /// Gives the slot back for a while (no-op when already lent).
+    /// With the fleet slot taken after the local one.
+    pub fn with_fleet(mut self, fleet: Option<(Arc<crate::fleet::FleetSlots>, crate::fleet::FleetSlot)>) -> Self {
+        self.fleet = fleet.map(|(slots, slot)| (slots, Some(slot)));
+        self
+    }
+
+    /// Gives the slot back for a while (no-op when already lent), the fleet slot too.
     pub fn lend(&mut self) {
         if let Some(slot) = self.slot.take() {
             self.member.release(slot);
         }
+        if let Some((_, slot)) = self.fleet.as_mut() {
+            drop(slot.take());
+        }
     }
 
-    /// Takes a slot again (at once when it was not lent).
+    /// Takes a slot again (at once when it was not lent), then a fleet slot.
     pub async fn reclaim(&mut self) {
         if self.slot.is_none() {
             self.slot = Some(self.member.acquire().await);
+        }
+        if let Some((slots, slot @ None)) = self.fleet.as_mut() {
+            *slot = Some(slots.acquire().await);
         }
     }
 

@@ -386,19 +386,6 @@ impl Dispatcher {
         span: Option<&str>,
         slot: &mut Option<concurrency::SlotHold<'_>>,
     ) -> Outcome {
-        if let Some(limiter) = &self.limiter {
-            let n = NonZeroU32::new(batch.len() as u32).expect("batches are never empty");
-            tokio::select! {
-                r = limiter.until_n_ready(n) => { r.expect("the burst fits a whole batch"); }
-                () = abandon.cancelled() => return Outcome::Abandoned,
-            }
-        }
-        if let Some(rate) = &self.fleet_rate {
-            tokio::select! {
-                _ = rate.until_ready(batch.len() as u32) => {}
-                () = abandon.cancelled() => return Outcome::Abandoned,
-            }
-        }
         self.metrics.dispatched.increment(batch.len() as u64);
         self.metrics.batch_size.record(batch.len() as f64);
         let event = Event::of(batch);
@@ -415,6 +402,10 @@ impl Dispatcher {
                 // time held by the breaker is not time throttled
                 Some(true) => first_try = Instant::now(),
                 Some(false) => {}
+            }
+            // every try is a call to the target: each keeps to the rates, a throttled one's retry too
+            if !self.pace(batch.len(), abandon).await {
+                return Outcome::Abandoned;
             }
             let Some(invocation) = self.invoke(&event, &trace, abandon).await else {
                 return Outcome::Abandoned;
@@ -439,6 +430,25 @@ impl Dispatcher {
                 () = abandon.cancelled() => return Outcome::Abandoned,
             }
         }
+    }
+
+    /// Waits until `n` messages may go by `target.rate_limit_per_sec` and the fleet's rate;
+    /// `false` when abandoned meanwhile.
+    async fn pace(&self, n: usize, abandon: &CancellationToken) -> bool {
+        if let Some(limiter) = &self.limiter {
+            let n = NonZeroU32::new(n as u32).expect("batches are never empty");
+            tokio::select! {
+                r = limiter.until_n_ready(n) => { r.expect("the burst fits a whole batch"); }
+                () = abandon.cancelled() => return false,
+            }
+        }
+        if let Some(rate) = &self.fleet_rate {
+            tokio::select! {
+                _ = rate.until_ready(n as u32) => {}
+                () = abandon.cancelled() => return false,
+            }
+        }
+        true
     }
 
     /// The circuit breaker's say before a try: admitted at once, or held (its slot lent to the

@@ -18,52 +18,7 @@ use std::time::Duration;
 use crate::config::IdempotencyKey;
 use crate::event::ReceivedMessage;
 
-/// Claims keys: `KEYS` the keys, `ARGV[1]` the claim's time to live (ms), then one owner per key.
-/// Per key: 1 claimed, 2 completed already, or -ms: held by another message for that long.
-const CLAIM: &str = r"
-local out = {}
-for i = 1, #KEYS do
-  local owner = 'p:' .. ARGV[i + 1]
-  local v = redis.call('GET', KEYS[i])
-  if not v then
-    redis.call('SET', KEYS[i], owner, 'PX', tonumber(ARGV[1]))
-    out[i] = 1
-  elseif v == 'c' then
-    out[i] = 2
-  elseif v == owner then
-    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1]))
-    out[i] = 1
-  else
-    out[i] = -math.max(redis.call('PTTL', KEYS[i]), 1)
-  end
-end
-return out
-";
-
-/// Ends claims: `KEYS` the keys, `ARGV[1]` the completed keys' time to live (ms), then per key its
-/// owner and `c` (completed) or `r` (given up). Only a claim still held by its owner is changed.
-const FINISH: &str = r"
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == 'p:' .. ARGV[2 * i] then
-    if ARGV[2 * i + 1] == 'c' then
-      redis.call('SET', KEYS[i], 'c', 'PX', tonumber(ARGV[1]))
-    else
-      redis.call('DEL', KEYS[i])
-    end
-  end
-end
-return 0
-";
-
-/// Renews claims while their batch runs: `KEYS` the keys, `ARGV[1]` ttl (ms), then the owners.
-const RENEW: &str = r"
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == 'p:' .. ARGV[i + 1] then
-    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1]))
-  end
-end
-return 0
-";
+use super::store::Found;
 
 /// What a message's claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,9 +39,6 @@ pub struct Idempotency {
     pipeline: String,
     key: IdempotencyKey,
     ttl: Duration,
-    claim: redis::Script,
-    finish: redis::Script,
-    renew: redis::Script,
     skips: metrics::Counter,
     waits: metrics::Counter,
 }
@@ -99,17 +51,7 @@ impl super::Fleet {
         let waits = metrics::counter!(crate::metrics::IDEMPOTENT_WAITS, "pipeline" => pipeline.to_string());
         skips.increment(0);
         waits.increment(0);
-        Arc::new(Idempotency {
-            fleet: self.clone(),
-            pipeline: pipeline.to_string(),
-            key,
-            ttl,
-            claim: redis::Script::new(CLAIM),
-            finish: redis::Script::new(FINISH),
-            renew: redis::Script::new(RENEW),
-            skips,
-            waits,
-        })
+        Arc::new(Idempotency { fleet: self.clone(), pipeline: pipeline.to_string(), key, ttl, skips, waits })
     }
 }
 
@@ -153,20 +95,20 @@ impl Idempotency {
         if keyed.is_empty() {
             return claims;
         }
-        let mut call = self.claim.prepare_invoke();
-        call.arg(self.fleet.slot_ttl.as_millis() as u64);
-        for &i in &keyed {
-            call.key(keys[i].as_deref().expect("keyed")).arg(&owners[i]);
+        if !self.fleet.is_shared() {
+            tracing::warn!(pipeline = %self.pipeline, messages = batch.len(), "Redis cannot be reached: a batch dispatched without the idempotency window");
+            return claims;
         }
-        let mut redis = self.fleet.redis.clone();
-        match call.invoke_async::<Vec<i64>>(&mut redis).await {
+        let entries: Vec<(String, String)> =
+            keyed.iter().map(|&i| (keys[i].clone().expect("keyed"), owners[i].clone())).collect();
+        match self.fleet.store.claim(&entries, self.fleet.slot_ttl).await {
             Ok(found) => {
                 self.fleet.answered();
-                for (&i, r) in keyed.iter().zip(found) {
-                    claims[i] = match r {
-                        1 => Claim::Claimed { key: keys[i].clone().expect("keyed"), owner: owners[i].clone() },
-                        2 => Claim::Completed,
-                        ms => Claim::Busy(Duration::from_millis(ms.unsigned_abs())),
+                for ((&i, (key, owner)), f) in keyed.iter().zip(entries).zip(found) {
+                    claims[i] = match f {
+                        Found::Claimed => Claim::Claimed { key, owner },
+                        Found::Completed => Claim::Completed,
+                        Found::Busy(d) => Claim::Busy(d),
                     };
                 }
                 let skipped = claims.iter().filter(|c| **c == Claim::Completed).count();
@@ -185,10 +127,10 @@ impl Idempotency {
     /// Keeps the claims of a running batch alive (every third of their time to live) until the
     /// future is dropped.
     pub async fn keep_claimed(&self, claims: &[Claim]) {
-        let held: Vec<(&str, &str)> = claims
+        let held: Vec<(String, String)> = claims
             .iter()
             .filter_map(|c| match c {
-                Claim::Claimed { key, owner } => Some((key.as_str(), owner.as_str())),
+                Claim::Claimed { key, owner } => Some((key.clone(), owner.clone())),
                 _ => None,
             })
             .collect();
@@ -197,13 +139,7 @@ impl Idempotency {
         }
         loop {
             tokio::time::sleep(self.fleet.slot_ttl / 3).await;
-            let mut call = self.renew.prepare_invoke();
-            call.arg(self.fleet.slot_ttl.as_millis() as u64);
-            for (key, owner) in &held {
-                call.key(*key).arg(*owner);
-            }
-            let mut redis = self.fleet.redis.clone();
-            if let Err(e) = call.invoke_async::<i64>(&mut redis).await {
+            if let Err(e) = self.fleet.store.renew_claims(&held, self.fleet.slot_ttl).await {
                 self.fleet.failed(&e);
             }
         }
@@ -212,20 +148,18 @@ impl Idempotency {
     /// Ends the claims of a settled batch: `succeeded(i)` completes message `i`'s key, else it is
     /// given up (another copy may run).
     pub async fn finish(&self, claims: &[Claim], succeeded: impl Fn(usize) -> bool) {
-        let mut call = self.finish.prepare_invoke();
-        call.arg(self.ttl.as_millis() as u64);
-        let mut any = false;
-        for (i, c) in claims.iter().enumerate() {
-            if let Claim::Claimed { key, owner } = c {
-                call.key(key).arg(owner).arg(if succeeded(i) { "c" } else { "r" });
-                any = true;
-            }
-        }
-        if !any {
+        let entries: Vec<(String, String, bool)> = claims
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                Claim::Claimed { key, owner } => Some((key.clone(), owner.clone(), succeeded(i))),
+                _ => None,
+            })
+            .collect();
+        if entries.is_empty() {
             return;
         }
-        let mut redis = self.fleet.redis.clone();
-        if let Err(e) = call.invoke_async::<i64>(&mut redis).await {
+        if let Err(e) = self.fleet.store.finish(&entries, self.ttl).await {
             // the claims expire by themselves; a completed key is lost, so a later copy may run
             self.fleet.failed(&e);
         }

@@ -12,8 +12,17 @@
 //! limit divided by the instances last seen (each instance keeps a heartbeat in
 //! `sqs-poller:instances`), at least one; `sqs_poller_fleet_shared` is 0 meanwhile and the log
 //! says so once. New batches take shared slots again as soon as Redis answers; batches running on
-//! the local share finish on it, so for a while after Redis comes back the fleet may run up to
-//! its shared limit plus the local shares.
+//! the local share finish on it, and new ones wait for them before they take shared slots; the
+//! other way round, shared slots still held when Redis goes away count against the local share.
+//! An instance never holds more than its share across both, so the fleet runs at most its shared
+//! limit plus the local shares of instances cut off from Redis while others reach it.
+//!
+//! One failed call is enough: from then on the instance does not wait on Redis (a Redis that
+//! hangs would cost every batch the call's 2 s timeout) but asks again every second
+//! ([`PROBE_EVERY`], the heartbeat) until it answers.
+//!
+//! The state lives behind [`store::FleetStore`]: Redis in the service ([`store::RedisStore`]),
+//! memory in the simulation ([`memory::MemoryStore`], with the same answers).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -21,76 +30,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub mod idempotency;
+#[cfg(any(test, feature = "test-util"))]
+pub mod memory;
+pub mod store;
 
-use redis::aio::ConnectionManager;
+use store::FleetStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Takes a slot: `KEYS[1]` the slots, `ARGV` limit, time to live (ms), member. 1: taken.
-const ACQUIRE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-  return 1
-end
-return 0
-";
+/// While the store does not answer, the heartbeat asks again this often.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// Renews held slots and the instance's heartbeat: `KEYS[1]` the instances, `KEYS[2..]` the slot
-/// sets, `ARGV[1]` time to live (ms), `ARGV[2]` the instance, then `ARGV[3..]` one member per
-/// slot set. Returns the live instances.
-const RENEW: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[1])
-for i = 2, #KEYS do
-  redis.call('ZADD', KEYS[i], 'XX', now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', KEYS[i], ttl * 2)
-end
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('PEXPIRE', KEYS[1], ttl * 2)
-return redis.call('ZCARD', KEYS[1])
-";
-
-/// GCRA over the fleet: `KEYS[1]` the theoretical arrival time (ms, Redis's clock), `ARGV` the
-/// emission interval (ms per message), the burst (messages), the cost (messages). 0: admitted;
-/// else the ms to wait before trying again.
-const RATE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval = tonumber(ARGV[1])
--- relative to now: milliseconds since the epoch are too large for the sums to stay exact
-local ahead = math.max(tonumber(redis.call('GET', KEYS[1]) or now) - now, 0)
-local new_ahead = ahead + interval * tonumber(ARGV[3])
-local wait = new_ahead - interval * tonumber(ARGV[2])
-if wait > 0.001 then
-  return math.ceil(wait)
-end
-redis.call('SET', KEYS[1], string.format('%.3f', now + new_ahead), 'PX', math.ceil(new_ahead) + 1000)
-return 0
-";
-
-const INSTANCES_KEY: &str = "sqs-poller:instances";
-
-/// The fleet's connection to Redis, shared by every pipeline of the instance.
+/// The fleet's shared state, used by every pipeline of the instance.
 pub struct Fleet {
-    redis: ConnectionManager,
-    /// This instance's name in Redis (its slots' members start with it).
+    store: Arc<dyn FleetStore>,
+    /// This instance's name in the store (its slots' members start with it).
     instance: String,
     slot_ttl: Duration,
     /// Instances seen at the last heartbeat (1 until one answered).
     instances: AtomicUsize,
-    /// Redis answered the last call.
+    /// The store answered the last call: while it does not, nothing waits on it.
     shared: AtomicBool,
-    /// Slots held, by key and member: what the renewals renew.
+    /// Slots held, by key and member: what the heartbeat renews.
     held: Mutex<HashSet<(String, String)>>,
     next_member: AtomicU64,
-    acquire: redis::Script,
-    renew: redis::Script,
-    rate: redis::Script,
     metrics: crate::metrics::FleetMetrics,
 }
 
@@ -106,36 +68,31 @@ impl Fleet {
     /// # Errors
     /// [`FleetError`] when the URL cannot be used.
     pub fn new(redis_url: &str, slot_ttl: Duration) -> Result<Arc<Fleet>, FleetError> {
-        let client = redis::Client::open(redis_url).map_err(|e| FleetError(e.to_string()))?;
-        let timeout = Some(Duration::from_secs(2));
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| FleetError(e.to_string()))?;
+        let store = store::RedisStore::new(redis_url).map_err(|e| FleetError(e.0))?;
         let instance = format!("{}-{}-{:08x}", hostname(), std::process::id(), fastrand::u32(..));
-        Ok(Arc::new(Fleet {
-            redis,
-            instance,
+        Ok(Fleet::with_store(Arc::new(store), &instance, slot_ttl))
+    }
+
+    /// The fleet on `store`, as the instance named `instance`.
+    pub fn with_store(store: Arc<dyn FleetStore>, instance: &str, slot_ttl: Duration) -> Arc<Fleet> {
+        Arc::new(Fleet {
+            store,
+            instance: instance.to_string(),
             slot_ttl,
             instances: AtomicUsize::new(1),
             shared: AtomicBool::new(true),
             held: Mutex::new(HashSet::new()),
             next_member: AtomicU64::new(0),
-            acquire: redis::Script::new(ACQUIRE),
-            renew: redis::Script::new(RENEW),
-            rate: redis::Script::new(RATE),
             metrics: crate::metrics::FleetMetrics::register(),
-        }))
+        })
     }
 
-    /// Renews held slots and the heartbeat every third of the slots' time to live, until
-    /// `stop`.
+    /// Renews held slots and the heartbeat every third of the slots' time to live (every
+    /// [`PROBE_EVERY`] while the store does not answer), until `stop`.
     pub async fn keep_alive(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        let every = self.slot_ttl / 3;
         loop {
-            self.renew_now().await;
+            self.heartbeat().await;
+            let every = if self.is_shared() { self.slot_ttl / 3 } else { PROBE_EVERY };
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = stop.cancelled() => return,
@@ -143,24 +100,21 @@ impl Fleet {
         }
     }
 
-    async fn renew_now(&self) {
+    async fn heartbeat(&self) {
         let held: Vec<(String, String)> = self.held.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
-        let mut call = self.renew.key(INSTANCES_KEY);
-        for (key, _) in &held {
-            call.key(key);
-        }
-        call.arg(self.slot_ttl.as_millis() as u64).arg(&self.instance);
-        for (_, member) in &held {
-            call.arg(member);
-        }
-        let mut redis = self.redis.clone();
-        match call.invoke_async::<usize>(&mut redis).await {
+        match self.store.heartbeat(&self.instance, &held, self.slot_ttl).await {
             Ok(n) => {
                 self.instances.store(n.max(1), Ordering::Relaxed);
                 self.answered();
             }
             Err(e) => self.failed(&e),
         }
+    }
+
+    /// Whether the store answered the last call: while not, the fleet's parts do not call it
+    /// (the heartbeat does, every [`PROBE_EVERY`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Relaxed)
     }
 
     fn answered(&self) {
@@ -170,10 +124,10 @@ impl Fleet {
         self.metrics.shared.set(1.0);
     }
 
-    fn failed(&self, e: &redis::RedisError) {
+    fn failed(&self, e: &store::StoreError) {
         self.metrics.errors.increment(1);
         if self.shared.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = %e, instances = self.instances.load(Ordering::Relaxed), "Redis cannot be reached: each pipeline goes on with its local share of the fleet budget (fleet_max_concurrency / instances last seen)");
+            tracing::warn!(error = %e, instances = self.instances.load(Ordering::Relaxed), "Redis cannot be reached: each pipeline goes on with its local share of the fleet budget (fleet_max_concurrency / instances last seen); asking again every second");
         }
         self.metrics.shared.set(0.0);
     }
@@ -190,6 +144,7 @@ impl Fleet {
             limit,
             local: Arc::new(Semaphore::new(limit)),
             local_taken: AtomicUsize::new(0),
+            shared_taken: AtomicUsize::new(0),
             pipeline: pipeline.to_string(),
         })
     }
@@ -218,66 +173,91 @@ pub struct FleetRate {
     key: String,
     per_sec: u32,
     burst: u32,
-    /// While Redis is away: a limiter of the local share (the rate divided by the instances
+    /// While the store is away: a limiter of the local share (the rate divided by the instances
     /// last seen), made again when the share changes.
-    local: Mutex<Option<(u32, Arc<governor::DefaultDirectRateLimiter>)>>,
+    local: Mutex<Option<(u32, Arc<LocalLimiter>)>>,
     /// `sqs_poller_fleet_rate_limited_batches_total` of the pipeline.
     rate_limited: metrics::Counter,
 }
 
+/// governor's limiter on tokio's clock (which the simulation pauses and advances).
+type LocalLimiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    TokioClock,
+    governor::middleware::NoOpMiddleware<std::time::Instant>,
+>;
+
+/// tokio's clock for governor: under paused time a wait is simulated, as every other wait.
+#[derive(Debug, Clone, Default)]
+pub struct TokioClock;
+
+impl governor::clock::Clock for TokioClock {
+    type Instant = std::time::Instant;
+
+    fn now(&self) -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
 impl FleetRate {
-    /// Waits until `n` messages may go, by the fleet's rate while Redis answers, else by the
-    /// local share. Whether it had to wait.
+    /// Waits until `n` messages may go, by the fleet's rate while the store answers, else by
+    /// the local share. Whether it had to wait.
     pub async fn until_ready(&self, n: u32) -> bool {
         let n = n.clamp(1, self.burst);
         let interval_ms = 1000.0 / f64::from(self.per_sec);
         let mut waited = false;
-        loop {
-            let mut redis = self.fleet.redis.clone();
-            let mut call = self.fleet.rate.key(&self.key);
-            call.arg(interval_ms).arg(self.burst).arg(n);
-            match call.invoke_async::<u64>(&mut redis).await {
-                Ok(0) => {
+        while self.fleet.is_shared() {
+            match self.fleet.store.rate(&self.key, interval_ms, self.burst, n).await {
+                Ok(None) => {
                     self.fleet.answered();
                     if waited {
                         self.rate_limited.increment(1);
                     }
                     return waited;
                 }
-                Ok(wait_ms) => {
+                Ok(Some(wait)) => {
                     self.fleet.answered();
                     waited = true;
-                    tokio::time::sleep(Duration::from_millis(wait_ms.min(5_000))).await;
+                    tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
                 }
-                Err(e) => {
-                    self.fleet.failed(&e);
-                    let limiter = self.local_limiter();
-                    let n = std::num::NonZeroU32::new(n).expect("at least 1");
-                    // the share's burst may be smaller than a batch: then one message at a time
-                    if limiter.until_n_ready(n).await.is_err() {
-                        for _ in 0..n.get() {
-                            limiter.until_ready().await;
-                        }
-                    }
-                    self.rate_limited.increment(1);
-                    return true;
-                }
+                Err(e) => self.fleet.failed(&e),
+            }
+        }
+        self.until_local(n).await;
+        self.rate_limited.increment(1);
+        true
+    }
+
+    /// Waits for `n` messages of the local share (one at a time when the share's burst is
+    /// smaller than a batch).
+    async fn until_local(&self, n: u32) {
+        let (limiter, burst) = self.local_limiter();
+        let (step, times) = if n <= burst { (n, 1) } else { (1, n) };
+        let step = std::num::NonZeroU32::new(step).expect("at least 1");
+        for _ in 0..times {
+            // (a step is never above the burst: the limiter always has room for it in time)
+            while let Ok(Err(not_until)) = limiter.check_n(step) {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(&TokioClock));
+                tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
             }
         }
     }
 
-    fn local_limiter(&self) -> Arc<governor::DefaultDirectRateLimiter> {
+    /// The local share's limiter and its burst.
+    fn local_limiter(&self) -> (Arc<LocalLimiter>, u32) {
         let instances = u32::try_from(self.fleet.instances.load(Ordering::Relaxed)).unwrap_or(u32::MAX).max(1);
         let share = (self.per_sec / instances).max(1);
+        let burst = share.min(self.burst);
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
         match &*local {
-            Some((s, l)) if *s == share => l.clone(),
+            Some((s, l)) if *s == share => (l.clone(), burst),
             _ => {
                 let quota = governor::Quota::per_second(std::num::NonZeroU32::new(share).expect("at least 1"))
-                    .allow_burst(std::num::NonZeroU32::new(share.min(self.burst)).expect("at least 1"));
-                let limiter = Arc::new(governor::RateLimiter::direct(quota));
+                    .allow_burst(std::num::NonZeroU32::new(burst).expect("at least 1"));
+                let limiter = Arc::new(governor::RateLimiter::direct_with_clock(quota, TokioClock));
                 *local = Some((share, limiter.clone()));
-                limiter
+                (limiter, burst)
             }
         }
     }
@@ -294,6 +274,17 @@ pub struct PipelineFleet {
     pub idempotency: Option<Arc<idempotency::Idempotency>>,
 }
 
+impl PipelineFleet {
+    /// The parts of `fleet` pipeline `p` names: its fleet slots, rate and idempotency window.
+    pub fn of(fleet: &Arc<Fleet>, p: &crate::config::PipelineConfig) -> Self {
+        PipelineFleet {
+            slots: p.target.fleet_max_concurrency.map(|n| fleet.slots(&p.name, n)),
+            rate: p.target.fleet_rate_per_sec.map(|r| fleet.rate(&p.name, r.get(), p.batch.size as u32)),
+            idempotency: p.idempotency.as_ref().map(|i| fleet.idempotency(&p.name, i.key.clone(), i.ttl)),
+        }
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "host".to_string(), |h| h.trim().to_string())
 }
@@ -306,6 +297,9 @@ pub struct FleetSlots {
     /// The local share while Redis is away: `limit` permits, of which only the share is used.
     local: Arc<Semaphore>,
     local_taken: AtomicUsize,
+    /// Shared slots this instance holds: while the store is away they count against the local
+    /// share (never more than the share across both).
+    shared_taken: AtomicUsize,
     pipeline: String,
     /// `sqs_poller_fleet_slots_held`, `sqs_poller_fleet_slot_wait_seconds` of the pipeline.
     held: metrics::Gauge,
@@ -345,15 +339,20 @@ impl FleetSlots {
 
     async fn try_acquire(self: &Arc<Self>) -> Option<FleetSlot> {
         let fleet = &self.fleet;
+        if !fleet.is_shared() {
+            return self.try_local();
+        }
+        // back on the store: the local share's batches end first (never both at once)
+        if self.local_taken.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
         let member = format!("{}:{}", fleet.instance, fleet.next_member.fetch_add(1, Ordering::Relaxed));
-        let mut redis = fleet.redis.clone();
-        let mut call = fleet.acquire.key(&self.key);
-        call.arg(self.limit).arg(fleet.slot_ttl.as_millis() as u64).arg(&member);
-        match call.invoke_async::<i64>(&mut redis).await {
+        match fleet.store.acquire(&self.key, self.limit, fleet.slot_ttl, &member).await {
             Ok(taken) => {
                 fleet.answered();
-                (taken == 1).then(|| {
+                taken.then(|| {
                     fleet.held.lock().unwrap_or_else(|e| e.into_inner()).insert((self.key.clone(), member.clone()));
+                    self.shared_taken.fetch_add(1, Ordering::Relaxed);
                     self.held.increment(1.0);
                     FleetSlot { slots: self.clone(), held: Held::Shared(member) }
                 })
@@ -365,14 +364,20 @@ impl FleetSlots {
         }
     }
 
-    /// A permit of the local share, if one is free.
+    /// A slot of the local share, if one is free: the shared slots still held count against
+    /// it.
     fn try_local(self: &Arc<Self>) -> Option<FleetSlot> {
         let share = self.local_share();
-        if self.local_taken.load(Ordering::Relaxed) >= share {
+        let taken = self.local_taken.fetch_update(Ordering::AcqRel, Ordering::Acquire, |local| {
+            (local + self.shared_taken.load(Ordering::Acquire) < share).then_some(local + 1)
+        });
+        if taken.is_err() {
             return None;
         }
-        let permit = self.local.clone().try_acquire_owned().ok()?;
-        self.local_taken.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = self.local.clone().try_acquire_owned() else {
+            self.local_taken.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        };
         self.held.increment(1.0);
         tracing::debug!(pipeline = %self.pipeline, share, "a batch runs on the local share of the fleet budget");
         Some(FleetSlot { slots: self.clone(), held: Held::Local(permit) })
@@ -389,14 +394,12 @@ impl Drop for FleetSlot {
                 drop(permit);
             }
             Held::Shared(member) if !member.is_empty() => {
+                slots.shared_taken.fetch_sub(1, Ordering::Relaxed);
                 slots.fleet.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&(slots.key.clone(), member.clone()));
-                let mut redis = slots.fleet.redis.clone();
-                // given back in the background; were Redis away, it expires by itself
+                // given back in the background; were the store away, it expires by itself
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move {
-                        let r: redis::RedisResult<i64> =
-                            redis::cmd("ZREM").arg(&slots.key).arg(&member).query_async(&mut redis).await;
-                        if let Err(e) = r {
+                        if let Err(e) = slots.fleet.store.release(&slots.key, &member).await {
                             slots.fleet.failed(&e);
                         }
                     });

@@ -79,7 +79,7 @@ impl BatchSink for BatchRunner {
         let fleet_slot = match &self.fleet {
             None => None,
             Some(fleet) => tokio::select! {
-                s = fleet.acquire() => Some(s),
+                s = fleet.acquire() => Some((fleet.clone(), s)),
                 () = self.work.abandon.cancelled() => {
                     self.slots.release(slot);
                     self.work.acker.release(&batch).await;
@@ -101,12 +101,12 @@ impl BatchSink for BatchRunner {
         self.tasks.spawn(
             async move {
                 let (started, messages) = (std::time::Instant::now(), batch.len());
-                let mut hold = Some(crate::dispatch::concurrency::SlotHold::new(&slots, slot));
+                let hold = crate::dispatch::concurrency::SlotHold::new(&slots, slot).with_fleet(fleet_slot);
+                let mut hold = Some(hold);
                 process_batch(&work, batch, groups, cut, slot_wait, &mut hold).await;
                 if let Some(hold) = hold {
                     hold.release();
                 }
-                drop(fleet_slot);
                 scaling.tasks.batch_done(messages, started.elapsed(), slots.saturation().1);
                 Self::report_saturation(&slots, &scaling);
             }

@@ -341,3 +341,110 @@ async fn a_redelivery_after_a_lost_delete_does_not_reach_the_worker_again() {
     assert_eq!(worker.deliveries().len(), 1, "the worker saw it once");
     assert_eq!(skips, 1.0, "B deleted it without dispatching it");
 }
+
+/// The simulation runs the fleet on `MemoryStore`; this runs one sequence of calls on it and on
+/// Redis (`RedisStore`, the Lua scripts) and asks for the same answers: slots up to a limit,
+/// given back, expired; the rate's admissions and waits; idempotency claims, their owners,
+/// completion and release.
+#[tokio::test]
+async fn the_memory_store_answers_as_redis_does() {
+    use sqs_poller::fleet::memory::MemoryStore;
+    use sqs_poller::fleet::store::{FleetStore, Found, RedisStore};
+    let redis = RedisStore::new(&redis_url().await).expect("the URL");
+    let memory = MemoryStore::new();
+    let prefix = unique("conformance");
+    let (long, short) = (Duration::from_secs(60), Duration::from_millis(50));
+    let mut answers: Vec<Vec<String>> = Vec::new();
+    for store in [&redis as &dyn FleetStore, &memory] {
+        let k = |s: &str| format!("{prefix}:{s}");
+        let owner = |s: &str| (k("idem"), s.to_string());
+        let mut said = Vec::new();
+        let mut say = |what: &str, v: String| said.push(format!("{what}: {v}"));
+        let slots = k("slots");
+        for m in ["a", "b", "c"] {
+            say("acquire", format!("{:?}", store.acquire(&slots, 2, long, m).await));
+        }
+        store.release(&slots, "a").await.unwrap();
+        say("acquire after a release", format!("{:?}", store.acquire(&slots, 2, long, "c").await));
+        say("acquire at the limit", format!("{:?}", store.acquire(&slots, 2, long, "d").await));
+        let n = store.heartbeat(&k("me"), &[(slots.clone(), "b".into())], long).await.unwrap();
+        say("instances seen", format!("{}", n >= 1));
+        // a slot held for 50 ms is free again after 300 ms
+        let brief = k("brief");
+        say("brief", format!("{:?}", store.acquire(&brief, 1, short, "x").await));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        say("after its expiry", format!("{:?}", store.acquire(&brief, 1, long, "y").await));
+        // 0.1 a second in bursts of 3: three go at once, the fourth waits up to 10 s
+        let rate = k("rate");
+        say("burst", format!("{:?}", store.rate(&rate, 10_000.0, 3, 3).await));
+        let wait = store.rate(&rate, 10_000.0, 3, 1).await.unwrap();
+        say("past the burst", format!("{}", wait.is_some_and(|w| w <= Duration::from_secs(10))));
+        // claims
+        let k2 = (k("idem2"), "o2".to_string());
+        say("claim", format!("{:?}", store.claim(&[owner("o1"), k2.clone()], long).await));
+        let other = store.claim(&[owner("o3")], long).await.unwrap();
+        say("claimed by another", format!("{}", matches!(other[0], Found::Busy(d) if d <= long)));
+        say("claimed again by its owner", format!("{:?}", store.claim(&[owner("o1")], long).await));
+        store.finish(&[(k("idem"), "o1".into(), true), (k2.0.clone(), "o2".into(), false)], long).await.unwrap();
+        say("after finish", format!("{:?}", store.claim(&[owner("o4"), (k2.0.clone(), "o5".into())], long).await));
+        // only the owner ends or renews a claim
+        store.finish(&[(k2.0.clone(), "o9".into(), true)], long).await.unwrap();
+        store.renew_claims(&[(k2.0.clone(), "o5".into())], long).await.unwrap();
+        let busy = store.claim(&[(k2.0.clone(), "o6".into())], long).await.unwrap();
+        say("a stranger's finish changes nothing", format!("{}", matches!(busy[0], Found::Busy(_))));
+        answers.push(said);
+    }
+    assert_eq!(answers[0], answers[1], "Redis (left) and the memory store (right)");
+    assert!(answers[0].iter().any(|a| a == "acquire at the limit: Ok(false)"), "{:?}", answers[0]);
+    assert!(answers[0].iter().any(|a| a == "after finish: Ok([Completed, Claimed])"), "{:?}", answers[0]);
+}
+
+/// A Redis that accepts connections and never answers (a hung node, a black-holed route) costs
+/// the first calls their 2 s timeout; from then on the instance runs on its local share without
+/// waiting on Redis, asking again once a second, instead of every batch waiting 2 s for each of
+/// its calls (slot, rate, idempotency).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_hangs_costs_a_timeout_once_not_one_per_batch() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hung.local_addr().unwrap().port();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = hung.accept().await {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let sqs = sqs().await;
+    let queue = sqs.queue("fleet-hung", &[]).await;
+    let bodies: Vec<String> = (0..300).map(|i| format!("m-{i}")).collect();
+    sqs.send_bodies(&queue, &bodies).await;
+    let worker = worker(|_| Reply::ok("")).await;
+    let name = unique("fleet-hung");
+    let text = format!(
+        "[fleet]\nredis_url = \"redis://127.0.0.1:{port}\"\n{}",
+        http_pipeline_with_target(
+            &name,
+            &queue,
+            &worker.url,
+            "max_concurrency = 4\nfleet_max_concurrency = 8\nfleet_rate_per_sec = 100000",
+            "[pipelines.batch]\nsize = 1\n[pipelines.idempotency]\n"
+        )
+    );
+    let poller = start_poller(&sqs, 5, &text).await;
+    // 300 batches: were each to wait 2 s for Redis, 4 at a time, this would take 150 s
+    poller
+        .wait_metric(
+            &format!("sqs_poller_messages_deleted_total{{pipeline=\"{name}\"}}"),
+            300.0,
+            Duration::from_secs(120),
+        )
+        .await;
+    let errors = poller.metric("sqs_poller_fleet_redis_errors_total").await;
+    assert_eq!(poller.metric("sqs_poller_fleet_shared").await, 0.0, "on the local share");
+    let (status, _, log) = poller.stop().await;
+    assert!(status.success(), "{log}");
+    println!("Redis errors over 300 batches: {errors}");
+    assert!(errors < 150.0, "{errors} failed Redis calls for 300 batches: the batches still wait on Redis");
+    assert_eq!(log.matches("Redis cannot be reached: each pipeline").count(), 1, "said once:\n{log}");
+    assert!(!held.lock().unwrap().is_empty(), "the service did connect to the hung Redis");
+}

@@ -212,6 +212,11 @@ fn spawn_pipeline(
     let mut parts = PipelineParts::for_test(cfg, queue, target);
     parts.dead_letter = dead_letter;
     parts.pool = pool;
+    spawn_parts(parts)
+}
+
+/// Runs the pipeline of `parts` in a task of its own.
+fn spawn_parts(parts: PipelineParts) -> (tokio::task::JoinHandle<Result<(), sqs_poller::sqs::SqsError>>, Shutdown) {
     let shutdown = parts.shutdown.clone();
     let task = tokio::spawn(pipeline::run(parts));
     (task, shutdown)

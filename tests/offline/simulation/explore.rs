@@ -2,7 +2,8 @@
 //! window and `max_bytes` down to below one message, a group cap, a shared pool with a second
 //! pipeline, the circuit breaker, fixed or adaptive concurrency, bisect, a dead-letter queue (with message deadlines: messages first sent long ago),
 //! visibility, the fleet's size, bodies padded with characters JSON escaping doubles, a filter that deletes or keeps what it rejects (standard queues), the queue's largest
-//! message size and a byte budget of one to three receives) and a fault schedule (SQS errors, entry errors, latency and
+//! message size and a byte budget of one to three receives, the fleet's budget: `[fleet]` slots, rate and
+//! idempotency window on an in-memory store that may be away for a while) and a fault schedule (SQS errors, entry errors, latency and
 //! duplicates; the target's item failures, function errors, 5xx, 429/503, timeouts, refused
 //! connections, slow, unreadable and huge answers; an outage of 5xx or refused connections followed by
 //! a stretch of 503s; a change of the queue's visibility timeout; a SIGTERM at a random moment),
@@ -26,6 +27,12 @@
 //! - **in-flight and room within their bounds**: batches at the worker never above
 //!   `max_concurrency` (and a shared pool's), leased messages never above `lease.max_outstanding`,
 //!   their bytes and the receives' reservations never above `lease.max_outstanding_bytes`;
+//! - **the fleet's budget**: batches at the worker never above `fleet_max_concurrency` (the store
+//!   away or not: one instance never holds local and shared slots at once); messages at the
+//!   worker within `fleet_rate_per_sec` (a burst of a batch above it; two while the store comes
+//!   and goes); with the idempotency window and the store answering, a message whose success was
+//!   settled (its delete sent, even one SQS then failed) never reaches the worker again; every
+//!   fleet slot given back after the drain;
 //! - **no lease lapses while held** (`sqs_poller_leases_expired_total` stays 0);
 //! - **liveness**: once the target answers again, the breaker closes and the backlog drains (within
 //!   three simulated hours of the outage's end);
@@ -58,6 +65,8 @@ use serde_json::Value;
 use sqs_poller::aws::SqsMessage;
 use sqs_poller::dispatch::concurrency::Slots;
 use sqs_poller::dispatch::{Invocation, Target};
+use sqs_poller::fleet::memory::MemoryStore;
+use sqs_poller::fleet::{Fleet, PipelineFleet};
 use sqs_poller::shutdown::Shutdown;
 use sqs_poller::sim::{SimConfig, SimQueue};
 use sqs_poller::sqs::{BoxFuture, EntryFailure, Outgoing, Queue, SqsError};
@@ -123,6 +132,34 @@ struct Drawn {
     max_message_bytes: usize,
     /// `lease.max_outstanding_bytes`, in receives' worth (`None`: the default, 256 MiB).
     byte_budget: Option<usize>,
+    /// `[fleet]` on the in-memory store.
+    fleet: Option<FleetDraw>,
+}
+
+/// The fleet's parts a seed turns on, and when its store is away.
+#[derive(Debug, Clone, Copy)]
+struct FleetDraw {
+    /// `target.fleet_max_concurrency`.
+    max_concurrency: Option<usize>,
+    /// `target.fleet_rate_per_sec`.
+    rate: Option<u32>,
+    /// `[pipelines.idempotency]` (message ids).
+    idempotency: bool,
+    /// The store cannot be reached from .0 s for .1 s.
+    away: Option<(u64, u64)>,
+}
+
+impl FleetDraw {
+    fn target_toml(&self) -> String {
+        let mut t = String::new();
+        if let Some(n) = self.max_concurrency {
+            t += &format!("fleet_max_concurrency = {n}\n");
+        }
+        if let Some(r) = self.rate {
+            t += &format!("fleet_rate_per_sec = {r}\n");
+        }
+        t
+    }
 }
 
 /// A filter passing the bodies that start with none of `prefixes` (`anything-but` a list of
@@ -256,6 +293,12 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
         }),
         max_message_bytes: pick(rng, &[1 << 20, 64 << 10, 2 << 10]),
         byte_budget: chance(rng, 0.4).then(|| rng.usize(1..=3)),
+        fleet: chance(rng, 0.3).then(|| FleetDraw {
+            max_concurrency: chance(rng, 0.7).then(|| rng.usize(1..=max_concurrency)),
+            rate: chance(rng, 0.4).then(|| pick(rng, &[3, 20, 200])),
+            idempotency: chance(rng, 0.5),
+            away: chance(rng, 0.4).then(|| (rng.u64(0..=60), rng.u64(1..=90))),
+        }),
         pool: chance(rng, 0.25).then(|| {
             // at least each member's own max_concurrency, less than theirs together
             PoolDraw {
@@ -338,6 +381,9 @@ fn pipeline_toml(name: &str, queue: &str, d: &Drawn, dlq: Option<&str>, pool: Op
     if let Some((priority, weight)) = pool {
         t += &format!("pool = \"shared\"\npriority = {priority}\nweight = {weight}\n");
     }
+    if let Some(f) = &d.fleet {
+        t += &f.target_toml();
+    }
     match d.breaker {
         Some((failures, cooldown)) => {
             t += &format!(
@@ -368,6 +414,10 @@ fn pipeline_toml(name: &str, queue: &str, d: &Drawn, dlq: Option<&str>, pool: Op
     if let Some(f) = &d.filter {
         t += &f.toml();
     }
+    if d.fleet.is_some_and(|f| f.idempotency) {
+        // completed keys outlive the run (13 simulated hours at most)
+        t += "[pipelines.idempotency]\nttl_secs = 2592000\n";
+    }
     t
 }
 
@@ -392,6 +442,10 @@ struct World {
     asked_in_all: Duration,
     /// Copies sent back into the source queue (a long delay's hops).
     hops: usize,
+    /// Messages whose success was settled: their delete was sent (SQS may have failed it).
+    settled_success: HashSet<String>,
+    /// With `fleet_rate_per_sec`: when each batch reached the worker, and its messages.
+    dispatched: Vec<(Instant, usize)>,
 }
 
 impl World {
@@ -409,6 +463,8 @@ struct Run {
     rng: Mutex<fastrand::Rng>,
     pool_load: AtomicUsize,
     pool_max: Option<usize>,
+    /// `[fleet]`: the store (the simulation makes it come and go) and the instance's fleet.
+    fleet: Option<(Arc<MemoryStore>, Arc<Fleet>)>,
 }
 
 /// Undoes a batch's marks at the worker when it ends, however it ends (answered, timed out,
@@ -440,6 +496,10 @@ impl Drop for Working {
 fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Duration) -> Target {
     let (fifo, max_concurrency, timeout) = (d.fifo, d.max_concurrency, Duration::from_secs(d.timeout_secs));
     let (asks_drawn, long_asks, has_dead_letter) = (d.asks, d.asks && d.long_asks, d.dead_letter.is_some());
+    let fleet_max = d.fleet.and_then(|f| f.max_concurrency);
+    let fleet_rate = d.fleet.is_some_and(|f| f.rate.is_some());
+    // the store answers throughout: a completed key holds
+    let exactly_once = d.fleet.is_some_and(|f| f.idempotency && f.away.is_none());
     // thirteen simulated hours cost real time in what runs all along: short polling, and
     // messages a filter keeps (received again every keep delay)
     let keeps = d.filter.as_ref().is_some_and(|f| f.keep.is_some());
@@ -471,6 +531,14 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                     if !w.running.insert(id.clone()) {
                         w.violation(format!("{t} s: {id} dispatched while an earlier copy of it runs"));
                     }
+                    if exactly_once && w.settled_success.contains(id) {
+                        w.violation(format!(
+                            "{t} s: {id} reached the worker again after its success was settled (idempotency window)"
+                        ));
+                    }
+                }
+                if fleet_rate {
+                    w.dispatched.push((Instant::now(), ids.len()));
                 }
                 for r in &records {
                     let (id, body) = (r["messageId"].as_str().unwrap(), r["body"].as_str().unwrap_or_default());
@@ -497,6 +565,10 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                 if w.in_flight > max_concurrency {
                     let n = w.in_flight;
                     w.violation(format!("{t} s: {n} batches at the worker, max_concurrency {max_concurrency}"));
+                }
+                if let Some(fleet_max) = fleet_max.filter(|m| w.in_flight > *m) {
+                    let n = w.in_flight;
+                    w.violation(format!("{t} s: {n} batches at the worker, fleet_max_concurrency {fleet_max}"));
                 }
                 if let Some(max) = run.pool_max {
                     let n = run.pool_load.fetch_add(1, Ordering::SeqCst) + 1;
@@ -668,6 +740,9 @@ impl Queue for Checked {
                                 "{t} s: {id} ({body:.20}) deleted without success or a dead-letter copy"
                             ));
                         }
+                        _ if !dead.contains(&body) => {
+                            w.settled_success.insert(id);
+                        }
                         _ => {}
                     }
                 }
@@ -740,13 +815,12 @@ impl Lane {
             filter: d.filter.clone(),
             start: run.start,
         });
-        let (task, shutdown) = super::spawn_pipeline(
-            cfg,
-            checked,
-            self.dead_letter.clone().map(|q| q as Arc<dyn Queue>),
-            target,
-            self.pool.clone(),
-        );
+        let fleet = run.fleet.as_ref().map(|(_, f)| PipelineFleet::of(f, &cfg)).unwrap_or_default();
+        let mut parts = sqs_poller::pipeline::PipelineParts::for_test(cfg, checked, target);
+        parts.dead_letter = self.dead_letter.clone().map(|q| q as Arc<dyn Queue>);
+        parts.pool = self.pool.clone();
+        parts.fleet = fleet;
+        let (task, shutdown) = super::spawn_parts(parts);
         self.task = Some(task);
         self.shutdown = shutdown;
         self.text = text.to_string();
@@ -781,6 +855,12 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         rng: Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)),
         pool_load: AtomicUsize::new(0),
         pool_max: d.pool.map(|p| p.max),
+        fleet: d.fleet.map(|_| {
+            let store = Arc::new(MemoryStore::new());
+            let fleet = Fleet::with_store(store.clone(), &format!("sim-{seed}"), Duration::from_secs(30));
+            tokio::spawn(fleet.clone().keep_alive(tokio_util::sync::CancellationToken::new()));
+            (store, fleet)
+        }),
     });
     let suffix = if d.fifo { ".fifo" } else { "" };
     let names: Vec<String> = match d.pool {
@@ -834,6 +914,10 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         }
         let pool = d.pool.map(|p| if k == 0 { (p.priorities.0, p.weights.0) } else { (p.priorities.1, p.weights.1) });
         let mut text = String::new();
+        if d.fleet.is_some() {
+            // (the pipelines run on the in-memory store, not on this URL)
+            text += "[fleet]\nredis_url = \"redis://sim.invalid\"\n";
+        }
         if let Some(p) = d.pool {
             text += &format!("[pools.shared]\nmax_concurrency = {}\n", p.max);
             if p.adaptive {
@@ -876,6 +960,9 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         tokio::time::sleep(Duration::from_secs(step)).await;
         seconds = start.elapsed().as_secs();
         tick += 1;
+        if let (Some((store, _)), Some((from, secs))) = (&run.fleet, d.fleet.and_then(|f| f.away)) {
+            store.set_away((from..from + secs).contains(&seconds));
+        }
         if let Some((at, secs)) = f.visibility_change {
             if seconds >= at && !changed {
                 changed = true;
@@ -989,6 +1076,18 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
             broken.push(e);
         }
     }
+    // the fleet's slots given back (or, with the store away at the end, expired)
+    if let Some((store, _)) = &run.fleet {
+        let away = d.fleet.and_then(|f| f.away).is_some_and(|(from, secs)| (from..from + secs).contains(&seconds));
+        store.set_away(false);
+        tokio::time::sleep(if away { Duration::from_secs(31) } else { Duration::from_secs(1) }).await;
+        for lane in &lanes {
+            let held = store.held(&format!("sqs-poller:{}:slots", lane.name));
+            if held > 0 {
+                broken.push(format!("{}: {held} fleet slots still held after the drain", lane.name));
+            }
+        }
+    }
     // settled as the rules say, nothing lost, nothing left leased or held
     for lane in &lanes {
         let w = lane.world.lock().unwrap();
@@ -1047,6 +1146,14 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
                 }
             }
         }
+        if let Some(rate) = d.fleet.and_then(|f| f.rate) {
+            let burst = d.batch_size.max(f.reload.map_or(0, |r| r.1));
+            // the store's limiter and the local share's each allow a burst
+            let bursts = if d.fleet.is_some_and(|f| f.away.is_some()) { 2 } else { 1 };
+            if let Some(e) = over_rate(&w.dispatched, rate, burst * bursts) {
+                broken.push(format!("{}: {e}", lane.name));
+            }
+        }
         // no lease lapsed while held (the maximum lease, 12 hours, is never reached here)
         let lapsed = metric(handle, &format!("sqs_poller_leases_expired_total{{pipeline=\"{}\"}}", lane.name));
         if lapsed.is_some_and(|n| n > 0.0) {
@@ -1058,6 +1165,7 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
             ("sqs_poller_group_capped_messages", "messages still held behind a group's cap"),
             ("sqs_poller_groups_in_flight", "groups still counted in flight"),
             ("sqs_poller_in_flight_bytes", "bytes of the budget still taken"),
+            ("sqs_poller_fleet_slots_held", "fleet slots still counted held"),
         ] {
             let v = metric(handle, &format!("{series}{{pipeline=\"{}\"}}", lane.name));
             if v.is_some_and(|v| v != 0.0) {
@@ -1072,6 +1180,29 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
     } else {
         Err(format!("{}\n  configuration: {d:?}\n  faults: {f:?}\n  ({summary})", broken.join("\n  ")))
     }
+}
+
+/// Whether the messages `dispatched` (when, how many) ever came faster than `rate` a second with
+/// bursts of `burst`: within any second or ten seconds, at most the burst and what the rate
+/// allows in that time.
+fn over_rate(dispatched: &[(Instant, usize)], rate: u32, burst: usize) -> Option<String> {
+    for window in [Duration::from_secs(1), Duration::from_secs(10)] {
+        let allowed = burst + (window.as_secs_f64() * f64::from(rate)).ceil() as usize;
+        let (mut end, mut sum) = (0, 0);
+        for (i, (at, n)) in dispatched.iter().enumerate() {
+            while end < dispatched.len() && dispatched[end].0 < *at + window {
+                sum += dispatched[end].1;
+                end += 1;
+            }
+            if sum > allowed {
+                return Some(format!(
+                    "{sum} messages at the worker within {window:?} from dispatch {i}: fleet_rate_per_sec {rate} allows {allowed}"
+                ));
+            }
+            sum -= n;
+        }
+    }
+    None
 }
 
 /// Runs `seed` on its own current-thread runtime under paused time, with its own metrics.
