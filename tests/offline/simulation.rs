@@ -32,6 +32,9 @@ use sqs_poller::sqs::Queue;
 /// Every seed a drawn configuration and fault schedule: where the features meet.
 #[path = "simulation/explore.rs"]
 mod explore;
+/// The fleet's budget where it meets the breaker, the retries and a store that goes away.
+#[path = "simulation/fleet.rs"]
+mod fleet;
 
 const MESSAGES: usize = 10_000;
 const VISIBILITY: Duration = Duration::from_secs(30);

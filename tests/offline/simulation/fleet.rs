@@ -1,0 +1,152 @@
+//! The fleet's budget where it meets the breaker, the throttle retries and a store that goes
+//! away: each test replays what the exploration found (paused time, the in-memory store).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sqs_poller::dispatch::{Invocation, Target};
+use sqs_poller::fleet::memory::MemoryStore;
+use sqs_poller::fleet::{Fleet, PipelineFleet};
+use sqs_poller::pipeline::PipelineParts;
+use sqs_poller::sim::{SimConfig, SimQueue};
+use sqs_poller::sqs::Queue;
+use tokio::time::Instant;
+
+use super::{paused_runtime, spawn_parts, VISIBILITY};
+
+/// A queue of `messages` bodies and the pipeline of `target_keys` (its `[pipelines.target]`
+/// keys after the type) on it, on a fleet in memory; runs until the queue is empty or `most`
+/// simulated time has passed, and says whether it emptied.
+async fn run_on_fleet(
+    name: &str,
+    messages: usize,
+    target_keys: &str,
+    target: Target,
+    store: &Arc<MemoryStore>,
+    most: Duration,
+) -> bool {
+    let queue = Arc::new(SimQueue::new(SimConfig::new(&format!("http://sim/000000000000/{name}"), VISIBILITY, 1)));
+    for i in 0..messages {
+        queue.put(&format!("m-{i}"), None);
+    }
+    let text = format!(
+        "[fleet]\nredis_url = \"redis://sim.invalid\"\n[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n\
+         [pipelines.pollers]\nmin = 1\nmax = 2\nwait_time_secs = 5\n[pipelines.batch]\nsize = 1\n\
+         [pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\n{target_keys}\n",
+        queue.url()
+    );
+    let cfg = sqs_poller::config::parse(&text, &|_| None).expect("valid").pipelines.remove(0);
+    let fleet = Fleet::with_store(store.clone(), name, Duration::from_secs(30));
+    tokio::spawn(fleet.clone().keep_alive(tokio_util::sync::CancellationToken::new()));
+    let mut parts = PipelineParts::for_test(cfg.clone(), queue.clone() as Arc<dyn Queue>, target);
+    parts.fleet = PipelineFleet::of(&fleet, &cfg);
+    let (task, shutdown) = spawn_parts(parts);
+    let start = Instant::now();
+    while !queue.is_empty() && start.elapsed() < most {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let emptied = queue.is_empty();
+    shutdown.begin(Duration::from_secs(5));
+    let _ = task.await;
+    emptied
+}
+
+/// Found by the exploration (seed 61669798328634553): a batch the breaker held lent its local
+/// slot but kept its fleet slot; the next batch took the local slot and waited for the fleet
+/// slot, and the held batch, admitted as the probe, waited for the local slot — for ever. Now
+/// the fleet slot goes and comes back with the local one.
+#[test]
+fn a_batch_the_breaker_holds_lends_its_fleet_slot_too() {
+    paused_runtime().block_on(async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let target = Target::Function(Arc::new(move |_: Bytes| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if n == 0 {
+                    Invocation::unavailable("HTTP 502")
+                } else {
+                    Invocation::Response(Bytes::new())
+                }
+            })
+        }));
+        let keys = "max_concurrency = 1\nfleet_max_concurrency = 1\n[pipelines.target.breaker]\nfailures = 1\ncooldown_secs = 1";
+        let store = Arc::new(MemoryStore::new());
+        let drained = run_on_fleet("sim-fleet-breaker", 10, keys, target, &store, Duration::from_secs(600)).await;
+        assert!(drained, "10 messages not processed in 10 minutes: {} calls", calls.load(Ordering::SeqCst));
+    });
+}
+
+/// Found by the exploration (seeds 61669798328634550, …498): the rates were kept once per batch,
+/// and a throttled batch's retries called the target at the throttle backoff's pace. Now every
+/// call keeps to them.
+#[test]
+fn the_retries_of_a_throttled_batch_keep_to_the_fleets_rate() {
+    paused_runtime().block_on(async {
+        let calls: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let seen = calls.clone();
+        let target = Target::Function(Arc::new(move |_: Bytes| {
+            let n = {
+                let mut c = seen.lock().unwrap();
+                c.push(Instant::now());
+                c.len()
+            };
+            Box::pin(async move {
+                if n <= 20 {
+                    Invocation::Throttled("HTTP 429".into())
+                } else {
+                    Invocation::Response(Bytes::new())
+                }
+            })
+        }));
+        let keys = "max_concurrency = 2\nmax_throttled_secs = 600\nfleet_rate_per_sec = 2";
+        let store = Arc::new(MemoryStore::new());
+        assert!(run_on_fleet("sim-fleet-rate", 6, keys, target, &store, Duration::from_secs(600)).await);
+        let calls = calls.lock().unwrap();
+        // 2 a second in bursts of a batch (1): at most 3 calls within any second
+        for (i, at) in calls.iter().enumerate() {
+            let within = calls[i..].iter().take_while(|t| **t < *at + Duration::from_secs(1)).count();
+            assert!(within <= 3, "{within} calls within a second from call {i} at 2 a second: {calls:?}");
+        }
+        assert!(calls.len() > 20, "the throttles were retried");
+    });
+}
+
+/// Found by the exploration (seed 61669798328634568): a batch held a shared fleet slot when the
+/// store went away, and the local share (the whole limit, for one instance) let another batch
+/// run beside it. Shared slots still held now count against the local share.
+#[test]
+fn shared_slots_held_when_the_store_goes_away_count_against_the_local_share() {
+    paused_runtime().block_on(async {
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n, p) = (now.clone(), peak.clone());
+        let target = Target::Function(Arc::new(move |_: Bytes| {
+            let (n, p) = (n.clone(), p.clone());
+            Box::pin(async move {
+                p.fetch_max(n.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                Invocation::Response(Bytes::new())
+            })
+        }));
+        let store = Arc::new(MemoryStore::new());
+        let away = store.clone();
+        // away from the third second (a batch holds the shared slot) for a minute
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            away.set_away(true);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            away.set_away(false);
+        });
+        let keys = "max_concurrency = 4\nfleet_max_concurrency = 1";
+        assert!(run_on_fleet("sim-fleet-away", 8, keys, target, &store, Duration::from_secs(600)).await);
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            1,
+            "at most fleet_max_concurrency at the worker, the store away or not"
+        );
+    });
+}
