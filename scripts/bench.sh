@@ -14,6 +14,9 @@
 #                           in-flight and idle runs against issue 32's targets (about three
 #                           minutes; SQS_POLLER_BENCH_BIN_BEFORE=PATH runs an earlier build beside
 #                           this one); writes the memory section of bench/RESULTS.md
+#   scripts/bench.sh fleet  benches/fleet.rs: Redis round trips and CPU per batch of the fleet's
+#                           shared budget, side by side with none (about a minute); writes the
+#                           fleet section of bench/RESULTS.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SQS_POLLER_SKIP_LOCALSTACK=1   # only the tests need it
@@ -23,6 +26,7 @@ scripts/services.sh stop
 trap 'scripts/services.sh stop' EXIT
 SQS_POLLER_BENCH_ENDPOINT="$(scripts/services.sh start)"
 export SQS_POLLER_BENCH_ENDPOINT
+export SQS_POLLER_TEST_REDIS="$(cat "$SQS_POLLER_RUN_DIR/redis.url")"
 # the seed scenario reaches the emulator the way the tests do
 export SQS_POLLER_TEST_ENDPOINT="$SQS_POLLER_BENCH_ENDPOINT"
 case "${1:-all}" in
@@ -30,7 +34,8 @@ case "${1:-all}" in
     seed) cargo bench --locked --bench seed ;;
     protect) cargo bench --locked --bench protect ;;
     memory) cargo bench --locked --bench memory ;;
+    fleet) cargo bench --locked --bench fleet ;;
     all) cargo bench --locked --bench suite && cargo bench --locked --bench seed && cargo bench --locked --bench protect \
-        && cargo bench --locked --bench memory ;;
-    *) echo "usage: scripts/bench.sh [suite|seed|protect|memory]" >&2; exit 2 ;;
+        && cargo bench --locked --bench memory && cargo bench --locked --bench fleet ;;
+    *) echo "usage: scripts/bench.sh [suite|seed|protect|memory|fleet]" >&2; exit 2 ;;
 esac
