@@ -21,6 +21,30 @@ mkdir -p "$run"
 healthy() { curl -fsS --max-time 2 "$1/health" >/dev/null 2>&1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+# await_ready NAME URL TRIES CHECK...: runs CHECK every 0.2 s until it succeeds, then writes URL to
+# $run/NAME.url; gives up, showing $run/NAME.log, when the process of $run/NAME.pid has died or
+# after TRIES tries.
+await_ready() {
+  local name="$1" url="$2" tries="$3"; shift 3
+  for _ in $(seq 1 "$tries"); do
+    if "$@" 2>/dev/null; then echo "$url" >"$run/$name.url"; return 0; fi
+    kill -0 "$(cat "$run/$name.pid")" 2>/dev/null || break
+    sleep 0.2
+  done
+  echo "$name did not start; its log ($run/$name.log):" >&2
+  cat "$run/$name.log" >&2 || true
+  return 1
+}
+
+# the readiness checks: moto takes its configuration (Lambda without Docker), LocalStack's SQS
+# is up, Redis answers PING
+moto_configured() {
+  curl -fsS --max-time 2 -X POST "$1/moto-api/config" -H 'Content-Type: application/json' \
+    -d '{"lambda": {"use_docker": false}}' >/dev/null
+}
+localstack_sqs() { curl -fsS --max-time 2 "$1/_localstack/health" | grep -q '"sqs": "\(running\|available\)"'; }
+redis_pong() { redis-cli -p "$1" ping | grep -q PONG; }
+
 # moto: only its Lambda backend is used, with Docker off (canned responses)
 start_moto() {
   [ "${SQS_POLLER_SERVICES:-all}" = fauxqs ] && return 0
@@ -28,18 +52,7 @@ start_moto() {
   local port; port="$(free_port)"
   nohup "$root/.local/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$run/moto.log" 2>&1 &
   echo $! >"$run/moto.pid"
-  local url="http://127.0.0.1:$port"
-  for _ in $(seq 1 100); do
-    if curl -fsS --max-time 2 -X POST "$url/moto-api/config" -H 'Content-Type: application/json' \
-         -d '{"lambda": {"use_docker": false}}' >/dev/null 2>&1; then
-      echo "$url" >"$run/moto.url"
-      return 0
-    fi
-    sleep 0.2
-  done
-  echo "moto did not start; its log ($run/moto.log):" >&2
-  cat "$run/moto.log" >&2 || true
-  return 1
+  await_ready moto "http://127.0.0.1:$port" 100 moto_configured "http://127.0.0.1:$port"
 }
 
 # LocalStack in host mode (no Docker), SQS only; ready in about 10 s
@@ -55,18 +68,7 @@ start_localstack() {
     LOCALSTACK_VOLUME_DIR="$data/volume" \
     nohup "$root/.local/localstack/bin/python" -m localstack.runtime.main >"$run/localstack.log" 2>&1 &
   echo $! >"$run/localstack.pid"
-  local url="http://127.0.0.1:$port"
-  for _ in $(seq 1 300); do
-    if curl -fsS --max-time 2 "$url/_localstack/health" 2>/dev/null | grep -q '"sqs": "\(running\|available\)"'; then
-      echo "$url" >"$run/localstack.url"
-      return 0
-    fi
-    kill -0 "$(cat "$run/localstack.pid")" 2>/dev/null || break
-    sleep 0.2
-  done
-  echo "LocalStack did not start; its log ($run/localstack.log):" >&2
-  cat "$run/localstack.log" >&2 || true
-  return 1
+  await_ready localstack "http://127.0.0.1:$port" 300 localstack_sqs "http://127.0.0.1:$port"
 }
 
 # Redis (Debian's redis-server) for the fleet's shared budget: no persistence, loopback only
@@ -80,17 +82,7 @@ start_redis() {
   nohup redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$run" \
     >"$run/redis.log" 2>&1 &
   echo $! >"$run/redis.pid"
-  for _ in $(seq 1 100); do
-    if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
-      echo "redis://127.0.0.1:$port" >"$run/redis.url"
-      return 0
-    fi
-    kill -0 "$(cat "$run/redis.pid")" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "redis-server did not start; its log ($run/redis.log):" >&2
-  cat "$run/redis.log" >&2 || true
-  return 1
+  await_ready redis "redis://127.0.0.1:$port" 50 redis_pong "$port"
 }
 
 running_url() {
@@ -113,14 +105,9 @@ case "${1:-}" in
       >"$run/fauxqs.log" 2>&1 &
     echo $! >"$run/fauxqs.pid"
     url="http://127.0.0.1:$port"
-    for _ in $(seq 1 100); do
-      if healthy "$url"; then echo "$url" >"$run/fauxqs.url"; echo "$url"; exit 0; fi
-      kill -0 "$(cat "$run/fauxqs.pid")" 2>/dev/null || break
-      sleep 0.2
-    done
-    echo "fauxqs did not start; its log ($run/fauxqs.log):" >&2
-    cat "$run/fauxqs.log" >&2 || true
-    exit 1
+    await_ready fauxqs "$url" 100 healthy "$url" || exit 1
+    echo "$url"
+    exit 0
     ;;
   stop)
     for svc in fauxqs moto localstack redis; do
