@@ -106,7 +106,8 @@ async fn redis_stats(url: &str) -> (f64, f64, f64) {
     let (mut round_trips, mut commands) = (0.0, 0.0);
     for line in stats.lines() {
         let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
-        let calls: f64 = rest.split("calls=").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.parse().ok()).unwrap_or(0.0);
+        let calls: f64 =
+            rest.split("calls=").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.parse().ok()).unwrap_or(0.0);
         commands += calls;
         if !IN_SCRIPTS.contains(&name) {
             round_trips += calls;

@@ -33,6 +33,8 @@
 //!   and goes); with the idempotency window and the store answering, a message whose success was
 //!   settled (its delete sent, even one SQS then failed) never reaches the worker again; every
 //!   fleet slot given back after the drain;
+//! - **the task count asked for** (`sqs_poller_desired_tasks`): a whole number, at least 1, never
+//!   more tasks than the fleet's slots let run a batch;
 //! - **no lease lapses while held** (`sqs_poller_leases_expired_total` stays 0);
 //! - **liveness**: once the target answers again, the breaker closes and the backlog drains (within
 //!   three simulated hours of the outage's end);
@@ -134,6 +136,8 @@ struct Drawn {
     byte_budget: Option<usize>,
     /// `[fleet]` on the in-memory store.
     fleet: Option<FleetDraw>,
+    /// `[pipelines.desired_tasks]`: `drain_secs`, `utilization` (`None`: the defaults).
+    desired_tasks: Option<(u64, f64)>,
 }
 
 /// The fleet's parts a seed turns on, and when its store is away.
@@ -293,6 +297,7 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
         }),
         max_message_bytes: pick(rng, &[1 << 20, 64 << 10, 2 << 10]),
         byte_budget: chance(rng, 0.4).then(|| rng.usize(1..=3)),
+        desired_tasks: chance(rng, 0.3).then(|| (pick(rng, &[1, 60, 3600]), pick(rng, &[0.1, 0.8, 1.0]))),
         fleet: chance(rng, 0.3).then(|| FleetDraw {
             max_concurrency: chance(rng, 0.7).then(|| rng.usize(1..=max_concurrency)),
             rate: chance(rng, 0.4).then(|| pick(rng, &[3, 20, 200])),
@@ -413,6 +418,9 @@ fn pipeline_toml(name: &str, queue: &str, d: &Drawn, dlq: Option<&str>, pool: Op
     }
     if let Some(f) = &d.filter {
         t += &f.toml();
+    }
+    if let Some((drain, utilization)) = d.desired_tasks {
+        t += &format!("[pipelines.desired_tasks]\ndrain_secs = {drain}\nutilization = {utilization}\n");
     }
     if d.fleet.is_some_and(|f| f.idempotency) {
         // completed keys outlive the run (13 simulated hours at most)
@@ -982,6 +990,13 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
                         lane.name,
                         lane.max_outstanding
                     ));
+                }
+                // the task count asked for: a whole number, at least 1, never more tasks than
+                // the fleet's slots let run a batch
+                let tasks = metric(handle, &format!("sqs_poller_desired_tasks{{pipeline=\"{}\"}}", lane.name));
+                let most = d.fleet.and_then(|f| f.max_concurrency).map_or(f64::INFINITY, |m| m as f64);
+                if tasks.is_some_and(|t| t < 1.0 || t.fract() != 0.0 || t > most) {
+                    broken.push(format!("{seconds} s: {} asks for {tasks:?} tasks (fleet slots {most})", lane.name));
                 }
                 // and the bytes within the byte budget
                 let bytes = metric(handle, &format!("sqs_poller_in_flight_bytes{{pipeline=\"{}\"}}", lane.name));
