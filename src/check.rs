@@ -31,6 +31,7 @@ impl Display for Resolved<'_> {
             writeln!(f, "sqs endpoint {e}")?;
         }
         telemetry(f, c.telemetry.as_ref())?;
+        fleet(f, c.fleet.as_ref())?;
         for p in &c.pipelines {
             pipeline(f, p)?;
         }
@@ -54,6 +55,21 @@ fn telemetry(f: &mut Formatter<'_>, t: Option<&config::TelemetryConfig>) -> fmt:
         t.service_name,
         if t.detect_resources { " (ECS/EC2 resource detection)" } else { "" }
     )
+}
+
+fn fleet(f: &mut Formatter<'_>, fleet: Option<&config::FleetConfig>) -> fmt::Result {
+    let Some(fleet) = fleet else {
+        return writeln!(f, "fleet      off (no [fleet] redis_url: every limit is this instance's)");
+    };
+    writeln!(f, "fleet      redis {} slot_ttl {}s", without_credentials(&fleet.redis_url.0), fleet.slot_ttl.as_secs())
+}
+
+/// `url` with its user and password (an AUTH token) masked.
+fn without_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://(credentials not shown)@{host}"),
+        _ => url.to_string(),
+    }
 }
 
 /// A pipeline: the path of its messages, in order (queue, pollers, batch, target, lease,
@@ -105,7 +121,37 @@ fn pipeline(f: &mut Formatter<'_>, p: &Pipeline) -> fmt::Result {
         p.lease.max_outstanding_bytes >> 20,
         p.lease.max_lease.as_secs()
     )?;
+    shared(f, p)?;
     settlement(f, p)
+}
+
+/// The fleet's budget of the pipeline and the task count it asks for.
+fn shared(f: &mut Formatter<'_>, p: &Pipeline) -> fmt::Result {
+    let mut parts = Vec::new();
+    if let Some(n) = p.target.fleet_max_concurrency {
+        parts.push(format!("fleet_max_concurrency {n}"));
+    }
+    if let Some(r) = p.target.fleet_rate_per_sec {
+        parts.push(format!("fleet_rate {r}/s"));
+    }
+    if let Some(i) = &p.idempotency {
+        let key = match &i.key {
+            config::IdempotencyKey::MessageId => "message_id".to_string(),
+            config::IdempotencyKey::Pointer(p) => p.clone(),
+        };
+        parts.push(format!("idempotency key {key} ttl {}s", i.ttl.as_secs()));
+    }
+    if !parts.is_empty() {
+        writeln!(f, "  fleet      {}", parts.join(" "))?;
+    }
+    let t = &p.desired_tasks;
+    writeln!(
+        f,
+        "  tasks      sqs_poller_desired_tasks drain {}s utilization {}{}",
+        t.drain.as_secs(),
+        t.utilization,
+        if t.cloudwatch_emf { " (CloudWatch EMF on stdout)" } else { "" }
+    )
 }
 
 /// The target, its limits and its pool.
@@ -205,5 +251,17 @@ fn descriptors(f: &mut Formatter<'_>, c: &Config) -> fmt::Result {
             Ok(())
         }
         None => writeln!(f, "descriptors up to {needed} at full scale; the open-file limit cannot be read here"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn a_redis_urls_credentials_are_not_shown() {
+        let shown = without_credentials("rediss://user:p@ss@word@cache.example:6379/0");
+        assert_eq!(shown, "rediss://(credentials not shown)@cache.example:6379/0");
+        assert_eq!(without_credentials("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

@@ -22,7 +22,7 @@
 //! ([`PROBE_EVERY`], the heartbeat) until it answers.
 //!
 //! The state lives behind [`store::FleetStore`]: Redis in the service ([`store::RedisStore`]),
-//! memory in the simulation ([`memory::MemoryStore`], with the same answers).
+//! memory in the simulation (`memory::MemoryStore`, built for tests: the same answers).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -127,7 +127,7 @@ impl Fleet {
     fn failed(&self, e: &store::StoreError) {
         self.metrics.errors.increment(1);
         if self.shared.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = %e, instances = self.instances.load(Ordering::Relaxed), "Redis cannot be reached: each pipeline goes on with its local share of the fleet budget (fleet_max_concurrency / instances last seen); asking again every second");
+            tracing::warn!(error = %e, instances = self.instances.load(Ordering::Relaxed), "Redis cannot be used (unreachable, timed out, or it refused the connection or its credentials): each pipeline goes on with its local share of the fleet budget (fleet_max_concurrency / instances last seen) and without the idempotency window; asking again every second");
         }
         self.metrics.shared.set(0.0);
     }

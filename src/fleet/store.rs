@@ -1,5 +1,5 @@
 //! Where the fleet's shared state lives: the atomic operations the fleet needs, behind a trait
-//! so that the simulation runs them in memory ([`super::memory::MemoryStore`], under paused
+//! so that the simulation runs them in memory (`memory::MemoryStore`, built for tests, under paused
 //! time) while the service runs them in Redis ([`RedisStore`], one Lua script each).
 //!
 //! Times are on the store's own clock (Redis's `TIME`), so instances whose clocks differ agree

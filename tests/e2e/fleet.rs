@@ -445,6 +445,73 @@ async fn a_redis_that_hangs_costs_a_timeout_once_not_one_per_batch() {
     assert!(status.success(), "{log}");
     println!("Redis errors over 300 batches: {errors}");
     assert!(errors < 150.0, "{errors} failed Redis calls for 300 batches: the batches still wait on Redis");
-    assert_eq!(log.matches("Redis cannot be reached: each pipeline").count(), 1, "said once:\n{log}");
+    assert_eq!(log.matches("Redis cannot be used (").count(), 1, "said once:\n{log}");
     assert!(!held.lock().unwrap().is_empty(), "the service did connect to the hung Redis");
+}
+
+/// ElastiCache's in-transit encryption and AUTH token: `rediss://:TOKEN@host:port`. The server's
+/// certificate is checked against the system's trusted roots (`SSL_CERT_FILE` names the test's
+/// CA here); a wrong token and an untrusted certificate are refused, said in the log (the token
+/// never), and the service goes on with its local share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_an_auth_token_is_the_shared_budget_and_a_wrong_token_or_untrusted_certificate_is_not() {
+    redis_url().await; // redis-server is installed
+    let dir = tempfile::tempdir().unwrap();
+    crate::https_target::certificates(dir.path());
+    let port = free_port().to_string();
+    let token = "fleet-token-0123456789";
+    let _redis = tokio::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port, "--tls-cert-file", "server.pem"])
+        .args(["--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+        .args(["--requirepass", token, "--save", "", "--appendonly", "no"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-server: {e}; {HOW_TO_START_REDIS}"));
+    let ca = dir.path().join("ca.pem").to_string_lossy().into_owned();
+    eventually("redis-server answers over TLS", Duration::from_secs(10), || async {
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--tls", "--cacert", &ca, "-p", &port, "--no-auth-warning", "-a", token, "ping"])
+            .output()
+            .await;
+        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+    })
+    .await;
+    let sqs = sqs().await;
+    let worker = worker(|_| Reply::ok("")).await;
+    for (case, secret, env) in [
+        ("right token, trusted", token, vec![("SSL_CERT_FILE", ca.as_str())]),
+        ("wrong token", "not-the-token-9876543210", vec![("SSL_CERT_FILE", ca.as_str())]),
+        ("untrusted certificate", token, vec![]),
+    ] {
+        let queue = sqs.queue("fleet-tls", &[]).await;
+        let bodies: Vec<String> = (0..20).map(|i| format!("m-{i}")).collect();
+        sqs.send_bodies(&queue, &bodies).await;
+        let name = unique("fleet-tls");
+        let text = format!(
+            "[fleet]\nredis_url = \"rediss://:{secret}@127.0.0.1:{port}\"\n{}",
+            http_pipeline_with_target(&name, &queue, &worker.url, "max_concurrency = 4\nfleet_max_concurrency = 2", "")
+        );
+        let mut poller = spawn_poller_with_env(&sqs.endpoint, 5, "", &text, &env);
+        poller.wait_listening().await;
+        let deleted = format!("sqs_poller_messages_deleted_total{{pipeline=\"{name}\"}}");
+        poller.wait_metric(&deleted, 20.0, Duration::from_secs(60)).await;
+        let (shared, errors) = (
+            poller.metric("sqs_poller_fleet_shared").await,
+            poller.metric("sqs_poller_fleet_redis_errors_total").await,
+        );
+        let (status, _, log) = poller.stop().await;
+        assert!(status.success(), "{case}: {log}");
+        assert!(!log.contains(secret), "{case}: the token is in the log:\n{log}");
+        if case.starts_with("right") {
+            assert_eq!((shared, errors), (1.0, 0.0), "{case}: on the shared budget, no failed call:\n{log}");
+        } else {
+            assert_eq!(shared, 0.0, "{case}: on the local share:\n{log}");
+            assert!(errors >= 1.0, "{case}");
+            let said = log.lines().find(|l| l.contains("Redis cannot be used (")).unwrap_or_default().to_string();
+            println!("{case}: {said}");
+            assert!(!said.is_empty(), "{case}: the log says why:\n{log}");
+        }
+    }
 }
