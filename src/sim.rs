@@ -128,6 +128,8 @@ pub struct SimQueue {
     visibility_secs: std::sync::atomic::AtomicU64,
     fifo: bool,
     receives: std::sync::atomic::AtomicU32,
+    /// An outage: every request fails (a retryable `InternalError`) while set.
+    down: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
 }
 
@@ -140,6 +142,7 @@ impl SimQueue {
             config,
             fifo,
             receives: std::sync::atomic::AtomicU32::new(0),
+            down: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 rng,
                 next_seq: 0,
@@ -265,8 +268,13 @@ impl SimQueue {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
+    /// An outage from now until `set_down(false)`: every request fails as a whole.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn injected(&self, st: &mut State, rate: f64) -> bool {
-        let hit = rate > 0.0 && st.rng.f64() < rate;
+        let hit = self.down.load(std::sync::atomic::Ordering::SeqCst) || (rate > 0.0 && st.rng.f64() < rate);
         if hit {
             st.log.injected_errors += 1;
         }

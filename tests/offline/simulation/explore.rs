@@ -6,7 +6,7 @@
 //! idempotency window on an in-memory store that may be away for a while) and a fault schedule (SQS errors, entry errors, latency and
 //! duplicates; the target's item failures, function errors, 5xx, 429/503, timeouts, refused
 //! connections, slow, unreadable and huge answers; an outage of 5xx or refused connections followed by
-//! a stretch of 503s; a change of the queue's visibility timeout; a SIGTERM at a random moment),
+//! a stretch of 503s; an outage of SQS itself (every request of the source queue fails); a change of the queue's visibility timeout; a SIGTERM at a random moment),
 //! runs the real stages over [`SimQueue`] under paused time, and checks the invariants as it runs
 //! and at the end:
 //!
@@ -41,7 +41,8 @@
 //! - **settled as the rules say**: every message ends deleted (succeeded, dead-lettered or
 //!   filtered out) or kept in the queue by the filter, or, after a SIGTERM, deleted or still in
 //!   the queue — none lost; nothing leased, in flight or held
-//!   behind a group's cap once idle;
+//!   behind a group's cap once idle; `sqs_poller_messages_deleted_total` counts every delete SQS
+//!   made (a hop's original as hopped), more only by duplicate deliveries deleted again;
 //! - **shutdown within its grace**: every pipeline has returned by the end of the grace period.
 //!
 //! `SQS_POLLER_SIM_SEEDS=N` runs N seeds (default 400, on two threads: about 2 minutes, most of it the seeds that wait out 13-hour delays); a failure prints the
@@ -237,6 +238,8 @@ struct Faults {
     outage: Option<Outage>,
     /// (at s, the queue's new visibility timeout s)
     visibility_change: Option<(u64, u64)>,
+    /// (from s, for s): SQS answers every request of the source queue with an error.
+    sqs_outage: Option<(u64, u64)>,
     /// (at s, grace s)
     sigterm: Option<(u64, u64)>,
     /// A reload (SIGHUP with a changed pipeline: drained, started again) at s, with a new batch
@@ -346,6 +349,7 @@ fn draw_faults(rng: &mut fastrand::Rng, d: &Drawn) -> Faults {
         visibility_change: (d.visibility_override.is_none() && chance(rng, 0.3))
             .then(|| (rng.u64(1..=60), pick(rng, &[3, 6, 120, 300]))),
         sigterm: chance(rng, 0.25).then(|| (rng.u64(1..=120), pick(rng, &[1, 5, 30]))),
+        sqs_outage: chance(rng, 0.2).then(|| (rng.u64(0..=60), pick(rng, &[5, 15, 40, 90]))),
         reload: chance(rng, 0.2).then(|| {
             (
                 rng.u64(1..=90),
@@ -552,9 +556,13 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                     let (id, body) = (r["messageId"].as_str().unwrap(), r["body"].as_str().unwrap_or_default());
                     if let Some(until) = w.not_before.remove(body) {
                         // SQS itself may bring a message back early: a duplicate, or a visibility
-                        // change that failed for good; without those faults, never
+                        // change that failed for good (an outage: the lease cannot be kept
+                        // either); without those faults, never
                         let f = &run.faults;
-                        let exact = f.duplicate_rate == 0.0 && f.sqs_error_rate == 0.0 && f.entry_error_rate == 0.0;
+                        let exact = f.duplicate_rate == 0.0
+                            && f.sqs_error_rate == 0.0
+                            && f.entry_error_rate == 0.0
+                            && f.sqs_outage.is_none();
                         let now = Instant::now();
                         if exact && now < until {
                             let early = until - now;
@@ -951,7 +959,7 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
     }
 
     let mut broken: Vec<String> = Vec::new();
-    let outage_end = f.outage.map_or(0, |o| o.end());
+    let outage_end = f.outage.map_or(0, |o| o.end()).max(f.sqs_outage.map_or(0, |(from, secs)| from + secs));
     let mut stopped_at: Option<(Instant, u64)> = None;
     let mut seconds = 0u64;
     let (mut changed, mut reloaded) = (false, false);
@@ -968,6 +976,11 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         tokio::time::sleep(Duration::from_secs(step)).await;
         seconds = start.elapsed().as_secs();
         tick += 1;
+        if let Some((from, secs)) = f.sqs_outage {
+            for lane in &lanes {
+                lane.queue.set_down((from..from + secs).contains(&seconds));
+            }
+        }
         if let (Some((store, _)), Some((from, secs))) = (&run.fleet, d.fleet.and_then(|f| f.away)) {
             store.set_away((from..from + secs).contains(&seconds));
         }
@@ -1120,6 +1133,20 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
                 deleted.len(),
                 lane.queue.len(),
                 lane.messages
+            ));
+        }
+        // the counter says what SQS did: every delete counted (a hop's original is counted as
+        // hopped), and more only for a duplicate delivery processed and deleted again (SQS
+        // accepts a delete of a message gone already)
+        let counted = metric(handle, &format!("sqs_poller_messages_deleted_total{{pipeline=\"{}\"}}", lane.name))
+            .unwrap_or(0.0) as usize;
+        if counted + w.hops < deleted.len() || counted + w.hops > deleted.len() + log.duplicates as usize {
+            broken.push(format!(
+                "{}: sqs_poller_messages_deleted_total {counted} + {} hops, SQS deleted {} ({} duplicate deliveries)",
+                lane.name,
+                w.hops,
+                deleted.len(),
+                log.duplicates
             ));
         }
         let dead = lane.dead_letter.as_ref().map(|q| q.bodies()).unwrap_or_default();
