@@ -4,7 +4,8 @@
 //!
 //! 1. [`config`] — the TOML file, `${VAR}` interpolation, validation into typed [`config::Config`].
 //! 2. [`poller`] — a fleet of long-polling `ReceiveMessage` loops per pipeline, sized by the pure
-//!    [`poller::scaling::Autoscaler`]; pollers pause while the target is saturated.
+//!    [`poller::scaling::Autoscaler`]; pollers pause while the target is saturated. Beside it
+//!    [`poller::tasks`] works out the task count the service needs (`sqs_poller_desired_tasks`).
 //! 3. [`event`] — each received message becomes its Lambda SQS record, serialized once
 //!    ([`payload`] first fetches a large payload from S3 when the body is an Extended Client
 //!    pointer).
@@ -33,13 +34,15 @@
 //! [`status`] holds the live figures the admin API shows (written by the stages), [`server`]
 //! serves `/metrics`, `/healthz` and `/readyz`, [`admin`] the admin API over [`control`] (pause,
 //! resume, the worker's health check), [`trace`] carries X-Ray/W3C trace context to the worker, [`telemetry`] records OpenTelemetry spans of receives and batches (linked to their producers) and exports them over OTLP,
-//! [`shutdown`] drains in order on SIGTERM, [`supervisor`] starts the pipelines and applies
-//! reloads (SIGHUP), [`notify`] tells systemd, [`descriptors`] checks the open-file limit a fleet needs, [`check`] shows the resolved configuration (`sqs-poller check`), and [`redrive`] moves dead-lettered messages back. `docs/design.md` walks the message lifecycle and the guarantees.
+//! [`fleet`] shares a budget across the service's instances through Redis (slots, a rate, an
+//! idempotency window; a local share while Redis is away), [`shutdown`] drains in order on SIGTERM, [`supervisor`] starts the pipelines and applies
+//! reloads (SIGHUP), [`notify`] tells systemd, [`descriptors`] checks the open-file limit a fleet needs, [`check`] shows the resolved configuration (`sqs-poller check`), and [`redrive`] moves dead-lettered messages back. `docs/src/design.md` walks the message lifecycle and the guarantees.
 //!
 //! Imports keep to layers (`LAYERS` in `tests/offline/structure.rs`, which fails on one against them):
 //! the bottom, the message's types, the stages — each importing what it hands messages on to,
 //! never an earlier one — then the service around them. `sim` (the in-memory SQS of the
-//! simulation tests) is built only for tests, behind the `test-util` feature.
+//! simulation tests) and `fleet::memory` (the fleet's store in memory) are built only for tests,
+//! behind the `test-util` feature.
 
 pub mod ack;
 pub mod admin;
