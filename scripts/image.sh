@@ -29,12 +29,14 @@ need_tools() {
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   mkdir -p "$state"
-  cat >"$state/storage.conf" <<EOF
-[storage]
-driver = "overlay"
-graphroot = "$state/storage"
-runroot = "$state/run"
-EOF
+  # written only when it changes, and by a rename: the tests run podman side by side, and one
+  # reading the file while another truncates it fails ("runroot must be set")
+  local conf
+  conf="$(printf '[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"' "$state/storage" "$state/run")"
+  if [ "$(cat "$state/storage.conf" 2>/dev/null)" != "$conf" ]; then
+    printf '%s\n' "$conf" >"$state/storage.conf.$$"
+    mv -f "$state/storage.conf.$$" "$state/storage.conf"
+  fi
   export CONTAINERS_CONF="$root/deploy/image/containers.conf"
   export CONTAINERS_STORAGE_CONF="$state/storage.conf"
 }
