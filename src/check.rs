@@ -134,6 +134,9 @@ fn shared(f: &mut Formatter<'_>, p: &Pipeline) -> fmt::Result {
     if let Some(r) = p.target.fleet_rate_per_sec {
         parts.push(format!("fleet_rate {r}/s"));
     }
+    if !parts.is_empty() {
+        parts.push(format!("key {}", p.target.fleet_key.as_deref().unwrap_or(&p.name)));
+    }
     if let Some(i) = &p.idempotency {
         let key = match &i.key {
             config::IdempotencyKey::MessageId => "message_id".to_string(),

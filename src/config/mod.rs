@@ -269,9 +269,12 @@ pub struct TargetConfig {
     /// `fleet_max_concurrency`: batches in flight at once across every instance of the service
     /// (the pipeline's name is the key they share), through `[fleet]`.
     pub fleet_max_concurrency: Option<usize>,
-    /// `fleet_rate_per_sec`: messages dispatched a second across every instance (the
-    /// pipeline's name is the key), through `[fleet]`.
+    /// `fleet_rate_per_sec`: messages dispatched a second across every instance, through
+    /// `[fleet]`.
     pub fleet_rate_per_sec: Option<NonZeroU32>,
+    /// `fleet_key`: the name of the budget the two above share; pipelines (of any service) that
+    /// name the same key share one budget. `None`: the pipeline's name.
+    pub fleet_key: Option<String>,
 }
 
 /// `[pipelines.target.breaker]`.

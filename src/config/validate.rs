@@ -182,6 +182,7 @@ struct RawTarget {
     max_concurrency: Option<u64>,
     fleet_max_concurrency: Option<u64>,
     fleet_rate_per_sec: Option<u64>,
+    fleet_key: Option<String>,
     rate_limit_per_sec: Option<u64>,
     max_throttled_secs: Option<u64>,
     health_url: Option<String>,
@@ -298,6 +299,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> 
         let keys = [
             ("target.fleet_max_concurrency", p.target.fleet_max_concurrency.is_some()),
             ("target.fleet_rate_per_sec", p.target.fleet_rate_per_sec.is_some()),
+            ("target.fleet_key", p.target.fleet_key.is_some()),
             ("idempotency", p.idempotency.is_some()),
         ];
         for (key, _) in keys.iter().filter(|(_, set)| *set && fleet.is_none()) {
@@ -811,6 +813,7 @@ fn placeholder_target() -> TargetConfig {
         pool: None,
         fleet_max_concurrency: None,
         fleet_rate_per_sec: None,
+        fleet_key: None,
     }
 }
 
@@ -910,7 +913,21 @@ fn validate_target(
         fleet_rate_per_sec: t.fleet_rate_per_sec.and_then(|r| {
             NonZeroU32::new(c.ranged(&format!("{at}.fleet_rate_per_sec"), Some(r), 1, 1, 1_000_000) as u32)
         }),
+        fleet_key: t.fleet_key.take().map(|k| validate_fleet_key(c, at, k)),
     }
+}
+
+/// `target.fleet_key`: 1 to 100 letters, digits, `.`, `_`, `-` or `:` (it is part of Redis's keys).
+fn validate_fleet_key(c: &mut Checker, at: &str, key: String) -> String {
+    let fits = (1..=100).contains(&key.len())
+        && key.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-' | ':'));
+    if !fits {
+        c.fail(
+            format!("{at}.fleet_key"),
+            format!("`{key}`: 1 to 100 letters, digits, '.', '_', '-' or ':' (it names the budget in Redis)"),
+        );
+    }
+    key
 }
 
 /// The keys that belong to one target type only, and whether each is set.

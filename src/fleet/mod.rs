@@ -35,7 +35,6 @@ pub mod memory;
 pub mod store;
 
 use store::FleetStore;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// While the store does not answer, the heartbeat asks again this often.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -52,6 +51,8 @@ pub struct Fleet {
     shared: AtomicBool,
     /// Slots held, by key and member: what the heartbeat renews.
     held: Mutex<HashSet<(String, String)>>,
+    /// Each budget's count in this instance, shared by the pipelines that name its key.
+    counts: Mutex<std::collections::HashMap<String, std::sync::Weak<KeyCount>>>,
     next_member: AtomicU64,
     metrics: crate::metrics::FleetMetrics,
 }
@@ -82,6 +83,7 @@ impl Fleet {
             instances: AtomicUsize::new(1),
             shared: AtomicBool::new(true),
             held: Mutex::new(HashSet::new()),
+            counts: Mutex::new(std::collections::HashMap::new()),
             next_member: AtomicU64::new(0),
             metrics: crate::metrics::FleetMetrics::register(),
         })
@@ -132,34 +134,45 @@ impl Fleet {
         self.metrics.shared.set(0.0);
     }
 
-    /// The slots of `pipeline`, at most `limit` held across the fleet.
-    pub fn slots(self: &Arc<Self>, pipeline: &str, limit: usize) -> Arc<FleetSlots> {
+    /// The slots of `pipeline` in the budget `key`, at most `limit` held across the fleet.
+    pub fn slots(self: &Arc<Self>, pipeline: &str, key: &str, limit: usize) -> Arc<FleetSlots> {
         let held = metrics::gauge!(crate::metrics::FLEET_SLOTS_HELD, "pipeline" => pipeline.to_string());
         held.set(0.0);
+        let key = format!("sqs-poller:{key}:slots");
+        let count = {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            counts.retain(|_, c| c.strong_count() > 0);
+            match counts.get(&key).and_then(std::sync::Weak::upgrade) {
+                Some(c) => c,
+                None => {
+                    let c = Arc::new(KeyCount::default());
+                    counts.insert(key.clone(), Arc::downgrade(&c));
+                    c
+                }
+            }
+        };
         Arc::new(FleetSlots {
             held,
             wait: metrics::histogram!(crate::metrics::FLEET_SLOT_WAIT, "pipeline" => pipeline.to_string()),
             fleet: self.clone(),
-            key: format!("sqs-poller:{pipeline}:slots"),
+            key,
             limit,
-            local: Arc::new(Semaphore::new(limit)),
-            local_taken: AtomicUsize::new(0),
-            shared_taken: AtomicUsize::new(0),
+            count,
             pipeline: pipeline.to_string(),
         })
     }
 }
 
 impl Fleet {
-    /// The fleet-wide rate of `pipeline`: `per_sec` messages a second across the fleet, in
+    /// The fleet-wide rate of `pipeline` in the budget `key`: `per_sec` messages a second across the fleet, in
     /// bursts of at most `burst` (a whole batch).
-    pub fn rate(self: &Arc<Self>, pipeline: &str, per_sec: u32, burst: u32) -> Arc<FleetRate> {
+    pub fn rate(self: &Arc<Self>, pipeline: &str, key: &str, per_sec: u32, burst: u32) -> Arc<FleetRate> {
         let rate_limited = metrics::counter!(crate::metrics::FLEET_RATE_LIMITED, "pipeline" => pipeline.to_string());
         rate_limited.increment(0);
         Arc::new(FleetRate {
             rate_limited,
             fleet: self.clone(),
-            key: format!("sqs-poller:{pipeline}:rate"),
+            key: format!("sqs-poller:{key}:rate"),
             per_sec: per_sec.max(1),
             burst: burst.max(1),
             local: Mutex::new(None),
@@ -276,10 +289,13 @@ pub struct PipelineFleet {
 
 impl PipelineFleet {
     /// The parts of `fleet` pipeline `p` names: its fleet slots, rate and idempotency window.
+    /// Its slots and rate are keyed by `target.fleet_key` (by default its name): pipelines that
+    /// name one key share one budget.
     pub fn of(fleet: &Arc<Fleet>, p: &crate::config::PipelineConfig) -> Self {
+        let key = p.target.fleet_key.as_deref().unwrap_or(&p.name);
         PipelineFleet {
-            slots: p.target.fleet_max_concurrency.map(|n| fleet.slots(&p.name, n)),
-            rate: p.target.fleet_rate_per_sec.map(|r| fleet.rate(&p.name, r.get(), p.batch.size as u32)),
+            slots: p.target.fleet_max_concurrency.map(|n| fleet.slots(&p.name, key, n)),
+            rate: p.target.fleet_rate_per_sec.map(|r| fleet.rate(&p.name, key, r.get(), p.batch.size as u32)),
             idempotency: p.idempotency.as_ref().map(|i| fleet.idempotency(&p.name, i.key.clone(), i.ttl)),
         }
     }
@@ -294,12 +310,8 @@ pub struct FleetSlots {
     fleet: Arc<Fleet>,
     key: String,
     limit: usize,
-    /// The local share while Redis is away: `limit` permits, of which only the share is used.
-    local: Arc<Semaphore>,
-    local_taken: AtomicUsize,
-    /// Shared slots this instance holds: while the store is away they count against the local
-    /// share (never more than the share across both).
-    shared_taken: AtomicUsize,
+    /// What this instance holds of the budget, with every pipeline of it that names the key.
+    count: Arc<KeyCount>,
     pipeline: String,
     /// `sqs_poller_fleet_slots_held`, `sqs_poller_fleet_slot_wait_seconds` of the pipeline.
     held: metrics::Gauge,
@@ -314,7 +326,17 @@ pub struct FleetSlot {
 
 enum Held {
     Shared(String),
-    Local(#[allow(dead_code)] OwnedSemaphorePermit),
+    Local,
+}
+
+/// What one instance holds of one budget (a `fleet_key`), across its pipelines that name it.
+#[derive(Default)]
+struct KeyCount {
+    /// Slots of the local share, taken while the store is away.
+    local: AtomicUsize,
+    /// Shared slots: while the store is away they count against the local share (never more
+    /// than the share across both).
+    shared: AtomicUsize,
 }
 
 impl FleetSlots {
@@ -343,7 +365,7 @@ impl FleetSlots {
             return self.try_local();
         }
         // back on the store: the local share's batches end first (never both at once)
-        if self.local_taken.load(Ordering::Relaxed) > 0 {
+        if self.count.local.load(Ordering::Acquire) > 0 {
             return None;
         }
         let member = format!("{}:{}", fleet.instance, fleet.next_member.fetch_add(1, Ordering::Relaxed));
@@ -352,7 +374,7 @@ impl FleetSlots {
                 fleet.answered();
                 taken.then(|| {
                     fleet.held.lock().unwrap_or_else(|e| e.into_inner()).insert((self.key.clone(), member.clone()));
-                    self.shared_taken.fetch_add(1, Ordering::Relaxed);
+                    self.count.shared.fetch_add(1, Ordering::AcqRel);
                     self.held.increment(1.0);
                     FleetSlot { slots: self.clone(), held: Held::Shared(member) }
                 })
@@ -368,19 +390,16 @@ impl FleetSlots {
     /// it.
     fn try_local(self: &Arc<Self>) -> Option<FleetSlot> {
         let share = self.local_share();
-        let taken = self.local_taken.fetch_update(Ordering::AcqRel, Ordering::Acquire, |local| {
-            (local + self.shared_taken.load(Ordering::Acquire) < share).then_some(local + 1)
+        let count = &self.count;
+        let taken = count.local.fetch_update(Ordering::AcqRel, Ordering::Acquire, |local| {
+            (local + count.shared.load(Ordering::Acquire) < share).then_some(local + 1)
         });
         if taken.is_err() {
             return None;
         }
-        let Ok(permit) = self.local.clone().try_acquire_owned() else {
-            self.local_taken.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        };
         self.held.increment(1.0);
         tracing::debug!(pipeline = %self.pipeline, share, "a batch runs on the local share of the fleet budget");
-        Some(FleetSlot { slots: self.clone(), held: Held::Local(permit) })
+        Some(FleetSlot { slots: self.clone(), held: Held::Local })
     }
 }
 
@@ -389,12 +408,11 @@ impl Drop for FleetSlot {
         let slots = self.slots.clone();
         slots.held.decrement(1.0);
         match std::mem::replace(&mut self.held, Held::Shared(String::new())) {
-            Held::Local(permit) => {
-                slots.local_taken.fetch_sub(1, Ordering::Relaxed);
-                drop(permit);
+            Held::Local => {
+                slots.count.local.fetch_sub(1, Ordering::AcqRel);
             }
             Held::Shared(member) if !member.is_empty() => {
-                slots.shared_taken.fetch_sub(1, Ordering::Relaxed);
+                slots.count.shared.fetch_sub(1, Ordering::AcqRel);
                 slots.fleet.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&(slots.key.clone(), member.clone()));
                 // given back in the background; were the store away, it expires by itself
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {

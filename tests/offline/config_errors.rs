@@ -329,3 +329,27 @@ fn the_default_configuration_is_the_checkouts_then_etc() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.starts_with("config/poller.toml: ok"), "{out}");
 }
+
+#[test]
+fn the_fleets_keys_and_the_task_count_settings_are_checked() {
+    let with_fleet = |target: &str, tables: &str| {
+        format!("[fleet]\nredis_url = \"redis://127.0.0.1:6379\"\n{VALID}{target}\n{tables}")
+    };
+    rejects(
+        &with_fleet("fleet_key = \"orders db\"", ""),
+        "pipelines[0].target.fleet_key: `orders db`: 1 to 100 letters",
+    );
+    rejects(&format!("{VALID}fleet_key = \"orders-db\"\n"), "pipelines[0].target.fleet_key: needs the fleet's Redis");
+    rejects(
+        &with_fleet("", "[pipelines.desired_tasks]\nutilization = 0.0"),
+        "pipelines[0].desired_tasks.utilization: 0 is out of range",
+    );
+    rejects(
+        &with_fleet("", "[pipelines.desired_tasks]\ndrain_secs = 0"),
+        "pipelines[0].desired_tasks.drain_secs: 0 is out of range",
+    );
+    let (code, stdout, stderr, _) =
+        run("check", &with_fleet("fleet_max_concurrency = 8\nfleet_key = \"orders-db\"", ""));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("  fleet      fleet_max_concurrency 8 key orders-db"), "{stdout}");
+}

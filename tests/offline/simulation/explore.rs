@@ -27,8 +27,8 @@
 //! - **in-flight and room within their bounds**: batches at the worker never above
 //!   `max_concurrency` (and a shared pool's), leased messages never above `lease.max_outstanding`,
 //!   their bytes and the receives' reservations never above `lease.max_outstanding_bytes`;
-//! - **the fleet's budget**: batches at the worker never above `fleet_max_concurrency` (the store
-//!   away or not: one instance never holds local and shared slots at once); messages at the
+//! - **the fleet's budget**: batches at the worker never above `fleet_max_concurrency` (at the two
+//!   pipelines' workers together when they name one `fleet_key`; the store away or not: one instance never holds local and shared slots at once); messages at the
 //!   worker within `fleet_rate_per_sec` (a burst of a batch above it; two while the store comes
 //!   and goes); with the idempotency window and the store answering, a message whose success was
 //!   settled (its delete sent, even one SQS then failed) never reaches the worker again; every
@@ -42,7 +42,7 @@
 //!   filtered out) or kept in the queue by the filter, or, after a SIGTERM, deleted or still in
 //!   the queue — none lost; nothing leased, in flight or held
 //!   behind a group's cap once idle; `sqs_poller_messages_deleted_total` counts every delete SQS
-//!   made (a hop's original as hopped), more only by duplicate deliveries deleted again;
+//!   made (a hop's original as hopped), more only by deletes of stale receipts (SQS answers them success);
 //! - **shutdown within its grace**: every pipeline has returned by the end of the grace period.
 //!
 //! `SQS_POLLER_SIM_SEEDS=N` runs N seeds (default 400, on two threads: about 2 minutes, most of it the seeds that wait out 13-hour delays); a failure prints the
@@ -152,6 +152,8 @@ struct FleetDraw {
     idempotency: bool,
     /// The store cannot be reached from .0 s for .1 s.
     away: Option<(u64, u64)>,
+    /// With a second pipeline (the pool's), both name one `fleet_key`: one budget for the two.
+    shared_key: bool,
 }
 
 impl FleetDraw {
@@ -162,6 +164,9 @@ impl FleetDraw {
         }
         if let Some(r) = self.rate {
             t += &format!("fleet_rate_per_sec = {r}\n");
+        }
+        if self.shared_key {
+            t += "fleet_key = \"shared-budget\"\n";
         }
         t
     }
@@ -306,6 +311,7 @@ fn draw_config(rng: &mut fastrand::Rng) -> Drawn {
             rate: chance(rng, 0.4).then(|| pick(rng, &[3, 20, 200])),
             idempotency: chance(rng, 0.5),
             away: chance(rng, 0.4).then(|| (rng.u64(0..=60), rng.u64(1..=90))),
+            shared_key: chance(rng, 0.5),
         }),
         pool: chance(rng, 0.25).then(|| {
             // at least each member's own max_concurrency, less than theirs together
@@ -475,6 +481,8 @@ struct Run {
     rng: Mutex<fastrand::Rng>,
     pool_load: AtomicUsize,
     pool_max: Option<usize>,
+    /// Batches at the workers of the pipelines that share one `fleet_key`.
+    fleet_load: AtomicUsize,
     /// `[fleet]`: the store (the simulation makes it come and go) and the instance's fleet.
     fleet: Option<(Arc<MemoryStore>, Arc<Fleet>)>,
 }
@@ -501,6 +509,7 @@ impl Drop for Working {
         if self.run.pool_max.is_some() {
             self.run.pool_load.fetch_sub(1, Ordering::SeqCst);
         }
+        self.run.fleet_load.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -509,6 +518,7 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
     let (fifo, max_concurrency, timeout) = (d.fifo, d.max_concurrency, Duration::from_secs(d.timeout_secs));
     let (asks_drawn, long_asks, has_dead_letter) = (d.asks, d.asks && d.long_asks, d.dead_letter.is_some());
     let fleet_max = d.fleet.and_then(|f| f.max_concurrency);
+    let shared_key = d.fleet.is_some_and(|f| f.shared_key);
     let fleet_rate = d.fleet.is_some_and(|f| f.rate.is_some());
     // the store answers throughout: a completed key holds
     let exactly_once = d.fleet.is_some_and(|f| f.idempotency && f.away.is_none());
@@ -582,9 +592,11 @@ fn worker(world: Arc<Mutex<World>>, run: Arc<Run>, d: &Drawn, visibility: Durati
                     let n = w.in_flight;
                     w.violation(format!("{t} s: {n} batches at the worker, max_concurrency {max_concurrency}"));
                 }
-                if let Some(fleet_max) = fleet_max.filter(|m| w.in_flight > *m) {
-                    let n = w.in_flight;
-                    w.violation(format!("{t} s: {n} batches at the worker, fleet_max_concurrency {fleet_max}"));
+                // the fleet's budget: this pipeline's, or that of every pipeline naming its key
+                let fleet_load = run.fleet_load.fetch_add(1, Ordering::SeqCst) + 1;
+                let load = if shared_key { fleet_load } else { w.in_flight };
+                if let Some(fleet_max) = fleet_max.filter(|m| load > *m) {
+                    w.violation(format!("{t} s: {load} batches at the workers, fleet_max_concurrency {fleet_max}"));
                 }
                 if let Some(max) = run.pool_max {
                     let n = run.pool_load.fetch_add(1, Ordering::SeqCst) + 1;
@@ -870,6 +882,7 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         start,
         rng: Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)),
         pool_load: AtomicUsize::new(0),
+        fleet_load: AtomicUsize::new(0),
         pool_max: d.pool.map(|p| p.max),
         fleet: d.fleet.map(|_| {
             let store = Arc::new(MemoryStore::new());
@@ -1110,7 +1123,8 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
         store.set_away(false);
         tokio::time::sleep(if away { Duration::from_secs(31) } else { Duration::from_secs(1) }).await;
         for lane in &lanes {
-            let held = store.held(&format!("sqs-poller:{}:slots", lane.name));
+            let key = if d.fleet.is_some_and(|f| f.shared_key) { "shared-budget" } else { lane.name.as_str() };
+            let held = store.held(&format!("sqs-poller:{key}:slots"));
             if held > 0 {
                 broken.push(format!("{}: {held} fleet slots still held after the drain", lane.name));
             }
@@ -1136,17 +1150,18 @@ async fn run_seed(seed: u64, handle: &PrometheusHandle) -> Result<String, String
             ));
         }
         // the counter says what SQS did: every delete counted (a hop's original is counted as
-        // hopped), and more only for a duplicate delivery processed and deleted again (SQS
-        // accepts a delete of a message gone already)
+        // hopped: its delete may fail after the copy was sent, and both go on), and more only
+        // for deletes with a receipt handle that was no longer the newest (a duplicate or a
+        // lapsed lease's redelivery deleted again: SQS answers success)
         let counted = metric(handle, &format!("sqs_poller_messages_deleted_total{{pipeline=\"{}\"}}", lane.name))
             .unwrap_or(0.0) as usize;
-        if counted + w.hops < deleted.len() || counted + w.hops > deleted.len() + log.duplicates as usize {
+        if counted + w.hops < deleted.len() || counted > deleted.len() + log.stale_deletes as usize {
             broken.push(format!(
-                "{}: sqs_poller_messages_deleted_total {counted} + {} hops, SQS deleted {} ({} duplicate deliveries)",
+                "{}: sqs_poller_messages_deleted_total {counted} + {} hops, SQS deleted {} ({} deletes of stale receipts)",
                 lane.name,
                 w.hops,
                 deleted.len(),
-                log.duplicates
+                log.stale_deletes
             ));
         }
         let dead = lane.dead_letter.as_ref().map(|q| q.bodies()).unwrap_or_default();

@@ -150,3 +150,55 @@ fn shared_slots_held_when_the_store_goes_away_count_against_the_local_share() {
         );
     });
 }
+
+/// Two pipelines of different names on two queues that name one `fleet_key` share one budget:
+/// one batch at the worker at a time between them, each allowed two of its own.
+#[test]
+fn pipelines_naming_one_fleet_key_share_its_budget() {
+    paused_runtime().block_on(async {
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let store = Arc::new(MemoryStore::new());
+        let fleet = Fleet::with_store(store.clone(), "one-instance", Duration::from_secs(30));
+        let mut running = Vec::new();
+        let mut queues = Vec::new();
+        for name in ["sim-fleet-key-a", "sim-fleet-key-b"] {
+            let queue =
+                Arc::new(SimQueue::new(SimConfig::new(&format!("http://sim/000000000000/{name}"), VISIBILITY, 1)));
+            for i in 0..10 {
+                queue.put(&format!("m-{i}"), None);
+            }
+            let (n, p) = (now.clone(), peak.clone());
+            let target = Target::Function(Arc::new(move |_: Bytes| {
+                let (n, p) = (n.clone(), p.clone());
+                Box::pin(async move {
+                    p.fetch_max(n.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    Invocation::Response(Bytes::new())
+                })
+            }));
+            let text = format!(
+                "[fleet]\nredis_url = \"redis://sim.invalid\"\n[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n\
+                 [pipelines.batch]\nsize = 1\n[pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\n\
+                 max_concurrency = 2\nfleet_max_concurrency = 1\nfleet_key = \"orders-db\"\n",
+                queue.url()
+            );
+            let cfg = sqs_poller::config::parse(&text, &|_| None).expect("valid").pipelines.remove(0);
+            let mut parts = PipelineParts::for_test(cfg.clone(), queue.clone() as Arc<dyn Queue>, target);
+            parts.fleet = PipelineFleet::of(&fleet, &cfg);
+            running.push(spawn_parts(parts));
+            queues.push(queue);
+        }
+        let start = Instant::now();
+        while queues.iter().any(|q| !q.is_empty()) {
+            assert!(start.elapsed() < Duration::from_secs(600), "not drained in 10 minutes");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for (task, shutdown) in running {
+            shutdown.begin(Duration::from_secs(5));
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 1, "one batch at a time across both pipelines");
+        assert_eq!(store.held("sqs-poller:orders-db:slots"), 0, "the shared key's slots given back");
+    });
+}
