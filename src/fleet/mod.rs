@@ -203,7 +203,7 @@ type LocalLimiter = governor::RateLimiter<
 
 /// tokio's clock for governor: under paused time a wait is simulated, as every other wait.
 #[derive(Debug, Clone, Default)]
-pub struct TokioClock;
+struct TokioClock;
 
 impl governor::clock::Clock for TokioClock {
     type Instant = std::time::Instant;

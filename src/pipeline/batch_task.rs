@@ -56,10 +56,12 @@ impl BatchRunner {
         BatchRunner { work: work.clone(), slots, fleet, scaling: scaling.clone(), tasks: tasks.clone() }
     }
 
-    /// Tells the autoscaler how many batches are in flight, of how many the limit allows.
-    fn report_saturation(slots: &Member, scaling: &Scaling) {
+    /// Tells the autoscaler how many batches are in flight, of how many the limit allows; the
+    /// limit.
+    fn report_saturation(slots: &Member, scaling: &Scaling) -> usize {
         let (in_flight, limit) = slots.saturation();
         scaling.saturation(in_flight, limit);
+        limit
     }
 }
 
@@ -107,8 +109,8 @@ impl BatchSink for BatchRunner {
                 if let Some(hold) = hold {
                     hold.release();
                 }
-                scaling.tasks.batch_done(messages, started.elapsed(), slots.saturation().1);
-                Self::report_saturation(&slots, &scaling);
+                let limit = Self::report_saturation(&slots, &scaling);
+                scaling.tasks.batch_done(messages, started.elapsed(), limit);
             }
             .instrument(span),
         );

@@ -14,19 +14,16 @@ use sqs_poller::sim::{SimConfig, SimQueue};
 use sqs_poller::sqs::Queue;
 use tokio::time::Instant;
 
+use sqs_poller::shutdown::Shutdown;
+
 use super::{paused_runtime, spawn_parts, VISIBILITY};
 
-/// A queue of `messages` bodies and the pipeline of `target_keys` (its `[pipelines.target]`
-/// keys after the type) on it, on a fleet in memory; runs until the queue is empty or `most`
-/// simulated time has passed, and says whether it emptied.
-async fn run_on_fleet(
-    name: &str,
-    messages: usize,
-    target_keys: &str,
-    target: Target,
-    store: &Arc<MemoryStore>,
-    most: Duration,
-) -> bool {
+/// A running pipeline: its queue, its task and its shutdown.
+type Running = (Arc<SimQueue>, tokio::task::JoinHandle<Result<(), sqs_poller::sqs::SqsError>>, Shutdown);
+
+/// Starts pipeline `name` (`target_keys`: its `[pipelines.target]` keys after the type) on
+/// `fleet`, on a queue of `messages` bodies.
+fn start_on_fleet(name: &str, messages: usize, target_keys: &str, target: Target, fleet: &Arc<Fleet>) -> Running {
     let queue = Arc::new(SimQueue::new(SimConfig::new(&format!("http://sim/000000000000/{name}"), VISIBILITY, 1)));
     for i in 0..messages {
         queue.put(&format!("m-{i}"), None);
@@ -38,19 +35,61 @@ async fn run_on_fleet(
         queue.url()
     );
     let cfg = sqs_poller::config::parse(&text, &|_| None).expect("valid").pipelines.remove(0);
-    let fleet = Fleet::with_store(store.clone(), name, Duration::from_secs(30));
-    tokio::spawn(fleet.clone().keep_alive(tokio_util::sync::CancellationToken::new()));
     let mut parts = PipelineParts::for_test(cfg.clone(), queue.clone() as Arc<dyn Queue>, target);
-    parts.fleet = PipelineFleet::of(&fleet, &cfg);
+    parts.fleet = PipelineFleet::of(fleet, &cfg);
     let (task, shutdown) = spawn_parts(parts);
+    (queue, task, shutdown)
+}
+
+/// A fleet on `store`, its heartbeat running.
+fn fleet_on(store: &Arc<MemoryStore>, instance: &str) -> Arc<Fleet> {
+    let fleet = Fleet::with_store(store.clone(), instance, Duration::from_secs(30));
+    tokio::spawn(fleet.clone().keep_alive(tokio_util::sync::CancellationToken::new()));
+    fleet
+}
+
+/// Waits until every pipeline's queue is empty or `most` simulated time (paused: a loaded
+/// machine cannot make it pass sooner) has gone by, then drains them; whether they emptied.
+async fn drain_within(running: Vec<Running>, most: Duration) -> bool {
     let start = Instant::now();
-    while !queue.is_empty() && start.elapsed() < most {
+    while running.iter().any(|(q, _, _)| !q.is_empty()) && start.elapsed() < most {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let emptied = queue.is_empty();
-    shutdown.begin(Duration::from_secs(5));
-    let _ = task.await;
+    let emptied = running.iter().all(|(q, _, _)| q.is_empty());
+    for (_, task, shutdown) in running {
+        shutdown.begin(Duration::from_secs(5));
+        task.await.expect("the pipeline task").expect("the pipeline ran");
+    }
     emptied
+}
+
+/// One pipeline of `target_keys` on a fleet in memory with a queue of `messages` bodies, until the
+/// queue is empty or `most` simulated time has passed; whether it emptied.
+async fn run_on_fleet(
+    name: &str,
+    messages: usize,
+    target_keys: &str,
+    target: Target,
+    store: &Arc<MemoryStore>,
+    most: Duration,
+) -> bool {
+    let running = start_on_fleet(name, messages, target_keys, target, &fleet_on(store, name));
+    drain_within(vec![running], most).await
+}
+
+/// A worker that holds each batch `hold`, counting the batches it works on at once (`now`) and
+/// the most at once (`peak`).
+fn peak_counting(now: &Arc<AtomicUsize>, peak: &Arc<AtomicUsize>, hold: Duration) -> Target {
+    let (now, peak) = (now.clone(), peak.clone());
+    Target::Function(Arc::new(move |_: Bytes| {
+        let (now, peak) = (now.clone(), peak.clone());
+        Box::pin(async move {
+            peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::time::sleep(hold).await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            Invocation::Response(Bytes::new())
+        })
+    }))
 }
 
 /// Found by the exploration (seed 61669798328634553): a batch the breaker held lent its local
@@ -122,16 +161,7 @@ fn the_retries_of_a_throttled_batch_keep_to_the_fleets_rate() {
 fn shared_slots_held_when_the_store_goes_away_count_against_the_local_share() {
     paused_runtime().block_on(async {
         let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (n, p) = (now.clone(), peak.clone());
-        let target = Target::Function(Arc::new(move |_: Bytes| {
-            let (n, p) = (n.clone(), p.clone());
-            Box::pin(async move {
-                p.fetch_max(n.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                n.fetch_sub(1, Ordering::SeqCst);
-                Invocation::Response(Bytes::new())
-            })
-        }));
+        let target = peak_counting(&now, &peak, Duration::from_secs(10));
         let store = Arc::new(MemoryStore::new());
         let away = store.clone();
         // away from the third second (a batch holds the shared slot) for a minute
@@ -158,46 +188,11 @@ fn pipelines_naming_one_fleet_key_share_its_budget() {
     paused_runtime().block_on(async {
         let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let store = Arc::new(MemoryStore::new());
-        let fleet = Fleet::with_store(store.clone(), "one-instance", Duration::from_secs(30));
-        let mut running = Vec::new();
-        let mut queues = Vec::new();
-        for name in ["sim-fleet-key-a", "sim-fleet-key-b"] {
-            let queue =
-                Arc::new(SimQueue::new(SimConfig::new(&format!("http://sim/000000000000/{name}"), VISIBILITY, 1)));
-            for i in 0..10 {
-                queue.put(&format!("m-{i}"), None);
-            }
-            let (n, p) = (now.clone(), peak.clone());
-            let target = Target::Function(Arc::new(move |_: Bytes| {
-                let (n, p) = (n.clone(), p.clone());
-                Box::pin(async move {
-                    p.fetch_max(n.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    n.fetch_sub(1, Ordering::SeqCst);
-                    Invocation::Response(Bytes::new())
-                })
-            }));
-            let text = format!(
-                "[fleet]\nredis_url = \"redis://sim.invalid\"\n[[pipelines]]\nname = \"{name}\"\nqueue_url = \"{}\"\n\
-                 [pipelines.batch]\nsize = 1\n[pipelines.target]\ntype = \"http\"\nurl = \"http://unused\"\n\
-                 max_concurrency = 2\nfleet_max_concurrency = 1\nfleet_key = \"orders-db\"\n",
-                queue.url()
-            );
-            let cfg = sqs_poller::config::parse(&text, &|_| None).expect("valid").pipelines.remove(0);
-            let mut parts = PipelineParts::for_test(cfg.clone(), queue.clone() as Arc<dyn Queue>, target);
-            parts.fleet = PipelineFleet::of(&fleet, &cfg);
-            running.push(spawn_parts(parts));
-            queues.push(queue);
-        }
-        let start = Instant::now();
-        while queues.iter().any(|q| !q.is_empty()) {
-            assert!(start.elapsed() < Duration::from_secs(600), "not drained in 10 minutes");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        for (task, shutdown) in running {
-            shutdown.begin(Duration::from_secs(5));
-            task.await.unwrap().unwrap();
-        }
+        let fleet = fleet_on(&store, "one-instance");
+        let keys = "max_concurrency = 2\nfleet_max_concurrency = 1\nfleet_key = \"orders-db\"";
+        let running = ["sim-fleet-key-a", "sim-fleet-key-b"]
+            .map(|name| start_on_fleet(name, 10, keys, peak_counting(&now, &peak, Duration::from_millis(500)), &fleet));
+        assert!(drain_within(running.into(), Duration::from_secs(600)).await, "not drained in 10 simulated minutes");
         assert_eq!(peak.load(Ordering::SeqCst), 1, "one batch at a time across both pipelines");
         assert_eq!(store.held("sqs-poller:orders-db:slots"), 0, "the shared key's slots given back");
     });
